@@ -1,0 +1,120 @@
+"""The dataset record every reader returns, the errors readers raise, and the folder helpers they share."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, NamedTuple, Sequence
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class Sample(NamedTuple):
+    """One image: its path, its identity and its 0-based camera index."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The expected dataset folder (or one of its split folders) does not exist."""
+
+
+class DatasetFormatError(ValueError):
+    """The folder exists but its contents do not follow the dataset's published layout or naming."""
+
+
+@dataclass
+class ReidDataset:
+    """train / query / gallery lists of :class:`Sample`.
+
+    Train pids are relabelled to 0..num_train_pids-1 (what a classifier needs); query and gallery keep the
+    dataset's own pids, so the Market-1501 gallery labels -1 (junk) and 0 (distractor) survive for the
+    evaluation protocol. Camera ids are 0-based everywhere.
+    """
+
+    name: str
+    root: Path
+    train: list[Sample]
+    query: list[Sample]
+    gallery: list[Sample]
+    # Optional side data some datasets carry (the synthetic one has both).
+    keypoints_csv: Path | None = None
+    masks_dir: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_train_pids(self) -> int:
+        return len({s.pid for s in self.train})
+
+    @property
+    def num_cameras(self) -> int:
+        cams = {s.camid for split in (self.train, self.query, self.gallery) for s in split}
+        return max(cams) + 1 if cams else 0
+
+    def summary(self) -> str:
+        def row(split_name: str, samples: Sequence[Sample]) -> str:
+            pids = {s.pid for s in samples}
+            cams = {s.camid for s in samples}
+            return f"  {split_name:<8} {len(pids):>6} ids {len(samples):>7} images {len(cams):>3} cameras"
+
+        return "\n".join(
+            [f"{self.name} at {self.root}", row("train", self.train), row("query", self.query),
+             row("gallery", self.gallery)]
+        )
+
+
+def relabel_train(samples: Iterable[Sample]) -> list[Sample]:
+    """Map train pids to 0..K-1 in ascending order of the original pid (stable across runs and machines)."""
+    samples = list(samples)
+    mapping = {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
+    return [Sample(s.path, mapping[s.pid], s.camid) for s in samples]
+
+
+def list_entries(folder: Path, limit: int = 20) -> str:
+    """A short listing of what a folder holds, for error messages."""
+    if not folder.exists():
+        return f"{folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    names = sorted(os.listdir(folder))
+    if not names:
+        return f"{folder} is empty"
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    return f"{folder} holds: {shown}"
+
+
+def find_dataset_dir(root: str | os.PathLike, candidates: Sequence[str], required: Sequence[str],
+                     dataset: str) -> Path:
+    """Return the first of root/candidate that holds every name in `required`.
+
+    `candidates` are paths relative to root ("" is root itself), so a reader accepts both the dataset folder and
+    the parent layouts other libraries use. The error names every folder tried and lists what root holds.
+    """
+    if root is None:
+        raise DatasetNotFoundError(f"{dataset}: no data root given (pass --data-root DIR)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{dataset}: data root {root} is not a folder ({list_entries(root)})")
+    for rel in candidates:
+        folder = root / rel if rel else root
+        if all((folder / name).exists() for name in required):
+            return folder
+    tried = ", ".join(str(root / rel) if rel else str(root) for rel in candidates)
+    raise DatasetNotFoundError(
+        f"{dataset}: expected a folder holding {', '.join(required)}; tried {tried}. {list_entries(root)}"
+    )
+
+
+def image_files(folder: Path, dataset: str, split: str) -> list[Path]:
+    """Image files of a split folder, sorted by name; other files (Thumbs.db, readme) are ignored."""
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"{dataset}: {split} folder {folder} is missing ({list_entries(folder.parent)})")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise DatasetFormatError(
+            f"{dataset}: {split} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            f"{list_entries(folder)}"
+        )
+    return files
