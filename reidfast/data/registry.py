@@ -53,7 +53,7 @@ def register_dataset(name: str, *aliases: str) -> Callable[[Reader], Reader]:
 
 
 def _ensure_builtin_readers() -> None:
-    from . import datasets, synthetic  # noqa: F401  (importing registers the built-in readers)
+    from . import datasets, synthetic_dataset  # noqa: F401  (importing registers the built-in readers)
 
 
 def list_datasets() -> list[str]:

@@ -40,10 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import ReidDataset
-from .datasets import parse_market_name, read_market_style
 from .pose import NUM_KEYPOINTS, write_keypoints_csv
-from .registry import default_cache_dir, register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +120,8 @@ def make_identity(rng: np.random.Generator) -> Identity:
 
 def make_camera(rng: np.random.Generator, domain: str) -> Camera:
     if domain == "a":
-        gain = rng.uniform(0.72, 1.28, 3)
-        brightness, gamma = rng.uniform(0.75, 1.15), rng.uniform(0.8, 1.25)
+        gain = rng.uniform(0.82, 1.18, 3)
+        brightness, gamma = rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.2)
         tilt, yaw, roll, zoom = rng.uniform(-0.12, 0.12), rng.uniform(-0.08, 0.08), rng.uniform(-0.05, 0.05), 1.0
         wall, floor = rng.uniform(60, 200, 3), rng.uniform(50, 170, 3)
     else:  # darker, cooler light, steeper viewpoints: a different camera network
@@ -518,6 +515,8 @@ def generate_atomically(out: str | os.PathLike, **params) -> Path:
     If another process finished first, its copy is kept and ours discarded.
     """
     out = Path(out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder given as the destination: replace it
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -533,39 +532,6 @@ def generate_atomically(out: str | os.PathLike, **params) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def cached_dataset_dir(ids: int = 200, cameras: int = 6, domain: str = "a", seed: int = 0, height: int = 128,
-                       width: int = 64, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the cached copy for these parameters lives (the name encodes every parameter and the format)."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cache / "synthetic" / f"market-v{FORMAT_VERSION}-ids{ids}-cam{cameras}-{domain}-seed{seed}-{height}x{width}"
-
-
-@register_dataset("synthetic", "synthetic-market")
-def read_synthetic(root=None, ids: int = 200, cameras: int = 6, domain: str = "a", seed: int = 0,
-                   height: int = 128, width: int = 64) -> ReidDataset:
-    """The synthetic dataset at `root`, generated there first if `root` does not exist or is empty.
-
-    Without a root it lives in the user cache and is generated on first use.
-    """
-    params = dict(ids=ids, cameras=cameras, domain=domain, seed=seed, height=height, width=width)
-    if root is None:
-        folder = cached_dataset_dir(**params)
-        if not folder.exists():
-            log.info("generating the synthetic dataset into %s (once)", folder)
-        generate_atomically(folder, **params)
-    else:
-        folder = Path(root)
-        if not folder.exists() or not any(folder.iterdir()):
-            generate_atomically(folder, **params)
-    dataset = read_market_style(folder, "synthetic", parse_market_name, "0002_c1s1_000451_03.jpg", 9,
-                                name=f"synthetic-{domain}")
-    dataset.keypoints_csv = folder / "annotations.csv"
-    dataset.masks_dir = folder / "masks"
-    meta = folder / "synthetic.json"
-    dataset.info = json.loads(meta.read_text()) if meta.exists() else {}
-    return dataset
 
 
 def main(argv=None) -> int:

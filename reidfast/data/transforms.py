@@ -1,0 +1,166 @@
+"""Training augmentation done on the device, on whole (B, C, H, W) batches, with a torch.Generator.
+
+Random horizontal flip, zero padding + random crop back to the input size, normalization, random erasing: the
+usual re-id recipe, with per-sample random parameters drawn as tensors and applied with one gather and a few
+broadcast comparisons instead of a Python loop over samples. Erasing follows torchvision's RandomErasing: it
+acts on the normalized image, draws the rectangle's area fraction and log aspect ratio uniformly, and tries up
+to 10 draws per sample for one that fits.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+from .pose import FLIP_PERMUTATION, missing_mask
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; floating images are returned as they are."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """(x - mean) / std per channel; uint8 input is first scaled to [0, 1]."""
+    images = to_float(images)
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """The inverse of :func:`normalize`, clamped to [0, 1] (for saving sample grids)."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+class Augmented(NamedTuple):
+    images: torch.Tensor          # (B, C, H, W) float, normalized
+    aligned: list[torch.Tensor]   # the extra tensors, flipped and cropped like the images
+    flipped: torch.Tensor         # (B,) bool
+    offsets: torch.Tensor         # (B, 2) int64 crop offsets (x, y) in the padded image
+
+
+class BatchAugment:
+    """Flip, pad + random crop, normalize, random erasing for a (B, C, H, W) batch (uint8 or float in [0, 1]).
+
+    ``augment(images, generator)`` returns the augmented batch; ``augment.apply(images, aligned, generator)``
+    also transforms tensors that must stay aligned with the images (masks: same flip and crop, no erasing) and
+    returns the per-sample flip and crop, which :meth:`transform_keypoints` applies to keypoints.
+    Random numbers come from `generator` (on any device; one on the images' device avoids copies).
+    """
+
+    def __init__(self, flip_p: float = 0.5, pad: int = 10, erase_p: float = 0.5,
+                 erase_area: tuple[float, float] = (0.02, 0.4), erase_ratio: tuple[float, float] = (0.3, 3.3),
+                 erase_value: float | Sequence[float] | str = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        for name, p in (("flip_p", flip_p), ("erase_p", erase_p)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"BatchAugment: {name} must be in [0, 1], got {p}")
+        if pad < 0:
+            raise ValueError(f"BatchAugment: pad must be >= 0, got {pad}")
+        if not (0 < erase_area[0] <= erase_area[1] <= 1 and 0 < erase_ratio[0] <= erase_ratio[1]):
+            raise ValueError(f"BatchAugment: erase_area must satisfy 0 < lo <= hi <= 1 and erase_ratio 0 < lo <= hi; "
+                             f"got {erase_area} and {erase_ratio}")
+        if isinstance(erase_value, str) and erase_value != "random":
+            raise ValueError(f"BatchAugment: erase_value must be a number, per-channel numbers or 'random', "
+                             f"got {erase_value!r}")
+        self.flip_p, self.pad, self.erase_p = flip_p, pad, erase_p
+        self.erase_area, self.erase_ratio, self.erase_value = erase_area, erase_ratio, erase_value
+        self.mean, self.std = mean, std
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, generator=generator).images
+
+    def _rand(self, shape, generator, device):
+        rng_device = generator.device if generator is not None else device
+        return torch.rand(shape, generator=generator, device=rng_device).to(device)
+
+    def apply(self, images: torch.Tensor, aligned: Sequence[torch.Tensor] = (),
+              generator: torch.Generator | None = None) -> Augmented:
+        if images.dim() != 4:
+            raise ValueError(f"BatchAugment: images must be (B, C, H, W), got {tuple(images.shape)}")
+        batch, _, height, width = images.shape
+        for t in aligned:
+            if t.dim() != 4 or t.shape[0] != batch or t.shape[-2:] != images.shape[-2:]:
+                raise ValueError(f"BatchAugment: aligned tensors must be (B, *, H, W) = ({batch}, *, {height}, "
+                                 f"{width}); got {tuple(t.shape)}")
+        device = images.device
+        flipped = self._rand(batch, generator, device) < self.flip_p
+        offsets = (self._rand((batch, 2), generator, device) * (2 * self.pad + 1)).long().clamp_(max=2 * self.pad)
+        index = self._gather_index(flipped, offsets, height, width)
+        out = normalize(self._flip_crop(to_float(images), index), self.mean, self.std)
+        out = self._erase(out, generator)
+        aligned_out = [self._flip_crop(t, index) for t in aligned]
+        return Augmented(out, aligned_out, flipped, offsets)
+
+    def _gather_index(self, flipped, offsets, height, width):
+        """Flat index into the padded image of every output pixel: flip, then crop at the offset."""
+        padded_w = width + 2 * self.pad
+        cols = torch.arange(width, device=flipped.device).unsqueeze(0) + offsets[:, :1]        # (B, W)
+        cols = torch.where(flipped.unsqueeze(1), padded_w - 1 - cols, cols)
+        rows = torch.arange(height, device=flipped.device).unsqueeze(0) + offsets[:, 1:]        # (B, H)
+        return (rows.unsqueeze(2) * padded_w + cols.unsqueeze(1)).flatten(1)                    # (B, H*W)
+
+    def _flip_crop(self, tensor, index):
+        batch, channels, height, width = tensor.shape
+        padded = torch.nn.functional.pad(tensor, (self.pad,) * 4) if self.pad else tensor
+        flat = padded.flatten(2)
+        out = flat.gather(2, index.unsqueeze(1).expand(batch, channels, -1))
+        return out.view(batch, channels, height, width)
+
+    def _erase(self, images, generator):
+        if self.erase_p == 0:
+            return images
+        batch, channels, height, width = images.shape
+        device, attempts = images.device, 10
+        area = height * width * (self.erase_area[0] + (self.erase_area[1] - self.erase_area[0])
+                                 * self._rand((batch, attempts), generator, device))
+        log_lo, log_hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * self._rand((batch, attempts), generator, device))
+        h = torch.sqrt(area * ratio).round().long()
+        w = torch.sqrt(area / ratio).round().long()
+        fits = (h < height) & (w < width) & (h > 0) & (w > 0)
+        first = fits.long().argmax(1, keepdim=True)  # the first attempt that fits (as torchvision's loop does)
+        h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+        apply = fits.any(1) & (self._rand(batch, generator, device) < self.erase_p)
+        top = (self._rand(batch, generator, device) * (height - h + 1)).long()
+        left = (self._rand(batch, generator, device) * (width - w + 1)).long()
+        rows = torch.arange(height, device=device).view(1, -1, 1)
+        cols = torch.arange(width, device=device).view(1, 1, -1)
+        region = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)) & apply.view(-1, 1, 1))
+        region = region.unsqueeze(1)
+        if isinstance(self.erase_value, str):  # "random": standard normal noise, as torchvision's value="random"
+            rng_device = generator.device if generator is not None else device
+            value = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
+        else:
+            value = torch.as_tensor(self.erase_value, dtype=images.dtype, device=device).reshape(1, -1, 1, 1)
+        return torch.where(region, value, images)
+
+    def transform_keypoints(self, keypoints: torch.Tensor, result: Augmented, width: int,
+                            swap_left_right: bool = True) -> torch.Tensor:
+        """Apply `result`'s flip and crop to (B, 18, 2) (x, y) keypoints of images `width` pixels wide.
+
+        Points cropped out of the image become missing (-1). With ``swap_left_right`` a flipped sample's
+        left/right keypoints trade places (see :func:`reidfast.data.pose.flip_keypoints`).
+        """
+        kp = keypoints.clone()
+        missing = missing_mask(keypoints)
+        flipped = result.flipped.view(-1, 1).to(kp.device)
+        kp[..., 0] = torch.where(flipped, (width - 1) - kp[..., 0], kp[..., 0])
+        if swap_left_right:
+            kp = torch.where(flipped.unsqueeze(-1), kp[:, list(FLIP_PERMUTATION)], kp)
+            missing = torch.where(flipped, missing[:, list(FLIP_PERMUTATION)], missing)
+        # the crop window starts at `offset` in the padded image, i.e. at offset - pad in the image
+        shift = (result.offsets.to(kp) - self.pad).unsqueeze(1)
+        kp = kp - shift
+        height = None if result.images is None else result.images.shape[-2]
+        outside = (kp[..., 0] < 0) | (kp[..., 0] > width - 1) | (kp[..., 1] < 0)
+        if height is not None:
+            outside |= kp[..., 1] > height - 1
+        return torch.where((missing | outside).unsqueeze(-1), torch.full_like(kp, -1.0), kp)

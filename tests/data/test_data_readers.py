@@ -1,0 +1,172 @@
+"""Readers on tiny hand-made trees with each dataset's real layout and naming."""
+import argparse
+from pathlib import Path
+
+import pytest
+
+from reidfast.data import (DatasetFormatError, DatasetNotFoundError, ReidDataset, Sample, add_dataset_args,
+                           dataset_from_args, get_dataset, list_datasets, register_dataset)
+from reidfast.data.registry import _READERS
+
+MARKET_TRAIN = ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c3s3_077419_03.jpg", "Thumbs.db"]
+MARKET_QUERY = ["0001_c1s1_001051_00.jpg", "0003_c4s2_010101_00.jpg"]
+MARKET_GALLERY = ["0001_c2s1_000301_01.jpg", "0003_c1s1_001051_02.jpg", "-1_c1s1_000401_03.jpg",
+                  "0000_c6s1_001051_01.jpg"]
+
+
+def make_market(touch_files, folder: Path, gallery=MARKET_GALLERY) -> Path:
+    touch_files(folder / "bounding_box_train", MARKET_TRAIN)
+    touch_files(folder / "query", MARKET_QUERY)
+    touch_files(folder / "bounding_box_test", gallery)
+    return folder
+
+
+def triples(samples):
+    return sorted((Path(s.path).name, s.pid, s.camid) for s in samples)
+
+
+def test_market_labels_cameras_and_protocol_labels(touch_files, tmp_path):
+    ds = get_dataset("market1501", make_market(touch_files, tmp_path / "Market-1501-v15.09.15"))
+    assert isinstance(ds, ReidDataset) and all(isinstance(s, Sample) for s in ds.train)
+    # train pids relabelled 0..K-1 in pid order; cameras 0-based; Thumbs.db ignored
+    assert triples(ds.train) == [("0002_c1s1_000451_03.jpg", 0, 0), ("0002_c2s1_000301_01.jpg", 0, 1),
+                                 ("0007_c3s3_077419_03.jpg", 1, 2)]
+    assert triples(ds.query) == [("0001_c1s1_001051_00.jpg", 1, 0), ("0003_c4s2_010101_00.jpg", 3, 3)]
+    # junk (-1) and distractor (0) gallery labels survive for the evaluation protocol
+    assert triples(ds.gallery) == [("-1_c1s1_000401_03.jpg", -1, 0), ("0000_c6s1_001051_01.jpg", 0, 5),
+                                   ("0001_c2s1_000301_01.jpg", 1, 1), ("0003_c1s1_001051_02.jpg", 3, 0)]
+    assert ds.num_train_pids == 2 and ds.num_cameras == 6
+    assert "train" in ds.summary()
+
+
+@pytest.mark.parametrize("layout", ["", "Market-1501-v15.09.15", "market1501/Market-1501-v15.09.15", "market1501"])
+def test_market_accepts_folder_and_torchreid_parent_layouts(touch_files, tmp_path, layout):
+    make_market(touch_files, tmp_path / layout if layout else tmp_path)
+    assert len(get_dataset("market", tmp_path).train) == 3
+
+
+def test_missing_folder_error_names_expected_folder_and_contents(touch_files, tmp_path):
+    touch_files(tmp_path / "something_else", ["x.jpg"])
+    with pytest.raises(DatasetNotFoundError) as info:
+        get_dataset("market1501", tmp_path)
+    message = str(info.value)
+    assert "bounding_box_train" in message and "Market-1501-v15.09.15" in message and "something_else" in message
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        get_dataset("market1501", tmp_path / "nope")
+
+
+def test_empty_split_is_an_error_naming_the_split(touch_files, tmp_path):
+    make_market(touch_files, tmp_path, gallery=["readme.txt"])
+    with pytest.raises(DatasetFormatError, match="bounding_box_test.*holds no images"):
+        get_dataset("market1501", tmp_path)
+
+
+def test_malformed_names_raise_listing_them_or_are_skipped_when_not_strict(touch_files, tmp_path, caplog):
+    make_market(touch_files, tmp_path, gallery=MARKET_GALLERY + ["0001_c9s1_000001_01.jpg", "copy of 0001.jpg"])
+    with pytest.raises(DatasetFormatError) as info:
+        get_dataset("market1501", tmp_path)
+    assert "copy of 0001.jpg" in str(info.value) and "0001_c9s1_000001_01.jpg" in str(info.value)  # camera 9
+    ds = get_dataset("market1501", tmp_path, strict=False)
+    assert len(ds.gallery) == len(MARKET_GALLERY)
+    assert "skipped" in caplog.text
+
+
+def test_dukemtmc(touch_files, tmp_path):
+    folder = tmp_path / "dukemtmc-reid" / "DukeMTMC-reID"
+    touch_files(folder / "bounding_box_train", ["0001_c2_f0046182.jpg", "0005_c8_f0000001.jpg"])
+    touch_files(folder / "query", ["0003_c1_f0000002.jpg"])
+    touch_files(folder / "bounding_box_test", ["0003_c5_f0000003.jpg", "0004_c7_f0000009.jpg"])
+    ds = get_dataset("dukemtmc", tmp_path)
+    assert triples(ds.train) == [("0001_c2_f0046182.jpg", 0, 1), ("0005_c8_f0000001.jpg", 1, 7)]
+    assert triples(ds.gallery)[1] == ("0004_c7_f0000009.jpg", 4, 6)
+    # a Market name is malformed for Duke
+    touch_files(folder / "query", ["0002_c1s1_000451_03.jpg"])
+    with pytest.raises(DatasetFormatError, match="0001_c2_f0046182.jpg"):
+        get_dataset("dukemtmc", tmp_path)
+
+
+def make_msmt(touch_files, root: Path, version: str) -> Path:
+    folder = root / "msmt17" / f"MSMT17_{version}"
+    train_dir, test_dir = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}[version]
+    touch_files(folder / train_dir / "0000", ["0000_000_01_0303morning_0015_0.jpg", "0000_001_05_0303noon_0020_1.jpg"])
+    touch_files(folder / train_dir / "0001", ["0001_000_15_0303morning_0100_0.jpg"])
+    touch_files(folder / test_dir / "0000", ["0000_000_02_0113morning_0001_0.jpg", "0000_003_07_0113noon_0009_0.jpg"])
+    (folder / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n"
+                                           "0001/0001_000_15_0303morning_0100_0.jpg 1\n")
+    (folder / "list_val.txt").write_text("0000/0000_001_05_0303noon_0020_1.jpg 0\n")
+    (folder / "list_query.txt").write_text("0000/0000_000_02_0113morning_0001_0.jpg 0\n")
+    (folder / "list_gallery.txt").write_text("0000/0000_003_07_0113noon_0009_0.jpg 0\n")
+    return folder
+
+
+@pytest.mark.parametrize("version", ["V1", "V2"])
+def test_msmt17_lists_versions_and_val(touch_files, tmp_path, version):
+    folder = make_msmt(touch_files, tmp_path, version)
+    ds = get_dataset("msmt17", tmp_path)
+    assert ds.name == f"msmt17-{version.lower()}"
+    assert [(s.pid, s.camid) for s in ds.train] == [(0, 0), (1, 14)]  # camera from the third name field
+    assert ds.query[0].path.startswith(str(folder / ("test" if version == "V1" else "mask_test_v2")))
+    assert [s.camid for s in ds.gallery] == [6]
+    assert len(get_dataset("msmt17", tmp_path, use_val=True).train) == 3
+
+
+def test_msmt17_errors(touch_files, tmp_path):
+    folder = make_msmt(touch_files, tmp_path, "V1")
+    with pytest.raises(DatasetNotFoundError, match="MSMT17_V2"):
+        get_dataset("msmt17", tmp_path, version="V2")
+    (folder / "list_query.txt").write_text("0000/0000_000_02_0113morning_0001_0.jpg\n")  # pid missing
+    with pytest.raises(DatasetFormatError, match="line 1"):
+        get_dataset("msmt17", tmp_path)
+
+
+@pytest.mark.parametrize("variant", ["detected", "labeled"])
+def test_cuhk03np_variants_and_layouts(touch_files, tmp_path, variant):
+    for v, cam in (("detected", 1), ("labeled", 2)):
+        folder = tmp_path / "cuhk03-np" / v
+        touch_files(folder / "bounding_box_train", [f"0001_c{cam}_1.png", "0009_c2_3.png"])
+        touch_files(folder / "query", ["0002_c1_1.png"])
+        touch_files(folder / "bounding_box_test", ["0002_c2_4.png"])
+    for root in (tmp_path, tmp_path / "cuhk03-np", tmp_path / "cuhk03-np" / variant):
+        ds = get_dataset("cuhk03", root, variant=variant)
+        assert ds.name == f"cuhk03-np-{variant}"
+        assert ds.train[0].camid == (0 if variant == "detected" else 1)
+        assert ds.train[0].path.startswith(str(tmp_path / "cuhk03-np" / variant))
+    with pytest.raises(ValueError, match="variant"):
+        get_dataset("cuhk03", tmp_path, variant="both")
+
+
+def test_prid2011_split_and_distractors(touch_files, tmp_path):
+    single = tmp_path / "prid2011" / "prid_2011" / "single_shot"
+    touch_files(single / "cam_a", [f"person_{i:04d}.png" for i in range(1, 11)])
+    touch_files(single / "cam_b", [f"person_{i:04d}.png" for i in list(range(1, 11)) + [201, 350]])
+    ds = get_dataset("prid", tmp_path, num_train_ids=6, split_seed=1)
+    assert len(ds.train) == 12 and ds.num_train_pids == 6
+    assert {s.camid for s in ds.query} == {0} and {s.camid for s in ds.gallery} == {1}
+    test_ids = {s.pid for s in ds.query}
+    assert len(test_ids) == 4 and not test_ids & set(ds.info["train_ids"])
+    assert {s.pid for s in ds.gallery} == test_ids | {201, 350}
+    assert get_dataset("prid", single, num_train_ids=6, split_seed=1).query == ds.query  # deterministic
+    assert get_dataset("prid", single, num_train_ids=6, split_seed=2).query != ds.query
+    with pytest.raises(DatasetFormatError, match="num_train_ids"):
+        get_dataset("prid", single, num_train_ids=10)
+
+
+def test_registry_custom_dataset_names_and_cli_args(touch_files, tmp_path):
+    @register_dataset("unit-test-set", "utset")
+    def read_unit(root, flavour="plain"):
+        return ReidDataset(f"unit-{flavour}", Path(root), [Sample("a.jpg", 0, 0)], [], [])
+
+    try:
+        assert "unit-test-set" in list_datasets()
+        assert get_dataset("UTSET", tmp_path, flavour="x").name == "unit-x"
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("utset")(lambda root: None)
+        parser = add_dataset_args(argparse.ArgumentParser())
+        args = parser.parse_args(["--dataset", "unit-test-set", "--data-root", str(tmp_path)])
+        assert dataset_from_args(args).name == "unit-plain"
+    finally:
+        _READERS.pop("unit-test-set")
+    with pytest.raises(ValueError, match="unknown dataset 'nope'.*market1501"):
+        get_dataset("nope", tmp_path)
+    with pytest.raises(ValueError, match="needs a data root"):
+        get_dataset("market1501")
