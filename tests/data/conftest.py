@@ -8,6 +8,12 @@ TINY = dict(ids=8, cameras=3, domain="a", seed=3, height=64, width=32)
 
 
 @pytest.fixture(scope="session")
+def tiny_params() -> dict:
+    """The generation parameters of `synthetic_root`."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A tiny synthetic dataset (8 ids x 3 cameras, 64x32), generated once per test session."""
     root = tmp_path_factory.mktemp("synthetic") / "tiny"

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from reidfast.data import BatchAugment, flip_keypoints, normalize
+
+
+def batch(seed=0, b=6, h=16, w=8):
+    return torch.randint(0, 256, (b, 3, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_deterministic_for_a_generator_seed():
+    images = batch()
+    augment = BatchAugment()
+    a = augment(images, torch.Generator().manual_seed(7))
+    b = augment(images, torch.Generator().manual_seed(7))
+    c = augment(images, torch.Generator().manual_seed(8))
+    assert a.shape == images.shape and a.dtype == torch.float32
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_flip_only_and_identity():
+    images = batch()
+    torch.testing.assert_close(BatchAugment(flip_p=1.0, pad=0, erase_p=0.0)(images), normalize(images.flip(-1)))
+    torch.testing.assert_close(BatchAugment(flip_p=0.0, pad=0, erase_p=0.0)(images), normalize(images))
+
+
+def test_pad_and_crop_match_a_per_sample_reference():
+    images = batch()
+    augment = BatchAugment(flip_p=0.5, pad=3, erase_p=0.0)
+    result = augment.apply(images, generator=torch.Generator().manual_seed(1))
+    assert result.flipped.any() and not result.flipped.all()
+    padded = torch.nn.functional.pad(images.float() / 255, (3, 3, 3, 3))
+    for i in range(images.shape[0]):
+        x, y = result.offsets[i].tolist()
+        src = padded[i].flip(-1) if result.flipped[i] else padded[i]
+        crop = src[:, y:y + 16, x:x + 8]
+        torch.testing.assert_close(result.images[i:i + 1], normalize(crop.unsqueeze(0)))
+
+
+def test_erasing_writes_one_rectangle_of_the_value_within_the_area_bounds():
+    images = torch.full((32, 3, 20, 10), 200, dtype=torch.uint8)
+    augment = BatchAugment(flip_p=0.0, pad=0, erase_p=1.0, erase_area=(0.1, 0.3), erase_value=-9.0)
+    out = augment(images, torch.Generator().manual_seed(0))
+    erased = out[:, 0] == -9.0
+    assert (erased == (out[:, 1] == -9.0)).all()  # same region in every channel
+    areas = erased.flatten(1).sum(1).float() / 200
+    assert (areas > 0).float().mean() > 0.9  # almost every sample finds a rectangle that fits
+    for region in erased[areas > 0]:
+        rows, cols = region.any(1).nonzero().flatten(), region.any(0).nonzero().flatten()
+        box = region[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # one solid rectangle
+    assert ((areas[areas > 0] >= 0.07) & (areas[areas > 0] <= 0.36)).all()  # rounding of h, w aside
+    assert not BatchAugment(erase_p=0.0, pad=0, flip_p=0.0)(images).eq(-9.0).any()
+
+
+def test_aligned_masks_and_keypoints_follow_the_images():
+    b, h, w = 8, 16, 8
+    images = torch.zeros(b, 3, h, w, dtype=torch.uint8)
+    keypoints = torch.full((b, 18, 2), -1.0)
+    g = torch.Generator().manual_seed(0)
+    for i in range(b):  # one bright pixel per sample at the right shoulder's position
+        x, y = torch.randint(2, w - 2, (1,), generator=g).item(), torch.randint(2, h - 2, (1,), generator=g).item()
+        images[i, :, y, x] = 255
+        keypoints[i, 2] = torch.tensor([float(x), float(y)])
+    masks = (images[:, :1] > 0).to(torch.uint8)
+    augment = BatchAugment(flip_p=0.5, pad=2, erase_p=0.0)
+    result = augment.apply(images, aligned=[masks], generator=torch.Generator().manual_seed(3))
+    moved = augment.transform_keypoints(keypoints, result, w)
+    assert torch.equal(result.aligned[0].bool(), result.images[:, :1] > 0)
+    for i in range(b):
+        slot = 5 if result.flipped[i] else 2  # a flip makes the right shoulder the left one
+        x, y = moved[i, slot].tolist()
+        if x < 0:
+            assert not result.aligned[0][i].any()  # cropped out together with the pixel
+        else:
+            assert result.aligned[0][i, 0, int(y), int(x)] == 1
+    plain = augment.transform_keypoints(keypoints, result, w, swap_left_right=False)
+    assert (plain[:, 5] == -1).all()
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="flip_p"):
+        BatchAugment(flip_p=2)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        BatchAugment()(torch.zeros(3, 8, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="aligned"):
+        BatchAugment().apply(torch.zeros(2, 3, 8, 4), aligned=[torch.zeros(2, 1, 4, 4)])
