@@ -420,7 +420,8 @@ def render(person: Identity | None, camera: Camera, rng: np.random.Generator, he
         from_left = rng.random() < 0.5
         occluder = (yy > rng.uniform(0.5, 0.8) * height) if rng.random() < 0.5 else (
             (xx < rng.uniform(0.15, 0.35) * width) if from_left else (xx > rng.uniform(0.65, 0.85) * width))
-        img = np.where(occluder[..., None], _palette_colour(rng).astype(np.float32) * (0.8 + 0.2 * yy[..., None] / height), img)
+        occluder_colour = _palette_colour(rng).astype(np.float32) * (0.8 + 0.2 * yy[..., None] / height)
+        img = np.where(occluder[..., None], occluder_colour, img)
         mask &= ~occluder
         kx, ky = np.rint(keypoints[:, 0]).astype(int), np.rint(keypoints[:, 1]).astype(int)
         inside = (kx >= 0) & (kx < width) & (ky >= 0) & (ky < height)

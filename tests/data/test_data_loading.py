@@ -31,8 +31,8 @@ def test_items_are_uint8_with_labels_keypoints_and_masks(tiny, synthetic_root):
 
 def test_worker_loader_with_pk_batches_and_augmentation(tiny_params, tiny):
     sampler = IdentityBalancedBatchSampler(tiny.train, num_ids=2, num_instances=2, seed=0)
-    loader = make_loader(ImageDataset(tiny.train, size=(tiny_params["height"], tiny_params["width"])), batch_sampler=sampler,
-                         num_workers=2)
+    size = (tiny_params["height"], tiny_params["width"])
+    loader = make_loader(ImageDataset(tiny.train, size=size), batch_sampler=sampler, num_workers=2)
     assert loader.pin_memory == torch.cuda.is_available()
     batches = list(loader)
     assert len(batches) == len(sampler)
