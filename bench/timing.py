@@ -1,0 +1,38 @@
+"""The one timing harness: warm-up, then the median of repeats (CUDA events on GPU, perf_counter on CPU)."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10, min_total_s: float = 0.0) -> float:
+    """Median wall time of fn() in milliseconds. On CUDA each repeat is bracketed by events on the stream."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        began = time.perf_counter()
+        while len(times) < repeats or (time.perf_counter() - began) < min_total_s:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), the peak the kernels are held to."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=3, repeats=20)
+    return 2 * nbytes / (ms * 1e-3) / 1e9

@@ -1,0 +1,271 @@
+// AdaIN on the CPU: at::parallel_for over rows (contiguous) or over samples (channels_last).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "reidfast/adain_checks.h"
+#include "reidfast/adain_math.h"
+
+namespace reidfast {
+namespace adain {
+namespace {
+
+// Sum of term(i) for i in [0, n). Eight independent lanes let the compiler vectorize without reordering a
+// single floating-point chain; each block of 1024 elements is folded into a double so long rows stay exact.
+template <typename acc_t, typename F>
+inline double row_sum(int64_t n, F term) {
+  constexpr int kLanes = 8;
+  constexpr int64_t kBlock = 1024;
+  double total = 0.0;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t end = std::min(n, start + kBlock);
+    acc_t lanes[kLanes] = {};
+    int64_t i = start;
+    for (; i + kLanes <= end; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) lanes[j] += term(i + j);
+    }
+    for (; i < end; ++i) lanes[0] += term(i);
+    for (int j = 0; j < kLanes; ++j) total += static_cast<double>(lanes[j]);
+  }
+  return total;
+}
+
+template <typename scalar_t>
+void forward_rows(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const scalar_t* res,
+                  at::Tensor& y, at::Tensor& mean, at::Tensor& rstd, int act, double slope, double eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = x.size(0) * x.size(1), n = x.size(2) * x.size(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const acc_t* wp = weight.const_data_ptr<acc_t>();
+  const acc_t* bp = bias.const_data_ptr<acc_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* mp = mean.mutable_data_ptr<acc_t>();
+  acc_t* rp = rstd.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* row = xp + r * n;
+      // Summing x - row[0] keeps the lanes small when |mean| >> std (float lanes would drop the spread).
+      const acc_t first = static_cast<acc_t>(row[0]);
+      const acc_t mu = first + static_cast<acc_t>(
+                                   row_sum<acc_t>(n, [row, first](int64_t i) { return acc_t(row[i]) - first; }) / n);
+      const double var = row_sum<acc_t>(n, [row, mu](int64_t i) {
+                           const acc_t d = acc_t(row[i]) - mu;
+                           return d * d;
+                         }) / n;
+      const acc_t inv = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
+      mp[r] = mu;
+      rp[r] = inv;
+      const RowAffine<acc_t> a = row_affine(mu, inv, wp[r], bp[r]);
+      const acc_t s = static_cast<acc_t>(slope);
+      scalar_t* out = yp + r * n;
+      const scalar_t* rr = res ? res + r * n : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        acc_t v = forward_element(static_cast<acc_t>(row[i]), a, act, s);
+        if (rr) v += static_cast<acc_t>(rr[i]);
+        out[i] = static_cast<scalar_t>(v);
+      }
+    }
+  });
+}
+
+// channels_last: element (n, c, i) sits at n*HW*C + i*C + c, so per sample the C statistics advance together
+// along the contiguous channel axis.
+template <typename scalar_t>
+void forward_channels_last(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                           const scalar_t* res, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd, int act,
+                           double slope, double eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const acc_t* wp = weight.const_data_ptr<acc_t>();
+  const acc_t* bp = bias.const_data_ptr<acc_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* mp = mean.mutable_data_ptr<acc_t>();
+  acc_t* rp = rstd.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> sum(C), sq(C);
+    std::vector<acc_t> mu(C);
+    std::vector<RowAffine<acc_t>> aff(C);
+    for (int64_t s = begin; s < end; ++s) {
+      const scalar_t* base = xp + s * n * C;
+      std::fill(sum.begin(), sum.end(), 0.0);
+      std::fill(sq.begin(), sq.end(), 0.0);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<acc_t>(base[i * C + c]);
+      for (int64_t c = 0; c < C; ++c) mu[c] = static_cast<acc_t>(sum[c] / n);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = static_cast<acc_t>(base[i * C + c]) - mu[c];
+          sq[c] += d * d;
+        }
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t inv = static_cast<acc_t>(1.0 / std::sqrt(sq[c] / n + eps));
+        mp[s * C + c] = mu[c];
+        rp[s * C + c] = inv;
+        aff[c] = row_affine(mu[c], inv, wp[s * C + c], bp[s * C + c]);
+      }
+      const acc_t sl = static_cast<acc_t>(slope);
+      scalar_t* out = yp + s * n * C;
+      const scalar_t* rr = res ? res + s * n * C : nullptr;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) {
+          acc_t v = forward_element(static_cast<acc_t>(base[i * C + c]), aff[c], act, sl);
+          if (rr) v += static_cast<acc_t>(rr[i * C + c]);
+          out[i * C + c] = static_cast<scalar_t>(v);
+        }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_rows(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                   const at::Tensor& mean, const at::Tensor& rstd, at::Tensor& gx, at::Tensor& gw, at::Tensor& gb,
+                   int act, double slope) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = x.size(0) * x.size(1), n = x.size(2) * x.size(3);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const acc_t* wp = weight.const_data_ptr<acc_t>();
+  const acc_t* bp = bias.const_data_ptr<acc_t>();
+  const acc_t* mp = mean.const_data_ptr<acc_t>();
+  const acc_t* rp = rstd.const_data_ptr<acc_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  acc_t* gwp = gw.mutable_data_ptr<acc_t>();
+  acc_t* gbp = gb.mutable_data_ptr<acc_t>();
+  const acc_t s = static_cast<acc_t>(slope);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g(n), xh(n);  // this row's g and xhat, computed once for both passes
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* grow = gyp + r * n;
+      const scalar_t* xrow = xp + r * n;
+      const acc_t mu = mp[r], inv = rp[r], w = wp[r], b = bp[r];
+      for (int64_t i = 0; i < n; ++i) {
+        g[i] = grad_preactivation(static_cast<acc_t>(grow[i]), static_cast<acc_t>(xrow[i]), mu, inv, w, b, act, s,
+                                  &xh[i]);
+      }
+      const double sum_g = row_sum<acc_t>(n, [&g](int64_t i) { return g[i]; });
+      const double sum_gx = row_sum<acc_t>(n, [&g, &xh](int64_t i) { return g[i] * xh[i]; });
+      gbp[r] = static_cast<acc_t>(sum_g);
+      gwp[r] = static_cast<acc_t>(sum_gx);
+      const acc_t mg = static_cast<acc_t>(sum_g / n), mgx = static_cast<acc_t>(sum_gx / n);
+      scalar_t* out = gxp + r * n;
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(grad_input(g[i], xh[i], inv, w, mg, mgx));
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_channels_last(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, at::Tensor& gx,
+                            at::Tensor& gw, at::Tensor& gb, int act, double slope) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), n = x.size(2) * x.size(3);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const acc_t* wp = weight.const_data_ptr<acc_t>();
+  const acc_t* bp = bias.const_data_ptr<acc_t>();
+  const acc_t* mp = mean.const_data_ptr<acc_t>();
+  const acc_t* rp = rstd.const_data_ptr<acc_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  acc_t* gwp = gw.mutable_data_ptr<acc_t>();
+  acc_t* gbp = gb.mutable_data_ptr<acc_t>();
+  const acc_t s = static_cast<acc_t>(slope);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> sum_g(C), sum_gx(C);
+    for (int64_t smp = begin; smp < end; ++smp) {
+      const int64_t o = smp * n * C, k = smp * C;
+      std::fill(sum_g.begin(), sum_g.end(), 0.0);
+      std::fill(sum_gx.begin(), sum_gx.end(), 0.0);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) {
+          acc_t xh;
+          const acc_t g = grad_preactivation(static_cast<acc_t>(gyp[o + i * C + c]),
+                                             static_cast<acc_t>(xp[o + i * C + c]), mp[k + c], rp[k + c],
+                                             wp[k + c], bp[k + c], act, s, &xh);
+          sum_g[c] += g;
+          sum_gx[c] += g * xh;
+        }
+      for (int64_t c = 0; c < C; ++c) {
+        gbp[k + c] = static_cast<acc_t>(sum_g[c]);
+        gwp[k + c] = static_cast<acc_t>(sum_gx[c]);
+      }
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) {
+          acc_t xh;
+          const acc_t g = grad_preactivation(static_cast<acc_t>(gyp[o + i * C + c]),
+                                             static_cast<acc_t>(xp[o + i * C + c]), mp[k + c], rp[k + c],
+                                             wp[k + c], bp[k + c], act, s, &xh);
+          gxp[o + i * C + c] = static_cast<scalar_t>(grad_input(g, xh, rp[k + c], wp[k + c],
+                                                                static_cast<acc_t>(sum_g[c] / n),
+                                                                static_cast<acc_t>(sum_gx[c] / n)));
+        }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                                                 const at::Tensor& bias_in,
+                                                                 const c10::optional<at::Tensor>& residual_in,
+                                                                 c10::string_view activation, double negative_slope,
+                                                                 double eps) {
+  check_inputs(x_in, weight_in, bias_in, residual_in, c10::DeviceType::CPU);
+  TORCH_CHECK_VALUE(eps >= 0, "adain: eps must be >= 0, got ", eps);
+  const int act = parse_activation(activation);
+  const auto layout = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous(layout);
+  const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor residual;
+  if (residual_in.has_value()) residual = residual_in->contiguous(layout);
+  at::Tensor y = at::empty_like(x, x.options(), layout);
+  const auto stat_opts = weight.options();
+  at::Tensor mean = at::empty({x.size(0), x.size(1)}, stat_opts);
+  at::Tensor rstd = at::empty({x.size(0), x.size(1)}, stat_opts);
+  if (x.numel() == 0) return {y, mean.fill_(0), rstd.fill_(0)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_forward_cpu", [&] {
+    const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
+    if (layout == at::MemoryFormat::ChannelsLast)
+      forward_channels_last<scalar_t>(x, weight, bias, res, y, mean, rstd, act, negative_slope, eps);
+    else
+      forward_rows<scalar_t>(x, weight, bias, res, y, mean, rstd, act, negative_slope, eps);
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_backward_cpu(
+    const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+    const at::Tensor& mean_in, const at::Tensor& rstd_in, c10::string_view activation, double negative_slope) {
+  check_inputs(x_in, weight_in, bias_in, c10::nullopt, c10::DeviceType::CPU);
+  TORCH_CHECK_VALUE(grad_y_in.sizes() == x_in.sizes() && grad_y_in.scalar_type() == x_in.scalar_type(),
+                    "adain_backward: grad_y must match x in shape and dtype, got ", grad_y_in.sizes(), " ",
+                    grad_y_in.scalar_type());
+  const int act = parse_activation(activation);
+  const auto layout = layout_of(x_in);
+  const at::Tensor x = x_in.contiguous(layout), gy = grad_y_in.contiguous(layout);
+  const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  at::Tensor gx = at::empty_like(x, x.options(), layout);
+  at::Tensor gw = at::zeros_like(weight), gb = at::zeros_like(bias);
+  if (x.numel() == 0) return {gx, gw, gb};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_backward_cpu", [&] {
+    if (layout == at::MemoryFormat::ChannelsLast)
+      backward_channels_last<scalar_t>(gy, x, weight, bias, mean, rstd, gx, gw, gb, act, negative_slope);
+    else
+      backward_rows<scalar_t>(gy, x, weight, bias, mean, rstd, gx, gw, gb, act, negative_slope);
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(reidfast, CPU, m) {
+  m.impl("adain_forward", &adain_forward_cpu);
+  m.impl("adain_backward", &adain_backward_cpu);
+}
+
+}  // namespace adain
+}  // namespace reidfast

@@ -1,0 +1,15 @@
+// Every reidfast op schema, in one place. Kernels register per dispatch key in cpu/ and cuda/; fake (meta)
+// kernels and autograd are registered from Python (reidfast/ops/_registration.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(reidfast, m) {
+  // AdaIN (+ activation, + residual). Returns y and the row statistics (mean, rstd), shape (N, C), in the
+  // op-math dtype (float32, or float64 for float64 x) that the backward reuses.
+  m.def(
+      "adain_forward(Tensor x, Tensor weight, Tensor bias, Tensor? residual, str activation, "
+      "float negative_slope, float eps) -> (Tensor, Tensor, Tensor)");
+  // Fused backward: grad_x, grad_weight, grad_bias (grad_residual is grad_y itself).
+  m.def(
+      "adain_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
+      "str activation, float negative_slope) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,111 @@
+"""Which implementation of an op runs: "auto" | "cuda" | "triton" | "cpu" | "reference".
+
+"auto" picks, for the device of the op's tensors, the fastest implementation that is built and usable:
+cuda > triton > cpu > reference. On a CPU tensor the Triton kernels run only when asked for explicitly and the
+Triton interpreter is on (TRITON_INTERPRET=1, set before reidfast is imported); they are a test path there.
+
+Set it with `set_backend(name)`, for a block with `with use_backend(name):`, or with the environment variable
+REIDFAST_BACKEND. `explain(op, device)` says why each faster implementation was or was not chosen.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import torch
+
+from . import _extension
+
+BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
+_AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
+
+# Which backends implement each op; ops register themselves here when their module is imported.
+IMPLEMENTED: dict[str, tuple[str, ...]] = {}
+
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
+def _validate(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
+_current = _validate(os.environ.get("REIDFAST_BACKEND", "auto").strip() or "auto")
+
+
+def set_backend(name: str) -> None:
+    """Selects the implementation every reidfast op uses from now on (see the module docstring)."""
+    global _current
+    _current = _validate(name)
+
+
+def get_backend() -> str:
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """`with use_backend("reference"): ...` runs the block with that backend, then restores the previous one."""
+    global _current
+    previous, _current = _current, _validate(name)
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+def register_op(op: str, backends: tuple[str, ...]) -> None:
+    IMPLEMENTED[op] = tuple(b for b in _AUTO_ORDER if b in backends)
+
+
+def _unusable_reason(op: str, backend: str, device: torch.device) -> str:
+    """Empty string when `backend` can run `op` on `device`; otherwise why not."""
+    if backend not in IMPLEMENTED.get(op, ()):
+        return f"{op} has no {backend} implementation"
+    if backend == "reference":
+        return ""
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the tensors are on {device}, not the CPU"
+        return _extension.why_not_built()
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the tensors are on {device}, not a CUDA device"
+        if not _extension.has_cpu_kernels():
+            return _extension.why_not_built()
+        if not _extension.has_cuda_kernels():
+            return "reidfast._C was built without CUDA kernels (rebuild with nvcc and a CUDA build of torch)"
+        return ""
+    if backend == "triton":
+        if not _TRITON_FOUND:
+            return "triton is not installed"
+        if device.type == "cuda":
+            return ""
+        if device.type == "cpu" and TRITON_INTERPRET:
+            return ""
+        return f"Triton kernels need a CUDA device (or TRITON_INTERPRET=1 for CPU tensors); tensors are on {device}"
+    return f"unknown backend {backend!r}"
+
+
+def explain(op: str, device: torch.device | str) -> list[tuple[str, str]]:
+    """(backend, reason it is unusable or "" when usable) for each backend in "auto" order."""
+    device = torch.device(device)
+    return [(b, _unusable_reason(op, b, device)) for b in _AUTO_ORDER]
+
+
+def resolve(op: str, device: torch.device) -> str:
+    """The concrete backend that runs `op` for tensors on `device` under the current setting."""
+    if _current == "auto":
+        for backend in _AUTO_ORDER:
+            if backend == "triton" and device.type != "cuda":
+                continue  # interpreted Triton is a test path, never an automatic choice
+            if not _unusable_reason(op, backend, device):
+                return backend
+        raise RuntimeError(f"no backend can run {op} on {device}")  # unreachable: reference always works
+    reason = _unusable_reason(op, _current, device)
+    if reason:
+        raise RuntimeError(f"reidfast backend {_current!r} cannot run {op}: {reason}")
+    return _current

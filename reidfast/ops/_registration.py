@@ -1,0 +1,53 @@
+"""Fake (meta) kernels and autograd for the reidfast custom ops, registered once per op pair.
+
+The C++ ops (schemas in csrc/ops.cpp) and the Triton ops (torch.library.custom_op) share these functions, so both
+backends present identical shapes, strides and gradients to torch.compile and autograd.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import opmath_dtype
+
+
+def _row_layout(x: torch.Tensor) -> torch.memory_format:
+    # Same rule as the kernels: channels_last only when x is exactly that and not also plain contiguous.
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _adain_forward_fake(x, weight, bias, residual, activation, negative_slope, eps):
+    stats = x.new_empty((x.shape[0], x.shape[1]), dtype=opmath_dtype(x.dtype))
+    return torch.empty_like(x, memory_format=_row_layout(x)), stats, torch.empty_like(stats)
+
+
+def _adain_backward_fake(grad_y, x, weight, bias, mean, rstd, activation, negative_slope):
+    return torch.empty_like(x, memory_format=_row_layout(x)), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def register_adain_op_pair(forward_name: str, backward_name: str) -> None:
+    """Registers fake kernels for an AdaIN forward/backward op pair and autograd for the forward."""
+    torch.library.register_fake(forward_name)(_adain_forward_fake)
+    torch.library.register_fake(backward_name)(_adain_backward_fake)
+    backward_op = getattr(torch.ops.reidfast, backward_name.split("::")[1]).default
+
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, residual, activation, negative_slope, _eps = inputs
+        _y, mean, rstd = output
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.activation = activation
+        ctx.negative_slope = negative_slope
+        ctx.has_residual = residual is not None
+        ctx.mark_non_differentiable(mean, rstd)
+
+    def backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = backward_op(
+            grad_y, x, weight, bias, mean, rstd, ctx.activation, ctx.negative_slope
+        )
+        # y = ... + residual: the residual's gradient is grad_y itself, no kernel needed.
+        grad_residual = grad_y if ctx.has_residual else None
+        return grad_x, grad_weight, grad_bias, grad_residual, None, None, None
+
+    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)

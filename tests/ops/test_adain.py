@@ -1,0 +1,248 @@
+"""adain: every backend against reference.adain, values and gradients; registration; errors."""
+import pytest
+import torch
+
+from reidfast import ops
+from reidfast.ops import _backend, _extension, reference
+
+HAS_CUDA = torch.cuda.is_available()
+needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
+
+# (N, C, H, W): odd H*W (no block multiple), N*C == 1, one big row, DG-Net-like.
+SHAPES = [(2, 3, 5, 7), (1, 1, 9, 11), (1, 2, 64, 80), (2, 8, 16, 8)]
+ACTIVATIONS = ["none", "relu", "lrelu"]
+
+
+def cpu_backends():
+    out = []
+    if _extension.has_cpu_kernels():
+        out.append("cpu")
+    if _backend.TRITON_INTERPRET:
+        out.append("triton")
+    return out
+
+
+def make_inputs(shape, dtype, device="cpu", channels_last=False, residual=True, requires_grad=False):
+    N, C = shape[:2]
+    x = torch.randn(shape, dtype=torch.float64).mul_(2.0).add_(0.5)
+    w = torch.randn(N, C, dtype=torch.float64) + 1.0
+    b = torch.randn(N, C, dtype=torch.float64)
+    r = torch.randn(shape, dtype=torch.float64) if residual else None
+    acc = reference.opmath_dtype(dtype)
+    tensors = [x.to(device, dtype), w.to(device, acc), b.to(device, acc), None if r is None else r.to(device, dtype)]
+    if channels_last:
+        tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
+        if tensors[3] is not None:
+            tensors[3] = tensors[3].contiguous(memory_format=torch.channels_last)
+    if requires_grad:
+        for t in tensors:
+            if t is not None:
+                t.requires_grad_(True)
+    return tensors
+
+
+def run(backend, tensors, activation):
+    x, w, b, r = tensors
+    with ops.use_backend(backend):
+        return ops.adain(x, w, b, r, activation=activation, negative_slope=0.2)
+
+
+def tolerances(dtype):
+    return {torch.float64: (1e-10, 1e-10), torch.float32: (2e-5, 2e-5)}[dtype]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_backward_match_reference(backend, shape, activation, dtype, channels_last):
+    if backend == "triton" and shape[2] * shape[3] > 1024:
+        pytest.skip("interpreted Triton: small shapes only")
+    tensors = make_inputs(shape, dtype, channels_last=channels_last, requires_grad=True)
+    ref_tensors = [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
+    y = run(backend, tensors, activation)
+    y_ref = run("reference", ref_tensors, activation)
+    atol, rtol = tolerances(dtype)
+    torch.testing.assert_close(y, y_ref, atol=atol, rtol=rtol)
+    if channels_last and shape[1] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last), "output must keep channels_last"
+    grad = torch.randn_like(y_ref)
+    got = torch.autograd.grad(y, [t for t in tensors if t is not None], grad)
+    want = torch.autograd.grad(y_ref, [t for t in ref_tensors if t is not None], grad)
+    for name, g, w in zip(["x", "weight", "bias", "residual"], got, want):
+        torch.testing.assert_close(g, w, atol=atol * 10, rtol=rtol * 10, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@needs_ext
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_cpu_kernels(activation, channels_last):
+    tensors = make_inputs((2, 3, 4, 5), torch.float64, channels_last=channels_last, requires_grad=True)
+
+    def f(x, w, b, r):
+        with ops.use_backend("cpu"):
+            return ops.adain(x, w, b, r, activation=activation)
+
+    assert torch.autograd.gradcheck(f, tuple(tensors), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(not _backend.TRITON_INTERPRET, reason="Triton on CPU needs TRITON_INTERPRET=1")
+def test_gradcheck_triton_kernels():
+    tensors = make_inputs((1, 2, 3, 5), torch.float64, requires_grad=True)
+
+    def f(x, w, b, r):
+        with ops.use_backend("triton"):
+            return ops.adain(x, w, b, r, activation="lrelu")
+
+    assert torch.autograd.gradcheck(f, tuple(tensors), eps=1e-6, atol=1e-5)
+
+
+def test_large_row_statistics_are_stable():
+    # A large offset with a small spread: naive sum-of-squares variance would lose every digit here.
+    if not _extension.has_cpu_kernels():
+        pytest.skip("reidfast._C not built")
+    x = (torch.randn(1, 2, 300, 301) * 0.01 + 1000.0).float()
+    w, b = torch.ones(1, 2), torch.zeros(1, 2)
+    with ops.use_backend("cpu"):
+        y = ops.adain(x, w, b)
+    exact = reference.adain(x.double(), w.double(), b.double())
+    torch_fp32_error = (reference.adain(x, w, b).double() - exact).abs().max().item()
+    assert (y.double() - exact).abs().max().item() <= 2 * torch_fp32_error + 1e-4
+
+
+@needs_ext
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_cpu_op(residual, channels_last):
+    x, w, b, r = make_inputs((2, 3, 4, 5), torch.float32, channels_last=channels_last, residual=residual,
+                             requires_grad=True)
+    torch.library.opcheck(torch.ops.reidfast.adain_forward.default, (x, w, b, r, "lrelu", 0.2, 1e-5))
+    y, mean, rstd = torch.ops.reidfast.adain_forward(x, w, b, r, "lrelu", 0.2, 1e-5)
+    gy = torch.randn_like(y)
+    torch.library.opcheck(
+        torch.ops.reidfast.adain_backward.default,
+        (gy, x.detach(), w.detach(), b.detach(), mean, rstd, "lrelu", 0.2),
+    )
+
+
+@pytest.mark.skipif(not _backend.TRITON_INTERPRET, reason="Triton on CPU needs TRITON_INTERPRET=1")
+def test_opcheck_triton_op():
+    from reidfast.ops.triton import adain as triton_adain
+
+    x, w, b, r = make_inputs((1, 2, 3, 4), torch.float32, requires_grad=True)
+    torch.library.opcheck(triton_adain.adain_forward_triton, (x, w, b, r, "relu", 0.2, 1e-5),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@needs_ext
+def test_resblock_compiles_fullgraph_and_matches_reference():
+    from reidfast.nn import AdaINResBlock
+
+    block = AdaINResBlock(4)
+    x = torch.randn(2, 4, 6, 5)
+    style = torch.randn(2, 16)
+    with ops.use_backend("cpu"):
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        y = compiled(x, style)
+        y.sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    with ops.use_backend("reference"):
+        y_ref = block(x, style)
+        y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    for g, g_ref in zip(grads, [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@needs_ext
+def test_resblock_compiles_with_inductor():
+    from reidfast.nn import AdaINResBlock
+
+    block = AdaINResBlock(3)
+    x, style = torch.randn(1, 3, 4, 4), torch.randn(1, 12)
+    with ops.use_backend("cpu"):
+        y = torch.compile(block, fullgraph=True)(x, style)
+    with ops.use_backend("reference"):
+        torch.testing.assert_close(y, block(x, style), atol=1e-5, rtol=1e-5)
+
+
+def test_empty_spatial_size_is_an_error_free_no_op():
+    x = torch.randn(2, 3, 0, 4)
+    for backend in ["reference"] + (["cpu"] if _extension.has_cpu_kernels() else []):
+        with ops.use_backend(backend):
+            assert ops.adain(x, torch.ones(2, 3), torch.zeros(2, 3)).shape == x.shape
+
+
+# ---- errors a user sees -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: (torch.randn(2, 3, 4), torch.ones(2, 3), torch.zeros(2, 3), {}), ValueError, "x must be 4-D"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 4), torch.zeros(2, 3), {}), ValueError, "weight must have shape"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(3, 3), {}), ValueError, "bias must have shape"),
+        (lambda: (torch.randint(0, 3, (2, 3, 4, 4)), torch.ones(2, 3), torch.zeros(2, 3), {}), TypeError, "x must be float"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"activation": "gelu"}), ValueError, "activation must be one of"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"residual": torch.randn(2, 3, 4, 5)}), ValueError, "residual must have the shape"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"residual": torch.randn(2, 3, 4, 4).double()}), TypeError, "residual must have x's dtype"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"eps": -1.0}), ValueError, "eps must be >= 0"),
+    ],
+)
+def test_bad_input_gives_clear_error(make, exc, words):
+    x, w, b, kw = make()
+    with pytest.raises(exc, match=words):
+        ops.adain(x, w, b, **kw)
+
+
+@needs_ext
+def test_cpp_op_checks_its_own_arguments():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        torch.ops.reidfast.adain_forward(x, torch.ones(3, 3), torch.zeros(2, 3), None, "none", 0.2, 1e-5)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        torch.ops.reidfast.adain_forward(x, torch.ones(2, 3), torch.zeros(2, 3), None, "tanh", 0.2, 1e-5)
+    with pytest.raises(TypeError, match="weight must be Float"):
+        torch.ops.reidfast.adain_forward(x, torch.ones(2, 3).double(), torch.zeros(2, 3), None, "none", 0.2, 1e-5)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only refusal")
+def test_device_mismatch_and_unavailable_backend_are_explained():
+    x = torch.randn(1, 2, 3, 3)
+    with pytest.raises(ValueError, match="weight is on meta but x is on cpu"):
+        ops.adain(x, torch.ones(1, 2, device="meta"), torch.zeros(1, 2))
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run adain: the tensors are on cpu"):
+        with ops.use_backend("cuda"):
+            ops.adain(x, torch.ones(1, 2), torch.zeros(1, 2))
+
+
+# ---- GPU ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(8, 128, 64, 32), (3, 5, 7, 9), (1, 1, 301, 299)])
+def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, channels_last, shape):
+    tensors = make_inputs(shape, dtype, device="cuda", channels_last=channels_last, requires_grad=True)
+    exact = [None if t is None else t.detach().double().requires_grad_(True) for t in tensors]
+    y = run(backend, tensors, "lrelu")
+    y64 = run("reference", exact, "lrelu")
+    y_torch = reference.adain(*[None if t is None else t.detach() for t in tensors], activation="lrelu")
+    # Bound: twice PyTorch's own error in this dtype (the reference on the same low-precision inputs), plus slack
+    # of one float32 ulp-ish for fp32 where that error is ~0.
+    bound = 2 * (y_torch.double() - y64).abs().max().item() + 1e-5
+    assert (y.double() - y64).abs().max().item() <= bound
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [t for t in tensors if t is not None], gy)
+    want = torch.autograd.grad(y64, [t for t in exact if t is not None], gy.double())
+    for g, w in zip(got, want):
+        scale = w.abs().max().item() + 1e-6
+        tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+        assert (g.double() - w).abs().max().item() <= tol * scale
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_cuda_kernels():
+    assert ops.resolve_backend("adain", torch.device("cuda")) == "cuda"
