@@ -17,7 +17,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)  # the suites beside this file
+sys.path.insert(1, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 
 from timing import copy_bandwidth_gbs, time_ms  # noqa: E402
 
