@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <vector>
 
 #include "reidfast/adain_checks.h"
@@ -15,25 +16,25 @@ namespace reidfast {
 namespace adain {
 namespace {
 
-// Sum of term(i) for i in [0, n). Eight independent lanes let the compiler vectorize without reordering a
-// single floating-point chain; each block of 1024 elements is folded into a double so long rows stay exact.
-template <typename acc_t, typename F>
-inline double row_sum(int64_t n, F term) {
-  constexpr int kLanes = 8;
-  constexpr int64_t kBlock = 1024;
-  double total = 0.0;
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t end = std::min(n, start + kBlock);
-    acc_t lanes[kLanes] = {};
-    int64_t i = start;
-    for (; i + kLanes <= end; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) lanes[j] += term(i + j);
-    }
-    for (; i < end; ++i) lanes[0] += term(i);
-    for (int j = 0; j < kLanes; ++j) total += static_cast<double>(lanes[j]);
-  }
-  return total;
+// The row kernels, built twice: for the baseline ISA and for AVX2+FMA, chosen once at run time.
+namespace baseline {
+#include "adain_rows.h"
+}  // namespace baseline
+#if defined(__GNUC__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "adain_rows.h"
+}  // namespace avx2
+#pragma GCC pop_options
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
 }
+#define REIDFAST_AVX2_OR_BASELINE(...) (cpu_has_avx2() ? &avx2::__VA_ARGS__ : &baseline::__VA_ARGS__)
+#else
+#define REIDFAST_AVX2_OR_BASELINE(...) (&baseline::__VA_ARGS__)
+#endif
 
 template <typename scalar_t>
 void forward_rows(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const scalar_t* res,
@@ -46,30 +47,9 @@ void forward_rows(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   acc_t* mp = mean.mutable_data_ptr<acc_t>();
   acc_t* rp = rstd.mutable_data_ptr<acc_t>();
+  const auto kernel = REIDFAST_AVX2_OR_BASELINE(forward_rows_isa<scalar_t, acc_t>);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* row = xp + r * n;
-      // Summing x - row[0] keeps the lanes small when |mean| >> std (float lanes would drop the spread).
-      const acc_t first = static_cast<acc_t>(row[0]);
-      const acc_t mu = first + static_cast<acc_t>(
-                                   row_sum<acc_t>(n, [row, first](int64_t i) { return acc_t(row[i]) - first; }) / n);
-      const double var = row_sum<acc_t>(n, [row, mu](int64_t i) {
-                           const acc_t d = acc_t(row[i]) - mu;
-                           return d * d;
-                         }) / n;
-      const acc_t inv = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
-      mp[r] = mu;
-      rp[r] = inv;
-      const RowAffine<acc_t> a = row_affine(mu, inv, wp[r], bp[r]);
-      const acc_t s = static_cast<acc_t>(slope);
-      scalar_t* out = yp + r * n;
-      const scalar_t* rr = res ? res + r * n : nullptr;
-      for (int64_t i = 0; i < n; ++i) {
-        acc_t v = forward_element(static_cast<acc_t>(row[i]), a, act, s);
-        if (rr) v += static_cast<acc_t>(rr[i]);
-        out[i] = static_cast<scalar_t>(v);
-      }
-    }
+    kernel(xp, res, yp, wp, bp, mp, rp, begin, end, n, act, static_cast<acc_t>(slope), eps);
   });
 }
 
@@ -130,32 +110,12 @@ void backward_rows(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   const int64_t rows = x.size(0) * x.size(1), n = x.size(2) * x.size(3);
   const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const acc_t* wp = weight.const_data_ptr<acc_t>();
-  const acc_t* bp = bias.const_data_ptr<acc_t>();
-  const acc_t* mp = mean.const_data_ptr<acc_t>();
-  const acc_t* rp = rstd.const_data_ptr<acc_t>();
   scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-  acc_t* gwp = gw.mutable_data_ptr<acc_t>();
-  acc_t* gbp = gb.mutable_data_ptr<acc_t>();
-  const acc_t s = static_cast<acc_t>(slope);
+  const auto kernel = REIDFAST_AVX2_OR_BASELINE(backward_rows_isa<scalar_t, acc_t>);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> g(n), xh(n);  // this row's g and xhat, computed once for both passes
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* grow = gyp + r * n;
-      const scalar_t* xrow = xp + r * n;
-      const acc_t mu = mp[r], inv = rp[r], w = wp[r], b = bp[r];
-      for (int64_t i = 0; i < n; ++i) {
-        g[i] = grad_preactivation(static_cast<acc_t>(grow[i]), static_cast<acc_t>(xrow[i]), mu, inv, w, b, act, s,
-                                  &xh[i]);
-      }
-      const double sum_g = row_sum<acc_t>(n, [&g](int64_t i) { return g[i]; });
-      const double sum_gx = row_sum<acc_t>(n, [&g, &xh](int64_t i) { return g[i] * xh[i]; });
-      gbp[r] = static_cast<acc_t>(sum_g);
-      gwp[r] = static_cast<acc_t>(sum_gx);
-      const acc_t mg = static_cast<acc_t>(sum_g / n), mgx = static_cast<acc_t>(sum_gx / n);
-      scalar_t* out = gxp + r * n;
-      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>(grad_input(g[i], xh[i], inv, w, mg, mgx));
-    }
+    kernel(gyp, xp, gxp, weight.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(),
+           rstd.const_data_ptr<acc_t>(), gw.mutable_data_ptr<acc_t>(), gb.mutable_data_ptr<acc_t>(), begin, end, n,
+           act, static_cast<acc_t>(slope));
   });
 }
 
