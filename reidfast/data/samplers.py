@@ -4,6 +4,7 @@
 - :class:`SameIdentityPairSampler`: (image, another image of the same identity), DG-Net's positive pairing.
 - :class:`VerificationPairSampler`: FD-GAN's pairs, one positive then `num_negatives` negatives per anchor.
 - :class:`UnpairedDomainSampler`: (source index, target index) drawn independently, SA-GAN's two domains.
+- :class:`ShuffledBatchSampler`: plain shuffled mini-batches (ID-classification training).
 
 Pair samplers yield tuples of indices; :class:`reidfast.data.loader.ImageDataset` accepts such a tuple and returns
 the images stacked along a group dimension.
@@ -180,3 +181,28 @@ class UnpairedDomainSampler(_SeededSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ShuffledBatchSampler(_SeededSampler):
+    """Batches of `batch_size` indices from a fresh permutation each epoch (plain shuffled mini-batches).
+
+    With ``drop_last`` (the default, as ID-classification training uses) the short last batch is dropped.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, drop_last: bool = True, seed: int = 0):
+        super().__init__(seed)
+        if batch_size < 1:
+            raise ValueError(f"ShuffledBatchSampler: batch_size must be >= 1, got {batch_size}")
+        if num_samples < (batch_size if drop_last else 1):
+            raise ValueError(f"ShuffledBatchSampler: {num_samples} samples cannot fill one batch of {batch_size}")
+        self.num_samples, self.batch_size, self.drop_last = num_samples, batch_size, drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._rng().permutation(self.num_samples).tolist()
+        stop = len(self) * self.batch_size
+        for start in range(0, stop, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)

@@ -1,0 +1,74 @@
+"""Test-time features of query and gallery images, and their evaluation through ``reidfast.ops.rank_eval``.
+
+Features are the mean of the image's and its horizontal mirror's embeddings, L2-normalized (the re-id
+baseline's test protocol); with unit features euclidean and cosine distances rank the gallery identically.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import ImageDataset, ReidDataset, Sample, normalize
+
+Embed = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, int], device: torch.device,
+                     batch_size: int = 128, flip: bool = True, workers: int = 0,
+                     channels_last: bool = False) -> torch.Tensor:
+    """(N, D) float32 features of `samples` on the CPU: flip-averaged, L2-normalized."""
+    loader = DataLoader(ImageDataset(samples, size=size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, generator=torch.Generator())  # leaves the global RNG alone
+    chunks = []
+    for batch in loader:
+        images = normalize(batch["image"].to(device, non_blocking=True))
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feature = embed(images).float()
+        if flip:
+            feature = feature + embed(images.flip(3)).float()
+        chunks.append(torch.nn.functional.normalize(feature, dim=1).cpu())
+    return torch.cat(chunks)
+
+
+def labels(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.asarray([s.pid for s in samples], np.int64), np.asarray([s.camid for s in samples], np.int64))
+
+
+def rank_features(query_features, gallery_features, query: Sequence[Sample], gallery: Sequence[Sample],
+                  ap_mode: str = "market", metric: str = "cosine", max_rank: int = 50):
+    """rank_eval's result for these features (the Market-1501 protocol)."""
+    from ..ops import rank_eval
+    q_pids, q_camids = labels(query)
+    g_pids, g_camids = labels(gallery)
+    return rank_eval(q_pids, g_pids, q_camids, g_camids, query_features=query_features,
+                     gallery_features=gallery_features, metric=metric, max_rank=max_rank, ap_mode=ap_mode)
+
+
+def summarize(result, ap_mode: str) -> dict:
+    cmc = np.asarray(result.cmc, dtype=np.float64)
+
+    def at(k):  # the gallery can be shorter than k: the CMC is flat after its end
+        return float(cmc[min(k, len(cmc)) - 1])
+
+    return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": float(result.mAP), "ap_mode": ap_mode,
+            "num_valid": int(result.num_valid)}
+
+
+def evaluate_method(embed: Embed, dataset: ReidDataset, cfg: dict, device: torch.device,
+                    ap_mode: str = "market", return_features: bool = False):
+    """Features of the dataset's query and gallery with `embed`, ranked; a dict of Rank-1/5/10 and mAP."""
+    size = (cfg["height"], cfg["width"])
+    common = dict(size=size, device=device, batch_size=cfg.get("eval_batch_size", 128),
+                  channels_last=device.type == "cuda")
+    qf = extract_features(embed, dataset.query, **common)
+    gf = extract_features(embed, dataset.gallery, **common)
+    result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode)
+    summary = summarize(result, ap_mode)
+    if return_features:
+        return summary, result, qf, gf
+    return summary

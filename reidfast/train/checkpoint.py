@@ -1,0 +1,118 @@
+"""Checkpoints: written atomically (temporary file, fsync, rename), the previous one kept, RNG states included.
+
+A run folder holds ``checkpoint.pt`` (the latest) and ``checkpoint.prev.pt`` (the one before). Writing never
+leaves a half-written file under either name: the new file is written and fsync'ed under a temporary name,
+the latest is renamed to ``.prev``, and the temporary file is renamed to the latest.
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "reidfast-checkpoint"
+FORMAT_VERSION = 1
+LATEST = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, truncated, corrupted, or of another format or method."""
+
+
+def capture_rng_states(generators: dict[str, torch.Generator] | None = None) -> dict:
+    """Every random state a training step can touch (python, numpy, torch CPU, CUDA, named generators)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {name: g.get_state() for name, g in (generators or {}).items()},
+    }
+    return states
+
+
+def restore_rng_states(states: dict, generators: dict[str, torch.Generator] | None = None) -> None:
+    random.setstate(_as_tuple(states["python"]))
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(states["torch"])
+    if torch.cuda.is_available() and states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
+    for name, g in (generators or {}).items():
+        if name in states["generators"]:
+            g.set_state(states["generators"][name])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
+    """Write `state` as the run's latest checkpoint, keeping the previous one. Returns the path written."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    latest, previous, tmp = run_dir / LATEST, run_dir / PREVIOUS, run_dir / f".{LATEST}.tmp"
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
+    if latest.exists():
+        os.replace(latest, previous)
+    os.replace(tmp, latest)
+    _fsync_dir(run_dir)
+    return latest
+
+
+def resolve_checkpoint(resume: str | os.PathLike | bool, run_dir: str | os.PathLike) -> Path:
+    """The file `--resume` names: a file, a run folder (its latest checkpoint), or True (this run's)."""
+    path = Path(run_dir) if resume is True else Path(resume).expanduser()
+    if path.is_dir():
+        path = path / LATEST
+    if not path.is_file():
+        hint = f" ({path.parent / PREVIOUS} exists: pass --resume {path.parent / PREVIOUS})" \
+            if (path.parent / PREVIOUS).is_file() else ""
+        raise CheckpointError(f"--resume: no checkpoint at {path}{hint}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, method: str | None = None) -> dict:
+    """Read and validate a checkpoint; any failure is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, unreadable file: all the same to the user
+        previous = path.parent / PREVIOUS
+        fallback = (f"; the previous checkpoint {previous} is intact, resume from it with --resume {previous}"
+                    if previous.is_file() and previous != path else "")
+        raise CheckpointError(f"checkpoint {path} is corrupted or truncated and cannot be loaded "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){fallback}"
+                              ) from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a reidfast training checkpoint")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {state.get('format_version')}; this reidfast "
+                              f"reads version {FORMAT_VERSION}")
+    if method is not None and state.get("method") != method:
+        raise CheckpointError(f"checkpoint {path} was written by method {state.get('method')!r}, not {method!r}")
+    return state

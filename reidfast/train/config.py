@@ -1,0 +1,149 @@
+"""Run configuration: per-method paper defaults < preset < config file (TOML or JSON) < command-line flags.
+
+Every option has one name (``batch_size``); on the command line it is ``--batch-size``, in a config file
+``batch_size = 32`` or ``batch-size = 32``. A flag overrides the file only when it is actually given, which is
+why the parser's defaults are left unset and the defaults live in :data:`LOOP_DEFAULTS` and each method.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+
+from ..data import list_datasets
+
+# Loop options every method shares. Method defaults (their papers' settings) are merged over these.
+LOOP_DEFAULTS = {
+    "dataset": None, "data_root": None, "out": None, "iters": None, "epochs": None, "batch_size": 32,
+    "amp": "auto", "compile": None, "compile_mode": "default", "channels_last": None, "backend": "auto",
+    "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
+    "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
+    "height": 256, "width": 128, "lr": 0.01,
+}
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+PRESETS = ("auto", "paper", "cpu-quick")
+
+
+class ConfigError(ValueError):
+    """A bad config file or a bad combination of options."""
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared options. Defaults are SUPPRESSed so that only flags actually given override the file."""
+    S = argparse.SUPPRESS
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="RUN_DIR", default=S,
+                     help="run folder for checkpoints, logs, metrics.json and sample images "
+                          "(default: runs/<method>-<dataset>)")
+    run.add_argument("--config", metavar="FILE", default=S,
+                     help="TOML (.toml) or JSON (.json) file of option = value pairs (names as the flags, with "
+                          "_ or -); flags given on the command line override it")
+    run.add_argument("--preset", choices=PRESETS, default=S,
+                     help="paper: the method's published settings; cpu-quick: small images, a narrow network and "
+                          "few iterations so that a 2-core CPU finishes in minutes; auto (default): cpu-quick on "
+                          "the CPU with the synthetic data, else paper")
+    run.add_argument("--seed", type=int, default=S, help="seed of every random draw (default 0)")
+    run.add_argument("--resume", nargs="?", const=True, default=S, metavar="CHECKPOINT",
+                     help="continue from RUN_DIR/checkpoint.pt, or from the checkpoint file or run folder given; "
+                          "the saved configuration is used, flags given now override it (e.g. a larger --iters)")
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--iters", type=int, default=S, metavar="N", help="train for N iterations")
+    length.add_argument("--epochs", type=int, default=S, metavar="N",
+                        help="train for N passes over the training set (default: the method's paper setting)")
+    run.add_argument("--batch-size", type=int, default=S, metavar="B",
+                     help="images per iteration, over all processes under torchrun")
+    run.add_argument("--lr", type=float, default=S, help="base learning rate (the method says which nets use it)")
+    run.add_argument("--height", type=int, default=S, help="input image height in pixels")
+    run.add_argument("--width", type=int, default=S, help="input image width in pixels")
+    run.add_argument("--eval-every", type=int, default=S, metavar="N",
+                     help="evaluate every N iterations (0: only at the end, which always happens)")
+    run.add_argument("--ckpt-every", type=int, default=S, metavar="N",
+                     help="write a checkpoint every N iterations (one is always written at the end)")
+    run.add_argument("--log-every", type=int, default=S, metavar="N",
+                     help="log the mean losses every N iterations to log.jsonl (and TensorBoard)")
+    run.add_argument("--ap-mode", choices=("market", "torchreid"), default=S,
+                     help="AP convention of the reported mAP: market (the official Market-1501 trapezoid "
+                          "AP, default) or torchreid (mean precision at each true match)")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--device", default=S,
+                       help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
+    speed.add_argument("--amp", choices=AMP_CHOICES, default=S,
+                       help="mixed precision: auto (default: bf16 on GPUs that support it, off on the CPU), bf16, "
+                            "fp16 (with a GradScaler) or off (fp32)")
+    speed.add_argument("--compile", dest="compile", action="store_true", default=S,
+                       help="torch.compile the networks (default on GPU)")
+    speed.add_argument("--no-compile", dest="compile", action="store_false", default=S,
+                       help="run the networks eagerly (default on CPU)")
+    speed.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=S,
+                       help="torch.compile mode; reduce-overhead captures CUDA graphs (shapes are static here)")
+    speed.add_argument("--backend", default=S,
+                       help="reidfast op backend: auto (default), cuda, triton, cpu or reference (pure PyTorch)")
+    speed.add_argument("--workers", type=int, default=S, help="image decoding worker processes (default: cores-1)")
+    speed.add_argument("--eval-batch-size", type=int, default=S, help="images per batch when extracting features")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=S, metavar="NAME",
+                      help="dataset: " + ", ".join(list_datasets())
+                      + " (default: market1501 when --data-root is given, else synthetic)")
+    data.add_argument("--data-root", default=S, metavar="DIR",
+                      help="dataset folder (or its parent); omit it to train on the synthetic dataset, "
+                           "generated once into the user cache")
+    data.add_argument("--synthetic-ids", type=int, default=S, metavar="N",
+                      help="identities of the synthetic dataset (half train, half test; default 200, "
+                           "cpu-quick preset 120)")
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config: file {path} not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        elif path.suffix.lower() == ".json":
+            values = json.loads(path.read_text())
+        else:
+            raise ConfigError(f"--config: {path} must end in .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config: {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config: {path} must hold a table of option = value pairs")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def resolve_config(method_defaults: dict, method_presets: dict, file_values: dict, flags: dict,
+                   device_is_cpu: bool) -> dict:
+    """Merge the layers; checks that every key in the file is a known option."""
+    known = {**LOOP_DEFAULTS, **method_defaults}
+    unknown = sorted(set(file_values) - set(known) - {"config"})
+    if unknown:
+        raise ConfigError(f"--config: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    explicit = {**file_values, **flags}
+    preset = explicit.get("preset", "auto")
+    if preset == "auto":
+        synthetic = explicit.get("data_root") is None and explicit.get("dataset") in (None, "synthetic")
+        preset = "cpu-quick" if device_is_cpu and synthetic else "paper"
+    cfg = {**LOOP_DEFAULTS, **method_defaults}
+    if preset != "paper":
+        cfg.update(method_presets.get(preset, {}))
+    cfg.update(explicit)
+    if "iters" in explicit and "epochs" not in explicit:
+        cfg["epochs"] = None  # a run length given now replaces the default one
+    if "epochs" in explicit and "iters" not in explicit:
+        cfg["iters"] = None
+    if cfg.get("iters") is not None and cfg.get("epochs") is not None:
+        raise ConfigError("give either iters or epochs, not both")
+    cfg["preset"] = preset
+    for key in ("batch_size", "height", "width", "eval_batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("iters", "epochs"):
+        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("eval_every", "ckpt_every", "log_every"):
+        if not isinstance(cfg[key], int) or cfg[key] < 0:
+            raise ConfigError(f"{key} must be an integer >= 0, got {cfg[key]!r}")
+    if cfg["amp"] not in AMP_CHOICES:
+        raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
+    return cfg

@@ -1,0 +1,392 @@
+"""The one training loop every method shares.
+
+A method (see :class:`Method`) builds its networks, optimizers and schedulers and does one iteration in
+``train_step(batch, it)``; everything else lives here, once: device placement, DDP under torchrun, mixed
+precision (autocast + GradScaler), torch.compile, channels_last, the resumable data order, the progress bar,
+logs, atomic checkpoints and ``--resume``, periodic and final evaluation and ``metrics.json``.
+
+Exact resume: every random draw comes from state that the checkpoint holds (python, numpy, torch and CUDA
+generators, the method's own generators), the batch order is a pure function of (seed, epoch) and is
+fast-forwarded to the saved position, and the data loader draws its worker seeds from its own generator so
+that creating it mid-epoch does not move the global stream. On the CPU a resumed run logs the same losses as
+an uninterrupted one, bit for bit.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from .. import ops
+from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset
+from .checkpoint import (CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
+                         restore_rng_states, save_checkpoint)
+from .images import save_image_grid
+from .progress import ProgressBar, RunLog, format_duration
+
+
+class Method:
+    """What a trainer file provides. Set in ``__init__(run)``: ``networks`` (name -> nn.Module, placed with
+    :meth:`Run.place`), ``optimizers`` and ``schedulers`` (name -> object, in the order they are stepped).
+
+    ``train_step(batch, it)`` does one iteration (forward under ``run.autocast()``, ``run.backward(loss)``,
+    ``run.step(optimizer)`` in the method's own update order) and returns a dict of scalar loss tensors.
+    Schedulers are stepped by the loop after every iteration, in declaration order (iteration-based schedules).
+    ``embed(images)`` gives test-time features of normalized images (eval mode, no grad) for evaluation;
+    ``sample_images(batch)`` may return a (N, 3, H, W) grid of normalized images to save as PNG.
+    """
+
+    name = "method"
+    defaults: dict = {}
+    presets: dict = {}
+    networks: dict
+    optimizers: dict
+    schedulers: dict
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """The method's own flags (default=argparse.SUPPRESS, defaults in :attr:`defaults`)."""
+
+    def batch_sampler(self, dataset: ReidDataset, seed: int) -> Sampler:
+        """Global batches of train indices, deterministic for (seed, epoch); a plain shuffle by default."""
+        return ShuffledBatchSampler(len(dataset.train), self.run.cfg["batch_size"], drop_last=True, seed=seed)
+
+    def configure(self, total_iters: int) -> None:
+        """Called once the run length is known (iteration-based schedules are built here)."""
+
+    def train_step(self, batch: dict, it: int) -> dict:
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample_images(self, batch: dict):
+        return None
+
+
+class ResumableBatches(Sampler):
+    """Wraps a seeded batch sampler: per-epoch reseeding, skipping the batches a resumed run already did, and
+    under DDP handing each rank its slice of every global batch (all ranks see the same global order)."""
+
+    def __init__(self, batches: Sampler, rank: int = 0, world_size: int = 1):
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.batches.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.batches):
+            if i >= self.skip:
+                yield list(batch)[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is visible (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+class Run:
+    """What a method sees of the loop: config, device, precision, wrapping, logging."""
+
+    def __init__(self, cfg: dict, device: torch.device, rank: int, world_size: int, log):
+        self.cfg, self.device, self.rank, self.world_size, self.log = cfg, device, rank, world_size, log
+        amp = cfg["amp"]
+        if amp == "auto":
+            amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+        self.amp = amp
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        self.compile = cfg["compile"] if cfg["compile"] is not None else device.type == "cuda"
+        self.channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
+        # the method's random draws on the device (augmentation): one generator, checkpointed
+        self.generator = torch.Generator(device=device).manual_seed(cfg["seed"] + 1000 * rank)
+
+    # --- networks ------------------------------------------------------------------------------------------
+    def place(self, module: nn.Module) -> nn.Module:
+        """Move a network to the device (channels_last on GPU). Build optimizers after this."""
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def wrap(self, module: nn.Module, **compile_kwargs):
+        """The training-time callable of a placed network: DDP under torchrun, then torch.compile if on.
+        Checkpoints and evaluation use the raw module."""
+        wrapped = module
+        if self.world_size > 1 and any(p.requires_grad for p in module.parameters()):
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        if self.compile:
+            mode = self.cfg["compile_mode"]
+            wrapped = torch.compile(wrapped, mode=None if mode == "default" else mode, **compile_kwargs)
+        return wrapped
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    # --- precision -----------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("REIDFAST_DDP_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return rank, world_size, local_rank
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_run_dataset(cfg: dict) -> ReidDataset:
+    """The dataset a run config names; the synthetic one generated at the run's image size and id count."""
+    name = cfg["dataset"]
+    if cfg["data_root"] is None and name in (None, "synthetic", "synthetic-market"):
+        options = {"height": cfg["height"], "width": cfg["width"]}
+        if cfg["synthetic_ids"]:
+            options["ids"] = cfg["synthetic_ids"]
+        return get_dataset("synthetic", None, **options)
+    return get_dataset(name, cfg["data_root"])
+
+
+def default_run_dir(method: str, cfg: dict) -> Path:
+    dataset = cfg["dataset"] or ("market1501" if cfg["data_root"] else "synthetic")
+    return Path("runs") / f"{method}-{dataset}"
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, method_cls: type[Method], cfg: dict, stream=None):
+        self.method_cls, self.cfg = method_cls, cfg
+        self.stream = stream or sys.stderr
+        self.rank, self.world_size, local_rank = _init_distributed()
+        self.main = self.rank == 0
+        self.device = resolve_device(cfg["device"], local_rank)
+        self.run_dir = Path(cfg["out"]) if cfg["out"] else default_run_dir(method_cls.name, cfg)
+        cfg["out"] = str(self.run_dir)
+
+    def log(self, message: str) -> None:
+        if self.main:
+            print(message, file=self.stream, flush=True)
+
+    def _checkpoint_state(self, method, it, epoch, position, train_seconds):
+        return {
+            "method": self.method_cls.name, "iteration": it, "epoch": epoch, "epoch_position": position,
+            "config": self.cfg, "train_seconds": train_seconds,
+            "dataset": {"name": self.dataset.name, "num_train_pids": self.dataset.num_train_pids},
+            "networks": {k: m.state_dict() for k, m in method.networks.items()},
+            "optimizers": {k: o.state_dict() for k, o in method.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in method.schedulers.items()},
+            "scaler": self.run.scaler.state_dict() if self.run.scaler is not None else None,
+            "rng": capture_rng_states(self._generators(method)),
+        }
+
+    def _generators(self, method) -> dict:
+        return {"run": self.run.generator, **getattr(method, "generators", {})}
+
+    def _save(self, method, it, epoch, position, train_seconds):
+        if self.main:
+            path = save_checkpoint(self._checkpoint_state(method, it, epoch, position, train_seconds), self.run_dir)
+            self.logfile.write({"it": it, "checkpoint": str(path)})
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def evaluate(self, method, it: int) -> dict | None:
+        from ..eval.features import evaluate_method
+        for m in method.networks.values():
+            m.eval()
+        try:
+            if not self.main:
+                return None
+            result = evaluate_method(method.embed, self.dataset, self.cfg, self.device, ap_mode=self.cfg["ap_mode"])
+        finally:
+            for m in method.networks.values():
+                m.train()
+        self.logfile.write({"it": it, **{f"eval/{k}": v for k, v in result.items() if not isinstance(v, str)}},
+                           step=it)
+        self.log(f"[eval it {it}] Rank-1 {100 * result['rank1']:.1f}%  Rank-5 {100 * result['rank5']:.1f}%  "
+                 f"Rank-10 {100 * result['rank10']:.1f}%  mAP {100 * result['mAP']:.1f}% ({result['ap_mode']} AP, "
+                 f"{result['num_valid']} queries)")
+        return result
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        resume_state = None
+        if cfg.get("resume"):
+            path = resolve_checkpoint(cfg["resume"], self.run_dir)
+            resume_state = load_checkpoint(path, self.method_cls.name)
+            self.log(f"resuming from {path} (iteration {resume_state['iteration']})")
+        _seed_everything(cfg["seed"])
+        ops.set_backend(cfg["backend"])
+        self.dataset = load_run_dataset(cfg)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        self.logfile = RunLog(self.run_dir, enabled=self.main)
+        self.run = Run(cfg, self.device, self.rank, self.world_size, self.log)
+        self.log(f"{self.method_cls.name}: {self.dataset.summary()}")
+        method = self.method_cls(self.run, self.dataset)
+
+        batches = ResumableBatches(method.batch_sampler(self.dataset, cfg["seed"]), self.rank, self.world_size)
+        iters_per_epoch = len(batches)
+        total = cfg["iters"] if cfg["iters"] is not None else cfg["epochs"] * iters_per_epoch
+        method.configure(total)
+        workers = cfg["workers"] if cfg["workers"] is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+        loader = DataLoader(
+            ImageDataset(self.dataset.train, size=(cfg["height"], cfg["width"])), batch_sampler=batches,
+            num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(cfg["seed"]))  # own generator: see the module docstring
+
+        it, epoch, position, train_seconds = 0, 0, 0, 0.0
+        if resume_state is not None:
+            for k, m in method.networks.items():
+                m.load_state_dict(resume_state["networks"][k])
+            for k, o in method.optimizers.items():
+                o.load_state_dict(resume_state["optimizers"][k])
+            for k, s in method.schedulers.items():
+                s.load_state_dict(resume_state["schedulers"][k])
+            if self.run.scaler is not None and resume_state["scaler"] is not None:
+                self.run.scaler.load_state_dict(resume_state["scaler"])
+            restore_rng_states(resume_state["rng"], self._generators(method))
+            it, epoch, position = resume_state["iteration"], resume_state["epoch"], resume_state["epoch_position"]
+            train_seconds = resume_state["train_seconds"]
+            del resume_state
+
+        self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {cfg['batch_size']} "
+                 f"images at {cfg['height']}x{cfg['width']} on {self.device}"
+                 f"{f' x{self.world_size} processes' if self.world_size > 1 else ''}, amp {self.run.amp}, "
+                 f"compile {'on' if self.run.compile else 'off'}, preset {cfg['preset']}, run folder {self.run_dir}")
+        bar = ProgressBar(total, it, stream=self.stream) if self.main else None
+        sums: dict[str, torch.Tensor] = {}
+        count, window_start, window_it = 0, time.perf_counter(), it
+        rate = 0.0
+        last_batch = None
+        while it < total:
+            batches.set_epoch(epoch, skip=position)
+            window_start, window_it = time.perf_counter(), it  # the rate excludes loader start-up
+            for batch in loader:
+                t0 = time.perf_counter()
+                batch = to_device(batch, self.device)
+                losses = method.train_step(batch, it)
+                if self.run.scaler is not None:
+                    self.run.scaler.update()
+                for s in method.schedulers.values():
+                    s.step()
+                it += 1
+                position += 1
+                for k, v in losses.items():
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v
+                count += 1
+                last_batch = batch
+                log_now = cfg["log_every"] and it % cfg["log_every"] == 0
+                if log_now or it == total or (bar is not None and bar.tty):
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - window_start
+                rate = (it - window_it) / elapsed if elapsed > 0 else 0.0
+                if log_now or it == total:
+                    means = {k: (v / count).item() for k, v in sums.items()}
+                    lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in method.optimizers.items()}
+                    self.logfile.write({"it": it, "epoch": epoch, **means, **lrs,
+                                        "images_per_s": rate * cfg["batch_size"]}, step=it)
+                    if bar is not None:
+                        bar.update(it, means, rate, force=True)
+                    sums, count = {}, 0
+                    window_start, window_it = time.perf_counter(), it
+                train_seconds += time.perf_counter() - t0
+                stop = it >= total
+                if cfg["ckpt_every"] and it % cfg["ckpt_every"] == 0 and not stop:
+                    self._save(method, it, epoch, position, train_seconds)
+                if cfg["eval_every"] and it % cfg["eval_every"] == 0 and not stop:
+                    self.evaluate(method, it)
+                    self._save_samples(method, last_batch, it)
+                if stop:
+                    break
+            else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)
+                epoch, position = epoch + 1, 0
+        if bar is not None:
+            bar.close()
+        # train_seconds counts whole iterations only (data waits, evaluation and checkpoints excluded)
+        self._save(method, it, epoch, position, train_seconds)
+        images_per_s = it * cfg["batch_size"] / train_seconds if train_seconds > 0 else 0.0
+        result = self.evaluate(method, it)
+        self._save_samples(method, last_batch, it)
+        metrics = None
+        if self.main:
+            metrics = {"rank1": result["rank1"], "rank5": result["rank5"], "rank10": result["rank10"],
+                       "mAP": result["mAP"], "ap_mode": result["ap_mode"], "num_queries": result["num_valid"],
+                       "dataset": self.dataset.name, "method": self.method_cls.name, "iterations": it,
+                       "images_per_s": round(images_per_s, 2), "train_time": format_duration(train_seconds)}
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            self.log(f"{self.method_cls.name} on {self.dataset.name} after {it} iterations: "
+                     f"Rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%  "
+                     f"({images_per_s:.0f} images/s); metrics in {self.run_dir / 'metrics.json'}")
+        self.logfile.close()
+        if self.world_size > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        return metrics
+
+    def _save_samples(self, method, batch, it) -> None:
+        if not self.main or batch is None:
+            return
+        with torch.no_grad():
+            grid = method.sample_images(batch)
+        if grid is not None:
+            save_image_grid(grid, self.run_dir / "samples" / f"it{it:07d}.png")
+
+
+def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
+    """Train `method_cls` with a resolved config (see :mod:`reidfast.train.config`); returns metrics.json's dict
+    (None on ranks other than 0)."""
+    return Trainer(method_cls, cfg, stream).fit()
+
+
+__all__ = ["Method", "Run", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

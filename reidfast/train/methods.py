@@ -1,0 +1,26 @@
+"""Method name -> trainer class. Methods whose trainers are not built yet say which issue builds them."""
+from __future__ import annotations
+
+import importlib
+
+METHODS = {"baseline": ("reidfast.train.baseline", "Baseline")}
+NOT_BUILT = {
+    "dgnet": "DG-Net's trainer is not built yet (it is tracked in its own method issue; the baseline it uses as "
+             "teacher is available: python -m reidfast.train baseline)",
+    "fdgan": "FD-GAN's trainer is not built yet (tracked in its own method issue)",
+    "sagan": "SA-GAN's trainer is not built yet (tracked in its own method issue)",
+}
+ALL_METHODS = tuple(METHODS) + tuple(NOT_BUILT)
+
+
+class MethodNotBuilt(NotImplementedError):
+    pass
+
+
+def get_method(name: str):
+    if name in NOT_BUILT:
+        raise MethodNotBuilt(NOT_BUILT[name])
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+    module, cls = METHODS[name]
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,83 @@
+"""Progress bar (plain stderr, no dependency) and the run's logs: JSONL always, TensorBoard when installed."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class ProgressBar:
+    """One line redrawn in place on a terminal; on a pipe or file a plain line at most every `interval` s."""
+
+    def __init__(self, total: int, start: int = 0, stream=None, interval: float = 10.0, width: int = 24):
+        self.total, self.stream, self.width = total, stream or sys.stderr, width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = 0.2 if self.tty else interval
+        self.last_draw = 0.0
+        self.start_it = start
+
+    def update(self, it: int, fields: dict, rate: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_draw < self.interval:
+            return
+        self.last_draw = now
+        done = it / max(1, self.total)
+        bar = "#" * int(done * self.width)
+        remaining = (self.total - it) / rate if rate > 0 else float("nan")
+        text = " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+        eta = format_duration(remaining) if remaining == remaining else "?"
+        line = (f"[{bar:<{self.width}}] {it}/{self.total} {100 * done:3.0f}% | {text} | "
+                f"{rate:.1f} it/s | ETA {eta}")
+        if self.tty:
+            self.stream.write("\r" + line[:200].ljust(120))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class RunLog:
+    """``log.jsonl`` (one JSON object per line, appended, so a resumed run continues the same file) and, when
+    ``torch.utils.tensorboard`` imports, TensorBoard scalars in the run folder."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "log.jsonl"
+        self.tensorboard = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional; the JSONL log has everything
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.file = open(self.path, "a", buffering=1)
+
+    def write(self, record: dict, step: int | None = None, prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None and step is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("it", "epoch"):
+                    self.tensorboard.add_scalar(f"{prefix}{key}", value, step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

@@ -1,0 +1,31 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from reidfast.data.synthetic import generate
+
+TINY_DATA = dict(ids=8, cameras=3, domain="a", seed=3, height=32, width=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A tiny synthetic Market-format dataset (8 ids: 4 train, 4 test), generated once per session."""
+    root = tmp_path_factory.mktemp("train-data") / "tiny"
+    generate(root, **TINY_DATA)
+    return root
+
+
+def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """Flags for a seconds-long CPU run of the baseline on `root`: 32x16 images, width-4 ResNet-50, batch 8."""
+    return ["baseline", "--dataset", "synthetic", "--data-root", str(root), "--out", str(out), "--device", "cpu",
+            "--height", "32", "--width", "16", "--backbone-width", "4", "--batch-size", "8", "--workers", "0",
+            "--pad", "2", "--pretrained", "none", "--log-every", "1", "--eval-batch-size", "64", *extra]
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["it"]: r["loss"] for r in read_log(run_dir) if "loss" in r}

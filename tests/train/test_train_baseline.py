@@ -1,0 +1,84 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from reidfast.train.__main__ import main
+from reidfast.train.checkpoint import load_checkpoint
+
+from .conftest import losses, read_log, tiny_args
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "short"
+    assert main(tiny_args(tiny_root, out, "--iters", "6", "--ckpt-every", "3")) == 0
+    return out
+
+
+def test_run_folder_holds_everything(short_run):
+    for name in ("config.json", "log.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "metrics.json"):
+        assert (short_run / name).is_file(), name
+    metrics = json.loads((short_run / "metrics.json").read_text())
+    assert set(metrics) >= {"rank1", "rank5", "rank10", "mAP", "ap_mode", "dataset", "iterations", "images_per_s"}
+    assert metrics["iterations"] == 6 and metrics["ap_mode"] == "market" and metrics["images_per_s"] > 0
+    assert 0 <= metrics["rank1"] <= metrics["rank5"] <= metrics["rank10"] <= 1 and 0 <= metrics["mAP"] <= 1
+    assert sorted(losses(short_run)) == [1, 2, 3, 4, 5, 6]
+    latest, previous = load_checkpoint(short_run / "checkpoint.pt"), load_checkpoint(short_run / "checkpoint.prev.pt")
+    assert (latest["iteration"], previous["iteration"]) == (6, 3)
+    assert set(latest) >= {"networks", "optimizers", "schedulers", "scaler", "rng", "config", "format_version"}
+    assert not list(short_run.glob(".*.tmp")), "a temporary checkpoint file was left behind"
+
+
+def test_loss_decreases(tiny_root, tmp_path):
+    # 4 identities, no dropout, a narrow net: 30 iterations fit the training set well below the initial loss
+    out = tmp_path / "fit"
+    assert main(tiny_args(tiny_root, out, "--iters", "30", "--ckpt-every", "0", "--dropout", "0",
+                          "--lr", "0.02")) == 0
+    values = list(losses(out).values())
+    first, last = sum(values[:5]) / 5, sum(values[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+
+
+def test_resume_continues_exactly(short_run, tmp_path):
+    # the uninterrupted run kept its iteration-3 checkpoint as checkpoint.prev.pt: resume a copy of it from there
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(short_run / "checkpoint.prev.pt", resumed / "checkpoint.pt")
+    assert main(["baseline", "--out", str(resumed), "--resume"]) == 0
+    full, again = losses(short_run), losses(resumed)
+    assert sorted(again) == [4, 5, 6]
+    # iteration 3 ended mid-epoch (2 batches per epoch here): the data order, dropout draws, optimizer,
+    # augmentation generator and schedule must all continue exactly, so the losses match bit for bit
+    assert [again[i] for i in (4, 5, 6)] == [full[i] for i in (4, 5, 6)]
+    a = load_checkpoint(short_run / "checkpoint.pt")["networks"]["model"]
+    b = load_checkpoint(resumed / "checkpoint.pt")["networks"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_the_previous_survives(short_run, tmp_path, capsys):
+    run = tmp_path / "broken"
+    shutil.copytree(short_run, run)
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert main(["baseline", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert str(run / "checkpoint.pt") in err and "corrupted or truncated" in err
+    assert str(run / "checkpoint.prev.pt") in err
+    assert load_checkpoint(run / "checkpoint.prev.pt")["iteration"] == 3
+    # and the previous one resumes
+    assert main(["baseline", "--out", str(run), "--resume", str(run / "checkpoint.prev.pt")]) == 0
+    assert json.loads((run / "metrics.json").read_text())["iterations"] == 6
+
+
+def test_garbage_checkpoint_names_the_file(tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
+    assert f"checkpoint {tmp_path / 'checkpoint.pt'} is corrupted" in capsys.readouterr().err
+
+
+def test_log_records_eval_and_checkpoints(short_run):
+    records = read_log(short_run)
+    assert any("eval/rank1" in r for r in records)
+    assert [r["it"] for r in records if "checkpoint" in r] == [3, 6]

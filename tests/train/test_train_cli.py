@@ -1,0 +1,95 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reidfast.train.__main__ import main
+from reidfast.train.config import ConfigError, resolve_config
+from reidfast.train.baseline import Baseline
+
+from .conftest import tiny_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("method", ["dgnet", "fdgan", "sagan"])
+def test_methods_not_built_say_so(method, capsys):
+    assert main([method]) == 2
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_bad_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["baseline", "--amp", "fp8"])
+    assert exc.value.code == 2 and "--amp" in capsys.readouterr().err
+
+
+def test_iters_and_epochs_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        main(["--iters", "3", "--epochs", "2"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_nonpositive_iters(tmp_path, capsys):
+    assert main(["--iters", "0", "--out", str(tmp_path)]) == 2
+    assert "iters must be a positive integer" in capsys.readouterr().err
+
+
+def test_missing_data_root_names_it(tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    assert main(["baseline", "--data-root", str(missing), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "market1501" in err
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
+    assert f"no checkpoint at {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
+
+
+def test_config_unknown_key_and_bad_syntax(tmp_path, capsys):
+    bad_key = tmp_path / "a.toml"
+    bad_key.write_text("batch_size = 8\nlearning_rate = 0.1\n")
+    assert main(["--config", str(bad_key), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown option(s) learning_rate" in capsys.readouterr().err
+    bad_syntax = tmp_path / "b.json"
+    bad_syntax.write_text("{batch_size: 8")
+    assert main(["--config", str(bad_syntax), "--out", str(tmp_path / "r")]) == 2
+    assert f"{bad_syntax} is not valid JSON" in capsys.readouterr().err
+
+
+def test_layers_paper_preset_file_flags():
+    base = dict(Baseline.defaults)
+    cpu = resolve_config(base, Baseline.presets, {}, {}, device_is_cpu=True)
+    assert cpu["preset"] == "cpu-quick" and cpu["height"] == 64 and cpu["iters"] == 400 and cpu["epochs"] is None
+    paper = resolve_config(base, Baseline.presets, {}, {}, device_is_cpu=False)
+    assert paper["preset"] == "paper" and paper["height"] == 256 and paper["epochs"] == 60 and paper["lr"] == 0.05
+    # the file overrides the preset, a flag overrides the file; a run length given replaces the other one
+    cfg = resolve_config(base, Baseline.presets, {"batch_size": 16, "epochs": 3}, {"batch_size": 8}, True)
+    assert cfg["batch_size"] == 8 and cfg["epochs"] == 3 and cfg["iters"] is None
+    with pytest.raises(ConfigError):
+        resolve_config(base, Baseline.presets, {"iters": 3, "epochs": 3}, {}, True)
+
+
+def test_toml_config_is_used(tiny_root, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("iters = 2\nbatch-size = 4\nckpt_every = 0\n")
+    out = tmp_path / "r"
+    assert main(tiny_args(tiny_root, out, "--config", str(config), "--batch-size", "8")) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["iters"] == 2 and saved["batch_size"] == 8 and saved["ckpt_every"] == 0
+
+
+def test_ddp_two_processes_gloo(tiny_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "REIDFAST_DDP_BACKEND": "gloo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+           "-m", "reidfast.train", *tiny_args(tiny_root, out, "--iters", "3", "--ckpt-every", "2")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2 processes" in proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 3
