@@ -25,6 +25,7 @@ from timing import copy_bandwidth_gbs, time_ms  # noqa: E402
 
 SUITES = {
     "adain": "ops_adain",
+    "train": "train_step",  # whole training iterations; the module's own run() and row format
 }
 
 
@@ -33,6 +34,9 @@ def _suite_module(name):
 
 
 def run_suite(name, device, quick, peak_gbs, repeats):
+    module = _suite_module(name)
+    if hasattr(module, "run"):  # a suite with its own measurement and rows (train_step)
+        return module.run(device, quick)
     rows = []
     for case in _suite_module(name).cases(device, quick):
         ms = time_ms(case["fn"], device, repeats=repeats)
@@ -67,9 +71,14 @@ def markdown(meta, rows):
              "| op | pass | shape | dtype | backend | ms | ref ms | compiled ref ms | x ref | x compiled | GB/s | % copy bw |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "op" not in r:
+            continue
         lines.append(f"| {r['op']} | {r['pass']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['backend']} | "
                      f"{r['ms']} | {r['ref_ms']} | {r['ref_compiled_ms']} | {r['speedup']} | "
                      f"{r['speedup_vs_compiled']} | {r.get('gbs', '')} | {r.get('pct_copy_bw', '')} |")
+    train_rows = [r for r in rows if "op" not in r]
+    if train_rows:
+        lines += ["", "## Training iterations", "", _suite_module("train").markdown(train_rows).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -95,7 +104,8 @@ def main(argv=None):
         peak = copy_bandwidth_gbs(device)
         meta["copy_gbs"] = round(peak, 1)
         print(f"device copy bandwidth: {peak:.0f} GB/s")
-    print(HEADER)
+    if any(n != "train" for n in names):
+        print(HEADER)
     rows = []
     for name in names:
         rows += run_suite(name, device, args.quick, peak, repeats=5 if args.quick else 20)

@@ -61,3 +61,41 @@ def export_features(path: str | os.PathLike, qf, gf, dataset) -> Path:
     np.savez(path, query_f=qf.numpy(), gallery_f=gf.numpy(), query_label=q_pids, gallery_label=g_pids,
              query_cam=q_cams, gallery_cam=g_cams)
     return path
+
+
+def add_checkpoint_arguments(parser) -> None:
+    """The flags of ``python -m reidfast.eval --checkpoint RUN_DIR`` besides --checkpoint itself."""
+    from ..data import list_datasets
+    g = parser.add_argument_group("--checkpoint (a training run)")
+    g.add_argument("--dataset", default=None, metavar="NAME",
+                   help="dataset to evaluate on: " + ", ".join(list_datasets()) + " (default: the run's own)")
+    g.add_argument("--data-root", default=None, metavar="DIR", help="its folder (default: the run's own)")
+    g.add_argument("--export", metavar="FILE.npz", default=None,
+                   help="save the query/gallery features and labels (readable by --features)")
+    g.add_argument("--ranked-list", metavar="FILE.png", default=None,
+                   help="picture of the top-10 of a few queries (default RUN_DIR/ranked_list.png)")
+    g.add_argument("--ranked-queries", type=int, default=6, metavar="N", help="queries in the picture (6)")
+
+
+def evaluate_checkpoint(args):
+    """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
+    from ..train.loop import load_run_dataset
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    run_dir = Path(args.checkpoint)
+    cfg = dict(load_checkpoint(resolve_checkpoint(run_dir, run_dir))["config"])
+    if args.dataset is not None or args.data_root is not None:
+        cfg.update(dataset=args.dataset, data_root=args.data_root)
+    dataset = load_run_dataset(cfg)
+    result, qf, gf, cfg = evaluate_run(run_dir, dataset, device, ap_mode=args.ap_mode, metric=args.metric,
+                                       max_rank=args.max_rank)
+    if args.export:
+        print(f"features written to {export_features(args.export, qf, gf, dataset)}")
+    folder = run_dir if run_dir.is_dir() else run_dir.parent
+    picture = Path(args.ranked_list) if args.ranked_list else folder / "ranked_list.png"
+    from .ranked_list import save_ranked_lists
+    step = max(1, len(dataset.query) // max(1, args.ranked_queries))
+    chosen = list(range(0, len(dataset.query), step))[:args.ranked_queries]
+    save_ranked_lists(picture, qf, gf, dataset.query, dataset.gallery, chosen, size=(cfg["height"], cfg["width"]))
+    print(f"ranked lists of {len(chosen)} queries drawn in {picture}")
+    return result

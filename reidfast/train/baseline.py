@@ -7,7 +7,8 @@ ImageNet-initialised backbone, 60 epochs with the lr divided by 10 after epoch 4
 (no ImageNet weights, or a reduced width) gets the full lr: 0.1x is a fine-tuning rate.
 
 The cpu-quick preset (the default on the CPU with synthetic data) trains a quarter-width ResNet-50 (width 16,
-512-d pooled features) from scratch on 64x32 images of a 120-identity synthetic set for a few minutes.
+512-d pooled features) from scratch on 64x32 images of a 120-identity synthetic set: 600 iterations of 32
+at lr 0.01 (0.05 diverges from scratch) with 50 warm-up iterations, a few minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class Baseline(Method):
         "pad": 10, "pretrained": "auto", "ap_mode": "market", "warmup_iters": 0,
     }
     presets = {
-        "cpu-quick": {"epochs": None, "iters": 400, "height": 64, "width": 32, "backbone_width": 16, "pad": 4,
+        "cpu-quick": {"epochs": None, "iters": 600, "lr": 0.01, "height": 64, "width": 32, "backbone_width": 16, "pad": 4,
                       "synthetic_ids": 120, "ckpt_every": 200, "log_every": 20, "warmup_iters": 50},
     }
 

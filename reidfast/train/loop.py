@@ -389,4 +389,7 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
     return Trainer(method_cls, cfg, stream).fit()
 
 
+# the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
+from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
+
 __all__ = ["Method", "Run", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_config_unknown_key_and_bad_syntax(tmp_path, capsys):
 def test_layers_paper_preset_file_flags():
     base = dict(Baseline.defaults)
     cpu = resolve_config(base, Baseline.presets, {}, {}, device_is_cpu=True)
-    assert cpu["preset"] == "cpu-quick" and cpu["height"] == 64 and cpu["iters"] == 400 and cpu["epochs"] is None
+    assert cpu["preset"] == "cpu-quick" and cpu["height"] == 64 and cpu["iters"] == 600 and cpu["epochs"] is None
     paper = resolve_config(base, Baseline.presets, {}, {}, device_is_cpu=False)
     assert paper["preset"] == "paper" and paper["height"] == 256 and paper["epochs"] == 60 and paper["lr"] == 0.05
     # the file overrides the preset, a flag overrides the file; a run length given replaces the other one
@@ -86,7 +87,10 @@ def test_toml_config_is_used(tiny_root, tmp_path):
 def test_ddp_two_processes_gloo(tiny_root, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "REIDFAST_DDP_BACKEND": "gloo"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            "-m", "reidfast.train", *tiny_args(tiny_root, out, "--iters", "3", "--ckpt-every", "2")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,160 @@
+"""Training throughput: images/s of full training iterations, reidfast's configuration against the pure-PyTorch
+reference configuration of the same model, in one run, with peak memory.
+
+    python bench/train_step.py [--method baseline] [--device cpu|cuda] [--quick] [--out FILE.json]
+
+reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
+reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs.
+Each iteration is the method's real train_step (augmentation, forward, loss, backward, optimizer and scheduler
+steps) on a fixed random batch already on the device, so data loading is not measured. Peak memory is CUDA's
+max_memory_allocated per configuration, or on the CPU the process's peak RSS so far (monotone across rows).
+Also reachable as ``python bench/run.py --only train``. Nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
+sys.path.insert(0, BENCH_DIR)
+
+from timing import time_ms  # noqa: E402
+
+from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run  # noqa: E402
+from reidfast.train.methods import get_method  # noqa: E402
+
+# method -> (GPU setting, CPU/quick setting): batch, image size and config overrides. Later methods add theirs.
+CASES = {
+    "baseline": {
+        "gpu": {"batch_size": 32, "height": 256, "width": 128, "backbone_width": 64, "num_classes": 751},
+        "cpu": {"batch_size": 16, "height": 64, "width": 32, "backbone_width": 16, "num_classes": 60},
+    },
+}
+CONFIGS = {
+    "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None},
+    "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False},
+}
+
+
+class _TrainSet:
+    def __init__(self, num_classes):
+        self.num_train_pids = num_classes
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(method_name: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None) -> dict:
+    from reidfast import ops
+    method_cls = get_method(method_name)
+    setting = dict(CASES[method_name]["cpu" if device.type == "cpu" or quick else "gpu"])
+    num_classes = setting.pop("num_classes")
+    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **method_cls.defaults, **setting, **CONFIGS[config_name],
+           "device": str(device), "pretrained": "none"}
+    ops.set_backend(cfg["backend"])
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    run = Run(cfg, device, 0, 1, log=lambda message: None)
+    method = method_cls(run, _TrainSet(num_classes))
+    method.configure(10**6)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randint(0, 256, (cfg["batch_size"], 3, cfg["height"], cfg["width"]), generator=g,
+                                    dtype=torch.uint8).to(device),
+             "pid": torch.randint(0, num_classes, (cfg["batch_size"],), generator=g).to(device)}
+    it = [0]
+
+    def step():
+        method.train_step(batch, it[0])
+        if run.scaler is not None:
+            run.scaler.update()
+        for s in method.schedulers.values():
+            s.step()
+        it[0] += 1
+
+    t0 = time.perf_counter()
+    step()  # the first step compiles when compile is on
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first_s = time.perf_counter() - t0
+    repeats = iters or (5 if quick else 20)
+    ms = time_ms(step, device, warmup=2 if quick else 5, repeats=repeats)
+    row = {"method": method_name, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
+           "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
+           "channels_last": run.channels_last, "backend": ops.get_backend(), "ms_per_iter": round(ms, 3),
+           "images_per_s": round(cfg["batch_size"] / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
+           "peak_mem_mb": round(_peak_memory_mb(device), 1)}
+    ops.set_backend("auto")
+    return row
+
+
+def run(device: torch.device, quick: bool, methods=None) -> list[dict]:
+    """Rows for every method: the reference configuration, then reidfast's, plus the speedup (bench/run.py)."""
+    rows = []
+    print(HEADER, flush=True)
+    for name in methods or list(CASES):
+        ref = measure(name, "reference", device, quick)
+        print(format_row(ref), flush=True)
+        ours = measure(name, "reidfast", device, quick)
+        ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
+        print(format_row(ours), flush=True)
+        rows += [ref, ours]
+    return rows
+
+
+HEADER = (f"{'method':<10} {'config':<10} {'batch':>5} {'size':>8} {'amp':>5} {'compile':>7} {'ms/iter':>9} "
+          f"{'images/s':>9} {'1st step s':>10} {'peak MB':>9} {'speedup':>8}")
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['method']:<10} {r['config']:<10} {r['batch']:>5} {r['size']:>8} {r['amp']:>5} "
+            f"{str(r['compile']):>7} {r['ms_per_iter']:>9.2f} {r['images_per_s']:>9.1f} {r['first_step_s']:>10.2f} "
+            f"{r['peak_mem_mb']:>9.1f} {r.get('speedup_vs_reference', float('nan')):>8.2f}")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method | config | batch | size | amp | compile | ms/iter | images/s | peak MB | x reference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['config']} | {r['batch']} | {r['size']} | {r['amp']} | {r['compile']} | "
+                     f"{r['ms_per_iter']} | {r['images_per_s']} | {r['peak_mem_mb']} | "
+                     f"{r.get('speedup_vs_reference', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="", help=f"comma-separated methods out of {', '.join(CASES)} (default all)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small images and batch, few repeats (a CPU check)")
+    p.add_argument("--out", default="", help="write the rows as JSON here (and a .md table beside it)")
+    args = p.parse_args(argv)
+    methods = [m for m in args.method.split(",") if m] or list(CASES)
+    unknown = [m for m in methods if m not in CASES]
+    if unknown:
+        p.error(f"--method: no benchmark case for {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    rows = run(torch.device(args.device), args.quick, methods)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"torch": torch.__version__, "rows": rows}, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(markdown(rows))
+        print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
