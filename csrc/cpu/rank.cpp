@@ -1,5 +1,6 @@
-// Ranking on the CPU: at::parallel_for over queries; per query one pass collects the true matches, a sort orders
-// those few, and a second pass counts the kept non-matches before each of them (rank_math.h).
+// Ranking on the CPU: at::parallel_for over queries. Per query the true matches come from the gallery grouped by
+// id (no pass over the row), a sort orders those few, and one pass over the row counts the kept non-matches
+// before each of them (rank_math.h) and checks for NaN.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -73,24 +74,42 @@ struct Scratch {
   std::vector<int> bucket_start;
 };
 
+// The gallery grouped by id (stable, so each group is in index order): a query finds its same-id items without a
+// pass over the row. Built once per call, shared by all queries.
+struct GalleryById {
+  std::vector<int32_t> pids;    // sorted ids
+  std::vector<int64_t> index;   // gallery index of each entry of pids
+
+  GalleryById(const int32_t* g_pids, int64_t num_g) : pids(num_g), index(num_g) {
+    std::iota(index.begin(), index.end(), 0);
+    std::stable_sort(index.begin(), index.end(), [&](int64_t a, int64_t b) { return g_pids[a] < g_pids[b]; });
+    for (int64_t i = 0; i < num_g; ++i) pids[i] = g_pids[index[i]];
+  }
+};
+
+template <typename scalar_t>
+bool row_has_nan(const scalar_t* row, int64_t num_g) {
+  bool nan = false;
+  for (int64_t j = 0; j < num_g; ++j) nan |= row[j] != row[j];
+  return nan;
+}
+
 template <typename scalar_t>
 QueryOutput rank_one_query(const scalar_t* row, int64_t num_g, int32_t q_pid, int32_t q_cam, const int32_t* g_pids,
-                           const int32_t* g_cams, int ap_mode, Scratch<scalar_t>& s) {
-  // Pass 1: the true matches, in gallery order, and a NaN check.
+                           const int32_t* g_cams, const GalleryById& by_id, int ap_mode, Scratch<scalar_t>& s) {
+  // The true matches, in gallery order, from the query's id group.
   s.match_d.clear();
   s.match_j.clear();
-  bool has_nan = false;
-  for (int64_t j = 0; j < num_g; ++j) {
-    const scalar_t d = row[j];
-    has_nan |= d != d;
+  const auto group = std::equal_range(by_id.pids.begin(), by_id.pids.end(), q_pid);
+  for (auto it = group.first; it != group.second; ++it) {
+    const int64_t j = by_id.index[it - by_id.pids.begin()];
     if (item_kind(g_pids[j], g_cams[j], q_pid, q_cam, ap_mode) == kMatch) {
-      s.match_d.push_back(d);
+      s.match_d.push_back(row[j]);
       s.match_j.push_back(j);
     }
   }
-  if (has_nan) return {0.0, -1, -1, kNanRow};
   const int p = static_cast<int>(s.match_d.size());
-  if (p == 0) return {0.0, -1, -1, 0};
+  if (p == 0) return {0.0, -1, -1, row_has_nan(row, num_g) ? kNanRow : 0};
 
   // Sort the matches by (distance, index): they were collected in index order, so a stable sort by distance.
   s.order.resize(p);
@@ -108,15 +127,18 @@ QueryOutput rank_one_query(const scalar_t* row, int64_t num_g, int32_t q_pid, in
   const scalar_t last_d = md[p - 1];
   const int64_t last_j = mj[p - 1];
 
-  // Pass 2: histogram of matches-before over the kept non-matches (items after the last match affect no rank).
+  // The pass over the row: histogram of matches-before over the kept non-matches (items after the last match
+  // affect no rank).
   const MatchBuckets<scalar_t> buckets(md, p, s.bucket_start);
   s.hist.assign(p + 1, 0);  // bin p: items that count for no match (after the last one, junk, matches)
   int64_t* hist = s.hist.data();
+  bool has_nan = false;  // checked in this pass, which reads every distance anyway
   if (buckets.usable) {
     // Branch-free apart from the rare bucket shared with a match: the branches of the obvious loop, taken at
     // random, cost more than all of its arithmetic.
     for (int64_t j = 0; j < num_g; ++j) {
       const scalar_t d = row[j];
+      has_nan |= d != d;
       const bool counts = ordered_before(d, j, last_d, last_j) & is_kept_non_match(g_pids[j], q_pid, ap_mode);
       const int pos = buckets.matches_before(md, mj, d, j);
       ++hist[counts ? pos : p];
@@ -124,10 +146,13 @@ QueryOutput rank_one_query(const scalar_t* row, int64_t num_g, int32_t q_pid, in
   } else {  // infinite distances or all matches at one distance
     for (int64_t j = 0; j < num_g; ++j) {
       const scalar_t d = row[j];
+      has_nan |= d != d;
       if (ordered_before(d, j, last_d, last_j) & is_kept_non_match(g_pids[j], q_pid, ap_mode))
         ++hist[matches_before(md, mj, p, d, j)];
     }
   }
+
+  if (has_nan) return {0.0, -1, -1, kNanRow};
 
   QueryOutput out{0.0, 0, 0, p};
   int64_t before = 0;  // kept non-matches before the current match
@@ -166,10 +191,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
   int64_t* count_p = num_matches.mutable_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cpu", [&] {
     const scalar_t* d = dist.const_data_ptr<scalar_t>();
+    const GalleryById by_id(gp, num_g);
     at::parallel_for(0, num_q, 1, [&](int64_t begin, int64_t end) {
       Scratch<scalar_t> scratch;
       for (int64_t q = begin; q < end; ++q) {
-        const QueryOutput o = rank_one_query(d + q * num_g, num_g, qp[q], qc[q], gp, gc, ap_mode, scratch);
+        const QueryOutput o = rank_one_query(d + q * num_g, num_g, qp[q], qc[q], gp, gc, by_id, ap_mode,
+                                                 scratch);
         ap_p[q] = o.ap;
         first_p[q] = o.first_hit;
         last_p[q] = o.last_hit;
