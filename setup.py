@@ -73,7 +73,7 @@ def extensions():
                 sources + sorted(glob.glob("csrc/cuda/*.cu")),
                 include_dirs=include_dirs,
                 define_macros=define,
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
                 extra_link_args=["-fopenmp"],
             )
         ]

@@ -23,8 +23,15 @@ sys.path.insert(1, os.path.dirname(BENCH_DIR))  # a source checkout works withou
 
 from timing import copy_bandwidth_gbs, time_ms  # noqa: E402
 
+# Every case compiles the reference anew (shapes, dtypes, grad mode): without room for those recompiles dynamo
+# silently falls back to eager and the "compiled" column would time the eager reference.
+for _name in ("recompile_limit", "cache_size_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 256)
+
 SUITES = {
     "adain": "ops_adain",
+    "rank": "ops_rank",
     "train": "train_step",  # whole training iterations; the module's own run() and row format
 }
 
@@ -33,20 +40,36 @@ def _suite_module(name):
     return __import__(SUITES[name])
 
 
+def _ratio(base_ms, ms):
+    return None if base_ms is None else round(base_ms / ms, 3)
+
+
 def run_suite(name, device, quick, peak_gbs, repeats):
+    """Times each case's fn, ref and ref_compiled (a case may set ref_compiled None: no such baseline), plus any
+    extra `baselines` {name: fn}; `slow_baselines` times the baselines and ref once without warm-up (seconds each).
+    A suite module with its own run() (train_step) measures and prints its own rows."""
     module = _suite_module(name)
-    if hasattr(module, "run"):  # a suite with its own measurement and rows (train_step)
+    if hasattr(module, "run"):
         return module.run(device, quick)
     rows = []
     for case in _suite_module(name).cases(device, quick):
-        ms = time_ms(case["fn"], device, repeats=repeats)
-        ref_ms = time_ms(case["ref"], device, repeats=repeats)
-        ref_compiled_ms = time_ms(case["ref_compiled"], device, repeats=repeats)
-        row = {k: v for k, v in case.items() if k not in ("fn", "ref", "ref_compiled", "bytes")}
+        slow = dict(warmup=0, repeats=1) if case.get("slow_baselines") else dict(repeats=repeats)
+
+        def timed(fn, **kw):
+            return None if fn is None else round(time_ms(fn, device, **kw), 4)
+
+        ms = timed(case["fn"], repeats=repeats)
+        ref_ms = timed(case["ref"], **slow)
+        ref_compiled_ms = timed(case["ref_compiled"], repeats=repeats)
+        row = {k: v for k, v in case.items()
+               if k not in ("fn", "ref", "ref_compiled", "bytes", "baselines", "slow_baselines")}
         row.update(
-            device=str(device), ms=round(ms, 4), ref_ms=round(ref_ms, 4), ref_compiled_ms=round(ref_compiled_ms, 4),
-            speedup=round(ref_ms / ms, 3), speedup_vs_compiled=round(ref_compiled_ms / ms, 3),
+            device=str(device), ms=ms, ref_ms=ref_ms, ref_compiled_ms=ref_compiled_ms,
+            speedup=_ratio(ref_ms, ms), speedup_vs_compiled=_ratio(ref_compiled_ms, ms),
         )
+        for base, fn in case.get("baselines", {}).items():
+            row[f"{base}_ms"] = timed(fn, **slow)
+            row[f"speedup_vs_{base}"] = _ratio(row[f"{base}_ms"], ms)
         if case.get("bytes") and device.type == "cuda":
             row["gbs"] = round(case["bytes"] / (ms * 1e-3) / 1e9, 1)
             row["pct_copy_bw"] = round(100 * row["gbs"] / peak_gbs, 1)
@@ -59,10 +82,16 @@ HEADER = f"{'op':<10} {'pass':<7} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms
          f"{'x ref':>7} {'x cmp':>7} {'GB/s':>7} {'%bw':>6}"
 
 
+def _num(v):
+    return float("nan") if v is None else v
+
+
 def format_row(r):
+    extra = "  ".join(f"{k}={r[k]}" for k in r if k.startswith("speedup_vs_") and k != "speedup_vs_compiled")
     return (f"{r['op']:<10} {r['pass']:<7} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['backend']:<9} "
-            f"{r['ms']:>9.3f} {r['ref_ms']:>9.3f} {r['ref_compiled_ms']:>9.3f} {r['speedup']:>7.2f} "
-            f"{r['speedup_vs_compiled']:>7.2f} {r.get('gbs', float('nan')):>7.1f} {r.get('pct_copy_bw', float('nan')):>6.1f}")
+            f"{_num(r['ms']):>9.3f} {_num(r['ref_ms']):>9.3f} {_num(r['ref_compiled_ms']):>9.3f} "
+            f"{_num(r['speedup']):>7.2f} {_num(r['speedup_vs_compiled']):>7.2f} {_num(r.get('gbs')):>7.1f} "
+            f"{_num(r.get('pct_copy_bw')):>6.1f}" + (f"  {extra}" if extra else ""))
 
 
 def markdown(meta, rows):

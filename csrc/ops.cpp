@@ -12,4 +12,11 @@ TORCH_LIBRARY(reidfast, m) {
   m.def(
       "adain_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
       "str activation, float negative_slope) -> (Tensor, Tensor, Tensor)");
+  // Ranking of each query's gallery row under the Market-1501 protocol (reidfast/ops/reference.py rank_eval):
+  // dist (Q, G) float32/float64, int32 labels. Per query: AP (float64), the 0-based ranks of the first and last
+  // true match (-1 when none) and the number of true matches (-1: the row has a NaN). CUDA marks rows with more
+  // matches than it holds in shared memory with first_hit = -2; the caller redoes them.
+  m.def(
+      "rank_queries(Tensor dist, Tensor q_pids, Tensor q_camids, Tensor g_pids, Tensor g_camids, str ap_mode) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -5,7 +5,9 @@
 //                   warp reads 32 neighbouring channels at once) and 8 threads per channel stride along H*W.
 // Statistics use shifted sums (K = the row's first element): sum(x-K) and sum((x-K)^2) are one FMA each per
 // element and merge by addition, and the shift keeps the variance free of the cancellation of raw sums.
-// The second pass re-reads the row, which for these sizes is served from L2.
+// The second pass needs the row again. Contiguous rows that fit (kCache, up to 48 KiB of shared memory per block)
+// are kept in shared memory from the first pass, so each input is read from DRAM once; other rows are re-read,
+// from L2 when the working set fits there.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -78,7 +80,7 @@ __device__ void reduce_pair(acc_t& a, acc_t& b, int lane_row, int lane_i) {
   b = buf_b[0][lane_row];
 }
 
-template <typename scalar_t, bool kChannelsLast>
+template <typename scalar_t, bool kChannelsLast, bool kCache>
 __global__ void adain_forward_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ w,
                                      const at::opmath_type<scalar_t>* __restrict__ b,
                                      const scalar_t* __restrict__ res, scalar_t* __restrict__ y,
@@ -87,12 +89,17 @@ __global__ void adain_forward_kernel(const scalar_t* __restrict__ x, const at::o
                                      int act, at::opmath_type<scalar_t> slope, at::opmath_type<scalar_t> eps) {
   using acc_t = at::opmath_type<scalar_t>;
   using S = BlockShape<kChannelsLast>;
+  static_assert(!(kCache && kChannelsLast), "the row cache serves contiguous rows only");
+  extern __shared__ unsigned char smem[];
+  scalar_t* x_cache = reinterpret_cast<scalar_t*>(smem);  // HW elements when kCache
   const RowIndex<kChannelsLast> ix(C, HW);
   acc_t s1 = 0, s2 = 0, shift = 0;
   if (ix.valid) {
     shift = static_cast<acc_t>(x[ix.base]);
     for (int64_t i = ix.lane_i; i < HW; i += S::kThreads) {
-      const acc_t d = static_cast<acc_t>(x[ix.base + i * ix.stride]) - shift;
+      const scalar_t v = x[ix.base + i * ix.stride];
+      if (kCache) x_cache[i] = v;  // read back only by this thread: no barrier needed
+      const acc_t d = static_cast<acc_t>(v) - shift;
       s1 += d;
       s2 += d * d;
     }
@@ -110,13 +117,13 @@ __global__ void adain_forward_kernel(const scalar_t* __restrict__ x, const at::o
   const RowAffine<acc_t> a = row_affine(mu, inv, w[ix.row], b[ix.row]);
   for (int64_t i = ix.lane_i; i < HW; i += S::kThreads) {
     const int64_t o = ix.base + i * ix.stride;
-    acc_t v = forward_element(static_cast<acc_t>(x[o]), a, act, slope);
+    acc_t v = forward_element(static_cast<acc_t>(kCache ? x_cache[i] : x[o]), a, act, slope);
     if (res != nullptr) v += static_cast<acc_t>(res[o]);
     y[o] = static_cast<scalar_t>(v);
   }
 }
 
-template <typename scalar_t, bool kChannelsLast>
+template <typename scalar_t, bool kChannelsLast, bool kCache>
 __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ x,
                                       const at::opmath_type<scalar_t>* __restrict__ w,
                                       const at::opmath_type<scalar_t>* __restrict__ b,
@@ -127,6 +134,10 @@ __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const sca
                                       at::opmath_type<scalar_t> slope) {
   using acc_t = at::opmath_type<scalar_t>;
   using S = BlockShape<kChannelsLast>;
+  static_assert(!(kCache && kChannelsLast), "the row cache serves contiguous rows only");
+  extern __shared__ unsigned char smem[];
+  scalar_t* x_cache = reinterpret_cast<scalar_t*>(smem);  // HW elements of x, then HW of grad_y, when kCache
+  scalar_t* gy_cache = x_cache + (kCache ? HW : 0);
   const RowIndex<kChannelsLast> ix(C, HW);
   acc_t sum_g = 0, sum_gx = 0, mu = 0, inv = 0, wr = 0, br = 0;
   if (ix.valid) {
@@ -136,9 +147,14 @@ __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const sca
     br = b[ix.row];
     for (int64_t i = ix.lane_i; i < HW; i += S::kThreads) {
       const int64_t o = ix.base + i * ix.stride;
+      const scalar_t xv = x[o], gv = gy[o];
+      if (kCache) {
+        x_cache[i] = xv;
+        gy_cache[i] = gv;
+      }
       acc_t xh;
-      const acc_t g = grad_preactivation(static_cast<acc_t>(gy[o]), static_cast<acc_t>(x[o]), mu, inv, wr, br, act,
-                                         slope, &xh);
+      const acc_t g =
+          grad_preactivation(static_cast<acc_t>(gv), static_cast<acc_t>(xv), mu, inv, wr, br, act, slope, &xh);
       sum_g += g;
       sum_gx += g * xh;
     }
@@ -153,11 +169,15 @@ __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const sca
   for (int64_t i = ix.lane_i; i < HW; i += S::kThreads) {
     const int64_t o = ix.base + i * ix.stride;
     acc_t xh;
-    const acc_t g = grad_preactivation(static_cast<acc_t>(gy[o]), static_cast<acc_t>(x[o]), mu, inv, wr, br, act,
-                                       slope, &xh);
+    const acc_t g = grad_preactivation(static_cast<acc_t>(kCache ? gy_cache[i] : gy[o]),
+                                       static_cast<acc_t>(kCache ? x_cache[i] : x[o]), mu, inv, wr, br, act, slope,
+                                       &xh);
     gx[o] = static_cast<scalar_t>(grad_input(g, xh, inv, wr, mg, mgx));
   }
 }
+
+// Shared memory a block may take without opting in to more; rows whose cache would exceed it are re-read.
+constexpr int64_t kMaxRowCacheBytes = 48 * 1024;
 
 template <bool kChannelsLast>
 std::pair<dim3, dim3> launch_shape(int64_t N, int64_t C) {
@@ -188,18 +208,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cuda(const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
-    auto launch = [&](auto channels_last) {
-      constexpr bool kCL = decltype(channels_last)::value;
+    const int64_t cache_bytes = HW * static_cast<int64_t>(sizeof(scalar_t));
+    auto launch = [&](auto channels_last, auto cache) {
+      constexpr bool kCL = decltype(channels_last)::value, kCache = decltype(cache)::value;
       const auto shape = launch_shape<kCL>(N, C);
-      adain_forward_kernel<scalar_t, kCL><<<shape.first, shape.second, 0, stream>>>(
+      adain_forward_kernel<scalar_t, kCL, kCache><<<shape.first, shape.second, kCache ? cache_bytes : 0, stream>>>(
           x.const_data_ptr<scalar_t>(), weight.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), res,
           y.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), C, HW,
           act, static_cast<acc_t>(negative_slope), static_cast<acc_t>(eps));
     };
     if (layout == at::MemoryFormat::ChannelsLast)
-      launch(std::true_type{});
+      launch(std::true_type{}, std::false_type{});
+    else if (cache_bytes <= kMaxRowCacheBytes)
+      launch(std::false_type{}, std::true_type{});
     else
-      launch(std::false_type{});
+      launch(std::false_type{}, std::false_type{});
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, mean, rstd};
@@ -225,19 +248,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_backward_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto launch = [&](auto channels_last) {
-      constexpr bool kCL = decltype(channels_last)::value;
+    const int64_t cache_bytes = 2 * HW * static_cast<int64_t>(sizeof(scalar_t));
+    auto launch = [&](auto channels_last, auto cache) {
+      constexpr bool kCL = decltype(channels_last)::value, kCache = decltype(cache)::value;
       const auto shape = launch_shape<kCL>(N, C);
-      adain_backward_kernel<scalar_t, kCL><<<shape.first, shape.second, 0, stream>>>(
+      adain_backward_kernel<scalar_t, kCL, kCache><<<shape.first, shape.second, kCache ? cache_bytes : 0, stream>>>(
           gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), weight.const_data_ptr<acc_t>(),
           bias.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(),
           gx.mutable_data_ptr<scalar_t>(), gw.mutable_data_ptr<acc_t>(), gb.mutable_data_ptr<acc_t>(), C, HW, act,
           static_cast<acc_t>(negative_slope));
     };
     if (layout == at::MemoryFormat::ChannelsLast)
-      launch(std::true_type{});
+      launch(std::true_type{}, std::false_type{});
+    else if (cache_bytes <= kMaxRowCacheBytes)
+      launch(std::false_type{}, std::true_type{});
     else
-      launch(std::false_type{});
+      launch(std::false_type{}, std::false_type{});
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {gx, gw, gb};

@@ -4,8 +4,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <numeric>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -67,11 +70,62 @@ void check_adain(bool channels_last) {
   expect_close("adain_backward grad_bias vs autograd" + tag, gb, grads[2], 1e-4);
 }
 
+// rank_queries against a plain loop per query: stable sort of the row, junk removed, precision at each match.
+void check_rank(bool market) {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("reidfast::rank_queries", "")
+                .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                    c10::string_view)>();
+  at::manual_seed(1);
+  const int64_t num_q = 23, num_g = 301;
+  // Few distinct distances: many ties, which the stable order must break by gallery index.
+  const auto dist = at::randint(0, 7, {num_q, num_g}).to(at::kFloat);
+  const auto q_pids = at::randint(1, 9, {num_q}).to(at::kInt), q_cams = at::randint(0, 3, {num_q}).to(at::kInt);
+  const auto g_pids = at::randint(-1, 9, {num_g}).to(at::kInt), g_cams = at::randint(0, 3, {num_g}).to(at::kInt);
+  auto [ap, first_hit, last_hit, num_matches] = op.call(dist, q_pids, q_cams, g_pids, g_cams,
+                                                         market ? "market" : "torchreid");
+  std::vector<double> want_ap(num_q, 0.0), want_first(num_q, -1.0), want_count(num_q, 0.0);
+  const float* d = dist.const_data_ptr<float>();
+  const int* qp = q_pids.const_data_ptr<int>();
+  const int* qc = q_cams.const_data_ptr<int>();
+  const int* gp = g_pids.const_data_ptr<int>();
+  const int* gc = g_cams.const_data_ptr<int>();
+  for (int64_t q = 0; q < num_q; ++q) {
+    std::vector<int64_t> order(num_g);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return d[q * num_g + a] < d[q * num_g + b]; });
+    int64_t rank = 0, k = 0;
+    double ap_sum = 0.0;
+    for (int64_t j : order) {
+      const bool junk = (gp[j] == qp[q] && gc[j] == qc[q]) || (market && gp[j] == -1);
+      if (junk) continue;
+      if (gp[j] == qp[q]) {
+        ++k;
+        if (k == 1) want_first[q] = static_cast<double>(rank);
+        const double at = double(k) / double(rank + 1);
+        const double before = rank == 0 ? 1.0 : double(k - 1) / double(rank);
+        ap_sum += market ? 0.5 * (before + at) : at;
+      }
+      ++rank;
+    }
+    want_count[q] = static_cast<double>(k);
+    want_ap[q] = k ? ap_sum / k : 0.0;
+  }
+  const std::string tag = market ? " (market)" : " (torchreid)";
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  expect_close("rank_queries ap vs loop" + tag, ap, at::tensor(want_ap, opts), 1e-12);
+  expect_close("rank_queries first_hit vs loop" + tag, first_hit, at::tensor(want_first, opts), 0);
+  expect_close("rank_queries num_matches vs loop" + tag, num_matches, at::tensor(want_count, opts), 0);
+}
+
 }  // namespace
 
 int main() {
   check_adain(false);
   check_adain(true);
+  check_rank(false);
+  check_rank(true);
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

@@ -1,0 +1,3 @@
+"""Evaluation: `python -m reidfast.eval` (CLI), saved-feature files (io), re-ranking (rerank), report tables.
+
+Ranking itself is `reidfast.ops.rank_eval`."""

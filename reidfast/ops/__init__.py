@@ -7,12 +7,16 @@ from ._backend import BACKENDS, get_backend, set_backend, use_backend
 from ._backend import explain as explain_backend
 from ._backend import resolve as resolve_backend
 from .adain import adain
+from .rank_eval import rank_eval
+from .rank_result import RankEvalResult
 
 __all__ = [
     "BACKENDS",
+    "RankEvalResult",
     "adain",
     "explain_backend",
     "get_backend",
+    "rank_eval",
     "resolve_backend",
     "set_backend",
     "use_backend",

@@ -51,3 +51,15 @@ def register_adain_op_pair(forward_name: str, backward_name: str) -> None:
         return grad_x, grad_weight, grad_bias, grad_residual, None, None, None
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+
+
+def _rank_queries_fake(dist, q_pids, q_camids, g_pids, g_camids, ap_mode):
+    num_q = dist.shape[0]
+    ap = dist.new_empty((num_q,), dtype=torch.float64)
+    index = dist.new_empty((num_q,), dtype=torch.int64)
+    return ap, index, torch.empty_like(index), torch.empty_like(index)
+
+
+def register_rank_queries_op(name: str) -> None:
+    """Fake kernel of the per-query ranking op (no autograd: ranks are not differentiable)."""
+    torch.library.register_fake(name)(_rank_queries_fake)

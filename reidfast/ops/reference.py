@@ -48,3 +48,101 @@ def adain(
     if residual is not None:
         y = y + residual.to(acc)
     return y.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rank_eval: re-id ranking under the Market-1501 protocol.
+
+def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tensor, metric: str) -> torch.Tensor:
+    """(Q, G) distances between rows of query_features (Q, D) and gallery_features (G, D).
+
+    euclidean: squared L2 computed as torchreid does, |q|^2 + |g|^2 - 2 q.g (one GEMM; can round slightly below 0).
+    cosine: 1 - q.g / (|q| |g|), with rows normalized first (F.normalize, eps 1e-12).
+    """
+    q, g = query_features, gallery_features
+    if metric == "euclidean":
+        qq = (q * q).sum(1, keepdim=True)
+        gg = (g * g).sum(1)
+        return torch.addmm(qq + gg, q, g.t(), beta=1, alpha=-2)
+    if metric == "cosine":
+        return 1 - F.normalize(q, dim=1) @ F.normalize(g, dim=1).t()
+    raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}")
+
+
+def rank_eval(
+    q_pids: torch.Tensor,
+    g_pids: torch.Tensor,
+    q_camids: torch.Tensor,
+    g_camids: torch.Tensor,
+    distmat: torch.Tensor | None = None,
+    query_features: torch.Tensor | None = None,
+    gallery_features: torch.Tensor | None = None,
+    metric: str = "euclidean",
+    max_rank: int = 50,
+    ap_mode: str = "torchreid",
+):
+    """CMC and mAP of re-id retrieval by sorting each query's row. Defines the protocol of `ops.rank_eval`:
+
+    Ranking. Each query ranks the gallery by distance, nearest first. Ties between equal distances are broken by
+      gallery index (a stable sort), so the result never depends on the sort algorithm.
+    Junk. Gallery items with the query's id AND the query's camera are removed before ranking (the same person seen
+      by the same camera is too easy). With ap_mode="market", gallery items labelled -1 are junk too, as in the
+      official Market-1501 code; with "torchreid" they are ordinary non-matches (distractors labelled 0 always are).
+    Ranks. After junk removal, rank_k (0-based) is the position of the k-th true match (k = 1..P), i.e. the number
+      of remaining items ordered before it. True matches: remaining items with the query's id.
+    Invalid queries. A query with no true match is invalid: skipped by CMC, mAP and mINP, and counted in num_valid.
+    CMC. cmc[r] = fraction of valid queries with rank_1 <= r, for r < max_rank; max_rank is clipped to the gallery
+      size (as torchreid does).
+    AP, ap_mode="torchreid" (torchreid, fast-reid): the mean over matches of the precision at each one,
+        AP = (1/P) sum_k k / (rank_k + 1).
+    AP, ap_mode="market" (the official Market-1501 evaluation, and DG-Net's, which copies it): the trapezoid rule,
+        AP = (1/P) sum_k (p_before_k + p_at_k) / 2,  p_at_k = k / (rank_k + 1),
+        p_before_k = (k - 1) / rank_k, or 1 when rank_k = 0.
+      Both are means over the valid queries; the official script divides by all queries instead, which differs
+      only when some query has no match (never on Market-1501 itself).
+    mINP (Ye et al. 2021): INP = P / (rank_P + 1), the precision at the last true match.
+    Distances: a distance matrix (Q, G), or features with `pairwise_distance`. NaN distances are an error.
+    """
+    from .rank_result import summarize  # the shared summary; imported here to keep this module's imports light
+
+    num_q = q_pids.numel()
+    num_g = g_pids.numel()
+    # Chunks of queries bound the (chunk, G) index tensors the sort makes (the oracle must also run at MSMT17 scale).
+    chunk = max(1, (1 << 22) // max(num_g, 1))
+    outputs = []
+    for start in range(0, num_q, chunk):
+        rows = slice(start, min(start + chunk, num_q))
+        if distmat is not None:
+            dist = distmat[rows]
+        else:
+            dist = pairwise_distance(query_features[rows], gallery_features, metric)
+        if torch.isnan(dist).any():
+            bad = start + int(torch.isnan(dist).any(1).nonzero()[0])
+            raise ValueError(f"rank_eval: the distance row of query {bad} contains NaN")
+        order = torch.sort(dist, dim=1, stable=True).indices  # nearest first, ties by gallery index
+        same_pid = g_pids[order] == q_pids[rows, None]
+        same_cam = g_camids[order] == q_camids[rows, None]
+        junk = same_pid & same_cam
+        if ap_mode == "market":
+            junk = junk | (g_pids[order] == -1)
+        match = same_pid & ~junk
+        rank = (~junk).cumsum(1) - 1  # 0-based position among the kept items
+        k = match.cumsum(1)  # 1-based index of the match at each match position
+        rank_f, k_f = rank.double(), k.double()
+        p_at = k_f / (rank_f + 1)
+        if ap_mode == "market":
+            p_before = torch.where(rank == 0, torch.ones_like(rank_f), (k_f - 1) / rank_f.clamp(min=1))
+            terms = (p_before + p_at) / 2
+        else:
+            terms = p_at
+        num_matches = match.sum(1)
+        denom = num_matches.clamp(min=1).double()
+        ap = torch.where(match, terms, torch.zeros_like(terms)).sum(1) / denom
+        none = torch.full_like(rank, -1)
+        first_hit = torch.where(match, rank, torch.full_like(rank, num_g)).min(1).values
+        first_hit = torch.where(num_matches > 0, first_hit, none[:, 0])
+        last_hit = torch.where(match, rank, none).max(1).values
+        inp = torch.where(num_matches > 0, num_matches.double() / (last_hit + 1).double(), torch.zeros_like(ap))
+        outputs.append((ap, inp, first_hit, num_matches))
+    ap, inp, first_hit, num_matches = (torch.cat(t) for t in zip(*outputs))
+    return summarize(ap, inp, first_hit, num_matches, min(max_rank, num_g), ap_mode, metric)

@@ -231,9 +231,9 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, c
     y = run(backend, tensors, "lrelu")
     y64 = run("reference", exact, "lrelu")
     y_torch = reference.adain(*[None if t is None else t.detach() for t in tensors], activation="lrelu")
-    # Bound: twice PyTorch's own error in this dtype (the reference on the same low-precision inputs), plus slack
-    # of one float32 ulp-ish for fp32 where that error is ~0.
-    bound = 2 * (y_torch.double() - y64).abs().max().item() + 1e-5
+    # Bound: twice PyTorch's own error in this dtype (the reference on the same low-precision inputs), plus a
+    # float32-accumulation slack (values are O(1..10); order of summation differs from PyTorch's).
+    bound = 2 * (y_torch.double() - y64).abs().max().item() + 5e-5
     assert (y.double() - y64).abs().max().item() <= bound
     gy = torch.randn_like(y)
     got = torch.autograd.grad(y, [t for t in tensors if t is not None], gy)

@@ -1,0 +1,215 @@
+// Ranking on the CPU: at::parallel_for over queries. Per query the true matches come from the gallery grouped by
+// id (no pass over the row), a sort orders those few, and one pass over the row counts the kept non-matches
+// before each of them (rank_math.h) and checks for NaN.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "reidfast/rank_checks.h"
+#include "reidfast/rank_math.h"
+
+namespace reidfast {
+namespace rank {
+namespace {
+
+// Counts the matches ordered before an item between the first and the last match in O(1) on average: the range
+// [first match, last match] is cut into equal buckets of distance; b(x) = floor((x - first) * scale) is monotone
+// in x, so every match in a lower bucket than the item's has a strictly smaller distance and precedes it, every
+// match in a higher bucket follows it, and only the matches sharing its bucket (rarely more than one) are compared.
+// This replaces a binary search whose unpredictable branches dominated the CPU time.
+template <typename scalar_t>
+struct MatchBuckets {
+  bool usable = false;
+  int count = 0;
+  scalar_t first = 0, scale = 0;
+  const int* start = nullptr;  // start[b] = number of matches in buckets below b; start[count] = p
+
+  MatchBuckets(const scalar_t* match_d, int p, std::vector<int>& storage) {
+    first = match_d[0];
+    const scalar_t span = match_d[p - 1] - first;
+    count = std::min(std::max(256, 16 * p), 1 << 16);
+    scale = static_cast<scalar_t>(count) / span;
+    usable = std::isfinite(first) && std::isfinite(span) && span > 0 && std::isfinite(scale);
+    if (!usable) return;
+    storage.assign(count + 1, 0);
+    for (int k = 0; k < p; ++k) ++storage[bucket(match_d[k]) + 1];
+    for (int b = 0; b < count; ++b) storage[b + 1] += storage[b];
+    start = storage.data();
+  }
+
+  // Clamped to [0, count): items below the first match land in bucket 0 and its scan stops at once.
+  int bucket(scalar_t d) const {
+    const scalar_t t = std::max((d - first) * scale, scalar_t(0));
+    return t < static_cast<scalar_t>(count) ? static_cast<int>(t) : count - 1;
+  }
+
+  int matches_before(const scalar_t* match_d, const int64_t* match_j, scalar_t d, int64_t j) const {
+    const int b = bucket(d);
+    int k = start[b];
+    const int end = start[b + 1];
+    while (k < end && ordered_before(match_d[k], match_j[k], d, j)) ++k;
+    return k;
+  }
+};
+
+struct QueryOutput {
+  double ap;
+  int64_t first_hit, last_hit, num_matches;
+};
+
+// Scratch reused across the queries of one thread.
+template <typename scalar_t>
+struct Scratch {
+  std::vector<scalar_t> match_d;
+  std::vector<int64_t> match_j;
+  std::vector<int64_t> order, hist;
+  std::vector<scalar_t> sorted_d;
+  std::vector<int64_t> sorted_j;
+  std::vector<int> bucket_start;
+};
+
+// The gallery grouped by id (stable, so each group is in index order): a query finds its same-id items without a
+// pass over the row. Built once per call, shared by all queries.
+struct GalleryById {
+  std::vector<int32_t> pids;    // sorted ids
+  std::vector<int64_t> index;   // gallery index of each entry of pids
+
+  GalleryById(const int32_t* g_pids, int64_t num_g) : pids(num_g), index(num_g) {
+    std::iota(index.begin(), index.end(), 0);
+    std::stable_sort(index.begin(), index.end(), [&](int64_t a, int64_t b) { return g_pids[a] < g_pids[b]; });
+    for (int64_t i = 0; i < num_g; ++i) pids[i] = g_pids[index[i]];
+  }
+};
+
+template <typename scalar_t>
+bool row_has_nan(const scalar_t* row, int64_t num_g) {
+  bool nan = false;
+  for (int64_t j = 0; j < num_g; ++j) nan |= row[j] != row[j];
+  return nan;
+}
+
+template <typename scalar_t>
+QueryOutput rank_one_query(const scalar_t* row, int64_t num_g, int32_t q_pid, int32_t q_cam, const int32_t* g_pids,
+                           const int32_t* g_cams, const GalleryById& by_id, int ap_mode, Scratch<scalar_t>& s) {
+  // The true matches, in gallery order, from the query's id group.
+  s.match_d.clear();
+  s.match_j.clear();
+  const auto group = std::equal_range(by_id.pids.begin(), by_id.pids.end(), q_pid);
+  for (auto it = group.first; it != group.second; ++it) {
+    const int64_t j = by_id.index[it - by_id.pids.begin()];
+    if (item_kind(g_pids[j], g_cams[j], q_pid, q_cam, ap_mode) == kMatch) {
+      s.match_d.push_back(row[j]);
+      s.match_j.push_back(j);
+    }
+  }
+  const int p = static_cast<int>(s.match_d.size());
+  if (p == 0) return {0.0, -1, -1, row_has_nan(row, num_g) ? kNanRow : 0};
+
+  // Sort the matches by (distance, index): they were collected in index order, so a stable sort by distance.
+  s.order.resize(p);
+  std::iota(s.order.begin(), s.order.end(), 0);
+  std::stable_sort(s.order.begin(), s.order.end(),
+                   [&](int64_t a, int64_t b) { return s.match_d[a] < s.match_d[b]; });
+  s.sorted_d.resize(p);
+  s.sorted_j.resize(p);
+  for (int i = 0; i < p; ++i) {
+    s.sorted_d[i] = s.match_d[s.order[i]];
+    s.sorted_j[i] = s.match_j[s.order[i]];
+  }
+  const scalar_t* md = s.sorted_d.data();
+  const int64_t* mj = s.sorted_j.data();
+  const scalar_t last_d = md[p - 1];
+  const int64_t last_j = mj[p - 1];
+
+  // The pass over the row: histogram of matches-before over the kept non-matches (items after the last match
+  // affect no rank).
+  const MatchBuckets<scalar_t> buckets(md, p, s.bucket_start);
+  s.hist.assign(p + 1, 0);  // bin p: items that count for no match (after the last one, junk, matches)
+  int64_t* hist = s.hist.data();
+  bool has_nan = false;  // checked in this pass, which reads every distance anyway
+  if (buckets.usable) {
+    // Branch-free apart from the rare bucket shared with a match: the branches of the obvious loop, taken at
+    // random, cost more than all of its arithmetic.
+    for (int64_t j = 0; j < num_g; ++j) {
+      const scalar_t d = row[j];
+      has_nan |= d != d;
+      const bool counts = ordered_before(d, j, last_d, last_j) & is_kept_non_match(g_pids[j], q_pid, ap_mode);
+      const int pos = buckets.matches_before(md, mj, d, j);
+      ++hist[counts ? pos : p];
+    }
+  } else {  // infinite distances or all matches at one distance
+    for (int64_t j = 0; j < num_g; ++j) {
+      const scalar_t d = row[j];
+      has_nan |= d != d;
+      if (ordered_before(d, j, last_d, last_j) & is_kept_non_match(g_pids[j], q_pid, ap_mode))
+        ++hist[matches_before(md, mj, p, d, j)];
+    }
+  }
+
+  if (has_nan) return {0.0, -1, -1, kNanRow};
+
+  QueryOutput out{0.0, 0, 0, p};
+  int64_t before = 0;  // kept non-matches before the current match
+  for (int k = 1; k <= p; ++k) {
+    before += hist[k - 1];
+    const int64_t r = (k - 1) + before;
+    if (k == 1) out.first_hit = r;
+    out.last_hit = r;
+    out.ap += ap_term(k, r, ap_mode);
+  }
+  out.ap /= p;
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
+    const at::Tensor& dist_in, const at::Tensor& q_pids_in, const at::Tensor& q_camids_in,
+    const at::Tensor& g_pids_in, const at::Tensor& g_camids_in, c10::string_view ap_mode_name) {
+  check_inputs(dist_in, q_pids_in, q_camids_in, g_pids_in, g_camids_in, c10::DeviceType::CPU);
+  const int ap_mode = parse_ap_mode(ap_mode_name);
+  const at::Tensor dist = dist_in.contiguous();
+  const at::Tensor q_pids = q_pids_in.contiguous(), q_camids = q_camids_in.contiguous();
+  const at::Tensor g_pids = g_pids_in.contiguous(), g_camids = g_camids_in.contiguous();
+  const int64_t num_q = dist.size(0), num_g = dist.size(1);
+  at::Tensor ap = at::empty({num_q}, dist.options().dtype(at::kDouble));
+  const auto index_opts = dist.options().dtype(at::kLong);
+  at::Tensor first_hit = at::empty({num_q}, index_opts), last_hit = at::empty({num_q}, index_opts);
+  at::Tensor num_matches = at::empty({num_q}, index_opts);
+  if (num_q == 0) return {ap, first_hit, last_hit, num_matches};
+  const int32_t* qp = q_pids.const_data_ptr<int32_t>();
+  const int32_t* qc = q_camids.const_data_ptr<int32_t>();
+  const int32_t* gp = g_pids.const_data_ptr<int32_t>();
+  const int32_t* gc = g_camids.const_data_ptr<int32_t>();
+  double* ap_p = ap.mutable_data_ptr<double>();
+  int64_t* first_p = first_hit.mutable_data_ptr<int64_t>();
+  int64_t* last_p = last_hit.mutable_data_ptr<int64_t>();
+  int64_t* count_p = num_matches.mutable_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cpu", [&] {
+    const scalar_t* d = dist.const_data_ptr<scalar_t>();
+    const GalleryById by_id(gp, num_g);
+    at::parallel_for(0, num_q, 1, [&](int64_t begin, int64_t end) {
+      Scratch<scalar_t> scratch;
+      for (int64_t q = begin; q < end; ++q) {
+        const QueryOutput o = rank_one_query(d + q * num_g, num_g, qp[q], qc[q], gp, gc, by_id, ap_mode,
+                                                 scratch);
+        ap_p[q] = o.ap;
+        first_p[q] = o.first_hit;
+        last_p[q] = o.last_hit;
+        count_p[q] = o.num_matches;
+      }
+    });
+  });
+  return {ap, first_hit, last_hit, num_matches};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(reidfast, CPU, m) { m.impl("rank_queries", &rank_queries_cpu); }
+
+}  // namespace rank
+}  // namespace reidfast

@@ -1,0 +1,80 @@
+"""Reading saved re-id features: .npz, .pt/.pth and layumi's pytorch_result.mat (DG-Net's tools write it).
+
+Accepted keys (the first present wins; labels are flattened, so (1, N) arrays from .mat files work):
+  query features    query_f, query_feat, query_features, qf
+  gallery features  gallery_f, gallery_feat, gallery_features, gf
+  query ids         query_label, query_labels, query_pids, q_pids
+  gallery ids       gallery_label, gallery_labels, gallery_pids, g_pids
+  query cameras     query_cam, query_cams, query_camids, q_camids
+  gallery cameras   gallery_cam, gallery_cams, gallery_camids, g_camids
+Reading .mat needs scipy, which reidfast does not depend on: it is used when importable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+
+KEYS = {
+    "query_f": ("query_f", "query_feat", "query_features", "qf"),
+    "gallery_f": ("gallery_f", "gallery_feat", "gallery_features", "gf"),
+    "query_label": ("query_label", "query_labels", "query_pids", "q_pids"),
+    "gallery_label": ("gallery_label", "gallery_labels", "gallery_pids", "g_pids"),
+    "query_cam": ("query_cam", "query_cams", "query_camids", "q_camids"),
+    "gallery_cam": ("gallery_cam", "gallery_cams", "gallery_camids", "g_camids"),
+}
+
+
+@dataclasses.dataclass
+class SavedFeatures:
+    query_f: torch.Tensor
+    gallery_f: torch.Tensor
+    query_label: torch.Tensor
+    gallery_label: torch.Tensor
+    query_cam: torch.Tensor
+    gallery_cam: torch.Tensor
+
+
+def _read_mapping(path: str) -> dict:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    if ext in (".pt", ".pth"):
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of tensors/arrays, got {type(data).__name__}")
+        return data
+    if ext == ".mat":
+        try:
+            import scipy.io
+        except ImportError as exc:
+            raise RuntimeError(f"{path}: reading .mat files needs scipy (`pip install scipy`), which reidfast does "
+                               "not install; or save the features as .npz / .pt") from exc
+        return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+    raise ValueError(f"{path}: unknown feature file type {ext!r}; use .npz, .pt/.pth or .mat")
+
+
+def _pick(data: dict, name: str, path: str):
+    for key in KEYS[name]:
+        if key in data:
+            return data[key]
+    raise KeyError(f"{path}: none of the keys {', '.join(KEYS[name])} found (has: {', '.join(sorted(data))})")
+
+
+def load_features(path: str) -> SavedFeatures:
+    """Query/gallery features, ids and cameras from a saved file (see the module docstring for the keys)."""
+    data = _read_mapping(path)
+    out = {}
+    for name in KEYS:
+        value = torch.as_tensor(np.asarray(_pick(data, name, path)) if not isinstance(
+            _pick(data, name, path), torch.Tensor) else _pick(data, name, path))
+        if name.endswith("_f"):
+            if value.dim() != 2:
+                raise ValueError(f"{path}: {name} must be 2-D (N, D), got shape {tuple(value.shape)}")
+            out[name] = value if value.is_floating_point() else value.float()
+        else:
+            out[name] = value.reshape(-1).long()
+    return SavedFeatures(**out)

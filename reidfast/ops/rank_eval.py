@@ -1,0 +1,246 @@
+"""`rank_eval`: CMC, mAP and mINP of re-id retrieval under the Market-1501 protocol, batched over queries.
+
+The protocol (junk, ties, invalid queries, both AP conventions) is defined once, in `reference.rank_eval`.
+The kernels never sort a row: the rank of the k-th true match is the number of kept gallery items ordered before
+it, which they count (csrc/include/reidfast/rank_math.h). From features, distances are made one tile of queries at
+a time by GEMM, so the full Q x G matrix is never held.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import torch
+
+from . import _backend, _extension, reference
+from ._registration import register_rank_queries_op
+from .rank_result import AP_MODES, METRICS, RankEvalResult, summarize
+
+PRECISIONS = ("strict", "fast")
+
+# Bytes of the distance tile made from features at a time (float32): bounds memory at MSMT17 scale.
+DEFAULT_TILE_BYTES = 1 << 28
+
+# An extension built before this op existed leaves only the reference.
+_HAS_KERNELS = _extension.has_cpu_kernels() and hasattr(torch.ops.reidfast, "rank_queries")
+_backend.register_op("rank_eval", ("cuda", "cpu", "reference") if _HAS_KERNELS else ("reference",))
+if _HAS_KERNELS:
+    register_rank_queries_op("reidfast::rank_queries")
+
+# What the kernels report in num_matches / first_hit for rows they could not finish (csrc/include/reidfast/rank_math.h).
+_NAN_ROW = -1  # num_matches: the row has a NaN distance
+_OVERFLOW_ROW = -2  # first_hit: more true matches than the CUDA kernel's shared memory holds; redone by the reference
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    """torch tensors as they are; numpy, cupy and other DLPack / CUDA-array-interface arrays without a copy."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if x is None:
+        raise TypeError(f"rank_eval: {name} is required")
+    if hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("cupy"):
+        return torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x, device="cuda")
+    if type(x).__module__ == "numpy":
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(x)) if x.flags.writeable else torch.as_tensor(x)
+    if hasattr(x, "__dlpack__"):
+        return torch.from_dlpack(x)
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"rank_eval: {name} must be a torch tensor, numpy or cupy array, got {type(x).__name__}") from exc
+
+
+def _labels(x, name: str, length: int | None, device: torch.device) -> torch.Tensor:
+    t = _as_tensor(x, name)
+    if t.dim() != 1:
+        raise ValueError(f"rank_eval: {name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"rank_eval: {name} must hold integers, got {t.dtype}")
+    if length is not None and t.numel() != length:
+        raise ValueError(f"rank_eval: {name} has {t.numel()} entries but {length} were expected")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _floating_2d(x, name: str) -> torch.Tensor:
+    t = _as_tensor(x, name)
+    if t.dim() != 2:
+        raise ValueError(f"rank_eval: {name} must be 2-D, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"rank_eval: {name} must be floating point, got {t.dtype}")
+    # The kernels work in float32 or float64; half-precision inputs are widened.
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    """strict: IEEE fp32 GEMM (no TF32) whatever the global setting; fast: TF32 allowed."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest" if precision == "strict" else "high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+class _TiledDistance:
+    """Distance rows of queries [start, stop) against the whole gallery, one GEMM per tile.
+
+    Same formulas as `reference.pairwise_distance`; the gallery side (norms, normalized rows) is prepared once.
+    """
+
+    def __init__(self, query_features, gallery_features, metric):
+        self.metric = metric
+        if metric == "cosine":
+            self.q = torch.nn.functional.normalize(query_features, dim=1)
+            self.g = torch.nn.functional.normalize(gallery_features, dim=1)
+        else:
+            self.q, self.g = query_features, gallery_features
+            self.qq = (query_features * query_features).sum(1, keepdim=True)
+            self.gg = (gallery_features * gallery_features).sum(1)
+        self.gt = self.g.t()
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        q = self.q[start:stop]
+        if self.metric == "cosine":
+            return torch.mm(q, self.gt).neg_().add_(1)
+        return torch.addmm(self.qq[start:stop] + self.gg, q, self.gt, beta=1, alpha=-2)
+
+
+def rank_eval(
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    *,
+    distmat=None,
+    query_features=None,
+    gallery_features=None,
+    metric: str = "euclidean",
+    max_rank: int = 50,
+    ap_mode: str = "torchreid",
+    precision: str = "strict",
+    tile_size: int | None = None,
+) -> RankEvalResult:
+    """CMC, mAP and mINP of re-id retrieval (Market-1501 protocol, see `reidfast.ops.reference.rank_eval`).
+
+    q_pids, q_camids: (Q,) integer ids and cameras of the queries; g_pids, g_camids: (G,) of the gallery.
+    Give either distmat (Q, G), smaller = nearer, or query_features (Q, D) and gallery_features (G, D) with
+      metric "euclidean" (squared L2, |q|^2 + |g|^2 - 2 q.g as torchreid) or "cosine" (1 - cosine similarity).
+      Inputs may be torch tensors, numpy arrays or cupy arrays (taken without a copy through DLPack); results are
+      torch tensors on the device of the distances / features.
+    max_rank: length of the CMC curve, clipped to the gallery size.
+    ap_mode: "torchreid" (mean precision at each true match) or "market" (the official Market-1501 trapezoid AP,
+      gallery label -1 is junk).
+    precision: "strict" computes feature distances with IEEE fp32 GEMMs (no TF32, whatever the global setting);
+      "fast" allows TF32 tensor-core GEMMs on CUDA (inputs rounded to a 10-bit mantissa), faster, and can move
+      near-tied items and so mAP by a small amount (typically below 0.1 points). Distances are fp32 in both.
+    tile_size: queries per distance tile when working from features (default: a 256 MB tile). The full Q x G
+      distance matrix is never held at once.
+    Returns a `RankEvalResult` (cmc, mAP, mINP, per-query ap, inp, first_hit, num_matches, valid, num_valid and the
+    convention used). Raises ValueError/TypeError naming the bad argument; NaN distances raise ValueError.
+    """
+    if ap_mode not in AP_MODES:
+        raise ValueError(f"rank_eval: ap_mode must be one of {AP_MODES}, got {ap_mode!r}")
+    if metric not in METRICS:
+        raise ValueError(f"rank_eval: metric must be one of {METRICS}, got {metric!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"rank_eval: precision must be one of {PRECISIONS}, got {precision!r}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
+        raise ValueError(f"rank_eval: max_rank must be an integer >= 1, got {max_rank!r}")
+    if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, numbers.Integral)
+                                  or tile_size < 1):
+        raise ValueError(f"rank_eval: tile_size must be an integer >= 1 or None, got {tile_size!r}")
+    have_features = query_features is not None or gallery_features is not None
+    if (distmat is None) == (not have_features):
+        raise ValueError("rank_eval: give either distmat or (query_features and gallery_features), not "
+                         + ("both" if distmat is not None else "neither"))
+
+    if distmat is not None:
+        distmat = _floating_2d(distmat, "distmat")
+        num_q, num_g = distmat.shape
+        device = distmat.device
+    else:
+        if query_features is None or gallery_features is None:
+            missing = "query_features" if query_features is None else "gallery_features"
+            raise ValueError(f"rank_eval: {missing} is missing (features need both query and gallery)")
+        query_features = _floating_2d(query_features, "query_features")
+        gallery_features = _floating_2d(gallery_features, "gallery_features")
+        if query_features.shape[1] != gallery_features.shape[1]:
+            raise ValueError(f"rank_eval: query_features have dimension {query_features.shape[1]} but "
+                             f"gallery_features have {gallery_features.shape[1]}")
+        if query_features.device != gallery_features.device:
+            raise ValueError(f"rank_eval: query_features are on {query_features.device} but gallery_features are "
+                             f"on {gallery_features.device}")
+        if query_features.dtype != gallery_features.dtype:
+            wide = torch.promote_types(query_features.dtype, gallery_features.dtype)
+            query_features, gallery_features = query_features.to(wide), gallery_features.to(wide)
+        num_q, num_g = query_features.shape[0], gallery_features.shape[0]
+        device = query_features.device
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"rank_eval: needs at least one query and one gallery item, got Q={num_q}, G={num_g}")
+    q_pids = _labels(q_pids, "q_pids", num_q, device)
+    q_camids = _labels(q_camids, "q_camids", num_q, device)
+    g_pids = _labels(g_pids, "g_pids", num_g, device)
+    g_camids = _labels(g_camids, "g_camids", num_g, device)
+    max_rank = min(int(max_rank), num_g)
+
+    backend = _backend.resolve("rank_eval", device)
+    with _matmul_precision(precision):
+        if backend == "reference":
+            return reference.rank_eval(q_pids, g_pids, q_camids, g_camids, distmat, query_features,
+                                       gallery_features, metric, max_rank, ap_mode)
+        ap, inp, first_hit, num_matches = _rank_with_kernels(
+            q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric, ap_mode, tile_size)
+    return summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
+
+
+def _int32_labels(t: torch.Tensor, name: str) -> torch.Tensor:
+    # The kernels read int32 labels: half the bytes per gallery item of every query's pass.
+    if t.numel() and (int(t.min()) < -(2**31) or int(t.max()) >= 2**31):
+        raise ValueError(f"rank_eval: {name} must fit in int32 for the kernels")
+    return t.to(torch.int32).contiguous()
+
+
+def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric,
+                       ap_mode, tile_size):
+    """Per-query (ap, inp, first_hit, num_matches) from torch.ops.reidfast.rank_queries, tile by tile."""
+    num_q, num_g = q_pids.numel(), g_pids.numel()
+    qp, qc = _int32_labels(q_pids, "q_pids"), _int32_labels(q_camids, "q_camids")
+    gp, gc = _int32_labels(g_pids, "g_pids"), _int32_labels(g_camids, "g_camids")
+    if distmat is not None:
+        step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
+        rows = lambda a, b: distmat[a:b]  # noqa: E731
+    else:
+        step = tile_size or max(1, DEFAULT_TILE_BYTES // (4 * num_g))
+        tiles = _TiledDistance(query_features, gallery_features, metric)
+        rows = tiles.rows
+    parts = []
+    for start in range(0, num_q, step):
+        stop = min(start + step, num_q)
+        parts.append(torch.ops.reidfast.rank_queries(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc,
+                                                     ap_mode))
+    ap, first_hit, last_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+
+    nan_rows = (num_matches == _NAN_ROW).nonzero()
+    if nan_rows.numel():
+        raise ValueError(f"rank_eval: the distance row of query {int(nan_rows[0])} contains NaN "
+                         f"({nan_rows.numel()} such queries)")
+    has = num_matches > 0
+    inp = torch.where(has, num_matches.double() / (last_hit + 1).clamp(min=1).double(), torch.zeros_like(ap))
+    overflow = (first_hit == _OVERFLOW_ROW).nonzero().flatten()
+    if overflow.numel():
+        _redo_with_reference(overflow, (ap, inp, first_hit, num_matches), q_pids, g_pids, q_camids, g_camids,
+                             distmat, query_features, gallery_features, metric, ap_mode)
+    return ap, inp, first_hit, num_matches
+
+
+def _redo_with_reference(idx, outputs, q_pids, g_pids, q_camids, g_camids, distmat, query_features,
+                         gallery_features, metric, ap_mode):
+    """Rows the CUDA kernel left unfinished (too many true matches for its shared memory), by the reference."""
+    dist = distmat[idx] if distmat is not None else reference.pairwise_distance(
+        query_features[idx], gallery_features, metric)
+    sub = reference.rank_eval(q_pids[idx], g_pids, q_camids[idx], g_camids, dist, max_rank=1, ap_mode=ap_mode)
+    for out, fresh in zip(outputs, (sub.ap, sub.inp, sub.first_hit, sub.num_matches)):
+        out[idx] = fresh

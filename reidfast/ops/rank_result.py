@@ -1,0 +1,74 @@
+"""The result of `rank_eval`: per-query ranks and AP, and the summary numbers a re-id paper reports.
+
+Kept apart from the op so the reference, the kernels' wrapper and the evaluation CLI build the same object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import torch
+
+AP_MODES = ("torchreid", "market")
+METRICS = ("euclidean", "cosine")
+TIE_RULE = "stable: equal distances are ordered by gallery index"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankEvalResult:
+    """What `reidfast.ops.rank_eval` returns. Per-query tensors are on the device of the inputs.
+
+    cmc: (max_rank,) float64, cmc[r] = fraction of valid queries whose first true match is at rank <= r (0-based).
+    mAP: mean of `ap` over the valid queries (NaN when no query is valid).
+    mINP: mean inverse negative penalty over the valid queries (Ye et al. 2021): matches / (rank of the last one + 1).
+    ap, inp: (Q,) float64, 0 for invalid queries.
+    first_hit: (Q,) int64, 0-based rank of the first true match after junk removal, -1 when the query has none.
+    num_matches: (Q,) int64, true matches per query after junk removal.
+    valid: (Q,) bool, the query has at least one true match. num_valid: their number.
+    ap_mode, metric, max_rank, tie_rule: the convention that produced the numbers, for reports.
+    """
+
+    cmc: torch.Tensor
+    mAP: float
+    mINP: float
+    ap: torch.Tensor
+    inp: torch.Tensor
+    first_hit: torch.Tensor
+    num_matches: torch.Tensor
+    valid: torch.Tensor
+    num_valid: int
+    ap_mode: str
+    metric: str
+    max_rank: int
+    tie_rule: str = TIE_RULE
+
+    def rank(self, k: int) -> float:
+        """CMC at Rank-k (1-based, as papers write it); NaN when k exceeds the computed max_rank."""
+        return float(self.cmc[k - 1]) if 1 <= k <= self.cmc.numel() else math.nan
+
+    def convention(self) -> str:
+        """One line naming how the numbers were computed, to print beside them."""
+        ap = {"torchreid": "AP = mean precision at each true match (torchreid / fast-reid)",
+              "market": "AP = trapezoid rule of the official Market-1501 code, gallery label -1 is junk"}[self.ap_mode]
+        return f"{ap}; ties: {self.tie_rule}; junk: same id and same camera; distance: {self.metric}"
+
+
+def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
+    """Builds the result from per-query outputs: CMC from the first hits, mAP and mINP over the valid queries."""
+    valid = num_matches > 0
+    num_valid = int(valid.sum())
+    hits = first_hit[valid].clamp(max=max_rank)  # a hit at rank >= max_rank lands in the dropped last bin
+    counts = torch.bincount(hits, minlength=max_rank + 1)[:max_rank]
+    if num_valid == 0:
+        warnings.warn("rank_eval: no query has a true match in the gallery; CMC, mAP and mINP are NaN", stacklevel=3)
+        cmc = torch.full((max_rank,), math.nan, dtype=torch.float64, device=ap.device)
+        m_ap = m_inp = math.nan
+    else:
+        cmc = counts.cumsum(0).to(torch.float64) / num_valid
+        m_ap = float(ap[valid].sum() / num_valid)
+        m_inp = float(inp[valid].sum() / num_valid)
+    return RankEvalResult(
+        cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches, valid=valid,
+        num_valid=num_valid, ap_mode=ap_mode, metric=metric, max_rank=max_rank,
+    )

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# All GPU checking in one command, on a machine with a GPU and no network (it uses the machine's own torch):
+# builds the extension, runs the `gpu` tests, runs every benchmark, and writes JSON + a markdown table under
+# bench/results/ named by date and GPU. Budget: under 9 minutes on one H100 with 16 cores.
+# Usage: scripts/gpu_check.sh [RESULTS_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results=${1:-bench/results}
+mkdir -p "$results"
+export PYTHONUNBUFFERED=1 REIDFAST_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+gpu=$(python -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "-"))')
+stem="$results/$(date +%Y-%m-%d)_${gpu}"
+status=0
+
+echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+SECONDS=0
+python setup.py build_ext --inplace > "$stem.build.log" 2>&1 || { tail -50 "$stem.build.log"; echo "BUILD FAILED"; exit 1; }
+echo "   built in ${SECONDS}s"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python -m reidfast.info | tee "$stem.info.txt"
+
+echo "== gpu tests"
+SECONDS=0
+timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$stem.tests.log" | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED"; status=1; }
+echo "   tests in ${SECONDS}s"
+
+echo "== benchmarks"
+SECONDS=0
+timeout 300 python bench/run.py --device cuda --out "$stem.json" 2>&1 | tee "$stem.bench.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "BENCHMARKS FAILED"; status=1; }
+echo "   benchmarks in ${SECONDS}s"
+echo "results: $stem.*"
+exit $status

@@ -1,0 +1,139 @@
+"""reidfast.eval: feature files, the CLI table, and k-reciprocal re-ranking against a direct set-based version."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reidfast import ops
+from reidfast.eval.__main__ import main
+from reidfast.eval.io import load_features
+from reidfast.eval.rerank import k_reciprocal_distance
+
+
+def saved_arrays(seed=0, num_q=12, num_g=40, dim=8):
+    g = np.random.default_rng(seed)
+    ids_q, ids_g = g.integers(1, 6, num_q), g.integers(1, 6, num_g)
+    centers = g.normal(size=(6, dim))
+    return {
+        "query_f": (centers[ids_q] + 0.5 * g.normal(size=(num_q, dim))).astype(np.float32),
+        "gallery_f": (centers[ids_g] + 0.5 * g.normal(size=(num_g, dim))).astype(np.float32),
+        "query_label": ids_q, "gallery_label": ids_g,
+        "query_cam": g.integers(0, 3, num_q), "gallery_cam": g.integers(0, 3, num_g),
+    }
+
+
+def test_npz_and_pt_read_the_same(tmp_path):
+    arrays = saved_arrays()
+    np.savez(tmp_path / "f.npz", **arrays)
+    torch.save({k.replace("query_f", "qf"): torch.as_tensor(v) for k, v in arrays.items()}, tmp_path / "f.pt")
+    a, b = load_features(str(tmp_path / "f.npz")), load_features(str(tmp_path / "f.pt"))
+    for name in ("query_f", "gallery_f", "query_label", "gallery_cam"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert a.query_label.dtype == torch.int64
+
+
+def test_mat_layout(tmp_path):
+    arrays = saved_arrays()
+    if importlib.util.find_spec("scipy") is None:
+        (tmp_path / "pytorch_result.mat").write_bytes(b"")
+        with pytest.raises(RuntimeError, match="needs scipy"):
+            load_features(str(tmp_path / "pytorch_result.mat"))
+        return
+    import scipy.io
+
+    # layumi's tools save labels and cameras as (1, N) rows.
+    scipy.io.savemat(tmp_path / "pytorch_result.mat", {k: v[None] if v.ndim == 1 else v for k, v in arrays.items()})
+    f = load_features(str(tmp_path / "pytorch_result.mat"))
+    assert f.query_label.tolist() == arrays["query_label"].tolist()
+
+
+def test_missing_key_is_named(tmp_path):
+    arrays = saved_arrays()
+    del arrays["gallery_cam"]
+    np.savez(tmp_path / "f.npz", **arrays)
+    with pytest.raises(KeyError, match="gallery_cam"):
+        load_features(str(tmp_path / "f.npz"))
+
+
+def test_cli_prints_table_and_convention(tmp_path, capsys):
+    arrays = saved_arrays()
+    np.savez(tmp_path / "f.npz", **arrays)
+    assert main(["--features", str(tmp_path / "f.npz"), "--ap-mode", "market", "--json",
+                 str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Rank-1" in out and "mAP" in out and "mINP" in out
+    assert "official Market-1501" in out and "gallery index" in out
+    numbers = json.loads((tmp_path / "m.json").read_text())
+    want = ops.rank_eval(arrays["query_label"], arrays["gallery_label"], arrays["query_cam"], arrays["gallery_cam"],
+                         query_features=arrays["query_f"], gallery_features=arrays["gallery_f"], ap_mode="market")
+    assert numbers["mAP"] == pytest.approx(100 * want.mAP)
+    assert numbers["rank1"] == pytest.approx(100 * want.rank(1))
+
+
+def test_cli_rerank_runs(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    assert main(["--features", str(tmp_path / "f.npz"), "--rerank", "--k1", "6", "--k2", "3"]) == 0
+    assert "re-ranking" in capsys.readouterr().out
+
+
+def test_cli_requires_a_source():
+    with pytest.raises(SystemExit):
+        main([])
+
+
+def direct_rerank(qf, gf, k1, k2, lam):
+    """Set-based, one pair at a time, straight from the paper's equations."""
+    x = np.concatenate([qf, gf]).astype(np.float64)
+    n = len(x)
+    d = ((x[:, None] - x[None]) ** 2).sum(2)
+    d = d / d.max(0, keepdims=True)
+    order = [list(np.argsort(d[p], kind="stable")) for p in range(n)]
+
+    def nn(p, k):
+        return set(order[p][: k + 1])
+
+    def recip(p, k):
+        return {g for g in nn(p, k) if p in nn(g, k)}
+
+    half = max(1, int(round(k1 / 2)))
+    v = np.zeros((n, n))
+    for p in range(n):
+        r = recip(p, k1)
+        star = set(r)
+        for q in r:
+            rq = recip(q, half)
+            if 3 * len(r & rq) >= 2 * len(rq):
+                star |= rq
+        for g in star:
+            v[p, g] = np.exp(-d[p, g])
+        v[p] /= v[p].sum()
+    v = np.stack([v[order[p][:k2]].mean(0) for p in range(n)])
+    nq = len(qf)
+    out = np.zeros((nq, len(gf)))
+    for p in range(nq):
+        for gi in range(len(gf)):
+            g = nq + gi
+            jac = 1 - np.minimum(v[p], v[g]).sum() / np.maximum(v[p], v[g]).sum()
+            out[p, gi] = (1 - lam) * jac + lam * d[p, g]
+    return out
+
+
+def test_rerank_matches_the_equations():
+    # Distinct distances (random features), so neighbour sets do not depend on tie order.
+    g = np.random.default_rng(3)
+    qf, gf = g.normal(size=(7, 5)), g.normal(size=(25, 5))
+    got = k_reciprocal_distance(torch.from_numpy(qf).double(), torch.from_numpy(gf).double(), k1=6, k2=3,
+                                lambda_value=0.3)
+    np.testing.assert_allclose(got.double().numpy(), direct_rerank(qf, gf, 6, 3, 0.3), rtol=1e-4, atol=1e-5)
+
+
+def test_rerank_lambda_one_is_the_original_distance():
+    g = np.random.default_rng(4)
+    qf, gf = torch.from_numpy(g.normal(size=(5, 4))), torch.from_numpy(g.normal(size=(9, 4)))
+    got = k_reciprocal_distance(qf, gf, k1=4, k2=2, lambda_value=1.0)
+    x = torch.cat([qf, gf])
+    d = torch.cdist(x, x) ** 2
+    d = d / d.max(0, keepdim=True).values
+    torch.testing.assert_close(got.double(), d[:5, 5:], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,420 @@
+"""rank_eval: hand-computed protocol cases, every backend against the reference, the reference against a direct
+per-query evaluator written here, input kinds, tiling, errors, and opcheck of the C++ op."""
+import importlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reidfast import ops
+from reidfast.ops import reference
+
+rank_eval_module = importlib.import_module("reidfast.ops.rank_eval")  # the module; ops.rank_eval is the function
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_KERNELS = rank_eval_module._HAS_KERNELS
+needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="reidfast._C not built with rank_queries")
+
+
+def cpu_backends():
+    return ["reference"] + (["cpu"] if HAS_KERNELS else [])
+
+
+def evaluate(backend, *labels, **kw):
+    with ops.use_backend(backend):
+        return ops.rank_eval(*labels, **kw)
+
+
+# --- A direct per-query evaluator: argsort each row, drop junk, walk the matches (official scripts' style) ---
+
+def direct_per_query(distmat, q_pids, g_pids, q_camids, g_camids, ap_mode):
+    """(ap, first_hit, inp) per query, NaN / -1 for queries without a match. Straight from the definitions."""
+    out = []
+    for i in range(len(q_pids)):
+        order = np.argsort(distmat[i], kind="stable")
+        junk = (g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])
+        if ap_mode == "market":
+            junk |= g_pids[order] == -1
+        good = (g_pids[order] == q_pids[i])[~junk]
+        rows_good = np.flatnonzero(good)
+        if rows_good.size == 0:
+            out.append((math.nan, -1, math.nan))
+            continue
+        ap = 0.0
+        for i_match, r in enumerate(rows_good):
+            precision = (i_match + 1) / (r + 1)
+            if ap_mode == "market":
+                old_precision = i_match / r if r != 0 else 1.0
+                ap += (old_precision + precision) / 2 / rows_good.size
+            else:
+                ap += precision / rows_good.size
+        out.append((ap, int(rows_good[0]), rows_good.size / (rows_good[-1] + 1)))
+    return out
+
+
+def random_protocol(num_q, num_g, num_ids, num_cams, seed, distance_levels=None, distractors=True):
+    g = np.random.default_rng(seed)
+    q_pids = g.integers(1, num_ids + 1, num_q)
+    g_pids = g.integers(1, num_ids + 1, num_g)
+    if distractors:
+        g_pids[g.random(num_g) < 0.1] = 0
+        g_pids[g.random(num_g) < 0.1] = -1
+    q_cams = g.integers(0, num_cams, num_q)
+    g_cams = g.integers(0, num_cams, num_g)
+    if distance_levels:  # few distinct values: many exact ties
+        dist = g.integers(0, distance_levels, (num_q, num_g)).astype(np.float32)
+    else:
+        dist = g.random((num_q, num_g), dtype=np.float32)
+    return dist, q_pids, g_pids, q_cams, g_cams
+
+
+# --- Hand-computed cases ---
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_ties_are_broken_by_gallery_index(backend):
+    # Order: item 2 (0.5), then the tie 0, 1, 3 by index. The only match (item 1) lands at rank 2.
+    dist = torch.tensor([[1.0, 1.0, 0.5, 1.0]])
+    r = evaluate(backend, [7], [3, 7, 3, 3], [0], [1, 1, 1, 1], distmat=dist, max_rank=4)
+    assert r.first_hit.tolist() == [2]
+    assert r.ap.tolist() == pytest.approx([1 / 3])
+    assert r.cmc.tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert r.inp.tolist() == pytest.approx([1 / 3])
+    assert "gallery index" in r.tie_rule
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_both_ap_conventions_by_hand(backend):
+    # Kept order after sorting: 2 (non-match), 0 (match), 1 (non-match), 3 (match): ranks 1 and 3.
+    dist = torch.tensor([[1.0, 1.0, 0.5, 1.0]])
+    labels = ([1], [1, 2, 2, 1], [0], [1, 1, 1, 1])
+    tr = evaluate(backend, *labels, distmat=dist, ap_mode="torchreid")
+    mk = evaluate(backend, *labels, distmat=dist, ap_mode="market")
+    assert tr.mAP == pytest.approx((1 / 2 + 2 / 4) / 2)
+    # market: k=1 at rank 1: (0/1 + 1/2)/2; k=2 at rank 3: (1/3 + 2/4)/2
+    assert mk.mAP == pytest.approx(((0 + 1 / 2) / 2 + (1 / 3 + 1 / 2) / 2) / 2)
+    assert tr.mINP == pytest.approx(2 / 4)
+    assert tr.ap_mode == "torchreid" and mk.ap_mode == "market"
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_market_first_match_at_rank_zero(backend):
+    # Matches at ranks 0 and 2: market AP = ((1 + 1)/2 + (1/2 + 2/3)/2) / 2, torchreid AP = (1 + 2/3) / 2.
+    dist = torch.tensor([[0.1, 0.2, 0.3]])
+    labels = ([5], [5, 6, 5], [0], [1, 1, 1])
+    assert evaluate(backend, *labels, distmat=dist, ap_mode="market").mAP == pytest.approx(
+        (1 + (1 / 2 + 2 / 3) / 2) / 2)
+    assert evaluate(backend, *labels, distmat=dist).mAP == pytest.approx((1 + 2 / 3) / 2)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_junk_and_invalid_queries(backend):
+    # Query 0: its only same-id item shares its camera (junk): invalid. Query 1: order is non-match, junk, match;
+    # the junk item does not count, so the match is at rank 1. Query 2: id absent from the gallery: invalid.
+    dist = torch.tensor([[0.0, 0.1, 0.2], [0.0, 0.1, 0.2], [0.3, 0.2, 0.1]])
+    r = evaluate(backend, [1, 2, 9], [1, 2, 2], [0, 0, 0], [0, 0, 1], distmat=dist, max_rank=3)
+    assert r.valid.tolist() == [False, True, False]
+    assert r.num_valid == 1
+    assert r.first_hit.tolist() == [-1, 1, -1]
+    assert r.num_matches.tolist() == [0, 1, 0]
+    assert r.ap.tolist() == [0.0, 0.5, 0.0]
+    assert r.mAP == 0.5 and r.cmc.tolist() == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_matches_ranked_last(backend):
+    # 6 non-matches first, then the 2 matches: ranks 6 and 7.
+    dist = torch.arange(8, dtype=torch.float32)[None]
+    r = evaluate(backend, [1], [0, 2, 3, 4, 5, 6, 1, 1], [0], [1] * 8, distmat=dist, max_rank=10)
+    assert r.first_hit.tolist() == [6]
+    assert r.ap.tolist() == pytest.approx([(1 / 7 + 2 / 8) / 2])
+    assert r.cmc.numel() == 8  # max_rank clipped to the gallery size
+    assert r.cmc.tolist() == [0.0] * 6 + [1.0, 1.0]
+    assert r.inp.tolist() == pytest.approx([2 / 8])
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_distractor_labels(backend):
+    # Gallery: 0 (distractor "0000"), -1 (junk in Market's files), then the match.
+    dist = torch.tensor([[0.1, 0.2, 0.3]])
+    labels = ([4], [0, -1, 4], [0], [1, 1, 1])
+    tr = evaluate(backend, *labels, distmat=dist)
+    mk = evaluate(backend, *labels, distmat=dist, ap_mode="market")
+    assert tr.first_hit.tolist() == [2]  # -1 is an ordinary non-match for torchreid
+    assert mk.first_hit.tolist() == [1]  # ... and junk for the official code; 0 stays a non-match in both
+    assert tr.mAP == pytest.approx(1 / 3)
+    assert mk.mAP == pytest.approx((0 / 1 + 1 / 2) / 2)  # match at rank 1: (precision before + at) / 2
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_one_gallery_item(backend):
+    r = evaluate(backend, [1, 2], [1], [0, 0], [1], distmat=torch.tensor([[3.0], [1.0]]), max_rank=50)
+    assert r.cmc.tolist() == [1.0]
+    assert r.valid.tolist() == [True, False]
+    assert r.mAP == 1.0 and r.rank(1) == 1.0 and math.isnan(r.rank(5))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_no_valid_query_gives_nan_and_warns(backend):
+    with pytest.warns(UserWarning, match="no query"):
+        r = evaluate(backend, [1], [2, 3], [0], [0, 0], distmat=torch.zeros(1, 2))
+    assert r.num_valid == 0 and math.isnan(r.mAP) and torch.isnan(r.cmc).all()
+
+
+# --- The reference against the direct evaluator, and every backend against the reference ---
+
+@pytest.mark.parametrize("ap_mode", ["torchreid", "market"])
+@pytest.mark.parametrize("levels", [None, 4])
+def test_reference_matches_direct_evaluator(ap_mode, levels):
+    dist, qp, gp, qc, gc = random_protocol(40, 300, 25, 4, seed=1, distance_levels=levels)
+    r = reference.rank_eval(*(torch.from_numpy(a) for a in (qp, gp, qc, gc)), torch.from_numpy(dist),
+                            max_rank=20, ap_mode=ap_mode)
+    want = direct_per_query(dist, qp, gp, qc, gc, ap_mode)
+    valid = [not math.isnan(a) for a, _, _ in want]
+    assert r.valid.tolist() == valid
+    assert r.first_hit.tolist() == [f for _, f, _ in want]
+    np.testing.assert_allclose(r.ap.numpy()[valid], [a for a, _, _ in want if not math.isnan(a)], rtol=1e-12)
+    np.testing.assert_allclose(r.inp.numpy()[valid], [x for _, _, x in want if not math.isnan(x)], rtol=1e-12)
+    hits = np.array([f for _, f, _ in want if f >= 0])
+    np.testing.assert_allclose(r.cmc.numpy(), [(hits <= k).mean() for k in range(20)], rtol=1e-12)
+
+
+def assert_same_result(got, want):
+    assert torch.equal(got.first_hit.cpu(), want.first_hit.cpu())
+    assert torch.equal(got.num_matches.cpu(), want.num_matches.cpu())
+    assert torch.equal(got.valid.cpu(), want.valid.cpu())
+    torch.testing.assert_close(got.ap.cpu(), want.ap.cpu(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.inp.cpu(), want.inp.cpu(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.cmc.cpu(), want.cmc.cpu(), rtol=0, atol=0)
+    assert got.num_valid == want.num_valid
+    assert got.mAP == pytest.approx(want.mAP, rel=1e-12)
+    assert got.mINP == pytest.approx(want.mINP, rel=1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("ap_mode", ["torchreid", "market"])
+@pytest.mark.parametrize("levels", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_matches_reference(ap_mode, levels, dtype):
+    dist, qp, gp, qc, gc = random_protocol(64, 517, 30, 5, seed=2, distance_levels=levels)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    d = torch.from_numpy(dist).to(dtype)
+    got = evaluate("cpu", *labels, distmat=d, ap_mode=ap_mode, max_rank=30)
+    want = evaluate("reference", *labels, distmat=d, ap_mode=ap_mode, max_rank=30)
+    assert_same_result(got, want)
+
+
+def integer_features(num, dim, seed):
+    # Small integers: every distance is exact in fp32, so tiles and backends must agree bit for bit.
+    return torch.from_numpy(np.random.default_rng(seed).integers(-3, 4, (num, dim)).astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_features_tiled_and_untiled_agree_with_distmat(backend, metric):
+    _, qp, gp, qc, gc = random_protocol(37, 211, 12, 3, seed=3)
+    qf, gf = integer_features(37, 8, 4), integer_features(211, 8, 5)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    from_dist = evaluate(backend, *labels, distmat=reference.pairwise_distance(qf, gf, metric), metric=metric)
+    untiled = evaluate(backend, *labels, query_features=qf, gallery_features=gf, metric=metric)
+    tiled = evaluate(backend, *labels, query_features=qf, gallery_features=gf, metric=metric, tile_size=5)
+    if metric == "euclidean":
+        assert_same_result(untiled, from_dist)
+        assert_same_result(tiled, from_dist)
+    else:  # normalized rows are not exact: allow an ulp-level reordering to move AP a little
+        for r in (untiled, tiled):
+            assert r.mAP == pytest.approx(from_dist.mAP, abs=1e-3)
+            assert torch.equal(r.valid, from_dist.valid)
+
+
+@needs_kernels
+def test_distmat_tiles_agree():
+    dist, qp, gp, qc, gc = random_protocol(50, 100, 10, 3, seed=6, distance_levels=5)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    d = torch.from_numpy(dist)
+    assert_same_result(evaluate("cpu", *labels, distmat=d, tile_size=7), evaluate("reference", *labels, distmat=d))
+
+
+def test_euclidean_is_torchreid_squared_l2():
+    qf, gf = torch.randn(5, 16, dtype=torch.float64), torch.randn(7, 16, dtype=torch.float64)
+    torch.testing.assert_close(reference.pairwise_distance(qf, gf, "euclidean"), torch.cdist(qf, gf) ** 2)
+    cos = torch.nn.functional.cosine_similarity(qf[:, None], gf[None], dim=2)
+    torch.testing.assert_close(reference.pairwise_distance(qf, gf, "cosine"), 1 - cos)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_numpy_and_non_contiguous_inputs(backend):
+    dist, qp, gp, qc, gc = random_protocol(20, 60, 8, 3, seed=7)
+    want = evaluate("reference", *(torch.from_numpy(a) for a in (qp, gp, qc, gc)), distmat=torch.from_numpy(dist))
+    got = evaluate(backend, qp, gp, qc.astype(np.int32), gc.astype(np.int16), distmat=dist)
+    assert_same_result(got, want)
+    wide = np.zeros((60, 40), dtype=np.float32)
+    wide[:, ::2] = dist.T  # a transposed, strided view holding the same matrix
+    got = evaluate(backend, qp, gp, qc, gc, distmat=torch.from_numpy(wide)[:, ::2].t())
+    assert_same_result(got, want)
+    got = evaluate(backend, qp, gp, qc, gc, distmat=torch.from_numpy(dist).half())  # widened to float32
+    assert got.num_valid == want.num_valid
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_features_from_numpy(backend):
+    _, qp, gp, qc, gc = random_protocol(9, 30, 5, 2, seed=8)
+    qf, gf = integer_features(9, 6, 1), integer_features(30, 6, 2)
+    want = evaluate("reference", *(torch.from_numpy(a) for a in (qp, gp, qc, gc)), query_features=qf,
+                    gallery_features=gf)
+    assert_same_result(evaluate(backend, qp, gp, qc, gc, query_features=qf.numpy(), gallery_features=gf.numpy()),
+                       want)
+
+
+def test_cupy_input_without_copy():
+    cupy = pytest.importorskip("cupy")
+    if not HAS_CUDA:
+        pytest.skip("cupy needs a CUDA device")
+    dist, qp, gp, qc, gc = random_protocol(20, 60, 8, 3, seed=9)
+    d = cupy.asarray(dist)
+    got = ops.rank_eval(cupy.asarray(qp), cupy.asarray(gp), cupy.asarray(qc), cupy.asarray(gc), distmat=d)
+    assert got.ap.device.type == "cuda"
+    assert rank_eval_module._as_tensor(d, "distmat").data_ptr() == d.data.ptr  # shared, not copied
+    want = reference.rank_eval(*(torch.from_numpy(a) for a in (qp, gp, qc, gc)), torch.from_numpy(dist))
+    assert_same_result(got, want)
+
+
+# --- Errors ---
+
+LABELS = ([1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(distmat=torch.zeros(2, 4)), ValueError, "g_pids has 3 entries but 4"),
+    (dict(distmat=torch.zeros(3, 3)), ValueError, "q_pids has 2 entries but 3"),
+    (dict(distmat=torch.zeros(2, 3, 1)), ValueError, "distmat must be 2-D"),
+    (dict(distmat=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "distmat must be floating"),
+    (dict(query_features=torch.zeros(2, 4), gallery_features=torch.zeros(3, 5)), ValueError, "dimension 4"),
+    (dict(query_features=torch.zeros(2), gallery_features=torch.zeros(3, 5)), ValueError, "query_features must be 2-D"),
+    (dict(query_features=torch.zeros(2, 4)), ValueError, "gallery_features is missing"),
+    (dict(), ValueError, "neither"),
+    (dict(distmat=torch.zeros(2, 3), query_features=torch.zeros(2, 4), gallery_features=torch.zeros(3, 4)),
+     ValueError, "both"),
+    (dict(distmat=torch.zeros(2, 3), ap_mode="cmc"), ValueError, "ap_mode"),
+    (dict(distmat=torch.zeros(2, 3), metric="l1"), ValueError, "metric"),
+    (dict(distmat=torch.zeros(2, 3), max_rank=0), ValueError, "max_rank"),
+    (dict(distmat=torch.zeros(2, 3), precision="tf32"), ValueError, "precision"),
+    (dict(distmat=torch.zeros(2, 3), tile_size=0), ValueError, "tile_size"),
+    (dict(distmat=torch.zeros(0, 3)), ValueError, "at least one query"),
+])
+def test_errors(backend, kwargs, error, match):
+    labels = LABELS
+    if "distmat" in kwargs and kwargs["distmat"].dim() == 2 and kwargs["distmat"].shape[0] == 0:
+        labels = ([], [1, 2, 3], [], [1, 1, 1])
+    with pytest.raises(error, match=match):
+        evaluate(backend, *labels, **kwargs)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_float_labels_and_2d_labels_are_rejected(backend):
+    with pytest.raises(TypeError, match="q_pids must hold integers"):
+        evaluate(backend, [1.0, 2.0], *LABELS[1:], distmat=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="g_camids must be 1-D"):
+        evaluate(backend, *LABELS[:3], [[1, 1, 1]], distmat=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_nan_distances_are_an_error(backend):
+    dist = torch.zeros(2, 3)
+    dist[1, 2] = math.nan
+    with pytest.raises(ValueError, match="query 1 contains NaN"):
+        evaluate(backend, *LABELS, distmat=dist)
+    qf = torch.ones(2, 4)
+    qf[0, 0] = math.nan
+    with pytest.raises(ValueError, match="query 0 contains NaN"):
+        evaluate(backend, *LABELS, query_features=qf, gallery_features=torch.ones(3, 4))
+
+
+def test_infinite_distances_rank_last():
+    dist = torch.tensor([[math.inf, 0.0, -math.inf]])
+    for backend in cpu_backends():
+        r = evaluate(backend, [1], [1, 2, 1], [0], [1, 1, 1], distmat=dist)
+        assert r.first_hit.tolist() == [0] and r.ap.tolist() == pytest.approx([(1 + 2 / 3) / 2])
+
+
+# --- The C++ op ---
+
+@needs_kernels
+@pytest.mark.parametrize("ap_mode", ["torchreid", "market"])
+def test_opcheck_rank_queries(ap_mode):
+    dist, qp, gp, qc, gc = random_protocol(6, 20, 4, 2, seed=10)
+    args = (torch.from_numpy(dist),) + tuple(torch.from_numpy(a).int() for a in (qp, qc, gp, gc)) + (ap_mode,)
+    torch.library.opcheck(torch.ops.reidfast.rank_queries.default, args)
+
+
+@needs_kernels
+def test_op_rejects_bad_arguments_in_cpp():
+    d = torch.zeros(2, 3)
+    i2, i3 = torch.zeros(2, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(ValueError, match="ap_mode"):
+        torch.ops.reidfast.rank_queries(d, i2, i2, i3, i3, "bogus")
+    with pytest.raises(ValueError, match="g_pids"):
+        torch.ops.reidfast.rank_queries(d, i2, i2, i2, i3, "market")
+    with pytest.raises(TypeError, match="int32"):
+        torch.ops.reidfast.rank_queries(d, i2.long(), i2, i3, i3, "market")
+
+
+def test_strict_precision_restores_the_global_setting():
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        evaluate("reference", *LABELS, query_features=torch.ones(2, 4), gallery_features=torch.ones(3, 4))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+# --- CUDA ---
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ap_mode", ["torchreid", "market"])
+@pytest.mark.parametrize("levels", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_kernel_matches_reference(ap_mode, levels, dtype):
+    dist, qp, gp, qc, gc = random_protocol(300, 4099, 60, 6, seed=11, distance_levels=levels)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    d = torch.from_numpy(dist).to(dtype)
+    want = evaluate("reference", *labels, distmat=d, ap_mode=ap_mode)
+    got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda(), ap_mode=ap_mode)
+    assert got.ap.device.type == "cuda"
+    assert_same_result(got, want)
+
+
+@pytest.mark.gpu
+def test_cuda_many_matches_fall_back_to_the_reference():
+    # 3000 true matches per query: more than the kernel's shared-memory list holds.
+    g = torch.Generator().manual_seed(0)
+    dist = torch.rand(4, 5000, generator=g)
+    qp, gp = torch.ones(4, dtype=torch.long), (torch.arange(5000) % 5 != 0).long()
+    qc, gc = torch.zeros(4, dtype=torch.long), torch.ones(5000, dtype=torch.long)
+    want = evaluate("reference", qp, gp, qc, gc, distmat=dist)
+    got = evaluate("cuda", qp.cuda(), gp.cuda(), qc.cuda(), gc.cuda(), distmat=dist.cuda())
+    assert int(want.num_matches[0]) == 4000
+    assert_same_result(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_cuda_features_strict_and_fast(metric):
+    _, qp, gp, qc, gc = random_protocol(200, 3000, 50, 6, seed=12)
+    qf, gf = torch.randn(200, 256), torch.randn(3000, 256)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    want = evaluate("reference", *labels, query_features=qf.double(), gallery_features=gf.double(), metric=metric)
+    cuda_labels = [t.cuda() for t in labels]
+    strict = evaluate("cuda", *cuda_labels, query_features=qf.cuda(), gallery_features=gf.cuda(), metric=metric,
+                      tile_size=64)
+    fast = evaluate("cuda", *cuda_labels, query_features=qf.cuda(), gallery_features=gf.cuda(), metric=metric,
+                    precision="fast")
+    assert strict.mAP == pytest.approx(want.mAP, abs=1e-4)
+    assert fast.mAP == pytest.approx(want.mAP, abs=5e-3)
+    dist = torch.from_numpy(random_protocol(3, 4, 2, 2, seed=0)[0]).cuda()
+    dist[0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate("cuda", *[torch.tensor(x).cuda() for x in ([1, 2, 1], [1, 2, 1, 2], [0, 0, 0], [1, 1, 1, 1])],
+                 distmat=dist)
