@@ -41,7 +41,12 @@ def evaluate_saved_features(args) -> ops.RankEvalResult:
 
 
 # mode flag (argparse dest) -> the function that evaluates it
-MODES = {"features": evaluate_saved_features}
+def evaluate_checkpoint(args) -> ops.RankEvalResult:
+    from .trained_run import evaluate_checkpoint as evaluate_run_folder
+    return evaluate_run_folder(args)
+
+
+MODES = {"features": evaluate_saved_features, "checkpoint": evaluate_checkpoint}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--features", metavar="FILE", help="saved query/gallery features (.npz, .pt, .mat)")
+    source.add_argument("--checkpoint", metavar="RUN_DIR",
+                        help="a training run folder (or checkpoint file): extract its model's features and rank")
     p.add_argument("--metric", choices=METRICS, default="euclidean")
     p.add_argument("--ap-mode", choices=AP_MODES, default="torchreid",
                    help="torchreid: mean precision at each match; market: official Market-1501 trapezoid AP")
@@ -62,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k2", type=int, default=6)
     p.add_argument("--lambda", dest="lambda_value", type=float, default=0.3)
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    from .trained_run import add_checkpoint_arguments
+    add_checkpoint_arguments(p)
     return p
 
 
@@ -69,7 +78,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     mode = next(name for name in MODES if getattr(args, name, None))
     result = MODES[mode](args)
-    title = f"{args.features}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
+    title = f"{args.features or args.checkpoint}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
     print(format_table(result, title))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,7 +19,7 @@ LOOP_DEFAULTS = {
     "amp": "auto", "compile": None, "compile_mode": "default", "channels_last": None, "backend": "auto",
     "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
-    "height": 256, "width": 128, "lr": 0.01,
+    "height": 256, "width": 128, "lr": 0.01, "threads": None,
 }
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PRESETS = ("auto", "paper", "cpu-quick")
@@ -79,7 +79,11 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile mode; reduce-overhead captures CUDA graphs (shapes are static here)")
     speed.add_argument("--backend", default=S,
                        help="reidfast op backend: auto (default), cuda, triton, cpu or reference (pure PyTorch)")
-    speed.add_argument("--workers", type=int, default=S, help="image decoding worker processes (default: cores-1)")
+    speed.add_argument("--workers", type=int, default=S, help="image decoding worker processes (default: cores-1, "
+                       "at most 4)")
+    speed.add_argument("--threads", type=int, default=S,
+                       help="CPU compute threads per process (default on the CPU: the cores left after the "
+                            "decoding workers, at least 1; oversubscribed OpenMP threads slow training many times)")
     speed.add_argument("--eval-batch-size", type=int, default=S, help="images per batch when extracting features")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default=S, metavar="NAME",

@@ -262,6 +262,11 @@ class Trainer:
             path = resolve_checkpoint(cfg["resume"], self.run_dir)
             resume_state = load_checkpoint(path, self.method_cls.name)
             self.log(f"resuming from {path} (iteration {resume_state['iteration']})")
+        cores = os.cpu_count() or 1
+        workers = cfg["workers"] if cfg["workers"] is not None else min(4, max(0, cores - 1))
+        if self.device.type == "cpu":
+            threads = cfg["threads"] or max(1, cores // self.world_size - workers)
+            torch.set_num_threads(threads)
         _seed_everything(cfg["seed"])
         ops.set_backend(cfg["backend"])
         self.dataset = load_run_dataset(cfg)
@@ -277,7 +282,6 @@ class Trainer:
         iters_per_epoch = len(batches)
         total = cfg["iters"] if cfg["iters"] is not None else cfg["epochs"] * iters_per_epoch
         method.configure(total)
-        workers = cfg["workers"] if cfg["workers"] is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
         loader = DataLoader(
             ImageDataset(self.dataset.train, size=(cfg["height"], cfg["width"])), batch_sampler=batches,
             num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
@@ -301,7 +305,7 @@ class Trainer:
         self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {cfg['batch_size']} "
                  f"images at {cfg['height']}x{cfg['width']} on {self.device}"
                  f"{f' x{self.world_size} processes' if self.world_size > 1 else ''}, amp {self.run.amp}, "
-                 f"compile {'on' if self.run.compile else 'off'}, preset {cfg['preset']}, run folder {self.run_dir}")
+                 f"compile {'on' if self.run.compile else 'off'}, {torch.get_num_threads()} threads, preset {cfg['preset']}, run folder {self.run_dir}")
         bar = ProgressBar(total, it, stream=self.stream) if self.main else None
         sums: dict[str, torch.Tensor] = {}
         count, window_start, window_it = 0, time.perf_counter(), it

@@ -1,0 +1,45 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reidfast.eval.__main__ import main as eval_main
+from reidfast.eval.io import load_features
+from reidfast.train.__main__ import main as train_main
+from tests.train.conftest import TINY_DATA, tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from reidfast.data.synthetic import generate
+    root = tmp_path_factory.mktemp("eval-data") / "tiny"
+    generate(root, **TINY_DATA)
+    out = tmp_path_factory.mktemp("eval-runs") / "run"
+    assert train_main(tiny_args(root, out, "--iters", "4", "--ckpt-every", "0")) == 0
+    return out
+
+
+def test_checkpoint_eval_matches_training_metrics_and_exports(trained_run, tmp_path, capsys):
+    export, picture = tmp_path / "features.npz", tmp_path / "ranked.png"
+    summary = tmp_path / "summary.json"
+    assert eval_main(["--checkpoint", str(trained_run), "--ap-mode", "market", "--export", str(export),
+                      "--ranked-list", str(picture), "--ranked-queries", "3", "--json", str(summary)]) == 0
+    out = capsys.readouterr().out
+    assert "features written" in out and "ranked lists of 3 queries" in out
+    # the same model, data and AP convention as the training run's final evaluation
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    evaluated = json.loads(summary.read_text())
+    assert evaluated["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)  # the eval CLI prints percent
+    # the export is what --features reads, and ranks to the same numbers
+    saved = load_features(str(export))
+    assert saved.query_f.shape[1] == saved.gallery_f.shape[1] and np.allclose(saved.query_f.norm(dim=1), 1, atol=1e-5)
+    assert eval_main(["--features", str(export), "--ap-mode", "market", "--json", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["mAP"] == pytest.approx(evaluated["mAP"], abs=1e-4)
+    with Image.open(picture) as img:
+        assert img.size[0] > 10 * 16 and img.size[1] >= 3 * 32
+
+
+def test_checkpoint_eval_of_a_missing_run(tmp_path):
+    with pytest.raises(Exception, match="no checkpoint at"):
+        eval_main(["--checkpoint", str(tmp_path / "nothing")])
