@@ -31,7 +31,7 @@ def evaluate_saved_features(args) -> ops.RankEvalResult:
     device = _device(args.device)
     qf, gf = saved.query_f.to(device), saved.gallery_f.to(device)
     labels = (saved.query_label, saved.gallery_label, saved.query_cam, saved.gallery_cam)
-    common = dict(max_rank=args.max_rank, ap_mode=args.ap_mode, precision=args.precision)
+    common = dict(max_rank=args.max_rank, ap_mode=args.ap_mode or "torchreid", precision=args.precision)
     if args.rerank:
         from .rerank import k_reciprocal_distance
 
@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", metavar="RUN_DIR",
                         help="a training run folder (or checkpoint file): extract its model's features and rank")
     p.add_argument("--metric", choices=METRICS, default="euclidean")
-    p.add_argument("--ap-mode", choices=AP_MODES, default="torchreid",
-                   help="torchreid: mean precision at each match; market: official Market-1501 trapezoid AP")
+    p.add_argument("--ap-mode", choices=AP_MODES, default=None,
+                   help="torchreid: mean precision at each match; market: official Market-1501 trapezoid AP "
+                        "(default: torchreid for --features, the run's own convention for --checkpoint)")
     p.add_argument("--max-rank", type=int, default=50)
     p.add_argument("--precision", choices=("strict", "fast"), default="strict",
                    help="strict: IEEE fp32 distances; fast: TF32 GEMMs on CUDA (small mAP deviation)")

@@ -87,7 +87,9 @@ def evaluate_checkpoint(args):
     if args.dataset is not None or args.data_root is not None:
         cfg.update(dataset=args.dataset, data_root=args.data_root)
     dataset = load_run_dataset(cfg)
-    result, qf, gf, cfg = evaluate_run(run_dir, dataset, device, ap_mode=args.ap_mode, metric=args.metric,
+    # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
+    ap_mode = args.ap_mode or cfg.get("ap_mode", "market")
+    result, qf, gf, cfg = evaluate_run(run_dir, dataset, device, ap_mode=ap_mode, metric=args.metric,
                                        max_rank=args.max_rank)
     if args.export:
         print(f"features written to {export_features(args.export, qf, gf, dataset)}")
