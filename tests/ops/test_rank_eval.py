@@ -402,17 +402,22 @@ def test_cuda_many_matches_fall_back_to_the_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_cuda_features_strict_and_fast(metric):
-    _, qp, gp, qc, gc = random_protocol(200, 3000, 50, 6, seed=12)
-    qf, gf = torch.randn(200, 256), torch.randn(3000, 256)
+    _, qp, gp, qc, gc = random_protocol(200, 3000, 50, 6, seed=12, distractors=False)
+    # Features clustered by id (mAP far from 0 and 1), so a wrong distance or order shows in the numbers.
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(51, 256, generator=g)
+    qf = centers[torch.from_numpy(qp)] + 3.0 * torch.randn(200, 256, generator=g)
+    gf = centers[torch.from_numpy(gp)] + 3.0 * torch.randn(3000, 256, generator=g)
     labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
     want = evaluate("reference", *labels, query_features=qf.double(), gallery_features=gf.double(), metric=metric)
+    assert 0.05 < want.mAP < 0.95
     cuda_labels = [t.cuda() for t in labels]
     strict = evaluate("cuda", *cuda_labels, query_features=qf.cuda(), gallery_features=gf.cuda(), metric=metric,
                       tile_size=64)
     fast = evaluate("cuda", *cuda_labels, query_features=qf.cuda(), gallery_features=gf.cuda(), metric=metric,
                     precision="fast")
-    assert strict.mAP == pytest.approx(want.mAP, abs=1e-4)
-    assert fast.mAP == pytest.approx(want.mAP, abs=5e-3)
+    assert strict.mAP == pytest.approx(want.mAP, abs=1e-3)
+    assert fast.mAP == pytest.approx(want.mAP, abs=2e-3)  # TF32 inputs: measured ~1e-4 with bf16 rounding on CPU
     dist = torch.from_numpy(random_protocol(3, 4, 2, 2, seed=0)[0]).cuda()
     dist[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
