@@ -59,13 +59,15 @@ def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> Ran
     valid = num_matches > 0
     num_valid = int(valid.sum())
     hits = first_hit[valid].clamp(max=max_rank)  # a hit at rank >= max_rank lands in the dropped last bin
-    counts = torch.bincount(hits, minlength=max_rank + 1)[:max_rank]
+    # The curve (max_rank numbers) is divided on the CPU: CUDA divides by a scalar through its reciprocal, which
+    # would make the same counts differ in the last bit between devices.
+    counts = torch.bincount(hits, minlength=max_rank + 1)[:max_rank].cpu()
     if num_valid == 0:
         warnings.warn("rank_eval: no query has a true match in the gallery; CMC, mAP and mINP are NaN", stacklevel=3)
         cmc = torch.full((max_rank,), math.nan, dtype=torch.float64, device=ap.device)
         m_ap = m_inp = math.nan
     else:
-        cmc = counts.cumsum(0).to(torch.float64) / num_valid
+        cmc = (counts.cumsum(0).to(torch.float64) / num_valid).to(ap.device)
         m_ap = float(ap[valid].sum() / num_valid)
         m_inp = float(inp[valid].sum() / num_valid)
     return RankEvalResult(

@@ -2,6 +2,9 @@
 per-query evaluator written here, input kinds, tiling, errors, and opcheck of the C++ op."""
 import importlib
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -354,10 +357,26 @@ def test_op_rejects_bad_arguments_in_cpp():
     i2, i3 = torch.zeros(2, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)
     with pytest.raises(ValueError, match="ap_mode"):
         torch.ops.reidfast.rank_queries(d, i2, i2, i3, i3, "bogus")
-    with pytest.raises(ValueError, match="g_pids"):
-        torch.ops.reidfast.rank_queries(d, i2, i2, i2, i3, "market")
     with pytest.raises(TypeError, match="int32"):
         torch.ops.reidfast.rank_queries(d, i2.long(), i2, i3, i3, "market")
+
+
+@needs_kernels
+def test_op_rejects_mismatched_lengths_in_cpp():
+    # In a child process: on the GPU machine (torch 2.11) this C++ ValueError crashed the interpreter (adain's
+    # shape check too); isolated, a crash fails this test instead of ending the whole run.
+    code = (
+        "import torch, reidfast.ops\n"
+        "d = torch.zeros(2, 3); i2, i3 = torch.zeros(2, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)\n"
+        "try:\n"
+        "    torch.ops.reidfast.rank_queries(d, i2, i2, i2, i3, 'market')\n"
+        "except ValueError as e:\n"
+        "    print('ValueError', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, f"child exited with {out.returncode}: {out.stderr[-500:]}"
+    assert "ValueError" in out.stdout and "g_pids must have shape (3)" in out.stdout
 
 
 def test_strict_precision_restores_the_global_setting():
@@ -402,17 +421,22 @@ def test_cuda_many_matches_fall_back_to_the_reference():
 @pytest.mark.gpu
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_cuda_features_strict_and_fast(metric):
-    _, qp, gp, qc, gc = random_protocol(200, 3000, 50, 6, seed=12)
-    qf, gf = torch.randn(200, 256), torch.randn(3000, 256)
+    _, qp, gp, qc, gc = random_protocol(200, 3000, 50, 6, seed=12, distractors=False)
+    # Features clustered by id (mAP far from 0 and 1), so a wrong distance or order shows in the numbers.
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(51, 256, generator=g)
+    qf = centers[torch.from_numpy(qp)] + 3.0 * torch.randn(200, 256, generator=g)
+    gf = centers[torch.from_numpy(gp)] + 3.0 * torch.randn(3000, 256, generator=g)
     labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
     want = evaluate("reference", *labels, query_features=qf.double(), gallery_features=gf.double(), metric=metric)
+    assert 0.05 < want.mAP < 0.95
     cuda_labels = [t.cuda() for t in labels]
     strict = evaluate("cuda", *cuda_labels, query_features=qf.cuda(), gallery_features=gf.cuda(), metric=metric,
                       tile_size=64)
     fast = evaluate("cuda", *cuda_labels, query_features=qf.cuda(), gallery_features=gf.cuda(), metric=metric,
                     precision="fast")
-    assert strict.mAP == pytest.approx(want.mAP, abs=1e-4)
-    assert fast.mAP == pytest.approx(want.mAP, abs=5e-3)
+    assert strict.mAP == pytest.approx(want.mAP, abs=1e-3)
+    assert fast.mAP == pytest.approx(want.mAP, abs=2e-3)  # TF32 inputs: measured ~1e-4 with bf16 rounding on CPU
     dist = torch.from_numpy(random_protocol(3, 4, 2, 2, seed=0)[0]).cuda()
     dist[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
