@@ -23,6 +23,7 @@ from timing import copy_bandwidth_gbs, time_ms  # noqa: E402
 
 SUITES = {
     "adain": "ops_adain",
+    "homography": "ops_homography",
 }
 
 
@@ -49,12 +50,12 @@ def run_suite(name, device, quick, peak_gbs, repeats):
     return rows
 
 
-HEADER = f"{'op':<10} {'pass':<7} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms':>9} {'ref ms':>9} {'cmp ms':>9} " \
+HEADER = f"{'op':<10} {'pass':<9} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms':>9} {'ref ms':>9} {'cmp ms':>9} " \
          f"{'x ref':>7} {'x cmp':>7} {'GB/s':>7} {'%bw':>6}"
 
 
 def format_row(r):
-    return (f"{r['op']:<10} {r['pass']:<7} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['backend']:<9} "
+    return (f"{r['op']:<10} {r['pass']:<9} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['backend']:<9} "
             f"{r['ms']:>9.3f} {r['ref_ms']:>9.3f} {r['ref_compiled_ms']:>9.3f} {r['speedup']:>7.2f} "
             f"{r['speedup_vs_compiled']:>7.2f} {r.get('gbs', float('nan')):>7.1f} {r.get('pct_copy_bw', float('nan')):>6.1f}")
 

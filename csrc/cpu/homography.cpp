@@ -66,6 +66,14 @@ inline ResolvedPoint<T> resolve_point(const T* h, T x, T y, const Geometry& g) {
   return r;
 }
 
+// The output's normalized x coordinates, computed once per task rather than once per point.
+template <typename T>
+std::vector<T> base_coordinates(int64_t size, bool align_corners) {
+  std::vector<T> out(static_cast<size_t>(size));
+  for (int64_t j = 0; j < size; ++j) out[j] = grid::base_coordinate<T>(j, size, align_corners);
+  return out;
+}
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -73,6 +81,7 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
   const acc_t* hp = H.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, g.N * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.out_h, i = row % g.out_h;
       const acc_t* h = hp + n * 9;
@@ -80,8 +89,7 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
       const scalar_t* src = ip + n * g.in_sn;
       scalar_t* dst = op + n * g.out_sn + i * g.out_sh;
       for (int64_t j = 0; j < g.out_w; ++j) {
-        const acc_t x = grid::base_coordinate<acc_t>(j, g.out_w, g.align_corners);
-        const ResolvedPoint<acc_t> r = resolve_point(h, x, y, g);
+        const ResolvedPoint<acc_t> r = resolve_point(h, xs[j], y, g);
         const scalar_t* s = src;
         scalar_t* d = dst + j * g.out_sw;
         for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
@@ -103,12 +111,13 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* src = ip + n * g.in_sn;
   acc_t* gsrc = gi ? gi + n * g.in_sn : nullptr;
+  const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
   for (int64_t i = r0; i < r1; ++i) {
     const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
     const scalar_t* grow = gop + n * g.out_sn + i * g.out_sh;
     double ax[3] = {0, 0, 0}, a1[3] = {0, 0, 0};  // this row's sums of a * x and of a
     for (int64_t j = 0; j < g.out_w; ++j) {
-      const acc_t x = grid::base_coordinate<acc_t>(j, g.out_w, g.align_corners);
+      const acc_t x = xs[j];
       const ResolvedPoint<acc_t> r = resolve_point(h, x, y, g);
       acc_t dpx = 0, dpy = 0;  // dL/d(pixel coordinate), summed over channels
       const acc_t tx = r.sp.taps.tx, ty = r.sp.taps.ty;

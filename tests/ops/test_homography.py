@@ -340,7 +340,7 @@ def test_params_inverse_and_composition():
     "make, exc, words",
     [
         (lambda: (torch.randn(2, 3, 4), torch.eye(3).expand(2, 3, 3), {}), ValueError, "img must be 4-D"),
-        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 2, 3), {}), ValueError, r"H must have shape \(N, 3, 3\)"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 2, 3), {}), ValueError, r"H must have shape \(N, 3, 3\)"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(3, 3, 3), {}), ValueError, r"= \(2, 3, 3\), got \(3, 3, 3\)"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3), {}), ValueError, "H must have shape"),
         (lambda: (torch.randint(0, 3, (2, 3, 4, 4)), torch.eye(3).expand(2, 3, 3), {}), TypeError, "img must be float"),
