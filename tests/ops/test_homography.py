@@ -404,19 +404,24 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, p
     # Exact: float64 everything on the same (rounded) image and the same float32 matrix.
     e_img, e_h = img.double().requires_grad_(True), H.double().requires_grad_(True)
     y64 = reference.homography_warp(e_img, e_h, out_size, padding, False)
-    # PyTorch's own error in this dtype: grid_sample on the image dtype with a grid in that dtype.
-    grid = reference.homography_grid(H, y.shape[-2:], False).to(dtype)
-    y_torch = F.grid_sample(img, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    # PyTorch's own path in this dtype: the grid built from the float32 H, cast to the image dtype, grid_sample.
+    t_img, t_h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+    grid = reference.homography_grid(t_h, tuple(y.shape[-2:]), False).to(dtype)
+    y_torch = F.grid_sample(t_img, grid, mode="bilinear", padding_mode=padding, align_corners=False)
     torch_err = (y_torch.double() - y64).abs().max().item()
     assert (y.double() - y64).abs().max().item() <= 2 * torch_err + 1e-5
     gy = torch.randn_like(y64)
     got = torch.autograd.grad(y, [a, h], gy.to(dtype))
     want = torch.autograd.grad(y64, [e_img, e_h], gy)
-    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
-    for name, g, w in zip(["img", "H"], got, want):
+    torch_got = torch.autograd.grad(y_torch, [t_img, t_h], gy.to(dtype))
+    # grad_H jumps where a point crosses a pixel boundary (the bilinear derivative is discontinuous there), so
+    # float32 coordinates differ from exact ones at a few points; PyTorch's own same-dtype error measures that.
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    for name, g, w, t in zip(["img", "H"], got, want, torch_got):
         scale = w.abs().max().item() + 1e-6
         err = (g.double() - w).abs().max().item()
-        assert err <= tol * scale, f"grad {name}: {err} > {tol} * {scale}"
+        bound = 4 * (t.double() - w).abs().max().item() + tol * scale
+        assert err <= bound, f"grad {name}: {err} > {bound} (PyTorch's own error {(t.double() - w).abs().max()})"
 
 
 @pytest.mark.gpu

@@ -117,12 +117,24 @@ struct Taps {
   C10_HOST_DEVICE inline T w11() const { return tx * ty; }
 };
 
+// floor of a finite coordinate that apply_padding has bounded to [-2, size + 1]. On the host this avoids a libm
+// call (x86-64 without SSE4.1 has no floor instruction): truncate, then step down for negative non-integers.
+template <typename T>
+C10_HOST_DEVICE inline int64_t floor_bounded(T p) {
+#ifdef __CUDA_ARCH__
+  return static_cast<int64_t>(::floor(p));
+#else
+  const int64_t i = static_cast<int64_t>(p);
+  return static_cast<T>(i) > p ? i - 1 : i;
+#endif
+}
+
 template <typename T>
 C10_HOST_DEVICE inline Taps<T> bilinear_taps(T px, T py, int64_t width, int64_t height) {
   Taps<T> t;
-  const T fx = ::floor(px), fy = ::floor(py);
-  t.x0 = static_cast<int64_t>(fx);
-  t.y0 = static_cast<int64_t>(fy);
+  t.x0 = floor_bounded(px);
+  t.y0 = floor_bounded(py);
+  const T fx = static_cast<T>(t.x0), fy = static_cast<T>(t.y0);
   t.tx = px - fx;
   t.ty = py - fy;
   t.in_x0 = t.x0 >= 0 && t.x0 < width;
