@@ -1,6 +1,6 @@
 // Homography warp on the CPU.
-//   forward : at::parallel_for over output rows (n, i); each point's coordinates and taps are computed once and
-//             reused for every channel.
+//   forward : at::parallel_for over output rows (n, i); a row's projections are computed first (a loop the
+//             compiler can vectorize), then each point's taps once, reused for every channel.
 //   backward: tasks of (sample, channel range, row range). When grad_img is needed a task owns whole channels of
 //             one sample, so its scatter races with no other task; otherwise tasks split rows. Each task sums its
 //             part of grad_H (9 sums, in double) into its own slot, and the slots are added in a fixed order:
@@ -38,7 +38,8 @@ Geometry make_geometry(const at::Tensor& img, const at::Tensor& out, int padding
 }
 
 // One sampling point, resolved to four tap offsets (relative to a channel's base) and weights. Taps outside the
-// image get offset 0 and weight/mask 0, so the channel loops run without branches.
+// image get offset 0 and weight/mask 0, so the channel loops run without branches. proj is filled by the
+// backward, which needs it for the gradient in H.
 template <typename T>
 struct ResolvedPoint {
   int64_t off[4];
@@ -49,10 +50,9 @@ struct ResolvedPoint {
 };
 
 template <typename T>
-inline ResolvedPoint<T> resolve_point(const T* h, T x, T y, const Geometry& g) {
+C10_ALWAYS_INLINE ResolvedPoint<T> resolve_sample(T gx, T gy, const Geometry& g) {
   ResolvedPoint<T> r;
-  r.proj = project(h, x, y);
-  r.sp = grid::sample_point(r.proj.gx, r.proj.gy, g.in_w, g.in_h, g.padding, g.align_corners);
+  r.sp = grid::sample_point(gx, gy, g.in_w, g.in_h, g.padding, g.align_corners);
   const grid::Taps<T>& t = r.sp.taps;
   const bool in[4] = {t.in_x0 && t.in_y0, t.in_x1 && t.in_y0, t.in_x0 && t.in_y1, t.in_x1 && t.in_y1};
   const int64_t xs[4] = {t.x0, t.x0 + 1, t.x0, t.x0 + 1};
@@ -82,14 +82,22 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, g.N * g.out_h, 1, [&](int64_t begin, int64_t end) {
     const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
+    // A row's projected coordinates are computed first in a loop of their own: it has no loads beyond xs, so
+    // the compiler can vectorize it and the divisions overlap instead of stalling each point's taps.
+    std::vector<acc_t> gxs(g.out_w), gys(g.out_w);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.out_h, i = row % g.out_h;
       const acc_t* h = hp + n * 9;
       const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
+      for (int64_t j = 0; j < g.out_w; ++j) {
+        const Projected<acc_t> pr = project(h, xs[j], y);
+        gxs[j] = pr.gx;
+        gys[j] = pr.gy;
+      }
       const scalar_t* src = ip + n * g.in_sn;
       scalar_t* dst = op + n * g.out_sn + i * g.out_sh;
       for (int64_t j = 0; j < g.out_w; ++j) {
-        const ResolvedPoint<acc_t> r = resolve_point(h, xs[j], y, g);
+        const ResolvedPoint<acc_t> r = resolve_sample(gxs[j], gys[j], g);
         const scalar_t* s = src;
         scalar_t* d = dst + j * g.out_sw;
         for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
@@ -112,13 +120,17 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
   const scalar_t* src = ip + n * g.in_sn;
   acc_t* gsrc = gi ? gi + n * g.in_sn : nullptr;
   const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
+  std::vector<Projected<acc_t>> projected(static_cast<size_t>(g.out_w));
   for (int64_t i = r0; i < r1; ++i) {
     const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
     const scalar_t* grow = gop + n * g.out_sn + i * g.out_sh;
     double ax[3] = {0, 0, 0}, a1[3] = {0, 0, 0};  // this row's sums of a * x and of a
+    // Projection first, in a loop of its own (see forward_kernel).
+    for (int64_t j = 0; j < g.out_w; ++j) projected[j] = project(h, xs[j], y);
     for (int64_t j = 0; j < g.out_w; ++j) {
       const acc_t x = xs[j];
-      const ResolvedPoint<acc_t> r = resolve_point(h, x, y, g);
+      ResolvedPoint<acc_t> r = resolve_sample(projected[j].gx, projected[j].gy, g);
+      r.proj = projected[j];
       acc_t dpx = 0, dpy = 0;  // dL/d(pixel coordinate), summed over channels
       const acc_t tx = r.sp.taps.tx, ty = r.sp.taps.ty;
       for (int64_t c = c0; c < c1; ++c) {

@@ -87,7 +87,7 @@ C10_HOST_DEVICE inline T reflect(T p, int64_t twice_low, int64_t twice_high, T* 
 // also kept within [-2, size + 1]: every tap beyond that is outside the image (value 0, gradient 0) either way, and
 // the bound keeps the integer tap indices far from overflow for coordinates from near-singular homographies.
 template <typename T>
-C10_HOST_DEVICE inline T apply_padding(T p, int64_t size, int padding, bool align_corners, T* grad) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T apply_padding(T p, int64_t size, int padding, bool align_corners, T* grad) {
   if (!(p == p)) {  // NaN (only from a NaN homography): sample outside the image
     *grad = T(0);
     return T(-2);
@@ -130,7 +130,7 @@ C10_HOST_DEVICE inline int64_t floor_bounded(T p) {
 }
 
 template <typename T>
-C10_HOST_DEVICE inline Taps<T> bilinear_taps(T px, T py, int64_t width, int64_t height) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE Taps<T> bilinear_taps(T px, T py, int64_t width, int64_t height) {
   Taps<T> t;
   t.x0 = floor_bounded(px);
   t.y0 = floor_bounded(py);
@@ -153,7 +153,7 @@ struct SamplePoint {
 };
 
 template <typename T>
-C10_HOST_DEVICE inline SamplePoint<T> sample_point(T gx, T gy, int64_t width, int64_t height, int padding,
+C10_HOST_DEVICE C10_ALWAYS_INLINE SamplePoint<T> sample_point(T gx, T gy, int64_t width, int64_t height, int padding,
                                                    bool align_corners) {
   SamplePoint<T> s;
   T sx, sy, pad_x, pad_y;

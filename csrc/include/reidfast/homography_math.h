@@ -34,7 +34,7 @@ struct Projected {
 };
 
 template <typename T>
-C10_HOST_DEVICE inline Projected<T> project(const T* h, T x, T y) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE Projected<T> project(const T* h, T x, T y) {
   Projected<T> p;
   const T u = h[0] * x + h[1] * y + h[2];
   const T v = h[3] * x + h[4] * y + h[5];
