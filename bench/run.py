@@ -33,6 +33,7 @@ SUITES = {
     "adain": "ops_adain",
     "rank": "ops_rank",
     "train": "train_step",  # whole training iterations; the module's own run() and row format
+    "homography": "ops_homography",
 }
 
 
@@ -78,7 +79,7 @@ def run_suite(name, device, quick, peak_gbs, repeats):
     return rows
 
 
-HEADER = f"{'op':<10} {'pass':<7} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms':>9} {'ref ms':>9} {'cmp ms':>9} " \
+HEADER = f"{'op':<10} {'pass':<9} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms':>9} {'ref ms':>9} {'cmp ms':>9} " \
          f"{'x ref':>7} {'x cmp':>7} {'GB/s':>7} {'%bw':>6}"
 
 
@@ -88,7 +89,7 @@ def _num(v):
 
 def format_row(r):
     extra = "  ".join(f"{k}={r[k]}" for k in r if k.startswith("speedup_vs_") and k != "speedup_vs_compiled")
-    return (f"{r['op']:<10} {r['pass']:<7} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['backend']:<9} "
+    return (f"{r['op']:<10} {r['pass']:<9} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['backend']:<9} "
             f"{_num(r['ms']):>9.3f} {_num(r['ref_ms']):>9.3f} {_num(r['ref_compiled_ms']):>9.3f} "
             f"{_num(r['speedup']):>7.2f} {_num(r['speedup_vs_compiled']):>7.2f} {_num(r.get('gbs')):>7.1f} "
             f"{_num(r.get('pct_copy_bw')):>6.1f}" + (f"  {extra}" if extra else ""))

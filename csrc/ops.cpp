@@ -19,4 +19,13 @@ TORCH_LIBRARY(reidfast, m) {
   m.def(
       "rank_queries(Tensor dist, Tensor q_pids, Tensor q_camids, Tensor g_pids, Tensor g_camids, str ap_mode) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Homography warp: bilinear grid_sample of img at the points H maps the output's normalized coordinates to
+  // (homography_math.h). H is (N, 3, 3) in the coordinate dtype (float32, or float64 for a float64 img).
+  m.def(
+      "homography_warp_forward(Tensor img, Tensor H, int out_h, int out_w, str padding_mode, bool align_corners) "
+      "-> Tensor");
+  // Fused backward: (grad_img, grad_H). output_mask says which are needed; one not needed comes back with shape (0,).
+  m.def(
+      "homography_warp_backward(Tensor grad_out, Tensor img, Tensor H, str padding_mode, bool align_corners, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
 }

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -117,6 +118,49 @@ void check_rank(bool market) {
   expect_close("rank_queries ap vs loop" + tag, ap, at::tensor(want_ap, opts), 1e-12);
   expect_close("rank_queries first_hit vs loop" + tag, first_hit, at::tensor(want_first, opts), 0);
   expect_close("rank_queries num_matches vs loop" + tag, num_matches, at::tensor(want_count, opts), 0);
+// The grid homography_warp samples at, built from ATen ops: H applied to affine_grid's base coordinates, with the
+// horizon rule of homography_math.h.
+at::Tensor homography_grid_aten(const at::Tensor& H, int64_t out_h, int64_t out_w, bool align_corners) {
+  const int64_t N = H.size(0);
+  const auto theta = at::eye(3, H.options()).slice(0, 0, 2).unsqueeze(0).expand({N, 2, 3});
+  const auto base = at::affine_grid_generator(theta, {N, 1, out_h, out_w}, align_corners);  // (N, h, w, 2)
+  const auto points = at::cat({base, at::ones_like(base.slice(-1, 0, 1))}, -1);          // (x, y, 1)
+  const auto uvw = at::einsum("nij,nhwj->nhwi", {H, points});
+  const auto w = uvw.slice(-1, 2, 3);
+  const double eps = 1e-6;
+  const auto w_safe = at::where(w.abs() < eps, at::where(w < 0, -eps, eps).to(w.scalar_type()), w);
+  return (uvw.slice(-1, 0, 2) / w_safe).clamp(-1e6, 1e6);
+}
+
+void check_homography(bool channels_last, int64_t padding, bool align_corners) {
+  auto forward = c10::Dispatcher::singleton()
+                     .findSchemaOrThrow("reidfast::homography_warp_forward", "")
+                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, c10::string_view,
+                                       bool)>();
+  auto backward = c10::Dispatcher::singleton()
+                      .findSchemaOrThrow("reidfast::homography_warp_backward", "")
+                      .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, c10::string_view, bool,
+                                                                std::array<bool, 2>)>();
+  const char* names[] = {"zeros", "border", "reflection"};
+  const std::string tag = std::string(" (") + names[padding] + (align_corners ? ", align" : "") +
+                          (channels_last ? ", channels_last)" : ")");
+  at::manual_seed(0);
+  auto img = at::randn({2, 3, 9, 7}, at::kDouble);
+  if (channels_last) img = img.contiguous(at::MemoryFormat::ChannelsLast);
+  auto H = at::eye(3, at::kDouble).unsqueeze(0).repeat({2, 1, 1}) + 0.2 * at::randn({2, 3, 3}, at::kDouble);
+  const int64_t out_h = 6, out_w = 11;
+  const auto y = forward.call(img, H, out_h, out_w, names[padding], align_corners);
+  auto imgd = img.detach().requires_grad_(true);
+  auto Hd = H.detach().requires_grad_(true);
+  const auto want = at::grid_sampler(imgd, homography_grid_aten(Hd, out_h, out_w, align_corners), /*bilinear*/ 0,
+                                     padding, align_corners);
+  expect_close("homography_warp_forward vs grid_sampler" + tag, y, want, 1e-12);
+  const auto gy = at::randn_like(want);
+  auto grads = torch::autograd::grad({want}, {imgd, Hd}, {gy});
+  auto [gi, gh] = backward.call(gy, img, H, names[padding], align_corners, {true, true});
+  expect_close("homography_warp_backward grad_img vs autograd" + tag, gi, grads[0], 1e-11);
+  expect_close("homography_warp_backward grad_H vs autograd" + tag, gh, grads[1], 1e-9);
 }
 
 }  // namespace
@@ -126,6 +170,8 @@ int main() {
   check_adain(true);
   check_rank(false);
   check_rank(true);
+  for (int64_t padding = 0; padding < 3; ++padding)
+    for (bool align : {false, true}) check_homography(padding == 1, padding, align);
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

@@ -9,15 +9,33 @@ from ._backend import resolve as resolve_backend
 from .adain import adain
 from .rank_eval import rank_eval
 from .rank_result import RankEvalResult
+from .geometry import (
+    compose_warps,
+    homography_from_params,
+    homography_inverse,
+    normalization_matrix,
+    normalized_to_pixel,
+    pixel_to_normalized,
+    warp_perspective,
+)
+from .homography import homography_warp
 
 __all__ = [
     "BACKENDS",
     "RankEvalResult",
     "adain",
+    "compose_warps",
     "explain_backend",
     "get_backend",
     "rank_eval",
+    "homography_from_params",
+    "homography_inverse",
+    "homography_warp",
+    "normalization_matrix",
+    "normalized_to_pixel",
+    "pixel_to_normalized",
     "resolve_backend",
     "set_backend",
     "use_backend",
+    "warp_perspective",
 ]

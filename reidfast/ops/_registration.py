@@ -63,3 +63,36 @@ def _rank_queries_fake(dist, q_pids, q_camids, g_pids, g_camids, ap_mode):
 def register_rank_queries_op(name: str) -> None:
     """Fake kernel of the per-query ranking op (no autograd: ranks are not differentiable)."""
     torch.library.register_fake(name)(_rank_queries_fake)
+def _homography_forward_fake(img, H, out_h, out_w, padding_mode, align_corners):
+    return img.new_empty((img.shape[0], img.shape[1], out_h, out_w)).contiguous(memory_format=_row_layout(img))
+
+
+def _homography_backward_fake(grad_out, img, H, padding_mode, align_corners, output_mask):
+    grad_img = torch.empty_like(img, memory_format=_row_layout(img)) if output_mask[0] else img.new_empty((0,))
+    grad_H = torch.empty_like(H, memory_format=torch.contiguous_format) if output_mask[1] else H.new_empty((0,))
+    return grad_img, grad_H
+
+
+def register_homography_op_pair(forward_name: str, backward_name: str) -> None:
+    """Registers fake kernels for a homography-warp forward/backward op pair and autograd for the forward.
+
+    The backward op computes only the gradients autograd asks for (output_mask); one not asked for comes back
+    with shape (0,) and is returned to autograd as None.
+    """
+    torch.library.register_fake(forward_name)(_homography_forward_fake)
+    torch.library.register_fake(backward_name)(_homography_backward_fake)
+    backward_op = getattr(torch.ops.reidfast, backward_name.split("::")[1]).default
+
+    def setup_context(ctx, inputs, output):
+        img, H, _out_h, _out_w, padding_mode, align_corners = inputs
+        ctx.save_for_backward(img, H)
+        ctx.padding_mode = padding_mode
+        ctx.align_corners = align_corners
+
+    def backward(ctx, grad_out):
+        img, H = ctx.saved_tensors
+        mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+        grad_img, grad_H = backward_op(grad_out, img, H, ctx.padding_mode, ctx.align_corners, mask)
+        return (grad_img if mask[0] else None, grad_H if mask[1] else None, None, None, None, None)
+
+    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)

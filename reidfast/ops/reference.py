@@ -146,3 +146,61 @@ def rank_eval(
         outputs.append((ap, inp, first_hit, num_matches))
     ap, inp, first_hit, num_matches = (torch.cat(t) for t in zip(*outputs))
     return summarize(ap, inp, first_hit, num_matches, min(max_rank, num_g), ap_mode, metric)
+# ---- homography warp ---------------------------------------------------------------------------------------
+# The rule for points at or near the horizon (denominator w of the projective division near 0), shared with the
+# kernels (csrc/include/reidfast/homography_math.h, triton/homography.py): |w| is raised to at least
+# HOMOGRAPHY_MIN_DENOMINATOR keeping its sign (w == 0 counts as positive), and the resulting normalized
+# coordinates are clamped to +-HOMOGRAPHY_MAX_COORD. Such points sample the padding; nothing becomes Inf or NaN.
+HOMOGRAPHY_MIN_DENOMINATOR = 1e-6
+HOMOGRAPHY_MAX_COORD = 1e6
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def base_coordinates(size: int, align_corners: bool, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Normalized coordinates of the pixel centres of an axis of `size` pixels: affine_grid's base grid.
+
+    align_corners=True: -1 and 1 are the first and last centres; False: they are the outer edges; one pixel: 0.
+    """
+    if size == 1:
+        return torch.zeros(1, dtype=dtype, device=device)
+    i = torch.arange(size, dtype=dtype, device=device)
+    if align_corners:
+        return 2 * i / (size - 1) - 1
+    return (2 * i + 1) / size - 1
+
+
+def homography_grid(H: torch.Tensor, out_size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """The (N, Hout, Wout, 2) grid_sample grid of homography_warp: H applied to affine_grid's base coordinates.
+
+    Computed in H's dtype. The base coordinates are those of an identity `affine_grid` (same align_corners).
+    """
+    out_h, out_w = out_size
+    ys = base_coordinates(out_h, align_corners, H.dtype, H.device)
+    xs = base_coordinates(out_w, align_corners, H.dtype, H.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1)  # (Hout, Wout, 3): (x, y, 1)
+    uvw = torch.einsum("nij,hwj->nhwi", H, points)
+    w = uvw[..., 2:]
+    eps = HOMOGRAPHY_MIN_DENOMINATOR
+    w_safe = torch.where(w.abs() < eps, torch.where(w < 0, -eps, eps).to(w.dtype), w)
+    return (uvw[..., :2] / w_safe).clamp(-HOMOGRAPHY_MAX_COORD, HOMOGRAPHY_MAX_COORD)
+
+
+def homography_warp(
+    img: torch.Tensor,
+    H: torch.Tensor,
+    out_size: tuple[int, int] | None = None,
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Bilinear sampling of img at the points H maps the output's normalized coordinates to.
+
+    H (N, 3, 3) maps an output point (x, y, 1), x and y in [-1, 1] as in affine_grid/grid_sample under
+    align_corners, to input normalized coordinates after the projective division (with the horizon rule above).
+    Coordinates and interpolation are computed in float32 (float64 for a float64 img); the result has img's dtype.
+    """
+    acc = opmath_dtype(img.dtype)
+    size = tuple(img.shape[-2:]) if out_size is None else tuple(out_size)
+    grid = homography_grid(H.to(acc), size, align_corners)
+    out = F.grid_sample(img.to(acc), grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners)
+    return out.to(img.dtype)

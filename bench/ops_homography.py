@@ -1,0 +1,84 @@
+"""Benchmark cases for reidfast.ops.homography_warp against the reference (eager and torch.compile'd).
+
+Passes: fwd; fwdbwd_H (image not requiring grad: the localization network learning through the warp of a real
+image); fwdbwd (both gradients: the image comes from a generator).
+"""
+from __future__ import annotations
+
+import torch
+
+from reidfast import ops
+from reidfast.ops import reference
+
+# (N, C, Hin, Win): SA-GAN warps every 256x128 re-id image (batch 16 in the paper's setting; 128 to measure
+# bandwidth away from launch overhead) and also feature maps of the generator.
+SHAPES = [(128, 3, 256, 128), (16, 3, 256, 128), (16, 64, 128, 64), (16, 256, 64, 32)]
+QUICK_SHAPES = [(128, 3, 256, 128)]
+CPU_SHAPES = [(16, 3, 256, 128), (8, 64, 64, 32)]
+CPU_QUICK_SHAPES = [(16, 3, 256, 128)]
+PASSES = ("fwd", "fwdbwd_H", "fwdbwd")
+
+
+def _homographies(N, device):
+    g = torch.Generator().manual_seed(0)
+    H = torch.eye(3).expand(N, 3, 3) + 0.05 * torch.randn(N, 3, 3, generator=g)
+    H[:, 2, :2] = 0.2 * torch.randn(N, 2, generator=g)
+    return H.to(device)
+
+
+def _reference_call(img, H):
+    return reference.homography_warp(img, H, None, "zeros", False)
+
+
+def _bytes(img, pass_):
+    # fwd: read img, write out (+ H). grad_H pass: also read grad_out and img again. Both: plus write grad_img
+    # (read-modify-write of the accumulation buffer counted once each way).
+    e = img.element_size() * img.numel()
+    return {"fwd": 2 * e, "fwdbwd_H": 4 * e, "fwdbwd": 6 * e}[pass_]
+
+
+def cases(device: torch.device, quick: bool):
+    """Yields dicts: name fields, the callables to time for reidfast and the reference, and bytes moved."""
+    if device.type == "cpu":
+        shapes = CPU_QUICK_SHAPES if quick else CPU_SHAPES
+        dtypes = [torch.float32]
+        backends = ["cpu"]
+    else:
+        shapes = QUICK_SHAPES if quick else SHAPES
+        dtypes = [torch.float32, torch.bfloat16]
+        backends = ["cuda", "triton"]
+    compiled_reference = torch.compile(_reference_call)
+    for shape in shapes:
+        for dtype in dtypes:
+            img = torch.randn(shape, device=device, dtype=dtype)
+            H = _homographies(shape[0], device)
+            gy = torch.randn_like(img)
+            for pass_ in PASSES:
+                need_img = pass_ == "fwdbwd"
+                need_h = pass_ != "fwd"
+                x = img.detach().clone().requires_grad_(need_img)
+                h = H.detach().clone().requires_grad_(need_h)
+                wrt = [t for t, need in ((x, need_img), (h, need_h)) if need]
+
+                def make(fn, x=x, h=h, wrt=wrt, need_h=need_h):
+                    if not need_h:
+                        def call():
+                            with torch.no_grad():
+                                fn(x, h)
+                        return call
+
+                    def call_bwd():
+                        torch.autograd.grad(fn(x, h), wrt, gy)
+                    return call_bwd
+
+                for backend in backends:
+                    def ours(img_, H_, backend=backend):
+                        with ops.use_backend(backend):
+                            return ops.homography_warp(img_, H_, None, "zeros", False)
+
+                    yield {
+                        "op": "homography", "pass": pass_, "shape": list(shape),
+                        "dtype": str(dtype).replace("torch.", ""), "backend": backend, "fn": make(ours),
+                        "ref": make(_reference_call), "ref_compiled": make(compiled_reference),
+                        "bytes": _bytes(img, pass_),
+                    }

@@ -1,0 +1,264 @@
+// Homography warp on CUDA: one thread per output point, a 2-D grid of (point blocks, samples) so that a block
+// never spans two samples. Each thread computes its point's coordinates and taps once and loops over channels.
+// Backward:
+//   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
+//             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
+//             raises through at::globalContext().alertNotDeterministic, as grid_sample's CUDA backward does.
+//   grad_H  : each thread's 9 contributions are summed over its block (warp shuffles, then shared memory), each
+//             block writes its 9 partial sums to its own slot, and the slots are summed per sample afterwards:
+//             no atomics, deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+
+#include "reidfast/grid_math.h"
+#include "reidfast/homography_checks.h"
+#include "reidfast/homography_math.h"
+
+namespace reidfast {
+namespace homography {
+namespace {
+
+constexpr int kThreads = 256;
+
+struct Geometry {
+  int64_t C, in_h, in_w, out_h, out_w;
+  int64_t in_sn, in_sc, in_sh, in_sw;
+  int64_t out_sn, out_sc, out_sh, out_sw;
+  int padding;
+  bool align_corners;
+};
+
+Geometry make_geometry(const at::Tensor& img, const at::Tensor& out, int padding, bool align_corners) {
+  return {img.size(1),   img.size(2),   img.size(3),   out.size(2),   out.size(3),
+          img.stride(0), img.stride(1), img.stride(2), img.stride(3), out.stride(0),
+          out.stride(1), out.stride(2), out.stride(3), padding,       align_corners};
+}
+
+// The output point this thread owns, resolved to tap offsets (relative to a channel's base) and in-image flags.
+template <typename T>
+struct DevicePoint {
+  Projected<T> proj;
+  grid::SamplePoint<T> sp;
+  int64_t off[4];
+  bool in[4];
+  T x, y;
+};
+
+template <typename T>
+__device__ __forceinline__ DevicePoint<T> resolve_point(const T* __restrict__ h, int64_t i, int64_t j,
+                                                        const Geometry& g) {
+  DevicePoint<T> d;
+  d.x = grid::base_coordinate<T>(j, g.out_w, g.align_corners);
+  d.y = grid::base_coordinate<T>(i, g.out_h, g.align_corners);
+  const T hh[9] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]};
+  d.proj = project(hh, d.x, d.y);
+  d.sp = grid::sample_point(d.proj.gx, d.proj.gy, g.in_w, g.in_h, g.padding, g.align_corners);
+  const grid::Taps<T>& t = d.sp.taps;
+  d.in[0] = t.in_x0 && t.in_y0;
+  d.in[1] = t.in_x1 && t.in_y0;
+  d.in[2] = t.in_x0 && t.in_y1;
+  d.in[3] = t.in_x1 && t.in_y1;
+  const int64_t o = t.y0 * g.in_sh + t.x0 * g.in_sw;
+  d.off[0] = o;
+  d.off[1] = o + g.in_sw;
+  d.off[2] = o + g.in_sh;
+  d.off[3] = o + g.in_sh + g.in_sw;
+  return d;
+}
+
+template <typename scalar_t>
+__global__ void homography_forward_kernel(const scalar_t* __restrict__ img,
+                                          const at::opmath_type<scalar_t>* __restrict__ H,
+                                          scalar_t* __restrict__ out, Geometry g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n = blockIdx.y;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= g.out_h * g.out_w) return;
+  const int64_t i = p / g.out_w, j = p % g.out_w;
+  const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
+  const grid::Taps<acc_t>& t = d.sp.taps;
+  const acc_t w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
+  const scalar_t* src = img + n * g.in_sn;
+  scalar_t* dst = out + n * g.out_sn + i * g.out_sh + j * g.out_sw;
+  for (int64_t c = 0; c < g.C; ++c) {
+    const scalar_t* s = src + c * g.in_sc;
+    acc_t v = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (d.in[k]) v += w[k] * static_cast<acc_t>(s[d.off[k]]);
+    dst[c * g.out_sc] = static_cast<scalar_t>(v);
+  }
+}
+
+// Sum of v over the block; the result is valid in thread 0.
+template <typename T>
+__device__ __forceinline__ void block_sum9(T (&v)[9], T (*shared)[9]) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < 9; ++k) {
+    T s = v[k];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) shared[warp][k] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int k = 0; k < 9; ++k) {
+      T s = 0;
+      for (int w = 0; w < kThreads / 32; ++w) s += shared[w][k];
+      v[k] = s;
+    }
+  }
+}
+
+template <typename scalar_t, bool kNeedImg, bool kNeedH>
+__global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out,
+                                           const scalar_t* __restrict__ img,
+                                           const at::opmath_type<scalar_t>* __restrict__ H,
+                                           at::opmath_type<scalar_t>* __restrict__ grad_img,
+                                           at::opmath_type<scalar_t>* __restrict__ grad_h_partial, Geometry g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t shared[kThreads / 32][9];
+  const int64_t n = blockIdx.y;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  acc_t contrib[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+  if (p < g.out_h * g.out_w) {
+    const int64_t i = p / g.out_w, j = p % g.out_w;
+    const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
+    const grid::Taps<acc_t>& t = d.sp.taps;
+    const acc_t w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
+    const scalar_t* src = img + n * g.in_sn;
+    acc_t* gsrc = kNeedImg ? grad_img + n * g.in_sn : nullptr;
+    const scalar_t* go_ptr = grad_out + n * g.out_sn + i * g.out_sh + j * g.out_sw;
+    acc_t dpx = 0, dpy = 0;
+    for (int64_t c = 0; c < g.C; ++c) {
+      const acc_t go = static_cast<acc_t>(go_ptr[c * g.out_sc]);
+      if (kNeedH) {
+        const scalar_t* s = src + c * g.in_sc;
+        acc_t v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = d.in[k] ? static_cast<acc_t>(s[d.off[k]]) : acc_t(0);
+        acc_t vx, vy;
+        grid::interpolate_grad_xy(t, v[0], v[1], v[2], v[3], &vx, &vy);
+        dpx += go * vx;
+        dpy += go * vy;
+      }
+      if (kNeedImg) {
+        acc_t* gs = gsrc + c * g.in_sc;
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (d.in[k]) atomicAdd(gs + d.off[k], go * w[k]);
+      }
+    }
+    if (kNeedH) {
+      acc_t a[3];
+      grad_coefficients(d.proj, dpx * d.sp.dpx_dgx, dpy * d.sp.dpy_dgy, a);
+#pragma unroll
+      for (int r = 0; r < 3; ++r) {
+        contrib[r * 3 + 0] = a[r] * d.x;
+        contrib[r * 3 + 1] = a[r] * d.y;
+        contrib[r * 3 + 2] = a[r];
+      }
+    }
+  }
+  if (kNeedH) {
+    block_sum9(contrib, shared);
+    if (threadIdx.x == 0) {
+      acc_t* slot = grad_h_partial + (n * gridDim.x + blockIdx.x) * 9;
+#pragma unroll
+      for (int k = 0; k < 9; ++k) slot[k] = contrib[k];
+    }
+  }
+}
+
+dim3 launch_grid(int64_t N, int64_t points) {
+  TORCH_CHECK(N <= 65535, "homography_warp (CUDA): at most 65535 samples per call, got ", N);
+  return dim3(static_cast<unsigned>((points + kThreads - 1) / kThreads), static_cast<unsigned>(N));
+}
+
+at::Tensor homography_warp_forward_cuda(const at::Tensor& img_in, const at::Tensor& H_in, int64_t out_h,
+                                        int64_t out_w, c10::string_view padding_mode, bool align_corners) {
+  check_inputs(img_in, H_in, c10::DeviceType::CUDA);
+  check_out_size(out_h, out_w);
+  const int padding = parse_padding(padding_mode);
+  const c10::cuda::CUDAGuard guard(img_in.device());
+  const auto layout = layout_of(img_in);
+  const at::Tensor img = img_in.contiguous(layout);
+  const at::Tensor H = H_in.contiguous();
+  at::Tensor out = at::empty({img.size(0), img.size(1), out_h, out_w}, img.options().memory_format(layout));
+  if (out.numel() == 0) return out;
+  if (img.size(2) == 0 || img.size(3) == 0) return out.zero_();
+  const Geometry g = make_geometry(img, out, padding, align_corners);
+  const dim3 blocks = launch_grid(img.size(0), out_h * out_w);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "homography_warp_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    homography_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        img.const_data_ptr<scalar_t>(), H.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), g);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tensor& grad_out_in,
+                                                                 const at::Tensor& img_in, const at::Tensor& H_in,
+                                                                 c10::string_view padding_mode, bool align_corners,
+                                                                 std::array<bool, 2> output_mask) {
+  check_inputs(img_in, H_in, c10::DeviceType::CUDA);
+  check_grad_out(grad_out_in, img_in);
+  const int padding = parse_padding(padding_mode);
+  const bool need_img = output_mask[0], need_h = output_mask[1];
+  if (need_img) at::globalContext().alertNotDeterministic("homography_warp_backward_cuda (gradient in img)");
+  const c10::cuda::CUDAGuard guard(img_in.device());
+  const auto layout = layout_of(img_in);
+  const at::Tensor img = img_in.contiguous(layout);
+  const at::Tensor grad_out = grad_out_in.contiguous(layout);
+  const at::Tensor H = H_in.contiguous();
+  const auto acc_type = coord_type(img.scalar_type());
+  at::Tensor grad_img_acc = need_img ? at::zeros_like(img, img.options().dtype(acc_type), layout) : at::Tensor();
+  const int64_t N = img.size(0), points = grad_out.size(2) * grad_out.size(3);
+  const bool empty = grad_out.numel() == 0 || img.size(2) == 0 || img.size(3) == 0 || !(need_img || need_h);
+  const dim3 blocks = empty ? dim3(1, 1) : launch_grid(N, points);
+  at::Tensor partial = at::zeros({N, static_cast<int64_t>(blocks.x), 9}, H.options());
+  if (!empty) {
+    const Geometry g = make_geometry(img, grad_out, padding, align_corners);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "homography_warp_backward_cuda",
+                                    [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
+      const scalar_t* ip = img.const_data_ptr<scalar_t>();
+      const acc_t* hp = H.const_data_ptr<acc_t>();
+      acc_t* gip = need_img ? grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
+      acc_t* pp = partial.mutable_data_ptr<acc_t>();
+      if (need_img && need_h)
+        homography_backward_kernel<scalar_t, true, true><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
+      else if (need_img)
+        homography_backward_kernel<scalar_t, true, false><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
+      else
+        homography_backward_kernel<scalar_t, false, true><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  at::Tensor grad_img = need_img ? grad_img_acc.to(img.scalar_type()) : at::empty({0}, img.options());
+  at::Tensor grad_H = need_h ? partial.sum(1).view({N, 3, 3}) : at::empty({0}, H.options());
+  return {grad_img, grad_H};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(reidfast, CUDA, m) {
+  m.impl("homography_warp_forward", &homography_warp_forward_cuda);
+  m.impl("homography_warp_backward", &homography_warp_backward_cuda);
+}
+
+}  // namespace homography
+}  // namespace reidfast

@@ -1,0 +1,182 @@
+// Per-point math of bilinear grid sampling, written once for the CPU and CUDA kernels. It follows the semantics of
+// torch.nn.functional.grid_sample(mode="bilinear") so that the fused homography warp agrees with it in values and
+// gradients, borders included.
+//
+// Coordinate conventions (normalized <-> pixel), per axis of `size` pixels:
+//   align_corners=true : -1 and +1 are the centres of the first and last pixels: p = (g + 1) / 2 * (size - 1)
+//   align_corners=false: -1 and +1 are the outer edges of the first and last pixels: p = ((g + 1) * size - 1) / 2
+// The output grid's base coordinates (affine_grid's convention) are the inverse map at pixel centres, with a single
+// pixel mapped to 0.
+//
+// Padding (applied to the pixel coordinate before the bilinear taps):
+//   zeros     : taps outside the image read 0 (and receive no gradient)
+//   border    : the coordinate is clipped to [0, size - 1]; d/dp = 0 where it clips (also at exactly 0 or size - 1,
+//               as PyTorch does)
+//   reflection: the coordinate is reflected about the borders (pixel centres for align_corners=true, pixel edges
+//               for false) until it lies inside, then clipped as for border
+#pragma once
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+namespace reidfast {
+namespace grid {
+
+enum Padding : int { kZeros = 0, kBorder = 1, kReflection = 2 };
+
+// Normalized output coordinate of pixel index i of `size` (affine_grid's base grid).
+template <typename T>
+C10_HOST_DEVICE inline T base_coordinate(int64_t i, int64_t size, bool align_corners) {
+  if (size <= 1) return T(0);
+  if (align_corners) return T(2) * static_cast<T>(i) / static_cast<T>(size - 1) - T(1);
+  return (T(2) * static_cast<T>(i) + T(1)) / static_cast<T>(size) - T(1);
+}
+
+// Normalized -> pixel coordinate; *scale receives dp/dg.
+template <typename T>
+C10_HOST_DEVICE inline T unnormalize(T g, int64_t size, bool align_corners, T* scale) {
+  if (align_corners) {
+    *scale = static_cast<T>(size - 1) / T(2);
+    return (g + T(1)) * *scale;
+  }
+  *scale = static_cast<T>(size) / T(2);
+  return ((g + T(1)) * static_cast<T>(size) - T(1)) / T(2);
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T clip(T p, int64_t size, T* grad) {
+  if (p <= T(0)) {
+    *grad = T(0);
+    return T(0);
+  }
+  const T hi = static_cast<T>(size - 1);
+  if (p >= hi) {
+    *grad = T(0);
+    return hi;
+  }
+  *grad = T(1);
+  return p;
+}
+
+// Reflects p into [twice_low / 2, twice_high / 2] (bounds given doubled so that half-pixel edges stay integers).
+template <typename T>
+C10_HOST_DEVICE inline T reflect(T p, int64_t twice_low, int64_t twice_high, T* grad) {
+  if (twice_low == twice_high) {
+    *grad = T(0);
+    return T(0);
+  }
+  T sign = T(1);
+  const T low = static_cast<T>(twice_low) / T(2);
+  const T span = static_cast<T>(twice_high - twice_low) / T(2);
+  p -= low;
+  if (p < T(0)) {
+    sign = T(-1);
+    p = -p;
+  }
+  const T extra = ::fmod(p, span);
+  const int64_t flips = static_cast<int64_t>(::floor(p / span));
+  if (flips % 2 == 0) {
+    *grad = sign;
+    return extra + low;
+  }
+  *grad = -sign;
+  return span - extra + low;
+}
+
+// Applies the padding rule to a pixel coordinate; *grad receives d(result)/dp. For zeros padding the coordinate is
+// also kept within [-2, size + 1]: every tap beyond that is outside the image (value 0, gradient 0) either way, and
+// the bound keeps the integer tap indices far from overflow for coordinates from near-singular homographies.
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T apply_padding(T p, int64_t size, int padding, bool align_corners, T* grad) {
+  if (!(p == p)) {  // NaN (only from a NaN homography): sample outside the image
+    *grad = T(0);
+    return T(-2);
+  }
+  if (padding == kBorder) return clip(p, size, grad);
+  if (padding == kReflection) {
+    T g_reflect, g_clip;
+    const T r = align_corners ? reflect(p, 0, 2 * (size - 1), &g_reflect) : reflect(p, -1, 2 * size - 1, &g_reflect);
+    const T c = clip(r, size, &g_clip);
+    *grad = g_reflect * g_clip;
+    return c;
+  }
+  *grad = T(1);
+  const T lo = T(-2), hi = static_cast<T>(size + 1);
+  return p < lo ? lo : (p > hi ? hi : p);
+}
+
+// The four taps of bilinear interpolation at pixel coordinate (px, py): corner indices and weights.
+template <typename T>
+struct Taps {
+  int64_t x0, y0;  // north-west corner; the others are +1 in x and/or y
+  T tx, ty;        // fractional offsets in [0, 1)
+  bool in_x0, in_x1, in_y0, in_y1;
+  C10_HOST_DEVICE inline T w00() const { return (T(1) - tx) * (T(1) - ty); }
+  C10_HOST_DEVICE inline T w01() const { return tx * (T(1) - ty); }  // (x0 + 1, y0)
+  C10_HOST_DEVICE inline T w10() const { return (T(1) - tx) * ty; }  // (x0, y0 + 1)
+  C10_HOST_DEVICE inline T w11() const { return tx * ty; }
+};
+
+// floor of a finite coordinate that apply_padding has bounded to [-2, size + 1]. On the host this avoids a libm
+// call (x86-64 without SSE4.1 has no floor instruction): truncate, then step down for negative non-integers.
+template <typename T>
+C10_HOST_DEVICE inline int64_t floor_bounded(T p) {
+#ifdef __CUDA_ARCH__
+  return static_cast<int64_t>(::floor(p));
+#else
+  const int64_t i = static_cast<int64_t>(p);
+  return static_cast<T>(i) > p ? i - 1 : i;
+#endif
+}
+
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE Taps<T> bilinear_taps(T px, T py, int64_t width, int64_t height) {
+  Taps<T> t;
+  t.x0 = floor_bounded(px);
+  t.y0 = floor_bounded(py);
+  const T fx = static_cast<T>(t.x0), fy = static_cast<T>(t.y0);
+  t.tx = px - fx;
+  t.ty = py - fy;
+  t.in_x0 = t.x0 >= 0 && t.x0 < width;
+  t.in_x1 = t.x0 + 1 >= 0 && t.x0 + 1 < width;
+  t.in_y0 = t.y0 >= 0 && t.y0 < height;
+  t.in_y1 = t.y0 + 1 >= 0 && t.y0 + 1 < height;
+  return t;
+}
+
+// A sampling point fully resolved: taps and d(pixel coordinate)/d(normalized coordinate) per axis, padding
+// included. Both the forward and the backward kernels build it with this one function.
+template <typename T>
+struct SamplePoint {
+  Taps<T> taps;
+  T dpx_dgx, dpy_dgy;
+};
+
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE SamplePoint<T> sample_point(T gx, T gy, int64_t width, int64_t height, int padding,
+                                                   bool align_corners) {
+  SamplePoint<T> s;
+  T sx, sy, pad_x, pad_y;
+  const T px = apply_padding(unnormalize(gx, width, align_corners, &sx), width, padding, align_corners, &pad_x);
+  const T py = apply_padding(unnormalize(gy, height, align_corners, &sy), height, padding, align_corners, &pad_y);
+  s.taps = bilinear_taps(px, py, width, height);
+  s.dpx_dgx = sx * pad_x;
+  s.dpy_dgy = sy * pad_y;
+  return s;
+}
+
+// Interpolated value from the four corner values (out-of-image corners must be passed as 0).
+template <typename T>
+C10_HOST_DEVICE inline T interpolate(const Taps<T>& t, T v00, T v01, T v10, T v11) {
+  return v00 * t.w00() + v01 * t.w01() + v10 * t.w10() + v11 * t.w11();
+}
+
+// d(interpolated value)/d(pixel coordinate) for one channel, given its corner values (0 outside).
+template <typename T>
+C10_HOST_DEVICE inline void interpolate_grad_xy(const Taps<T>& t, T v00, T v01, T v10, T v11, T* dx, T* dy) {
+  *dx = (v01 - v00) * (T(1) - t.ty) + (v11 - v10) * t.ty;
+  *dy = (v10 - v00) * (T(1) - t.tx) + (v11 - v01) * t.tx;
+}
+
+}  // namespace grid
+}  // namespace reidfast

@@ -1,0 +1,63 @@
+// Argument checks of the homography warp kernels, shared by the CPU and CUDA registrations (host code only).
+#pragma once
+#include <ATen/ATen.h>
+#include <string>
+
+#include "reidfast/grid_math.h"
+
+namespace reidfast {
+namespace homography {
+
+inline int parse_padding(c10::string_view name) {
+  if (name == "zeros") return grid::kZeros;
+  if (name == "border") return grid::kBorder;
+  if (name == "reflection") return grid::kReflection;
+  TORCH_CHECK_VALUE(false, "homography_warp: padding_mode must be one of 'zeros', 'border', 'reflection', got '",
+                    std::string(name), "'");
+  return grid::kZeros;
+}
+
+// Coordinates are computed in float64 for float64 images, float32 otherwise; H must already be in that dtype.
+inline c10::ScalarType coord_type(c10::ScalarType image_type) {
+  return image_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_inputs(const at::Tensor& img, const at::Tensor& H, c10::DeviceType device) {
+  TORCH_CHECK_VALUE(img.dim() == 4, "homography_warp: img must be 4-D (N, C, H, W), got shape ", img.sizes());
+  TORCH_CHECK_TYPE(img.scalar_type() == at::kFloat || img.scalar_type() == at::kDouble ||
+                       img.scalar_type() == at::kHalf || img.scalar_type() == at::kBFloat16,
+                   "homography_warp: img must be float32, float64, float16 or bfloat16, got ", img.scalar_type());
+  TORCH_CHECK(img.device().type() == device, "homography_warp: img is on ", img.device(),
+              " but this kernel runs on ", c10::DeviceTypeName(device));
+  TORCH_CHECK_VALUE(H.dim() == 3 && H.size(0) == img.size(0) && H.size(1) == 3 && H.size(2) == 3,
+                    "homography_warp: H must have shape (N, 3, 3) = (", img.size(0), ", 3, 3), got ", H.sizes());
+  const auto want = coord_type(img.scalar_type());
+  TORCH_CHECK_TYPE(H.scalar_type() == want, "homography_warp: H must be ", want, " for img of dtype ",
+                   img.scalar_type(), ", got ", H.scalar_type());
+  TORCH_CHECK(H.device() == img.device(), "homography_warp: H is on ", H.device(), " but img is on ", img.device());
+}
+
+inline void check_out_size(int64_t out_h, int64_t out_w) {
+  TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, "homography_warp: out_size must be positive, got (", out_h, ", ",
+                    out_w, ")");
+}
+
+// Layout rule of every reidfast image kernel (see adain_checks.h): channels_last only when img is exactly that.
+inline at::MemoryFormat layout_of(const at::Tensor& img) {
+  return img.is_contiguous(at::MemoryFormat::ChannelsLast) && !img.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                                                   : at::MemoryFormat::Contiguous;
+}
+
+inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& img) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == img.size(0) && grad_out.size(1) == img.size(1),
+                    "homography_warp_backward: grad_out must be (N, C, Hout, Wout) with N, C of img ", img.sizes(),
+                    ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == img.scalar_type(),
+                   "homography_warp_backward: grad_out must have img's dtype ", img.scalar_type(), ", got ",
+                   grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == img.device(), "homography_warp_backward: grad_out is on ", grad_out.device(),
+              " but img is on ", img.device());
+}
+
+}  // namespace homography
+}  // namespace reidfast

@@ -1,0 +1,70 @@
+"""SA-GAN's spatial transformer: a localization network predicts a homography per image, the fused warp applies it.
+
+SA-GAN makes the warp stochastic by concatenating a random spatial code z ~ N(0, I) to the localization network's
+input; here the code is broadcast over the image as `code_dim` constant channels. The last layer starts at zero,
+so a fresh module warps by the identity.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import homography_from_params, homography_warp
+
+
+class HomographyTransformer(nn.Module):
+    """(img, code=None) -> (warped img, H).
+
+    in_channels: image channels. code_dim: size of the random spatial code (0: none); when forward gets no code
+      it samples one from N(0, I). hidden: width of the localization network. out_size: (Hout, Wout) of the warp
+      (default the input size). padding_mode, align_corners: as homography_warp, whose normalized convention H
+      follows (H maps output normalized coordinates to input ones).
+    """
+
+    def __init__(self, in_channels: int = 3, code_dim: int = 0, hidden: int = 32, out_size=None,
+                 padding_mode: str = "zeros", align_corners: bool = False):
+        super().__init__()
+        if in_channels < 1 or code_dim < 0 or hidden < 1:
+            raise ValueError(f"HomographyTransformer: need in_channels >= 1, code_dim >= 0, hidden >= 1; got "
+                             f"{in_channels}, {code_dim}, {hidden}")
+        self.in_channels = in_channels
+        self.code_dim = code_dim
+        self.out_size = None if out_size is None else tuple(out_size)
+        self.padding_mode = padding_mode
+        self.align_corners = align_corners
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels + code_dim, hidden, 5, stride=2, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 5, stride=2, padding=2), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d((4, 2)),  # re-id images are about twice as tall as wide
+            nn.Flatten(),
+            nn.Linear(hidden * 8, hidden), nn.ReLU(inplace=True),
+        )
+        self.params = nn.Linear(hidden, 8)
+        nn.init.zeros_(self.params.weight)
+        nn.init.zeros_(self.params.bias)
+
+    def localize(self, img: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
+        """The (N, 3, 3) homography the module would apply to img."""
+        if img.dim() != 4 or img.shape[1] != self.in_channels:
+            raise ValueError(f"HomographyTransformer: img must be (N, {self.in_channels}, H, W), got {tuple(img.shape)}")
+        x = img
+        if self.code_dim:
+            if code is None:
+                code = torch.randn(img.shape[0], self.code_dim, device=img.device, dtype=img.dtype)
+            if code.shape != (img.shape[0], self.code_dim):
+                raise ValueError(f"HomographyTransformer: code must be (N, {self.code_dim}), got {tuple(code.shape)}")
+            x = torch.cat([img, code.to(img.dtype)[:, :, None, None].expand(-1, -1, *img.shape[2:])], dim=1)
+        elif code is not None:
+            raise ValueError("HomographyTransformer: got a code but the module was built with code_dim=0")
+        p = self.params(self.features(x))
+        # Matrix math in float32 (float64 for float64 images) even when the network runs in half precision.
+        return homography_from_params(p.to(torch.float64 if img.dtype == torch.float64 else torch.float32))
+
+    def forward(self, img: torch.Tensor, code: torch.Tensor | None = None):
+        H = self.localize(img, code)
+        warped = homography_warp(img, H, self.out_size, self.padding_mode, self.align_corners)
+        return warped, H
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, code_dim={self.code_dim}, out_size={self.out_size}, "
+                f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}")

@@ -1,0 +1,103 @@
+"""Homography helpers around `homography_warp`: parameterization, inverse, composition, and conversion between
+pixel-coordinate matrices and the normalized convention the op uses.
+
+Coordinate conventions (defined here once; the kernels' versions are in csrc/include/reidfast/grid_math.h):
+
+* Pixel coordinates: (u, v) = (column, row), the centre of pixel [row i, column j] is at (j, i); the image spans
+  [-0.5, W - 0.5] x [-0.5, H - 0.5]. This is OpenCV's and kornia's convention.
+* Normalized coordinates (affine_grid / grid_sample), per axis of `size` pixels:
+    align_corners=True : g = 2 p / (size - 1) - 1     (-1, +1 are the centres of the first and last pixels)
+    align_corners=False: g = (2 p + 1) / size - 1     (-1, +1 are the outer edges of the first and last pixels)
+  An axis of a single pixel maps its centre to 0 in both (affine_grid's rule).
+* `homography_warp(img, H)` takes H mapping OUTPUT normalized coordinates to INPUT normalized coordinates
+  (a backward map, like affine_grid's theta). Kornia/OpenCV matrices M map SOURCE pixels to DESTINATION pixels
+  (a forward map); `warp_perspective` and `pixel_to_normalized` convert.
+"""
+from __future__ import annotations
+
+import torch
+
+from .homography import homography_warp
+
+
+def homography_from_params(p: torch.Tensor) -> torch.Tensor:
+    """(N, 8) parameters -> (N, 3, 3) homographies I + [[p0, p1, p2], [p3, p4, p5], [p6, p7, 0]].
+
+    Zero parameters give the identity, so a localization network whose last layer starts at zero starts at the
+    identity warp. Differentiable.
+    """
+    if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[1] != 8:
+        raise ValueError(f"homography_from_params: p must have shape (N, 8), got {getattr(p, 'shape', type(p))}")
+    if not p.is_floating_point():
+        raise TypeError(f"homography_from_params: p must be a floating-point tensor, got {p.dtype}")
+    flat = torch.cat([p, p.new_zeros(p.shape[0], 1)], dim=1).view(-1, 3, 3)
+    return flat + torch.eye(3, dtype=p.dtype, device=p.device)
+
+
+def homography_inverse(H: torch.Tensor) -> torch.Tensor:
+    """Batched inverse of (..., 3, 3) homographies (the warp that undoes H, up to resampling)."""
+    return torch.linalg.inv(H)
+
+
+def compose_warps(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """H such that homography_warp(img, H) == homography_warp(homography_warp(img, first), second) (up to
+    resampling and borders). Since each H maps output points back to input points, that is first @ second."""
+    return first @ second
+
+
+def normalization_matrix(height: int, width: int, align_corners: bool, *, dtype=torch.float32,
+                         device=None) -> torch.Tensor:
+    """(3, 3) matrix taking pixel coordinates (u, v, 1) of a height x width image to normalized ones."""
+
+    def axis(size):
+        if size < 1:
+            raise ValueError(f"normalization_matrix: sizes must be positive, got {height} x {width}")
+        if size == 1:
+            return 1.0, 0.0  # the single pixel's centre is 0; any scale works, 1 keeps the matrix invertible
+        if align_corners:
+            return 2.0 / (size - 1), -1.0
+        return 2.0 / size, 1.0 / size - 1.0
+
+    sx, ox = axis(width)
+    sy, oy = axis(height)
+    return torch.tensor([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+
+
+def pixel_to_normalized(M: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int],
+                        align_corners: bool) -> torch.Tensor:
+    """Converts M, mapping OUTPUT pixel coordinates to INPUT pixel coordinates, into homography_warp's H.
+
+    in_size, out_size: (height, width). H = N_in @ M @ N_out^-1 with N the normalization matrices.
+    """
+    n_in = normalization_matrix(*in_size, align_corners, dtype=M.dtype, device=M.device)
+    n_out = normalization_matrix(*out_size, align_corners, dtype=M.dtype, device=M.device)
+    return n_in @ M @ torch.linalg.inv(n_out)
+
+
+def normalized_to_pixel(H: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int],
+                        align_corners: bool) -> torch.Tensor:
+    """Inverse of `pixel_to_normalized`: homography_warp's H -> the map from output to input pixel coordinates."""
+    n_in = normalization_matrix(*in_size, align_corners, dtype=H.dtype, device=H.device)
+    n_out = normalization_matrix(*out_size, align_corners, dtype=H.dtype, device=H.device)
+    return torch.linalg.inv(n_in) @ H @ n_out
+
+
+def warp_perspective(img: torch.Tensor, M: torch.Tensor, dsize: tuple[int, int], padding_mode: str = "zeros",
+                     align_corners: bool = True) -> torch.Tensor:
+    """Kornia-style perspective warp: M (N, 3, 3) maps SOURCE pixel coordinates to DESTINATION pixel coordinates.
+
+    dst[n, :, i, j] = bilinear sample of img[n] at pixel M[n]^-1 (j, i, 1) (after the projective division), with
+    `padding_mode` beyond the image; dsize = (height, width) of the result. With align_corners=True (kornia's
+    default) this is kornia.geometry.transform.warp_perspective. align_corners only changes where the border and
+    reflection paddings see the image edge (pixel centres for True, outer edges for False); the pixel mapping is
+    exact for both (kornia itself normalizes with the align_corners=True convention whatever the flag).
+    Runs the fused homography_warp, so it is differentiable in img and M.
+    """
+    if not isinstance(M, torch.Tensor) or M.dim() != 3 or M.shape[-2:] != (3, 3):
+        raise ValueError(f"warp_perspective: M must have shape (N, 3, 3), got {getattr(M, 'shape', type(M))}")
+    if not isinstance(img, torch.Tensor) or img.dim() != 4:
+        raise ValueError(f"warp_perspective: img must be 4-D (N, C, H, W), got {getattr(img, 'shape', type(img))}")
+    out_h, out_w = dsize
+    Mc = M.to(torch.float64 if img.dtype == torch.float64 else torch.float32)
+    H = pixel_to_normalized(torch.linalg.inv(Mc), tuple(img.shape[-2:]), (out_h, out_w), align_corners)
+    return homography_warp(img, H, (out_h, out_w), padding_mode=padding_mode, align_corners=align_corners)

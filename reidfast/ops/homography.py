@@ -1,0 +1,92 @@
+"""`homography_warp`: bilinear grid sampling at the points a 3x3 homography maps the output to, fused (SA-GAN's
+spatial transformer). The coordinate convention and the horizon rule are defined in `reference.homography_warp`
+(and, for the kernels, csrc/include/reidfast/grid_math.h and homography_math.h)."""
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _extension, reference
+from ._registration import register_homography_op_pair
+from .reference import PADDING_MODES
+
+_IMG_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+_backend.register_op("homography_warp", ("cuda", "triton", "cpu", "reference"))
+if _extension.has_cpu_kernels():
+    register_homography_op_pair("reidfast::homography_warp_forward", "reidfast::homography_warp_backward")
+
+
+def _check_out_size(out_size, img):
+    if out_size is None:
+        return int(img.shape[2]), int(img.shape[3])
+    try:
+        out_h, out_w = out_size
+    except (TypeError, ValueError):
+        raise TypeError(f"homography_warp: out_size must be None or a pair (Hout, Wout), got {out_size!r}") from None
+    for v in (out_h, out_w):
+        if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, torch.SymInt)):
+            raise TypeError(f"homography_warp: out_size must hold two ints, got {out_size!r}")
+    if not (out_h > 0 and out_w > 0):
+        raise ValueError(f"homography_warp: out_size must be positive, got {tuple(out_size)}")
+    return out_h, out_w
+
+
+def _check(img, H, padding_mode, align_corners):
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"homography_warp: img must be a torch.Tensor, got {type(img).__name__}")
+    if img.dim() != 4:
+        raise ValueError(f"homography_warp: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
+    if img.dtype not in _IMG_DTYPES:
+        raise TypeError(f"homography_warp: img must be float32, float64, float16 or bfloat16, got {img.dtype}")
+    if not isinstance(H, torch.Tensor):
+        raise TypeError(f"homography_warp: H must be a torch.Tensor of shape (N, 3, 3), got {type(H).__name__}")
+    N = img.shape[0]
+    if tuple(H.shape) != (N, 3, 3):
+        raise ValueError(f"homography_warp: H must have shape (N, 3, 3) = ({N}, 3, 3), got {tuple(H.shape)}")
+    if not H.is_floating_point():
+        raise TypeError(f"homography_warp: H must be a floating-point tensor, got {H.dtype}")
+    if H.device != img.device:
+        raise ValueError(f"homography_warp: H is on {H.device} but img is on {img.device}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"homography_warp: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"homography_warp: align_corners must be a bool, got {type(align_corners).__name__}")
+
+
+def homography_warp(
+    img: torch.Tensor,
+    H: torch.Tensor,
+    out_size: tuple[int, int] | None = None,
+    padding_mode: str = "zeros",
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Warps img by the homography H: out[n, :, i, j] = img[n] sampled bilinearly at H[n] applied to (x_j, y_i, 1).
+
+    img: (N, C, Hin, Win) float32/float64/float16/bfloat16, contiguous or channels_last (the output keeps it).
+    H: (N, 3, 3), mapping OUTPUT normalized coordinates (x, y, 1) to INPUT normalized coordinates after the
+      projective division; x, y in [-1, 1] with affine_grid/grid_sample's meaning under `align_corners`
+      (so H = [[theta], [0, 0, 1]] reproduces affine_grid(theta) + grid_sample). Cast to float32 (float64 for a
+      float64 img), the dtype of all coordinate math.
+    out_size: (Hout, Wout), default the input size.
+    padding_mode: "zeros" | "border" | "reflection", as grid_sample.
+    Points whose projective denominator |w| < 1e-6 use w = +-1e-6 (sign kept, 0 counts as positive) and
+    coordinates are clamped to +-1e6: they sample the padding, never producing Inf or NaN.
+    Equals grid_sample(img, grid_from(H), "bilinear", padding_mode, align_corners) in values and gradients; the
+    grid is never materialized. Differentiable in img and H (only the gradients needed are computed). On CUDA the
+    gradient in img uses atomics: with torch.use_deterministic_algorithms(True) it raises (as grid_sample's
+    backward does); the gradient in H is deterministic on every backend.
+    The semantics are `reidfast.ops.reference.homography_warp`.
+    """
+    _check(img, H, padding_mode, align_corners)
+    out_h, out_w = _check_out_size(out_size, img)
+    backend = _backend.resolve("homography_warp", img.device)
+    if backend == "reference":
+        return reference.homography_warp(img, H, (out_h, out_w), padding_mode, align_corners)
+    H = H.to(reference.opmath_dtype(img.dtype))
+    if backend == "triton":
+        from .triton import homography as triton_homography  # imported on first use: needs triton
+
+        op = triton_homography.homography_warp_forward_triton
+    else:
+        op = torch.ops.reidfast.homography_warp_forward
+    return op(img, H, out_h, out_w, padding_mode, align_corners)

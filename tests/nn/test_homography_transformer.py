@@ -1,0 +1,71 @@
+"""HomographyTransformer: identity at initialization, the random spatial code, gradients through the warp."""
+import pytest
+import torch
+
+from reidfast import ops
+from reidfast.nn import HomographyTransformer
+from reidfast.ops import _extension
+
+needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
+
+
+def test_starts_at_identity_whatever_the_code():
+    net = HomographyTransformer(3, code_dim=4)
+    img = torch.randn(2, 3, 16, 8)
+    warped, H = net(img)  # code sampled from N(0, I)
+    torch.testing.assert_close(H, torch.eye(3).expand(2, 3, 3))
+    torch.testing.assert_close(warped, img, atol=1e-5, rtol=1e-5)
+
+
+def test_code_changes_the_warp_once_trained_and_is_reproducible():
+    torch.manual_seed(0)
+    net = HomographyTransformer(3, code_dim=4, out_size=(12, 6))
+    torch.nn.init.normal_(net.params.weight, std=0.05)
+    img = torch.randn(2, 3, 16, 8)
+    code = torch.randn(2, 4)
+    w1, H1 = net(img, code)
+    w2, H2 = net(img, code)
+    assert w1.shape == (2, 3, 12, 6) and H1.shape == (2, 3, 3)
+    torch.testing.assert_close(H1, H2)
+    _, H3 = net(img, torch.randn(2, 4))
+    assert not torch.allclose(H1, H3)
+    assert torch.all(H1[:, 2, 2] == 1)
+
+
+def test_gradients_reach_the_localization_network_and_match_reference_backend():
+    torch.manual_seed(0)
+    net = HomographyTransformer(3, code_dim=2, hidden=8)
+    torch.nn.init.normal_(net.params.weight, std=0.05)
+    img, code = torch.randn(2, 3, 12, 8, requires_grad=True), torch.randn(2, 2)
+    grads = {}
+    for backend in ["reference"] + (["cpu"] if _extension.has_cpu_kernels() else []):
+        net.zero_grad()
+        img.grad = None
+        with ops.use_backend(backend):
+            warped, _ = net(img, code)
+        warped.square().sum().backward()
+        grads[backend] = [net.params.weight.grad.clone(), net.features[0].weight.grad.clone(), img.grad.clone()]
+    assert grads["reference"][0].abs().sum() > 0, "the warp must pass gradient to the last layer"
+    for backend, g in grads.items():
+        for a, b in zip(g, grads["reference"]):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@needs_ext
+def test_compiles_fullgraph():
+    torch._dynamo.reset()
+    net = HomographyTransformer(3, code_dim=2, hidden=8)
+    img, code = torch.randn(2, 3, 12, 8), torch.randn(2, 2)
+    with ops.use_backend("cpu"):
+        warped, H = torch.compile(net, fullgraph=True, backend="aot_eager")(img, code)
+    torch.testing.assert_close(warped, img, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_inputs():
+    net = HomographyTransformer(3, code_dim=2)
+    with pytest.raises(ValueError, match=r"img must be \(N, 3, H, W\)"):
+        net(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"code must be \(N, 2\)"):
+        net(torch.randn(2, 3, 8, 8), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="code_dim=0"):
+        HomographyTransformer(3)(torch.randn(1, 3, 8, 8), torch.randn(1, 2))

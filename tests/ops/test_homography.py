@@ -1,0 +1,464 @@
+"""homography_warp: every backend against reference.homography_warp (values and gradients), the horizon rule,
+conventions, geometry helpers, registration (opcheck, torch.compile), errors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidfast import ops
+from reidfast.ops import _backend, _extension, geometry, reference
+
+HAS_CUDA = torch.cuda.is_available()
+needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
+needs_interp = pytest.mark.skipif(not _backend.TRITON_INTERPRET, reason="Triton on CPU needs TRITON_INTERPRET=1")
+
+PADDINGS = ["zeros", "border", "reflection"]
+# (N, C, Hin, Win, out_size): odd sizes, out_size larger and smaller than the input, a 1-pixel-wide output.
+CASES = [(2, 3, 7, 9, None), (3, 2, 11, 6, (9, 13)), (1, 4, 8, 8, (5, 1))]
+
+
+def random_homographies(N, kind, dtype=torch.float64, device="cpu"):
+    """near: identity + small perturbation. projective: strong perspective (|h20|, |h21| up to 0.6) plus
+    rotation/shear/scale, with the denominator kept away from 0 over [-1, 1]^2 so that finite differences hold."""
+    g = torch.Generator().manual_seed(1234 + N)
+    eye = torch.eye(3, dtype=torch.float64).expand(N, 3, 3)
+    if kind == "near":
+        H = eye + 0.05 * torch.randn(N, 3, 3, generator=g, dtype=torch.float64)
+    else:
+        H = eye + 0.4 * torch.randn(N, 3, 3, generator=g, dtype=torch.float64)
+        H[:, 2, :2] = (torch.rand(N, 2, generator=g, dtype=torch.float64) * 1.2 - 0.6)
+        H[:, 2, 2] = 1.0 + 0.1 * torch.rand(N, generator=g, dtype=torch.float64)
+        H[:, :2, 2] *= 1.5  # translations that push part of the output outside the image
+    return H.to(device, dtype)
+
+
+def cpu_backends():
+    out = []
+    if _extension.has_cpu_kernels():
+        out.append("cpu")
+    if _backend.TRITON_INTERPRET:
+        out.append("triton")
+    return out
+
+
+def warp(backend, img, H, out_size, padding, align):
+    with ops.use_backend(backend):
+        return ops.homography_warp(img, H, out_size, padding, align)
+
+
+def compare_with_reference(backend, img, H, out_size, padding, align, tol):
+    a, h = img.detach().clone().requires_grad_(True), H.detach().clone().requires_grad_(True)
+    b, h2 = img.detach().clone().requires_grad_(True), H.detach().clone().requires_grad_(True)
+    y = warp(backend, a, h, out_size, padding, align)
+    y_ref = reference.homography_warp(b, h2, out_size, padding, align)
+    assert y.dtype == img.dtype and y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+    gy = torch.randn_like(y_ref)
+    got = torch.autograd.grad(y, [a, h], gy)
+    want = torch.autograd.grad(y_ref, [b, h2], gy)
+    torch.testing.assert_close(got[0], want[0], atol=tol, rtol=tol, msg=lambda m: f"grad img: {m}")
+    # grad_H sums over every output point: scale the tolerance by its magnitude.
+    scale = want[1].abs().max().item() + 1.0
+    torch.testing.assert_close(got[1], want[1], atol=tol * 10 * scale, rtol=tol * 10,
+                               msg=lambda m: f"grad H: {m}")
+    return y
+
+
+@needs_ext
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("kind", ["near", "projective"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_matches_reference(padding, align, kind, dtype, channels_last):
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5}[dtype]
+    for N, C, hin, win, out_size in CASES:
+        img = torch.randn(N, C, hin, win, dtype=dtype)
+        if channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
+        y = compare_with_reference("cpu", img, random_homographies(N, kind, dtype), out_size, padding, align, tol)
+        if channels_last and C > 1 and y.shape[-1] * y.shape[-2] > 1:
+            assert y.is_contiguous(memory_format=torch.channels_last), "output must keep channels_last"
+
+
+@needs_interp
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align", [False, True])
+def test_triton_interpreted_matches_reference(padding, align):
+    for kind, (N, C, hin, win, out_size), channels_last in [("near", CASES[0], False), ("projective", CASES[1], True)]:
+        img = torch.randn(N, C, hin, win, dtype=torch.float64)
+        if channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
+        compare_with_reference("triton", img, random_homographies(N, kind), out_size, padding, align, 1e-10)
+
+
+@needs_ext
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align", [False, True])
+def test_gradcheck_cpu_kernels(padding, align):
+    img = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    H = random_homographies(1, "projective").requires_grad_(True)
+
+    def f(x, h):
+        with ops.use_backend("cpu"):
+            return ops.homography_warp(x, h, (3, 4), padding, align)
+
+    assert torch.autograd.gradcheck(f, (img, H), eps=1e-6, atol=1e-5)
+
+
+@needs_ext
+def test_gradient_in_H_alone_and_in_img_alone():
+    img = torch.randn(2, 3, 6, 5)
+    H = random_homographies(2, "projective", torch.float32)
+    # The backward op computes only what is asked for; the other output comes back empty.
+    y = torch.ops.reidfast.homography_warp_forward(img, H, 4, 4, "zeros", False)
+    gy = torch.randn_like(y)
+    gi, gh = torch.ops.reidfast.homography_warp_backward(gy, img, H, "zeros", False, [False, True])
+    assert gi.numel() == 0 and gh.shape == (2, 3, 3)
+    gi2, gh2 = torch.ops.reidfast.homography_warp_backward(gy, img, H, "zeros", False, [True, False])
+    assert gi2.shape == img.shape and gh2.numel() == 0
+    gi3, gh3 = torch.ops.reidfast.homography_warp_backward(gy, img, H, "zeros", False, [True, True])
+    torch.testing.assert_close(gh, gh3)
+    torch.testing.assert_close(gi2, gi3)
+    # Through autograd: an image that does not require grad gets none, H does.
+    h = H.clone().requires_grad_(True)
+    with ops.use_backend("cpu"):
+        ops.homography_warp(img, h, (4, 4)).mul(gy).sum().backward()
+    torch.testing.assert_close(h.grad, gh)
+
+
+def test_identity_and_affine_convention():
+    # H = [[theta], [0, 0, 1]] must reproduce affine_grid(theta) + grid_sample: this pins the base coordinates.
+    img = torch.randn(2, 3, 7, 10, dtype=torch.float64)
+    theta = torch.tensor([[[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], [[1.0, 0.0, 0.3], [0.0, 0.8, 0.0]]],
+                         dtype=torch.float64)
+    H = torch.cat([theta, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(2, 1, 3)], dim=1)
+    for backend in ["reference"] + cpu_backends():
+        for align in (False, True):
+            for out_size in [(7, 10), (5, 4)]:
+                grid = F.affine_grid(theta, [2, 3, *out_size], align_corners=align)
+                want = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=align)
+                torch.testing.assert_close(warp(backend, img, H, out_size, "zeros", align), want)
+            eye = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+            torch.testing.assert_close(warp(backend, img, eye, None, "border", align), img)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + cpu_backends())
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_horizon_rule_gives_finite_values_and_gradients(backend, padding):
+    # w = x + tiny crosses zero inside the output: exactly 0, below the 1e-6 floor, and just above it.
+    H = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
+                      [[1.0, 0.5, 0.3137], [0.0, 1.0, 0.2171], [0.0, 0.0, 0.0]],
+                      [[2.0, 0.0, 0.1], [0.0, 1.0, 0.0], [1.0, 0.0, 3e-7]]], dtype=torch.float64)
+    img = torch.randn(3, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    h = H.clone().requires_grad_(True)
+    y = warp(backend, img, h, (5, 7), padding, False)  # width 7: the centre column has x == 0 exactly
+    gi, gh = torch.autograd.grad(y, [img, h], torch.randn_like(y))
+    for t in (y, gi, gh):
+        assert torch.isfinite(t).all()
+    grid = reference.homography_grid(H, (5, 7), False)
+    assert torch.isfinite(grid).all() and grid.abs().max() <= reference.HOMOGRAPHY_MAX_COORD
+    # Sample 1 has w == 0 everywhere: every point maps beyond the image, so zeros padding gives 0 there.
+    if padding == "zeros":
+        assert y[1].abs().max() == 0
+    if backend != "reference" and padding != "reflection":  # reflection of ~1e6 coordinates is ill-conditioned
+        y_ref = reference.homography_warp(img, H, (5, 7), padding, False)
+        torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
+
+
+@needs_ext
+def test_half_precision_images_on_cpu_kernels():
+    img = torch.randn(2, 3, 9, 8)
+    H = random_homographies(2, "near", torch.float32)
+    exact = reference.homography_warp(img.double(), H.double(), (7, 7))
+    for dtype in (torch.float16, torch.bfloat16):
+        low = img.to(dtype)
+        y = warp("cpu", low, H, (7, 7), "zeros", False)
+        assert y.dtype == dtype
+        torch_err = (reference.homography_warp(low, H, (7, 7)).double() - exact).abs().max().item()
+        assert (y.double() - exact).abs().max().item() <= 2 * torch_err + 1e-6
+
+
+@needs_ext
+def test_deterministic_mode_is_honoured_on_cpu():
+    img = torch.randn(2, 3, 6, 6, requires_grad=True)
+    H = random_homographies(2, "near", torch.float32).requires_grad_(True)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            with ops.use_backend("cpu"):
+                y = ops.homography_warp(img, H)
+            runs.append(torch.autograd.grad(y.square().sum(), [img, H]))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+# ---- registration ------------------------------------------------------------------------------------------
+
+@needs_ext
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_opcheck_cpu_ops(channels_last):
+    img = torch.randn(2, 3, 5, 6)
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+    H = random_homographies(2, "near", torch.float32)
+    img.requires_grad_(True)
+    H.requires_grad_(True)
+    torch.library.opcheck(torch.ops.reidfast.homography_warp_forward.default, (img, H, 4, 7, "border", True))
+    y = torch.ops.reidfast.homography_warp_forward(img, H, 4, 7, "border", True)
+    for mask in ([True, True], [False, True], [True, False]):
+        torch.library.opcheck(torch.ops.reidfast.homography_warp_backward.default,
+                              (torch.randn_like(y), img.detach(), H.detach(), "border", True, mask))
+
+
+@needs_interp
+def test_opcheck_triton_op():
+    from reidfast.ops.triton import homography as triton_homography
+
+    img = torch.randn(1, 2, 4, 5, requires_grad=True)
+    H = random_homographies(1, "near", torch.float32).requires_grad_(True)
+    torch.library.opcheck(triton_homography.homography_warp_forward_triton, (img, H, 3, 4, "zeros", False),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@needs_ext
+def test_compiles_fullgraph_aot_eager_and_matches_reference():
+    torch._dynamo.reset()
+
+    def f(img, p):
+        H = ops.homography_from_params(p)
+        return ops.homography_warp(img, H, (6, 5), "border", False) * 2.0
+
+    img = torch.randn(2, 3, 7, 6, requires_grad=True)
+    p = (0.1 * torch.randn(2, 8)).requires_grad_(True)
+    with ops.use_backend("cpu"):
+        y = torch.compile(f, fullgraph=True, backend="aot_eager")(img, p)
+        y.square().sum().backward()
+    got = (img.grad.clone(), p.grad.clone())
+    img.grad = p.grad = None
+    with ops.use_backend("reference"):
+        y_ref = f(img, p)
+        y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], img.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], p.grad, atol=1e-4, rtol=1e-4)
+
+
+@needs_ext
+def test_compiles_fullgraph_with_inductor():
+    torch._dynamo.reset()
+
+    def f(img, p):
+        return ops.homography_warp(img, ops.homography_from_params(p), None, "zeros", True) + 1.0
+
+    img, p = torch.randn(1, 2, 5, 4), 0.1 * torch.randn(1, 8)
+    with ops.use_backend("cpu"):
+        y = torch.compile(f, fullgraph=True)(img, p)
+    with ops.use_backend("reference"):
+        torch.testing.assert_close(y, f(img, p), atol=1e-5, rtol=1e-5)
+
+
+# ---- geometry helpers --------------------------------------------------------------------------------------
+
+def bilinear_at_pixel(img, u, v):
+    """Bilinear value of img (C, H, W) at pixel coordinates (u = column, v = row), 0 outside: the sampling rule
+    kornia's warp_perspective documents (dst(x, y) = src(M^-1 (x, y)) with zero padding)."""
+    C, Hh, Ww = img.shape
+    x0, y0 = math.floor(u), math.floor(v)
+    out = torch.zeros(C, dtype=img.dtype)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            x, y = x0 + dx, y0 + dy
+            w = (1 - abs(u - x)) * (1 - abs(v - y))
+            if 0 <= x < Ww and 0 <= y < Hh:
+                out += w * img[:, y, x]
+    return out
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_warp_perspective_follows_kornias_definition(align):
+    img = torch.randn(1, 2, 6, 8, dtype=torch.float64)
+    M = torch.tensor([[[0.9, 0.15, 1.2], [-0.1, 1.05, 0.7], [0.02, -0.015, 1.0]]], dtype=torch.float64)
+    dsize = (5, 9)
+    out = ops.warp_perspective(img, M, dsize, align_corners=align)
+    Minv = torch.linalg.inv(M[0])
+    for i in range(dsize[0]):
+        for j in range(dsize[1]):
+            s = Minv @ torch.tensor([j, i, 1.0], dtype=torch.float64)
+            want = bilinear_at_pixel(img[0], (s[0] / s[2]).item(), (s[1] / s[2]).item())
+            torch.testing.assert_close(out[0, :, i, j], want, atol=1e-10, rtol=1e-10)
+
+
+def test_warp_perspective_translation_moves_pixels():
+    img = torch.randn(1, 1, 5, 6)
+    M = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]])  # source (u, v) -> (u + 2, v + 1)
+    out = ops.warp_perspective(img, M, (5, 6))
+    torch.testing.assert_close(out[0, 0, 1:, 2:], img[0, 0, :-1, :-2], atol=1e-5, rtol=1e-5)
+    assert out[0, 0, 0].abs().max() <= 1e-6 and out[0, 0, :, :2].abs().max() <= 1e-6  # float32 rounding at the edge
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_pixel_normalized_conversions_round_trip_and_map_points(align):
+    M = torch.tensor([[[1.1, 0.1, 2.0], [0.05, 0.9, -1.0], [0.01, 0.02, 1.0]]], dtype=torch.float64)
+    in_size, out_size = (6, 9), (4, 7)
+    H = ops.pixel_to_normalized(M, in_size, out_size, align)
+    torch.testing.assert_close(ops.normalized_to_pixel(H, in_size, out_size, align), M)
+    # An output pixel centre (j, i) must land, through H, on the normalized coordinate of M (j, i, 1).
+    n_in = ops.normalization_matrix(*in_size, align, dtype=torch.float64)
+    for i, j in [(0, 0), (3, 6), (2, 1)]:
+        x = reference.base_coordinates(out_size[1], align, torch.float64)[j]
+        y = reference.base_coordinates(out_size[0], align, torch.float64)[i]
+        got = H[0] @ torch.stack([x, y, torch.tensor(1.0, dtype=torch.float64)])
+        want = n_in @ (M[0] @ torch.tensor([j, i, 1.0], dtype=torch.float64))
+        torch.testing.assert_close(got[:2] / got[2], want[:2] / want[2])
+
+
+def test_params_inverse_and_composition():
+    p = torch.zeros(3, 8)
+    torch.testing.assert_close(ops.homography_from_params(p), torch.eye(3).expand(3, 3, 3))
+    q = torch.arange(8.0).unsqueeze(0) / 10
+    assert ops.homography_from_params(q)[0, 0, 2] == q[0, 2] and ops.homography_from_params(q)[0, 2, 2] == 1
+    H = random_homographies(3, "projective")
+    torch.testing.assert_close(ops.compose_warps(H, ops.homography_inverse(H)), torch.eye(3, dtype=H.dtype).expand(3, 3, 3))
+    # Warping by integer translations twice equals warping once by the composition.
+    a = torch.tensor([[1.0, 0, 0.25], [0, 1, 0], [0, 0, 1]], dtype=torch.float64).expand(1, 3, 3)  # +1 px in x
+    b = torch.tensor([[1.0, 0, 0], [0, 1, -0.5], [0, 0, 1]], dtype=torch.float64).expand(1, 3, 3)  # -1 px in y
+    img = torch.randn(1, 2, 4, 8, dtype=torch.float64)
+    twice = ops.homography_warp(ops.homography_warp(img, a), b)
+    once = ops.homography_warp(img, ops.compose_warps(a, b))
+    torch.testing.assert_close(twice[..., 1:, :-1], once[..., 1:, :-1])
+
+
+# ---- errors a user sees -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: (torch.randn(2, 3, 4), torch.eye(3).expand(2, 3, 3), {}), ValueError, "img must be 4-D"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.randn(2, 2, 3), {}), ValueError, r"H must have shape \(N, 3, 3\)"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(3, 3, 3), {}), ValueError, r"= \(2, 3, 3\), got \(3, 3, 3\)"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3), {}), ValueError, "H must have shape"),
+        (lambda: (torch.randint(0, 3, (2, 3, 4, 4)), torch.eye(3).expand(2, 3, 3), {}), TypeError, "img must be float"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3, dtype=torch.long).expand(2, 3, 3), {}), TypeError, "H must be a floating"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"padding_mode": "wrap"}), ValueError, "padding_mode must be one of"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"out_size": (0, 4)}), ValueError, "out_size must be positive"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"out_size": (4, -1)}), ValueError, "out_size must be positive"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"out_size": 4}), TypeError, "out_size must be None or a pair"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"out_size": (4.0, 4)}), TypeError, "out_size must hold two ints"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"align_corners": "yes"}), TypeError, "align_corners must be a bool"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3, device="meta").expand(2, 3, 3), {}), ValueError, "H is on meta but img is on cpu"),
+    ],
+)
+def test_bad_input_gives_clear_error(make, exc, words):
+    img, H, kw = make()
+    with pytest.raises(exc, match=words):
+        ops.homography_warp(img, H, **kw)
+
+
+@needs_ext
+def test_cpp_op_checks_its_own_arguments():
+    img, H = torch.randn(2, 3, 4, 4), torch.eye(3).repeat(2, 1, 1)
+    with pytest.raises(ValueError, match="H must have shape"):
+        torch.ops.reidfast.homography_warp_forward(img, H[:1], 4, 4, "zeros", False)
+    with pytest.raises(TypeError, match="H must be Float"):
+        torch.ops.reidfast.homography_warp_forward(img, H.double(), 4, 4, "zeros", False)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        torch.ops.reidfast.homography_warp_forward(img, H, 4, 4, "wrap", False)
+    with pytest.raises(ValueError, match="out_size must be positive"):
+        torch.ops.reidfast.homography_warp_forward(img, H, 0, 4, "zeros", False)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only refusal")
+def test_unavailable_backend_is_explained():
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run homography_warp: the tensors are on cpu"):
+        with ops.use_backend("cuda"):
+            ops.homography_warp(torch.randn(1, 2, 3, 3), torch.eye(3).expand(1, 3, 3))
+
+
+# ---- GPU ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, out_size, kind", [((16, 3, 256, 128), None, "near"),
+                                                    ((3, 5, 37, 29), (41, 23), "projective"),
+                                                    ((2, 64, 64, 32), (32, 16), "projective")])
+def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, padding, channels_last, shape,
+                                                               out_size, kind):
+    N = shape[0]
+    img64 = torch.randn(shape, dtype=torch.float64, device="cuda")
+    H = random_homographies(N, kind, torch.float32, "cuda")
+    img = img64.to(dtype)
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+    a, h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+    y = warp(backend, a, h, out_size, padding, False)
+    assert y.dtype == dtype
+    # Exact: float64 everything on the same (rounded) image and the same float32 matrix.
+    e_img, e_h = img.double().requires_grad_(True), H.double().requires_grad_(True)
+    y64 = reference.homography_warp(e_img, e_h, out_size, padding, False)
+    # PyTorch's own path in this dtype: the grid built from the float32 H, cast to the image dtype, grid_sample.
+    t_img, t_h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+    grid = reference.homography_grid(t_h, tuple(y.shape[-2:]), False).to(dtype)
+    y_torch = F.grid_sample(t_img, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    torch_err = (y_torch.double() - y64).abs().max().item()
+    assert (y.double() - y64).abs().max().item() <= 2 * torch_err + 1e-5
+    gy = torch.randn_like(y64)
+    got = torch.autograd.grad(y, [a, h], gy.to(dtype))
+    want = torch.autograd.grad(y64, [e_img, e_h], gy)
+    torch_got = torch.autograd.grad(y_torch, [t_img, t_h], gy.to(dtype))
+    # grad_H jumps where a point crosses a pixel boundary (the bilinear derivative is discontinuous there), so
+    # float32 coordinates differ from exact ones at a few points; PyTorch's own same-dtype error measures that.
+    tol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    for name, g, w, t in zip(["img", "H"], got, want, torch_got):
+        scale = w.abs().max().item() + 1e-6
+        err = (g.double() - w).abs().max().item()
+        bound = 4 * (t.double() - w).abs().max().item() + tol * scale
+        assert err <= bound, f"grad {name}: {err} > {bound} (PyTorch's own error {(t.double() - w).abs().max()})"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_deterministic_mode(backend):
+    img = torch.randn(2, 3, 16, 8, device="cuda", requires_grad=True)
+    H = random_homographies(2, "near", torch.float32, "cuda").requires_grad_(True)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        # grad_H alone is deterministic: allowed, and bitwise reproducible.
+        runs = []
+        for _ in range(2):
+            y = warp(backend, img.detach(), H, None, "zeros", False)
+            runs.append(torch.autograd.grad(y.square().sum(), [H])[0])
+        assert torch.equal(runs[0], runs[1])
+        with pytest.raises(RuntimeError, match="deterministic"):
+            y = warp(backend, img, H, None, "zeros", False)
+            torch.autograd.grad(y.sum(), [img])
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_cuda_kernels():
+    assert ops.resolve_backend("homography_warp", torch.device("cuda")) == "cuda"
+
+
+@pytest.mark.gpu
+def test_gpu_compiles_with_inductor():
+    torch._dynamo.reset()
+    img = torch.randn(4, 3, 32, 16, device="cuda", requires_grad=True)
+    p = (0.05 * torch.randn(4, 8, device="cuda")).requires_grad_(True)
+
+    def f(img, p):
+        return ops.homography_warp(img, ops.homography_from_params(p))
+
+    y = torch.compile(f, fullgraph=True)(img, p)
+    with ops.use_backend("reference"):
+        torch.testing.assert_close(y, f(img, p), atol=1e-5, rtol=1e-5)
