@@ -2,7 +2,7 @@
 # All GPU checking in one command, on a machine with a GPU and no network (it uses the machine's own torch):
 # builds the extension, runs the `gpu` tests, runs every benchmark, and writes JSON + a markdown table under
 # bench/results/ named by date and GPU. Budget: under 9 minutes on one H100 with 16 cores.
-# Usage: scripts/gpu_check.sh [RESULTS_DIR]
+# Usage: scripts/gpu_check.sh [RESULTS_DIR]   (REIDFAST_BENCH_ONLY=adain,rank limits the benchmark suites)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
@@ -28,7 +28,7 @@ echo "   tests in ${SECONDS}s"
 
 echo "== benchmarks"
 SECONDS=0
-timeout 300 python bench/run.py --device cuda --out "$stem.json" 2>&1 | tee "$stem.bench.log"
+timeout 300 python bench/run.py --device cuda ${REIDFAST_BENCH_ONLY:+--only "$REIDFAST_BENCH_ONLY"} --out "$stem.json" 2>&1 | tee "$stem.bench.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "BENCHMARKS FAILED"; status=1; }
 echo "   benchmarks in ${SECONDS}s"
 echo "results: $stem.*"
