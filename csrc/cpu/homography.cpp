@@ -132,7 +132,6 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
       ResolvedPoint<acc_t> r = resolve_sample(projected[j].gx, projected[j].gy, g);
       r.proj = projected[j];
       acc_t dpx = 0, dpy = 0;  // dL/d(pixel coordinate), summed over channels
-      const acc_t tx = r.sp.taps.tx, ty = r.sp.taps.ty;
       for (int64_t c = c0; c < c1; ++c) {
         const acc_t go = static_cast<acc_t>(grow[j * g.out_sw + c * g.out_sc]);
         if (need_h) {
@@ -141,8 +140,10 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
           const acc_t v01 = r.mask[1] * static_cast<acc_t>(s[r.off[1]]);
           const acc_t v10 = r.mask[2] * static_cast<acc_t>(s[r.off[2]]);
           const acc_t v11 = r.mask[3] * static_cast<acc_t>(s[r.off[3]]);
-          dpx += go * ((v01 - v00) * (acc_t(1) - ty) + (v11 - v10) * ty);
-          dpy += go * ((v10 - v00) * (acc_t(1) - tx) + (v11 - v01) * tx);
+          acc_t vx, vy;
+          grid::interpolate_grad_xy(r.sp.taps, v00, v01, v10, v11, &vx, &vy);
+          dpx += go * vx;
+          dpy += go * vy;
         }
         if (gsrc) {
           acc_t* gs = gsrc + c * g.in_sc;

@@ -165,12 +165,6 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE SamplePoint<T> sample_point(T gx, T gy, int64_
   return s;
 }
 
-// Interpolated value from the four corner values (out-of-image corners must be passed as 0).
-template <typename T>
-C10_HOST_DEVICE inline T interpolate(const Taps<T>& t, T v00, T v01, T v10, T v11) {
-  return v00 * t.w00() + v01 * t.w01() + v10 * t.w10() + v11 * t.w11();
-}
-
 // d(interpolated value)/d(pixel coordinate) for one channel, given its corner values (0 outside).
 template <typename T>
 C10_HOST_DEVICE inline void interpolate_grad_xy(const Taps<T>& t, T v00, T v01, T v10, T v11, T* dx, T* dy) {
