@@ -173,19 +173,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cpu(const at::Tenso
                                                                  const c10::optional<at::Tensor>& residual_in,
                                                                  c10::string_view activation, double negative_slope,
                                                                  double eps) {
-  check_inputs(x_in, weight_in, bias_in, residual_in, c10::DeviceType::CPU);
-  TORCH_CHECK_VALUE(eps >= 0, "adain: eps must be >= 0, got ", eps);
-  const int act = parse_activation(activation);
-  const auto layout = layout_of(x_in);
-  const at::Tensor x = x_in.contiguous(layout);
-  const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  at::Tensor residual;
-  if (residual_in.has_value()) residual = residual_in->contiguous(layout);
-  at::Tensor y = at::empty_like(x, x.options(), layout);
-  const auto stat_opts = weight.options();
-  at::Tensor mean = at::empty({x.size(0), x.size(1)}, stat_opts);
-  at::Tensor rstd = at::empty({x.size(0), x.size(1)}, stat_opts);
-  if (x.numel() == 0) return {y, mean.fill_(0), rstd.fill_(0)};
+  ForwardArgs a = prepare_forward(x_in, weight_in, bias_in, residual_in, activation, eps, c10::DeviceType::CPU);
+  const at::Tensor &x = a.x, &weight = a.weight, &bias = a.bias, &residual = a.residual;
+  at::Tensor &y = a.y, &mean = a.mean, &rstd = a.rstd;
+  const auto layout = a.layout;
+  const int act = a.act;
+  if (x.numel() == 0) return {y, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_forward_cpu", [&] {
     const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     if (layout == at::MemoryFormat::ChannelsLast)
@@ -199,17 +192,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cpu(const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
     const at::Tensor& mean_in, const at::Tensor& rstd_in, c10::string_view activation, double negative_slope) {
-  check_inputs(x_in, weight_in, bias_in, c10::nullopt, c10::DeviceType::CPU);
-  TORCH_CHECK_VALUE(grad_y_in.sizes() == x_in.sizes() && grad_y_in.scalar_type() == x_in.scalar_type(),
-                    "adain_backward: grad_y must match x in shape and dtype, got ", grad_y_in.sizes(), " ",
-                    grad_y_in.scalar_type());
-  const int act = parse_activation(activation);
-  const auto layout = layout_of(x_in);
-  const at::Tensor x = x_in.contiguous(layout), gy = grad_y_in.contiguous(layout);
-  const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  at::Tensor gx = at::empty_like(x, x.options(), layout);
-  at::Tensor gw = at::zeros_like(weight), gb = at::zeros_like(bias);
+  BackwardArgs a = prepare_backward(grad_y_in, x_in, weight_in, bias_in, mean_in, rstd_in, activation,
+                                    c10::DeviceType::CPU);
+  const at::Tensor &x = a.x, &gy = a.grad_y, &weight = a.weight, &bias = a.bias, &mean = a.mean, &rstd = a.rstd;
+  at::Tensor &gx = a.grad_x, &gw = a.grad_weight, &gb = a.grad_bias;
+  const auto layout = a.layout;
+  const int act = a.act;
   if (x.numel() == 0) return {gx, gw, gb};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_backward_cpu", [&] {
     if (layout == at::MemoryFormat::ChannelsLast)

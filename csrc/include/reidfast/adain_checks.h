@@ -1,4 +1,5 @@
-// Argument checks of the AdaIN kernels, shared by the CPU and CUDA registrations (host code only).
+// Host side of the AdaIN kernels, shared by the CPU and CUDA registrations: argument checks, the layout rule, and
+// the inputs made ready (checked, in the kernels' layout) with their outputs allocated.
 #pragma once
 #include <ATen/ATen.h>
 #include <string>
@@ -60,6 +61,65 @@ inline bool use_channels_last(const at::Tensor& x) {
 
 inline at::MemoryFormat layout_of(const at::Tensor& x) {
   return use_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+struct ForwardArgs {
+  at::MemoryFormat layout;
+  int act;
+  at::Tensor x, weight, bias, residual;  // residual undefined when absent
+  at::Tensor y, mean, rstd;               // outputs; mean and rstd (N, C) in the op-math dtype
+};
+
+inline ForwardArgs prepare_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   const c10::optional<at::Tensor>& residual, c10::string_view activation,
+                                   double eps, c10::DeviceType device) {
+  check_inputs(x, weight, bias, residual, device);
+  TORCH_CHECK_VALUE(eps >= 0, "adain: eps must be >= 0, got ", eps);
+  ForwardArgs a;
+  a.act = parse_activation(activation);
+  a.layout = layout_of(x);
+  a.x = x.contiguous(a.layout);
+  a.weight = weight.contiguous();
+  a.bias = bias.contiguous();
+  if (residual.has_value()) a.residual = residual->contiguous(a.layout);
+  a.y = at::empty_like(a.x, a.x.options(), a.layout);
+  a.mean = at::zeros({x.size(0), x.size(1)}, weight.options());
+  a.rstd = at::zeros({x.size(0), x.size(1)}, weight.options());
+  return a;
+}
+
+struct BackwardArgs {
+  at::MemoryFormat layout;
+  int act;
+  at::Tensor grad_y, x, weight, bias, mean, rstd;
+  at::Tensor grad_x, grad_weight, grad_bias;  // outputs
+};
+
+inline BackwardArgs prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd,
+                                     c10::string_view activation, c10::DeviceType device) {
+  check_inputs(x, weight, bias, c10::nullopt, device);
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
+                    "adain_backward: grad_y must match x in shape and dtype, got ", grad_y.sizes(), " ",
+                    grad_y.scalar_type());
+  for (const auto& pair : {std::make_pair("mean", &mean), std::make_pair("rstd", &rstd)}) {
+    TORCH_CHECK_VALUE(pair.second->sizes() == weight.sizes() && pair.second->scalar_type() == weight.scalar_type(),
+                      "adain_backward: ", pair.first, " must match weight in shape and dtype, got ",
+                      pair.second->sizes(), " ", pair.second->scalar_type());
+  }
+  BackwardArgs a;
+  a.act = parse_activation(activation);
+  a.layout = layout_of(x);
+  a.x = x.contiguous(a.layout);
+  a.grad_y = grad_y.contiguous(a.layout);
+  a.weight = weight.contiguous();
+  a.bias = bias.contiguous();
+  a.mean = mean.contiguous();
+  a.rstd = rstd.contiguous();
+  a.grad_x = at::empty_like(a.x, a.x.options(), a.layout);
+  a.grad_weight = at::zeros_like(a.weight);
+  a.grad_bias = at::zeros_like(a.bias);
+  return a;
 }
 
 }  // namespace adain
