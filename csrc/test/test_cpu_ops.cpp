@@ -118,6 +118,8 @@ void check_rank(bool market) {
   expect_close("rank_queries ap vs loop" + tag, ap, at::tensor(want_ap, opts), 1e-12);
   expect_close("rank_queries first_hit vs loop" + tag, first_hit, at::tensor(want_first, opts), 0);
   expect_close("rank_queries num_matches vs loop" + tag, num_matches, at::tensor(want_count, opts), 0);
+}
+
 // The grid homography_warp samples at, built from ATen ops: H applied to affine_grid's base coordinates, with the
 // horizon rule of homography_math.h.
 at::Tensor homography_grid_aten(const at::Tensor& H, int64_t out_h, int64_t out_w, bool align_corners) {
