@@ -5,8 +5,10 @@ An iteration takes 2B same-identity pairs: (a, p) for the first B, (b, q) for th
 loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba has a's identity in b's structure.
 
 1. Generator pass: x_ba, x_ab (swaps), x_aa, x_bb (self reconstruction), x_ap, x_bq (same-identity
-   reconstruction, G(s_a, f_p)), in one batched call (Es, G and D have no batch-dependent normalization, so
-   batching their passes changes nothing but the speed).
+   reconstruction, G(s_a, f_p)). Es, G and D have no batch-dependent normalization, so their several passes run
+   as one batched call each, which changes nothing but the speed; Ea (BatchNorm) keeps the original's calls.
+   The swaps of this one pass serve both steps below. ``--faithful`` reproduces the original's order instead: a
+   gradient-free generator pass for D's step and a second one for G's, one call per pass, a deep copy of Ea.
 2. D step: LSGAN on real [a, b] vs the swaps, per scale, plus R1 (weight 0.01 per scale) on the real images.
 3. G + Ea step (one backward, both optimizers step):
    - image reconstruction L1 (self and same-identity), weight 5;
@@ -30,6 +32,7 @@ scales everything down (see :attr:`DGNet.presets`) so that the CPU finishes in m
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -43,7 +46,7 @@ from .checkpoint import CheckpointError, LATEST, load_checkpoint, resolve_checkp
 from .loop import Method, WarmupStepSchedule
 
 GRID_COLUMNS = 8  # what the loop's save_image_grid puts in a row
-CPU_QUICK_ITERS = 300
+CPU_QUICK_ITERS = 200
 PAPER_ITERS = 100_000
 
 
@@ -63,16 +66,20 @@ class DGNet(Method):
         "warm_iters": 30_000, "ramp_per_iter": 0.0005,
         "recon_x_w": 5.0, "recon_f_w": 1.0, "recon_s_w": 1.0, "cycle_w": 2.0, "id_w": 1.0, "id_gen_w": 0.5,
         "prim_w": 2.0, "fine_ratio": 0.2, "adv_w": 2.0, "r1_w": 0.01, "ap_mode": "market",
+        "faithful": False, "ea_init": "pretrained",
     }
-    # 300 iterations with the schedule's fractions kept: warm-up at 30%, ramps 333x faster (full weight
-    # 2000 / 333 = 6 iterations after it, as 2000 iterations are after 30k in the paper), decay at 60% and 90%.
-    # From scratch (no ImageNet weights at width 16) Ea trains at 0.01 everywhere, as the baseline's preset.
+    # 200 iterations with the schedule's fractions kept: warm-up at 30%, ramps 500x faster (full weight
+    # 2000 / 500 = 4 iterations after it, as 2000 iterations are after 30k in the paper), decay at 60% and 90%.
+    # No ImageNet weights exist at width 16: Ea's ResNet-50 starts from the teacher's (the baseline preset's,
+    # 600 iterations) and fine-tunes at a quarter of the paper's rates (0.0005, heads 0.005: at the paper's,
+    # batch-8 heads from scratch overshoot here, the identity loss rising above chance); G and D train at 10x
+    # the paper's rate to learn something in 200 iterations.
     presets = {
         "cpu-quick": {"iters": CPU_QUICK_ITERS, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
-                      "pad": 4, "synthetic_ids": 120, "lr": 0.01, "head_lr_mult": 1.0, "gen_lr": 1e-3,
+                      "pad": 4, "synthetic_ids": 120, "lr": 0.0005, "gen_lr": 1e-3,
                       "dis_lr": 1e-3, "warm_iters": int(0.3 * CPU_QUICK_ITERS),
                       "ramp_per_iter": 0.0005 * PAPER_ITERS / CPU_QUICK_ITERS, "teacher_iters": 600,
-                      "ckpt_every": 100, "log_every": 10},
+                      "ckpt_every": 100, "log_every": 10, "ea_init": "teacher"},
     }
 
     @classmethod
@@ -97,6 +104,12 @@ class DGNet(Method):
         g.add_argument("--warm-iters", type=int, default=S, metavar="N",
                        help="iterations before the code/cycle reconstruction and teacher losses ramp in (30000)")
         g.add_argument("--ramp-per-iter", type=float, default=S, help="ramp increment per iteration (0.0005)")
+        g.add_argument("--faithful", action="store_true", default=S,
+                       help="the original's order of operations (a separate generator pass for D's step, one "
+                            "call per pass of Es, G and D, a deep copy of Ea): same losses, slower; for comparison")
+        g.add_argument("--ea-init", choices=("pretrained", "teacher"), default=S,
+                       help="Ea's ResNet-50 starts from --pretrained (the paper: ImageNet), or from the teacher's "
+                            "backbone (cpu-quick: no ImageNet weights exist at its reduced width)")
         g.add_argument("--erasing", type=float, default=S, help="random erasing probability on id-loss inputs")
         g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
         for name, text in (("recon-x-w", "image reconstruction (5)"), ("recon-f-w", "appearance code recon (1)"),
@@ -122,8 +135,8 @@ class DGNet(Method):
         self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
         self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis)
         backbone_lr = cfg["lr"]
-        if cfg["pretrained"] in ("none", None) or getattr(ea.backbone, "pretrained_from", None) is None:
-            run.log("dgnet: Ea starts from scratch")
+        if cfg["ea_init"] not in ("pretrained", "teacher"):
+            raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
         heads = list(self.ea.primary.parameters()) + list(self.ea.fine.parameters())
         self.opt_ea = torch.optim.SGD(
             [{"params": self.ea.backbone.parameters(), "lr": backbone_lr},
@@ -136,7 +149,8 @@ class DGNet(Method):
         # erasing alone, on images that are already normalized (identity mean/std: no second normalization)
         self.erase = BatchAugment(flip_p=0.0, pad=0, erase_p=cfg["erasing"], mean=(0.0, 0.0, 0.0),
                                   std=(1.0, 1.0, 1.0))
-        self.teacher = None
+        self.teacher = None  # loaded by configure() (training only), unless already set (benchmarks)
+        self.faithful = bool(cfg["faithful"])
         self.networks = {"ea": self.ea, "gen": self.gen, "dis": self.dis}
         self.optimizers = {"ea": self.opt_ea, "gen": self.opt_gen, "dis": self.opt_dis}
         self.schedulers = {}
@@ -155,7 +169,11 @@ class DGNet(Method):
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, WarmupStepSchedule(0, milestones,
                                                                                          cfg["lr_gamma"]))
                            for name, opt in self.optimizers.items()}
-        self.teacher = self._load_teacher(self._teacher_dir())
+        if self.teacher is None:
+            self.teacher = self._load_teacher(self._teacher_dir())
+            if cfg["ea_init"] == "teacher":
+                self.ea.backbone.load_state_dict(self.teacher.backbone.state_dict())
+                self.run.log("dgnet: Ea's ResNet-50 starts from the teacher's (--ea-init teacher)")
 
     def _teacher_dir(self) -> Path:
         cfg = self.run.cfg
@@ -213,12 +231,37 @@ class DGNet(Method):
         return {"recon_f": ramp(it, start, rate, cfg["recon_f_w"]), "recon_s": ramp(it, start, rate, cfg["recon_s_w"]),
                 "cycle": ramp(it, start, rate, cfg["cycle_w"]), "prim": prim, "fine": cfg["fine_ratio"] * prim}
 
-    def frozen_ea(self, images: torch.Tensor):
-        """Ea with detached parameters (no gradient reaches Ea; inputs still get theirs), BatchNorm in batch-
-        statistics mode on copies of its running statistics, which stay untouched."""
+    # --- Ea as the generator losses see it (no gradient reaches Ea) -------------------------------------------
+    def _frozen_ea(self):
+        """Ea with detached parameters, BatchNorm in batch-statistics mode on copies of its running statistics
+        (which stay untouched): a functional call, or in --faithful mode the original's deep copy of Ea."""
+        if self.faithful:
+            copy_ = copy.deepcopy(self.ea)
+            copy_.requires_grad_(False)
+            return copy_.appearance, lambda x: copy_(x)[1]
         params = {k: p.detach() for k, p in self.ea.named_parameters()}
         buffers = {k: b.clone() for k, b in self.ea.named_buffers()}
-        return functional_call(self.ea, {**params, **buffers}, (images,))
+        state = {**params, **buffers}
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+
+        def code(x):
+            return self.ea.code_of(functional_call(self.ea.backbone, backbone, (x,)))
+
+        def primary_logits(x):
+            return functional_call(self.ea, state, (x,))[1]
+
+        return code, primary_logits
+
+    # --- Es, G and D over several inputs: one batched call, or one call each (--faithful) ------------------
+    def _batched(self, fn, *inputs):
+        """fn over several aligned input groups, e.g. _batched(G, [s1, s2], [f1, f2]) -> [G(s1, f1), G(s2, f2)]."""
+        if self.faithful:
+            return [fn(*args) for args in zip(*inputs)]
+        sizes = [x.shape[0] for x in inputs[0]]
+        out = fn(*[torch.cat(group) for group in inputs])
+        if isinstance(out, (list, tuple)):  # D: one output per scale
+            return [list(per_input) for per_input in zip(*[o.split(sizes) for o in out])]
+        return list(out.split(sizes))
 
     @torch.no_grad()
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
@@ -238,37 +281,41 @@ class DGNet(Method):
         pids = batch["pid"][:, 0]
         return x[:half, 0], x[:half, 1], x[half:, 0], x[half:, 1], pids[:half], pids[half:]
 
+    def _generate(self, code, x_a, x_p, x_b, x_q):
+        """Codes of the real images and the generator pass: swaps [x_ba, x_ab], self reconstructions
+        [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq]."""
+        with torch.no_grad():  # the appearance code is detached from the generator losses
+            f_a, f_p, f_b, f_q = (code(x) for x in (x_a, x_p, x_b, x_q))
+        s_a, s_b = self._batched(self.train_es, [x_a, x_b])
+        x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.train_dec, [s_b, s_a, s_a, s_b, s_a, s_b],
+                                                           [f_a, f_b, f_a, f_b, f_p, f_q])
+        return (f_a, f_b), (s_a, s_b), (x_ba, x_ab), (x_aa, x_bb, x_ap, x_bq)
+
     def train_step(self, batch, it):
         run, cfg = self.run, self.run.cfg
         w = self.loss_weights(it)
         x_a, x_p, x_b, x_q, y_a, y_b = self._split(batch)
-        n = x_a.shape[0]
-        real = torch.cat([x_a, x_b])
-        y_ab = torch.cat([y_a, y_b])  # the appearance donors of the swaps [x_ba, x_ab]
-        y_ba = torch.cat([y_b, y_a])  # their structure donors
         code_on = w["recon_f"] > 0 or w["recon_s"] > 0 or w["cycle"] > 0
+        code, primary_logits = self._frozen_ea()
 
         with run.autocast():
-            # appearance codes of the real images, detached from the generator losses
-            with torch.no_grad():
-                f_a, f_p, f_b, f_q = self.frozen_ea(torch.cat([x_a, x_p, x_b, x_q]))[0].chunk(4)
-            s_a, s_b = self.train_es(real).chunk(2)
-            fakes = self.train_dec(torch.cat([s_b, s_a, s_a, s_b, s_a, s_b]),
-                                          torch.cat([f_a, f_b, f_a, f_b, f_p, f_q]))
-        swaps, self_recon, pair_recon = fakes[:2 * n], fakes[2 * n:4 * n], fakes[4 * n:]
-
-        # D step
-        self.dis.requires_grad_(True)
-        real_in = real.detach().requires_grad_(cfg["r1_w"] > 0)
-        with run.autocast():
-            d_real = self.train_dis(real_in)
-            d_fake = self.train_dis(swaps.detach())
-        loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean() for o, r in zip(d_fake, d_real))
-        r1 = torch.zeros((), device=real.device)
+            if self.faithful:  # the original: D's step runs its own generator pass without gradients
+                with torch.no_grad():
+                    swaps = self._generate(code, x_a, x_p, x_b, x_q)[2]
+            else:
+                (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
+            # D step: LSGAN on (x_ba vs x_a) and (x_ab vs x_b), R1 on the real images, every scale
+            self.dis.requires_grad_(True)
+            reals = [x.detach().requires_grad_(cfg["r1_w"] > 0) for x in (x_a, x_b)]
+            d_out = self._batched(self.train_dis, [swaps[0].detach(), swaps[1].detach(), *reals])
+        d_fake, d_real = d_out[:2], d_out[2:]
+        loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean()
+                     for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
+        r1 = torch.zeros((), device=x_a.device)
         if cfg["r1_w"] > 0:
-            for r in d_real:
-                grad, = torch.autograd.grad(r.float().sum(), real_in, create_graph=True)
-                r1 = r1 + grad.square().flatten(1).sum(1).mean()
+            for scale in range(len(d_real[0])):
+                grads = torch.autograd.grad(sum(out[scale].float().sum() for out in d_real), reals, create_graph=True)
+                r1 = r1 + sum(g.float().square().flatten(1).sum(1).mean() for g in grads)
         self.opt_dis.zero_grad(set_to_none=True)
         run.backward(loss_d + cfg["r1_w"] * r1)
         run.step(self.opt_dis)
@@ -276,33 +323,40 @@ class DGNet(Method):
         # G + Ea step
         self.dis.requires_grad_(False)  # G's adversarial loss must not leave gradients in D
         out = {}
-        zero = torch.zeros((), device=real.device)
+        zero = torch.zeros((), device=x_a.device)
+        l1 = lambda a, b: F.l1_loss(a.float(), b.float())  # noqa: E731
         with run.autocast():
-            target = torch.cat([x_a, x_b])
-            out["recon_x"] = (F.l1_loss(self_recon.float(), target.float())
-                              + F.l1_loss(pair_recon.float(), target.float()))
-            out["adv"] = sum((o.float() - 1).square().mean() for o in self.train_dis(swaps))
-            _, prim_swap, _ = self.frozen_ea(self.erase(swaps, run.generator))
-            out["id_gen"] = F.cross_entropy(prim_swap.float(), y_ab)
+            if self.faithful:
+                (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
+            x_ba, x_ab = swaps
+            x_aa, x_bb, x_ap, x_bq = recons
+            out["recon_x"] = l1(x_aa, x_a) + l1(x_bb, x_b) + l1(x_ap, x_a) + l1(x_bq, x_b)
+            out["adv"] = sum((o.float() - 1).square().mean() for d in self._batched(self.train_dis, swaps) for o in d)
+            out["id_gen"] = (F.cross_entropy(primary_logits(self.erase(x_ba, run.generator)).float(), y_a)
+                             + F.cross_entropy(primary_logits(self.erase(x_ab, run.generator)).float(), y_b))
             out["recon_f"] = out["recon_s"] = out["cycle"] = zero
-            if code_on:  # all three weights are 0 during the warm-up: skip the passes
-                f_rec = self.frozen_ea(swaps)[0]
-                s_rec = self.train_es(swaps)
-                out["recon_f"] = F.l1_loss(f_rec.float(), torch.cat([f_a, f_b]).float())
-                out["recon_s"] = F.l1_loss(s_rec.float(), torch.cat([s_b, s_a]).float())
-                s_ab_rec, s_ba_rec = s_rec.chunk(2)[1], s_rec.chunk(2)[0]
-                f_a_rec, f_b_rec = f_rec.chunk(2)
-                cycle = self.train_dec(torch.cat([s_ab_rec, s_ba_rec]), torch.cat([f_a_rec, f_b_rec]))
-                out["cycle"] = F.l1_loss(cycle.float(), target.float())
+            if code_on:  # all three weights are 0 during the warm-up: skip these passes
+                f_a_rec, f_b_rec = code(x_ba), code(x_ab)
+                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba, x_ab])
+                out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
+                out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
+                x_aba, x_bab = self._batched(self.train_dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
+                out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
             # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps
-            _, prim_real, fine_real = self.train_ea(self.erase(real, run.generator))
-            out["id"] = F.cross_entropy(prim_real.float(), y_ab) + F.cross_entropy(fine_real.float(), y_ab)
+            out["id"] = zero
+            accuracy = zero
+            for x, y in ((x_a, y_a), (x_b, y_b)):
+                _, primary, fine = self.train_ea(self.erase(x, run.generator))
+                out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
+                accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
             out["prim"] = out["fine"] = zero
             if w["prim"] > 0:
-                soft = self.teacher_labels(swaps.detach())
-                _, prim_gen, fine_gen = self.train_ea(self.erase(swaps.detach(), run.generator))
-                out["prim"] = F.kl_div(prim_gen.float().log_softmax(1), soft, reduction="batchmean")
-                out["fine"] = F.cross_entropy(fine_gen.float(), y_ba)
+                # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
+                for swap, structure_donor in ((x_ba, y_b), (x_ab, y_a)):
+                    soft = self.teacher_labels(swap.detach())
+                    _, primary, fine = self.train_ea(self.erase(swap.detach(), run.generator))
+                    out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
+                    out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
         loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]
                 + w["cycle"] * out["cycle"] + cfg["id_gen_w"] * out["id_gen"] + cfg["adv_w"] * out["adv"]
                 + cfg["id_w"] * out["id"] + w["prim"] * out["prim"] + w["fine"] * out["fine"])
@@ -312,8 +366,6 @@ class DGNet(Method):
         run.step(self.opt_gen)
         run.step(self.opt_ea)
         self.dis.requires_grad_(True)
-
-        accuracy = (prim_real.detach().argmax(1) == y_ab).float().mean()
         return {"d": loss_d.detach(), "r1": r1.detach(), **{k: v.detach() for k, v in out.items()},
                 "loss": loss.detach(), "acc": accuracy, **{f"w/{k}": torch.tensor(v) for k, v in w.items()}}
 

@@ -111,3 +111,60 @@ def test_real_data_without_a_teacher_is_a_clear_error(tiny_root, tmp_path, capsy
     args[args.index("synthetic")] = "market1501"
     assert main(args) == 2
     assert "--teacher RUN_DIR" in capsys.readouterr().err
+
+
+def _method(faithful: bool, teacher_state, num_classes=4):
+    from types import SimpleNamespace
+
+    from reidfast.models.baseline import ReidBaseline
+    from reidfast.train.dgnet import DGNet
+    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **DGNet.defaults, "height": 64, "width": 32, "backbone_width": 4,
+           "gan_width": 0.25, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "warm_iters": 0,
+           "ramp_per_iter": 0.5, "faithful": faithful, "device": "cpu"}
+    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
+    torch.manual_seed(0)
+    method = DGNet(run, SimpleNamespace(num_train_pids=num_classes))
+    teacher = ReidBaseline(num_classes, last_stride=1, width=4, pretrained="none", log=lambda m: None)
+    teacher.load_state_dict(teacher_state)
+    method.teacher = teacher.eval().requires_grad_(False)
+    method.configure(10)
+    return method
+
+
+def test_faithful_order_gives_the_same_losses_at_fp32():
+    # one iteration with every loss on, from the same state on the same batch: the batched single-pass order and
+    # the original's (a second generator pass, one call per pass, a deep copy of Ea) agree up to rounding.
+    # 4 pairs per loader: at 2, Ea's BatchNorm over 2 samples amplifies the rounding of batched convolutions.
+    from reidfast.models.baseline import ReidBaseline
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+        g = torch.Generator().manual_seed(1)
+        batch = {"image": torch.randint(0, 256, (8, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
+                 "pid": torch.tensor([[i % 4] * 2 for i in range(8)])}
+        losses, discriminators = {}, {}
+        for faithful in (False, True):
+            method = _method(faithful, teacher_state)
+            torch.manual_seed(5)  # dropout draws
+            losses[faithful] = method.train_step(batch, 1)
+            discriminators[faithful] = method.dis.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    fast, original = losses[False], losses[True]
+    assert fast["w/cycle"] > 0 and fast["prim"] > 0 and fast["recon_f"] > 0  # every loss is on
+    for key in fast:
+        torch.testing.assert_close(fast[key], original[key], rtol=1e-4, atol=1e-6, msg=key)
+    # D's step (the first update) saw the same swaps and real images
+    for key, value in discriminators[False].items():
+        torch.testing.assert_close(value, discriminators[True][key], rtol=0, atol=1e-6)
+
+
+def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):
+    # evaluation needs Ea only: the teacher is loaded for training (configure), not by the constructor
+    from reidfast.eval.__main__ import main as eval_main
+    summary = tmp_path / "summary.json"
+    assert eval_main(["--checkpoint", str(short_run), "--json", str(summary)]) == 0
+    trained = json.loads((short_run / "metrics.json").read_text())
+    assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
