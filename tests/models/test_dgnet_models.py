@@ -122,3 +122,13 @@ def test_parameter_counts_at_the_published_width(capsys):
     # one D scale: convs 3-32 (1x1), 3x 32-32 (3x3), 32-64 (3x3), 8 convs 64-64 (3x3), 64-1 (1x1)
     scale = (3 * 32 + 32) + 3 * (32 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + 8 * (64 * 64 * 9 + 64) + (64 + 1)
     assert counts["D (3 scales)"] == 3 * scale
+
+
+def test_info_prints_the_parameter_count_per_module(capsys):
+    from reidfast.info import main
+    main(["--model", "dgnet"])
+    out = capsys.readouterr().out
+    assert "23,508,032" in out  # ResNet-50 without fc
+    assert f"{8 * (8192 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256):,}" in out
+    with capsys.disabled():
+        print("\n" + out)
