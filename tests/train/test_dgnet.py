@@ -168,3 +168,22 @@ def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_pat
     assert eval_main(["--checkpoint", str(short_run), "--json", str(summary)]) == 0
     trained = json.loads((short_run / "metrics.json").read_text())
     assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
+
+
+def test_sample_grid_rows_keep_appearance_and_columns_keep_structure():
+    from reidfast.data import normalize
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state)
+    g = torch.Generator().manual_seed(2)
+    batch = {"image": torch.randint(0, 256, (3, 2, 3, 64, 32), generator=g, dtype=torch.uint8)}
+    grid = method.sample_images(batch)
+    assert method.ea.training and method.gen.training  # the training modes are restored
+    assert grid.shape == (4 * 8, 3, 64, 32)  # inputs + 3 appearance rows, padded to the 8 columns of a row
+    images = normalize(batch["image"][:, 0])
+    torch.testing.assert_close(grid[:3], images)
+    assert torch.equal(grid[3:8], torch.zeros(5, 3, 64, 32))
+    method.ea.eval()
+    with torch.no_grad():  # row 2 (the 2nd image's appearance), column 3 (the 3rd image's structure)
+        tile = method.gen.decode(method.gen.encode(images[2:3]), method.ea.appearance(images[1:2]))
+    torch.testing.assert_close(grid[2 * 8 + 2], tile[0])
