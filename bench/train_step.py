@@ -1,10 +1,13 @@
 """Training throughput: images/s of full training iterations, reidfast's configuration against the pure-PyTorch
 reference configuration of the same model, in one run, with peak memory.
 
-    python bench/train_step.py [--method baseline] [--device cpu|cuda] [--quick] [--out FILE.json]
+    python bench/train_step.py [--method baseline,dgnet,dgnet-b32] [--device cpu|cuda] [--quick] [--out FILE.json]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
-reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs.
+reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
+for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea).
+DG-Net iterations are measured after the warm-up (every loss on) with a random teacher; its batch is B pairs per
+loader, 4B images per iteration (a, p, b, q), which images/s counts.
 Each iteration is the method's real train_step (augmentation, forward, loss, backward, optimizer and scheduler
 steps) on a fixed random batch already on the device, so data loading is not measured. Peak memory is CUDA's
 max_memory_allocated per configuration, or on the CPU the process's peak RSS so far (monotone across rows).
@@ -30,13 +33,29 @@ from timing import time_ms  # noqa: E402
 from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run  # noqa: E402
 from reidfast.train.methods import get_method  # noqa: E402
 
-# method -> (GPU setting, CPU/quick setting): batch, image size and config overrides. Later methods add theirs.
+# case -> (GPU setting, CPU/quick setting): batch, image size and config overrides; "method" when the case name
+# is not the method's, "start_iter" for the iteration the measured steps start at. Later methods add theirs.
 CASES = {
     "baseline": {
         "gpu": {"batch_size": 32, "height": 256, "width": 128, "backbone_width": 64, "num_classes": 751},
         "cpu": {"batch_size": 16, "height": 64, "width": 32, "backbone_width": 16, "num_classes": 60},
     },
+    "dgnet": {
+        "gpu": {"batch_size": 8, "height": 256, "width": 128, "backbone_width": 64, "num_classes": 751,
+                "start_iter": 40_000},
+        "cpu": {"batch_size": 2, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                "num_classes": 60, "start_iter": 40_000},
+    },
+    "dgnet-b32": {
+        "method": "dgnet",
+        "gpu": {"batch_size": 32, "height": 256, "width": 128, "backbone_width": 64, "num_classes": 751,
+                "start_iter": 40_000},
+        "cpu": {"batch_size": 4, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                "num_classes": 60, "start_iter": 40_000},
+    },
 }
+# per-method additions to a configuration
+METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}}
 CONFIGS = {
     "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None},
     "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False},
@@ -54,25 +73,48 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(method_name: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None) -> dict:
+def _batch(method_name: str, cfg: dict, num_classes: int, device: torch.device) -> dict:
+    """A fixed random batch in the layout the method's batch sampler gives (pairs for DG-Net)."""
+    g = torch.Generator().manual_seed(0)
+    size = (3, cfg["height"], cfg["width"])
+    if method_name == "dgnet":  # 2B (image, same-identity image) pairs
+        pairs = 2 * cfg["batch_size"]
+        pids = torch.randint(0, num_classes, (pairs, 1), generator=g).expand(pairs, 2)
+        images = torch.randint(0, 256, (pairs, 2, *size), generator=g, dtype=torch.uint8)
+    else:
+        images = torch.randint(0, 256, (cfg["batch_size"], *size), generator=g, dtype=torch.uint8)
+        pids = torch.randint(0, num_classes, (cfg["batch_size"],), generator=g)
+    return {"image": images.to(device), "pid": pids.contiguous().to(device)}
+
+
+def _random_teacher(method, cfg: dict, num_classes: int):
+    """DG-Net's teacher, untrained: only its cost matters here."""
+    from reidfast.models.baseline import ReidBaseline
+    teacher = ReidBaseline(num_classes, last_stride=1, width=cfg["backbone_width"], pretrained="none",
+                           log=lambda message: None)
+    return method.run.place(teacher).eval().requires_grad_(False)
+
+
+def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None) -> dict:
     from reidfast import ops
+    method_name = CASES[case].get("method", case)
     method_cls = get_method(method_name)
-    setting = dict(CASES[method_name]["cpu" if device.type == "cpu" or quick else "gpu"])
+    setting = dict(CASES[case]["cpu" if device.type == "cpu" or quick else "gpu"])
     num_classes = setting.pop("num_classes")
+    start_iter = setting.pop("start_iter", 0)
     cfg = {**LOOP_DEFAULTS_FOR_BENCH, **method_cls.defaults, **setting, **CONFIGS[config_name],
-           "device": str(device), "pretrained": "none"}
+           **METHOD_CONFIGS.get(method_name, {}).get(config_name, {}), "device": str(device), "pretrained": "none"}
     ops.set_backend(cfg["backend"])
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     run = Run(cfg, device, 0, 1, log=lambda message: None)
     method = method_cls(run, _TrainSet(num_classes))
+    if method_name == "dgnet":
+        method.teacher = _random_teacher(method, cfg, num_classes)
     method.configure(10**6)
-    g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randint(0, 256, (cfg["batch_size"], 3, cfg["height"], cfg["width"]), generator=g,
-                                    dtype=torch.uint8).to(device),
-             "pid": torch.randint(0, num_classes, (cfg["batch_size"],), generator=g).to(device)}
-    it = [0]
+    batch = _batch(method_name, cfg, num_classes, device)
+    it = [start_iter]
 
     def step():
         method.train_step(batch, it[0])
@@ -89,10 +131,10 @@ def measure(method_name: str, config_name: str, device: torch.device, quick: boo
     first_s = time.perf_counter() - t0
     repeats = iters or (5 if quick else 20)
     ms = time_ms(step, device, warmup=2 if quick else 5, repeats=repeats)
-    row = {"method": method_name, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
+    row = {"method": case, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
            "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
            "channels_last": run.channels_last, "backend": ops.get_backend(), "ms_per_iter": round(ms, 3),
-           "images_per_s": round(cfg["batch_size"] / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
+           "images_per_s": round(method.images_per_iteration() / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
            "peak_mem_mb": round(_peak_memory_mb(device), 1)}
     ops.set_backend("auto")
     return row

@@ -1,4 +1,5 @@
-"""`python -m reidfast.info`: what was built, on what, and which backend each op would use."""
+"""`python -m reidfast.info`: what was built, on what, and which backend each op would use;
+`python -m reidfast.info --model dgnet`: a method's parameter count per module."""
 from __future__ import annotations
 
 import platform
@@ -43,8 +44,33 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(report())
+MODELS = ("dgnet",)
+
+
+def model_report(name: str, num_classes: int = 751) -> str:
+    """Parameters per module of a method's networks at the published width (751: Market-1501's training ids)."""
+    if name != "dgnet":
+        raise ValueError(f"--model: no parameter report for {name!r}; choose from {', '.join(MODELS)}")
+    from .models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator, parameter_counts
+    ea = AppearanceEncoder(num_classes, pretrained="none", log=lambda message: None)
+    gen = Generator(ea.code_features)
+    modules = {"Ea: ResNet-50 (last stride 1)": ea.backbone, "Ea: primary + fine heads": torch.nn.ModuleList([ea.primary, ea.fine]),
+               "Es: structure encoder": gen.encoder, "G: decoder": gen.decoder, "AdaIN MLPs": gen.mlp,
+               "D: 3-scale PatchGAN": MultiScaleDiscriminator()}
+    counts = parameter_counts(modules)
+    lines = [f"DG-Net at the published width, {num_classes} training identities:"]
+    lines += [f"  {k:<32} {v:>12,}" for k, v in counts.items()]
+    lines.append(f"  {'total':<32} {sum(counts.values()):>12,}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m reidfast.info", description=__doc__)
+    parser.add_argument("--model", choices=MODELS, help="print a method's parameter count per module instead")
+    parser.add_argument("--num-classes", type=int, default=751, help="training identities for --model (751)")
+    args = parser.parse_args(argv)
+    print(model_report(args.model, args.num_classes) if args.model else report())
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from .pose import (FLIP_PERMUTATION, LEFT_RIGHT_PAIRS, OPENPOSE_18, flip_heatmap
                    keypoints_to_heatmaps, read_fdgan_pose, read_fdgan_poses, read_keypoints_csv, scale_keypoints,
                    write_keypoints_csv)
 from .masks import MaskNotFoundError, MaskReader
-from .samplers import (IdentityBalancedBatchSampler, SameIdentityPairSampler, ShuffledBatchSampler,
+from .samplers import (BatchedSampler, IdentityBalancedBatchSampler, SameIdentityPairSampler, ShuffledBatchSampler,
                        UnpairedDomainSampler, VerificationPairSampler)
 from .loader import DomainPairDataset, ImageDataset, decode_image, make_loader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, denormalize, normalize, to_float
@@ -45,7 +45,7 @@ __all__ = [
     "read_fdgan_pose", "read_fdgan_poses", "scale_keypoints", "keypoints_to_heatmaps", "flip_keypoints",
     "flip_heatmaps",
     "MaskReader", "MaskNotFoundError",
-    "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler", "VerificationPairSampler", "UnpairedDomainSampler",
+    "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler", "VerificationPairSampler", "UnpairedDomainSampler",
     "ImageDataset", "DomainPairDataset", "decode_image", "make_loader",
     "BatchAugment", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -206,3 +206,33 @@ class ShuffledBatchSampler(_SeededSampler):
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
         return full + (0 if self.drop_last or rest == 0 else 1)
+
+
+class BatchedSampler(Sampler):
+    """Consecutive items of a seeded sampler (e.g. :class:`SameIdentityPairSampler`'s pairs) grouped into
+    batches of `batch_size`; ``set_epoch`` is passed on, so the batches are deterministic for (seed, epoch).
+    With ``drop_last`` (the default) a short last batch is dropped."""
+
+    def __init__(self, sampler: _SeededSampler, batch_size: int, drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"BatchedSampler: batch_size must be >= 1, got {batch_size}")
+        if len(sampler) < (batch_size if drop_last else 1):
+            raise ValueError(f"BatchedSampler: {len(sampler)} items cannot fill one batch of {batch_size}")
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list]:
+        batch = []
+        for item in self.sampler:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)

@@ -38,7 +38,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reidfast.train", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", nargs="?", default="baseline", choices=ALL_METHODS,
-                        help="the method to train (default baseline; dgnet, fdgan and sagan are not built yet)")
+                        help="the method to train (default baseline; fdgan and sagan are not built yet)")
     add_loop_arguments(parser)
     try:
         get_method(method or "baseline").add_arguments(parser)

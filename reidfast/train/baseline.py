@@ -19,18 +19,7 @@ from torch import nn
 
 from ..data import BatchAugment
 from ..models.baseline import ReidBaseline
-from .loop import Method
-
-
-class WarmupStepSchedule:
-    """lr factor at iteration i: linear warm-up over `warmup` iterations, times gamma per milestone passed."""
-
-    def __init__(self, warmup: int, milestones, gamma: float):
-        self.warmup, self.milestones, self.gamma = warmup, list(milestones), gamma
-
-    def __call__(self, i: int) -> float:
-        warm = min(1.0, (i + 1) / self.warmup) if self.warmup > 0 else 1.0
-        return warm * self.gamma ** sum(i >= m for m in self.milestones)
+from .loop import Method, WarmupStepSchedule
 
 
 class Baseline(Method):

@@ -44,6 +44,8 @@ class Method:
     Schedulers are stepped by the loop after every iteration, in declaration order (iteration-based schedules).
     ``embed(images)`` gives test-time features of normalized images (eval mode, no grad) for evaluation;
     ``sample_images(batch)`` may return a (N, 3, H, W) grid of normalized images to save as PNG.
+    ``images_per_iteration()`` is the number of training images one iteration reads (for images/s; the batch
+    size unless a method reads more, e.g. pairs).
     """
 
     name = "method"
@@ -72,6 +74,20 @@ class Method:
 
     def sample_images(self, batch: dict):
         return None
+
+    def images_per_iteration(self) -> int:
+        return self.run.cfg["batch_size"]
+
+
+class WarmupStepSchedule:
+    """lr factor at iteration i (for LambdaLR, stepped once per iteration): linear warm-up over `warmup` iterations, times gamma per milestone passed."""
+
+    def __init__(self, warmup: int, milestones, gamma: float):
+        self.warmup, self.milestones, self.gamma = warmup, list(milestones), gamma
+
+    def __call__(self, i: int) -> float:
+        warm = min(1.0, (i + 1) / self.warmup) if self.warmup > 0 else 1.0
+        return warm * self.gamma ** sum(i >= m for m in self.milestones)
 
 
 class ResumableBatches(Sampler):
@@ -339,7 +355,7 @@ class Trainer:
                     means = {k: (v / count).item() for k, v in sums.items()}
                     lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in method.optimizers.items()}
                     self.logfile.write({"it": it, "epoch": epoch, **means, **lrs,
-                                        "images_per_s": rate * cfg["batch_size"]}, step=it)
+                                        "images_per_s": rate * method.images_per_iteration()}, step=it)
                     if bar is not None:
                         bar.update(it, means, rate, force=True)
                     sums, count = {}, 0
@@ -359,7 +375,7 @@ class Trainer:
             bar.close()
         # train_seconds counts whole iterations only (data waits, evaluation and checkpoints excluded)
         self._save(method, it, epoch, position, train_seconds)
-        images_per_s = it * cfg["batch_size"] / train_seconds if train_seconds > 0 else 0.0
+        images_per_s = it * method.images_per_iteration() / train_seconds if train_seconds > 0 else 0.0
         result = self.evaluate(method, it)
         self._save_samples(method, last_batch, it)
         metrics = None
@@ -396,4 +412,4 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
 # the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
 from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
 
-__all__ = ["Method", "Run", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]
+__all__ = ["Method", "Run", "WarmupStepSchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = {"baseline": ("reidfast.train.baseline", "Baseline")}
+METHODS = {"baseline": ("reidfast.train.baseline", "Baseline"), "dgnet": ("reidfast.train.dgnet", "DGNet")}
 NOT_BUILT = {
-    "dgnet": "DG-Net's trainer is not built yet (it is tracked in its own method issue; the baseline it uses as "
-             "teacher is available: python -m reidfast.train baseline)",
     "fdgan": "FD-GAN's trainer is not built yet (tracked in its own method issue)",
     "sagan": "SA-GAN's trainer is not built yet (tracked in its own method issue)",
 }

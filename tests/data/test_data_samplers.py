@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from reidfast.data import (IdentityBalancedBatchSampler, Sample, SameIdentityPairSampler, UnpairedDomainSampler,
+from reidfast.data import (BatchedSampler, IdentityBalancedBatchSampler, Sample, SameIdentityPairSampler, UnpairedDomainSampler,
                            VerificationPairSampler)
 
 # 8 ids with 1..8 images each (id 0 has a single image), pids not contiguous
@@ -69,3 +69,17 @@ def test_unpaired_domains_cover_both_sides():
     assert set(counts) == set(range(5)) and max(counts.values()) - min(counts.values()) <= 1
     assert pairs != list(UnpairedDomainSampler(5, 12, seed=1))
     assert len(list(UnpairedDomainSampler(5, 12, num_samples=30))) == 30
+
+
+def test_batched_pairs_follow_the_epoch():
+    pids = [0, 0, 1, 1, 1, 2, 2, 3, 3]
+    batches = BatchedSampler(SameIdentityPairSampler(pids, seed=4), 4)
+    assert len(batches) == 2
+    first = list(batches)
+    assert [len(b) for b in first] == [4, 4] and all(pids[i] == pids[j] and i != j for b in first for i, j in b)
+    assert list(batches) == first
+    batches.set_epoch(1)
+    assert list(batches) != first
+    assert len(BatchedSampler(SameIdentityPairSampler(pids), 4, drop_last=False)) == 3
+    with pytest.raises(ValueError, match="cannot fill"):
+        BatchedSampler(SameIdentityPairSampler(pids), 10)

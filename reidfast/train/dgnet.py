@@ -1,0 +1,399 @@
+"""DG-Net (Zheng et al., CVPR 2019): joint discriminative and generative re-id learning. Its losses and update
+order only; the networks are in :mod:`reidfast.models.dgnet`, everything else in the shared loop.
+
+An iteration takes 2B same-identity pairs: (a, p) for the first B, (b, q) for the other B (the paper's two
+loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba has a's identity in b's structure.
+
+1. Generator pass: x_ba, x_ab (swaps), x_aa, x_bb (self reconstruction), x_ap, x_bq (same-identity
+   reconstruction, G(s_a, f_p)). Es, G and D have no batch-dependent normalization, so their several passes run
+   as one batched call each, which changes nothing but the speed; Ea (BatchNorm) keeps the original's calls.
+   The swaps of this one pass serve both steps below. ``--faithful`` reproduces the original's order instead: a
+   gradient-free generator pass for D's step and a second one for G's, one call per pass, a deep copy of Ea.
+2. D step: LSGAN on real [a, b] vs the swaps, per scale, plus R1 (weight 0.01 per scale) on the real images.
+3. G + Ea step (one backward, both optimizers step):
+   - image reconstruction L1 (self and same-identity), weight 5;
+   - code reconstruction L1 of s (Es of the swaps) and f (Ea of the swaps), and cycle reconstruction
+     G(Es(x_ab), Ea(x_ba)) = x_a, ramped in after the warm-up to 1, 1 and 2;
+   - identity loss of the swaps (cross-entropy of the primary head to the appearance donor's id), weight 0.5;
+   - adversarial (LSGAN), weight 2 per scale;
+   - Ea: cross-entropy on real images (both heads); primary feature learning: KL divergence of the primary
+     head to the teacher's soft label (the mean of its softmax over the swap and its mirror), lambda_prim ramped
+     0 -> 2 after the warm-up; fine-grained mining: cross-entropy of the fine head to the structure donor's id,
+     lambda_fine = 0.2 lambda_prim.
+   The appearance code is detached from the generator losses: the generator-side losses see Ea through a
+   functional call on detached parameters (BatchNorm in batch-statistics mode, running statistics untouched)
+   instead of a per-iteration deep copy, so only the identity losses train Ea. Random erasing (p 0.5) is
+   applied to the inputs of the identity losses only.
+
+The paper's settings are the defaults (256x128, 100k iterations, SGD for Ea at 0.002 / heads 0.02, Adam 1e-4 for
+Es, G, the MLPs and D, x0.1 at 60k and 90k, warm-up 30k, ramps of 0.0005 per iteration). The cpu-quick preset
+scales everything down (see :attr:`DGNet.presets`) so that the CPU finishes in minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..data import BatchAugment, BatchedSampler, SameIdentityPairSampler, normalize
+from ..models.baseline import ReidBaseline
+from ..models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator
+from .checkpoint import CheckpointError, LATEST, load_checkpoint, resolve_checkpoint
+from .loop import Method, WarmupStepSchedule
+
+GRID_COLUMNS = 8  # what the loop's save_image_grid puts in a row
+CPU_QUICK_ITERS = 200
+PAPER_ITERS = 100_000
+
+
+def ramp(it: int, start: int, per_iter: float, maximum: float) -> float:
+    """A loss weight that is 0 before iteration `start` (0-based) and grows by `per_iter` per iteration from
+    there (per_iter at `start` itself) up to `maximum`: the paper's warm-up ramps."""
+    return 0.0 if it < start else min(maximum, per_iter * (it - start + 1))
+
+
+class DGNet(Method):
+    name = "dgnet"
+    defaults = {
+        "iters": PAPER_ITERS, "epochs": None, "batch_size": 8, "lr": 0.002, "head_lr_mult": 10.0,
+        "gen_lr": 1e-4, "dis_lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "lr_decay_at": [0.6, 0.9],
+        "lr_gamma": 0.1, "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0, "pretrained": "auto",
+        "pad": 10, "erasing": 0.5, "teacher": None, "teacher_iters": 600,
+        "warm_iters": 30_000, "ramp_per_iter": 0.0005,
+        "recon_x_w": 5.0, "recon_f_w": 1.0, "recon_s_w": 1.0, "cycle_w": 2.0, "id_w": 1.0, "id_gen_w": 0.5,
+        "prim_w": 2.0, "fine_ratio": 0.2, "adv_w": 2.0, "r1_w": 0.01, "ap_mode": "market",
+        "faithful": False, "ea_init": "pretrained",
+    }
+    # 200 iterations with the schedule's fractions kept: warm-up at 30%, ramps 500x faster (full weight
+    # 2000 / 500 = 4 iterations after it, as 2000 iterations are after 30k in the paper), decay at 60% and 90%.
+    # No ImageNet weights exist at width 16: Ea's ResNet-50 starts from the teacher's (the baseline preset's,
+    # 600 iterations) and fine-tunes at a quarter of the paper's rates (0.0005, heads 0.005: at the paper's,
+    # batch-8 heads from scratch overshoot here, the identity loss rising above chance); G and D train at 10x
+    # the paper's rate to learn something in 200 iterations.
+    presets = {
+        "cpu-quick": {"iters": CPU_QUICK_ITERS, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                      "pad": 4, "synthetic_ids": 120, "lr": 0.0005, "gen_lr": 1e-3,
+                      "dis_lr": 1e-3, "warm_iters": int(0.3 * CPU_QUICK_ITERS),
+                      "ramp_per_iter": 0.0005 * PAPER_ITERS / CPU_QUICK_ITERS, "teacher_iters": 600,
+                      "ckpt_every": 100, "log_every": 10, "ea_init": "teacher"},
+    }
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        S = argparse.SUPPRESS
+        g = parser.add_argument_group("dgnet")
+        g.add_argument("--teacher", default=S, metavar="RUN_DIR",
+                       help="a baseline run folder (python -m reidfast.train baseline) whose soft labels drive "
+                            "primary feature learning; without it the synthetic preset trains a short one first")
+        g.add_argument("--teacher-iters", type=int, default=S, metavar="N",
+                       help="iterations of the baseline teacher trained when no --teacher is given")
+        g.add_argument("--backbone-width", type=int, default=S, help="Ea's ResNet-50 base width (64: ResNet-50)")
+        g.add_argument("--gan-width", type=float, default=S,
+                       help="channel multiplier of Es, G, the AdaIN MLPs and D (1: the paper's)")
+        g.add_argument("--pretrained", default=S, metavar="PATH",
+                       help="torchvision resnet50 weights for Ea; auto: the torch hub cache's if present; none")
+        g.add_argument("--head-lr-mult", type=float, default=S, help="Ea heads' lr = X * lr (10: 0.02 vs 0.002)")
+        g.add_argument("--gen-lr", type=float, default=S, help="Adam lr of Es, G and the AdaIN MLPs (1e-4)")
+        g.add_argument("--dis-lr", type=float, default=S, help="Adam lr of D (1e-4)")
+        g.add_argument("--lr-decay-at", type=float, nargs="+", default=S, metavar="FRAC",
+                       help="fractions of the run after which every lr is multiplied by --lr-gamma (0.6 0.9)")
+        g.add_argument("--warm-iters", type=int, default=S, metavar="N",
+                       help="iterations before the code/cycle reconstruction and teacher losses ramp in (30000)")
+        g.add_argument("--ramp-per-iter", type=float, default=S, help="ramp increment per iteration (0.0005)")
+        g.add_argument("--faithful", action="store_true", default=S,
+                       help="the original's order of operations (a separate generator pass for D's step, one "
+                            "call per pass of Es, G and D, a deep copy of Ea): same losses, slower; for comparison")
+        g.add_argument("--ea-init", choices=("pretrained", "teacher"), default=S,
+                       help="Ea's ResNet-50 starts from --pretrained (the paper: ImageNet), or from the teacher's "
+                            "backbone (cpu-quick: no ImageNet weights exist at its reduced width)")
+        g.add_argument("--erasing", type=float, default=S, help="random erasing probability on id-loss inputs")
+        g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
+        for name, text in (("recon-x-w", "image reconstruction (5)"), ("recon-f-w", "appearance code recon (1)"),
+                           ("recon-s-w", "structure code recon (1)"), ("cycle-w", "cycle reconstruction (2)"),
+                           ("id-w", "identity loss on real images (1)"), ("id-gen-w", "identity loss on swaps (0.5)"),
+                           ("prim-w", "lambda_prim, primary feature learning (2)"),
+                           ("fine-ratio", "lambda_fine / lambda_prim (0.2)"), ("adv-w", "G adversarial, per scale (2)"),
+                           ("r1-w", "R1 penalty, per scale (0.01)")):
+            g.add_argument(f"--{name}", type=float, default=S, help=f"weight: {text}")
+
+    def __init__(self, run, dataset):
+        self.run = run
+        cfg = run.cfg
+        self.num_classes = dataset.num_train_pids
+        ea = AppearanceEncoder(self.num_classes, backbone_width=cfg["backbone_width"], pretrained=cfg["pretrained"],
+                               log=run.log)
+        self.ea = run.place(ea)
+        self.gen = run.place(Generator(ea.code_features, cfg["gan_width"]))
+        self.dis = run.place(MultiScaleDiscriminator(cfg["gan_width"]))
+        if run.world_size > 1:  # the shared Ea/G modules are called in several roles per step
+            raise ValueError("dgnet does not run under torchrun yet: train on one device")
+        # training-time callables (compiled when on): Es, G (decoding), D and Ea
+        self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
+        self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis)
+        backbone_lr = cfg["lr"]
+        if cfg["ea_init"] not in ("pretrained", "teacher"):
+            raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
+        heads = list(self.ea.primary.parameters()) + list(self.ea.fine.parameters())
+        self.opt_ea = torch.optim.SGD(
+            [{"params": self.ea.backbone.parameters(), "lr": backbone_lr},
+             {"params": heads, "lr": cfg["head_lr_mult"] * backbone_lr}],
+            lr=backbone_lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=True)
+        adam = dict(betas=(0.0, 0.999), weight_decay=cfg["weight_decay"])
+        self.opt_gen = torch.optim.Adam(self.gen.parameters(), lr=cfg["gen_lr"], **adam)
+        self.opt_dis = torch.optim.Adam(self.dis.parameters(), lr=cfg["dis_lr"], **adam)
+        self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
+        # erasing alone, on images that are already normalized (identity mean/std: no second normalization)
+        self.erase = BatchAugment(flip_p=0.0, pad=0, erase_p=cfg["erasing"], mean=(0.0, 0.0, 0.0),
+                                  std=(1.0, 1.0, 1.0))
+        self.teacher = None  # loaded by configure() (training only), unless already set (benchmarks)
+        self.faithful = bool(cfg["faithful"])
+        self.networks = {"ea": self.ea, "gen": self.gen, "dis": self.dis}
+        self.optimizers = {"ea": self.opt_ea, "gen": self.opt_gen, "dis": self.opt_dis}
+        self.schedulers = {}
+
+    # --- setup -----------------------------------------------------------------------------------------------
+    def batch_sampler(self, dataset, seed):
+        """2B (image, same-identity image) pairs per iteration: the first B are (a, p), the last B (b, q)."""
+        return BatchedSampler(SameIdentityPairSampler(dataset.train, seed), 2 * self.run.cfg["batch_size"])
+
+    def images_per_iteration(self) -> int:
+        return 4 * self.run.cfg["batch_size"]  # a, p, b, q
+
+    def configure(self, total_iters: int) -> None:
+        cfg = self.run.cfg
+        milestones = sorted({max(1, round(f * total_iters)) for f in cfg["lr_decay_at"]})
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, WarmupStepSchedule(0, milestones,
+                                                                                         cfg["lr_gamma"]))
+                           for name, opt in self.optimizers.items()}
+        if self.teacher is None:
+            self.teacher = self._load_teacher(self._teacher_dir())
+            if cfg["ea_init"] == "teacher":
+                self.ea.backbone.load_state_dict(self.teacher.backbone.state_dict())
+                self.run.log("dgnet: Ea's ResNet-50 starts from the teacher's (--ea-init teacher)")
+
+    def _teacher_dir(self) -> Path:
+        cfg = self.run.cfg
+        if cfg["teacher"]:
+            return Path(cfg["teacher"]).expanduser()
+        synthetic = cfg["dataset"] in ("synthetic", "synthetic-market") or (cfg["dataset"] is None
+                                                                            and cfg["data_root"] is None)
+        if not synthetic:
+            raise ValueError("dgnet needs a teacher on real data: train one with python -m reidfast.train baseline "
+                             "(same dataset) and pass --teacher RUN_DIR")
+        folder = Path(cfg["out"]) / "teacher"
+        if not (folder / LATEST).is_file():
+            if self.run.world_size > 1:
+                raise ValueError("dgnet under torchrun needs --teacher RUN_DIR (train the baseline first)")
+            self.run.log(f"dgnet: no --teacher given: training a short baseline teacher first "
+                         f"({cfg['teacher_iters']} iterations) in {folder}")
+            self._train_teacher(folder)
+        cfg["teacher"] = str(folder)  # saved with the checkpoint: a resumed run reuses this teacher
+        return folder
+
+    def _train_teacher(self, folder: Path) -> None:
+        from .baseline import Baseline  # the teacher is the baseline method's run
+        from .config import resolve_config
+        from .loop import train
+        cfg = self.run.cfg
+        flags = {key: cfg[key] for key in ("dataset", "data_root", "synthetic_ids", "height", "width", "device",
+                                           "seed", "workers", "threads", "amp", "compile", "backend")}
+        # the teacher reads as many images per iteration as DG-Net does (a, p, b, q): 32 in both cpu-quick presets
+        flags.update(out=str(folder), iters=cfg["teacher_iters"], ckpt_every=0, backbone_width=cfg["backbone_width"],
+                     last_stride=1, pretrained=cfg["pretrained"], preset=cfg["preset"],
+                     batch_size=self.images_per_iteration())
+        teacher_cfg = resolve_config(Baseline.defaults, Baseline.presets, {}, flags,
+                                     device_is_cpu=self.run.device.type == "cpu")
+        train(Baseline, teacher_cfg)
+
+    def _load_teacher(self, folder: Path) -> ReidBaseline:
+        path = resolve_checkpoint(folder, folder)
+        state = load_checkpoint(path, "baseline")
+        if state["dataset"]["num_train_pids"] != self.num_classes:
+            raise CheckpointError(f"--teacher {folder}: trained on {state['dataset']['num_train_pids']} identities, "
+                                  f"this run has {self.num_classes} (train the teacher on the same dataset)")
+        tcfg = state["config"]
+        teacher = ReidBaseline(self.num_classes, last_stride=tcfg["last_stride"], width=tcfg["backbone_width"],
+                               dropout=tcfg["dropout"], pretrained="none", log=lambda message: None)
+        teacher.load_state_dict(state["networks"]["model"])
+        teacher.requires_grad_(False)
+        self.run.log(f"dgnet: teacher {path} (baseline, iteration {state['iteration']})")
+        return self.run.place(teacher).eval()
+
+    # --- the pieces of an iteration -------------------------------------------------------------------------
+    def loss_weights(self, it: int) -> dict:
+        cfg = self.run.cfg
+        start, rate = cfg["warm_iters"], cfg["ramp_per_iter"]
+        prim = ramp(it, start, rate, cfg["prim_w"])
+        return {"recon_f": ramp(it, start, rate, cfg["recon_f_w"]), "recon_s": ramp(it, start, rate, cfg["recon_s_w"]),
+                "cycle": ramp(it, start, rate, cfg["cycle_w"]), "prim": prim, "fine": cfg["fine_ratio"] * prim}
+
+    # --- Ea as the generator losses see it (no gradient reaches Ea) -------------------------------------------
+    def _frozen_ea(self):
+        """Ea with detached parameters, BatchNorm in batch-statistics mode on copies of its running statistics
+        (which stay untouched): a functional call, or in --faithful mode the original's deep copy of Ea."""
+        if self.faithful:
+            copy_ = copy.deepcopy(self.ea)
+            copy_.requires_grad_(False)
+            return copy_.appearance, lambda x: copy_(x)[1]
+        params = {k: p.detach() for k, p in self.ea.named_parameters()}
+        buffers = {k: b.clone() for k, b in self.ea.named_buffers()}
+        state = {**params, **buffers}
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+
+        def code(x):
+            return self.ea.code_of(functional_call(self.ea.backbone, backbone, (x,)))
+
+        def primary_logits(x):
+            return functional_call(self.ea, state, (x,))[1]
+
+        return code, primary_logits
+
+    # --- Es, G and D over several inputs: one batched call, or one call each (--faithful) ------------------
+    def _batched(self, fn, *inputs):
+        """fn over several aligned input groups, e.g. _batched(G, [s1, s2], [f1, f2]) -> [G(s1, f1), G(s2, f2)]."""
+        if self.faithful:
+            return [fn(*args) for args in zip(*inputs)]
+        sizes = [x.shape[0] for x in inputs[0]]
+        out = fn(*[torch.cat(group) for group in inputs])
+        if isinstance(out, (list, tuple)):  # D: one output per scale
+            return [list(per_input) for per_input in zip(*[o.split(sizes) for o in out])]
+        return list(out.split(sizes))
+
+    @torch.no_grad()
+    def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's soft label: its softmax averaged over the image and its mirror."""
+        logits, _ = self.teacher(torch.cat([images, images.flip(3)]))
+        return logits.float().softmax(1).view(2, images.shape[0], -1).mean(0)
+
+    def _split(self, batch):
+        run = self.run
+        images = batch["image"]  # (2B, 2, 3, H, W): (image, same-identity partner)
+        pairs = images.shape[0]
+        if pairs < 2 or pairs % 2:
+            raise ValueError(f"dgnet: a batch needs an even number of pairs, got {pairs}")
+        x = run.images(self.augment(images.flatten(0, 1), run.generator)).view(images.shape[:2] + (-1,) +
+                                                                                tuple(images.shape[-2:]))
+        half = pairs // 2
+        pids = batch["pid"][:, 0]
+        return x[:half, 0], x[:half, 1], x[half:, 0], x[half:, 1], pids[:half], pids[half:]
+
+    def _generate(self, code, x_a, x_p, x_b, x_q):
+        """Codes of the real images and the generator pass: swaps [x_ba, x_ab], self reconstructions
+        [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq]."""
+        with torch.no_grad():  # the appearance code is detached from the generator losses
+            f_a, f_p, f_b, f_q = (code(x) for x in (x_a, x_p, x_b, x_q))
+        s_a, s_b = self._batched(self.train_es, [x_a, x_b])
+        x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.train_dec, [s_b, s_a, s_a, s_b, s_a, s_b],
+                                                           [f_a, f_b, f_a, f_b, f_p, f_q])
+        return (f_a, f_b), (s_a, s_b), (x_ba, x_ab), (x_aa, x_bb, x_ap, x_bq)
+
+    def train_step(self, batch, it):
+        run, cfg = self.run, self.run.cfg
+        w = self.loss_weights(it)
+        x_a, x_p, x_b, x_q, y_a, y_b = self._split(batch)
+        code_on = w["recon_f"] > 0 or w["recon_s"] > 0 or w["cycle"] > 0
+        code, primary_logits = self._frozen_ea()
+
+        with run.autocast():
+            if self.faithful:  # the original: D's step runs its own generator pass without gradients
+                with torch.no_grad():
+                    swaps = self._generate(code, x_a, x_p, x_b, x_q)[2]
+            else:
+                (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
+            # D step: LSGAN on (x_ba vs x_a) and (x_ab vs x_b), R1 on the real images, every scale
+            self.dis.requires_grad_(True)
+            reals = [x.detach().requires_grad_(cfg["r1_w"] > 0) for x in (x_a, x_b)]
+            d_out = self._batched(self.train_dis, [swaps[0].detach(), swaps[1].detach(), *reals])
+        d_fake, d_real = d_out[:2], d_out[2:]
+        loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean()
+                     for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
+        r1 = torch.zeros((), device=x_a.device)
+        if cfg["r1_w"] > 0:
+            for scale in range(len(d_real[0])):
+                grads = torch.autograd.grad(sum(out[scale].float().sum() for out in d_real), reals, create_graph=True)
+                r1 = r1 + sum(g.float().square().flatten(1).sum(1).mean() for g in grads)
+        self.opt_dis.zero_grad(set_to_none=True)
+        run.backward(loss_d + cfg["r1_w"] * r1)
+        run.step(self.opt_dis)
+
+        # G + Ea step
+        self.dis.requires_grad_(False)  # G's adversarial loss must not leave gradients in D
+        out = {}
+        zero = torch.zeros((), device=x_a.device)
+        l1 = lambda a, b: F.l1_loss(a.float(), b.float())  # noqa: E731
+        with run.autocast():
+            if self.faithful:
+                (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
+            x_ba, x_ab = swaps
+            x_aa, x_bb, x_ap, x_bq = recons
+            out["recon_x"] = l1(x_aa, x_a) + l1(x_bb, x_b) + l1(x_ap, x_a) + l1(x_bq, x_b)
+            out["adv"] = sum((o.float() - 1).square().mean() for d in self._batched(self.train_dis, swaps) for o in d)
+            out["id_gen"] = (F.cross_entropy(primary_logits(self.erase(x_ba, run.generator)).float(), y_a)
+                             + F.cross_entropy(primary_logits(self.erase(x_ab, run.generator)).float(), y_b))
+            out["recon_f"] = out["recon_s"] = out["cycle"] = zero
+            if code_on:  # all three weights are 0 during the warm-up: skip these passes
+                f_a_rec, f_b_rec = code(x_ba), code(x_ab)
+                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba, x_ab])
+                out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
+                out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
+                x_aba, x_bab = self._batched(self.train_dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
+                out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
+            # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps
+            out["id"] = zero
+            accuracy = zero
+            for x, y in ((x_a, y_a), (x_b, y_b)):
+                _, primary, fine = self.train_ea(self.erase(x, run.generator))
+                out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
+                accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
+            out["prim"] = out["fine"] = zero
+            if w["prim"] > 0:
+                # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
+                for swap, structure_donor in ((x_ba, y_b), (x_ab, y_a)):
+                    soft = self.teacher_labels(swap.detach())
+                    _, primary, fine = self.train_ea(self.erase(swap.detach(), run.generator))
+                    out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
+                    out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
+        loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]
+                + w["cycle"] * out["cycle"] + cfg["id_gen_w"] * out["id_gen"] + cfg["adv_w"] * out["adv"]
+                + cfg["id_w"] * out["id"] + w["prim"] * out["prim"] + w["fine"] * out["fine"])
+        self.opt_gen.zero_grad(set_to_none=True)
+        self.opt_ea.zero_grad(set_to_none=True)
+        run.backward(loss)
+        run.step(self.opt_gen)
+        run.step(self.opt_ea)
+        self.dis.requires_grad_(True)
+        return {"d": loss_d.detach(), "r1": r1.detach(), **{k: v.detach() for k, v in out.items()},
+                "loss": loss.detach(), "acc": accuracy, **{f"w/{k}": torch.tensor(v) for k, v in w.items()}}
+
+    @torch.no_grad()
+    def embed(self, images):
+        with self.run.autocast():
+            return self.ea.features(images)
+
+    @torch.no_grad()
+    def sample_images(self, batch):
+        """A Figure-1 style grid: row i keeps image i's appearance, column j image j's structure; the first row
+        holds the inputs and the diagonal is the reconstruction."""
+        images = normalize(batch["image"][:, 0][:GRID_COLUMNS].to(self.run.device))
+        was_training = [m.training for m in (self.ea, self.gen)]
+        self.ea.eval()
+        self.gen.eval()
+        try:
+            with self.run.autocast():
+                codes = self.ea.appearance(images)
+                structure = self.gen.encode(images)
+                n = images.shape[0]
+                rows = [images]
+                for i in range(n):
+                    rows.append(self.gen.decode(structure, codes[i:i + 1].expand(n, -1)).float())
+        finally:
+            for m, mode in zip((self.ea, self.gen), was_training):
+                m.train(mode)
+        grid = torch.stack(rows)  # (1 + n, n, 3, H, W)
+        if n < GRID_COLUMNS:  # the saved grid has GRID_COLUMNS per row: pad with blank (mean-colour) images
+            grid = torch.cat([grid, grid.new_zeros((grid.shape[0], GRID_COLUMNS - n) + grid.shape[2:])], dim=1)
+        return grid.flatten(0, 1).float()

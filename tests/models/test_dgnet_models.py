@@ -1,0 +1,134 @@
+"""DG-Net's networks: the shape of every module's output, the fused AdaIN path against the reference, and the
+parameter count per module at the published width."""
+import pytest
+import torch
+
+from reidfast import ops
+from reidfast.models.dgnet import (ASPP, AdaINParams, AppearanceEncoder, Decoder, Generator, LayerNorm2d,
+                                   MultiScaleDiscriminator, PatchDiscriminator, StructureEncoder, parameter_counts)
+from reidfast.ops import _extension
+
+H, W, N, K = 64, 32, 2, 5
+WIDTH, BACKBONE_WIDTH = 0.25, 4  # Es/G/D channels x0.25; ResNet-50 of base width 4 (128-channel maps)
+
+
+@pytest.fixture(scope="module")
+def ea():
+    return AppearanceEncoder(K, backbone_width=BACKBONE_WIDTH, pretrained="none", log=lambda m: None)
+
+
+def test_structure_encoder_shapes():
+    es = StructureEncoder(WIDTH)
+    images = torch.randn(N, 3, H, W)
+    s = es(images)
+    assert s.shape == (N, 32, H // 4, W // 4)
+    # the input is the channel mean: a 3-channel image and its gray version give the same code
+    assert torch.allclose(es(images.mean(1, keepdim=True)), s)
+    assert es.aspp.out_channels == 2 * 16
+    assert StructureEncoder().code_channels == 128
+    with pytest.raises(ValueError, match="StructureEncoder"):
+        es(torch.randn(N, 2, H, W))
+
+
+def test_aspp_and_layer_norm_shapes():
+    assert ASPP(8)(torch.randn(N, 8, 16, 8)).shape == (N, 16, 16, 8)
+    y = LayerNorm2d(6)(torch.randn(N, 6, 4, 3) * 3 + 1)
+    assert y.shape == (N, 6, 4, 3)
+    assert torch.allclose(y.mean((1, 2, 3)), torch.zeros(N), atol=1e-5)
+
+
+def test_appearance_encoder_shapes(ea):
+    images = torch.randn(N + 1, 3, H, W)
+    code, primary, fine = ea(images)
+    channels = ea.backbone.out_channels
+    assert channels == 32 * BACKBONE_WIDTH
+    assert code.shape == (N + 1, 4 * channels) and ea.code_features == 4 * channels
+    assert primary.shape == fine.shape == (N + 1, K)
+    # last stride 1: the map is H/16 x W/16, and the code is its max over 4 horizontal stripes
+    fmap = ea.backbone(images)
+    assert fmap.shape[-2:] == (H // 16, W // 16)
+    stripes = fmap.view(N + 1, channels, 4, -1, W // 16).amax((3, 4))
+    assert torch.equal(code, stripes.flatten(1))
+    assert ea.primary.dropout.p == 0.5 and ea.fine.dropout.p == 0.75
+    ea.eval()
+    f = ea.features(images)
+    ea.train()
+    assert f.shape == (N + 1, 1024)
+    assert torch.allclose(f[:, :512].norm(dim=1), torch.ones(N + 1), atol=1e-5)
+    assert torch.allclose(f[:, 512:].norm(dim=1), torch.full((N + 1,), 0.5), atol=1e-5)
+
+
+def test_generator_shapes(ea):
+    gen = Generator(ea.code_features, WIDTH)
+    dim = gen.decoder.dim
+    code = torch.randn(N, ea.code_features)
+    styles = gen.mlp(code)
+    assert [s.shape for s in styles] == [(N, 4 * dim)] * 4 and gen.decoder.style_sizes == [4 * dim] * 4
+    s = gen.encode(torch.randn(N, 3, H, W))
+    out = gen.decode(s, code)
+    assert out.shape == (N, 3, H, W)
+    # no tanh: the raw 1x1 conv is the output (normalized images are not bounded by [-1, 1])
+    assert isinstance(gen.decoder.out[-1], torch.nn.Conv2d)
+    assert not any(isinstance(m, torch.nn.Tanh) for m in gen.modules())
+    with pytest.raises(ValueError, match="AdaINParams"):
+        gen.mlp(torch.randn(N, 7))
+    with pytest.raises(ValueError, match="style tensors"):
+        gen.decoder(s, styles[:3])
+
+
+def test_discriminator_shapes():
+    d = MultiScaleDiscriminator(WIDTH)
+    outs = d(torch.randn(N, 3, H, W))
+    assert [o.shape for o in outs] == [(N, 1, H // 4, W // 4), (N, 1, H // 8, W // 8), (N, 1, H // 16, W // 16)]
+    assert len(d.scales) == 3 and isinstance(d.scales[0], PatchDiscriminator)
+
+
+@pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
+def test_fused_adain_path_equals_reference():
+    torch.manual_seed(1)
+    dec = Decoder(WIDTH).double()
+    mlp = AdaINParams(64, dec.dim, width=WIDTH).double()
+    s = torch.randn(N, dec.dim, 8, 4, dtype=torch.float64, requires_grad=True)
+    code = torch.randn(N, 64, dtype=torch.float64, requires_grad=True)
+
+    def run(backend):
+        with ops.use_backend(backend):
+            assert ops.resolve_backend("adain", s.device) == backend
+            out = dec(s, mlp(code))
+        grads = torch.autograd.grad(out.square().sum(), [s, code, dec.blocks[0].conv1.weight])
+        return out, grads
+
+    fused, fused_grads = run("cpu")
+    ref, ref_grads = run("reference")
+    torch.testing.assert_close(fused, ref)
+    for a, b in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_parameter_counts_at_the_published_width(capsys):
+    ea = AppearanceEncoder(751, pretrained="none", log=lambda m: None)  # Market-1501's 751 training ids
+    gen = Generator(ea.code_features)
+    modules = {"Ea (ResNet-50 + 2 heads)": ea, "Es": gen.encoder, "G (decoder)": gen.decoder,
+               "AdaIN MLPs": gen.mlp, "D (3 scales)": MultiScaleDiscriminator()}
+    counts = parameter_counts(modules)
+    with capsys.disabled():
+        print("\nDG-Net parameters: " + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in counts.items()))
+    assert ea.code_features == 8192
+    # ResNet-50 trunk without fc: 23,508,032; each ClassBlock 2048*512+512 + 2*512 + 512*751+751
+    head = 2048 * 512 + 512 + 2 * 512 + 512 * 751 + 751
+    assert counts["Ea (ResNet-50 + 2 heads)"] == 23_508_032 + 2 * head
+    # 8 MLPs of 8192-512-512-256
+    assert counts["AdaIN MLPs"] == 8 * (8192 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256)
+    # one D scale: convs 3-32 (1x1), 3x 32-32 (3x3), 32-64 (3x3), 8 convs 64-64 (3x3), 64-1 (1x1)
+    scale = (3 * 32 + 32) + 3 * (32 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + 8 * (64 * 64 * 9 + 64) + (64 + 1)
+    assert counts["D (3 scales)"] == 3 * scale
+
+
+def test_info_prints_the_parameter_count_per_module(capsys):
+    from reidfast.info import main
+    main(["--model", "dgnet"])
+    out = capsys.readouterr().out
+    assert "23,508,032" in out  # ResNet-50 without fc
+    assert f"{8 * (8192 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256):,}" in out
+    with capsys.disabled():
+        print("\n" + out)

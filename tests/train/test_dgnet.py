@@ -1,0 +1,189 @@
+"""DG-Net's trainer on the CPU at a tiny size: a few iterations end to end, the loss ramps, exact resume, and
+the teacher (given, or trained first when none is given)."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from reidfast.train.__main__ import main
+from reidfast.train.checkpoint import load_checkpoint
+from reidfast.train.dgnet import ramp
+
+from .conftest import read_log, tiny_args
+
+WARM = 3  # the ramps switch on at iteration index 3, i.e. the 4th iteration (logged as it 4)
+
+
+def dgnet_args(root, out, *extra):
+    """64x32 (D's third scale needs 16x8), width-4 ResNet-50, Es/G/D at 1/4 width, 2 + 2 pairs per iteration."""
+    return ["dgnet", "--dataset", "synthetic", "--data-root", str(root), "--out", str(out), "--device", "cpu",
+            "--height", "64", "--width", "32", "--backbone-width", "4", "--gan-width", "0.25", "--batch-size", "2",
+            "--workers", "0", "--threads", "1", "--pad", "2", "--pretrained", "none", "--log-every", "1",
+            "--eval-batch-size", "64", "--warm-iters", str(WARM), "--ramp-per-iter", "0.5", *extra]
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(tiny_args(tiny_root, out, "--iters", "2", "--last-stride", "1", "--threads", "1")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_root, teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "dgnet"
+    assert main(dgnet_args(tiny_root, out, "--teacher", str(teacher), "--iters", "6", "--ckpt-every", "3")) == 0
+    return out
+
+
+def records(run_dir):
+    return {r["it"]: r for r in read_log(run_dir) if "recon_x" in r}
+
+
+def test_ramp_schedule():
+    assert [ramp(i, 3, 0.5, 2.0) for i in range(8)] == [0, 0, 0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    # the paper's: off until 30k, 0.0005 per iteration, full weight 1 after 2000 more
+    assert ramp(29_999, 30_000, 0.0005, 1.0) == 0 and ramp(30_000, 30_000, 0.0005, 1.0) == 0.0005
+    assert ramp(31_999, 30_000, 0.0005, 1.0) == 1.0
+
+
+def test_a_few_iterations_write_a_complete_run(short_run):
+    for name in ("config.json", "log.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "metrics.json"):
+        assert (short_run / name).is_file(), name
+    assert list((short_run / "samples").glob("it*.png"))
+    metrics = json.loads((short_run / "metrics.json").read_text())
+    assert metrics["method"] == "dgnet" and metrics["iterations"] == 6 and metrics["images_per_s"] > 0
+    assert 0 <= metrics["rank1"] <= metrics["rank10"] <= 1 and 0 <= metrics["mAP"] <= 1
+    logged = records(short_run)
+    assert sorted(logged) == [1, 2, 3, 4, 5, 6]
+    for r in logged.values():
+        assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float)), r
+        assert r["recon_x"] > 0 and r["d"] > 0 and r["r1"] >= 0 and r["adv"] > 0 and r["id"] > 0 and r["id_gen"] > 0
+    state = load_checkpoint(short_run / "checkpoint.pt")
+    assert set(state["networks"]) == {"ea", "gen", "dis"} and set(state["optimizers"]) == {"ea", "gen", "dis"}
+
+
+def test_losses_ramp_in_after_the_warm_up(short_run):
+    logged = records(short_run)
+    ramped = ("recon_f", "recon_s", "cycle", "prim", "fine")
+    for it in (1, 2, 3):  # iteration indices 0..2: before the warm-up ends, off and not even computed
+        assert all(logged[it][f"w/{k}"] == 0 and logged[it][k] == 0 for k in ramped), logged[it]
+    expected = {4: (0.5, 0.5, 0.5, 0.5), 5: (1.0, 1.0, 1.0, 1.0), 6: (1.0, 1.0, 1.5, 1.5)}
+    for it, (f, s, cycle, prim) in expected.items():
+        r = logged[it]
+        assert (r["w/recon_f"], r["w/recon_s"], r["w/cycle"], r["w/prim"]) == (f, s, cycle, prim)
+        assert r["w/fine"] == pytest.approx(0.2 * prim)
+        assert all(r[k] > 0 for k in ramped), r
+    # the step decay: x0.1 after 60% (iteration 4 of 6) and 90% (5 of 6) of the run, for all three optimizers
+    lrs = {it: r["lr/gen"] for it, r in logged.items()}
+    assert lrs[3] == pytest.approx(1e-4) and lrs[4] == pytest.approx(1e-5) and lrs[5] == pytest.approx(1e-6)
+
+
+def test_resume_continues_the_schedule(short_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(short_run / "checkpoint.prev.pt", resumed / "checkpoint.pt")  # iteration 3: just before the ramps
+    assert main(["dgnet", "--out", str(resumed), "--resume"]) == 0
+    full, again = records(short_run), records(resumed)
+    assert sorted(again) == [4, 5, 6]
+    for it in (4, 5, 6):  # weights, lrs and losses: bit for bit (data order, dropout, erasing, optimizers)
+        assert {k: v for k, v in again[it].items() if k != "images_per_s"} == \
+               {k: v for k, v in full[it].items() if k != "images_per_s"}
+    a = load_checkpoint(short_run / "checkpoint.pt")["networks"]
+    b = load_checkpoint(resumed / "checkpoint.pt")["networks"]
+    assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
+
+
+def test_without_a_teacher_the_synthetic_run_trains_one_first(tiny_root, tmp_path, capsys):
+    out = tmp_path / "auto"
+    assert main(dgnet_args(tiny_root, out, "--iters", "1", "--teacher-iters", "2", "--ckpt-every", "0")) == 0
+    err = capsys.readouterr().err
+    assert "no --teacher given: training a short baseline teacher first (2 iterations)" in err
+    assert load_checkpoint(out / "teacher" / "checkpoint.pt", "baseline")["iteration"] == 2
+    assert json.loads((out / "config.json").read_text())["teacher"] is None
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["teacher"] == str(out / "teacher")
+
+
+def test_real_data_without_a_teacher_is_a_clear_error(tiny_root, tmp_path, capsys):
+    args = dgnet_args(tiny_root, tmp_path / "x", "--iters", "1")
+    args[args.index("synthetic")] = "market1501"
+    assert main(args) == 2
+    assert "--teacher RUN_DIR" in capsys.readouterr().err
+
+
+def _method(faithful: bool, teacher_state, num_classes=4):
+    from types import SimpleNamespace
+
+    from reidfast.models.baseline import ReidBaseline
+    from reidfast.train.dgnet import DGNet
+    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **DGNet.defaults, "height": 64, "width": 32, "backbone_width": 4,
+           "gan_width": 0.25, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "warm_iters": 0,
+           "ramp_per_iter": 0.5, "faithful": faithful, "device": "cpu"}
+    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
+    torch.manual_seed(0)
+    method = DGNet(run, SimpleNamespace(num_train_pids=num_classes))
+    teacher = ReidBaseline(num_classes, last_stride=1, width=4, pretrained="none", log=lambda m: None)
+    teacher.load_state_dict(teacher_state)
+    method.teacher = teacher.eval().requires_grad_(False)
+    method.configure(10)
+    return method
+
+
+def test_faithful_order_gives_the_same_losses_at_fp32():
+    # one iteration with every loss on, from the same state on the same batch: the batched single-pass order and
+    # the original's (a second generator pass, one call per pass, a deep copy of Ea) agree up to rounding.
+    # 4 pairs per loader: at 2, Ea's BatchNorm over 2 samples amplifies the rounding of batched convolutions.
+    from reidfast.models.baseline import ReidBaseline
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+        g = torch.Generator().manual_seed(1)
+        batch = {"image": torch.randint(0, 256, (8, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
+                 "pid": torch.tensor([[i % 4] * 2 for i in range(8)])}
+        losses, discriminators = {}, {}
+        for faithful in (False, True):
+            method = _method(faithful, teacher_state)
+            torch.manual_seed(5)  # dropout draws
+            losses[faithful] = method.train_step(batch, 1)
+            discriminators[faithful] = method.dis.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    fast, original = losses[False], losses[True]
+    assert fast["w/cycle"] > 0 and fast["prim"] > 0 and fast["recon_f"] > 0  # every loss is on
+    for key in fast:
+        torch.testing.assert_close(fast[key], original[key], rtol=1e-4, atol=1e-6, msg=key)
+    # D's step (the first update) saw the same swaps and real images
+    for key, value in discriminators[False].items():
+        torch.testing.assert_close(value, discriminators[True][key], rtol=0, atol=1e-6)
+
+
+def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):
+    # evaluation needs Ea only: the teacher is loaded for training (configure), not by the constructor
+    from reidfast.eval.__main__ import main as eval_main
+    summary = tmp_path / "summary.json"
+    assert eval_main(["--checkpoint", str(short_run), "--json", str(summary)]) == 0
+    trained = json.loads((short_run / "metrics.json").read_text())
+    assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
+
+
+def test_sample_grid_rows_keep_appearance_and_columns_keep_structure():
+    from reidfast.data import normalize
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state)
+    g = torch.Generator().manual_seed(2)
+    batch = {"image": torch.randint(0, 256, (3, 2, 3, 64, 32), generator=g, dtype=torch.uint8)}
+    grid = method.sample_images(batch)
+    assert method.ea.training and method.gen.training  # the training modes are restored
+    assert grid.shape == (4 * 8, 3, 64, 32)  # inputs + 3 appearance rows, padded to the 8 columns of a row
+    images = normalize(batch["image"][:, 0])
+    torch.testing.assert_close(grid[:3], images)
+    assert torch.equal(grid[3:8], torch.zeros(5, 3, 64, 32))
+    method.ea.eval()
+    with torch.no_grad():  # row 2 (the 2nd image's appearance), column 3 (the 3rd image's structure)
+        tile = method.gen.decode(method.gen.encode(images[2:3]), method.ea.appearance(images[1:2]))
+    torch.testing.assert_close(grid[2 * 8 + 2], tile[0])
