@@ -42,7 +42,7 @@ def adain(
     acc = opmath_dtype(x.dtype)
     xf = x.to(acc)
     mean = xf.mean(dim=(2, 3), keepdim=True)
-    var = xf.var(dim=(2, 3), unbiased=False, keepdim=True)
+    var = (xf - mean).square().mean(dim=(2, 3), keepdim=True)  # biased variance
     z = (xf - mean) / torch.sqrt(var + eps) * weight.to(acc)[:, :, None, None] + bias.to(acc)[:, :, None, None]
     y = activate(z, activation, negative_slope)
     if residual is not None:
