@@ -2,7 +2,7 @@
 
   python -m reidfast.eval --features FILE [--metric euclidean|cosine] [--ap-mode torchreid|market] [--rerank]
 
-FILE is .npz, .pt or layumi's pytorch_result.mat (keys in reidfast.eval.io). Each source of features is a
+FILE is .npz, .pt or the pytorch_result.mat of DG-Net's tools (keys in reidfast.eval.io). Each source of features is a
 subcommand-like mode chosen by a mutually exclusive flag, so new modes (e.g. a trained run) add one flag and one
 function in MODES.
 """

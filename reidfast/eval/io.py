@@ -1,4 +1,4 @@
-"""Reading saved re-id features: .npz, .pt/.pth and layumi's pytorch_result.mat (DG-Net's tools write it).
+"""Reading saved re-id features: .npz, .pt/.pth and the pytorch_result.mat that DG-Net's tools write.
 
 Accepted keys (the first present wins; labels are flattened, so (1, N) arrays from .mat files work):
   query features    query_f, query_feat, query_features, qf

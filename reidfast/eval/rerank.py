@@ -1,4 +1,5 @@
-"""k-reciprocal re-ranking (Zhong, Zheng, Cao, Li, CVPR 2017), in torch: on the GPU when the features are there.
+"""k-reciprocal re-ranking ('Re-ranking Person Re-identification with k-reciprocal Encoding', CVPR 2017), in
+torch: on the GPU when the features are there.
 
 From the paper's equations, over all N = Q + G images with d the squared euclidean distance, each column divided
 by its maximum (the normalization of the authors' evaluation):

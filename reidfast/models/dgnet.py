@@ -1,4 +1,5 @@
-"""DG-Net's networks (Zheng et al., CVPR 2019): networks only, no losses.
+"""DG-Net's networks, networks only, no losses ('Joint Discriminative and Generative Learning for Person
+Re-identification', CVPR 2019).
 
 - :class:`StructureEncoder` (Es): the channel mean of the normalized image -> structure code s (128 x H/4 x W/4).
 - :class:`Decoder` (G): s and the AdaIN parameters -> an image in ImageNet-normalized space (no tanh).

@@ -21,7 +21,8 @@ class RankEvalResult:
 
     cmc: (max_rank,) float64, cmc[r] = fraction of valid queries whose first true match is at rank <= r (0-based).
     mAP: mean of `ap` over the valid queries (NaN when no query is valid).
-    mINP: mean inverse negative penalty over the valid queries (Ye et al. 2021): matches / (rank of the last one + 1).
+    mINP: mean inverse negative penalty over the valid queries: matches / (rank of the last one + 1), as defined in
+      the re-id survey 'Deep Learning for Person Re-identification' (TPAMI 2021).
     ap, inp: (Q,) float64, 0 for invalid queries.
     first_hit: (Q,) int64, 0-based rank of the first true match after junk removal, -1 when the query has none.
     num_matches: (Q,) int64, true matches per query after junk removal.

@@ -100,7 +100,8 @@ def rank_eval(
         p_before_k = (k - 1) / rank_k, or 1 when rank_k = 0.
       Both are means over the valid queries; the official script divides by all queries instead, which differs
       only when some query has no match (never on Market-1501 itself).
-    mINP (Ye et al. 2021): INP = P / (rank_P + 1), the precision at the last true match.
+    mINP (the re-id survey 'Deep Learning for Person Re-identification', TPAMI 2021): INP = P / (rank_P + 1), the
+    precision at the last true match.
     Distances: a distance matrix (Q, G), or features with `pairwise_distance`. NaN distances are an error.
     """
     from .rank_result import summarize  # the shared summary; imported here to keep this module's imports light

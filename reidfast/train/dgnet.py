@@ -1,5 +1,5 @@
-"""DG-Net (Zheng et al., CVPR 2019): joint discriminative and generative re-id learning. Its losses and update
-order only; the networks are in :mod:`reidfast.models.dgnet`, everything else in the shared loop.
+"""DG-Net ('Joint Discriminative and Generative Learning for Person Re-identification', CVPR 2019): its
+losses and update order only; the networks are in :mod:`reidfast.models.dgnet`, everything else in the shared loop.
 
 An iteration takes 2B same-identity pairs: (a, p) for the first B, (b, q) for the other B (the paper's two
 loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba has a's identity in b's structure.

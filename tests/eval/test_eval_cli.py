@@ -43,7 +43,7 @@ def test_mat_layout(tmp_path):
         return
     import scipy.io
 
-    # layumi's tools save labels and cameras as (1, N) rows.
+    # DG-Net's tools save labels and cameras as (1, N) rows.
     scipy.io.savemat(tmp_path / "pytorch_result.mat", {k: v[None] if v.ndim == 1 else v for k, v in arrays.items()})
     f = load_features(str(tmp_path / "pytorch_result.mat"))
     assert f.query_label.tolist() == arrays["query_label"].tolist()
