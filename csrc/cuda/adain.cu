@@ -179,6 +179,17 @@ __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const sca
 // Shared memory a block may take without opting in to more; rows whose cache would exceed it are re-read.
 constexpr int64_t kMaxRowCacheBytes = 48 * 1024;
 
+// Calls launch(channels_last, cache) with the kernel variant for this layout and row size (as compile-time types).
+template <typename Launch>
+void launch_variant(at::MemoryFormat layout, int64_t cache_bytes, Launch&& launch) {
+  if (layout == at::MemoryFormat::ChannelsLast)
+    launch(std::true_type{}, std::false_type{});
+  else if (cache_bytes <= kMaxRowCacheBytes)
+    launch(std::false_type{}, std::true_type{});
+  else
+    launch(std::false_type{}, std::false_type{});
+}
+
 template <bool kChannelsLast>
 std::pair<dim3, dim3> launch_shape(int64_t N, int64_t C) {
   if (kChannelsLast) return {dim3(static_cast<unsigned>(N * ((C + 31) / 32))), dim3(32, 8)};
@@ -211,12 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cuda(const at::Tens
           y.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), C, HW,
           act, static_cast<acc_t>(negative_slope), static_cast<acc_t>(eps));
     };
-    if (layout == at::MemoryFormat::ChannelsLast)
-      launch(std::true_type{}, std::false_type{});
-    else if (cache_bytes <= kMaxRowCacheBytes)
-      launch(std::false_type{}, std::true_type{});
-    else
-      launch(std::false_type{}, std::false_type{});
+    launch_variant(layout, cache_bytes, launch);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, mean, rstd};
@@ -247,12 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_backward_cuda(
           gx.mutable_data_ptr<scalar_t>(), gw.mutable_data_ptr<acc_t>(), gb.mutable_data_ptr<acc_t>(), C, HW, act,
           static_cast<acc_t>(negative_slope));
     };
-    if (layout == at::MemoryFormat::ChannelsLast)
-      launch(std::true_type{}, std::false_type{});
-    else if (cache_bytes <= kMaxRowCacheBytes)
-      launch(std::false_type{}, std::true_type{});
-    else
-      launch(std::false_type{}, std::false_type{});
+    launch_variant(layout, cache_bytes, launch);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {gx, gw, gb};
