@@ -94,15 +94,17 @@ def get_dataset(name: str | None = None, root: str | os.PathLike | None = None, 
     return _READERS[key](root, **options)
 
 
-def add_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--dataset NAME`` and ``--data-root DIR`` to a command's parser; see :func:`dataset_from_args`."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=None, metavar="NAME",
-                       help="dataset to read: " + ", ".join(list_datasets())
-                       + " (default: market1501 when --data-root is given, else the synthetic data)")
-    group.add_argument("--data-root", default=None, metavar="DIR",
-                       help="folder holding the dataset (the dataset folder itself or its parent); "
-                            "omit it to use the synthetic dataset generated into the user cache")
+def add_dataset_args(parser: argparse.ArgumentParser, group=None, default=None,
+                     when_omitted: str = "market1501 when --data-root is given, else the synthetic data"
+                     ) -> argparse.ArgumentParser:
+    """Add ``--dataset NAME`` and ``--data-root DIR`` to a command's parser (in `group`, or a new "data" group);
+    see :func:`dataset_from_args`. `default` is what an omitted flag leaves (argparse.SUPPRESS: nothing) and
+    `when_omitted` says in the help what the command does then. Returns the parser."""
+    group = group if group is not None else parser.add_argument_group("data")
+    group.add_argument("--dataset", default=default, metavar="NAME",
+                       help="dataset to read: " + ", ".join(list_datasets()) + f" (default: {when_omitted})")
+    group.add_argument("--data-root", default=default, metavar="DIR",
+                       help="folder holding the dataset (the dataset folder itself or its parent)")
     return parser
 
 

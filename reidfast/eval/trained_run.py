@@ -65,11 +65,9 @@ def export_features(path: str | os.PathLike, qf, gf, dataset) -> Path:
 
 def add_checkpoint_arguments(parser) -> None:
     """The flags of ``python -m reidfast.eval --checkpoint RUN_DIR`` besides --checkpoint itself."""
-    from ..data import list_datasets
+    from ..data import add_dataset_args
     g = parser.add_argument_group("--checkpoint (a training run)")
-    g.add_argument("--dataset", default=None, metavar="NAME",
-                   help="dataset to evaluate on: " + ", ".join(list_datasets()) + " (default: the run's own)")
-    g.add_argument("--data-root", default=None, metavar="DIR", help="its folder (default: the run's own)")
+    add_dataset_args(parser, g, when_omitted="the run's own dataset")
     g.add_argument("--export", metavar="FILE.npz", default=None,
                    help="save the query/gallery features and labels (readable by --features)")
     g.add_argument("--ranked-list", metavar="FILE.png", default=None,

@@ -11,7 +11,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from ..data import list_datasets
+from ..data import add_dataset_args
 
 # Loop options every method shares. Method defaults (their papers' settings) are merged over these.
 LOOP_DEFAULTS = {
@@ -86,12 +86,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                             "decoding workers, at least 1; oversubscribed OpenMP threads slow training many times)")
     speed.add_argument("--eval-batch-size", type=int, default=S, help="images per batch when extracting features")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=S, metavar="NAME",
-                      help="dataset: " + ", ".join(list_datasets())
-                      + " (default: market1501 when --data-root is given, else synthetic)")
-    data.add_argument("--data-root", default=S, metavar="DIR",
-                      help="dataset folder (or its parent); omit it to train on the synthetic dataset, "
-                           "generated once into the user cache")
+    add_dataset_args(parser, data, default=S, when_omitted="market1501 when --data-root is given, else train on "
+                                                           "the synthetic dataset, generated once into the user cache")
     data.add_argument("--synthetic-ids", type=int, default=S, metavar="N",
                       help="identities of the synthetic dataset (half train, half test; default 200, "
                            "cpu-quick preset 120)")
