@@ -118,18 +118,14 @@ __global__ void __launch_bounds__(kThreads)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
     const at::Tensor& dist_in, const at::Tensor& q_pids_in, const at::Tensor& q_camids_in,
     const at::Tensor& g_pids_in, const at::Tensor& g_camids_in, c10::string_view ap_mode_name) {
-  check_inputs(dist_in, q_pids_in, q_camids_in, g_pids_in, g_camids_in, c10::DeviceType::CUDA);
-  const int ap_mode = parse_ap_mode(ap_mode_name);
   const c10::cuda::CUDAGuard guard(dist_in.device());
-  const at::Tensor dist = dist_in.contiguous();
-  const at::Tensor q_pids = q_pids_in.contiguous(), q_camids = q_camids_in.contiguous();
-  const at::Tensor g_pids = g_pids_in.contiguous(), g_camids = g_camids_in.contiguous();
-  const int64_t num_q = dist.size(0), num_g = dist.size(1);
-  at::Tensor ap = at::empty({num_q}, dist.options().dtype(at::kDouble));
-  const auto index_opts = dist.options().dtype(at::kLong);
-  at::Tensor first_hit = at::empty({num_q}, index_opts), last_hit = at::empty({num_q}, index_opts);
-  at::Tensor num_matches = at::empty({num_q}, index_opts);
-  if (num_q == 0) return {ap, first_hit, last_hit, num_matches};
+  RankArgs a = prepare(dist_in, q_pids_in, q_camids_in, g_pids_in, g_camids_in, ap_mode_name, c10::DeviceType::CUDA);
+  const at::Tensor &dist = a.dist, &q_pids = a.q_pids, &q_camids = a.q_camids, &g_pids = a.g_pids,
+                   &g_camids = a.g_camids;
+  at::Tensor &ap = a.ap, &first_hit = a.first_hit, &last_hit = a.last_hit, &num_matches = a.num_matches;
+  const int64_t num_q = a.num_q, num_g = a.num_g;
+  const int ap_mode = a.ap_mode;
+  if (num_q == 0) return a.outputs();
   TORCH_CHECK_VALUE(num_q < (int64_t(1) << 31), "rank_queries: at most 2^31 - 1 queries per call, got ", num_q);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cuda", [&] {

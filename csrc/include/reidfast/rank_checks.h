@@ -1,7 +1,9 @@
-// Argument checks of the ranking kernels, shared by the CPU and CUDA registrations (host code only).
+// Host side of the ranking kernels, shared by the CPU and CUDA registrations: argument checks and the inputs made
+// ready (checked, contiguous) with their outputs allocated.
 #pragma once
 #include <ATen/ATen.h>
 #include <string>
+#include <tuple>
 
 #include "reidfast/rank_math.h"
 
@@ -45,6 +47,38 @@ inline void check_inputs(const at::Tensor& dist, const at::Tensor& q_pids, const
   check_label(q_camids, "q_camids", dist.size(0), dist);
   check_label(g_pids, "g_pids", dist.size(1), dist);
   check_label(g_camids, "g_camids", dist.size(1), dist);
+}
+
+struct RankArgs {
+  int ap_mode;
+  int64_t num_q, num_g;
+  at::Tensor dist, q_pids, q_camids, g_pids, g_camids;
+  at::Tensor ap, first_hit, last_hit, num_matches;  // outputs, (Q,) each
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs() const {
+    return {ap, first_hit, last_hit, num_matches};
+  }
+};
+
+inline RankArgs prepare(const at::Tensor& dist, const at::Tensor& q_pids, const at::Tensor& q_camids,
+                        const at::Tensor& g_pids, const at::Tensor& g_camids, c10::string_view ap_mode,
+                        c10::DeviceType device) {
+  check_inputs(dist, q_pids, q_camids, g_pids, g_camids, device);
+  RankArgs a;
+  a.ap_mode = parse_ap_mode(ap_mode);
+  a.dist = dist.contiguous();
+  a.q_pids = q_pids.contiguous();
+  a.q_camids = q_camids.contiguous();
+  a.g_pids = g_pids.contiguous();
+  a.g_camids = g_camids.contiguous();
+  a.num_q = dist.size(0);
+  a.num_g = dist.size(1);
+  const auto index_opts = dist.options().dtype(at::kLong);
+  a.ap = at::empty({a.num_q}, dist.options().dtype(at::kDouble));
+  a.first_hit = at::empty({a.num_q}, index_opts);
+  a.last_hit = at::empty({a.num_q}, index_opts);
+  a.num_matches = at::empty({a.num_q}, index_opts);
+  return a;
 }
 
 }  // namespace rank
