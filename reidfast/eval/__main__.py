@@ -37,7 +37,8 @@ def evaluate_saved_features(args) -> ops.RankEvalResult:
 
         dist = k_reciprocal_distance(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
         return ops.rank_eval(*labels, distmat=dist, metric="euclidean", **common)
-    return ops.rank_eval(*labels, query_features=qf, gallery_features=gf, metric=args.metric, **common)
+    return ops.rank_eval(*labels, query_features=qf, gallery_features=gf, metric=args.metric or "euclidean",
+                         **common)
 
 
 # mode flag (argparse dest) -> the function that evaluates it
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--features", metavar="FILE", help="saved query/gallery features (.npz, .pt, .mat)")
     source.add_argument("--checkpoint", metavar="RUN_DIR",
                         help="a training run folder (or checkpoint file): extract its model's features and rank")
-    p.add_argument("--metric", choices=METRICS, default="euclidean")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help="distance (default: euclidean for --features, the method's own for --checkpoint)")
     p.add_argument("--ap-mode", choices=AP_MODES, default=None,
                    help="torchreid: mean precision at each match; market: official Market-1501 trapezoid AP "
                         "(default: torchreid for --features, the run's own convention for --checkpoint)")

@@ -19,8 +19,9 @@ Embed = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, int], device: torch.device,
                      batch_size: int = 128, flip: bool = True, workers: int = 0,
-                     channels_last: bool = False) -> torch.Tensor:
-    """(N, D) float32 features of `samples` on the CPU: flip-averaged, L2-normalized."""
+                     channels_last: bool = False, l2_normalize: bool = True) -> torch.Tensor:
+    """(N, D) float32 features of `samples` on the CPU: flip-averaged (the mean of the two), L2-normalized
+    unless `l2_normalize` is False."""
     loader = DataLoader(ImageDataset(samples, size=size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, generator=torch.Generator())  # leaves the global RNG alone
     chunks = []
@@ -30,8 +31,10 @@ def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, i
             images = images.contiguous(memory_format=torch.channels_last)
         feature = embed(images).float()
         if flip:
-            feature = feature + embed(images.flip(3)).float()
-        chunks.append(torch.nn.functional.normalize(feature, dim=1).cpu())
+            feature = 0.5 * (feature + embed(images.flip(3)).float())
+        if l2_normalize:
+            feature = torch.nn.functional.normalize(feature, dim=1)
+        chunks.append(feature.cpu())
     return torch.cat(chunks)
 
 
@@ -60,15 +63,23 @@ def summarize(result, ap_mode: str) -> dict:
 
 
 def evaluate_method(embed: Embed, dataset: ReidDataset, cfg: dict, device: torch.device,
-                    ap_mode: str = "market", return_features: bool = False):
-    """Features of the dataset's query and gallery with `embed`, ranked; a dict of Rank-1/5/10 and mAP."""
+                    ap_mode: str = "market", return_features: bool = False, metric: str = "cosine",
+                    l2_normalize: bool = True):
+    """Features of the dataset's query and gallery with `embed`, ranked; a dict of Rank-1/5/10 and mAP under
+    `ap_mode`, plus ``mAP_by_ap_mode`` (the mAP under each AP convention, since papers use both) and the metric."""
     size = (cfg["height"], cfg["width"])
     common = dict(size=size, device=device, batch_size=cfg.get("eval_batch_size", 128),
-                  channels_last=device.type == "cuda")
+                  channels_last=device.type == "cuda", l2_normalize=l2_normalize)
     qf = extract_features(embed, dataset.query, **common)
     gf = extract_features(embed, dataset.gallery, **common)
-    result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode)
+    result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric)
     summary = summarize(result, ap_mode)
+    summary["metric"] = metric
+    summary["mAP_by_ap_mode"] = {ap_mode: summary["mAP"]}
+    for other in ("market", "torchreid"):
+        if other != ap_mode:
+            summary["mAP_by_ap_mode"][other] = float(
+                rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=other, metric=metric).mAP)
     if return_features:
         return summary, result, qf, gf
     return summary

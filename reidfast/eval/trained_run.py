@@ -39,12 +39,14 @@ def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=pr
     return method, cfg
 
 
-def evaluate_run(run_dir, dataset, device: torch.device, ap_mode: str = "market", metric: str = "cosine",
+def evaluate_run(run_dir, dataset, device: torch.device, ap_mode: str = "market", metric: str | None = None,
                  max_rank: int = 50, batch_size: int = 128, log=print):
-    """(result, query_features, gallery_features, cfg) of a trained run on `dataset`."""
+    """(result, query_features, gallery_features, cfg) of a trained run on `dataset`; `metric` and the feature
+    normalization default to the method's own test protocol."""
     method, cfg = load_trained_method(run_dir, device, log)
+    metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
-                  channels_last=device.type == "cuda")
+                  channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric,
@@ -77,14 +79,15 @@ def add_checkpoint_arguments(parser) -> None:
 
 def evaluate_checkpoint(args):
     """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
-    from ..train.loop import load_run_dataset
     from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from ..train.methods import get_method
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.checkpoint)
-    cfg = dict(load_checkpoint(resolve_checkpoint(run_dir, run_dir))["config"])
+    state = load_checkpoint(resolve_checkpoint(run_dir, run_dir))
+    cfg = dict(state["config"])
     if args.dataset is not None or args.data_root is not None:
         cfg.update(dataset=args.dataset, data_root=args.data_root)
-    dataset = load_run_dataset(cfg)
+    dataset = get_method(state["method"]).load_dataset(cfg)
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")
     result, qf, gf, cfg = evaluate_run(run_dir, dataset, device, ap_mode=ap_mode, metric=args.metric,

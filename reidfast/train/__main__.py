@@ -92,7 +92,7 @@ def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
     out = flags.get("out", file_values.get("out"))
     run_dir = Path(out) if out else default_run_dir(method.name, {"dataset": flags.get("dataset"),
                                                                    "data_root": flags.get("data_root")})
-    path = resolve_checkpoint(resume, run_dir)
+    path = resolve_checkpoint(resume, method.resume_dir(run_dir))
     saved = dict(load_checkpoint(path, method.name)["config"])
     saved.update(file_values)
     saved.pop("resume", None)

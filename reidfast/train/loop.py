@@ -46,6 +46,12 @@ class Method:
     ``sample_images(batch)`` may return a (N, 3, H, W) grid of normalized images to save as PNG.
     ``images_per_iteration()`` is the number of training images one iteration reads (for images/s; the batch
     size unless a method reads more, e.g. pairs).
+
+    Hooks with defaults: ``load_dataset(cfg)`` (the run's dataset; a method that trains on one dataset and tests
+    on another returns a ReidDataset combining them), ``train_items(dataset)`` (what the loader indexes with the
+    batch sampler's indices: images only by default; keypoints, masks or a second domain on request),
+    ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), and ``run(cfg)`` (the
+    whole run: one call of the loop by default; multi-stage methods run the loop once per stage).
     """
 
     name = "method"
@@ -58,6 +64,29 @@ class Method:
     @classmethod
     def add_arguments(cls, parser) -> None:
         """The method's own flags (default=argparse.SUPPRESS, defaults in :attr:`defaults`)."""
+
+    # test-time features: flip-averaged, L2-normalized, cosine distance (the re-id baseline's protocol)
+    eval_metric = "cosine"
+    eval_l2_normalize = True
+
+    @classmethod
+    def load_dataset(cls, cfg: dict) -> ReidDataset:
+        return load_run_dataset(cfg)
+
+    @classmethod
+    def run(cls, cfg: dict, stream=None) -> dict | None:
+        """Train with a resolved config; metrics.json's dict (None on ranks other than 0)."""
+        return Trainer(cls, cfg, stream).fit()
+
+    @classmethod
+    def resume_dir(cls, run_dir: Path) -> Path:
+        """Where ``--resume`` finds the checkpoint whose config a resumed run starts from (multi-stage methods:
+        the folder of the stage that was running)."""
+        return run_dir
+
+    def train_items(self, dataset: ReidDataset):
+        """The map-style dataset the loader reads with this method's batch sampler."""
+        return ImageDataset(dataset.train, size=(self.run.cfg["height"], self.run.cfg["width"]))
 
     def batch_sampler(self, dataset: ReidDataset, seed: int) -> Sampler:
         """Global batches of train indices, deterministic for (seed, epoch); a plain shuffle by default."""
@@ -260,7 +289,8 @@ class Trainer:
         try:
             if not self.main:
                 return None
-            result = evaluate_method(method.embed, self.dataset, self.cfg, self.device, ap_mode=self.cfg["ap_mode"])
+            result = evaluate_method(method.embed, self.dataset, self.cfg, self.device, ap_mode=self.cfg["ap_mode"],
+                                     metric=method.eval_metric, l2_normalize=method.eval_l2_normalize)
         finally:
             for m in method.networks.values():
                 m.train()
@@ -285,7 +315,7 @@ class Trainer:
             torch.set_num_threads(threads)
         _seed_everything(cfg["seed"])
         ops.set_backend(cfg["backend"])
-        self.dataset = load_run_dataset(cfg)
+        self.dataset = self.method_cls.load_dataset(cfg)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -299,7 +329,7 @@ class Trainer:
         total = cfg["iters"] if cfg["iters"] is not None else cfg["epochs"] * iters_per_epoch
         method.configure(total)
         loader = DataLoader(
-            ImageDataset(self.dataset.train, size=(cfg["height"], cfg["width"])), batch_sampler=batches,
+            method.train_items(self.dataset), batch_sampler=batches,
             num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(cfg["seed"]))  # own generator: see the module docstring
 
@@ -381,7 +411,8 @@ class Trainer:
         metrics = None
         if self.main:
             metrics = {"rank1": result["rank1"], "rank5": result["rank5"], "rank10": result["rank10"],
-                       "mAP": result["mAP"], "ap_mode": result["ap_mode"], "num_queries": result["num_valid"],
+                       "mAP": result["mAP"], "ap_mode": result["ap_mode"], "mAP_by_ap_mode": result["mAP_by_ap_mode"],
+                       "metric": result["metric"], "num_queries": result["num_valid"],
                        "dataset": self.dataset.name, "method": self.method_cls.name, "iterations": it,
                        "images_per_s": round(images_per_s, 2), "train_time": format_duration(train_seconds)}
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -404,9 +435,9 @@ class Trainer:
 
 
 def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
-    """Train `method_cls` with a resolved config (see :mod:`reidfast.train.config`); returns metrics.json's dict
-    (None on ranks other than 0)."""
-    return Trainer(method_cls, cfg, stream).fit()
+    """Train `method_cls` with a resolved config (see :mod:`reidfast.train.config`): every stage of a multi-stage
+    method. Returns metrics.json's dict (None on ranks other than 0)."""
+    return method_cls.run(cfg, stream)
 
 
 # the loop options' defaults, for code that builds a Run without the CLI (benchmarks)

@@ -1,0 +1,26 @@
+"""What every generation command shares: reading user images at a run's size, and writing image files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..data import decode_image, normalize
+
+
+def load_images(paths: Sequence[str], size: tuple[int, int], device: torch.device, argument: str) -> torch.Tensor:
+    """(N, 3, H, W) ImageNet-normalized images read from `paths` and resized to `size` (the run's (H, W)).
+    `argument` names the command-line flag in errors."""
+    if not paths:
+        raise ValueError(f"{argument}: give at least one image file")
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"{argument}: {path} is not a file")
+        try:
+            image, _ = decode_image(path, size)
+        except Exception as exc:  # PIL's errors vary by format; the user needs the file name
+            raise ValueError(f"{argument}: cannot read {path} as an image ({exc})") from exc
+        images.append(image)
+    return normalize(torch.stack(images).to(device))
