@@ -375,25 +375,31 @@ class DGNet(Method):
             return self.ea.features(images)
 
     @torch.no_grad()
-    def sample_images(self, batch):
-        """A Figure-1 style grid: row i keeps image i's appearance, column j image j's structure; the first row
-        holds the inputs and the diagonal is the reconstruction."""
-        images = normalize(batch["image"][:, 0][:GRID_COLUMNS].to(self.run.device))
+    def swap_codes(self, appearance_images: torch.Tensor, structure_images: torch.Tensor) -> torch.Tensor:
+        """(Na, Ns, 3, H, W) normalized images: [i, j] is G(Es(structure_images[j]), Ea(appearance_images[i])),
+        appearance_images[i]'s appearance in structure_images[j]'s structure. Eval mode, restored after."""
         was_training = [m.training for m in (self.ea, self.gen)]
         self.ea.eval()
         self.gen.eval()
         try:
             with self.run.autocast():
-                codes = self.ea.appearance(images)
-                structure = self.gen.encode(images)
-                n = images.shape[0]
-                rows = [images]
-                for i in range(n):
-                    rows.append(self.gen.decode(structure, codes[i:i + 1].expand(n, -1)).float())
+                codes = self.ea.appearance(appearance_images)
+                structure = self.gen.encode(structure_images)
+                n = structure_images.shape[0]
+                rows = [self.gen.decode(structure, codes[i:i + 1].expand(n, -1)).float()
+                        for i in range(codes.shape[0])]
         finally:
             for m, mode in zip((self.ea, self.gen), was_training):
                 m.train(mode)
-        grid = torch.stack(rows)  # (1 + n, n, 3, H, W)
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def sample_images(self, batch):
+        """A Figure-1 style grid: row i keeps image i's appearance, column j image j's structure; the first row
+        holds the inputs and the diagonal is the reconstruction."""
+        images = normalize(batch["image"][:, 0][:GRID_COLUMNS].to(self.run.device))
+        n = images.shape[0]
+        grid = torch.cat([images[None].float(), self.swap_codes(images, images)])  # (1 + n, n, 3, H, W)
         if n < GRID_COLUMNS:  # the saved grid has GRID_COLUMNS per row: pad with blank (mean-colour) images
             grid = torch.cat([grid, grid.new_zeros((grid.shape[0], GRID_COLUMNS - n) + grid.shape[2:])], dim=1)
         return grid.flatten(0, 1).float()

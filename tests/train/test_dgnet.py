@@ -56,6 +56,9 @@ def test_a_few_iterations_write_a_complete_run(short_run):
     metrics = json.loads((short_run / "metrics.json").read_text())
     assert metrics["method"] == "dgnet" and metrics["iterations"] == 6 and metrics["images_per_s"] > 0
     assert 0 <= metrics["rank1"] <= metrics["rank10"] <= 1 and 0 <= metrics["mAP"] <= 1
+    # both AP conventions: the paper's (market, the headline mAP) and torchreid's
+    assert metrics["ap_mode"] == "market" and metrics["mAP_by_ap_mode"]["market"] == metrics["mAP"]
+    assert 0 < metrics["mAP_by_ap_mode"]["torchreid"] <= 1
     logged = records(short_run)
     assert sorted(logged) == [1, 2, 3, 4, 5, 6]
     for r in logged.values():
@@ -187,3 +190,55 @@ def test_sample_grid_rows_keep_appearance_and_columns_keep_structure():
     with torch.no_grad():  # row 2 (the 2nd image's appearance), column 3 (the 3rd image's structure)
         tile = method.gen.decode(method.gen.encode(images[2:3]), method.ea.appearance(images[1:2]))
     torch.testing.assert_close(grid[2 * 8 + 2], tile[0])
+
+
+def _test_images(tiny_root, count):
+    return sorted(str(p) for p in (tiny_root / "bounding_box_test").glob("*.jpg"))[:count]
+
+
+def test_generate_swaps_codes_on_any_images(short_run, tiny_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from reidfast.data import denormalize
+    from reidfast.eval.trained_run import load_trained_method
+    from reidfast.generate.__main__ import main as generate_main
+    from reidfast.generate.common import load_images
+    appearance, structure = _test_images(tiny_root, 2), _test_images(tiny_root, 5)[2:]
+    out = tmp_path / "gen"
+    assert generate_main(["dgnet", "--checkpoint", str(short_run), "--device", "cpu", "--out", str(out),
+                          "--appearance", *appearance, "--structure", *structure]) == 0
+    grid = Image.open(out / "swap_grid.png")
+    assert grid.size == (4 * (32 + 2) + 2, 3 * (64 + 2) + 2)  # (1 + 3 structures) x (1 + 2 appearances)
+    method, cfg = load_trained_method(short_run, torch.device("cpu"), log=lambda m: None)
+    expected = method.swap_codes(load_images(appearance, (64, 32), torch.device("cpu"), "a"),
+                                 load_images(structure, (64, 32), torch.device("cpu"), "s"))
+    for i in range(2):
+        for j in range(3):  # each PNG holds its generated image up to 8-bit rounding
+            saved = torch.from_numpy(np.array(Image.open(out / f"a{i}_s{j}.png"))).permute(2, 0, 1).float() / 255
+            torch.testing.assert_close(saved, denormalize(expected[i, j][None])[0].clamp(0, 1),
+                                       atol=0.5 / 255 + 1e-5, rtol=0)
+
+
+def test_generate_quality_reports_frechet_distance_and_ssim(short_run, tmp_path):
+    from reidfast.generate.__main__ import main as generate_main
+    out = tmp_path / "q"
+    assert generate_main(["dgnet", "--checkpoint", str(short_run), "--device", "cpu", "--out", str(out),
+                          "--quality", "--num-images", "12"]) == 0
+    report = json.loads((out / "quality.json").read_text())
+    assert math.isfinite(report["frechet_distance"]) and report["frechet_distance"] > 0
+    assert "NOT comparable" in report["feature_network"]
+    assert -1 <= report["ssim_generated"] <= 1 and -1 <= report["ssim_real_same_identity"] <= 1
+
+
+def test_generate_errors_name_the_argument(short_run, teacher, tiny_root, tmp_path, capsys):
+    from reidfast.generate.__main__ import main as generate_main
+    image = _test_images(tiny_root, 1)
+    assert generate_main(["dgnet", "--checkpoint", str(short_run), "--appearance", *image, "--out",
+                          str(tmp_path)]) == 2
+    assert "--appearance and --structure go together" in capsys.readouterr().err
+    assert generate_main(["dgnet", "--checkpoint", str(short_run), "--appearance", str(tmp_path / "nope.jpg"),
+                          "--structure", *image, "--out", str(tmp_path)]) == 2
+    assert "--appearance: " in capsys.readouterr().err
+    assert generate_main(["dgnet", "--checkpoint", str(teacher), "--quality", "--out", str(tmp_path)]) == 2
+    assert "is a baseline run, not dgnet" in capsys.readouterr().err
