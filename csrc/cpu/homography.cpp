@@ -175,44 +175,23 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
 
 at::Tensor homography_warp_forward_cpu(const at::Tensor& img_in, const at::Tensor& H_in, int64_t out_h,
                                        int64_t out_w, c10::string_view padding_mode, bool align_corners) {
-  check_inputs(img_in, H_in, c10::DeviceType::CPU);
-  check_out_size(out_h, out_w);
-  const int padding = parse_padding(padding_mode);
-  const auto layout = layout_of(img_in);
-  const at::Tensor img = img_in.contiguous(layout);
-  const at::Tensor H = H_in.contiguous();
-  at::Tensor out = at::empty({img.size(0), img.size(1), out_h, out_w}, img.options().memory_format(layout));
-  if (out.numel() == 0) return out;
-  if (img.size(2) == 0 || img.size(3) == 0) return out.zero_();
-  const Geometry g = make_geometry(img, out, padding, align_corners);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "homography_warp_forward_cpu",
-                                  [&] { forward_kernel<scalar_t>(img, H, out, g); });
-  return out;
+  ForwardArgs a = prepare_forward(img_in, H_in, out_h, out_w, padding_mode, c10::DeviceType::CPU);
+  if (a.done) return a.out;
+  const Geometry g = make_geometry(a.img, a.out, a.padding, align_corners);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_forward_cpu",
+                                  [&] { forward_kernel<scalar_t>(a.img, a.H, a.out, g); });
+  return a.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor& grad_out_in,
                                                                 const at::Tensor& img_in, const at::Tensor& H_in,
                                                                 c10::string_view padding_mode, bool align_corners,
                                                                 std::array<bool, 2> output_mask) {
-  check_inputs(img_in, H_in, c10::DeviceType::CPU);
-  check_grad_out(grad_out_in, img_in);
-  const int padding = parse_padding(padding_mode);
-  const bool need_img = output_mask[0], need_h = output_mask[1];
-  const auto layout = layout_of(img_in);
-  const at::Tensor img = img_in.contiguous(layout);
-  const at::Tensor grad_out = grad_out_in.contiguous(layout);
-  const at::Tensor H = H_in.contiguous();
-  const auto acc_type = coord_type(img.scalar_type());
-  // grad_img accumulates in the coordinate dtype (float32 for half/bfloat16 images) and is cast at the end.
-  at::Tensor grad_img_acc = need_img ? at::zeros_like(img, img.options().dtype(acc_type), layout) : at::Tensor();
-  at::Tensor grad_H = need_h ? at::zeros({img.size(0), 3, 3}, H.options()) : at::empty({0}, H.options());
-  auto finish = [&]() -> std::tuple<at::Tensor, at::Tensor> {
-    at::Tensor gi = need_img ? grad_img_acc.to(img.scalar_type()) : at::empty({0}, img.options());
-    return {gi, grad_H};
-  };
-  if (!need_img && !need_h) return finish();
-  if (grad_out.numel() == 0 || img.size(2) == 0 || img.size(3) == 0) return finish();
-  const Geometry g = make_geometry(img, grad_out, padding, align_corners);
+  BackwardArgs a = prepare_backward(grad_out_in, img_in, H_in, padding_mode, output_mask, c10::DeviceType::CPU);
+  const bool need_img = a.need_img, need_h = a.need_h;
+  at::Tensor grad_H = need_h ? at::zeros({a.img.size(0), 3, 3}, a.H.options()) : at::empty({0}, a.H.options());
+  if (a.empty) return {finish_grad_img(a), grad_H};
+  const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
 
   // Split work into at least ~4 tasks per thread where the data allows it.
   const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
@@ -222,12 +201,12 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor
   const int64_t tasks_per_sample = c_groups * r_groups;
   std::vector<double> partial(static_cast<size_t>(g.N * tasks_per_sample * 9), 0.0);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "homography_warp_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* ip = img.const_data_ptr<scalar_t>();
-    const acc_t* hp = H.const_data_ptr<acc_t>();
-    acc_t* gip = need_img ? grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
+    const scalar_t* gop = a.grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* ip = a.img.const_data_ptr<scalar_t>();
+    const acc_t* hp = a.H.const_data_ptr<acc_t>();
+    acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
     at::parallel_for(0, g.N * tasks_per_sample, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / tasks_per_sample, k = t % tasks_per_sample;
@@ -248,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor
       }
     }
   });
-  return finish();
+  return {finish_grad_img(a), grad_H};
 }
 
 }  // namespace

@@ -186,58 +186,42 @@ dim3 launch_grid(int64_t N, int64_t points) {
 
 at::Tensor homography_warp_forward_cuda(const at::Tensor& img_in, const at::Tensor& H_in, int64_t out_h,
                                         int64_t out_w, c10::string_view padding_mode, bool align_corners) {
-  check_inputs(img_in, H_in, c10::DeviceType::CUDA);
-  check_out_size(out_h, out_w);
-  const int padding = parse_padding(padding_mode);
-  const c10::cuda::CUDAGuard guard(img_in.device());
-  const auto layout = layout_of(img_in);
-  const at::Tensor img = img_in.contiguous(layout);
-  const at::Tensor H = H_in.contiguous();
-  at::Tensor out = at::empty({img.size(0), img.size(1), out_h, out_w}, img.options().memory_format(layout));
-  if (out.numel() == 0) return out;
-  if (img.size(2) == 0 || img.size(3) == 0) return out.zero_();
-  const Geometry g = make_geometry(img, out, padding, align_corners);
-  const dim3 blocks = launch_grid(img.size(0), out_h * out_w);
+  ForwardArgs a = prepare_forward(img_in, H_in, out_h, out_w, padding_mode, c10::DeviceType::CUDA);
+  if (a.done) return a.out;
+  const c10::cuda::CUDAGuard guard(a.img.device());
+  const Geometry g = make_geometry(a.img, a.out, a.padding, align_corners);
+  const dim3 blocks = launch_grid(a.img.size(0), out_h * out_w);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "homography_warp_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     homography_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        img.const_data_ptr<scalar_t>(), H.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), g);
+        a.img.const_data_ptr<scalar_t>(), a.H.const_data_ptr<acc_t>(), a.out.mutable_data_ptr<scalar_t>(), g);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return a.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tensor& grad_out_in,
                                                                  const at::Tensor& img_in, const at::Tensor& H_in,
                                                                  c10::string_view padding_mode, bool align_corners,
                                                                  std::array<bool, 2> output_mask) {
-  check_inputs(img_in, H_in, c10::DeviceType::CUDA);
-  check_grad_out(grad_out_in, img_in);
-  const int padding = parse_padding(padding_mode);
-  const bool need_img = output_mask[0], need_h = output_mask[1];
+  BackwardArgs a = prepare_backward(grad_out_in, img_in, H_in, padding_mode, output_mask, c10::DeviceType::CUDA);
+  const bool need_img = a.need_img, need_h = a.need_h;
   if (need_img) at::globalContext().alertNotDeterministic("homography_warp_backward_cuda (gradient in img)");
-  const c10::cuda::CUDAGuard guard(img_in.device());
-  const auto layout = layout_of(img_in);
-  const at::Tensor img = img_in.contiguous(layout);
-  const at::Tensor grad_out = grad_out_in.contiguous(layout);
-  const at::Tensor H = H_in.contiguous();
-  const auto acc_type = coord_type(img.scalar_type());
-  at::Tensor grad_img_acc = need_img ? at::zeros_like(img, img.options().dtype(acc_type), layout) : at::Tensor();
-  const int64_t N = img.size(0), points = grad_out.size(2) * grad_out.size(3);
-  const bool empty = grad_out.numel() == 0 || img.size(2) == 0 || img.size(3) == 0 || !(need_img || need_h);
-  const dim3 blocks = empty ? dim3(1, 1) : launch_grid(N, points);
-  at::Tensor partial = at::zeros({N, static_cast<int64_t>(blocks.x), 9}, H.options());
-  if (!empty) {
-    const Geometry g = make_geometry(img, grad_out, padding, align_corners);
+  const c10::cuda::CUDAGuard guard(a.img.device());
+  const int64_t N = a.img.size(0), points = a.grad_out.size(2) * a.grad_out.size(3);
+  const dim3 blocks = a.empty ? dim3(1, 1) : launch_grid(N, points);
+  at::Tensor partial = at::zeros({N, static_cast<int64_t>(blocks.x), 9}, a.H.options());
+  if (!a.empty) {
+    const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
     auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, img.scalar_type(), "homography_warp_backward_cuda",
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_backward_cuda",
                                     [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const scalar_t* gop = grad_out.const_data_ptr<scalar_t>();
-      const scalar_t* ip = img.const_data_ptr<scalar_t>();
-      const acc_t* hp = H.const_data_ptr<acc_t>();
-      acc_t* gip = need_img ? grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
+      const scalar_t* gop = a.grad_out.const_data_ptr<scalar_t>();
+      const scalar_t* ip = a.img.const_data_ptr<scalar_t>();
+      const acc_t* hp = a.H.const_data_ptr<acc_t>();
+      acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
       acc_t* pp = partial.mutable_data_ptr<acc_t>();
       if (need_img && need_h)
         homography_backward_kernel<scalar_t, true, true><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
@@ -248,9 +232,8 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  at::Tensor grad_img = need_img ? grad_img_acc.to(img.scalar_type()) : at::empty({0}, img.options());
-  at::Tensor grad_H = need_h ? partial.sum(1).view({N, 3, 3}) : at::empty({0}, H.options());
-  return {grad_img, grad_H};
+  at::Tensor grad_H = need_h ? partial.sum(1).view({N, 3, 3}) : at::empty({0}, a.H.options());
+  return {finish_grad_img(a), grad_H};
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Argument checks of the homography warp kernels, shared by the CPU and CUDA registrations (host code only).
 #pragma once
 #include <ATen/ATen.h>
+#include <array>
 #include <string>
 
 #include "reidfast/grid_math.h"
@@ -57,6 +58,62 @@ inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& img) {
                    grad_out.scalar_type());
   TORCH_CHECK(grad_out.device() == img.device(), "homography_warp_backward: grad_out is on ", grad_out.device(),
               " but img is on ", img.device());
+}
+
+// The host-side preparation of both registrations (CPU and CUDA): checks, contiguous operands in the image's
+// layout, the output allocated. `done` is true when nothing is left to compute (empty output or empty image).
+struct ForwardArgs {
+  at::Tensor img, H, out;
+  int padding;
+  bool done;
+};
+
+inline ForwardArgs prepare_forward(const at::Tensor& img, const at::Tensor& H, int64_t out_h, int64_t out_w,
+                                   c10::string_view padding_mode, c10::DeviceType device) {
+  check_inputs(img, H, device);
+  check_out_size(out_h, out_w);
+  ForwardArgs a;
+  a.padding = parse_padding(padding_mode);
+  const auto layout = layout_of(img);
+  a.img = img.contiguous(layout);
+  a.H = H.contiguous();
+  a.out = at::empty({img.size(0), img.size(1), out_h, out_w}, a.img.options().memory_format(layout));
+  a.done = a.out.numel() == 0;
+  if (!a.done && (img.size(2) == 0 || img.size(3) == 0)) {
+    a.out.zero_();  // every tap of an empty image is outside it
+    a.done = true;
+  }
+  return a;
+}
+
+// grad_img accumulates in the coordinate dtype (float32 for half/bfloat16 images); finish_grad_img casts it.
+// `empty` is true when no kernel needs to run (nothing requested, or nothing to sample).
+struct BackwardArgs {
+  at::Tensor grad_out, img, H, grad_img_acc;
+  int padding;
+  bool need_img, need_h, empty;
+};
+
+inline BackwardArgs prepare_backward(const at::Tensor& grad_out, const at::Tensor& img, const at::Tensor& H,
+                                     c10::string_view padding_mode, std::array<bool, 2> output_mask,
+                                     c10::DeviceType device) {
+  check_inputs(img, H, device);
+  check_grad_out(grad_out, img);
+  BackwardArgs a;
+  a.padding = parse_padding(padding_mode);
+  a.need_img = output_mask[0];
+  a.need_h = output_mask[1];
+  const auto layout = layout_of(img);
+  a.img = img.contiguous(layout);
+  a.grad_out = grad_out.contiguous(layout);
+  a.H = H.contiguous();
+  if (a.need_img) a.grad_img_acc = at::zeros_like(a.img, a.img.options().dtype(coord_type(img.scalar_type())), layout);
+  a.empty = !(a.need_img || a.need_h) || grad_out.numel() == 0 || img.size(2) == 0 || img.size(3) == 0;
+  return a;
+}
+
+inline at::Tensor finish_grad_img(const BackwardArgs& a) {
+  return a.need_img ? a.grad_img_acc.to(a.img.scalar_type()) : at::empty({0}, a.img.options());
 }
 
 }  // namespace homography
