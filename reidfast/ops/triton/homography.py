@@ -125,6 +125,22 @@ def _point(Hn, offs, OUT_H, OUT_W, IN_H, IN_W, PADDING: tl.constexpr, ALIGN: tl.
     return x, y, gx, gy, inv_w, w_live, gx_live, gy_live, dpx, dpy, x0, y0, tx, ty
 
 
+@triton.jit
+def _taps(x0, y0, tx, ty, mask, IN_H, IN_W, s_in_h, s_in_w):
+    """The four bilinear taps of each point: in-image masks, offsets in a channel, weights (00, 01, 10, 11)."""
+    x1 = x0 + 1
+    y1 = y0 + 1
+    in_x0 = (x0 >= 0) & (x0 < IN_W)
+    in_x1 = (x1 >= 0) & (x1 < IN_W)
+    in_y0 = (y0 >= 0) & (y0 < IN_H)
+    in_y1 = (y1 >= 0) & (y1 < IN_H)
+    o00 = y0.to(tl.int64) * s_in_h + x0.to(tl.int64) * s_in_w
+    o10 = o00 + s_in_h
+    return (mask & in_x0 & in_y0, mask & in_x1 & in_y0, mask & in_x0 & in_y1, mask & in_x1 & in_y1,
+            o00, o00 + s_in_w, o10, o10 + s_in_w,
+            (1.0 - tx) * (1.0 - ty), tx * (1.0 - ty), (1.0 - tx) * ty, tx * ty)
+
+
 # Sizes are not specialized: Triton would turn a size of 1 into a compile-time constant.
 @triton.jit(do_not_specialize=["C", "IN_H", "IN_W", "OUT_H", "OUT_W"])
 def _hw_fwd_kernel(IMG, H, OUT, C, IN_H, IN_W, OUT_H, OUT_W, s_in_n, s_in_c, s_in_h, s_in_w, s_out_n, s_out_c,
@@ -135,24 +151,8 @@ def _hw_fwd_kernel(IMG, H, OUT, C, IN_H, IN_W, OUT_H, OUT_W, s_in_n, s_in_c, s_i
     mask = offs < OUT_H * OUT_W
     _x, _y, _gx, _gy, _iw, _wl, _gxl, _gyl, _dpx, _dpy, x0, y0, tx, ty = _point(
         H + n * 9, offs, OUT_H, OUT_W, IN_H, IN_W, PADDING, ALIGN, ACC)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    in_x0 = (x0 >= 0) & (x0 < IN_W)
-    in_x1 = (x1 >= 0) & (x1 < IN_W)
-    in_y0 = (y0 >= 0) & (y0 < IN_H)
-    in_y1 = (y1 >= 0) & (y1 < IN_H)
-    m00 = mask & in_x0 & in_y0
-    m01 = mask & in_x1 & in_y0
-    m10 = mask & in_x0 & in_y1
-    m11 = mask & in_x1 & in_y1
-    o00 = y0.to(tl.int64) * s_in_h + x0.to(tl.int64) * s_in_w
-    o01 = o00 + s_in_w
-    o10 = o00 + s_in_h
-    o11 = o10 + s_in_w
-    w00 = (1.0 - tx) * (1.0 - ty)
-    w01 = tx * (1.0 - ty)
-    w10 = (1.0 - tx) * ty
-    w11 = tx * ty
+    m00, m01, m10, m11, o00, o01, o10, o11, w00, w01, w10, w11 = _taps(x0, y0, tx, ty, mask, IN_H, IN_W, s_in_h,
+                                                                       s_in_w)
     i = offs // OUT_W
     j = offs % OUT_W
     out_off = n * s_out_n + i.to(tl.int64) * s_out_h + j.to(tl.int64) * s_out_w
@@ -176,24 +176,8 @@ def _hw_bwd_kernel(GO, IMG, H, GIMG, GH_PART, C, IN_H, IN_W, OUT_H, OUT_W, s_in_
     mask = offs < OUT_H * OUT_W
     x, y, gx, gy, inv_w, w_live, gx_live, gy_live, dpx_dgx, dpy_dgy, x0, y0, tx, ty = _point(
         H + n * 9, offs, OUT_H, OUT_W, IN_H, IN_W, PADDING, ALIGN, ACC)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    in_x0 = (x0 >= 0) & (x0 < IN_W)
-    in_x1 = (x1 >= 0) & (x1 < IN_W)
-    in_y0 = (y0 >= 0) & (y0 < IN_H)
-    in_y1 = (y1 >= 0) & (y1 < IN_H)
-    m00 = mask & in_x0 & in_y0
-    m01 = mask & in_x1 & in_y0
-    m10 = mask & in_x0 & in_y1
-    m11 = mask & in_x1 & in_y1
-    o00 = y0.to(tl.int64) * s_in_h + x0.to(tl.int64) * s_in_w
-    o01 = o00 + s_in_w
-    o10 = o00 + s_in_h
-    o11 = o10 + s_in_w
-    w00 = (1.0 - tx) * (1.0 - ty)
-    w01 = tx * (1.0 - ty)
-    w10 = (1.0 - tx) * ty
-    w11 = tx * ty
+    m00, m01, m10, m11, o00, o01, o10, o11, w00, w01, w10, w11 = _taps(x0, y0, tx, ty, mask, IN_H, IN_W, s_in_h,
+                                                                       s_in_w)
     i = offs // OUT_W
     j = offs % OUT_W
     go_off = n * s_out_n + i.to(tl.int64) * s_out_h + j.to(tl.int64) * s_out_w
