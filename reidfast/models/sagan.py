@@ -3,7 +3,10 @@
 - :class:`SpatialTransformer` (S1: X -> Y, S2: Y -> X): the localization network sees the image with its binary
   human mask concatenated and a random spatial code z ~ N(0, I), predicts a homography T and warps image and mask
   with it (``reidfast.ops.homography_warp`` through :class:`reidfast.nn.HomographyTransformer`). Several codes
-  give several geometries of one image.
+  give several geometries of one image. Each homography parameter is bounded (``bound`` tanh(raw / bound),
+  0.3 by default: rotations, shears, scale changes and perspective terms of up to 30%), so that the adversarial
+  game cannot fold or collapse the warp. Points outside the source image take the nearest border pixel
+  (``padding_mode="border"``), as a wider detection box would show background rather than a flat colour.
 - :class:`ResnetGenerator` (G1: X -> Y, G2: Y -> X): the CycleGAN-style ResNet generator (c7s1, two stride-2
   downsamplings, residual blocks, two transposed-convolution upsamplings, c7s1) with instance normalization.
   It predicts a change of the input (x + f(x), the last convolution starting at zero), so that, like the spatial
@@ -36,8 +39,10 @@ class SpatialTransformer(HomographyTransformer):
     """(image, mask, code) -> (warped image, warped mask, T). The localization network sees [image, mask] and the
     code; the warp moves image and mask together (zeros outside the source image)."""
 
-    def __init__(self, image_channels: int = 3, code_dim: int = 8, hidden: int = 32):
-        super().__init__(in_channels=image_channels + 1, code_dim=code_dim, hidden=hidden)
+    def __init__(self, image_channels: int = 3, code_dim: int = 8, hidden: int = 32, bound: float | None = 0.3,
+                 padding_mode: str = "border"):
+        super().__init__(in_channels=image_channels + 1, code_dim=code_dim, hidden=hidden, bound=bound,
+                         padding_mode=padding_mode)
         self.image_channels = image_channels
 
     def predict(self, image: torch.Tensor, mask: torch.Tensor, code: torch.Tensor) -> torch.Tensor:

@@ -182,7 +182,7 @@ class AdaptStage(Method):
         if cfg["codes"] < 1:
             raise ValueError(f"sagan: --codes must be at least 1, got {cfg['codes']}")
         self.code_dim = cfg["code_dim"]
-        stm = lambda: run.place(SpatialTransformer(3, cfg["code_dim"], cfg["stm_hidden"]))
+        stm = lambda: run.place(SpatialTransformer(3, cfg["code_dim"], cfg["stm_hidden"], cfg["stm_bound"] or None))
         gen = lambda: run.place(ResnetGenerator(3, cfg["ngf"], cfg["gen_blocks"]))
         self.s1, self.s2, self.g1, self.g2 = stm(), stm(), gen(), gen()
         self.d1, self.d2 = (run.place(Critic(3, cfg["ndf"])) for _ in range(2))
@@ -244,7 +244,7 @@ class AdaptStage(Method):
             return self._spatial(self.s1, x, mx, z1) + self._spatial(self.s2, y, my, z2)
         T_xy, T_yx = self.s1.predict(x, mx, z1), self.s2.predict(y, my, z2)
         both = homography_warp(torch.cat([torch.cat([x, mx.to(x.dtype)], 1), torch.cat([y, my.to(y.dtype)], 1)]),
-                               torch.cat([T_xy, T_yx]))
+                               torch.cat([T_xy, T_yx]), padding_mode=self.s1.padding_mode)
         n = x.shape[0]
         return both[:n, :3], both[:n, 3:], T_xy, both[n:, :3], both[n:, 3:], T_yx
 
@@ -595,7 +595,7 @@ class SAGAN(Method):
         # the adaptation stage
         "adapt_iters": 50_000, "adapt_batch_size": 8, "gen_lr": 2e-4, "dis_lr": 2e-4, "adam_beta1": 0.5,
         "adam_beta2": 0.999, "adapt_decay_from": 0.5, "ngf": 64, "gen_blocks": 9, "ndf": 64, "stm_hidden": 32,
-        "code_dim": 8, "dt_hidden": 64, "sianet_width": 64, "sianet_dim": 128, "codes": 10,
+        "stm_bound": 0.3, "code_dim": 8, "dt_hidden": 64, "sianet_width": 64, "sianet_dim": 128, "codes": 10,
         "adv_w": 1.0, "spatial_adv_w": 1.0, "cyc_w": 10.0, "pcl_w": 1.0, "mask_w": 5.0, "con_w": 2.0, "margin": 2.0,
         "gp_w": 10.0, "no_spatial": False, "no_pixel": False, "no_disentangled_cycle": False, "faithful": False,
     }
@@ -651,6 +651,8 @@ class SAGAN(Method):
         g.add_argument("--gen-blocks", type=int, default=S, help="generator residual blocks (9)")
         g.add_argument("--ndf", type=int, default=S, help="critic base width (64)")
         g.add_argument("--stm-hidden", type=int, default=S, help="width of the STMs' localization networks (32)")
+        g.add_argument("--stm-bound", type=float, default=S, metavar="B",
+                       help="each homography parameter is B tanh(raw / B) (0.3; 0: unbounded)")
         g.add_argument("--code-dim", type=int, default=S, help="size of the spatial code z (8)")
         g.add_argument("--dt-hidden", type=int, default=S, help="width of D_T's MLP (64)")
         g.add_argument("--sianet-width", type=int, default=S, help="SiaNet base width (64)")
@@ -695,9 +697,12 @@ class SAGAN(Method):
         import sys
         stream = stream or sys.stderr
         log = lambda message: print(message, file=stream, flush=True)
-        root = Path(cfg.get("run_folder") or cfg["out"] or default_run_dir(cls.name, cfg))
-        record = StageRecord(root)
         resuming = bool(cfg.get("resume"))
+        root = Path(cfg["out"] or default_run_dir(cls.name, cfg))
+        if resuming:  # the run folder holding the checkpoint (wherever the run folder has been moved since)
+            folder = Path(cfg["resume"]).parent
+            root = folder.parent if folder.name in STAGES and (folder.parent / "stages.json").is_file() else folder
+        record = StageRecord(root)
         if resuming and (root / "config.json").is_file():
             top = json.loads((root / "config.json").read_text())
         else:
