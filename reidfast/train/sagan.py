@@ -192,8 +192,11 @@ class AdaptStage(Method):
         # differentiates through them twice, which torch.compile does not support)
         self.train_g1, self.train_g2, self.train_sia = run.wrap(self.g1), run.wrap(self.g2), run.wrap(self.sia)
         betas = (cfg["adam_beta1"], cfg["adam_beta2"])
-        gen_params = [p for m in (self.s1, self.s2, self.g1, self.g2) for p in m.parameters()]
-        self.opt_gen = torch.optim.Adam(gen_params, lr=cfg["gen_lr"], betas=betas)
+        stm_params = [p for m in (self.s1, self.s2) for p in m.parameters()]
+        gen_params = [p for m in (self.g1, self.g2) for p in m.parameters()]
+        self.opt_gen = torch.optim.Adam([{"params": gen_params, "lr": cfg["gen_lr"]},
+                                         {"params": stm_params, "lr": cfg["stm_lr_mult"] * cfg["gen_lr"]}],
+                                        lr=cfg["gen_lr"], betas=betas)
         self.opt_sia = torch.optim.Adam(self.sia.parameters(), lr=cfg["gen_lr"], betas=betas)
         dis_params = [p for m in (self.d1, self.d2, self.dt) for p in m.parameters()]
         self.opt_dis = torch.optim.Adam(dis_params, lr=cfg["dis_lr"], betas=betas)
@@ -504,7 +507,12 @@ class ReidStage(Baseline):
 
     @classmethod
     def load_dataset(cls, cfg: dict) -> ReidDataset:
-        target = read_domain(cfg["target"], cfg["target_root"], cfg)
+        """Train on the translated (or raw) source; test on the target, or on the dataset that ``--dataset`` /
+        ``--data-root`` name (what ``python -m reidfast.eval --checkpoint RUN --dataset ...`` sets)."""
+        if cfg.get("dataset") or cfg.get("data_root"):
+            target = read_domain(cfg.get("dataset") or "market1501", cfg.get("data_root"), cfg)
+        else:
+            target = read_domain(cfg["target"], cfg["target_root"], cfg)
         if cfg["no_adapt"]:
             train = read_domain(cfg["source"], cfg["source_root"], cfg)
             trained_on = f"raw {train.name} (direct transfer)"
@@ -595,7 +603,7 @@ class SAGAN(Method):
         # the adaptation stage
         "adapt_iters": 50_000, "adapt_batch_size": 8, "gen_lr": 2e-4, "dis_lr": 2e-4, "adam_beta1": 0.5,
         "adam_beta2": 0.999, "adapt_decay_from": 0.5, "ngf": 64, "gen_blocks": 9, "ndf": 64, "stm_hidden": 32,
-        "stm_bound": 0.3, "code_dim": 8, "dt_hidden": 64, "sianet_width": 64, "sianet_dim": 128, "codes": 10,
+        "stm_bound": 0.3, "stm_lr_mult": 0.1, "code_dim": 8, "dt_hidden": 64, "sianet_width": 64, "sianet_dim": 128, "codes": 10,
         "adv_w": 1.0, "spatial_adv_w": 1.0, "cyc_w": 10.0, "pcl_w": 1.0, "mask_w": 5.0, "con_w": 2.0, "margin": 2.0,
         "gp_w": 10.0, "no_spatial": False, "no_pixel": False, "no_disentangled_cycle": False, "faithful": False,
     }
@@ -653,6 +661,9 @@ class SAGAN(Method):
         g.add_argument("--stm-hidden", type=int, default=S, help="width of the STMs' localization networks (32)")
         g.add_argument("--stm-bound", type=float, default=S, metavar="B",
                        help="each homography parameter is B tanh(raw / B) (0.3; 0: unbounded)")
+        g.add_argument("--stm-lr-mult", type=float, default=S, metavar="X",
+                       help="the STMs' lr = X * --gen-lr (0.1: localization networks learn slower than the "
+                            "generators, as usual for spatial transformers)")
         g.add_argument("--code-dim", type=int, default=S, help="size of the spatial code z (8)")
         g.add_argument("--dt-hidden", type=int, default=S, help="width of D_T's MLP (64)")
         g.add_argument("--sianet-width", type=int, default=S, help="SiaNet base width (64)")
