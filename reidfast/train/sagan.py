@@ -177,6 +177,9 @@ class AdaptStage(Method):
         cfg = run.cfg
         self.spatial, self.pixel = not cfg["no_spatial"], not cfg["no_pixel"]
         self.disentangled, self.faithful = not cfg["no_disentangled_cycle"], bool(cfg["faithful"])
+        if run.world_size > 1:  # G1 and G2 run twice per step (translation and cycle)
+            raise ValueError("sagan: the adaptation stage does not run under torchrun yet: train it on one device "
+                             "(--stage adapt), then the re-id stage under torchrun (--stage reid)")
         if not (self.spatial or self.pixel):
             raise ValueError("sagan: --no-spatial and --no-pixel together leave nothing to adapt")
         if cfg["codes"] < 1:
@@ -542,7 +545,12 @@ class StageRecord:
                                                                                     "folders": {}}
 
     def reset(self, stages) -> None:
-        self.data = {"stages": list(stages), "status": {}, "folders": {s: s for s in stages}}
+        """A new run of `stages`: their statuses are cleared; other stages' records (an earlier command's adapt
+        stage, say) are kept."""
+        listed = set(self.data["stages"]) | set(stages)
+        self.data = {"stages": [s for s in STAGES if s in listed],
+                     "status": {s: v for s, v in self.data["status"].items() if s not in stages},
+                     "folders": {s: s for s in listed}}
         self._write()
 
     def status(self, stage: str) -> str | None:

@@ -158,6 +158,17 @@ def test_direct_transfer_trains_on_the_raw_source(tiny_root, domain_b, tmp_path,
     assert "--no-adapt" in capsys.readouterr().err
 
 
+def test_stages_one_command_each_share_the_run_folder(tiny_root, domain_b, tmp_path):
+    out = tmp_path / "staged"
+    for stage in ("adapt", "translate", "reid"):
+        assert main(sagan_args(tiny_root, domain_b, out, "--stage", stage, "--adapt-iters", "1", "--iters", "1")) == 0
+        record = json.loads((out / "stages.json").read_text())
+        assert record["status"][stage] == "done"
+    assert record["stages"] == ["adapt", "translate", "reid"] and set(record["status"].values()) == {"done"}
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["current_stage"] == "reid"
+    assert len(read_market1501(out / "translate").train) == 2 * len(read_market1501(tiny_root).train)
+
+
 def test_reid_stage_without_a_translated_dataset_says_what_to_do(tiny_root, domain_b, tmp_path, capsys):
     assert main(sagan_args(tiny_root, domain_b, tmp_path / "x", "--stage", "reid")) == 2
     assert "no translated dataset" in capsys.readouterr().err
@@ -170,6 +181,10 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
     assert eval_main(["--checkpoint", str(full_run), "--json", str(summary)]) == 0
     trained = json.loads((full_run / "metrics.json").read_text())
     assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
+    # --dataset / --data-root test the re-id model on another dataset (here the source domain)
+    assert eval_main(["--checkpoint", str(full_run), "--dataset", "synthetic-a", "--data-root", str(tiny_root),
+                      "--json", str(summary)]) == 0
+    assert json.loads(summary.read_text())["num_queries"] == len(read_market1501(tiny_root).query)
     image = sorted((tiny_root / "bounding_box_train").iterdir())[0]
     out = tmp_path / "generated"
     assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--codes", "3",
