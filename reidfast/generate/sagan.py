@@ -1,7 +1,7 @@
 """adapt --image to the target domain under --codes spatial codes (SA-GAN's S1 then G1)
 
-For each image one PNG grid: the first row is the input, then M spatially adapted images S1(x, z_k) and M fully
-adapted images G1(S1(x, z_k)), one per spatial code z_k ~ N(0, I) (--seed fixes them). Without --mask the whole
+For each image one PNG grid of three rows: the input; M spatially adapted images S1(x, z_k); M fully adapted
+images G1(S1(x, z_k)); one column per spatial code z_k ~ N(0, I) (--seed fixes them). Without --mask the whole
 box counts as the person. --checkpoint takes the run folder (RUN, whose stages.json names the adaptation stage),
 the adaptation stage's folder (RUN/adapt) or one of its checkpoint files.
 """

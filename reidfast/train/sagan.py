@@ -20,8 +20,9 @@ Stages (``--stage``, default ``all`` = the three in order, each in its own sub-f
      ``--margin``), weight ``--con-w``; SiaNet learns from the same loss.
    Critic step (D1, D2, D_T): the Wasserstein objective with a gradient penalty (WGAN-GP, weight ``--gp-w`` on
    (||grad|| - 1)^2 at random interpolates of real and generated samples), on the generator step's outputs.
-   Adam (lr 2e-4, betas 0.5 / 0.999) for all, the lr constant for the first half and then linearly to zero
-   (CycleGAN's schedule). The loop writes no re-id metrics for this stage.
+   Adam (lr 2e-4, betas 0.5 / 0.999) for all, the STMs at 0.1x (``--stm-lr-mult``), the lr constant for the
+   first half and then linearly to zero (CycleGAN's schedule). Homography parameters are bounded
+   (``--stm-bound``). The loop writes no re-id metrics for this stage.
 2. ``translate`` (RUN/translate): every source training image is adapted under ``--codes`` M spatial codes and the
    M variants are written as a Market-1501 layout dataset (bounding_box_train: pid, folded camera, the code index
    as the sequence number; query and bounding_box_test: the source's own test split, not adapted, so that every

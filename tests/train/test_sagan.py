@@ -187,8 +187,9 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
     assert json.loads(summary.read_text())["num_queries"] == len(read_market1501(tiny_root).query)
     image = sorted((tiny_root / "bounding_box_train").iterdir())[0]
     out = tmp_path / "generated"
-    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--codes", "3",
-                          "--device", "cpu", "--out", str(out)]) == 0
+    mask = tiny_root / "masks" / "bounding_box_train" / (image.stem + ".png")
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--mask", str(mask),
+                          "--codes", "3", "--device", "cpu", "--out", str(out)]) == 0
     from PIL import Image
     written = list(out.glob("*.png"))
     assert len(written) == 1
@@ -196,6 +197,8 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
         assert grid.size == (3 * (16 + 2) + 2, 3 * (32 + 2) + 2)
     assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(tmp_path / "none.jpg"),
                           "--device", "cpu", "--out", str(out)]) == 2
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), str(image), "--mask",
+                          str(mask), "--device", "cpu", "--out", str(out)]) == 2  # one mask per image
 
 
 # --- the adaptation step in isolation --------------------------------------------------------------------------------
