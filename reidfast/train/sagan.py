@@ -722,7 +722,9 @@ class SAGAN(Method):
         stream = stream or sys.stderr
         log = lambda message: print(message, file=stream, flush=True)
         resuming = bool(cfg.get("resume"))
-        root = Path(cfg["out"] or default_run_dir(cls.name, cfg))
+        root = Path(cfg["out"]) if cfg["out"] else default_run_dir(cls.name, cfg)
+        if not cfg["out"] and any(cfg[k] for k in ("source_root", "target_root")):
+            root = root.parent / f"sagan-{cfg['source']}-to-{cfg['target']}"  # (--resume needs --out then)
         if resuming:  # the run folder holding the checkpoint (wherever the run folder has been moved since)
             folder = Path(cfg["resume"]).parent
             root = folder.parent if folder.name in STAGES and (folder.parent / "stages.json").is_file() else folder
