@@ -1,13 +1,18 @@
 """Training throughput: images/s of full training iterations, reidfast's configuration against the pure-PyTorch
 reference configuration of the same model, in one run, with peak memory.
 
-    python bench/train_step.py [--method baseline,dgnet,dgnet-b32] [--device cpu|cuda] [--quick] [--out FILE.json]
+    python bench/train_step.py [--method baseline,dgnet,dgnet-b32,sagan,sagan-b32] [--device cpu|cuda] [--quick]
+                               [--out FILE.json]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
 reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
-for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea).
+for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea);
+for SA-GAN also --faithful (one network call and one warp per input and direction) and the homography warp through
+grid_sample (the reference backend).
 DG-Net iterations are measured after the warm-up (every loss on) with a random teacher; its batch is B pairs per
-loader, 4B images per iteration (a, p, b, q), which images/s counts.
+loader, 4B images per iteration (a, p, b, q), which images/s counts. SA-GAN iterations are adaptation-stage
+iterations (both directions, generator and critic steps with the gradient penalty) of B source + B target images
+with masks, 2B images per iteration.
 Each iteration is the method's real train_step (augmentation, forward, loss, backward, optimizer and scheduler
 steps) on a fixed random batch already on the device, so data loading is not measured. Peak memory is CUDA's
 max_memory_allocated per configuration, or on the CPU the process's peak RSS so far (monotone across rows).
@@ -53,9 +58,20 @@ CASES = {
         "cpu": {"batch_size": 4, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
                 "num_classes": 60, "start_iter": 40_000},
     },
+    "sagan": {
+        "gpu": {"current_stage": "adapt", "batch_size": 8, "height": 256, "width": 128, "num_classes": 751},
+        "cpu": {"current_stage": "adapt", "batch_size": 2, "height": 64, "width": 32, "ngf": 8, "gen_blocks": 2,
+                "ndf": 8, "stm_hidden": 16, "dt_hidden": 32, "sianet_width": 8, "sianet_dim": 32, "num_classes": 60},
+    },
+    "sagan-b32": {
+        "method": "sagan",
+        "gpu": {"current_stage": "adapt", "batch_size": 32, "height": 256, "width": 128, "num_classes": 751},
+        "cpu": {"current_stage": "adapt", "batch_size": 4, "height": 64, "width": 32, "ngf": 8, "gen_blocks": 2,
+                "ndf": 8, "stm_hidden": 16, "dt_hidden": 32, "sianet_width": 8, "sianet_dim": 32, "num_classes": 60},
+    },
 }
 # per-method additions to a configuration
-METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}}
+METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}, "sagan": {"reference": {"faithful": True}}}
 CONFIGS = {
     "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None},
     "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False},
@@ -81,6 +97,13 @@ def _batch(method_name: str, cfg: dict, num_classes: int, device: torch.device) 
         pairs = 2 * cfg["batch_size"]
         pids = torch.randint(0, num_classes, (pairs, 1), generator=g).expand(pairs, 2)
         images = torch.randint(0, 256, (pairs, 2, *size), generator=g, dtype=torch.uint8)
+    elif method_name == "sagan":  # B source and B target images with their masks
+        batch = {}
+        for prefix in ("", "target_"):
+            batch[f"{prefix}image"] = torch.randint(0, 256, (cfg["batch_size"], *size), generator=g, dtype=torch.uint8)
+            batch[f"{prefix}mask"] = (torch.rand((cfg["batch_size"], 1, *size[1:]), generator=g) < 0.5).to(torch.uint8)
+        batch["pid"] = torch.randint(0, num_classes, (cfg["batch_size"],), generator=g)
+        return {k: v.to(device) for k, v in batch.items()}
     else:
         images = torch.randint(0, 256, (cfg["batch_size"], *size), generator=g, dtype=torch.uint8)
         pids = torch.randint(0, num_classes, (cfg["batch_size"],), generator=g)

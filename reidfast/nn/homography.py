@@ -19,14 +19,19 @@ class HomographyTransformer(nn.Module):
       it samples one from N(0, I). hidden: width of the localization network. out_size: (Hout, Wout) of the warp
       (default the input size). padding_mode, align_corners: as homography_warp, whose normalized convention H
       follows (H maps output normalized coordinates to input ones).
+    bound: if given, each of the 8 parameters is bound * tanh(raw / bound): still the identity at zero with unit
+      slope there, but never a degenerate warp (a fold or a collapse) however far training pushes it.
     """
 
     def __init__(self, in_channels: int = 3, code_dim: int = 0, hidden: int = 32, out_size=None,
-                 padding_mode: str = "zeros", align_corners: bool = False):
+                 padding_mode: str = "zeros", align_corners: bool = False, bound: float | None = None):
         super().__init__()
         if in_channels < 1 or code_dim < 0 or hidden < 1:
             raise ValueError(f"HomographyTransformer: need in_channels >= 1, code_dim >= 0, hidden >= 1; got "
                              f"{in_channels}, {code_dim}, {hidden}")
+        if bound is not None and not bound > 0:
+            raise ValueError(f"HomographyTransformer: bound must be positive or None, got {bound}")
+        self.bound = bound
         self.in_channels = in_channels
         self.code_dim = code_dim
         self.out_size = None if out_size is None else tuple(out_size)
@@ -56,9 +61,11 @@ class HomographyTransformer(nn.Module):
             x = torch.cat([img, code.to(img.dtype)[:, :, None, None].expand(-1, -1, *img.shape[2:])], dim=1)
         elif code is not None:
             raise ValueError("HomographyTransformer: got a code but the module was built with code_dim=0")
-        p = self.params(self.features(x))
         # Matrix math in float32 (float64 for float64 images) even when the network runs in half precision.
-        return homography_from_params(p.to(torch.float64 if img.dtype == torch.float64 else torch.float32))
+        p = self.params(self.features(x)).to(torch.float64 if img.dtype == torch.float64 else torch.float32)
+        if self.bound is not None:
+            p = self.bound * torch.tanh(p / self.bound)
+        return homography_from_params(p)
 
     def forward(self, img: torch.Tensor, code: torch.Tensor | None = None):
         H = self.localize(img, code)
@@ -67,4 +74,4 @@ class HomographyTransformer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, code_dim={self.code_dim}, out_size={self.out_size}, "
-                f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}")
+                f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}, bound={self.bound}")

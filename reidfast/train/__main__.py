@@ -31,6 +31,9 @@ examples:
   python -m reidfast.train baseline --data-root ~/data --dataset market1501 --last-stride 1
   python -m reidfast.train baseline --out runs/b1 --resume   # continue runs/b1 exactly where it stopped
   python -m reidfast.eval --checkpoint runs/baseline-synthetic
+  python -m reidfast.train sagan                             # SA-GAN: synthetic domain a -> b, all three stages
+  python -m reidfast.train sagan --source market1501 --source-root ~/data --target dukemtmc --target-root ~/data
+  python -m reidfast.train sagan --stage reid --no-adapt --out runs/direct   # direct transfer, for comparison
 """
 
 
@@ -38,7 +41,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reidfast.train", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", nargs="?", default="baseline", choices=ALL_METHODS,
-                        help="the method to train (default baseline; fdgan and sagan are not built yet)")
+                        help="the method to train (default baseline; fdgan is not built yet)")
     add_loop_arguments(parser)
     try:
         get_method(method or "baseline").add_arguments(parser)

@@ -123,6 +123,10 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
     preset = explicit.get("preset", "auto")
     if preset == "auto":
         synthetic = explicit.get("data_root") is None and explicit.get("dataset") in (None, "synthetic")
+        # a method reading two datasets (SA-GAN's source and target) names them with source/target keys
+        synthetic = synthetic and all(explicit.get(f"{side}_root") is None and
+                                      str(explicit.get(side) or "synthetic").lower().startswith("synthetic")
+                                      for side in ("source", "target"))
         preset = "cpu-quick" if device_is_cpu and synthetic else "paper"
     cfg = {**LOOP_DEFAULTS, **method_defaults}
     if preset != "paper":

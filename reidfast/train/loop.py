@@ -68,6 +68,9 @@ class Method:
     # test-time features: flip-averaged, L2-normalized, cosine distance (the re-id baseline's protocol)
     eval_metric = "cosine"
     eval_l2_normalize = True
+    # False for a stage with no re-id model (e.g. a GAN adaptation stage): the loop then skips evaluation and its
+    # metrics.json has no rank numbers
+    evaluates = True
 
     @classmethod
     def load_dataset(cls, cfg: dict) -> ReidDataset:
@@ -395,7 +398,8 @@ class Trainer:
                 if cfg["ckpt_every"] and it % cfg["ckpt_every"] == 0 and not stop:
                     self._save(method, it, epoch, position, train_seconds)
                 if cfg["eval_every"] and it % cfg["eval_every"] == 0 and not stop:
-                    self.evaluate(method, it)
+                    if method.evaluates:
+                        self.evaluate(method, it)
                     self._save_samples(method, last_batch, it)
                 if stop:
                     break
@@ -406,18 +410,22 @@ class Trainer:
         # train_seconds counts whole iterations only (data waits, evaluation and checkpoints excluded)
         self._save(method, it, epoch, position, train_seconds)
         images_per_s = it * method.images_per_iteration() / train_seconds if train_seconds > 0 else 0.0
-        result = self.evaluate(method, it)
+        result = self.evaluate(method, it) if method.evaluates else None
         self._save_samples(method, last_batch, it)
         metrics = None
         if self.main:
-            metrics = {"rank1": result["rank1"], "rank5": result["rank5"], "rank10": result["rank10"],
-                       "mAP": result["mAP"], "ap_mode": result["ap_mode"], "mAP_by_ap_mode": result["mAP_by_ap_mode"],
-                       "metric": result["metric"], "num_queries": result["num_valid"],
-                       "dataset": self.dataset.name, "method": self.method_cls.name, "iterations": it,
-                       "images_per_s": round(images_per_s, 2), "train_time": format_duration(train_seconds)}
+            metrics = {}
+            if result is not None:
+                metrics = {"rank1": result["rank1"], "rank5": result["rank5"], "rank10": result["rank10"],
+                           "mAP": result["mAP"], "ap_mode": result["ap_mode"],
+                           "mAP_by_ap_mode": result["mAP_by_ap_mode"], "metric": result["metric"],
+                           "num_queries": result["num_valid"]}
+            metrics.update({"dataset": self.dataset.name, "method": self.method_cls.name, "iterations": it,
+                            "images_per_s": round(images_per_s, 2), "train_time": format_duration(train_seconds)})
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            self.log(f"{self.method_cls.name} on {self.dataset.name} after {it} iterations: "
-                     f"Rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%  "
+            scores = (f"Rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%  "
+                      if result is not None else "(not evaluated) ")
+            self.log(f"{self.method_cls.name} on {self.dataset.name} after {it} iterations: {scores}"
                      f"({images_per_s:.0f} images/s); metrics in {self.run_dir / 'metrics.json'}")
         self.logfile.close()
         if self.world_size > 1:

@@ -1,0 +1,293 @@
+"""SA-GAN on the CPU at a tiny size: every stage end to end on two synthetic domains, the translated dataset in
+Market-1501 layout, exact resume of a multi-stage run, the ablation switches, faithful == fast, and the run folder
+through the evaluation and generation commands."""
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from reidfast.data import read_market1501
+from reidfast.data.synthetic import generate
+from reidfast.train.__main__ import main
+from reidfast.train.checkpoint import load_checkpoint
+
+from .conftest import TINY_DATA, read_log
+
+
+@pytest.fixture(scope="session")
+def domain_b(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sagan-data") / "b"
+    generate(root, **{**TINY_DATA, "domain": "b"})
+    return root
+
+
+def sagan_args(source, target, out, *extra):
+    """32x16 images; width-4 ResNet-50 batch 8 for 3 re-id iterations; 4 adaptation iterations of 2 + 2 images
+    with width-4 networks; 2 spatial codes."""
+    return ["sagan", "--source", "synthetic-a", "--source-root", str(source), "--target", "synthetic-b",
+            "--target-root", str(target), "--out", str(out), "--device", "cpu", "--height", "32", "--width", "16",
+            "--backbone-width", "4", "--batch-size", "8", "--iters", "3", "--workers", "0", "--threads", "1",
+            "--pad", "2", "--pretrained", "none", "--log-every", "1", "--eval-batch-size", "64", "--ckpt-every", "2",
+            "--adapt-iters", "4", "--adapt-batch-size", "2", "--ngf", "4", "--gen-blocks", "1", "--ndf", "4",
+            "--stm-hidden", "4", "--dt-hidden", "8", "--sianet-width", "4", "--sianet-dim", "8", "--codes", "2",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_root, domain_b, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "sagan"
+    assert main(sagan_args(tiny_root, domain_b, out)) == 0
+    return out
+
+
+def adapt_records(run_dir):
+    return {r["it"]: r for r in read_log(run_dir) if "cyc" in r}
+
+
+def test_all_stages_write_a_complete_run(full_run, tiny_root):
+    stages = json.loads((full_run / "stages.json").read_text())
+    assert stages["stages"] == ["adapt", "translate", "reid"]
+    assert stages["status"] == {"adapt": "done", "translate": "done", "reid": "done"}
+    config = json.loads((full_run / "config.json").read_text())
+    assert config["stage"] == "all" and config["current_stage"] is None and config["preset"] == "paper"
+    # adaptation: every loss finite, no re-id numbers, sample grids
+    adapt = json.loads((full_run / "adapt" / "metrics.json").read_text())
+    assert "mAP" not in adapt and adapt["iterations"] == 4 and adapt["images_per_s"] > 0
+    records = adapt_records(full_run / "adapt")
+    assert sorted(records) == [1, 2, 3, 4]
+    for r in records.values():
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
+        assert r["gp"] >= 0 and r["con"] > 0
+    assert records[4]["scl"] > 0 and records[4]["pcl"] > 0 and records[4]["t_shift"] > 0  # the STMs moved
+    assert list((full_run / "adapt" / "samples").glob("it*.png"))
+    state = load_checkpoint(full_run / "adapt" / "checkpoint.pt", "sagan")
+    assert set(state["networks"]) == {"s1", "s2", "g1", "g2", "d1", "d2", "dt", "sia"}
+    assert state["config"]["current_stage"] == "adapt" and state["config"]["batch_size"] == 2
+    # re-id: the target's query/gallery, Euclidean on the pool-5 feature; the run folder holds copies
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    assert metrics == json.loads((full_run / "reid" / "metrics.json").read_text())
+    assert metrics["dataset"] == "synthetic-b" and metrics["metric"] == "euclidean" and metrics["iterations"] == 3
+    assert 0 <= metrics["mAP"] <= 1 and metrics["num_queries"] > 0
+    assert (full_run / "checkpoint.pt").read_bytes() == (full_run / "reid" / "checkpoint.pt").read_bytes()
+    reid = load_checkpoint(full_run / "checkpoint.pt", "sagan")
+    assert reid["config"]["current_stage"] == "reid" and reid["dataset"]["num_train_pids"] == 4
+
+
+def test_translated_dataset_is_a_market1501_dataset(full_run, tiny_root):
+    translated = read_market1501(full_run / "translate")
+    source = read_market1501(tiny_root)
+    assert len(translated.train) == 2 * len(source.train)  # M = 2 variants per source image
+    assert translated.num_train_pids == source.num_train_pids
+    assert len(translated.query) == len(source.query) and len(translated.gallery) == len(source.gallery)
+    # each source image's variants keep its identity; the sequence number is the spatial code
+    rows = (full_run / "translate" / "translation.csv").read_text().splitlines()[1:]
+    train_rows = [r.split(",") for r in rows if r.startswith("bounding_box_train/")]
+    assert sorted({r[4] for r in train_rows}) == ["1", "2"] and len(train_rows) == len(translated.train)
+    source_pid = {s.path: s.pid for s in source.train}
+    by_name = {s.path.rsplit("/", 1)[1]: s.pid for s in translated.train}
+    for file, source_image, *_ in train_rows:
+        assert by_name[file.split("/")[1]] == source_pid[source_image]
+    from PIL import Image
+    with Image.open(translated.train[0].path) as img:
+        assert img.size == (16, 32)
+    info = json.loads((full_run / "translate" / "translation.json").read_text())
+    assert info["codes"] == 2 and info["train_images"] == len(translated.train)
+
+
+def _interrupted_copy(full_run, dst, running):
+    """The run folder as it was when stage `running` had written its mid-run checkpoint (iteration 2)."""
+    dst.mkdir()
+    shutil.copy(full_run / "config.json", dst / "config.json")
+    order = ["adapt", "translate", "reid"]
+    done = order[:order.index(running)]
+    for stage in done:
+        shutil.copytree(full_run / stage, dst / stage)
+    (dst / running).mkdir()
+    shutil.copy(full_run / running / "checkpoint.prev.pt", dst / running / "checkpoint.pt")
+    status = {**{s: "done" for s in done}, running: "running"}
+    (dst / "stages.json").write_text(json.dumps({"stages": order, "status": status,
+                                                 "folders": {s: s for s in order}}))
+
+
+def _same_networks(a, b):
+    a, b = load_checkpoint(a)["networks"], load_checkpoint(b)["networks"]
+    return all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
+
+
+def test_resume_continues_the_adaptation_then_runs_the_remaining_stages(full_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    _interrupted_copy(full_run, resumed, "adapt")
+    assert main(["sagan", "--out", str(resumed), "--resume"]) == 0
+    full, again = adapt_records(full_run / "adapt"), adapt_records(resumed / "adapt")
+    assert sorted(again) == [3, 4]
+    for it in (3, 4):  # bit for bit: codes, interpolates and data order come from checkpointed state
+        assert {k: v for k, v in again[it].items() if k != "images_per_s"} == \
+               {k: v for k, v in full[it].items() if k != "images_per_s"}
+    assert _same_networks(full_run / "adapt" / "checkpoint.pt", resumed / "adapt" / "checkpoint.pt")
+    assert _same_networks(full_run / "reid" / "checkpoint.pt", resumed / "reid" / "checkpoint.pt")
+    assert json.loads((resumed / "stages.json").read_text())["status"]["reid"] == "done"
+    full_metrics = json.loads((full_run / "metrics.json").read_text())
+    resumed_metrics = json.loads((resumed / "metrics.json").read_text())
+    assert resumed_metrics["mAP"] == full_metrics["mAP"] and resumed_metrics["rank1"] == full_metrics["rank1"]
+
+
+def test_resume_skips_finished_stages(full_run, tmp_path, capsys):
+    resumed = tmp_path / "resumed"
+    _interrupted_copy(full_run, resumed, "reid")
+    assert main(["sagan", "--out", str(resumed), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "stage adapt finished earlier" in err and "stage translate finished earlier" in err
+    assert "resuming from" in err and "iteration 2" in err
+    assert _same_networks(full_run / "reid" / "checkpoint.pt", resumed / "reid" / "checkpoint.pt")
+    assert load_checkpoint(resumed / "adapt" / "checkpoint.pt")["iteration"] == 4  # untouched
+
+
+def test_direct_transfer_trains_on_the_raw_source(tiny_root, domain_b, tmp_path, capsys):
+    out = tmp_path / "direct"
+    assert main(sagan_args(tiny_root, domain_b, out, "--stage", "reid", "--no-adapt")) == 0
+    assert json.loads((out / "stages.json").read_text())["stages"] == ["reid"]
+    assert not (out / "adapt").exists() and not (out / "translate").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "synthetic-b" and metrics["metric"] == "euclidean"
+    assert load_checkpoint(out / "checkpoint.pt")["dataset"]["num_train_pids"] == 4
+    capsys.readouterr()
+    assert main(sagan_args(tiny_root, domain_b, tmp_path / "bad", "--no-adapt")) == 2
+    assert "--no-adapt" in capsys.readouterr().err
+
+
+def test_stages_one_command_each_share_the_run_folder(tiny_root, domain_b, tmp_path):
+    out = tmp_path / "staged"
+    for stage in ("adapt", "translate", "reid"):
+        assert main(sagan_args(tiny_root, domain_b, out, "--stage", stage, "--adapt-iters", "1", "--iters", "1")) == 0
+        record = json.loads((out / "stages.json").read_text())
+        assert record["status"][stage] == "done"
+    assert record["stages"] == ["adapt", "translate", "reid"] and set(record["status"].values()) == {"done"}
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["current_stage"] == "reid"
+    assert len(read_market1501(out / "translate").train) == 2 * len(read_market1501(tiny_root).train)
+
+
+def test_reid_stage_without_a_translated_dataset_says_what_to_do(tiny_root, domain_b, tmp_path, capsys):
+    assert main(sagan_args(tiny_root, domain_b, tmp_path / "x", "--stage", "reid")) == 2
+    assert "no translated dataset" in capsys.readouterr().err
+
+
+def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
+    from reidfast.eval.__main__ import main as eval_main
+    from reidfast.generate.__main__ import main as generate_main
+    summary = tmp_path / "summary.json"
+    assert eval_main(["--checkpoint", str(full_run), "--json", str(summary)]) == 0
+    trained = json.loads((full_run / "metrics.json").read_text())
+    assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
+    # --dataset / --data-root test the re-id model on another dataset (here the source domain)
+    assert eval_main(["--checkpoint", str(full_run), "--dataset", "synthetic-a", "--data-root", str(tiny_root),
+                      "--json", str(summary)]) == 0
+    assert json.loads(summary.read_text())["num_queries"] == len(read_market1501(tiny_root).query)
+    image = sorted((tiny_root / "bounding_box_train").iterdir())[0]
+    out = tmp_path / "generated"
+    mask = tiny_root / "masks" / "bounding_box_train" / (image.stem + ".png")
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--mask", str(mask),
+                          "--codes", "3", "--device", "cpu", "--out", str(out)]) == 0
+    from PIL import Image
+    written = list(out.glob("*.png"))
+    assert len(written) == 1
+    with Image.open(written[0]) as grid:  # rows: input, 3 spatially adapted, 3 fully adapted; 2-pixel padding
+        assert grid.size == (3 * (16 + 2) + 2, 3 * (32 + 2) + 2)
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(tmp_path / "none.jpg"),
+                          "--device", "cpu", "--out", str(out)]) == 2
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), str(image), "--mask",
+                          str(mask), "--device", "cpu", "--out", str(out)]) == 2  # one mask per image
+
+
+# --- the adaptation step in isolation --------------------------------------------------------------------------------
+def _adapt_method(**options):
+    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    from reidfast.train.sagan import SAGAN
+    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **SAGAN.defaults, "current_stage": "adapt", "height": 32, "width": 16,
+           "batch_size": 3, "ngf": 4, "gen_blocks": 1, "ndf": 4, "stm_hidden": 4, "dt_hidden": 8, "sianet_width": 4,
+           "sianet_dim": 8, "amp": "off", "compile": False, "channels_last": False, "device": "cpu", **options}
+    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
+    torch.manual_seed(0)
+    method = SAGAN(run, SimpleNamespace(num_train_pids=4))
+    # trained-looking STMs and generators (fresh ones are the identity, which would hide differences)
+    with torch.no_grad():
+        for stm in (method.s1, method.s2):
+            stm.params.weight.normal_(0, 0.05)
+        for gen in (method.g1, method.g2):
+            gen.out.weight.normal_(0, 0.05)
+    method.configure(10)
+    return method
+
+
+def _batch(n=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randint(0, 256, (n, 3, 32, 16), generator=g, dtype=torch.uint8),
+            "mask": (torch.rand(n, 1, 32, 16, generator=g) > 0.4).to(torch.uint8),
+            "target_image": torch.randint(0, 256, (n, 3, 32, 16), generator=g, dtype=torch.uint8),
+            "target_mask": (torch.rand(n, 1, 32, 16, generator=g) > 0.4).to(torch.uint8)}
+
+
+def test_faithful_and_batched_calls_give_the_same_losses_at_fp32():
+    losses, grads, adapted = {}, {}, {}
+    for faithful in (False, True):
+        method = _adapt_method(faithful=faithful)
+        losses[faithful] = method.train_step(_batch(), 0)
+        # the gradients of both updates (Adam's first step would amplify the rounding of gradients that are
+        # zero analytically, such as the critics' last bias, into differences of the order of the lr)
+        grads[faithful] = {f"{name}.{k}": p.grad for name, net in method.networks.items()
+                             for k, p in net.named_parameters()}
+        codes = torch.randn(2, 3, method.code_dim, generator=torch.Generator().manual_seed(3))
+        adapted[faithful] = method.adapt(torch.randn(2, 3, 32, 16), torch.ones(2, 1, 32, 16), codes)
+    fast, original = losses[False], losses[True]
+    assert fast["scl"] > 0 and fast["pcl"] > 0 and fast["adv_t"] != 0  # every loss is on
+    for key in fast:
+        torch.testing.assert_close(fast[key], original[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert all(g is not None for g in grads[False].values())  # every network took part
+    for key, value in grads[False].items():
+        torch.testing.assert_close(value, grads[True][key], rtol=1e-4, atol=1e-6, msg=key)
+    for a, b in zip(adapted[False], adapted[True]):  # M codes in one pass == one pass per code
+        assert a.shape == (2, 3, 3, 32, 16)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag", ["no_spatial", "no_pixel", "no_disentangled_cycle"])
+def test_ablation_switches_remove_their_part(flag):
+    method = _adapt_method(**{flag: True})
+    out = method.train_step(_batch(), 0)
+    assert all(torch.isfinite(v) for v in out.values())
+    if flag == "no_spatial":
+        assert out["scl"] == 0 and out["adv_t"] == 0 and out["w_t"] == 0 and out["t_shift"] == 0
+        assert out["pcl"] > 0
+    elif flag == "no_pixel":
+        assert out["mask"] == 0 and out["scl"] > 0
+        xs, xa = method.adapt(torch.randn(1, 3, 32, 16), torch.ones(1, 1, 32, 16), torch.randn(1, 2, 8))
+        assert torch.equal(xs, xa)  # no pixel-level change
+    else:
+        assert out["scl"] == 0 and out["pcl"] == 0 and out["cyc"] > 0
+
+
+def test_nothing_left_to_adapt_is_an_error():
+    with pytest.raises(ValueError, match="nothing to adapt"):
+        _adapt_method(no_spatial=True, no_pixel=True)
+
+
+def test_sample_grid_rows_and_the_training_modes():
+    method = _adapt_method()
+    grid = method.sample_images(_batch())
+    assert grid.shape == (6 * 8, 3, 32, 16)  # source, spatial, 3 fully adapted, target; padded to 8 columns
+    assert torch.equal(grid[3:8], torch.zeros(5, 3, 32, 16))
+    assert all(m.training for m in method.networks.values())
+    state = method.run.generator.get_state()
+    method.sample_images(_batch())
+    assert torch.equal(state, method.run.generator.get_state())  # samples draw no training randomness
+
+
+def test_preset_auto_follows_the_two_domains():
+    from reidfast.train.config import resolve_config
+    from reidfast.train.sagan import SAGAN
+    assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {}, True)["preset"] == "cpu-quick"
+    assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {"target": "synthetic-b"}, True)["preset"] == "cpu-quick"
+    real = {"target": "dukemtmc", "target_root": "/data"}
+    assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, real, True)["preset"] == "paper"
