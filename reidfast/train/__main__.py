@@ -31,6 +31,8 @@ examples:
   python -m reidfast.train baseline --data-root ~/data --dataset market1501 --last-stride 1
   python -m reidfast.train baseline --out runs/b1 --resume   # continue runs/b1 exactly where it stopped
   python -m reidfast.eval --checkpoint runs/baseline-synthetic
+  python -m reidfast.train fdgan                             # FD-GAN stages I, II, III (RUN/stage1..3), quick CPU preset
+  python -m reidfast.train fdgan --stage 2 --out runs/f1     # one stage, from runs/f1/stage1 (or --init CHECKPOINT)
 """
 
 
@@ -38,7 +40,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reidfast.train", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", nargs="?", default="baseline", choices=ALL_METHODS,
-                        help="the method to train (default baseline; fdgan and sagan are not built yet)")
+                        help="the method to train (default baseline; sagan is not built yet)")
     add_loop_arguments(parser)
     try:
         get_method(method or "baseline").add_arguments(parser)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = {"baseline": ("reidfast.train.baseline", "Baseline"), "dgnet": ("reidfast.train.dgnet", "DGNet")}
+METHODS = {"baseline": ("reidfast.train.baseline", "Baseline"), "dgnet": ("reidfast.train.dgnet", "DGNet"),
+           "fdgan": ("reidfast.train.fdgan", "FDGAN")}
 NOT_BUILT = {
-    "fdgan": "FD-GAN's trainer is not built yet (tracked in its own method issue)",
     "sagan": "SA-GAN's trainer is not built yet (tracked in its own method issue)",
 }
 ALL_METHODS = tuple(METHODS) + tuple(NOT_BUILT)
