@@ -1,13 +1,16 @@
 """Training throughput: images/s of full training iterations, reidfast's configuration against the pure-PyTorch
 reference configuration of the same model, in one run, with peak memory.
 
-    python bench/train_step.py [--method baseline,dgnet,dgnet-b32] [--device cpu|cuda] [--quick] [--out FILE.json]
+    python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128] [--device cpu|cuda] [--quick]
+                               [--out FILE.json]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
 reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
 for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea).
 DG-Net iterations are measured after the warm-up (every loss on) with a random teacher; its batch is B pairs per
-loader, 4B images per iteration (a, p, b, q), which images/s counts.
+loader, 4B images per iteration (a, p, b, q), which images/s counts. FD-GAN iterations are stage III's (E, V, G, D_id
+and D_pd all training, random initialisation) on B pairs (fdgan: 32, fdgan-b128: 128, the paper's batch), 2B
+images per iteration; its reference also runs --faithful (one call per Siamese branch and discriminator input).
 Each iteration is the method's real train_step (augmentation, forward, loss, backward, optimizer and scheduler
 steps) on a fixed random batch already on the device, so data loading is not measured. Peak memory is CUDA's
 max_memory_allocated per configuration, or on the CPU the process's peak RSS so far (monotone across rows).
@@ -53,9 +56,23 @@ CASES = {
         "cpu": {"batch_size": 4, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
                 "num_classes": 60, "start_iter": 40_000},
     },
+    # FD-GAN stage III iterations (E, V, G, D_id, D_pd all training): batch = pairs, 2 images per pair counted
+    "fdgan": {
+        "gpu": {"batch_size": 32, "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0,
+                "num_classes": 751, "stage": "3"},
+        "cpu": {"batch_size": 4, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                "num_classes": 60, "stage": "3"},
+    },
+    "fdgan-b128": {
+        "method": "fdgan",
+        "gpu": {"batch_size": 128, "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0,
+                "num_classes": 751, "stage": "3"},
+        "cpu": {"batch_size": 8, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                "num_classes": 60, "stage": "3"},
+    },
 }
 # per-method additions to a configuration
-METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}}
+METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}, "fdgan": {"reference": {"faithful": True}}}
 CONFIGS = {
     "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None},
     "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False},
@@ -81,6 +98,15 @@ def _batch(method_name: str, cfg: dict, num_classes: int, device: torch.device) 
         pairs = 2 * cfg["batch_size"]
         pids = torch.randint(0, num_classes, (pairs, 1), generator=g).expand(pairs, 2)
         images = torch.randint(0, 256, (pairs, 2, *size), generator=g, dtype=torch.uint8)
+    elif method_name == "fdgan":  # B (anchor, other, target) triples, 1 positive : 3 negative pairs, keypoints
+        pairs = cfg["batch_size"]
+        anchor = torch.randint(0, num_classes, (pairs, 1), generator=g)
+        other = torch.where(torch.arange(pairs).unsqueeze(1) % 4 == 0, anchor, (anchor + 1) % num_classes)
+        pids = torch.cat([anchor, other, anchor], dim=1)
+        images = torch.randint(0, 256, (pairs, 3, *size), generator=g, dtype=torch.uint8)
+        scale = torch.tensor([cfg["width"] - 1, cfg["height"] - 1], dtype=torch.float32)
+        keypoints = torch.rand(pairs, 3, 18, 2, generator=g) * scale
+        return {"image": images.to(device), "pid": pids.to(device), "keypoints": keypoints.to(device)}
     else:
         images = torch.randint(0, 256, (cfg["batch_size"], *size), generator=g, dtype=torch.uint8)
         pids = torch.randint(0, num_classes, (cfg["batch_size"],), generator=g)

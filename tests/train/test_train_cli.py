@@ -16,7 +16,7 @@ from .conftest import tiny_args
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("method", ["fdgan", "sagan"])
+@pytest.mark.parametrize("method", ["sagan"])
 def test_methods_not_built_say_so(method, capsys):
     assert main([method]) == 2
     assert "not built yet" in capsys.readouterr().err
