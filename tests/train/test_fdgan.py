@@ -120,6 +120,17 @@ def test_single_stage_from_init(all_run, tiny_root, tmp_path):
     assert not (out / "stage1").exists() and (out / "checkpoint.pt").is_file()
 
 
+def test_stage1_identification_loss_option(tiny_root, tmp_path):
+    # the cpu-quick preset's addition to stage I: a ClassBlock head, checkpointed, not needed at test time
+    out = tmp_path / "s1"
+    assert main(fdgan_args(tiny_root, out, "--stage", "1", "--iters", "2", "--stage1-id-w", "1")) == 0
+    logged = records(out / "stage1")
+    assert all(r["cls"] > 0 and r["loss"] == pytest.approx(r["v"] + r["cls"], rel=1e-5) for r in logged.values())
+    assert set(networks(out / "checkpoint.pt")) == {"e", "v", "cls"}
+    from reidfast.eval.__main__ import main as eval_main
+    assert eval_main(["--checkpoint", str(out), "--json", str(tmp_path / "m.json")]) == 0
+
+
 def _method(stage, faithful, pairs=8):
     from types import SimpleNamespace
 
