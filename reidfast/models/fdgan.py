@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD

@@ -18,8 +18,9 @@ noise z ~ N(0, I_256), so positive pairs share target pose and noise.
   positive pairs. Loss 0.1 L_id + 0.1 L_pd + w_r L_r + w_sp L_sp; ``--loss-weights paper`` gives w_r, w_sp =
   10, 1 (the paper), ``published`` 100, 10 (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD
   1e-2; constant for half the stage, then linear decay to 0 (50 + 50 epochs).
-- Stage III: everything jointly, E's BatchNorm frozen (eval mode): L_v + the stage II losses train E, V and G;
-  Adam for E, G, V at 1e-6, 1e-6, 1e-5, SGD for D_id, D_pd at 1e-4; 25 + 25 epochs.
+- Stage III: everything jointly, E's BatchNorm frozen (statistics and affine parameters): L_v + the stage II
+  losses train E, V and G; Adam for E, G, V at 1e-6, 1e-6, 1e-5, SGD for D_id, D_pd at 1e-4; 25 + 25 epochs.
+  (Adam's betas are (0.5, 0.999) throughout; SGD has weight decay 5e-4.)
 
 Image range: G's output is in [-1, 1] (generator range, pixel = (y + 1) / 2); L_r, L_sp and D_pd compare in that
 range, D_id reads ImageNet-normalized images like E (see :mod:`reidfast.models.fdgan`).
@@ -145,11 +146,12 @@ class FDGAN(Method):
         g.add_argument("--stage-epochs", type=int, nargs=3, default=S, metavar=("I", "II", "III"),
                        help="epochs of each stage (80 100 50); --epochs / --iters set every stage's length")
         g.add_argument("--stage-iters", type=int, nargs=3, default=S, metavar=("I", "II", "III"),
-                       help="iterations of each stage instead of --stage-epochs (cpu-quick: 300 150 60)")
+                       help="iterations of each stage instead of --stage-epochs (cpu-quick: 600 80 30)")
         g.add_argument("--loss-weights", choices=tuple(LOSS_WEIGHTS), default=S,
                        help="reconstruction / same-pose weights: paper (10 / 1, default) or published (100 / 10, "
                             "the published configuration); --r-w / --sp-w override either")
-        for name, text in (("v-w", "verification loss L_v (1)"), ("id-w", "identity adversarial loss L_id (0.1)"), ("pd-w", "pose adversarial L_pd (0.1)"),
+        for name, text in (("v-w", "verification loss L_v (1)"), ("id-w", "identity adversarial loss L_id (0.1)"),
+                           ("pd-w", "pose adversarial L_pd (0.1)"),
                            ("r-w", "reconstruction L_r (from --loss-weights)"),
                            ("sp-w", "same-pose L_sp (from --loss-weights)")):
             g.add_argument(f"--{name}", type=float, default=S, help=f"weight: {text}")
@@ -193,7 +195,8 @@ class FDGAN(Method):
         if self.stage not in STAGES:
             raise ValueError(f"fdgan: stage must be 1, 2 or 3, got {self.stage}")
         if cfg["loss_weights"] not in LOSS_WEIGHTS:
-            raise ValueError(f"fdgan: loss_weights must be one of {', '.join(LOSS_WEIGHTS)}, got {cfg['loss_weights']!r}")
+            raise ValueError(f"fdgan: loss_weights must be one of {', '.join(LOSS_WEIGHTS)}, "
+                             f"got {cfg['loss_weights']!r}")
         if run.world_size > 1:
             raise ValueError("fdgan does not run under torchrun yet: train on one device")
         self.faithful = bool(cfg["faithful"])

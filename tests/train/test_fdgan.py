@@ -52,7 +52,8 @@ def test_all_stages_write_their_folders_and_the_run_folder_holds_the_last(all_ru
         assert set(state["networks"]) == expected
         logged = records(folder)
         assert sorted(logged) == [1, 2, 3]
-        keys = {"v", "acc"} if stage == 1 else {"d_id", "d_pd", "id", "pd", "r", "sp"} | ({"v"} if stage == 3 else set())
+        keys = {"v", "acc"} if stage == 1 else {"d_id", "d_pd", "id", "pd", "r", "sp"} | ({"v"} if stage == 3
+                                                                                           else set())
         for r in logged.values():
             assert keys <= set(r) and all(math.isfinite(r[k]) for k in keys), r
     assert not list((all_run / "stage1").glob("samples/*.png"))  # stage I generates nothing
@@ -131,14 +132,14 @@ def test_stage1_identification_loss_option(tiny_root, tmp_path):
     assert eval_main(["--checkpoint", str(out), "--json", str(tmp_path / "m.json")]) == 0
 
 
-def _method(stage, faithful, pairs=8):
+def _method(stage, faithful, pairs=8, **overrides):
     from types import SimpleNamespace
 
     from reidfast.train.fdgan import FDGAN
     from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
     cfg = {**LOOP_DEFAULTS_FOR_BENCH, **FDGAN.defaults, "height": 64, "width": 32, "backbone_width": 4,
            "gan_width": 0.125, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "device": "cpu",
-           "stage": str(stage), "faithful": faithful, "batch_size": pairs, "e_lr3": 1e-3, "g_lr3": 1e-3}
+           "stage": str(stage), "faithful": faithful, "batch_size": pairs, "e_lr3": 1e-3, "g_lr3": 1e-3, **overrides}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
     torch.manual_seed(0)
     method = FDGAN(run, SimpleNamespace(num_train_pids=4))
@@ -184,6 +185,13 @@ def test_faithful_order_gives_the_same_losses_at_fp32(stage):
             if name in sgd and not (name == "d_id" and ("running" in key or "num_batches" in key)) or \
                     (name != "d_id" and "running" in key):
                 torch.testing.assert_close(value, states[True][name][key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
+
+
+def test_loss_weight_configurations():
+    paper, published = _method(2, False).weights, _method(2, False, loss_weights="published").weights
+    assert (paper["v"], paper["id"], paper["pd"], paper["r"], paper["sp"]) == (1.0, 0.1, 0.1, 10.0, 1.0)
+    assert (published["r"], published["sp"]) == (100.0, 10.0) and published["id"] == 0.1
+    assert _method(2, False, loss_weights="published", r_w=5.0).weights["r"] == 5.0
 
 
 def test_pose_maps_draw_bandwidths_from_the_scaled_set():
