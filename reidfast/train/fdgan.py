@@ -467,7 +467,7 @@ class FDGAN(Method):
             return self.e(images)
 
     @torch.no_grad()
-    def verifier_distances(self, query_features, gallery_features, topk: int = 100, chunk: int = 65536):
+    def verifier_distances(self, query_features, gallery_features, topk: int = 100, chunk: int = 16384):
         """The verification cascade: each query's top-`topk` gallery items by Euclidean distance, re-ordered by
         V's probability of 'same person' (highest first); the rest keep their Euclidean order behind them.
         Returns a (Q, G) distance matrix for ``rank_eval(distmat=...)``; V runs batched on V's device."""

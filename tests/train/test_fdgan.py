@@ -228,14 +228,17 @@ def test_verifier_rescoring_reorders_the_top_k_only():
         assert order[k:].tolist() == euclid[q].argsort()[k:].tolist()
 
 
-def test_eval_with_verifier_cascade(all_run, tmp_path):
+def test_eval_with_verifier_cascade(all_run, tmp_path, capsys):
     from reidfast.eval.__main__ import main as eval_main
     plain, cascade = tmp_path / "plain.json", tmp_path / "cascade.json"
     assert eval_main(["--checkpoint", str(all_run), "--json", str(plain)]) == 0
     trained = json.loads((all_run / "metrics.json").read_text())
     assert json.loads(plain.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
+    # re-scoring only each query's nearest item leaves every ranking as it was
+    assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "1", "--json", str(cascade)]) == 0
+    assert json.loads(cascade.read_text())["mAP"] == pytest.approx(json.loads(plain.read_text())["mAP"], abs=1e-6)
     assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "100", "--json", str(cascade)]) == 0
-    assert 0 <= json.loads(cascade.read_text())["mAP"] <= 100
+    assert "re-scored by the verifier" in capsys.readouterr().out
 
 
 def test_generate_writes_input_pose_and_generated_images(all_run, tiny_root, tmp_path, capsys):
