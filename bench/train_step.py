@@ -1,7 +1,7 @@
 """Training throughput: images/s of full training iterations, reidfast's configuration against the pure-PyTorch
 reference configuration of the same model, in one run, with peak memory.
 
-    python bench/train_step.py [--method baseline,dgnet,dgnet-b32,sagan,sagan-b32] [--device cpu|cuda] [--quick]
+    python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
                                [--out FILE.json]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
@@ -10,7 +10,10 @@ for DG-Net also --faithful (the original's order: a second generator pass, one c
 for SA-GAN also --faithful (one network call and one warp per input and direction) and the homography warp through
 grid_sample (the reference backend).
 DG-Net iterations are measured after the warm-up (every loss on) with a random teacher; its batch is B pairs per
-loader, 4B images per iteration (a, p, b, q), which images/s counts. SA-GAN iterations are adaptation-stage
+loader, 4B images per iteration (a, p, b, q), which images/s counts. FD-GAN iterations are stage III's (E, V, G, D_id
+and D_pd all training, random initialisation) on B pairs (fdgan: 32, fdgan-b128: 128, the paper's batch), 2B
+images per iteration; its reference also runs --faithful (one call per Siamese branch and discriminator input).
+SA-GAN iterations are adaptation-stage
 iterations (both directions, generator and critic steps with the gradient penalty) of B source + B target images
 with masks, 2B images per iteration.
 Each iteration is the method's real train_step (augmentation, forward, loss, backward, optimizer and scheduler
@@ -58,6 +61,20 @@ CASES = {
         "cpu": {"batch_size": 4, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
                 "num_classes": 60, "start_iter": 40_000},
     },
+    # FD-GAN stage III iterations (E, V, G, D_id, D_pd all training): batch = pairs, 2 images per pair counted
+    "fdgan": {
+        "gpu": {"batch_size": 32, "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0,
+                "num_classes": 751, "stage": "3"},
+        "cpu": {"batch_size": 4, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                "num_classes": 60, "stage": "3"},
+    },
+    "fdgan-b128": {
+        "method": "fdgan",
+        "gpu": {"batch_size": 128, "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0,
+                "num_classes": 751, "stage": "3"},
+        "cpu": {"batch_size": 8, "height": 64, "width": 32, "backbone_width": 16, "gan_width": 0.25,
+                "num_classes": 60, "stage": "3"},
+    },
     "sagan": {
         "gpu": {"current_stage": "adapt", "batch_size": 8, "height": 256, "width": 128, "num_classes": 751},
         "cpu": {"current_stage": "adapt", "batch_size": 2, "height": 64, "width": 32, "ngf": 8, "gen_blocks": 2,
@@ -71,7 +88,8 @@ CASES = {
     },
 }
 # per-method additions to a configuration
-METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}, "sagan": {"reference": {"faithful": True}}}
+METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}, "fdgan": {"reference": {"faithful": True}},
+                  "sagan": {"reference": {"faithful": True}}}
 CONFIGS = {
     "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None},
     "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False},
@@ -97,6 +115,15 @@ def _batch(method_name: str, cfg: dict, num_classes: int, device: torch.device) 
         pairs = 2 * cfg["batch_size"]
         pids = torch.randint(0, num_classes, (pairs, 1), generator=g).expand(pairs, 2)
         images = torch.randint(0, 256, (pairs, 2, *size), generator=g, dtype=torch.uint8)
+    elif method_name == "fdgan":  # B (anchor, other, target) triples, 1 positive : 3 negative pairs, keypoints
+        pairs = cfg["batch_size"]
+        anchor = torch.randint(0, num_classes, (pairs, 1), generator=g)
+        other = torch.where(torch.arange(pairs).unsqueeze(1) % 4 == 0, anchor, (anchor + 1) % num_classes)
+        pids = torch.cat([anchor, other, anchor], dim=1)
+        images = torch.randint(0, 256, (pairs, 3, *size), generator=g, dtype=torch.uint8)
+        scale = torch.tensor([cfg["width"] - 1, cfg["height"] - 1], dtype=torch.float32)
+        keypoints = torch.rand(pairs, 3, 18, 2, generator=g) * scale
+        return {"image": images.to(device), "pid": pids.to(device), "keypoints": keypoints.to(device)}
     elif method_name == "sagan":  # B source and B target images with their masks
         batch = {}
         for prefix in ("", "target_"):

@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     mode = next(name for name in MODES if getattr(args, name, None))
     result = MODES[mode](args)
     title = f"{args.features or args.checkpoint}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
+    if args.checkpoint and args.verifier_topk:
+        title += f" (top {args.verifier_topk} re-scored by the verifier)"
     print(format_table(result, title))
     if args.json:
         with open(args.json, "w") as f:

@@ -40,15 +40,25 @@ def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=pr
 
 
 def evaluate_run(run_dir, dataset, device: torch.device, ap_mode: str = "market", metric: str | None = None,
-                 max_rank: int = 50, batch_size: int = 128, log=print):
+                 max_rank: int = 50, batch_size: int = 128, log=print, verifier_topk: int = 0):
     """(result, query_features, gallery_features, cfg) of a trained run on `dataset`; `metric` and the feature
-    normalization default to the method's own test protocol."""
+    normalization default to the method's own test protocol. `verifier_topk` K > 0 re-scores each query's top K
+    by the method's verifier (methods with ``verifier_distances``: fdgan)."""
     method, cfg = load_trained_method(run_dir, device, log)
     metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
                   channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
+    if verifier_topk:
+        if not hasattr(method, "verifier_distances"):
+            raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
+        from ..ops import rank_eval
+        q_pids, q_camids = labels(dataset.query)
+        g_pids, g_camids = labels(dataset.gallery)
+        distmat = method.verifier_distances(qf, gf, topk=verifier_topk)
+        result = rank_eval(q_pids, g_pids, q_camids, g_camids, distmat=distmat, max_rank=max_rank, ap_mode=ap_mode)
+        return result, qf, gf, cfg
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric,
                            max_rank=max_rank)
     return result, qf, gf, cfg
@@ -75,6 +85,9 @@ def add_checkpoint_arguments(parser) -> None:
     g.add_argument("--ranked-list", metavar="FILE.png", default=None,
                    help="picture of the top-10 of a few queries (default RUN_DIR/ranked_list.png)")
     g.add_argument("--ranked-queries", type=int, default=6, metavar="N", help="queries in the picture (6)")
+    g.add_argument("--verifier-topk", type=int, default=0, metavar="K",
+                   help="re-score each query's top K gallery items by the run's verification classifier (fdgan's "
+                        "V; the paper's cascade uses 100); 0: off (default)")
 
 
 def evaluate_checkpoint(args):
@@ -91,7 +104,7 @@ def evaluate_checkpoint(args):
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")
     result, qf, gf, cfg = evaluate_run(run_dir, dataset, device, ap_mode=ap_mode, metric=args.metric,
-                                       max_rank=args.max_rank)
+                                       max_rank=args.max_rank, verifier_topk=args.verifier_topk)
     if args.export:
         print(f"features written to {export_features(args.export, qf, gf, dataset)}")
     folder = run_dir if run_dir.is_dir() else run_dir.parent

@@ -9,7 +9,7 @@ import torch
 from ..data import DatasetFormatError, DatasetNotFoundError
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_loop_arguments, read_config_file, resolve_config
-from .methods import ALL_METHODS, MethodNotBuilt, get_method
+from .methods import ALL_METHODS, get_method
 
 DESCRIPTION = """\
 Train a person re-identification method with reidfast's shared loop.
@@ -31,6 +31,8 @@ examples:
   python -m reidfast.train baseline --data-root ~/data --dataset market1501 --last-stride 1
   python -m reidfast.train baseline --out runs/b1 --resume   # continue runs/b1 exactly where it stopped
   python -m reidfast.eval --checkpoint runs/baseline-synthetic
+  python -m reidfast.train fdgan                             # FD-GAN stages I, II, III (RUN/stage1..3), quick CPU preset
+  python -m reidfast.train fdgan --stage 2 --out runs/f1     # one stage, from runs/f1/stage1 (or --init CHECKPOINT)
   python -m reidfast.train sagan                             # SA-GAN: synthetic domain a -> b, all three stages
   python -m reidfast.train sagan --source market1501 --source-root ~/data --target dukemtmc --target-root ~/data
   python -m reidfast.train sagan --stage reid --no-adapt --out runs/direct   # direct transfer, for comparison
@@ -41,12 +43,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reidfast.train", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", nargs="?", default="baseline", choices=ALL_METHODS,
-                        help="the method to train (default baseline; fdgan is not built yet)")
+                        help="the method to train (default baseline)")
     add_loop_arguments(parser)
-    try:
-        get_method(method or "baseline").add_arguments(parser)
-    except MethodNotBuilt:
-        pass
+    get_method(method or "baseline").add_arguments(parser)
     return parser
 
 
@@ -62,11 +61,7 @@ def main(argv=None) -> int:
     name = _method_name(argv)
     parser = build_parser(name if name in ALL_METHODS else None)
     args = parser.parse_args(argv)
-    try:
-        method = get_method(args.method)
-    except MethodNotBuilt as exc:
-        print(f"python -m reidfast.train {args.method}: {exc}", file=sys.stderr)
-        return 2
+    method = get_method(args.method)
     flags = {k: v for k, v in vars(args).items() if k not in ("method", "config")}
     try:
         file_values = read_config_file(args.config) if getattr(args, "config", None) else {}

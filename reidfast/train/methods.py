@@ -1,23 +1,14 @@
-"""Method name -> trainer class. Methods whose trainers are not built yet say which issue builds them."""
+"""Method name -> trainer class (imported on first use, so `--help` of one method does not import the others)."""
 from __future__ import annotations
 
 import importlib
 
 METHODS = {"baseline": ("reidfast.train.baseline", "Baseline"), "dgnet": ("reidfast.train.dgnet", "DGNet"),
-           "sagan": ("reidfast.train.sagan", "SAGAN")}
-NOT_BUILT = {
-    "fdgan": "FD-GAN's trainer is not built yet (tracked in its own method issue)",
-}
-ALL_METHODS = tuple(METHODS) + tuple(NOT_BUILT)
-
-
-class MethodNotBuilt(NotImplementedError):
-    pass
+           "fdgan": ("reidfast.train.fdgan", "FDGAN"), "sagan": ("reidfast.train.sagan", "SAGAN")}
+ALL_METHODS = tuple(METHODS)
 
 
 def get_method(name: str):
-    if name in NOT_BUILT:
-        raise MethodNotBuilt(NOT_BUILT[name])
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
     module, cls = METHODS[name]

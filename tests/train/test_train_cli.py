@@ -16,12 +16,6 @@ from .conftest import tiny_args
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("method", ["fdgan"])
-def test_methods_not_built_say_so(method, capsys):
-    assert main([method]) == 2
-    assert "not built yet" in capsys.readouterr().err
-
-
 def test_bad_choice_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["baseline", "--amp", "fp8"])

@@ -1,0 +1,99 @@
+"""render --image in the pose of --pose (an image of the run's dataset, or a keypoints file)
+
+FD-GAN's generator G draws the person of each --image (through E's visual feature) in a target pose. --pose
+accepts:
+  - an image file of the run's dataset (a path or just its file name, e.g. 0002_c1s1_000451_03.jpg) whose
+    keypoints the dataset's keypoints file holds (the synthetic dataset's annotations.csv, or --keypoints CSV);
+  - a keypoints CSV (the pose-guided person generation format, header name:keypoints_y:keypoints_x): every row
+    is a target pose, coordinates in pixels of images of --pose-size (default: the size of the dataset's images);
+  - an FD-GAN pose text file (.txt: 18 lines "y x", negative for missing), coordinates in pixels of --pose-size.
+For image i and pose j it writes input_<i>.png, pose_<j>.png (the pose map's maximum) and generated_<i>_<j>.png,
+all at the run's input size (the pose maps at the middle training bandwidth). The noise vector is fixed by --seed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import read_fdgan_pose, read_keypoints_csv, scale_keypoints
+from ..models.fdgan import NOISE_FEATURE, from_generator_range
+from ..train.fdgan import pose_picture
+from ..train.images import save_image_grid
+from .common import load_images
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--image", nargs="+", required=True, metavar="IMG", help="images of the persons to draw")
+    parser.add_argument("--pose", required=True, metavar="POSE_SOURCE",
+                        help="an image of the run's dataset with known keypoints (path or file name), a keypoints "
+                             "CSV (name:keypoints_y:keypoints_x, one pose per row) or an FD-GAN pose .txt file")
+    parser.add_argument("--pose-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="image size the CSV/.txt coordinates refer to (default: the dataset images' size)")
+    parser.add_argument("--keypoints", metavar="CSV", default=None,
+                        help="the keypoints file of the dataset images (default: the run's --keypoints, else the "
+                             "dataset's own)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise vector (0)")
+
+
+def _dataset_image_size(dataset) -> tuple[int, int]:
+    with Image.open(dataset.train[0].path) as img:
+        return img.height, img.width
+
+
+def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
+    """(label, (18, 2) keypoints in pixels of the run's input size) of every pose --pose names."""
+    height, width = cfg["height"], cfg["width"]
+    source = Path(args.pose)
+    if source.suffix.lower() in (".csv", ".txt") and source.is_file():
+        dataset = None
+        if args.pose_size is None:
+            dataset = method.load_dataset(cfg)
+        h0, w0 = args.pose_size or _dataset_image_size(dataset)
+        if source.suffix.lower() == ".csv":
+            poses = list(read_keypoints_csv(source).items())
+        else:
+            poses = [(source.stem, read_fdgan_pose(source))]
+        if not poses:
+            raise ValueError(f"--pose: {source} holds no pose")
+        return [(Path(name).stem, scale_keypoints(kp, width / w0, height / h0)) for name, kp in poses]
+    # an image of the dataset: its keypoints from the dataset's keypoints file
+    dataset = method.load_dataset(cfg)
+    csv = args.keypoints or cfg.get("keypoints") or dataset.keypoints_csv
+    if csv is None or not Path(csv).is_file():
+        raise ValueError(f"--pose {args.pose}: {dataset.name} has no keypoints file; pass --keypoints CSV, or give "
+                         f"--pose as a keypoints CSV or .txt file")
+    keypoints = read_keypoints_csv(csv)
+    if source.name not in keypoints:
+        raise ValueError(f"--pose {args.pose}: no keypoints for {source.name} in {csv} (give an image of the run's "
+                         f"dataset, a keypoints CSV or a .txt pose file)")
+    by_name = {Path(s.path).name: s.path for split in (dataset.train, dataset.query, dataset.gallery) for s in split}
+    path = source if source.is_file() else Path(by_name.get(source.name, ""))
+    if not path.is_file():
+        raise ValueError(f"--pose {args.pose}: cannot find that image to read its size")
+    with Image.open(path) as img:
+        h0, w0 = img.height, img.width
+    return [(source.stem, scale_keypoints(keypoints[source.name], width / w0, height / h0))]
+
+
+def generate(method, cfg, args, out, device) -> list[Path]:
+    size = (cfg["height"], cfg["width"])
+    images = load_images(args.image, size, device, "--image")
+    poses = target_poses(method, cfg, args)
+    keypoints = torch.from_numpy(np.stack([kp for _, kp in poses]).astype(np.float32)).to(device)
+    maps = method.pose_maps(keypoints)
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    noise = torch.randn(1, NOISE_FEATURE, generator=g).to(device)
+    out = Path(out)
+    written = []
+    for j, picture in enumerate(pose_picture(maps)):
+        written.append(save_image_grid(picture[None], out / f"pose_{j}.png", nrow=1, padding=0))
+    for i, image in enumerate(images):
+        written.append(save_image_grid(image[None], out / f"input_{i}.png", nrow=1, padding=0))
+        batch = image[None].expand(len(poses), -1, -1, -1)
+        fake = from_generator_range(method.generate(batch, maps, noise.expand(len(poses), -1)))
+        for j, picture in enumerate(fake):
+            written.append(save_image_grid(picture[None], out / f"generated_{i}_{j}.png", nrow=1, padding=0))
+    return written

@@ -1,0 +1,626 @@
+"""FD-GAN ('FD-GAN: Pose-guided Feature Distilling GAN for Robust Person Re-identification', NeurIPS 2018): its
+losses, stages and update order only; the networks are in :mod:`reidfast.models.fdgan`, the rest in the shared loop.
+
+A batch is P pairs (a, o) from :class:`VerificationPairSampler` (per anchor a: one positive, three negatives), each
+with a target t: another image of a's identity (the positive partner of that anchor). The target's keypoints
+become an 18-channel Gaussian pose map p on the device (peak 1, bandwidth drawn per pair from {4, 5, 6} pixels at
+height 256, scaled with the image height: online pose map augmentation). Both branches of a pair share p and the
+noise z ~ N(0, I_256), so positive pairs share target pose and noise.
+
+- Stage I (Siamese baseline): E on a and o, V on (f_a - f_o)^2, cross-entropy on same/different (L_v). SGD, E at
+  lr, V at 10x (0.01 / 0.1), momentum 0.9, x0.1 half-way (80 epochs, x0.1 after 40). Flip + pad/crop augmentation.
+- Stage II: E and V frozen (requires_grad False, BatchNorm in eval mode). y_a = G(f_a, p, z), y_o = G(f_o, p, z).
+  Each iteration: D_id step, D_pd step, then G step.
+  D_id (Siamese, initialised from stage I's E and V): real pair (a, t), fake pairs (a, y_a) and (o, y_o).
+  D_pd: real [t, p], fake [y_a, p] and [y_o, p]. Sigmoid/BCE with smoothed labels for the discriminators (real
+  ~ U(0.7, 1), fake ~ U(0, 0.3), one draw per sample). G: L_id and L_pd (BCE towards 1 on the fakes), L_r =
+  L1(y_a, t) on every pair and L1(y_o, t) on positive pairs (o shares t's identity), L_sp = L1(y_a, y_o) on
+  positive pairs. Loss 0.1 L_id + 0.1 L_pd + w_r L_r + w_sp L_sp; ``--loss-weights paper`` gives w_r, w_sp =
+  10, 1 (the paper), ``published`` 100, 10 (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD
+  1e-2; constant for half the stage, then linear decay to 0 (50 + 50 epochs).
+- Stage III: everything jointly, E's BatchNorm frozen (statistics and affine parameters): L_v + the stage II
+  losses train E, V and G; Adam for E, G, V at 1e-6, 1e-6, 1e-5, SGD for D_id, D_pd at 1e-4; 25 + 25 epochs.
+  (Adam's betas are (0.5, 0.999) throughout; SGD has weight decay 5e-4.)
+
+Image range: G's output is in [-1, 1] (generator range, pixel = (y + 1) / 2); L_r, L_sp and D_pd compare in that
+range, D_id reads ImageNet-normalized images like E (see :mod:`reidfast.models.fdgan`).
+
+Faster without changing the mathematics (``--faithful`` runs the original's order: one call per Siamese branch
+and per discriminator input): the two branches of E run as one batched pass, D_id's backbone runs once per step
+on the distinct images [a, t, o, y_a, y_o] (the real a's forward serves both the real and the fake pair) and D_pd
+once on [t, y_a, y_o]; BatchNorm statistics stay per branch (SplitBatchNorm2d), so the losses are those of
+separate calls up to rounding. Plus AMP and torch.compile from the loop.
+
+Stages and run folders: ``--stage all`` (default) runs stages 1, 2, 3 into RUN/stage1..3, each initialised from
+the previous stage's final checkpoint; ``--stage 2`` or ``3`` runs one stage from ``--init CHECKPOINT_OR_RUN``
+(default RUN/stage<k-1>). After each stage its checkpoint.pt and metrics.json are copied atomically to RUN, so
+RUN is what ``python -m reidfast.eval --checkpoint RUN`` and ``python -m reidfast.generate fdgan --checkpoint RUN``
+read. ``--resume`` continues the stage that was running and then the ones after it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPairSampler, keypoints_to_heatmaps,
+                    normalize, read_keypoints_csv)
+from ..models.baseline import ClassBlock
+from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
+                            Verifier, batchnorm_groups, from_generator_range, set_batchnorm_eval, to_generator_range)
+from .checkpoint import LATEST, CheckpointError, load_checkpoint, resolve_checkpoint
+from .loop import Method, Trainer, WarmupStepSchedule, default_run_dir
+
+GRID_COLUMNS = 8
+LOSS_WEIGHTS = {"paper": (10.0, 1.0), "published": (100.0, 10.0)}  # (reconstruction, same pose)
+STAGES = (1, 2, 3)
+
+
+class TargetPoseSampler(VerificationPairSampler):
+    """:class:`VerificationPairSampler`'s (anchor, other) pairs with a third index: the target, the anchor's
+    positive partner (the same for the anchor's positive and negative pairs). Yields (anchor, other, target)."""
+
+    def __iter__(self):
+        current = target = None
+        for anchor, other in super().__iter__():
+            if anchor != current:  # every anchor's first pair is its positive one
+                current, target = anchor, other
+            yield anchor, other, target
+
+
+class LinearDecaySchedule:
+    """lr factor at iteration i: 1 before `start`, then linear to 0 at `total` (pix2pix's schedule)."""
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total = start, total
+
+    def __call__(self, i: int) -> float:
+        if i < self.start:
+            return 1.0
+        return max(0.0, (self.total - i) / max(1, self.total - self.start))
+
+
+def _bce(logits: torch.Tensor, target) -> torch.Tensor:
+    logits = logits.float()
+    if not torch.is_tensor(target):
+        target = torch.full_like(logits, float(target))
+    target = target.view(target.shape[0], *([1] * (logits.dim() - 1))).expand_as(logits) \
+        if target.dim() == 1 else target
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def _per_sample_l1(x, y) -> torch.Tensor:
+    return (x.float() - y.float()).abs().flatten(1).mean(1)
+
+
+class FDGAN(Method):
+    name = "fdgan"
+    eval_metric = "euclidean"  # E's 2048-d pooled feature, Euclidean distance, no normalization
+    eval_l2_normalize = False
+    defaults = {
+        "stage": "all", "init": None, "iters": None, "epochs": None,
+        "stage_epochs": [80, 100, 50], "stage_iters": None, "batch_size": 128, "num_negatives": 3,
+        "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0, "pretrained": "auto",
+        "lr": 0.01, "v_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4, "lr_gamma": 0.1,
+        "stage1_decay_at": 0.5, "decay_from": 0.5, "stage1_id_w": 0.0, "warmup_iters": 0,
+        "g_lr": 1e-3, "did_lr": 1e-4, "dpd_lr": 1e-2,
+        "e_lr3": 1e-6, "g_lr3": 1e-6, "v_lr3": 1e-5, "did_lr3": 1e-4, "dpd_lr3": 1e-4,
+        "loss_weights": "paper", "v_w": 1.0, "id_w": 0.1, "pd_w": 0.1, "r_w": None, "sp_w": None,
+        "pose_sigmas": [4.0, 5.0, 6.0], "pad": 10, "dropout": 0.2, "keypoints": None, "faithful": False,
+        "ap_mode": "torchreid",
+        # set by the run itself (saved with every stage's checkpoint): the stage a folder holds, the top-level
+        # run folder, and the run length the user asked for (every stage's, unless one stage is resumed)
+        "stage_running": None, "run_root": None, "length_request": None,
+    }
+    # On 2 CPU cores: width-16 ResNet-50s (512-d features), G and D_pd at 1/4 width, 64x32 images, 120 synthetic
+    # identities, 16 pairs per iteration (4 anchors); stage lengths 600 / 80 / 30 iterations. No ImageNet weights
+    # exist at width 16, and from scratch the verification loss alone leaves E where it started in a few hundred
+    # iterations (measured: Rank-1 7% after 400, as untrained, with V at 10x E's rate diverging), so stage I adds an
+    # identification loss (the baseline's ClassBlock head on E's feature, weight 1, 50 warm-up iterations) and V
+    # trains at E's rate. G and the discriminators train at the stage-II rates, stage III at 10x the paper's
+    # fine-tuning rates so that its 30 iterations move anything.
+    presets = {
+        "cpu-quick": {"stage_iters": [600, 80, 30], "stage_epochs": None, "batch_size": 16, "height": 64,
+                      "width": 32, "backbone_width": 16, "gan_width": 0.25, "pad": 4, "synthetic_ids": 120,
+                      "stage1_id_w": 1.0, "warmup_iters": 50, "v_lr_mult": 1.0,
+                      "e_lr3": 1e-5, "g_lr3": 1e-5, "v_lr3": 1e-4, "did_lr3": 1e-3, "dpd_lr3": 1e-3,
+                      "ckpt_every": 100, "log_every": 10},
+    }
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        S = argparse.SUPPRESS
+        g = parser.add_argument_group("fdgan")
+        g.add_argument("--stage", choices=("1", "2", "3", "all"), default=S,
+                       help="all (default): stages I, II, III in RUN/stage1..3, each starting from the previous "
+                            "one's result; 1: the Siamese baseline E + V; 2: G, D_id, D_pd with E, V frozen; "
+                            "3: everything jointly (E's BatchNorm frozen)")
+        g.add_argument("--init", default=S, metavar="CHECKPOINT_OR_RUN",
+                       help="--stage 2|3 only: the previous stage's checkpoint or run folder (default "
+                            "RUN/stage<k-1>)")
+        g.add_argument("--stage-epochs", type=int, nargs=3, default=S, metavar=("I", "II", "III"),
+                       help="epochs of each stage (80 100 50); --epochs / --iters set every stage's length")
+        g.add_argument("--stage-iters", type=int, nargs=3, default=S, metavar=("I", "II", "III"),
+                       help="iterations of each stage instead of --stage-epochs (cpu-quick: 600 80 30)")
+        g.add_argument("--loss-weights", choices=tuple(LOSS_WEIGHTS), default=S,
+                       help="reconstruction / same-pose weights: paper (10 / 1, default) or published (100 / 10, "
+                            "the published configuration); --r-w / --sp-w override either")
+        for name, text in (("v-w", "verification loss L_v (1)"), ("id-w", "identity adversarial loss L_id (0.1)"),
+                           ("pd-w", "pose adversarial L_pd (0.1)"),
+                           ("r-w", "reconstruction L_r (from --loss-weights)"),
+                           ("sp-w", "same-pose L_sp (from --loss-weights)")):
+            g.add_argument(f"--{name}", type=float, default=S, help=f"weight: {text}")
+        g.add_argument("--backbone-width", type=int, default=S, help="E's and D_id's ResNet-50 base width (64)")
+        g.add_argument("--gan-width", type=float, default=S, help="channel multiplier of G and D_pd (1: the paper's)")
+        g.add_argument("--pretrained", default=S, metavar="PATH",
+                       help="torchvision resnet50 weights for stage I's E; auto: the torch hub cache's if present")
+        g.add_argument("--v-lr-mult", type=float, default=S, help="stage I: V's lr = X * lr (10: 0.1 vs 0.01)")
+        g.add_argument("--stage1-id-w", type=float, default=S,
+                       help="stage I: weight of an added identification loss (ClassBlock head on E's feature; 0, "
+                            "the paper: verification only; cpu-quick 1, see the preset)")
+        g.add_argument("--warmup-iters", type=int, default=S, metavar="N",
+                       help="stage I: linear lr warm-up over the first N iterations (0; cpu-quick 50)")
+        g.add_argument("--g-lr", type=float, default=S, help="stage II: G's Adam lr (1e-3)")
+        g.add_argument("--did-lr", type=float, default=S, help="stage II: D_id's SGD lr (1e-4)")
+        g.add_argument("--dpd-lr", type=float, default=S, help="stage II: D_pd's SGD lr (1e-2)")
+        for net, label, value in (("e", "E (Adam)", "1e-6"), ("g", "G (Adam)", "1e-6"), ("v", "V (Adam)", "1e-5"),
+                                  ("did", "D_id (SGD)", "1e-4"), ("dpd", "D_pd (SGD)", "1e-4")):
+            g.add_argument(f"--{net}-lr3", type=float, default=S, help=f"stage III: lr of {label} ({value})")
+        g.add_argument("--stage1-decay-at", type=float, default=S, metavar="FRAC",
+                       help="stage I: the lr is multiplied by --lr-gamma after this fraction of the stage (0.5)")
+        g.add_argument("--lr-gamma", type=float, default=S, help="stage I: lr decay factor (0.1)")
+        g.add_argument("--decay-from", type=float, default=S, metavar="FRAC",
+                       help="stages II, III: constant lr for this fraction of the stage, then linear decay (0.5)")
+        g.add_argument("--num-negatives", type=int, default=S, help="negative pairs per positive pair (3)")
+        g.add_argument("--pose-sigmas", type=float, nargs="+", default=S, metavar="PX",
+                       help="pose map bandwidths at height 256, one drawn per pair (4 5 6; scaled with the height)")
+        g.add_argument("--keypoints", default=S, metavar="CSV",
+                       help="keypoints of the training images (name:keypoints_y:keypoints_x, in the pixels of the "
+                            "dataset's images); default: the dataset's own (the synthetic data has them)")
+        g.add_argument("--pad", type=int, default=S, help="stage I: zero padding before the random crop (10)")
+        g.add_argument("--faithful", action="store_true", default=S,
+                       help="the original's order of operations (one call per Siamese branch and per "
+                            "discriminator input): same losses, slower; for comparison")
+
+    # --- networks -------------------------------------------------------------------------------------------
+    def __init__(self, run, dataset):
+        self.run = run
+        cfg = run.cfg
+        self.stage = int(cfg["stage_running"] or (1 if cfg["stage"] == "all" else cfg["stage"]))
+        if self.stage not in STAGES:
+            raise ValueError(f"fdgan: stage must be 1, 2 or 3, got {self.stage}")
+        if cfg["loss_weights"] not in LOSS_WEIGHTS:
+            raise ValueError(f"fdgan: loss_weights must be one of {', '.join(LOSS_WEIGHTS)}, "
+                             f"got {cfg['loss_weights']!r}")
+        if run.world_size > 1:
+            raise ValueError("fdgan does not run under torchrun yet: train on one device")
+        self.faithful = bool(cfg["faithful"])
+        self.e = run.place(ImageEncoder(cfg["backbone_width"], pretrained=cfg["pretrained"] if self.stage == 1
+                                        else "none", log=run.log))
+        self.v = run.place(Verifier(self.e.out_features))
+        self.train_e, self.train_v = run.wrap(self.e), run.wrap(self.v)
+        self.networks = {"e": self.e, "v": self.v}
+        wd, momentum = cfg["weight_decay"], cfg["momentum"]
+        if self.stage == 1:
+            self.optimizers = {
+                "e": torch.optim.SGD(self.e.parameters(), lr=cfg["lr"], momentum=momentum, weight_decay=wd),
+                "v": torch.optim.SGD(self.v.parameters(), lr=cfg["v_lr_mult"] * cfg["lr"], momentum=momentum,
+                                     weight_decay=wd)}
+            if cfg["stage1_id_w"]:
+                self.cls = run.place(ClassBlock(self.e.out_features, dataset.num_train_pids))
+                self.networks["cls"] = self.cls
+                self.optimizers["cls"] = torch.optim.SGD(self.cls.parameters(), lr=cfg["lr"], momentum=momentum,
+                                                         weight_decay=wd)
+            self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
+        else:
+            h, w = cfg["height"], cfg["width"]
+            self.g = run.place(PoseGenerator(self.e.out_features, h, w, cfg["gan_width"], cfg["dropout"]))
+            self.d_id = run.place(IdentityDiscriminator(cfg["backbone_width"]))
+            self.d_pd = run.place(PoseDiscriminator(cfg["gan_width"]))
+            self.train_g, self.train_did = run.wrap(self.g), run.wrap(self.d_id.backbone)
+            self.train_dpd = run.wrap(self.d_pd)
+            self.networks.update(g=self.g, d_id=self.d_id, d_pd=self.d_pd)
+            adam = dict(betas=(0.5, 0.999))
+            if self.stage == 2:
+                self.e.requires_grad_(False)
+                self.v.requires_grad_(False)
+                self.optimizers = {
+                    "g": torch.optim.Adam(self.g.parameters(), lr=cfg["g_lr"], **adam),
+                    "d_id": torch.optim.SGD(self.d_id.parameters(), lr=cfg["did_lr"], momentum=momentum,
+                                            weight_decay=wd),
+                    "d_pd": torch.optim.SGD(self.d_pd.parameters(), lr=cfg["dpd_lr"], momentum=momentum,
+                                            weight_decay=wd)}
+            else:  # E's BatchNorm frozen: statistics (eval mode, see _set_modes) and affine parameters
+                for m in self.e.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.requires_grad_(False)
+                self.optimizers = {
+                    "e": torch.optim.Adam([p for p in self.e.parameters() if p.requires_grad], lr=cfg["e_lr3"],
+                                          **adam),
+                    "g": torch.optim.Adam(self.g.parameters(), lr=cfg["g_lr3"], **adam),
+                    "v": torch.optim.Adam(self.v.parameters(), lr=cfg["v_lr3"], **adam),
+                    "d_id": torch.optim.SGD(self.d_id.parameters(), lr=cfg["did_lr3"], momentum=momentum,
+                                            weight_decay=wd),
+                    "d_pd": torch.optim.SGD(self.d_pd.parameters(), lr=cfg["dpd_lr3"], momentum=momentum,
+                                            weight_decay=wd)}
+        default_r, default_sp = LOSS_WEIGHTS[cfg["loss_weights"]]
+        self.weights = {"v": cfg["v_w"], "id": cfg["id_w"], "pd": cfg["pd_w"],
+                        "r": default_r if cfg["r_w"] is None else cfg["r_w"],
+                        "sp": default_sp if cfg["sp_w"] is None else cfg["sp_w"]}
+        self.sigmas = torch.tensor([float(s) * cfg["height"] / 256 for s in cfg["pose_sigmas"]], device=run.device)
+        self.schedulers = {}
+
+    # --- data -----------------------------------------------------------------------------------------------
+    def batch_sampler(self, dataset, seed):
+        """P (anchor, other, target) triples per iteration, 1 positive : num_negatives negative pairs."""
+        return BatchedSampler(TargetPoseSampler(dataset.train, self.run.cfg["num_negatives"], seed),
+                              self.run.cfg["batch_size"])
+
+    def train_items(self, dataset):
+        size = (self.run.cfg["height"], self.run.cfg["width"])
+        if self.stage == 1:  # the Siamese baseline needs no pose
+            return ImageDataset(dataset.train, size=size)
+        return ImageDataset(dataset.train, size=size, keypoints=self.training_keypoints(dataset),
+                            missing_keypoints="empty")
+
+    def training_keypoints(self, dataset) -> dict:
+        csv = self.run.cfg["keypoints"] or dataset.keypoints_csv
+        if csv is None or not Path(csv).is_file():
+            raise ValueError(f"fdgan stages II and III need pose keypoints of the training images: pass --keypoints "
+                             f"CSV (name:keypoints_y:keypoints_x); {dataset.name} has none"
+                             + (f" ({csv} not found)" if csv else ""))
+        keypoints = read_keypoints_csv(csv)
+        missing = sum(Path(s.path).name not in keypoints for s in dataset.train)
+        if missing:
+            self.run.log(f"fdgan: {missing} of {len(dataset.train)} training images have no keypoints in {csv}: "
+                         f"their pose maps are empty")
+        return keypoints
+
+    def images_per_iteration(self) -> int:
+        return 2 * self.run.cfg["batch_size"]  # the two Siamese inputs of every pair
+
+    # --- schedules and the hand-off between stages ----------------------------------------------------------
+    def configure(self, total_iters: int) -> None:
+        cfg = self.run.cfg
+        if self.stage == 1:
+            milestones = [max(1, round(cfg["stage1_decay_at"] * total_iters))]
+            schedule = lambda: WarmupStepSchedule(cfg["warmup_iters"], milestones, cfg["lr_gamma"])  # noqa: E731
+        else:
+            schedule = lambda: LinearDecaySchedule(round(cfg["decay_from"] * total_iters), total_iters)  # noqa: E731
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule())
+                           for name, opt in self.optimizers.items()}
+        if self.stage > 1 and cfg["init"]:
+            self.initialize_from(cfg["init"])
+
+    def initialize_from(self, source) -> None:
+        """Start this stage from the previous stage's checkpoint: stage II takes E and V (and initialises D_id
+        from them), stage III takes every network of stage II."""
+        path = resolve_checkpoint(source, source)
+        state = load_checkpoint(path, "fdgan")
+        previous = state["config"].get("stage_running")
+        if previous != self.stage - 1:
+            raise CheckpointError(f"fdgan stage {self.stage} starts from a stage {self.stage - 1} checkpoint; "
+                                  f"{path} holds stage {previous}")
+        for name in (("e", "v") if self.stage == 2 else tuple(self.networks)):
+            self.networks[name].load_state_dict(state["networks"][name])
+        if self.stage == 2:
+            self.d_id.init_from(self.e, self.v)
+        self.run.log(f"fdgan: stage {self.stage} starts from {path} (stage {previous}, iteration {state['iteration']})")
+
+    def _set_modes(self) -> None:
+        """Frozen parts: stage II's E and V entirely (eval mode), stage III's BatchNorm of E. Re-applied every
+        step because the loop's evaluation puts every network back into training mode."""
+        if self.stage == 2:
+            self.e.eval()
+            self.v.eval()
+        elif self.stage == 3:
+            set_batchnorm_eval(self.e)
+
+    # --- one iteration --------------------------------------------------------------------------------------
+    def _encode(self, a, o, grad: bool):
+        """f_a, f_o: E's Siamese branches, as one batched pass (BatchNorm per branch) or two calls."""
+        with torch.set_grad_enabled(grad):
+            if self.faithful:
+                return self.train_e(a), self.train_e(o)
+            with batchnorm_groups(self.e, 2):
+                return self.train_e(torch.cat([a, o])).chunk(2)
+
+    def _did_features(self, *groups):
+        """D_id's backbone features of several image groups: one pass with per-group BatchNorm, or a call each."""
+        if self.faithful:
+            return [self.train_did(x).mean((2, 3)) for x in groups]
+        with batchnorm_groups(self.d_id, len(groups)):
+            return list(self.train_did(torch.cat(groups)).mean((2, 3)).chunk(len(groups)))
+
+    def _dpd(self, images, pose):
+        """D_pd's patch logits for several image groups in the same pose map."""
+        if self.faithful:
+            return [self.train_dpd(x, pose) for x in images]
+        with batchnorm_groups(self.d_pd, len(images)):
+            return list(self.train_dpd(torch.cat(images), pose.repeat(len(images), 1, 1, 1)).chunk(len(images)))
+
+    def train_step(self, batch, it):
+        self._set_modes()
+        return self._stage1_step(batch) if self.stage == 1 else self._gan_step(batch)
+
+    def _stage1_step(self, batch):
+        run = self.run
+        images = batch["image"][:, :2]  # (P, 2, 3, H, W): anchor, other
+        x = run.images(self.augment(images.flatten(0, 1), run.generator))
+        x = x.view(images.shape[:2] + x.shape[1:])
+        same = (batch["pid"][:, 0] == batch["pid"][:, 1]).long()
+        with run.autocast():
+            f_a, f_o = self._encode(x[:, 0], x[:, 1], grad=True)
+            logits = self.train_v(f_a, f_o)
+            if "cls" in self.networks:
+                id_logits = self.cls(torch.cat([f_a, f_o]))[0]
+        out = {"v": F.cross_entropy(logits.float(), same)}
+        loss = self.weights["v"] * out["v"]
+        if "cls" in self.networks:
+            out["cls"] = F.cross_entropy(id_logits.float(), batch["pid"][:, :2].T.reshape(-1))
+            loss = loss + self.run.cfg["stage1_id_w"] * out["cls"]
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        run.backward(loss)
+        for opt in self.optimizers.values():
+            run.step(opt)
+        accuracy = (logits.detach().argmax(1) == same).float().mean()
+        return {**{k: v.detach() for k, v in out.items()}, "acc": accuracy, "loss": loss.detach()}
+
+    def pose_maps(self, keypoints: torch.Tensor, sigma=None) -> torch.Tensor:
+        """(B, 18, H, W) pose maps of (B, 18, 2) keypoints; sigma (B,) in pixels, default the middle bandwidth."""
+        cfg = self.run.cfg
+        if sigma is None:
+            sigma = self.sigmas[len(self.sigmas) // 2]
+        return keypoints_to_heatmaps(keypoints.float(), cfg["height"], cfg["width"], sigma)
+
+    def _draws(self, pairs: int, device) -> dict:
+        """Every random number of a stage II/III step, in one fixed order (so both orders of operations and a
+        resumed run draw the same): bandwidths, noise, label smoothing for D_id and D_pd."""
+        g = self.run.generator
+
+        def uniform(n, lo, hi):
+            return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device).to(device)
+
+        sigma = self.sigmas[torch.randint(len(self.sigmas), (pairs,), generator=g, device=g.device).to(device)]
+        noise = torch.randn(pairs, NOISE_FEATURE, generator=g, device=g.device).to(device)
+        return {"sigma": sigma, "noise": noise,
+                "id_real": uniform(pairs, 0.7, 1.0), "id_fake": uniform(2 * pairs, 0.0, 0.3),
+                "pd_real": uniform(pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3)}
+
+    def _gan_step(self, batch):
+        run, w = self.run, self.weights
+        images = batch["image"]  # (P, 3, 3, H, W): anchor, other, target
+        pairs = images.shape[0]
+        a, o, t = (run.images(normalize(images[:, i])) for i in range(3))
+        same = (batch["pid"][:, 0] == batch["pid"][:, 1])
+        r = self._draws(pairs, a.device)
+        pose = self.pose_maps(batch["keypoints"][:, 2], r["sigma"])
+        joint = self.stage == 3
+        out = {}
+        with run.autocast():
+            f_a, f_o = self._encode(a, o, grad=joint)
+            if joint:
+                logits = self.train_v(f_a, f_o)
+            fake = self.train_g(torch.cat([f_a, f_o]), pose.repeat(2, 1, 1, 1), r["noise"].repeat(2, 1))
+            y_a, y_o = fake.chunk(2)
+        t_gen = to_generator_range(t)
+
+        # D_id step: real pair (a, t), fake pairs (a, y_a), (o, y_o)
+        self.d_id.requires_grad_(True)
+        with run.autocast():
+            fake_n = from_generator_range(fake.detach())
+            h_a, h_t, h_o, h_ya, h_yo = self._did_features(a, t, o, *fake_n.chunk(2))
+            real_logit = self.d_id.head(h_a, h_t)
+            fake_logit = torch.cat([self.d_id.head(h_a, h_ya), self.d_id.head(h_o, h_yo)])
+        loss_did = _bce(real_logit, r["id_real"]) + _bce(fake_logit, r["id_fake"])
+        self.optimizers["d_id"].zero_grad(set_to_none=True)
+        run.backward(loss_did)
+        run.step(self.optimizers["d_id"])
+
+        # D_pd step: real [t, p], fake [y_a, p], [y_o, p]
+        self.d_pd.requires_grad_(True)
+        with run.autocast():
+            real_pd, fake_pd_a, fake_pd_o = self._dpd([t_gen, y_a.detach(), y_o.detach()], pose)
+        loss_dpd = _bce(real_pd, r["pd_real"]) + _bce(torch.cat([fake_pd_a, fake_pd_o]), r["pd_fake"])
+        self.optimizers["d_pd"].zero_grad(set_to_none=True)
+        run.backward(loss_dpd)
+        run.step(self.optimizers["d_pd"])
+
+        # G step (+ E and V in stage III); the discriminators keep no gradients
+        self.d_id.requires_grad_(False)
+        self.d_pd.requires_grad_(False)
+        with run.autocast():
+            g_a, g_o, g_ya, g_yo = self._did_features(a, o, *from_generator_range(fake).chunk(2))
+            out["id"] = _bce(torch.cat([self.d_id.head(g_a, g_ya), self.d_id.head(g_o, g_yo)]), 1.0)
+            out["pd"] = _bce(torch.cat(self._dpd([y_a, y_o], pose)), 1.0)
+        positive = same.float()
+        rec_a, rec_o = _per_sample_l1(y_a, t_gen), _per_sample_l1(y_o, t_gen)
+        out["r"] = (rec_a.sum() + (rec_o * positive).sum()) / (pairs + positive.sum())
+        out["sp"] = (_per_sample_l1(y_a, y_o) * positive).sum() / positive.sum().clamp(min=1)
+        loss = w["id"] * out["id"] + w["pd"] * out["pd"] + w["r"] * out["r"] + w["sp"] * out["sp"]
+        names = ("g",)
+        if joint:
+            out["v"] = F.cross_entropy(logits.float(), same.long())
+            out["acc"] = (logits.detach().argmax(1) == same.long()).float().mean()
+            loss = loss + w["v"] * out["v"]
+            names = ("e", "g", "v")
+        for name in names:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        run.backward(loss)
+        for name in names:
+            run.step(self.optimizers[name])
+        self.d_id.requires_grad_(True)
+        self.d_pd.requires_grad_(True)
+        return {"d_id": loss_did.detach(), "d_pd": loss_dpd.detach(), **{k: v.detach() for k, v in out.items()},
+                "loss": loss.detach()}
+
+    # --- test time ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, images):
+        with self.run.autocast():
+            return self.e(images)
+
+    @torch.no_grad()
+    def verifier_distances(self, query_features, gallery_features, topk: int = 100, chunk: int = 16384):
+        """The verification cascade: each query's top-`topk` gallery items by Euclidean distance, re-ordered by
+        V's probability of 'same person' (highest first); the rest keep their Euclidean order behind them.
+        Returns a (Q, G) distance matrix for ``rank_eval(distmat=...)``; V runs batched on V's device."""
+        device = next(self.v.parameters()).device
+        qf, gf = query_features.to(device).float(), gallery_features.to(device).float()
+        dist = torch.cdist(qf, gf).square()
+        k = min(int(topk), gf.shape[0])
+        if k < 1:
+            return dist.cpu()
+        top = dist.topk(k, dim=1, largest=False).indices  # (Q, k)
+        q_index = torch.arange(qf.shape[0], device=device).unsqueeze(1).expand(-1, k).reshape(-1)
+        g_index = top.reshape(-1)
+        was_training = self.v.training
+        self.v.eval()
+        try:
+            prob = torch.cat([self.v.same_probability(qf[q_index[i:i + chunk]], gf[g_index[i:i + chunk]])
+                              for i in range(0, q_index.numel(), chunk)])
+        finally:
+            self.v.train(was_training)
+        # behind every re-scored item: the Euclidean order, shifted past the largest re-scored value (1)
+        rescored = dist - dist.min(1, keepdim=True).values + 2.0
+        rescored.scatter_(1, top, (1.0 - prob).view(-1, k))
+        return rescored.cpu()
+
+    @torch.no_grad()
+    def generate(self, images, pose, noise=None):
+        """Generated images (generator range) of normalized `images` in `pose` maps, G in eval mode."""
+        if self.stage == 1:
+            raise ValueError("fdgan: this is a stage I checkpoint (E and V only): generation needs stage II or III")
+        modes = [m.training for m in (self.e, self.g)]
+        self.e.eval()
+        self.g.eval()
+        try:
+            if noise is None:
+                g = torch.Generator(device=images.device).manual_seed(0)
+                noise = torch.randn(images.shape[0], NOISE_FEATURE, generator=g, device=images.device)
+            with self.run.autocast():
+                return self.g(self.e(images), pose, noise).float()
+        finally:
+            for m, mode in zip((self.e, self.g), modes):
+                m.train(mode)
+
+    @torch.no_grad()
+    def sample_images(self, batch):
+        """Rows of 8: inputs a, target pose maps, generated images, ground truth t (stages II and III)."""
+        if self.stage == 1:
+            return None
+        n = min(GRID_COLUMNS, batch["image"].shape[0])
+        device = self.run.device
+        a = normalize(batch["image"][:n, 0].to(device))
+        t = normalize(batch["image"][:n, 2].to(device))
+        pose = self.pose_maps(batch["keypoints"][:n, 2].to(device))
+        fake = from_generator_range(self.generate(a, pose))
+        rows = torch.stack([a, pose_picture(pose), fake, t])  # (4, n, 3, H, W)
+        if n < GRID_COLUMNS:
+            rows = torch.cat([rows, rows.new_zeros((4, GRID_COLUMNS - n) + rows.shape[2:])], dim=1)
+        return rows.flatten(0, 1).float()
+
+    # --- the whole run: stages, run folders, resume -------------------------------------------------------
+    @classmethod
+    def run(cls, cfg, stream=None):
+        root = run_root(cfg)
+        stages = list(STAGES) if str(cfg["stage"]) == "all" else [int(cfg["stage"])]
+        resume = cfg.get("resume")
+        resumed_stage = int(cfg["stage_running"]) if resume and cfg.get("stage_running") else None
+        if cfg.get("length_request") is None:  # a fresh run: remember the length asked for
+            cfg["length_request"] = {"iters": cfg["iters"], "epochs": cfg["epochs"]}
+        root.mkdir(parents=True, exist_ok=True)
+        if resumed_stage is None:
+            (root / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        metrics = None
+        for stage in stages:
+            if resumed_stage is not None and stage < resumed_stage:
+                continue  # finished before the interruption
+            stage_cfg = cls.stage_config(cfg, stage, root, resumed=stage == resumed_stage)
+            folder = Path(stage_cfg["out"])
+            if stage == resumed_stage and _finished(folder):
+                metrics = json.loads((folder / "metrics.json").read_text())
+                publish(folder, root)
+                continue
+            stage_cfg["resume"] = resume if stage == resumed_stage else None
+            metrics = Trainer(cls, stage_cfg, stream).fit()
+            publish(folder, root)
+        return metrics
+
+    @classmethod
+    def stage_config(cls, cfg: dict, stage: int, root: Path, resumed: bool = False) -> dict:
+        c = dict(cfg, stage_running=stage, run_root=str(root), out=str(root / f"stage{stage}"))
+        if not resumed:  # a resumed stage keeps its saved length (or the new one given with --resume)
+            request = cfg["length_request"] or {}
+            if request.get("iters") or request.get("epochs"):
+                c["iters"], c["epochs"] = request.get("iters"), request.get("epochs")
+            elif cfg.get("stage_iters"):
+                c["iters"], c["epochs"] = int(cfg["stage_iters"][stage - 1]), None
+            else:
+                c["iters"], c["epochs"] = None, int(cfg["stage_epochs"][stage - 1])
+            if stage > 1:
+                if str(cfg["stage"]) == "all" or not cfg.get("init"):
+                    c["init"] = str(root / f"stage{stage - 1}")
+                if not (Path(c["init"]).is_file() or (Path(c["init"]) / LATEST).is_file()):
+                    raise ValueError(f"fdgan stage {stage} starts from stage {stage - 1}'s checkpoint: none at "
+                                     f"{c['init']} (run --stage {stage - 1} first, or pass --init CHECKPOINT_OR_RUN)")
+            else:
+                c["init"] = None
+        return c
+
+    @classmethod
+    def resume_dir(cls, run_dir: Path) -> Path:
+        """The latest stage folder with a checkpoint (RUN/stage3, then 2, then 1); RUN itself for a stage folder."""
+        run_dir = Path(run_dir)
+        for stage in reversed(STAGES):
+            folder = run_dir / f"stage{stage}"
+            if (folder / LATEST).is_file():
+                return folder
+        return run_dir
+
+
+def run_root(cfg: dict) -> Path:
+    """The top-level run folder (holding stage1..3). A resumed stage's saved config has out = its stage folder."""
+    out = Path(cfg["out"]) if cfg["out"] else default_run_dir("fdgan", cfg)
+    root, stage = cfg.get("run_root"), cfg.get("stage_running")
+    if root and stage and out == Path(root) / f"stage{stage}":
+        return Path(root)
+    return out
+
+
+def _finished(folder: Path) -> bool:
+    """A stage is finished when its metrics.json reports the iteration its latest checkpoint holds."""
+    metrics, checkpoint = folder / "metrics.json", folder / LATEST
+    if not (metrics.is_file() and checkpoint.is_file()):
+        return False
+    return json.loads(metrics.read_text())["iterations"] == load_checkpoint(checkpoint, "fdgan")["iteration"]
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def publish(stage_dir: Path, root: Path) -> None:
+    """Copy a finished stage's checkpoint.pt and metrics.json (with its stage) up to the run folder, atomically:
+    the run folder always holds the result of the last finished stage."""
+    stage = int(stage_dir.name.removeprefix("stage"))
+    _atomic_copy(stage_dir / LATEST, root / LATEST)
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    tmp = root / ".metrics.json.tmp"
+    tmp.write_text(json.dumps({**metrics, "stage": stage}, indent=2) + "\n")
+    os.replace(tmp, root / "metrics.json")
+
+
+def pose_picture(pose: torch.Tensor) -> torch.Tensor:
+    """(B, 18, H, W) pose maps -> (B, 3, H, W) normalized images showing their maximum (white = 1)."""
+    return normalize(pose.amax(1, keepdim=True).clamp(0, 1).expand(-1, 3, -1, -1))

@@ -1,0 +1,81 @@
+"""FD-GAN's networks: shapes, the generator's image range, per-branch BatchNorm in one batched pass, D_id's
+initialisation from stage I."""
+import pytest
+import torch
+
+from reidfast.data import normalize
+from reidfast.models.fdgan import (IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseEncoder,
+                                   PoseGenerator, SplitBatchNorm2d, Verifier, batchnorm_groups, from_generator_range,
+                                   to_generator_range)
+
+H, W = 64, 32
+
+
+def quiet(message):
+    pass
+
+
+def test_shapes_of_every_network():
+    x = torch.randn(3, 3, H, W)
+    e = ImageEncoder(width=4, pretrained="none", log=quiet)
+    f = e(x)
+    assert f.shape == (3, 128) and e.out_features == 128  # 32 * width (2048 at width 64)
+    assert Verifier(128)(f, f.flip(0)).shape == (3, 2)
+    pose = torch.rand(3, 18, H, W)
+    assert PoseEncoder(H, W, 0.125)(pose).shape == (3, 128, 1, 1)
+    g = PoseGenerator(128, H, W, gan_width=0.125)
+    y = g(f, pose, torch.randn(3, 256))
+    assert y.shape == (3, 3, H, W) and y.abs().max() <= 1  # tanh: generator range
+    d_id = IdentityDiscriminator(width=4)
+    assert d_id(x, x.flip(0)).shape == (3,)
+    d_pd = PoseDiscriminator(0.125)
+    assert d_pd.net[0].in_channels == 21
+    patches = d_pd(y, pose)
+    assert patches.shape[:2] == (3, 1) and patches.dim() == 4
+
+
+def test_image_sides_must_be_multiples_of_32():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        PoseGenerator(128, 48, 32)
+
+
+def test_generator_range_round_trip():
+    pixels = torch.randint(0, 256, (2, 3, 8, 4), dtype=torch.uint8)
+    normalized = normalize(pixels)
+    torch.testing.assert_close(to_generator_range(normalized), pixels.float() / 255 * 2 - 1)
+    torch.testing.assert_close(from_generator_range(to_generator_range(normalized)), normalized)
+
+
+def test_split_batchnorm_equals_separate_calls():
+    torch.manual_seed(0)
+    e1 = ImageEncoder(width=4, pretrained="none", log=quiet)
+    e2 = ImageEncoder(width=4, pretrained="none", log=quiet)
+    e2.load_state_dict(e1.state_dict())
+    assert any(isinstance(m, SplitBatchNorm2d) for m in e1.modules())
+    a, b = torch.randn(4, 3, H, W), 3 + 2 * torch.randn(4, 3, H, W)  # different statistics per branch
+    separate = torch.cat([e1(a), e1(b)])
+    with batchnorm_groups(e2, 2):
+        batched = e2(torch.cat([a, b]))
+    torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-5)
+    for (name, x), y in zip(e1.state_dict().items(), e2.state_dict().values()):  # running statistics too
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    # one pass over both without groups would normalize them together: a different function
+    e2.load_state_dict(e1.state_dict())
+    assert not torch.allclose(e2(torch.cat([a, b])), separate, atol=1e-3)
+
+
+def test_identity_discriminator_starts_as_the_verifier():
+    torch.manual_seed(1)
+    e = ImageEncoder(width=4, pretrained="none", log=quiet)
+    v = Verifier(e.out_features)
+    torch.nn.init.normal_(v.fc.weight, std=0.1)
+    torch.nn.init.normal_(v.fc.bias, std=0.1)
+    v.bn.running_mean.uniform_(0, 1)
+    d_id = IdentityDiscriminator(width=4)
+    d_id.init_from(e, v)
+    for m in (e, v, d_id):
+        m.eval()
+    x1, x2 = torch.randn(5, 3, H, W), torch.randn(5, 3, H, W)
+    with torch.no_grad():
+        p_same = v.same_probability(e(x1), e(x2))
+        torch.testing.assert_close(torch.sigmoid(d_id(x1, x2)), p_same, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,267 @@
+"""FD-GAN's trainer on the CPU at a tiny size: the three stages end to end, the hand-off between them, frozen parts,
+exact resume across stages, the original order of operations, pose maps, generation and the verifier cascade."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reidfast.train.__main__ import main
+from reidfast.train.checkpoint import load_checkpoint
+
+from .conftest import read_log
+
+ITERS = 3
+
+
+def fdgan_args(root, out, *extra):
+    """64x32 (G's 5 stride-2 stages need multiples of 32), width-4 ResNet-50s, G/D_pd at 1/8 width, 8 pairs."""
+    return ["fdgan", "--dataset", "synthetic", "--data-root", str(root), "--out", str(out), "--device", "cpu",
+            "--height", "64", "--width", "32", "--backbone-width", "4", "--gan-width", "0.125", "--batch-size", "8",
+            "--workers", "0", "--threads", "1", "--pad", "2", "--pretrained", "none", "--log-every", "1",
+            "--eval-batch-size", "64", "--ckpt-every", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def all_run(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "fdgan"
+    # stage III at a visible lr, so that "E's BatchNorm did not change" is not true merely because nothing did
+    assert main(fdgan_args(tiny_root, out, "--stage-iters", *[str(ITERS)] * 3, "--e-lr3", "1e-3")) == 0
+    return out
+
+
+def records(folder):
+    return {r["it"]: r for r in read_log(folder) if "loss" in r}
+
+
+def networks(path):
+    return load_checkpoint(path)["networks"]
+
+
+def test_all_stages_write_their_folders_and_the_run_folder_holds_the_last(all_run):
+    for stage in (1, 2, 3):
+        folder = all_run / f"stage{stage}"
+        for name in ("config.json", "log.jsonl", "checkpoint.pt", "checkpoint.prev.pt", "metrics.json"):
+            assert (folder / name).is_file(), (stage, name)
+        state = load_checkpoint(folder / "checkpoint.pt", "fdgan")
+        assert state["iteration"] == ITERS and state["config"]["stage_running"] == stage
+        expected = {"e", "v"} if stage == 1 else {"e", "v", "g", "d_id", "d_pd"}
+        assert set(state["networks"]) == expected
+        logged = records(folder)
+        assert sorted(logged) == [1, 2, 3]
+        keys = {"v", "acc"} if stage == 1 else {"d_id", "d_pd", "id", "pd", "r", "sp"} | ({"v"} if stage == 3
+                                                                                           else set())
+        for r in logged.values():
+            assert keys <= set(r) and all(math.isfinite(r[k]) for k in keys), r
+    assert not list((all_run / "stage1").glob("samples/*.png"))  # stage I generates nothing
+    with Image.open(sorted((all_run / "stage2" / "samples").glob("*.png"))[-1]) as grid:
+        assert grid.size[1] > 4 * 64  # rows: input, target pose, generated, ground truth
+    metrics = json.loads((all_run / "metrics.json").read_text())
+    assert metrics["stage"] == 3 and metrics["method"] == "fdgan" and metrics["metric"] == "euclidean"
+    assert metrics["mAP"] == json.loads((all_run / "stage3" / "metrics.json").read_text())["mAP"]
+    top, last = networks(all_run / "checkpoint.pt"), networks(all_run / "stage3" / "checkpoint.pt")
+    assert all(torch.equal(top[n][k], last[n][k]) for n in last for k in last[n])
+    assert not list(all_run.glob(".*.tmp"))
+
+
+def test_stage2_starts_from_stage1_and_keeps_e_and_v_frozen(all_run):
+    one, two = networks(all_run / "stage1" / "checkpoint.pt"), networks(all_run / "stage2" / "checkpoint.pt")
+    for name in ("e", "v"):  # parameters and BatchNorm statistics: bit for bit stage I's final ones
+        assert all(torch.equal(one[name][k], two[name][k]) for k in one[name]), name
+    # D_id starts as stage I's E (its ResNet-50) and V (its head gives V's same-minus-different logit)
+    method = _method(2, False)
+    method.initialize_from(all_run / "stage1")
+    d_id = method.d_id.state_dict()
+    assert all(torch.equal(d_id[f"backbone.{k.removeprefix('backbone.')}"], v) for k, v in one["e"].items())
+    torch.testing.assert_close(d_id["head.fc.weight"][0], one["v"]["fc.weight"][1] - one["v"]["fc.weight"][0])
+    assert all(torch.equal(method.networks[n].state_dict()[k], one[n][k]) for n in ("e", "v") for k in one[n])
+
+
+def test_stage3_trains_e_with_its_batchnorm_frozen(all_run):
+    two, three = networks(all_run / "stage2" / "checkpoint.pt"), networks(all_run / "stage3" / "checkpoint.pt")
+    bn = [k for k in two["e"] if ".bn" in k or "downsample.1" in k]
+    assert bn and all(torch.equal(two["e"][k], three["e"][k]) for k in bn)  # statistics and affine parameters
+    assert not torch.equal(two["e"]["backbone.conv1.weight"], three["e"]["backbone.conv1.weight"])  # E trains
+    # G started from stage II's G (Adam at 1e-6 for 3 steps moves it by about 3e-6 per weight)
+    g2, g3 = two["g"], three["g"]
+    assert max((g2[k] - g3[k]).abs().max().item() for k in g2 if k.endswith("weight")) < 1e-4
+
+
+def test_resume_continues_stage2_then_runs_stage3_exactly(all_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(all_run / "stage1", copy / "stage1")
+    (copy / "stage2").mkdir(parents=True)
+    shutil.copy(all_run / "stage2" / "checkpoint.prev.pt", copy / "stage2" / "checkpoint.pt")  # iteration 2
+    assert main(["fdgan", "--out", str(copy), "--resume"]) == 0
+    assert sorted(records(copy / "stage2")) == [3]
+    strip = lambda r: {k: v for k, v in r.items() if k != "images_per_s"}  # noqa: E731
+    assert strip(records(copy / "stage2")[3]) == strip(records(all_run / "stage2")[3])
+    full, again = records(all_run / "stage3"), records(copy / "stage3")
+    assert [strip(again[i]) for i in (1, 2, 3)] == [strip(full[i]) for i in (1, 2, 3)]
+    a, b = networks(all_run / "checkpoint.pt"), networks(copy / "checkpoint.pt")
+    assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
+    # resuming a finished run re-trains nothing
+    log_size = (copy / "stage3" / "log.jsonl").stat().st_size
+    assert main(["fdgan", "--out", str(copy), "--resume"]) == 0
+    assert (copy / "stage3" / "log.jsonl").stat().st_size == log_size
+
+
+def test_a_single_stage_needs_the_previous_one(tiny_root, tmp_path, capsys):
+    assert main(fdgan_args(tiny_root, tmp_path / "lonely", "--stage", "2", "--iters", "1")) == 2
+    assert "--init" in capsys.readouterr().err
+
+
+def test_single_stage_from_init(all_run, tiny_root, tmp_path):
+    out = tmp_path / "s3"
+    assert main(fdgan_args(tiny_root, out, "--stage", "3", "--iters", "1", "--init", str(all_run / "stage2"))) == 0
+    assert load_checkpoint(out / "stage3" / "checkpoint.pt")["iteration"] == 1
+    assert not (out / "stage1").exists() and (out / "checkpoint.pt").is_file()
+
+
+def test_stage1_identification_loss_option(tiny_root, tmp_path):
+    # the cpu-quick preset's addition to stage I: a ClassBlock head, checkpointed, not needed at test time
+    out = tmp_path / "s1"
+    assert main(fdgan_args(tiny_root, out, "--stage", "1", "--iters", "2", "--stage1-id-w", "1")) == 0
+    logged = records(out / "stage1")
+    assert all(r["cls"] > 0 and r["loss"] == pytest.approx(r["v"] + r["cls"], rel=1e-5) for r in logged.values())
+    assert set(networks(out / "checkpoint.pt")) == {"e", "v", "cls"}
+    from reidfast.eval.__main__ import main as eval_main
+    assert eval_main(["--checkpoint", str(out), "--json", str(tmp_path / "m.json")]) == 0
+
+
+def _method(stage, faithful, pairs=8, **overrides):
+    from types import SimpleNamespace
+
+    from reidfast.train.fdgan import FDGAN
+    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **FDGAN.defaults, "height": 64, "width": 32, "backbone_width": 4,
+           "gan_width": 0.125, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "device": "cpu",
+           "stage": str(stage), "faithful": faithful, "batch_size": pairs, "e_lr3": 1e-3, "g_lr3": 1e-3, **overrides}
+    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
+    torch.manual_seed(0)
+    method = FDGAN(run, SimpleNamespace(num_train_pids=4))
+    method.configure(10)
+    return method
+
+
+def _batch(pairs=8):
+    g = torch.Generator().manual_seed(1)
+    anchor = torch.randint(0, 4, (pairs, 1), generator=g)
+    other = torch.where(torch.arange(pairs).unsqueeze(1) % 4 == 0, anchor, (anchor + 1) % 4)
+    return {"image": torch.randint(0, 256, (pairs, 3, 3, 64, 32), generator=g, dtype=torch.uint8),
+            "pid": torch.cat([anchor, other, anchor], 1),
+            "keypoints": torch.rand(pairs, 3, 18, 2, generator=g) * torch.tensor([31.0, 63.0])}
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_faithful_order_gives_the_same_losses_at_fp32(stage):
+    # one iteration from the same state on the same batch: one batched pass per network (BatchNorm per branch)
+    # and the original's call per Siamese branch / discriminator input agree up to rounding, updates included
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses, states = {}, {}
+        for faithful in (False, True):
+            method = _method(stage, faithful)
+            torch.manual_seed(5)  # dropout draws
+            losses[faithful] = method.train_step(_batch(), 0)
+            states[faithful] = {n: m.state_dict() for n, m in method.networks.items()}
+    finally:
+        torch.set_num_threads(threads)
+    fast, original = losses[False], losses[True]
+    assert set(fast) == set(original) and ("sp" in fast) == (stage == 3)
+    for key in fast:
+        torch.testing.assert_close(fast[key], original[key], rtol=1e-4, atol=1e-6, msg=key)
+    # the updates: SGD-trained networks (stage I's E and V, the discriminators) and the BatchNorm statistics;
+    # Adam turns rounding-level gradients into full steps, so its parameters are not compared. D_id's statistics
+    # differ by design (the fast order reads the real anchor once, not twice) and are never used: D_id always
+    # runs in training mode.
+    sgd = {"e", "v"} if stage == 1 else {"d_id", "d_pd"}
+    for name in states[False]:
+        for key, value in states[False][name].items():
+            if name in sgd and not (name == "d_id" and ("running" in key or "num_batches" in key)) or \
+                    (name != "d_id" and "running" in key):
+                torch.testing.assert_close(value, states[True][name][key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
+
+
+def test_loss_weight_configurations():
+    paper, published = _method(2, False).weights, _method(2, False, loss_weights="published").weights
+    assert (paper["v"], paper["id"], paper["pd"], paper["r"], paper["sp"]) == (1.0, 0.1, 0.1, 10.0, 1.0)
+    assert (published["r"], published["sp"]) == (100.0, 10.0) and published["id"] == 0.1
+    assert _method(2, False, loss_weights="published", r_w=5.0).weights["r"] == 5.0
+
+
+def test_pose_maps_draw_bandwidths_from_the_scaled_set():
+    method = _method(2, False)
+    sigmas = {round(s, 6) for s in method.sigmas.tolist()}
+    assert sigmas == {1.0, 1.25, 1.5}  # 4, 5, 6 pixels at height 256, at height 64
+    draws = method._draws(200, torch.device("cpu"))
+    assert {round(s, 6) for s in draws["sigma"].tolist()} == sigmas
+    assert ((draws["id_real"] >= 0.7) & (draws["id_real"] <= 1)).all() and (draws["pd_fake"] <= 0.3).all()
+    kp = torch.tensor([[[10.0, 20.0]] + [[-1.0, -1.0]] * 17])
+    maps = method.pose_maps(kp, torch.tensor([1.25]))
+    assert maps.shape == (1, 18, 64, 32)
+    assert maps[0, 0, 20, 10] == 1 and maps[0, 0].argmax() == 20 * 32 + 10  # peak 1 at (x 10, y 20)
+    assert maps[0, 1:].abs().sum() == 0  # missing keypoints: empty channels
+    wider = method.pose_maps(kp, torch.tensor([1.5]))
+    assert wider[0, 0, 20, 13] > maps[0, 0, 20, 13]
+
+
+def test_verifier_rescoring_reorders_the_top_k_only():
+    method = _method(1, False)
+    torch.nn.init.normal_(method.v.fc.weight, std=0.05)  # no saturated (tied) probabilities
+    torch.manual_seed(3)
+    qf, gf = torch.randn(3, 128), torch.randn(20, 128)
+    k = 5
+    dist = method.verifier_distances(qf, gf, topk=k)
+    euclid = torch.cdist(qf, gf).square()
+    method.v.eval()
+    for q in range(3):
+        order = dist[q].argsort(stable=True)
+        nearest = euclid[q].argsort()[:k]
+        with torch.no_grad():
+            p = method.v.same_probability(qf[q:q + 1].expand(k, -1), gf[nearest])
+        assert order[:k].tolist() == nearest[p.argsort(descending=True)].tolist()
+        assert order[k:].tolist() == euclid[q].argsort()[k:].tolist()
+
+
+def test_eval_with_verifier_cascade(all_run, tmp_path, capsys):
+    from reidfast.eval.__main__ import main as eval_main
+    plain, cascade = tmp_path / "plain.json", tmp_path / "cascade.json"
+    assert eval_main(["--checkpoint", str(all_run), "--json", str(plain)]) == 0
+    trained = json.loads((all_run / "metrics.json").read_text())
+    assert json.loads(plain.read_text())["mAP"] == pytest.approx(100 * trained["mAP"], abs=1e-4)
+    # re-scoring only each query's nearest item leaves every ranking as it was
+    assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "1", "--json", str(cascade)]) == 0
+    assert json.loads(cascade.read_text())["mAP"] == pytest.approx(json.loads(plain.read_text())["mAP"], abs=1e-6)
+    assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "100", "--json", str(cascade)]) == 0
+    assert "re-scored by the verifier" in capsys.readouterr().out
+
+
+def test_generate_writes_input_pose_and_generated_images(all_run, tiny_root, tmp_path, capsys):
+    from reidfast.generate.__main__ import main as generate_main
+    image = sorted((tiny_root / "query").glob("*.jpg"))[0]
+    target = sorted((tiny_root / "bounding_box_train").glob("*.jpg"))[0]
+    out = tmp_path / "gen"
+    assert generate_main(["fdgan", "--checkpoint", str(all_run), "--image", str(image), "--pose", target.name,
+                          "--out", str(out), "--device", "cpu"]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(p.split("/")[-1] for p in written) == ["generated_0_0.png", "input_0.png", "pose_0.png"]
+    with Image.open(out / "generated_0_0.png") as img:
+        assert img.size == (32, 64)
+    with Image.open(out / "pose_0.png") as img:
+        assert np.asarray(img).max() == 255 and np.asarray(img).mean() < 64  # white keypoints on black
+    # a keypoints CSV: one generated image per row
+    csv = tmp_path / "poses.csv"
+    lines = (tiny_root / "annotations.csv").read_text().splitlines()[:3]
+    csv.write_text("\n".join(lines) + "\n")
+    assert generate_main(["fdgan", "--checkpoint", str(all_run), "--image", str(image), "--pose", str(csv),
+                          "--out", str(tmp_path / "gen2"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "gen2").glob("generated_0_*.png"))) == 2
+    # stage I has no generator: a clear error
+    assert generate_main(["fdgan", "--checkpoint", str(all_run / "stage1"), "--image", str(image), "--pose",
+                          target.name, "--out", str(tmp_path / "gen3"), "--device", "cpu"]) == 2
+    assert "stage I" in capsys.readouterr().err
