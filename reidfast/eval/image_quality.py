@@ -15,6 +15,7 @@ Diversity is reported as the mean SSIM over pairs of images that share one appea
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -94,7 +95,9 @@ class TorchScriptFeatures:
         if not Path(path).is_file():
             raise ValueError(f"--fid-weights: {path} is not a file")
         try:
-            self.net = torch.jit.load(path, map_location=device).eval()
+            with warnings.catch_warnings():  # deprecated in recent torch, but the standard file is TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.jit.load(path, map_location=device).eval()
         except Exception as exc:
             raise ValueError(f"--fid-weights: {path} is not a TorchScript file ({type(exc).__name__}: {exc})") from exc
         self.label = FID_COMPARABLE_LABEL

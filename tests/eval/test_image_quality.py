@@ -1,4 +1,6 @@
 """Frechet distance and SSIM against independent formulas."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,29 @@ def test_mean_pairwise_ssim_is_one_for_identical_images_and_lower_for_different_
     assert mean_pairwise_ssim(torch.rand(2, 3, 3, 16, 16)) < 0.5
     with pytest.raises(ValueError, match="K >= 2"):
         mean_pairwise_ssim(torch.rand(2, 1, 3, 16, 16))
+
+
+class _PoolFeatures(torch.nn.Module):
+    """A stand-in with the standard FID network's calling convention (0-255 RGB in, pooled features out)."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        pooled = x.mean((2, 3))
+        return pooled if return_features else pooled.sum(1, keepdim=True)
+
+
+def test_torchscript_feature_network_gets_0_255_images_and_returns_its_features(tmp_path):
+    from reidfast.data import normalize
+    from reidfast.eval.image_quality import FID_COMPARABLE_LABEL, TorchScriptFeatures
+    path = tmp_path / "features.pt"
+    with warnings.catch_warnings():  # torch.jit is deprecated in recent torch; the FID network still ships in it
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(_PoolFeatures()).save(str(path))
+    net = TorchScriptFeatures(str(path), torch.device("cpu"))
+    assert net.label == FID_COMPARABLE_LABEL
+    pixels = torch.randint(0, 256, (2, 3, 8, 4), dtype=torch.uint8)
+    torch.testing.assert_close(net(normalize(pixels)), pixels.float().mean((2, 3)), atol=1e-3, rtol=0)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="--fid-weights: .* is not a TorchScript file"):
+        TorchScriptFeatures(str(tmp_path / "junk.pt"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="is not a file"):
+        TorchScriptFeatures(str(tmp_path / "missing.pt"), torch.device("cpu"))
