@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,19 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_atomically(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy a file so that `target` is always either its old or its new content (temporary file, fsync,
+    rename): how multi-stage methods publish a finished stage's checkpoint and metrics in the run folder."""
+    source, target = Path(source), Path(target)
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    return target
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:

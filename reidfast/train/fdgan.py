@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -53,7 +52,7 @@ from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPair
 from ..models.baseline import ClassBlock
 from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
                             Verifier, batchnorm_groups, from_generator_range, set_batchnorm_eval, to_generator_range)
-from .checkpoint import LATEST, CheckpointError, load_checkpoint, resolve_checkpoint
+from .checkpoint import LATEST, CheckpointError, copy_atomically, load_checkpoint, resolve_checkpoint
 from .loop import Method, Trainer, WarmupStepSchedule, default_run_dir
 
 GRID_COLUMNS = 8
@@ -602,19 +601,11 @@ def _finished(folder: Path) -> bool:
     return json.loads(metrics.read_text())["iterations"] == load_checkpoint(checkpoint, "fdgan")["iteration"]
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.copyfile(source, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
 def publish(stage_dir: Path, root: Path) -> None:
     """Copy a finished stage's checkpoint.pt and metrics.json (with its stage) up to the run folder, atomically:
     the run folder always holds the result of the last finished stage."""
     stage = int(stage_dir.name.removeprefix("stage"))
-    _atomic_copy(stage_dir / LATEST, root / LATEST)
+    copy_atomically(stage_dir / LATEST, root / LATEST)
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     tmp = root / ".metrics.json.tmp"
     tmp.write_text(json.dumps({**metrics, "stage": stage}, indent=2) + "\n")

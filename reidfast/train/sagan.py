@@ -70,7 +70,7 @@ from ..data import (BatchedSampler, DatasetFormatError, ImageDataset, MaskReader
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_warp
 from .baseline import Baseline
-from .checkpoint import LATEST, PREVIOUS
+from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint
 from .loop import Method, Trainer, default_run_dir
 
 STAGES = ("adapt", "translate", "reid")
@@ -569,12 +569,6 @@ class StageRecord:
         os.replace(tmp, self.path)
 
 
-def _copy_atomically(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def stages_of(stage: str) -> tuple[str, ...]:
     if stage == "all":
         return STAGES
@@ -749,7 +743,6 @@ class SAGAN(Method):
             if resuming and record.status(stage) == "running" and (root / stage / LATEST).is_file():
                 # the stage that was running continues from its checkpoint: with the configuration --resume
                 # resolved when that is this stage's (flags given now apply), else with the checkpoint's own
-                from .checkpoint import load_checkpoint
                 if cfg.get("current_stage") == stage:
                     scfg = {**cfg, "out": str(root / stage), "run_folder": str(root)}
                 else:
@@ -766,7 +759,7 @@ class SAGAN(Method):
             else:
                 metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
                 # the run folder's checkpoint and metrics: the last finished training stage's
-                _copy_atomically(root / stage / LATEST, root / LATEST)
-                _copy_atomically(root / stage / "metrics.json", root / "metrics.json")
+                copy_atomically(root / stage / LATEST, root / LATEST)
+                copy_atomically(root / stage / "metrics.json", root / "metrics.json")
             record.set(stage, "done")
         return metrics
