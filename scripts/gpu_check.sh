@@ -2,7 +2,12 @@
 # All GPU checking in one command, on a machine with a GPU and no network (it uses the machine's own torch):
 # builds the extension, runs the `gpu` tests, runs every benchmark, and writes JSON + a markdown table under
 # bench/results/ named by date and GPU. Budget: under 9 minutes on one H100 with 16 cores.
-# Usage: scripts/gpu_check.sh [RESULTS_DIR]   (REIDFAST_BENCH_ONLY=adain,rank limits the benchmark suites)
+# Usage: scripts/gpu_check.sh [RESULTS_DIR]
+#   REIDFAST_BENCH_ONLY=adain,rank,homography,train   the benchmark suites (default all)
+#   REIDFAST_TRAIN_CASES="dgnet fdgan"                the training-iteration cases (default every case of
+#                                                     bench/train_step.py); each runs alone under its own timeout
+#                                                     (REIDFAST_TRAIN_TIMEOUT, 150 s) and writes its own result
+#                                                     files, so a slow compile costs that case only
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
@@ -26,10 +31,25 @@ timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$st
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED"; status=1; }
 echo "   tests in ${SECONDS}s"
 
-echo "== benchmarks"
-SECONDS=0
-timeout 300 python bench/run.py --device cuda ${REIDFAST_BENCH_ONLY:+--only "$REIDFAST_BENCH_ONLY"} --out "$stem.json" 2>&1 | tee "$stem.bench.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "BENCHMARKS FAILED"; status=1; }
-echo "   benchmarks in ${SECONDS}s"
+only=${REIDFAST_BENCH_ONLY:-adain,rank,homography,train}
+op_suites=$(echo "$only" | tr ',' '\n' | grep -v '^train$' | paste -sd, -)
+if [ -n "$op_suites" ]; then
+  echo "== op benchmarks ($op_suites)"
+  SECONDS=0
+  timeout 300 python bench/run.py --device cuda --only "$op_suites" --out "$stem.json" 2>&1 | tee "$stem.bench.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "OP BENCHMARKS FAILED"; status=1; }
+  echo "   op benchmarks in ${SECONDS}s"
+fi
+if echo "$only" | tr ',' '\n' | grep -qx train; then
+  cases=${REIDFAST_TRAIN_CASES:-$(python -c 'import sys; sys.path.insert(0, "bench"); import train_step; print(" ".join(train_step.CASES))')}
+  for case in $cases; do
+    echo "== training iterations: $case"
+    SECONDS=0
+    timeout "${REIDFAST_TRAIN_TIMEOUT:-150}" python bench/train_step.py --device cuda --method "$case" \
+      --out "$stem.train-$case.json" 2>&1 | tee "$stem.train-$case.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "TRAINING BENCHMARK $case FAILED (or timed out)"; status=1; }
+    echo "   $case in ${SECONDS}s"
+  done
+fi
 echo "results: $stem.*"
 exit $status
