@@ -27,7 +27,7 @@ python -m reidfast.info | tee "$stem.info.txt"
 
 echo "== gpu tests"
 SECONDS=0
-timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$stem.tests.log" | tail -40
+timeout 300 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$stem.tests.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED"; status=1; }
 echo "   tests in ${SECONDS}s"
 

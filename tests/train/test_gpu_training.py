@@ -1,0 +1,58 @@
+"""Every trainer for a few iterations on a CUDA device with the GPU defaults (bf16 autocast, channels_last, the
+CUDA kernels), at the tiny sizes of the CPU tests. torch.compile is left to bench/train_step.py, which compiles
+every method at full size on the GPU. Skipped without a GPU."""
+import json
+import math
+
+import pytest
+import torch
+
+from reidfast.train.__main__ import main
+
+from .conftest import read_log, tiny_args
+from .test_dgnet import dgnet_args
+from .test_fdgan import fdgan_args
+from .test_sagan import domain_b, sagan_args  # noqa: F401  (domain_b is a fixture)
+
+pytestmark = pytest.mark.gpu
+
+
+def on_gpu(args):
+    args = list(args)
+    args[args.index("--device") + 1] = "cuda"
+    return args + ["--amp", "bf16", "--no-compile"]
+
+
+def finite_losses(folder):
+    records = [r for r in read_log(folder) if "loss" in r]
+    assert records, f"no losses logged in {folder}"
+    for r in records:
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
+    return records
+
+
+def test_baseline_on_the_gpu(tiny_root, tmp_path, capsys):
+    assert main(on_gpu(tiny_args(tiny_root, tmp_path / "b", "--iters", "3"))) == 0
+    assert "amp bf16" in capsys.readouterr().err
+    finite_losses(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["iterations"] == 3
+
+
+def test_dgnet_on_the_gpu(tiny_root, tmp_path):
+    teacher = tmp_path / "teacher"
+    assert main(on_gpu(tiny_args(tiny_root, teacher, "--iters", "2", "--last-stride", "1"))) == 0
+    assert main(on_gpu(dgnet_args(tiny_root, tmp_path / "d", "--teacher", str(teacher), "--iters", "5"))) == 0
+    records = finite_losses(tmp_path / "d")
+    assert records[-1]["w/prim"] > 0  # the last iterations run with every loss on
+
+
+def test_fdgan_on_the_gpu(tiny_root, tmp_path):
+    assert main(on_gpu(fdgan_args(tiny_root, tmp_path / "f", "--stage-iters", "2", "2", "2"))) == 0
+    for stage in (1, 2, 3):
+        finite_losses(tmp_path / "f" / f"stage{stage}")
+
+
+def test_sagan_on_the_gpu(tiny_root, domain_b, tmp_path):  # noqa: F811
+    assert main(on_gpu(sagan_args(tiny_root, domain_b, tmp_path / "s"))) == 0
+    finite_losses(tmp_path / "s" / "reid")
+    assert json.loads((tmp_path / "s" / "stages.json").read_text())["status"]["reid"] == "done"
