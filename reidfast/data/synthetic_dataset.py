@@ -48,12 +48,14 @@ def read_synthetic(root=None, ids: int = 200, cameras: int = 6, domain: str = "a
         folder = Path(root)
         if not folder.exists() or not any(folder.iterdir()):
             generate_atomically(folder, **params)
+    meta = folder / "synthetic.json"
+    info = json.loads(meta.read_text()) if meta.exists() else {}
+    # an existing folder names its own domain (the `domain` argument only says what to generate)
     dataset = read_market_style(folder, "synthetic", parse_market_name, "0002_c1s1_000451_03.jpg", 9,
-                                name=f"synthetic-{domain}")
+                                name=f"synthetic-{info.get('domain', domain)}")
     dataset.keypoints_csv = folder / "annotations.csv"
     dataset.masks_dir = folder / "masks"
-    meta = folder / "synthetic.json"
-    dataset.info = json.loads(meta.read_text()) if meta.exists() else {}
+    dataset.info = info
     return dataset
 
 

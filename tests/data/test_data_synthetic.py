@@ -91,6 +91,9 @@ def test_deterministic_for_a_seed_and_different_across_seeds_and_domains(tiny_pa
     generate(tmp_path / "b", **{**tiny_params, "domain": "b"})
     mean = lambda root: np.mean([np.asarray(Image.open(p)).mean() for p in (root / "query").iterdir()])
     assert mean(tmp_path / "b") < mean(synthetic_root)  # domain b's cameras are darker
+    # a folder names its own domain, whatever the reader's default
+    assert get_dataset("synthetic", tmp_path / "b").name == "synthetic-b"
+    assert get_dataset("synthetic", synthetic_root).name == "synthetic-a"
 
 
 def rank1(query_features, gallery_features, query, gallery):
