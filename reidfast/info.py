@@ -1,5 +1,5 @@
 """`python -m reidfast.info`: what was built, on what, and which backend each op would use;
-`python -m reidfast.info --model dgnet`: a method's parameter count per module."""
+`python -m reidfast.info --model baseline|dgnet|fdgan|sagan`: a method's parameter count per module."""
 from __future__ import annotations
 
 import platform
@@ -44,21 +44,45 @@ def report() -> str:
     return "\n".join(lines)
 
 
-MODELS = ("dgnet",)
+MODELS = ("baseline", "dgnet", "fdgan", "sagan")
+# the configuration that builds every network of a method (FD-GAN's stage III holds all five; SA-GAN has two
+# stages with different networks)
+_BUILD = {"baseline": [{}], "fdgan": [{"stage": 3}], "sagan": [{"current_stage": "adapt"}, {"current_stage": "reid"}]}
+
+
+def _networks(name: str, num_classes: int, overrides: dict) -> dict:
+    """A method's networks as its trainer builds them with the paper's settings, on the CPU, untrained."""
+    from types import SimpleNamespace
+    from .train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    from .train.methods import get_method
+    method_cls = get_method(name)
+    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **method_cls.defaults, **overrides, "pretrained": "none", "device": "cpu",
+           "compile": False, "amp": "off", "channels_last": False}
+    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
+    return method_cls(run, SimpleNamespace(num_train_pids=num_classes)).networks
 
 
 def model_report(name: str, num_classes: int = 751) -> str:
     """Parameters per module of a method's networks at the published width (751: Market-1501's training ids)."""
-    if name != "dgnet":
+    if name not in MODELS:
         raise ValueError(f"--model: no parameter report for {name!r}; choose from {', '.join(MODELS)}")
-    from .models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator, parameter_counts
-    ea = AppearanceEncoder(num_classes, pretrained="none", log=lambda message: None)
-    gen = Generator(ea.code_features)
-    modules = {"Ea: ResNet-50 (last stride 1)": ea.backbone, "Ea: primary + fine heads": torch.nn.ModuleList([ea.primary, ea.fine]),
-               "Es: structure encoder": gen.encoder, "G: decoder": gen.decoder, "AdaIN MLPs": gen.mlp,
-               "D: 3-scale PatchGAN": MultiScaleDiscriminator()}
+    from .models.dgnet import parameter_counts
+    if name == "dgnet":  # finer than its three trainer networks: the paper's tables list these parts
+        from .models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator
+        ea = AppearanceEncoder(num_classes, pretrained="none", log=lambda message: None)
+        gen = Generator(ea.code_features)
+        modules = {"Ea: ResNet-50 (last stride 1)": ea.backbone,
+                   "Ea: primary + fine heads": torch.nn.ModuleList([ea.primary, ea.fine]),
+                   "Es: structure encoder": gen.encoder, "G: decoder": gen.decoder, "AdaIN MLPs": gen.mlp,
+                   "D: 3-scale PatchGAN": MultiScaleDiscriminator()}
+    else:
+        modules = {}
+        for overrides in _BUILD[name]:
+            stage = overrides.get("current_stage")
+            for key, module in _networks(name, num_classes, overrides).items():
+                modules[f"{stage}: {key}" if stage else key] = module
     counts = parameter_counts(modules)
-    lines = [f"DG-Net at the published width, {num_classes} training identities:"]
+    lines = [f"{name} at the published width, {num_classes} training identities:"]
     lines += [f"  {k:<32} {v:>12,}" for k, v in counts.items()]
     lines.append(f"  {'total':<32} {sum(counts.values()):>12,}")
     return "\n".join(lines)
