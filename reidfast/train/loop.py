@@ -50,8 +50,9 @@ class Method:
     Hooks with defaults: ``load_dataset(cfg)`` (the run's dataset; a method that trains on one dataset and tests
     on another returns a ReidDataset combining them), ``train_items(dataset)`` (what the loader indexes with the
     batch sampler's indices: images only by default; keypoints, masks or a second domain on request),
-    ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), and ``run(cfg)`` (the
-    whole run: one call of the loop by default; multi-stage methods run the loop once per stage).
+    ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), ``evaluates`` (False for a
+    stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
+    run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
     """
 
     name = "method"
