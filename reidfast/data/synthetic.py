@@ -20,7 +20,8 @@ shared by many identities and only their combination identifies a person, while 
 every colour: raw colour statistics match poorly across cameras, so an untrained network scores low while a
 trained one must learn colour relations that survive the casts.
 Domain "b" has different people and different cameras (darker, cooler light, steeper viewpoints, other
-backgrounds), for unsupervised domain adaptation from "a".
+backgrounds), for unsupervised domain adaptation from "a". Its cool cast is shared by all its cameras while each
+camera's own cast stays as moderate as in "a": the a -> b gap is the domain's, and b stays learnable.
 
 The output is a function of the arguments only (same seed, same bytes on the same Pillow version).
 """
@@ -45,7 +46,7 @@ from .pose import NUM_KEYPOINTS, write_keypoints_csv
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the drawing changes, so cached copies are regenerated
+FORMAT_VERSION = 3  # bump when the drawing changes, so cached copies are regenerated
 SPLITS = ("bounding_box_train", "bounding_box_test", "query")
 
 PALETTE = np.array([
@@ -128,8 +129,10 @@ def make_camera(rng: np.random.Generator, domain: str) -> Camera:
         tilt, yaw, roll, zoom = rng.uniform(-0.12, 0.12), rng.uniform(-0.08, 0.08), rng.uniform(-0.05, 0.05), 1.0
         wall, floor = rng.uniform(60, 200, 3), rng.uniform(50, 170, 3)
     else:  # darker, cooler light, steeper viewpoints: a different camera network
-        gain = rng.uniform(0.65, 1.1, 3) * np.array([0.85, 0.95, 1.15])
-        brightness, gamma = rng.uniform(0.5, 0.85), rng.uniform(1.0, 1.5)
+        # the cool cast is the domain's (shared by its cameras); per-camera casts stay moderate as in "a", so that
+        # b is learnable at CPU-demo sizes and the a -> b gap is the domain's, not noise
+        gain = rng.uniform(0.9, 1.1, 3) * np.array([0.85, 0.95, 1.15])
+        brightness, gamma = rng.uniform(0.6, 0.85), rng.uniform(1.0, 1.3)
         tilt, yaw = rng.choice([-1, 1]) * rng.uniform(0.12, 0.25), rng.uniform(-0.15, 0.15)
         roll, zoom = rng.uniform(-0.1, 0.1), rng.uniform(0.85, 0.95)
         wall, floor = rng.uniform(20, 120, 3), rng.uniform(90, 220, 3)

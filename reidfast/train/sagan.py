@@ -614,8 +614,8 @@ class SAGAN(Method):
     # 600 iterations of 32) on the adapted images; narrow adaptation networks trained for 400 iterations of 8 + 8
     # at the default lrs (1e-3 made the STMs fold the images within 300 iterations), 4 codes. The STMs learn at
     # 0.3x with parameters bounded by 0.2, and the mask identity weight is 1: at 5 the generators keep the
-    # people's domain-a colours, while domain b's people are as dark as its backgrounds (measured on synthetic b:
-    # mAP 5.2% at these settings, 3.9% with the weight 5 and the STMs at 0.1x, bound 0.2).
+    # people's domain-a colours, while domain b's people are as dark as its backgrounds (measured on the synthetic
+    # format-2 domain b: mAP 5.2% at these settings, 3.9% with the weight 5 and the STMs at 0.1x, bound 0.2).
     presets = {
         "cpu-quick": {"epochs": None, "iters": 600, "batch_size": 32, "lr": 0.01, "height": 64, "width": 32,
                       "backbone_width": 16, "pad": 4, "synthetic_ids": 120, "ckpt_every": 200, "log_every": 20,
