@@ -30,7 +30,7 @@ from .synthetic_dataset import generate_synthetic, read_synthetic
 from .pose import (FLIP_PERMUTATION, LEFT_RIGHT_PAIRS, OPENPOSE_18, flip_heatmaps, flip_keypoints,
                    keypoints_to_heatmaps, read_fdgan_pose, read_fdgan_poses, read_keypoints_csv, scale_keypoints,
                    write_keypoints_csv)
-from .masks import MaskNotFoundError, MaskReader
+from .masks import MaskNotFoundError, MaskReader, decode_mask
 from .samplers import (BatchedSampler, IdentityBalancedBatchSampler, SameIdentityPairSampler, ShuffledBatchSampler,
                        UnpairedDomainSampler, VerificationPairSampler)
 from .loader import DomainPairDataset, ImageDataset, decode_image, make_loader
@@ -44,7 +44,7 @@ __all__ = [
     "OPENPOSE_18", "LEFT_RIGHT_PAIRS", "FLIP_PERMUTATION", "read_keypoints_csv", "write_keypoints_csv",
     "read_fdgan_pose", "read_fdgan_poses", "scale_keypoints", "keypoints_to_heatmaps", "flip_keypoints",
     "flip_heatmaps",
-    "MaskReader", "MaskNotFoundError",
+    "MaskReader", "MaskNotFoundError", "decode_mask",
     "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler", "VerificationPairSampler", "UnpairedDomainSampler",
     "ImageDataset", "DomainPairDataset", "decode_image", "make_loader",
     "BatchAugment", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN", "IMAGENET_STD",

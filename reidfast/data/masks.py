@@ -66,10 +66,16 @@ class MaskReader:
                 with Image.open(image_path) as img:
                     size = (img.height, img.width)
             return np.ones(size, np.uint8)
-        with Image.open(path) as img:
-            mask = img.convert("L")
-            if size is not None and (mask.height, mask.width) != tuple(size):
-                mask = mask.resize((size[1], size[0]), Image.NEAREST)
-            values = np.asarray(mask)
-        threshold = 127 if values.max(initial=0) > 1 else 0
-        return (values > threshold).astype(np.uint8)
+        return decode_mask(path, size)
+
+
+def decode_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W) uint8 mask in {0, 1} of one mask file (the foreground rule in the module docstring); `size`
+    (height, width) resizes it (nearest neighbour)."""
+    with Image.open(path) as img:
+        mask = img.convert("L")
+        if size is not None and (mask.height, mask.width) != tuple(size):
+            mask = mask.resize((size[1], size[0]), Image.NEAREST)
+        values = np.asarray(mask)
+    threshold = 127 if values.max(initial=0) > 1 else 0
+    return (values > threshold).astype(np.uint8)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import decode_mask
 from ..train.images import save_image_grid
 from .common import load_images
 
@@ -33,21 +34,10 @@ def _masks(paths, count: int, size, device) -> torch.Tensor:
         if not Path(path).is_file():
             raise ValueError(f"--mask: {path} is not a file")
         try:
-            masks.append(_read_mask(path, size))
+            masks.append(torch.from_numpy(decode_mask(path, size)))
         except Exception as exc:  # PIL's errors vary by format; the user needs the file name
             raise ValueError(f"--mask: cannot read {path} as an image ({exc})") from exc
     return torch.stack(masks).unsqueeze(1).float().to(device)
-
-
-def _read_mask(path, size) -> torch.Tensor:
-    """(H, W) uint8 {0, 1}: pixels above 127 (above 0 for a 0/1 file), resized (nearest) to `size`."""
-    import numpy as np
-    from PIL import Image
-    with Image.open(path) as img:
-        mask = img.convert("L").resize((size[1], size[0]), Image.NEAREST)
-        values = np.asarray(mask)
-    threshold = 127 if values.max(initial=0) > 1 else 0
-    return torch.from_numpy((values > threshold).astype(np.uint8))
 
 
 def generate(method, cfg: dict, args, out: Path, device: torch.device) -> list[Path]:
