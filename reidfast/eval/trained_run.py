@@ -39,12 +39,11 @@ def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=pr
     return method, cfg
 
 
-def evaluate_run(run_dir, dataset, device: torch.device, ap_mode: str = "market", metric: str | None = None,
-                 max_rank: int = 50, batch_size: int = 128, log=print, verifier_topk: int = 0):
-    """(result, query_features, gallery_features, cfg) of a trained run on `dataset`; `metric` and the feature
-    normalization default to the method's own test protocol. `verifier_topk` K > 0 re-scores each query's top K
-    by the method's verifier (methods with ``verifier_distances``: fdgan)."""
-    method, cfg = load_trained_method(run_dir, device, log)
+def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str = "market",
+                 metric: str | None = None, max_rank: int = 50, batch_size: int = 128, verifier_topk: int = 0):
+    """(result, query_features, gallery_features) of a trained method (from :func:`load_trained_method`) on
+    `dataset`; `metric` and the feature normalization default to the method's own test protocol. `verifier_topk`
+    K > 0 re-scores each query's top K by the method's verifier (methods with ``verifier_distances``: fdgan)."""
     metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
                   channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
@@ -58,10 +57,10 @@ def evaluate_run(run_dir, dataset, device: torch.device, ap_mode: str = "market"
         g_pids, g_camids = labels(dataset.gallery)
         distmat = method.verifier_distances(qf, gf, topk=verifier_topk)
         result = rank_eval(q_pids, g_pids, q_camids, g_camids, distmat=distmat, max_rank=max_rank, ap_mode=ap_mode)
-        return result, qf, gf, cfg
+        return result, qf, gf
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric,
                            max_rank=max_rank)
-    return result, qf, gf, cfg
+    return result, qf, gf
 
 
 def export_features(path: str | os.PathLike, qf, gf, dataset) -> Path:
@@ -92,19 +91,17 @@ def add_checkpoint_arguments(parser) -> None:
 
 def evaluate_checkpoint(args):
     """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
-    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
-    from ..train.methods import get_method
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(args.checkpoint)
-    state = load_checkpoint(resolve_checkpoint(run_dir, run_dir))
-    cfg = dict(state["config"])
+    method, cfg = load_trained_method(run_dir, device)  # the checkpoint is read once, here
+    dataset_cfg = dict(cfg)
     if args.dataset is not None or args.data_root is not None:
-        cfg.update(dataset=args.dataset, data_root=args.data_root)
-    dataset = get_method(state["method"]).load_dataset(cfg)
+        dataset_cfg.update(dataset=args.dataset, data_root=args.data_root)
+    dataset = type(method).load_dataset(dataset_cfg)
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")
-    result, qf, gf, cfg = evaluate_run(run_dir, dataset, device, ap_mode=ap_mode, metric=args.metric,
-                                       max_rank=args.max_rank, verifier_topk=args.verifier_topk)
+    result, qf, gf = evaluate_run(method, cfg, dataset, device, ap_mode=ap_mode, metric=args.metric,
+                                  max_rank=args.max_rank, verifier_topk=args.verifier_topk)
     if args.export:
         print(f"features written to {export_features(args.export, qf, gf, dataset)}")
     folder = run_dir if run_dir.is_dir() else run_dir.parent
