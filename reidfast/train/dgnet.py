@@ -131,9 +131,10 @@ class DGNet(Method):
         self.dis = run.place(MultiScaleDiscriminator(cfg["gan_width"]))
         if run.world_size > 1:  # the shared Ea/G modules are called in several roles per step
             raise ValueError("dgnet does not run under torchrun yet: train on one device")
-        # training-time callables (compiled when on): Es, G (decoding), D and Ea
+        # training-time callables (compiled when on): Es, G (decoding) and Ea; D stays eager (the R1 penalty
+        # differentiates through it twice)
         self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
-        self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis)
+        self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis, differentiated_twice=True)
         backbone_lr = cfg["lr"]
         if cfg["ea_init"] not in ("pretrained", "teacher"):
             raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
@@ -337,7 +338,9 @@ class DGNet(Method):
             out["recon_f"] = out["recon_s"] = out["cycle"] = zero
             if code_on:  # all three weights are 0 during the warm-up: skip these passes
                 f_a_rec, f_b_rec = code(x_ba), code(x_ab)
-                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba, x_ab])
+                # generated images are bf16 under AMP and real ones fp32: Es and Ea take fp32 (exact for bf16) so
+                # that their compiled graphs are not compiled a second time for the other dtype
+                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba.float(), x_ab.float()])
                 out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
                 out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
                 x_aba, x_bab = self._batched(self.train_dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
@@ -354,7 +357,7 @@ class DGNet(Method):
                 # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
                 for swap, structure_donor in ((x_ba, y_b), (x_ab, y_a)):
                     soft = self.teacher_labels(swap.detach())
-                    _, primary, fine = self.train_ea(self.erase(swap.detach(), run.generator))
+                    _, primary, fine = self.train_ea(self.erase(swap.detach().float(), run.generator))
                     out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
                     out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
         loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]

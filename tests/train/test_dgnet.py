@@ -116,14 +116,14 @@ def test_real_data_without_a_teacher_is_a_clear_error(tiny_root, tmp_path, capsy
     assert "--teacher RUN_DIR" in capsys.readouterr().err
 
 
-def _method(faithful: bool, teacher_state, num_classes=4):
+def _method(faithful: bool, teacher_state, num_classes=4, compile=False):
     from types import SimpleNamespace
 
     from reidfast.models.baseline import ReidBaseline
     from reidfast.train.dgnet import DGNet
     from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
     cfg = {**LOOP_DEFAULTS_FOR_BENCH, **DGNet.defaults, "height": 64, "width": 32, "backbone_width": 4,
-           "gan_width": 0.25, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "warm_iters": 0,
+           "gan_width": 0.25, "pretrained": "none", "pad": 2, "amp": "off", "compile": compile, "warm_iters": 0,
            "ramp_per_iter": 0.5, "faithful": faithful, "device": "cpu"}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
     torch.manual_seed(0)
@@ -162,6 +162,19 @@ def test_faithful_order_gives_the_same_losses_at_fp32():
     # D's step (the first update) saw the same swaps and real images
     for key, value in discriminators[False].items():
         torch.testing.assert_close(value, discriminators[True][key], rtol=0, atol=1e-6)
+
+
+def test_compile_leaves_the_r1_discriminator_eager():
+    # compile is the GPU default. D's R1 penalty backpropagates through a gradient of D, which a compiled D cannot do
+    # (aot_autograd has no double backward: the first backward raises), so D stays eager while Es, G and Ea compile.
+    # (A whole compiled step is exercised by the gpu tests and bench/train_step.py; on 2 CPU cores it compiles for
+    # minutes.)
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state, compile=True)
+    assert method.train_dis is method.dis
+    for compiled in (method.train_es, method.train_dec, method.train_ea):
+        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):
