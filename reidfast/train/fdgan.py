@@ -331,6 +331,10 @@ class FDGAN(Method):
 
     def _did_features(self, *groups):
         """D_id's backbone features of several image groups: one pass with per-group BatchNorm, or a call each."""
+        # Compiled, the D step (5 groups, D_id trainable) and the G step (4 groups, D_id frozen, input needs grad)
+        # fail each other's guards (BatchNorm group count, batch, parameters' and input's requires_grad), so each
+        # gets its own graph. Sharing one would make every G step compute D_id's weight gradients and t's features,
+        # which costs more per step than the one-off second compile. D_pd is compiled twice in the same way.
         if self.faithful:
             return [self.train_did(x).mean((2, 3)) for x in groups]
         with batchnorm_groups(self.d_id, len(groups)):

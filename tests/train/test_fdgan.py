@@ -187,6 +187,37 @@ def test_faithful_order_gives_the_same_losses_at_fp32(stage):
                 torch.testing.assert_close(value, states[True][name][key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
 
 
+def test_compiled_discriminators_compile_nothing_after_the_first_step(monkeypatch):
+    # torch.compile with a backend that only counts dynamo's graphs (no codegen), on the two networks that the D
+    # and G steps call differently (E, V and G stay eager to save tracing time). The first stage III step compiles
+    # each twice, for the D step and for the G step (see FDGAN._did_features); later steps compile nothing
+    from reidfast.models.backbone import ResNet50
+    from reidfast.models.fdgan import PoseDiscriminator
+    graphs = {}
+    real_compile = torch.compile
+
+    def counting_compile(module, **kwargs):
+        if not isinstance(module, (ResNet50, PoseDiscriminator)):
+            return module
+
+        def backend(gm, example_inputs):
+            graphs[module] = graphs.get(module, 0) + 1
+            return gm.forward
+        return real_compile(module, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    torch._dynamo.reset()
+    try:
+        method = _method(3, False, pairs=2, compile=True)
+        method.train_step(_batch(2), 0)
+        first = dict(graphs)
+        method.train_step(_batch(2), 1)
+    finally:
+        torch._dynamo.reset()
+    assert graphs == first, "the second step compiled again"
+    assert graphs[method.d_id.backbone] == 2 and graphs[method.d_pd] == 2, graphs
+
+
 def test_loss_weight_configurations():
     paper, published = _method(2, False).weights, _method(2, False, loss_weights="published").weights
     assert (paper["v"], paper["id"], paper["pd"], paper["r"], paper["sp"]) == (1.0, 0.1, 0.1, 10.0, 1.0)
