@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # All GPU checking in one command, on a machine with a GPU and no network (it uses the machine's own torch):
 # builds the extension, runs the `gpu` tests, runs every benchmark, and writes JSON + a markdown table under
-# bench/results/ named by date and GPU. Budget: under 9 minutes on one H100 with 16 cores.
+# bench/results/ named by date and GPU. Measured on one H100 with 16 cores: build 34 s, gpu tests about 1 min,
+# op benchmarks a few minutes, and per training case 1 to 4 minutes, most of it torch.compile's first step
+# (DG-Net b8: 127 s; SA-GAN: 35-42 s; FD-GAN: over 150 s): everything at once takes well over 15 minutes, so
+# select suites and cases with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
 #   REIDFAST_BENCH_ONLY=adain,rank,homography,train   the benchmark suites (default all)
 #   REIDFAST_TRAIN_CASES="dgnet fdgan"                the training-iteration cases (default every case of
 #                                                     bench/train_step.py); each runs alone under its own timeout
-#                                                     (REIDFAST_TRAIN_TIMEOUT, 150 s) and writes its own result
+#                                                     (REIDFAST_TRAIN_TIMEOUT, 300 s: FD-GAN's first compiled
+#                                                     step took over 150 s on an H100) and writes its own result
 #                                                     files, so a slow compile costs that case only
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,9 +49,15 @@ if echo "$only" | tr ',' '\n' | grep -qx train; then
   for case in $cases; do
     echo "== training iterations: $case"
     SECONDS=0
-    timeout "${REIDFAST_TRAIN_TIMEOUT:-150}" python bench/train_step.py --device cuda --method "$case" \
+    timeout "${REIDFAST_TRAIN_TIMEOUT:-300}" python bench/train_step.py --device cuda --method "$case" \
       --out "$stem.train-$case.json" 2>&1 | tee "$stem.train-$case.log"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "TRAINING BENCHMARK $case FAILED (or timed out)"; status=1; }
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ] && [ -s "$stem.train-$case.json" ]; then
+      # seen once on an H100: the results were written, then the process did not exit before the timeout
+      echo "   $case: results written, but the process exited with $rc (timed out after writing?)"
+    elif [ "$rc" -ne 0 ]; then
+      echo "TRAINING BENCHMARK $case FAILED (or timed out)"; status=1
+    fi
     echo "   $case in ${SECONDS}s"
   done
 fi

@@ -1,6 +1,11 @@
 // Homography warp on the CPU.
-//   forward : at::parallel_for over output rows (n, i); a row's projections are computed first (a loop the
-//             compiler can vectorize), then each point's taps once, reused for every channel.
+//   Points are processed a tile of one output row at a time, one fixed-size array per quantity: the projection,
+//   the padding rule and the bilinear taps of a tile run as loops over its columns that the compiler vectorizes
+//   (the per-point math is grid_math.h / homography_math.h, inlined with the padding mode and the corner
+//   convention as constants; members of one struct cannot alias, which is what lets those loops vectorize). The
+//   sampling then goes point by point, each point's taps loaded once for all channels. Tap offsets are 32-bit
+//   when a channel plane's extent allows it.
+//   forward : at::parallel_for over output rows (n, i).
 //   backward: tasks of (sample, channel range, row range). When grad_img is needed a task owns whole channels of
 //             one sample, so its scatter races with no other task; otherwise tasks split rows. Each task sums its
 //             part of grad_H (9 sums, in double) into its own slot, and the slots are added in a fixed order:
@@ -13,6 +18,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <limits>
+#include <memory>
 #include <vector>
 
 #include "reidfast/grid_math.h"
@@ -22,6 +30,8 @@
 namespace reidfast {
 namespace homography {
 namespace {
+
+constexpr int64_t kTile = 64;  // output columns per tile: the tile's arrays stay in L1
 
 struct Geometry {
   int64_t N, C, in_h, in_w, out_h, out_w;
@@ -37,33 +47,101 @@ Geometry make_geometry(const at::Tensor& img, const at::Tensor& out, int padding
           out.stride(2), out.stride(3), padding,       align_corners};
 }
 
-// One sampling point, resolved to four tap offsets (relative to a channel's base) and weights. Taps outside the
-// image get offset 0 and weight/mask 0, so the channel loops run without branches. proj is filled by the
-// backward, which needs it for the gradient in H.
-template <typename T>
-struct ResolvedPoint {
-  int64_t off[4];
-  T weight[4];
-  T mask[4];
-  grid::SamplePoint<T> sp;
-  Projected<T> proj;
+// Whether every tap offset within a channel plane fits a 32-bit integer.
+bool plane_fits_int32(const Geometry& g) {
+  const int64_t extent = (g.in_h + 1) * g.in_sh + (g.in_w + 1) * g.in_sw;
+  return extent < std::numeric_limits<int32_t>::max();
+}
+
+// One tile of one output row: the projected points, and each point's four taps (offsets relative to a channel's
+// base, weights, and 0/1 masks). Taps outside the image have offset 0 and weight and mask 0, so the channel loops
+// run without branches. The projection's flags and the padding's derivatives serve the backward.
+template <typename T, typename Off>
+struct Tile {
+  T x[kTile];
+  T gx[kTile], gy[kTile], inv_w[kTile];
+  T w_live[kTile], gx_live[kTile], gy_live[kTile];  // 0/1: one element width per loop keeps it vectorizable
+  Off off0[kTile], off1[kTile], off2[kTile], off3[kTile];
+  T w0[kTile], w1[kTile], w2[kTile], w3[kTile];
+  T m0[kTile], m1[kTile], m2[kTile], m3[kTile];
+  T px[kTile], py[kTile];  // pixel coordinates after padding
+  T tx[kTile], ty[kTile], dpx_dgx[kTile], dpy_dgy[kTile];
+  T dpx[kTile], dpy[kTile];  // backward: dL/d(pixel coordinate), summed over channels
+  int64_t n;                 // columns in use
+
+  Projected<T> projected(int64_t j) const {
+    Projected<T> p;
+    p.gx = gx[j];
+    p.gy = gy[j];
+    p.inv_w = inv_w[j];
+    p.w_live = w_live[j] != T(0);
+    p.gx_live = gx_live[j] != T(0);
+    p.gy_live = gy_live[j] != T(0);
+    return p;
+  }
 };
 
-template <typename T>
-C10_ALWAYS_INLINE ResolvedPoint<T> resolve_sample(T gx, T gy, const Geometry& g) {
-  ResolvedPoint<T> r;
-  r.sp = grid::sample_point(gx, gy, g.in_w, g.in_h, g.padding, g.align_corners);
-  const grid::Taps<T>& t = r.sp.taps;
-  const bool in[4] = {t.in_x0 && t.in_y0, t.in_x1 && t.in_y0, t.in_x0 && t.in_y1, t.in_x1 && t.in_y1};
-  const int64_t xs[4] = {t.x0, t.x0 + 1, t.x0, t.x0 + 1};
-  const int64_t ys[4] = {t.y0, t.y0, t.y0 + 1, t.y0 + 1};
-  const T w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
-  for (int k = 0; k < 4; ++k) {
-    r.off[k] = in[k] ? ys[k] * g.in_sh + xs[k] * g.in_sw : 0;
-    r.weight[k] = in[k] ? w[k] : T(0);
-    r.mask[k] = in[k] ? T(1) : T(0);
+// Columns [j0, j0 + n) of output row y: projection, then taps.
+template <typename T, typename Off, int kPadding, bool kAlignCorners>
+void fill_tile(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_t n, const Geometry& g) {
+  t.n = n;
+  // H and the base coordinates copied into storage that cannot alias the tile: otherwise the compiler guards the
+  // projection loop with overlap checks, and the loop ran scalar
+  T hl[9];
+  for (int k = 0; k < 9; ++k) hl[k] = h[k];
+  std::copy(xs + j0, xs + j0 + n, t.x);
+  for (int64_t j = 0; j < n; ++j) {
+    project_parts(hl, t.x[j], y, &t.gx[j], &t.gy[j], &t.inv_w[j], &t.w_live[j], &t.gx_live[j], &t.gy_live[j]);
   }
-  return r;
+  // pixel coordinates after the padding rule (grid::sample_point, split into loops that vectorize separately)
+  T sx, sy;
+  for (int64_t j = 0; j < n; ++j) {
+    T pad_x, pad_y;
+    t.px[j] = grid::apply_padding(grid::unnormalize(t.gx[j], g.in_w, kAlignCorners, &sx), g.in_w, kPadding,
+                                  kAlignCorners, &pad_x);
+    t.py[j] = grid::apply_padding(grid::unnormalize(t.gy[j], g.in_h, kAlignCorners, &sy), g.in_h, kPadding,
+                                  kAlignCorners, &pad_y);
+    t.dpx_dgx[j] = sx * pad_x;
+    t.dpy_dgy[j] = sy * pad_y;
+  }
+  const Off sh = static_cast<Off>(g.in_sh), sw = static_cast<Off>(g.in_sw);
+  for (int64_t j = 0; j < n; ++j) {
+    const grid::Taps<T> k = grid::bilinear_taps(t.px[j], t.py[j], g.in_w, g.in_h);
+    const bool in00 = k.in_x0 & k.in_y0, in01 = k.in_x1 & k.in_y0;
+    const bool in10 = k.in_x0 & k.in_y1, in11 = k.in_x1 & k.in_y1;
+    const Off o = static_cast<Off>(k.y0) * sh + static_cast<Off>(k.x0) * sw;
+    t.off0[j] = in00 ? o : Off(0);
+    t.off1[j] = in01 ? o + sw : Off(0);
+    t.off2[j] = in10 ? o + sh : Off(0);
+    t.off3[j] = in11 ? o + sh + sw : Off(0);
+    t.w0[j] = in00 ? k.w00() : T(0);
+    t.w1[j] = in01 ? k.w01() : T(0);
+    t.w2[j] = in10 ? k.w10() : T(0);
+    t.w3[j] = in11 ? k.w11() : T(0);
+    t.m0[j] = in00 ? T(1) : T(0);
+    t.m1[j] = in01 ? T(1) : T(0);
+    t.m2[j] = in10 ? T(1) : T(0);
+    t.m3[j] = in11 ? T(1) : T(0);
+    t.tx[j] = k.tx;
+    t.ty[j] = k.ty;
+  }
+}
+
+// The padding mode and the corner convention as compile-time constants of fill_tile.
+template <typename T, typename Off>
+using FillTile = void (*)(Tile<T, Off>&, const T*, const T*, T, int64_t, int64_t, const Geometry&);
+
+template <typename T, typename Off>
+FillTile<T, Off> select_fill_tile(const Geometry& g) {
+  switch (g.padding) {
+    case grid::kBorder:
+      return g.align_corners ? fill_tile<T, Off, grid::kBorder, true> : fill_tile<T, Off, grid::kBorder, false>;
+    case grid::kReflection:
+      return g.align_corners ? fill_tile<T, Off, grid::kReflection, true>
+                             : fill_tile<T, Off, grid::kReflection, false>;
+    default:
+      return g.align_corners ? fill_tile<T, Off, grid::kZeros, true> : fill_tile<T, Off, grid::kZeros, false>;
+  }
 }
 
 // The output's normalized x coordinates, computed once per task rather than once per point.
@@ -74,36 +152,35 @@ std::vector<T> base_coordinates(int64_t size, bool align_corners) {
   return out;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename Off>
 void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* ip = img.const_data_ptr<scalar_t>();
   const acc_t* hp = H.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const FillTile<acc_t, Off> fill = select_fill_tile<acc_t, Off>(g);
   at::parallel_for(0, g.N * g.out_h, 1, [&](int64_t begin, int64_t end) {
     const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
-    // A row's projected coordinates are computed first in a loop of their own: it has no loads beyond xs, so
-    // the compiler can vectorize it and the divisions overlap instead of stalling each point's taps.
-    std::vector<acc_t> gxs(g.out_w), gys(g.out_w);
+    auto tile = std::make_unique<Tile<acc_t, Off>>();
+    Tile<acc_t, Off>& t = *tile;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.out_h, i = row % g.out_h;
-      const acc_t* h = hp + n * 9;
       const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
-      for (int64_t j = 0; j < g.out_w; ++j) {
-        const Projected<acc_t> pr = project(h, xs[j], y);
-        gxs[j] = pr.gx;
-        gys[j] = pr.gy;
-      }
       const scalar_t* src = ip + n * g.in_sn;
-      scalar_t* dst = op + n * g.out_sn + i * g.out_sh;
-      for (int64_t j = 0; j < g.out_w; ++j) {
-        const ResolvedPoint<acc_t> r = resolve_sample(gxs[j], gys[j], g);
-        const scalar_t* s = src;
-        scalar_t* d = dst + j * g.out_sw;
-        for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
-          *d = static_cast<scalar_t>(
-              r.weight[0] * static_cast<acc_t>(s[r.off[0]]) + r.weight[1] * static_cast<acc_t>(s[r.off[1]]) +
-              r.weight[2] * static_cast<acc_t>(s[r.off[2]]) + r.weight[3] * static_cast<acc_t>(s[r.off[3]]));
+      scalar_t* dst_row = op + n * g.out_sn + i * g.out_sh;
+      for (int64_t j0 = 0; j0 < g.out_w; j0 += kTile) {
+        fill(t, hp + n * 9, xs.data(), y, j0, std::min(kTile, g.out_w - j0), g);
+        // point-major: a point's taps are loaded once and serve every channel
+        scalar_t* dst = dst_row + j0 * g.out_sw;
+        for (int64_t j = 0; j < t.n; ++j) {
+          const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
+          const acc_t w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
+          const scalar_t* s = src;
+          scalar_t* d = dst + j * g.out_sw;
+          for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
+            *d = static_cast<scalar_t>(w0 * static_cast<acc_t>(s[o0]) + w1 * static_cast<acc_t>(s[o1]) +
+                                       w2 * static_cast<acc_t>(s[o2]) + w3 * static_cast<acc_t>(s[o3]));
+          }
         }
       }
     }
@@ -112,54 +189,63 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
 
 // Backward over one task: sample n, channels [c0, c1), output rows [r0, r1). Adds this task's grad_H part to
 // gh[9] and, when gi is non-null, scatters into gi (acc_t buffer with img's strides).
-template <typename scalar_t>
+template <typename scalar_t, typename Off>
 void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_type<scalar_t>* h,
                    at::opmath_type<scalar_t>* gi, bool need_h, const Geometry& g, int64_t n, int64_t c0,
-                   int64_t c1, int64_t r0, int64_t r1, double* gh) {
+                   int64_t c1, int64_t r0, int64_t r1, double* gh, Tile<at::opmath_type<scalar_t>, Off>& t) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* src = ip + n * g.in_sn;
   acc_t* gsrc = gi ? gi + n * g.in_sn : nullptr;
+  const FillTile<acc_t, Off> fill = select_fill_tile<acc_t, Off>(g);
   const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
-  std::vector<Projected<acc_t>> projected(static_cast<size_t>(g.out_w));
   for (int64_t i = r0; i < r1; ++i) {
     const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
     const scalar_t* grow = gop + n * g.out_sn + i * g.out_sh;
     double ax[3] = {0, 0, 0}, a1[3] = {0, 0, 0};  // this row's sums of a * x and of a
-    // Projection first, in a loop of its own (see forward_kernel).
-    for (int64_t j = 0; j < g.out_w; ++j) projected[j] = project(h, xs[j], y);
-    for (int64_t j = 0; j < g.out_w; ++j) {
-      const acc_t x = xs[j];
-      ResolvedPoint<acc_t> r = resolve_sample(projected[j].gx, projected[j].gy, g);
-      r.proj = projected[j];
-      acc_t dpx = 0, dpy = 0;  // dL/d(pixel coordinate), summed over channels
-      for (int64_t c = c0; c < c1; ++c) {
-        const acc_t go = static_cast<acc_t>(grow[j * g.out_sw + c * g.out_sc]);
-        if (need_h) {
-          const scalar_t* s = src + c * g.in_sc;
-          const acc_t v00 = r.mask[0] * static_cast<acc_t>(s[r.off[0]]);
-          const acc_t v01 = r.mask[1] * static_cast<acc_t>(s[r.off[1]]);
-          const acc_t v10 = r.mask[2] * static_cast<acc_t>(s[r.off[2]]);
-          const acc_t v11 = r.mask[3] * static_cast<acc_t>(s[r.off[3]]);
-          acc_t vx, vy;
-          grid::interpolate_grad_xy(r.sp.taps, v00, v01, v10, v11, &vx, &vy);
-          dpx += go * vx;
-          dpy += go * vy;
+    for (int64_t j0 = 0; j0 < g.out_w; j0 += kTile) {
+      fill(t, h, xs.data(), y, j0, std::min(kTile, g.out_w - j0), g);
+      // point-major, as in the forward; dL/d(pixel coordinate) is summed over the task's channels
+      const scalar_t* go_row = grow + j0 * g.out_sw;
+      for (int64_t j = 0; j < t.n; ++j) {
+        const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
+        const acc_t w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
+        const acc_t m0 = t.m0[j], m1 = t.m1[j], m2 = t.m2[j], m3 = t.m3[j];
+        grid::Taps<acc_t> k;
+        k.tx = t.tx[j];
+        k.ty = t.ty[j];
+        acc_t dpx = 0, dpy = 0;
+        // one pass over the channels for both gradients: each reads grad_out once
+        for (int64_t c = c0; c < c1; ++c) {
+          const acc_t go = static_cast<acc_t>(go_row[j * g.out_sw + c * g.out_sc]);
+          if (need_h) {
+            const scalar_t* s = src + c * g.in_sc;
+            acc_t vx, vy;
+            grid::interpolate_grad_xy(k, m0 * static_cast<acc_t>(s[o0]), m1 * static_cast<acc_t>(s[o1]),
+                                      m2 * static_cast<acc_t>(s[o2]), m3 * static_cast<acc_t>(s[o3]), &vx, &vy);
+            dpx += go * vx;
+            dpy += go * vy;
+          }
+          if (gsrc) {
+            acc_t* gs = gsrc + c * g.in_sc;
+            // Taps outside the image have weight 0 and offset 0: adding 0 there is harmless.
+            gs[o0] += go * w0;
+            gs[o1] += go * w1;
+            gs[o2] += go * w2;
+            gs[o3] += go * w3;
+          }
         }
-        if (gsrc) {
-          acc_t* gs = gsrc + c * g.in_sc;
-          // Taps outside the image have weight 0 and offset 0: adding 0 there is harmless.
-          gs[r.off[0]] += go * r.weight[0];
-          gs[r.off[1]] += go * r.weight[1];
-          gs[r.off[2]] += go * r.weight[2];
-          gs[r.off[3]] += go * r.weight[3];
-        }
+        t.dpx[j] = dpx;
+        t.dpy[j] = dpy;
       }
       if (need_h) {
-        acc_t a[3];
-        grad_coefficients(r.proj, dpx * r.sp.dpx_dgx, dpy * r.sp.dpy_dgy, a);
-        for (int k = 0; k < 3; ++k) {
-          ax[k] += static_cast<double>(a[k]) * static_cast<double>(x);
-          a1[k] += static_cast<double>(a[k]);
+        for (int64_t j = 0; j < t.n; ++j) {
+          acc_t a[3];
+          grad_coefficients(t.projected(j), t.dpx[j] * t.dpx_dgx[j], t.dpy[j] * t.dpy_dgy[j], a);
+          const double x = static_cast<double>(t.x[j]);
+          for (int k = 0; k < 3; ++k) {
+            ax[k] += static_cast<double>(a[k]) * x;
+            a1[k] += static_cast<double>(a[k]);
+          }
         }
       }
     }
@@ -178,21 +264,21 @@ at::Tensor homography_warp_forward_cpu(const at::Tensor& img_in, const at::Tenso
   ForwardArgs a = prepare_forward(img_in, H_in, out_h, out_w, padding_mode, c10::DeviceType::CPU);
   if (a.done) return a.out;
   const Geometry g = make_geometry(a.img, a.out, a.padding, align_corners);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_forward_cpu",
-                                  [&] { forward_kernel<scalar_t>(a.img, a.H, a.out, g); });
+  const bool narrow = plane_fits_int32(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_forward_cpu", [&] {
+    if (narrow) {
+      forward_kernel<scalar_t, int32_t>(a.img, a.H, a.out, g);
+    } else {
+      forward_kernel<scalar_t, int64_t>(a.img, a.H, a.out, g);
+    }
+  });
   return a.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor& grad_out_in,
-                                                                const at::Tensor& img_in, const at::Tensor& H_in,
-                                                                c10::string_view padding_mode, bool align_corners,
-                                                                std::array<bool, 2> output_mask) {
-  BackwardArgs a = prepare_backward(grad_out_in, img_in, H_in, padding_mode, output_mask, c10::DeviceType::CPU);
+template <typename scalar_t, typename Off>
+void backward_kernel(const BackwardArgs& a, const Geometry& g, at::Tensor& grad_H) {
+  using acc_t = at::opmath_type<scalar_t>;
   const bool need_img = a.need_img, need_h = a.need_h;
-  at::Tensor grad_H = need_h ? at::zeros({a.img.size(0), 3, 3}, a.H.options()) : at::empty({0}, a.H.options());
-  if (a.empty) return {finish_grad_img(a), grad_H};
-  const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
-
   // Split work into at least ~4 tasks per thread where the data allows it.
   const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
   const int64_t per_sample = std::max<int64_t>(1, (want + g.N - 1) / g.N);
@@ -201,30 +287,47 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor
   const int64_t tasks_per_sample = c_groups * r_groups;
   std::vector<double> partial(static_cast<size_t>(g.N * tasks_per_sample * 9), 0.0);
 
+  const scalar_t* gop = a.grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* ip = a.img.const_data_ptr<scalar_t>();
+  const acc_t* hp = a.H.const_data_ptr<acc_t>();
+  acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
+  at::parallel_for(0, g.N * tasks_per_sample, 1, [&](int64_t begin, int64_t end) {
+    auto tile = std::make_unique<Tile<acc_t, Off>>();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / tasks_per_sample, k = t % tasks_per_sample;
+      const int64_t cg = k / r_groups, rg = k % r_groups;
+      const int64_t c0 = g.C * cg / c_groups, c1 = g.C * (cg + 1) / c_groups;
+      const int64_t r0 = g.out_h * rg / r_groups, r1 = g.out_h * (rg + 1) / r_groups;
+      backward_task<scalar_t, Off>(gop, ip, hp + n * 9, gip, need_h, g, n, c0, c1, r0, r1, &partial[t * 9],
+                                   *tile);
+    }
+  });
+  if (need_h) {
+    acc_t* ghp = grad_H.mutable_data_ptr<acc_t>();
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int e = 0; e < 9; ++e) {
+        double s = 0.0;
+        for (int64_t k = 0; k < tasks_per_sample; ++k) s += partial[(n * tasks_per_sample + k) * 9 + e];
+        ghp[n * 9 + e] = static_cast<acc_t>(s);
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor& grad_out_in,
+                                                                const at::Tensor& img_in, const at::Tensor& H_in,
+                                                                c10::string_view padding_mode, bool align_corners,
+                                                                std::array<bool, 2> output_mask) {
+  BackwardArgs a = prepare_backward(grad_out_in, img_in, H_in, padding_mode, output_mask, c10::DeviceType::CPU);
+  at::Tensor grad_H = a.need_h ? at::zeros({a.img.size(0), 3, 3}, a.H.options()) : at::empty({0}, a.H.options());
+  if (a.empty) return {finish_grad_img(a), grad_H};
+  const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
+  const bool narrow = plane_fits_int32(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* gop = a.grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* ip = a.img.const_data_ptr<scalar_t>();
-    const acc_t* hp = a.H.const_data_ptr<acc_t>();
-    acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
-    at::parallel_for(0, g.N * tasks_per_sample, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / tasks_per_sample, k = t % tasks_per_sample;
-        const int64_t cg = k / r_groups, rg = k % r_groups;
-        const int64_t c0 = g.C * cg / c_groups, c1 = g.C * (cg + 1) / c_groups;
-        const int64_t r0 = g.out_h * rg / r_groups, r1 = g.out_h * (rg + 1) / r_groups;
-        backward_task<scalar_t>(gop, ip, hp + n * 9, gip, need_h, g, n, c0, c1, r0, r1, &partial[t * 9]);
-      }
-    });
-    if (need_h) {
-      acc_t* ghp = grad_H.mutable_data_ptr<acc_t>();
-      for (int64_t n = 0; n < g.N; ++n) {
-        for (int e = 0; e < 9; ++e) {
-          double s = 0.0;
-          for (int64_t k = 0; k < tasks_per_sample; ++k) s += partial[(n * tasks_per_sample + k) * 9 + e];
-          ghp[n * 9 + e] = static_cast<acc_t>(s);
-        }
-      }
+    if (narrow) {
+      backward_kernel<scalar_t, int32_t>(a, g, grad_H);
+    } else {
+      backward_kernel<scalar_t, int64_t>(a, g, grad_H);
     }
   });
   return {finish_grad_img(a), grad_H};

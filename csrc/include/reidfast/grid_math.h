@@ -106,9 +106,11 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T apply_padding(T p, int64_t size, int padding
 }
 
 // The four taps of bilinear interpolation at pixel coordinate (px, py): corner indices and weights.
+// Tap indices are 32-bit: apply_padding bounds every coordinate to [-2, size + 1], and 32-bit integers keep the
+// CPU kernel's per-row loops vectorizable (x86 has no packed float <-> 64-bit integer conversion before AVX-512).
 template <typename T>
 struct Taps {
-  int64_t x0, y0;  // north-west corner; the others are +1 in x and/or y
+  int x0, y0;  // north-west corner; the others are +1 in x and/or y
   T tx, ty;        // fractional offsets in [0, 1)
   bool in_x0, in_x1, in_y0, in_y1;
   C10_HOST_DEVICE inline T w00() const { return (T(1) - tx) * (T(1) - ty); }
@@ -120,11 +122,11 @@ struct Taps {
 // floor of a finite coordinate that apply_padding has bounded to [-2, size + 1]. On the host this avoids a libm
 // call (x86-64 without SSE4.1 has no floor instruction): truncate, then step down for negative non-integers.
 template <typename T>
-C10_HOST_DEVICE inline int64_t floor_bounded(T p) {
+C10_HOST_DEVICE inline int floor_bounded(T p) {
 #ifdef __CUDA_ARCH__
-  return static_cast<int64_t>(::floor(p));
+  return static_cast<int>(::floor(p));
 #else
-  const int64_t i = static_cast<int64_t>(p);
+  const int i = static_cast<int>(p);
   return static_cast<T>(i) > p ? i - 1 : i;
 #endif
 }
@@ -137,10 +139,12 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE Taps<T> bilinear_taps(T px, T py, int64_t widt
   const T fx = static_cast<T>(t.x0), fy = static_cast<T>(t.y0);
   t.tx = px - fx;
   t.ty = py - fy;
-  t.in_x0 = t.x0 >= 0 && t.x0 < width;
-  t.in_x1 = t.x0 + 1 >= 0 && t.x0 + 1 < width;
-  t.in_y0 = t.y0 >= 0 && t.y0 < height;
-  t.in_y1 = t.y0 + 1 >= 0 && t.y0 + 1 < height;
+  // 0 <= i < size as one unsigned comparison: no short-circuit branch, so the CPU's per-row loops vectorize
+  const unsigned w = static_cast<unsigned>(width), h = static_cast<unsigned>(height);
+  t.in_x0 = static_cast<unsigned>(t.x0) < w;
+  t.in_x1 = static_cast<unsigned>(t.x0 + 1) < w;
+  t.in_y0 = static_cast<unsigned>(t.y0) < h;
+  t.in_y1 = static_cast<unsigned>(t.y0 + 1) < h;
   return t;
 }
 

@@ -36,6 +36,9 @@ inline void check_inputs(const at::Tensor& img, const at::Tensor& H, c10::Device
   TORCH_CHECK_TYPE(H.scalar_type() == want, "homography_warp: H must be ", want, " for img of dtype ",
                    img.scalar_type(), ", got ", H.scalar_type());
   TORCH_CHECK(H.device() == img.device(), "homography_warp: H is on ", H.device(), " but img is on ", img.device());
+  // tap indices are 32-bit (grid_math.h)
+  TORCH_CHECK_VALUE(img.size(2) < (int64_t{1} << 30) && img.size(3) < (int64_t{1} << 30),
+                    "homography_warp: img height and width must be below 2^30, got ", img.sizes());
 }
 
 inline void check_out_size(int64_t out_h, int64_t out_w) {

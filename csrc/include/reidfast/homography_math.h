@@ -33,22 +33,37 @@ struct Projected {
   bool gy_live;
 };
 
+// The projection, one output per quantity with the flags as 0/1 in T (project() packs them into a Projected).
+// Scalars, no struct, and bitwise & instead of short-circuit &&: the CPU kernel's per-row loop over this function
+// vectorizes.
 template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE Projected<T> project(const T* h, T x, T y) {
-  Projected<T> p;
+C10_HOST_DEVICE C10_ALWAYS_INLINE void project_parts(const T* h, T x, T y, T* gx_out, T* gy_out, T* inv_w_out,
+                                                     T* w_live_out, T* gx_live_out, T* gy_live_out) {
   const T u = h[0] * x + h[1] * y + h[2];
   const T v = h[3] * x + h[4] * y + h[5];
   T w = h[6] * x + h[7] * y + h[8];
   const T eps = static_cast<T>(kMinDenominator);
-  p.w_live = !(w < eps && w > -eps);
-  if (!p.w_live) w = w < T(0) ? -eps : eps;
-  p.inv_w = T(1) / w;
+  const bool w_live = !((w < eps) & (w > -eps));
+  if (!w_live) w = w < T(0) ? -eps : eps;
+  const T inv_w = T(1) / w;
   const T lim = static_cast<T>(kMaxCoord);
-  T gx = u * p.inv_w, gy = v * p.inv_w;
-  p.gx_live = gx >= -lim && gx <= lim;
-  p.gy_live = gy >= -lim && gy <= lim;
-  p.gx = gx < -lim ? -lim : (gx > lim ? lim : gx);
-  p.gy = gy < -lim ? -lim : (gy > lim ? lim : gy);
+  const T gx = u * inv_w, gy = v * inv_w;
+  *inv_w_out = inv_w;
+  *w_live_out = w_live ? T(1) : T(0);
+  *gx_live_out = (gx >= -lim) & (gx <= lim) ? T(1) : T(0);
+  *gy_live_out = (gy >= -lim) & (gy <= lim) ? T(1) : T(0);
+  *gx_out = gx < -lim ? -lim : (gx > lim ? lim : gx);
+  *gy_out = gy < -lim ? -lim : (gy > lim ? lim : gy);
+}
+
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE Projected<T> project(const T* h, T x, T y) {
+  T w_live, gx_live, gy_live;
+  Projected<T> p;
+  project_parts(h, x, y, &p.gx, &p.gy, &p.inv_w, &w_live, &gx_live, &gy_live);
+  p.w_live = w_live != T(0);
+  p.gx_live = gx_live != T(0);
+  p.gy_live = gy_live != T(0);
   return p;
 }
 
