@@ -21,8 +21,9 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
      0 -> 2 after the warm-up; fine-grained mining: cross-entropy of the fine head to the structure donor's id,
      lambda_fine = 0.2 lambda_prim.
    The appearance code is detached from the generator losses: the generator-side losses see Ea through a
-   functional call on detached parameters (BatchNorm in batch-statistics mode, running statistics untouched)
-   instead of a per-iteration deep copy, so only the identity losses train Ea. Random erasing (p 0.5) is
+   frozen view made once (Ea's parameter storage, detached, so it follows every update; its own BatchNorm
+   buffers, batch statistics in training mode, Ea's running statistics untouched) instead of a per-iteration
+   deep copy, so only the identity losses train Ea. The view, like the teacher, is compiled when compile is on. Random erasing (p 0.5) is
    applied to the inputs of the identity losses only.
 
 The paper's settings are the defaults (256x128, 100k iterations, SGD for Ea at 0.002 / heads 0.02, Adam 1e-4 for
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch import nn
 
 from ..data import BatchAugment, BatchedSampler, SameIdentityPairSampler, normalize
 from ..models.baseline import ReidBaseline
@@ -54,6 +55,28 @@ def ramp(it: int, start: int, per_iter: float, maximum: float) -> float:
     """A loss weight that is 0 before iteration `start` (0-based) and grows by `per_iter` per iteration from
     there (per_iter at `start` itself) up to `maximum`: the paper's warm-up ramps."""
     return 0.0 if it < start else min(maximum, per_iter * (it - start + 1))
+
+
+def frozen_view(module: nn.Module) -> nn.Module:
+    """A copy of `module` whose parameters are its parameters detached (same storage: in-place updates of the
+    original, by its optimizer or load_state_dict, show through; no gradient reaches them) and whose buffers are
+    its own. Made once, instead of a copy per use."""
+    view = copy.deepcopy(module)
+    for original, copied in zip(module.modules(), view.modules()):
+        for name, param in original.named_parameters(recurse=False):
+            setattr(copied, name, nn.Parameter(param.detach(), requires_grad=False))
+    return view
+
+
+class AppearanceCode(nn.Module):
+    """Ea's appearance code as a module's forward (what torch.compile compiles)."""
+
+    def __init__(self, ea: AppearanceEncoder):
+        super().__init__()
+        self.ea = ea
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.ea.appearance(images)
 
 
 class DGNet(Method):
@@ -135,6 +158,10 @@ class DGNet(Method):
         # differentiates through it twice)
         self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
         self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis, differentiated_twice=True)
+        # Ea as the generator-side losses see it (see the module docstring); not a network of the checkpoint
+        self.frozen_ea = frozen_view(self.ea)
+        self.frozen_code, self.frozen_logits = run.wrap(AppearanceCode(self.frozen_ea)), run.wrap(self.frozen_ea)
+        self._teacher_call = (None, None)  # (teacher, its training-time callable), made when first needed
         backbone_lr = cfg["lr"]
         if cfg["ea_init"] not in ("pretrained", "teacher"):
             raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
@@ -234,24 +261,15 @@ class DGNet(Method):
 
     # --- Ea as the generator losses see it (no gradient reaches Ea) -------------------------------------------
     def _frozen_ea(self):
-        """Ea with detached parameters, BatchNorm in batch-statistics mode on copies of its running statistics
-        (which stay untouched): a functional call, or in --faithful mode the original's deep copy of Ea."""
+        """Ea with frozen parameters and BatchNorm in batch-statistics mode, its running statistics untouched:
+        (code, primary_logits) of the frozen view, or in --faithful mode of the original's per-iteration deep
+        copy of Ea."""
         if self.faithful:
             copy_ = copy.deepcopy(self.ea)
             copy_.requires_grad_(False)
             return copy_.appearance, lambda x: copy_(x)[1]
-        params = {k: p.detach() for k, p in self.ea.named_parameters()}
-        buffers = {k: b.clone() for k, b in self.ea.named_buffers()}
-        state = {**params, **buffers}
-        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-
-        def code(x):
-            return self.ea.code_of(functional_call(self.ea.backbone, backbone, (x,)))
-
-        def primary_logits(x):
-            return functional_call(self.ea, state, (x,))[1]
-
-        return code, primary_logits
+        self.frozen_ea.train()
+        return self.frozen_code, lambda x: self.frozen_logits(x)[1]
 
     # --- Es, G and D over several inputs: one batched call, or one call each (--faithful) ------------------
     def _batched(self, fn, *inputs):
@@ -267,7 +285,9 @@ class DGNet(Method):
     @torch.no_grad()
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's soft label: its softmax averaged over the image and its mirror."""
-        logits, _ = self.teacher(torch.cat([images, images.flip(3)]))
+        if self._teacher_call[0] is not self.teacher:  # set by configure(), or directly by benchmarks
+            self._teacher_call = (self.teacher, self.run.wrap(self.teacher))
+        logits, _ = self._teacher_call[1](torch.cat([images, images.flip(3)]))
         return logits.float().softmax(1).view(2, images.shape[0], -1).mean(0)
 
     def _split(self, batch):

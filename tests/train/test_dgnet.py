@@ -177,6 +177,57 @@ def test_compile_leaves_the_r1_discriminator_eager():
         assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
 
 
+def test_frozen_view_follows_ea_without_training_it():
+    # the generator-side losses see Ea through a view made once: Ea's parameter storage (every update of Ea shows
+    # through, with no copy per iteration), no gradient, BatchNorm buffers of its own
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state)
+    g = torch.Generator().manual_seed(3)
+    batch = {"image": torch.randint(0, 256, (4, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
+             "pid": torch.tensor([[i % 4] * 2 for i in range(4)])}
+    before = {k: v.clone() for k, v in method.ea.state_dict().items()}
+    method.train_step(batch, 1)
+    for (name, p), q in zip(method.ea.named_parameters(), method.frozen_ea.parameters()):
+        assert q.data_ptr() == p.data_ptr() and not q.requires_grad and q.grad is None, name
+    assert not torch.equal(method.ea.backbone.conv1.weight, before["backbone.conv1.weight"])  # Ea did train
+    view_buffers = dict(method.frozen_ea.named_buffers())
+    assert all(b.data_ptr() != view_buffers[k].data_ptr() for k, b in method.ea.named_buffers())
+    method.ea.load_state_dict(before)  # a resume loads in place: the view shows the loaded values
+    torch.testing.assert_close(method.frozen_ea.backbone.conv1.weight, before["backbone.conv1.weight"])
+
+
+def test_compiled_networks_compile_nothing_after_the_first_step(monkeypatch):
+    # torch.compile with a backend that counts dynamo's graphs and generates no code: every compiled callable of
+    # the step (Es, G, Ea, the frozen view of Ea, the teacher) gets its graphs in the first iteration; later
+    # iterations reuse them (a recompile per step would make compile slower than eager)
+    from reidfast.models.baseline import ReidBaseline
+    graphs = []
+    real_compile = torch.compile
+
+    def counting_compile(module, **kwargs):
+        def backend(gm, example_inputs):
+            graphs.append(type(module).__name__)
+            return gm.forward
+        return real_compile(module, backend=backend)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    g = torch.Generator().manual_seed(4)
+    batch = {"image": torch.randint(0, 256, (4, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
+             "pid": torch.tensor([[i % 4] * 2 for i in range(4)])}
+    torch._dynamo.reset()
+    try:
+        method = _method(False, teacher_state, compile=True)
+        method.train_step(batch, 1)
+        first = list(graphs)
+        method.train_step(batch, 2)
+    finally:
+        torch._dynamo.reset()
+    assert graphs == first, f"the second step compiled {graphs[len(first):]}"
+    assert {"AppearanceCode", "AppearanceEncoder", "ReidBaseline"} <= set(first)
+
+
 def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):
     # evaluation needs Ea only: the teacher is loaded for training (configure), not by the constructor
     from reidfast.eval.__main__ import main as eval_main
