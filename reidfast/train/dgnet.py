@@ -23,8 +23,8 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
    The appearance code is detached from the generator losses: the generator-side losses see Ea through a
    frozen view made once (Ea's parameter storage, detached, so it follows every update; its own BatchNorm
    buffers, batch statistics in training mode, Ea's running statistics untouched) instead of a per-iteration
-   deep copy, so only the identity losses train Ea. The view, like the teacher, is compiled when compile is on. Random erasing (p 0.5) is
-   applied to the inputs of the identity losses only.
+   deep copy, so only the identity losses train Ea. The view, like the teacher, is compiled when compile is on.
+   Random erasing (p 0.5) is applied to the inputs of the identity losses only.
 
 The paper's settings are the defaults (256x128, 100k iterations, SGD for Ea at 0.002 / heads 0.02, Adam 1e-4 for
 Es, G, the MLPs and D, x0.1 at 60k and 90k, warm-up 30k, ramps of 0.0005 per iteration). The cpu-quick preset
