@@ -47,9 +47,10 @@ Geometry make_geometry(const at::Tensor& img, const at::Tensor& out, int padding
           out.stride(2), out.stride(3), padding,       align_corners};
 }
 
-// Whether every tap offset within a channel plane fits a 32-bit integer.
+// Whether every tap offset within a channel plane fits a 32-bit integer, also those computed (then discarded) for
+// taps outside the image: corner indices reach size + 1 (grid_math.h), the far corner adds one more row and column.
 bool plane_fits_int32(const Geometry& g) {
-  const int64_t extent = (g.in_h + 1) * g.in_sh + (g.in_w + 1) * g.in_sw;
+  const int64_t extent = (g.in_h + 2) * g.in_sh + (g.in_w + 2) * g.in_sw;
   return extent < std::numeric_limits<int32_t>::max();
 }
 
