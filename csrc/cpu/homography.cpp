@@ -84,7 +84,8 @@ struct Tile {
 
 // Columns [j0, j0 + n) of output row y: projection, then taps.
 template <typename T, typename Off, int kPadding, bool kAlignCorners>
-void fill_tile(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_t n, const Geometry& g) {
+C10_ALWAYS_INLINE void fill_tile_body(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_t n,
+                                      const Geometry& g) {
   t.n = n;
   // H and the base coordinates copied into storage that cannot alias the tile: otherwise the compiler guards the
   // projection loop with overlap checks, and the loop ran scalar
@@ -128,20 +129,51 @@ void fill_tile(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_
   }
 }
 
-// The padding mode and the corner convention as compile-time constants of fill_tile.
+// fill_tile compiled twice: for the baseline x86-64 (4 floats a vector) and, where the processor has them, for
+// AVX2 (8 floats a vector, chosen at run time). Half of a forward's time went to fill_tile at 4 lanes.
+template <typename T, typename Off, int kPadding, bool kAlignCorners>
+void fill_tile(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_t n, const Geometry& g) {
+  fill_tile_body<T, Off, kPadding, kAlignCorners>(t, h, xs, y, j0, n, g);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define REIDFAST_HOMOGRAPHY_AVX2 1
+template <typename T, typename Off, int kPadding, bool kAlignCorners>
+__attribute__((target("avx2"))) void fill_tile_avx2(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0,
+                                                    int64_t n, const Geometry& g) {
+  fill_tile_body<T, Off, kPadding, kAlignCorners>(t, h, xs, y, j0, n, g);
+}
+
+bool have_avx2() {
+  static const bool have = __builtin_cpu_supports("avx2");
+  return have;
+}
+#endif
+
 template <typename T, typename Off>
 using FillTile = void (*)(Tile<T, Off>&, const T*, const T*, T, int64_t, int64_t, const Geometry&);
 
+template <typename T, typename Off, int kPadding, bool kAlignCorners>
+FillTile<T, Off> fill_tile_for_this_cpu() {
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+  if (have_avx2()) return fill_tile_avx2<T, Off, kPadding, kAlignCorners>;
+#endif
+  return fill_tile<T, Off, kPadding, kAlignCorners>;
+}
+
+// The padding mode and the corner convention as compile-time constants of fill_tile.
 template <typename T, typename Off>
 FillTile<T, Off> select_fill_tile(const Geometry& g) {
   switch (g.padding) {
     case grid::kBorder:
-      return g.align_corners ? fill_tile<T, Off, grid::kBorder, true> : fill_tile<T, Off, grid::kBorder, false>;
+      return g.align_corners ? fill_tile_for_this_cpu<T, Off, grid::kBorder, true>()
+                             : fill_tile_for_this_cpu<T, Off, grid::kBorder, false>();
     case grid::kReflection:
-      return g.align_corners ? fill_tile<T, Off, grid::kReflection, true>
-                             : fill_tile<T, Off, grid::kReflection, false>;
+      return g.align_corners ? fill_tile_for_this_cpu<T, Off, grid::kReflection, true>()
+                             : fill_tile_for_this_cpu<T, Off, grid::kReflection, false>();
     default:
-      return g.align_corners ? fill_tile<T, Off, grid::kZeros, true> : fill_tile<T, Off, grid::kZeros, false>;
+      return g.align_corners ? fill_tile_for_this_cpu<T, Off, grid::kZeros, true>()
+                             : fill_tile_for_this_cpu<T, Off, grid::kZeros, false>();
   }
 }
 
