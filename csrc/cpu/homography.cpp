@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -144,8 +145,9 @@ __attribute__((target("avx2"))) void fill_tile_avx2(Tile<T, Off>& t, const T* h,
   fill_tile_body<T, Off, kPadding, kAlignCorners>(t, h, xs, y, j0, n, g);
 }
 
+// REIDFAST_CPU_BASELINE=1 keeps to the baseline build (the tests run both).
 bool have_avx2() {
-  static const bool have = __builtin_cpu_supports("avx2");
+  static const bool have = __builtin_cpu_supports("avx2") && std::getenv("REIDFAST_CPU_BASELINE") == nullptr;
   return have;
 }
 #endif

@@ -82,6 +82,32 @@ def test_cpu_matches_reference(padding, align, kind, dtype, channels_last):
             assert y.is_contiguous(memory_format=torch.channels_last), "output must keep channels_last"
 
 
+@needs_ext
+def test_cpu_baseline_build_matches_reference():
+    # the CPU kernel's per-point loops are also compiled for AVX2 and chosen at run time; the process above uses
+    # whichever this processor takes, and REIDFAST_CPU_BASELINE=1 in a fresh process forces the other one
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch
+from tests.ops import test_homography as t
+torch.manual_seed(0)
+for padding in t.PADDINGS:
+    for align in (False, True):
+        for N, C, hin, win, out_size in t.CASES:
+            img = torch.randn(N, C, hin, win)
+            t.compare_with_reference("cpu", img, t.random_homographies(N, "projective", torch.float32), out_size,
+                                     padding, align, 2e-5)
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "REIDFAST_CPU_BASELINE": "1",
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
 @needs_interp
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align", [False, True])
