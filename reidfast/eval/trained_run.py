@@ -49,17 +49,13 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
                   channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
+    distmat = None
     if verifier_topk:
         if not hasattr(method, "verifier_distances"):
             raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
-        from ..ops import rank_eval
-        q_pids, q_camids = labels(dataset.query)
-        g_pids, g_camids = labels(dataset.gallery)
         distmat = method.verifier_distances(qf, gf, topk=verifier_topk)
-        result = rank_eval(q_pids, g_pids, q_camids, g_camids, distmat=distmat, max_rank=max_rank, ap_mode=ap_mode)
-        return result, qf, gf
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric,
-                           max_rank=max_rank)
+                           max_rank=max_rank, distmat=distmat)
     return result, qf, gf
 
 
