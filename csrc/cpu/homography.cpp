@@ -96,16 +96,10 @@ C10_ALWAYS_INLINE void fill_tile_body(Tile<T, Off>& t, const T* h, const T* xs, 
   for (int64_t j = 0; j < n; ++j) {
     project_parts(hl, t.x[j], y, &t.gx[j], &t.gy[j], &t.inv_w[j], &t.w_live[j], &t.gx_live[j], &t.gy_live[j]);
   }
-  // pixel coordinates after the padding rule (grid::sample_point, split into loops that vectorize separately)
-  T sx, sy;
+  // grid::sample_point in two loops (pixel coordinates, then taps), each of which vectorizes
   for (int64_t j = 0; j < n; ++j) {
-    T pad_x, pad_y;
-    t.px[j] = grid::apply_padding(grid::unnormalize(t.gx[j], g.in_w, kAlignCorners, &sx), g.in_w, kPadding,
-                                  kAlignCorners, &pad_x);
-    t.py[j] = grid::apply_padding(grid::unnormalize(t.gy[j], g.in_h, kAlignCorners, &sy), g.in_h, kPadding,
-                                  kAlignCorners, &pad_y);
-    t.dpx_dgx[j] = sx * pad_x;
-    t.dpy_dgy[j] = sy * pad_y;
+    t.px[j] = grid::padded_pixel(t.gx[j], g.in_w, kPadding, kAlignCorners, &t.dpx_dgx[j]);
+    t.py[j] = grid::padded_pixel(t.gy[j], g.in_h, kPadding, kAlignCorners, &t.dpy_dgy[j]);
   }
   const Off sh = static_cast<Off>(g.in_sh), sw = static_cast<Off>(g.in_sw);
   for (int64_t j = 0; j < n; ++j) {

@@ -156,16 +156,23 @@ struct SamplePoint {
   T dpx_dgx, dpy_dgy;
 };
 
+// One axis of a sampling point: the pixel coordinate of normalized coordinate g after the padding rule, and
+// *dp_dg, its derivative. (The CPU kernel calls it in loops of its own, which vectorize; see sample_point.)
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T padded_pixel(T g, int64_t size, int padding, bool align_corners, T* dp_dg) {
+  T scale, pad;
+  const T p = apply_padding(unnormalize(g, size, align_corners, &scale), size, padding, align_corners, &pad);
+  *dp_dg = scale * pad;
+  return p;
+}
+
 template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE SamplePoint<T> sample_point(T gx, T gy, int64_t width, int64_t height, int padding,
                                                    bool align_corners) {
   SamplePoint<T> s;
-  T sx, sy, pad_x, pad_y;
-  const T px = apply_padding(unnormalize(gx, width, align_corners, &sx), width, padding, align_corners, &pad_x);
-  const T py = apply_padding(unnormalize(gy, height, align_corners, &sy), height, padding, align_corners, &pad_y);
+  const T px = padded_pixel(gx, width, padding, align_corners, &s.dpx_dgx);
+  const T py = padded_pixel(gy, height, padding, align_corners, &s.dpy_dgy);
   s.taps = bilinear_taps(px, py, width, height);
-  s.dpx_dgx = sx * pad_x;
-  s.dpy_dgy = sy * pad_y;
   return s;
 }
 
