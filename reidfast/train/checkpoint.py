@@ -66,17 +66,31 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _publish(tmp: Path, target: Path) -> Path:
+    """fsync `tmp`, rename it to `target`, fsync the folder: `target` is always its old or its new content."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    return target
+
+
 def copy_atomically(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Copy a file so that `target` is always either its old or its new content (temporary file, fsync,
     rename): how multi-stage methods publish a finished stage's checkpoint and metrics in the run folder."""
     source, target = Path(source), Path(target)
     tmp = target.parent / f".{target.name}.tmp"
     shutil.copyfile(source, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
-    return target
+    return _publish(tmp, target)
+
+
+def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
+    """Write a small text file (a run folder's JSON records) so that it is always either its old or its new
+    content."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp"
+    tmp.write_text(text)
+    return _publish(tmp, target)
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -52,7 +51,8 @@ from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPair
 from ..models.baseline import ClassBlock
 from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
                             Verifier, batchnorm_groups, from_generator_range, set_batchnorm_eval, to_generator_range)
-from .checkpoint import LATEST, CheckpointError, copy_atomically, load_checkpoint, resolve_checkpoint
+from .checkpoint import (LATEST, CheckpointError, copy_atomically, load_checkpoint, resolve_checkpoint,
+                         write_text_atomically)
 from .loop import Method, Trainer, WarmupStepSchedule, default_run_dir
 
 GRID_COLUMNS = 8
@@ -611,9 +611,7 @@ def publish(stage_dir: Path, root: Path) -> None:
     stage = int(stage_dir.name.removeprefix("stage"))
     copy_atomically(stage_dir / LATEST, root / LATEST)
     metrics = json.loads((stage_dir / "metrics.json").read_text())
-    tmp = root / ".metrics.json.tmp"
-    tmp.write_text(json.dumps({**metrics, "stage": stage}, indent=2) + "\n")
-    os.replace(tmp, root / "metrics.json")
+    write_text_atomically(root / "metrics.json", json.dumps({**metrics, "stage": stage}, indent=2) + "\n")
 
 
 def pose_picture(pose: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ from ..data import (BatchedSampler, DatasetFormatError, ImageDataset, MaskReader
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_warp
 from .baseline import Baseline
-from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint
+from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
 from .loop import Method, Trainer, default_run_dir
 
 STAGES = ("adapt", "translate", "reid")
@@ -564,9 +564,7 @@ class StageRecord:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(".stages.json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 def stages_of(stage: str) -> tuple[str, ...]:
