@@ -38,8 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise vector (0)")
 
 
-def _dataset_image_size(dataset) -> tuple[int, int]:
-    with Image.open(dataset.train[0].path) as img:
+def _image_size(path) -> tuple[int, int]:
+    with Image.open(path) as img:
         return img.height, img.width
 
 
@@ -51,7 +51,7 @@ def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
         dataset = None
         if args.pose_size is None:
             dataset = method.load_dataset(cfg)
-        h0, w0 = args.pose_size or _dataset_image_size(dataset)
+        h0, w0 = args.pose_size or _image_size(dataset.train[0].path)
         if source.suffix.lower() == ".csv":
             poses = list(read_keypoints_csv(source).items())
         else:
@@ -73,8 +73,7 @@ def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
     path = source if source.is_file() else Path(by_name.get(source.name, ""))
     if not path.is_file():
         raise ValueError(f"--pose {args.pose}: cannot find that image to read its size")
-    with Image.open(path) as img:
-        h0, w0 = img.height, img.width
+    h0, w0 = _image_size(path)
     return [(source.stem, scale_keypoints(keypoints[source.name], width / w0, height / h0))]
 
 
