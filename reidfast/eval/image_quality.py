@@ -128,10 +128,5 @@ def generated_image_quality(generate_pairs: Callable[[int], tuple[torch.Tensor, 
     return {"frechet_distance": frechet_distance(torch.cat(real_f), torch.cat(fake_f)), "num_images": num_images}
 
 
-def to_unit_range(normalized_images: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalized images back to [0, 1] (clamped), the range SSIM is defined on here."""
-    return denormalize(normalized_images.float()).clamp(0, 1)
-
-
 __all__ = ["frechet_distance", "ssim", "mean_pairwise_ssim", "TorchScriptFeatures", "generated_image_quality",
-           "to_unit_range", "FID_COMPARABLE_LABEL"]
+           "FID_COMPARABLE_LABEL"]

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageDataset, normalize
-from ..eval.image_quality import (TorchScriptFeatures, generated_image_quality, mean_pairwise_ssim,
-                                  to_unit_range)
+from ..data import ImageDataset, denormalize, normalize
+from ..eval.image_quality import TorchScriptFeatures, generated_image_quality, mean_pairwise_ssim
 from ..train.images import save_image_grid
 from .common import load_images
 
@@ -94,8 +93,9 @@ def quality(method, cfg: dict, args, out: Path, device: torch.device) -> list[Pa
         fake_groups.append(method.swap_codes(appearance, structure)[0])
     report = {
         "frechet_distance": result["frechet_distance"], "feature_network": label, "num_images": args.num_images,
-        "ssim_generated": mean_pairwise_ssim(torch.stack([to_unit_range(g) for g in fake_groups])),
-        "ssim_real_same_identity": (mean_pairwise_ssim(torch.stack([to_unit_range(g) for g in real_groups]))
+        # SSIM on [0, 1] images (denormalize clamps to that range)
+        "ssim_generated": mean_pairwise_ssim(torch.stack([denormalize(g.float()) for g in fake_groups])),
+        "ssim_real_same_identity": (mean_pairwise_ssim(torch.stack([denormalize(g.float()) for g in real_groups]))
                                     if real_groups else None),
         "ssim_convention": f"mean SSIM over pairs within groups of {k}: generated = one appearance in {k} "
                            f"structures, real = {k} images of one identity; lower = more diverse",
