@@ -20,13 +20,10 @@ from torch import nn
 from ..nn import AdaINResBlock
 from .backbone import resnet50
 from .baseline import ClassBlock
+from .width import scaled_channels
 
 NEGATIVE_SLOPE = 0.2
 PARTS = 4  # horizontal stripes of the appearance code
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
 
 
 def _lrelu() -> nn.Module:
@@ -84,8 +81,8 @@ class StructureEncoder(nn.Module):
 
     def __init__(self, width: float = 1.0, code_channels: int = 128, res_blocks: int = 4):
         super().__init__()
-        c16, c32, c64 = (_scaled(c, width) for c in (16, 32, 64))
-        self.code_channels = _scaled(code_channels, width)
+        c16, c32, c64 = (scaled_channels(c, width) for c in (16, 32, 64))
+        self.code_channels = scaled_channels(code_channels, width)
         self.stem = nn.Sequential(
             _conv_block(1, c16, 3), _conv_block(c16, c32, 3, stride=2),
             _conv_block(c32, c32, 3), _conv_block(c32, c64, 3, stride=2))
@@ -126,7 +123,7 @@ class Decoder(nn.Module):
 
     def __init__(self, width: float = 1.0, code_channels: int = 128, res_blocks: int = 4):
         super().__init__()
-        dim = _scaled(code_channels, width)
+        dim = scaled_channels(code_channels, width)
         self.dim = dim
         self.blocks = nn.ModuleList([AdaINResBlock(dim, activation="lrelu") for _ in range(res_blocks)])
         up = []
@@ -178,7 +175,7 @@ class AdaINParams(nn.Module):
 
     def __init__(self, code_features: int, dim: int, blocks: int = 4, width: float = 1.0, hidden: int = 512):
         super().__init__()
-        h = _scaled(hidden, width)
+        h = scaled_channels(hidden, width)
         self.dim, self.code_features = dim, code_features
         self.weights = nn.ModuleList([MLP([code_features, h, h, 2 * dim]) for _ in range(blocks)])
         self.biases = nn.ModuleList([MLP([code_features, h, h, 2 * dim]) for _ in range(blocks)])
@@ -219,7 +216,7 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, width: float = 1.0, res_blocks: int = 4):
         super().__init__()
-        c32, c64 = _scaled(32, width), _scaled(64, width)
+        c32, c64 = scaled_channels(32, width), scaled_channels(64, width)
         self.net = nn.Sequential(
             _conv_block(3, c32, 1, norm=False), _conv_block(c32, c32, 3, norm=False),
             _conv_block(c32, c32, 3, stride=2, norm=False), _conv_block(c32, c32, 3, norm=False),

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from .backbone import resnet50
+from .width import scaled_channels
 
 POSE_CHANNELS = 18
 POSE_FEATURE = 128
@@ -166,10 +167,6 @@ def _down(cin: int, cout: int, norm: bool = True) -> list[nn.Module]:
     return layers
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
-
-
 def _check_size(height: int, width: int, who: str) -> None:
     if height % DOWNSAMPLING or width % DOWNSAMPLING or height < DOWNSAMPLING or width < DOWNSAMPLING:
         raise ValueError(f"{who}: image height and width must be positive multiples of {DOWNSAMPLING} "
@@ -183,7 +180,7 @@ class PoseEncoder(nn.Module):
     def __init__(self, height: int, width: int, gan_width: float = 1.0):
         super().__init__()
         _check_size(height, width, "PoseEncoder")
-        channels = [_scaled(c, gan_width) for c in (64, 128, 256, 512, 512)]
+        channels = [scaled_channels(c, gan_width) for c in (64, 128, 256, 512, 512)]
         layers, cin = [], POSE_CHANNELS
         for i, c in enumerate(channels):
             layers += _down(cin, c, norm=i > 0)  # no norm on the first block (pix2pix convention)
@@ -209,7 +206,7 @@ class PoseGenerator(nn.Module):
         _check_size(height, width, "PoseGenerator")
         self.height, self.width = height, width
         self.pose_encoder = PoseEncoder(height, width, gan_width)
-        channels = [_scaled(c, gan_width) for c in (512, 512, 256, 128, 64)]
+        channels = [scaled_channels(c, gan_width) for c in (512, 512, 256, 128, 64)]
         cin = visual_features + POSE_FEATURE + NOISE_FEATURE
         layers = [nn.ConvTranspose2d(cin, channels[0], (height // DOWNSAMPLING, width // DOWNSAMPLING), bias=False),
                   nn.BatchNorm2d(channels[0]), nn.Dropout(dropout), nn.ReLU(inplace=True)]
@@ -239,7 +236,7 @@ class PoseDiscriminator(nn.Module):
 
     def __init__(self, gan_width: float = 1.0):
         super().__init__()
-        c = [_scaled(x, gan_width) for x in (64, 128, 256, 512)]
+        c = [scaled_channels(x, gan_width) for x in (64, 128, 256, 512)]
         layers = _down(3 + POSE_CHANNELS, c[0], norm=False) + _down(c[0], c[1]) + _down(c[1], c[2])
         layers += [nn.Conv2d(c[2], c[3], 4, stride=1, padding=1, bias=False), nn.BatchNorm2d(c[3]),
                    nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c[3], 1, 4, stride=1, padding=1)]
