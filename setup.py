@@ -57,7 +57,8 @@ def cuda_arch_list():
 
 
 def extensions():
-    sources = ["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = (["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+               + sorted(glob.glob("csrc/autograd/*.cpp")))
     # The C++ standard comes from torch (C++17 before 2.13, C++20 after). -fno-trapping-math lets GCC turn the
     # kernels' comparisons into vector selects (nothing here reads floating-point exception flags).
     cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]

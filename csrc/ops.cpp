@@ -1,5 +1,5 @@
-// Every reidfast op schema, in one place. Kernels register per dispatch key in cpu/ and cuda/; fake (meta)
-// kernels and autograd are registered from Python (reidfast/ops/_registration.py).
+// Every reidfast op schema, in one place. Kernels register per dispatch key in cpu/ and cuda/, autograd in
+// autograd/; fake (meta) kernels are registered from Python (reidfast/ops/_registration.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(reidfast, m) {

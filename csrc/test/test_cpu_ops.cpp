@@ -1,5 +1,5 @@
-// Checks the CPU kernels of reidfast's ops, called through the dispatcher as any C++ user would, against the same
-// math composed from ATen ops. Exits non-zero on the first mismatch.
+// Checks the CPU kernels of reidfast's ops and their autograd, called through the dispatcher as any C++ user would,
+// against the same math composed from ATen ops. Exits non-zero on the first mismatch.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -69,6 +69,16 @@ void check_adain(bool channels_last) {
   expect_close("adain_backward grad_x vs autograd" + tag, gx, grads[0], 1e-4);
   expect_close("adain_backward grad_weight vs autograd" + tag, gw, grads[1], 1e-4);
   expect_close("adain_backward grad_bias vs autograd" + tag, gb, grads[2], 1e-4);
+
+  // The op's own autograd (csrc/autograd/adain.cpp), in double so the comparison is tight.
+  auto x2 = xd.detach().requires_grad_(true);
+  auto w2 = wd.detach().requires_grad_(true);
+  auto b2 = bd.detach().requires_grad_(true);
+  auto y2 = std::get<0>(forward.call(x2, w2, b2, res.to(at::kDouble), "lrelu", slope, eps));
+  auto own = torch::autograd::grad({y2}, {x2, w2, b2}, {gy.to(at::kDouble)});
+  expect_close("adain autograd grad_x" + tag, own[0], grads[0], 1e-10);
+  expect_close("adain autograd grad_weight" + tag, own[1], grads[1], 1e-10);
+  expect_close("adain autograd grad_bias" + tag, own[2], grads[2], 1e-10);
 }
 
 // rank_queries against a plain loop per query: stable sort of the row, junk removed, precision at each match.
@@ -163,6 +173,14 @@ void check_homography(bool channels_last, int64_t padding, bool align_corners) {
   auto [gi, gh] = backward.call(gy, img, H, names[padding], align_corners, {true, true});
   expect_close("homography_warp_backward grad_img vs autograd" + tag, gi, grads[0], 1e-11);
   expect_close("homography_warp_backward grad_H vs autograd" + tag, gh, grads[1], 1e-9);
+
+  // The op's own autograd (csrc/autograd/homography.cpp): a C++ user differentiates through the forward.
+  auto img2 = img.detach().requires_grad_(true);
+  auto H2 = H.detach().requires_grad_(true);
+  auto own = torch::autograd::grad({forward.call(img2, H2, out_h, out_w, names[padding], align_corners)},
+                                   {img2, H2}, {gy});
+  expect_close("homography_warp autograd grad_img" + tag, own[0], grads[0], 1e-11);
+  expect_close("homography_warp autograd grad_H" + tag, own[1], grads[1], 1e-9);
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 """Fake (meta) kernels and autograd for the reidfast custom ops, registered once per op pair.
 
-The C++ ops (schemas in csrc/ops.cpp) and the Triton ops (torch.library.custom_op) share these functions, so both
-backends present identical shapes, strides and gradients to torch.compile and autograd.
+The C++ ops (schemas in csrc/ops.cpp) and the Triton ops (torch.library.custom_op) share the fake kernels, so both
+backends present identical shapes and strides to torch.compile. The C++ ops register their autograd in C++
+(csrc/autograd/: one dispatcher round trip per differentiable call, and gradients for C++ users); the Triton ops
+register the Python twin below, which computes the same gradients with the same backward op contract.
 """
 from __future__ import annotations
 
@@ -26,10 +28,13 @@ def _adain_backward_fake(grad_y, x, weight, bias, mean, rstd, activation, negati
     return torch.empty_like(x, memory_format=_row_layout(x)), torch.empty_like(weight), torch.empty_like(bias)
 
 
-def register_adain_op_pair(forward_name: str, backward_name: str) -> None:
-    """Registers fake kernels for an AdaIN forward/backward op pair and autograd for the forward."""
+def register_adain_op_pair(forward_name: str, backward_name: str, *, python_autograd: bool) -> None:
+    """Registers fake kernels for an AdaIN forward/backward op pair, and autograd for the forward when
+    python_autograd (the Triton ops; the C++ ops have theirs in csrc/autograd/adain.cpp)."""
     torch.library.register_fake(forward_name)(_adain_forward_fake)
     torch.library.register_fake(backward_name)(_adain_backward_fake)
+    if not python_autograd:
+        return
     backward_op = getattr(torch.ops.reidfast, backward_name.split("::")[1]).default
 
     def setup_context(ctx, inputs, output):
@@ -73,14 +78,17 @@ def _homography_backward_fake(grad_out, img, H, padding_mode, align_corners, out
     return grad_img, grad_H
 
 
-def register_homography_op_pair(forward_name: str, backward_name: str) -> None:
-    """Registers fake kernels for a homography-warp forward/backward op pair and autograd for the forward.
+def register_homography_op_pair(forward_name: str, backward_name: str, *, python_autograd: bool) -> None:
+    """Registers fake kernels for a homography-warp forward/backward op pair, and autograd for the forward when
+    python_autograd (the Triton ops; the C++ ops have theirs in csrc/autograd/homography.cpp).
 
     The backward op computes only the gradients autograd asks for (output_mask); one not asked for comes back
     with shape (0,) and is returned to autograd as None.
     """
     torch.library.register_fake(forward_name)(_homography_forward_fake)
     torch.library.register_fake(backward_name)(_homography_backward_fake)
+    if not python_autograd:
+        return
     backward_op = getattr(torch.ops.reidfast, backward_name.split("::")[1]).default
 
     def setup_context(ctx, inputs, output):

@@ -11,7 +11,8 @@ _X_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _backend.register_op("adain", ("cuda", "triton", "cpu", "reference"))
 if _extension.has_cpu_kernels():
-    register_adain_op_pair("reidfast::adain_forward", "reidfast::adain_backward")
+    register_adain_op_pair("reidfast::adain_forward", "reidfast::adain_backward", python_autograd=False)
+    _forward_op = torch.ops.reidfast.adain_forward.default  # looked up once, not per call
 
 
 def _check(x, weight, bias, residual, activation, eps):
@@ -76,6 +77,6 @@ def adain(
 
         op = triton_adain.adain_forward_triton
     else:
-        op = torch.ops.reidfast.adain_forward
+        op = _forward_op
     y, _mean, _rstd = op(x, weight, bias, residual, activation, float(negative_slope), float(eps))
     return y

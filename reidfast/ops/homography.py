@@ -13,7 +13,9 @@ _IMG_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _backend.register_op("homography_warp", ("cuda", "triton", "cpu", "reference"))
 if _extension.has_cpu_kernels():
-    register_homography_op_pair("reidfast::homography_warp_forward", "reidfast::homography_warp_backward")
+    register_homography_op_pair("reidfast::homography_warp_forward", "reidfast::homography_warp_backward",
+                                python_autograd=False)
+    _forward_op = torch.ops.reidfast.homography_warp_forward.default  # looked up once, not per call
 
 
 def _check_out_size(out_size, img):
@@ -88,5 +90,5 @@ def homography_warp(
 
         op = triton_homography.homography_warp_forward_triton
     else:
-        op = torch.ops.reidfast.homography_warp_forward
+        op = _forward_op
     return op(img, H, out_h, out_w, padding_mode, align_corners)

@@ -88,6 +88,17 @@ def test_gradcheck_cpu_kernels(activation, channels_last):
     assert torch.autograd.gradcheck(f, tuple(tensors), eps=1e-6, atol=1e-5)
 
 
+@needs_ext
+def test_double_backward_is_a_clear_error():
+    # The C++ autograd differentiates once; a gradient of the gradient must say so, not return a disconnected zero.
+    x, w, b, _ = make_inputs((2, 3, 4, 5), torch.float64, requires_grad=True)
+    with ops.use_backend("cpu"):
+        y = ops.adain(x, w, b, activation="lrelu")
+    (g_w,) = torch.autograd.grad(y.square().sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="adain: double backward"):
+        g_w.sum().backward()
+
+
 @pytest.mark.skipif(not _backend.TRITON_INTERPRET, reason="Triton on CPU needs TRITON_INTERPRET=1")
 def test_gradcheck_triton_kernels():
     tensors = make_inputs((1, 2, 3, 5), torch.float64, requires_grad=True)

@@ -154,6 +154,18 @@ def test_gradient_in_H_alone_and_in_img_alone():
     torch.testing.assert_close(h.grad, gh)
 
 
+
+@needs_ext
+def test_double_backward_is_a_clear_error():
+    # The C++ autograd differentiates once; a gradient of the gradient must say so, not return a disconnected zero.
+    img = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    H = random_homographies(1, "projective").requires_grad_(True)
+    with ops.use_backend("cpu"):
+        y = ops.homography_warp(img, H)
+    (g_h,) = torch.autograd.grad(y.square().sum(), H, create_graph=True)
+    with pytest.raises(RuntimeError, match="homography_warp: double backward"):
+        g_h.sum().backward()
+
 def test_identity_and_affine_convention():
     # H = [[theta], [0, 0, 1]] must reproduce affine_grid(theta) + grid_sample: this pins the base coordinates.
     img = torch.randn(2, 3, 7, 10, dtype=torch.float64)

@@ -178,4 +178,4 @@ def adain_backward_triton(
     return gx, gw, gb
 
 
-register_adain_op_pair("reidfast::adain_forward_triton", "reidfast::adain_backward_triton")
+register_adain_op_pair("reidfast::adain_forward_triton", "reidfast::adain_backward_triton", python_autograd=True)

@@ -288,4 +288,5 @@ def homography_warp_backward_triton(grad_out: torch.Tensor, img: torch.Tensor, H
     return grad_img, grad_H
 
 
-register_homography_op_pair("reidfast::homography_warp_forward_triton", "reidfast::homography_warp_backward_triton")
+register_homography_op_pair("reidfast::homography_warp_forward_triton", "reidfast::homography_warp_backward_triton",
+                            python_autograd=True)
