@@ -26,6 +26,7 @@ _HAS_KERNELS = _extension.has_cpu_kernels() and hasattr(torch.ops.reidfast, "ran
 _backend.register_op("rank_eval", ("cuda", "cpu", "reference") if _HAS_KERNELS else ("reference",))
 if _HAS_KERNELS:
     register_rank_queries_op("reidfast::rank_queries")
+    _rank_queries_op = torch.ops.reidfast.rank_queries.default  # looked up once, not per tile
 
 # What the kernels report in num_matches / first_hit for rows they could not finish (csrc/include/reidfast/rank_math.h).
 _NAN_ROW = -1  # num_matches: the row has a NaN distance
@@ -196,19 +197,26 @@ def rank_eval(
     return summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
 
 
-def _int32_labels(t: torch.Tensor, name: str) -> torch.Tensor:
-    # The kernels read int32 labels: half the bytes per gallery item of every query's pass.
-    if t.numel() and (int(t.min()) < -(2**31) or int(t.max()) >= 2**31):
-        raise ValueError(f"rank_eval: {name} must fit in int32 for the kernels")
-    return t.to(torch.int32).contiguous()
+def _int32_labels(labels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The labels as int32, which the kernels read (half the bytes per gallery item of every query's pass).
+
+    All four are checked and converted as one tensor: one range check, so one synchronization on a GPU.
+    """
+    packed = torch.cat(list(labels.values()))
+    if packed.dtype != torch.int32:
+        lo, hi = torch.stack(packed.aminmax()).tolist()
+        if lo < -(2**31) or hi >= 2**31:
+            bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
+            raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
+        packed = packed.to(torch.int32)
+    return list(packed.split([t.numel() for t in labels.values()]))
 
 
 def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric,
                        ap_mode, tile_size):
     """Per-query (ap, inp, first_hit, num_matches) from torch.ops.reidfast.rank_queries, tile by tile."""
     num_q, num_g = q_pids.numel(), g_pids.numel()
-    qp, qc = _int32_labels(q_pids, "q_pids"), _int32_labels(q_camids, "q_camids")
-    gp, gc = _int32_labels(g_pids, "g_pids"), _int32_labels(g_camids, "g_camids")
+    qp, qc, gp, gc = _int32_labels({"q_pids": q_pids, "q_camids": q_camids, "g_pids": g_pids, "g_camids": g_camids})
     if distmat is not None:
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
         rows = lambda a, b: distmat[a:b]  # noqa: E731
@@ -219,18 +227,19 @@ def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_featur
     parts = []
     for start in range(0, num_q, step):
         stop = min(start + step, num_q)
-        parts.append(torch.ops.reidfast.rank_queries(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc,
-                                                     ap_mode))
+        parts.append(_rank_queries_op(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc, ap_mode))
     ap, first_hit, last_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
 
-    nan_rows = (num_matches == _NAN_ROW).nonzero()
-    if nan_rows.numel():
+    # Rows the kernels could not finish, both checked with one synchronization.
+    has_nan, has_overflow = torch.stack([(num_matches == _NAN_ROW).any(), (first_hit == _OVERFLOW_ROW).any()]).tolist()
+    if has_nan:
+        nan_rows = (num_matches == _NAN_ROW).nonzero()
         raise ValueError(f"rank_eval: the distance row of query {int(nan_rows[0])} contains NaN "
                          f"({nan_rows.numel()} such queries)")
     has = num_matches > 0
     inp = torch.where(has, num_matches.double() / (last_hit + 1).clamp(min=1).double(), torch.zeros_like(ap))
-    overflow = (first_hit == _OVERFLOW_ROW).nonzero().flatten()
-    if overflow.numel():
+    if has_overflow:
+        overflow = (first_hit == _OVERFLOW_ROW).nonzero().flatten()
         _redo_with_reference(overflow, (ap, inp, first_hit, num_matches), q_pids, g_pids, q_camids, g_camids,
                              distmat, query_features, gallery_features, metric, ap_mode)
     return ap, inp, first_hit, num_matches

@@ -19,7 +19,8 @@ TIE_RULE = "stable: equal distances are ordered by gallery index"
 class RankEvalResult:
     """What `reidfast.ops.rank_eval` returns. Per-query tensors are on the device of the inputs.
 
-    cmc: (max_rank,) float64, cmc[r] = fraction of valid queries whose first true match is at rank <= r (0-based).
+    cmc: (max_rank,) float64 on the CPU (a summary, like mAP: reading Rank-k never waits on a GPU), cmc[r] =
+      fraction of valid queries whose first true match is at rank <= r (0-based).
     mAP: mean of `ap` over the valid queries (NaN when no query is valid).
     mINP: mean inverse negative penalty over the valid queries: matches / (rank of the last one + 1), as defined in
       the re-id survey 'Deep Learning for Person Re-identification' (TPAMI 2021).
@@ -56,21 +57,31 @@ class RankEvalResult:
 
 
 def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
-    """Builds the result from per-query outputs: CMC from the first hits, mAP and mINP over the valid queries."""
+    """Builds the result from per-query outputs: CMC from the first hits, mAP and mINP over the valid queries.
+
+    Everything the summary needs crosses to the host in one transfer (one synchronization on a GPU, where a
+    Market-scale evaluation otherwise spends more time waiting on small transfers than ranking).
+    """
     valid = num_matches > 0
-    num_valid = int(valid.sum())
-    hits = first_hit[valid].clamp(max=max_rank)  # a hit at rank >= max_rank lands in the dropped last bin
-    # The curve (max_rank numbers) is divided on the CPU: CUDA divides by a scalar through its reciprocal, which
-    # would make the same counts differ in the last bit between devices.
-    counts = torch.bincount(hits, minlength=max_rank + 1)[:max_rank].cpu()
+    # Bins 0..max_rank-1 are the CMC's; a hit at rank >= max_rank lands in bin max_rank and invalid queries in
+    # bin max_rank + 1, both dropped. index_add_ rather than bincount: no device-side maximum to wait for.
+    bins = torch.where(valid, first_hit.clamp(0, max_rank), max_rank + 1)
+    counts = torch.zeros(max_rank + 2, dtype=torch.float64, device=ap.device)
+    counts.index_add_(0, bins, torch.ones_like(ap))
+    zero = torch.zeros((), dtype=ap.dtype, device=ap.device)
+    totals = torch.stack([torch.where(valid, ap, zero).sum(), torch.where(valid, inp, zero).sum()])
+    # The divisions happen on the CPU: CUDA divides by a scalar through its reciprocal, which would make the same
+    # counts differ in the last bit between devices.
+    host = torch.cat([counts[:max_rank], valid.sum(dtype=torch.float64).reshape(1), totals]).cpu()
+    counts_h, num_valid, ap_sum, inp_sum = host[:max_rank], int(host[max_rank]), host[-2], host[-1]
     if num_valid == 0:
         warnings.warn("rank_eval: no query has a true match in the gallery; CMC, mAP and mINP are NaN", stacklevel=3)
-        cmc = torch.full((max_rank,), math.nan, dtype=torch.float64, device=ap.device)
+        cmc = torch.full((max_rank,), math.nan, dtype=torch.float64)
         m_ap = m_inp = math.nan
     else:
-        cmc = (counts.cumsum(0).to(torch.float64) / num_valid).to(ap.device)
-        m_ap = float(ap[valid].sum() / num_valid)
-        m_inp = float(inp[valid].sum() / num_valid)
+        cmc = counts_h.cumsum(0) / num_valid
+        m_ap = float(ap_sum / num_valid)
+        m_inp = float(inp_sum / num_valid)
     return RankEvalResult(
         cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches, valid=valid,
         num_valid=num_valid, ap_mode=ap_mode, metric=metric, max_rank=max_rank,

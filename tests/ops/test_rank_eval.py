@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -362,6 +363,15 @@ def test_op_rejects_bad_arguments_in_cpp():
 
 
 @needs_kernels
+def test_labels_beyond_int32_are_refused_by_name():
+    # The kernels read int32 labels; an id that does not fit must not wrap around into another identity.
+    dist = torch.rand(2, 3)
+    with pytest.raises(ValueError, match="g_pids must fit in int32"):
+        evaluate("cpu", [1, 2], [1, 2**31, 2], [0, 0], [1, 1, 1], distmat=dist)
+    result = evaluate("cpu", [1, 2], [1, 2**31 - 1, 2], [0, 0], [1, 1, 1], distmat=dist)
+    assert result.num_valid == 2
+
+@needs_kernels
 def test_op_rejects_mismatched_lengths_in_cpp():
     # In a child process: on the GPU machine (torch 2.11) this C++ ValueError crashed the interpreter (adain's
     # shape check too); isolated, a crash fails this test instead of ending the whole run.
@@ -401,7 +411,7 @@ def test_cuda_kernel_matches_reference(ap_mode, levels, dtype):
     d = torch.from_numpy(dist).to(dtype)
     want = evaluate("reference", *labels, distmat=d, ap_mode=ap_mode)
     got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda(), ap_mode=ap_mode)
-    assert got.ap.device.type == "cuda"
+    assert got.ap.device.type == "cuda" and got.cmc.device.type == "cpu"  # per query on the device; summary on host
     assert_same_result(got, want)
 
 
@@ -442,3 +452,23 @@ def test_cuda_features_strict_and_fast(metric):
     with pytest.raises(ValueError, match="NaN"):
         evaluate("cuda", *[torch.tensor(x).cuda() for x in ([1, 2, 1], [1, 2, 1, 2], [0, 0, 0], [1, 1, 1, 1])],
                  distmat=dist)
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation_waits_on_the_device_three_times():
+    # At Market scale the ranking kernel takes a fraction of a millisecond: every host synchronization (a range
+    # check, a .item(), a boolean mask) costs as much. Labels (1), unfinished-row flags (1), summary (1).
+    dist, qp, gp, qc, gc = random_protocol(50, 400, 20, 4, seed=13)
+    labels = [torch.from_numpy(a).cuda() for a in (qp, gp, qc, gc)]
+    d = torch.from_numpy(dist).float().cuda()
+    evaluate("cuda", *labels, distmat=d)  # warm: first-call allocations
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            evaluate("cuda", *labels, distmat=d)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 3, [str(w.message) for w in syncs]
