@@ -53,7 +53,7 @@ from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, 
                             Verifier, batchnorm_groups, from_generator_range, set_batchnorm_eval, to_generator_range)
 from .checkpoint import (LATEST, CheckpointError, copy_atomically, load_checkpoint, resolve_checkpoint,
                          write_text_atomically)
-from .loop import Method, Trainer, WarmupStepSchedule, default_run_dir
+from .loop import LinearDecaySchedule, Method, Trainer, WarmupStepSchedule, default_run_dir
 
 GRID_COLUMNS = 8
 LOSS_WEIGHTS = {"paper": (10.0, 1.0), "published": (100.0, 10.0)}  # (reconstruction, same pose)
@@ -70,18 +70,6 @@ class TargetPoseSampler(VerificationPairSampler):
             if anchor != current:  # every anchor's first pair is its positive one
                 current, target = anchor, other
             yield anchor, other, target
-
-
-class LinearDecaySchedule:
-    """lr factor at iteration i: 1 before `start`, then linear to 0 at `total` (pix2pix's schedule)."""
-
-    def __init__(self, start: int, total: int):
-        self.start, self.total = start, total
-
-    def __call__(self, i: int) -> float:
-        if i < self.start:
-            return 1.0
-        return max(0.0, (self.total - i) / max(1, self.total - self.start))
 
 
 def _bce(logits: torch.Tensor, target) -> torch.Tensor:

@@ -123,6 +123,23 @@ class WarmupStepSchedule:
         return warm * self.gamma ** sum(i >= m for m in self.milestones)
 
 
+class LinearDecaySchedule:
+    """lr factor at iteration i (for LambdaLR): 1 before `start`, then linear to 0 at `total` (the pix2pix and
+    CycleGAN schedule that FD-GAN's and SA-GAN's GAN stages use).
+
+    Schedules are objects, not closures, for the sake of resuming: LambdaLR checkpoints an object's attributes, so a
+    resumed run follows the schedule it started with (an exact resume), for every method alike.
+    """
+
+    def __init__(self, start: int, total: int):
+        self.start, self.total = start, total
+
+    def __call__(self, i: int) -> float:
+        if i < self.start:
+            return 1.0
+        return max(0.0, (self.total - i) / max(1, self.total - self.start))
+
+
 class ResumableBatches(Sampler):
     """Wraps a seeded batch sampler: per-epoch reseeding, skipping the batches a resumed run already did, and
     under DDP handing each rank its slice of every global batch (all ranks see the same global order)."""
@@ -462,4 +479,4 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
 # the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
 from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
 
-__all__ = ["Method", "Run", "WarmupStepSchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]
+__all__ = ["Method", "Run", "WarmupStepSchedule", "LinearDecaySchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

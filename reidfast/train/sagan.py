@@ -71,7 +71,7 @@ from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, 
 from ..ops import homography_warp
 from .baseline import Baseline
 from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
-from .loop import Method, Trainer, default_run_dir
+from .loop import LinearDecaySchedule, Method, Trainer, default_run_dir
 
 STAGES = ("adapt", "translate", "reid")
 GRID_COLUMNS = 8
@@ -148,15 +148,6 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator: 
     return (grad.float().flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
-def linear_decay(total: int, start_fraction: float):
-    """lr factor: 1 until `start_fraction` of the run, then linearly to 0 at its end (CycleGAN's schedule)."""
-    start = int(round(start_fraction * total))
-
-    def factor(i: int) -> float:
-        return 1.0 if i < start else max(0.0, 1.0 - (i - start) / max(1, total - start))
-    return factor
-
-
 # --- the adaptation stage ------------------------------------------------------------------------------------------
 class AdaptStage(Method):
     """The adaptation stage's loop method (networks: s1, s2, g1, g2, d1, d2, dt, sia)."""
@@ -228,7 +219,7 @@ class AdaptStage(Method):
         return 2 * self.run.cfg["batch_size"]  # B source + B target
 
     def configure(self, total_iters: int) -> None:
-        schedule = linear_decay(total_iters, self.run.cfg["adapt_decay_from"])
+        schedule = LinearDecaySchedule(round(self.run.cfg["adapt_decay_from"] * total_iters), total_iters)
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule)
                            for name, opt in self.optimizers.items()}
 
