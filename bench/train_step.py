@@ -2,7 +2,7 @@
 reference configuration of the same model, in one run, with peak memory.
 
     python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
-                               [--out FILE.json]
+                               [--out FILE.json] [--profile DIR]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
 reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
@@ -145,7 +145,30 @@ def _random_teacher(method, cfg: dict, num_classes: int):
     return method.run.place(teacher).eval().requires_grad_(False)
 
 
-def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None) -> dict:
+def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> None:
+    """Profiles a few more steps and writes the ops and kernels by self time (device time on a GPU), so that a
+    slow configuration can be read without a second GPU session: the table says whether the iteration is bound
+    by kernels (device total near the wall time) or by the host (far below it), and which kernels cost most."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    wall_ms = (time.perf_counter() - t0) * 1e3 / steps
+    events = prof.key_averages()
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    device_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps if device.type == "cuda" else float("nan")
+    with open(path, "w") as f:
+        f.write(f"{steps} profiled steps: wall {wall_ms:.2f} ms/step (under the profiler), "
+                f"device self time {device_ms:.2f} ms/step\n\n")
+        f.write(events.table(sort_by=sort, row_limit=45, max_name_column_width=90))
+
+
+def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None,
+            profile_dir: str = "") -> dict:
     from reidfast import ops
     method_name = CASES[case].get("method", case)
     method_cls = get_method(method_name)
@@ -181,6 +204,9 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     first_s = time.perf_counter() - t0
     repeats = iters or (5 if quick else 20)
     ms = time_ms(step, device, warmup=2 if quick else 5, repeats=repeats)
+    if profile_dir:
+        os.makedirs(profile_dir, exist_ok=True)
+        _write_profile(step, device, os.path.join(profile_dir, f"profile-{case}-{config_name}.txt"))
     row = {"method": case, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
            "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
            "channels_last": run.channels_last, "backend": ops.get_backend(), "ms_per_iter": round(ms, 3),
@@ -190,7 +216,7 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     return row
 
 
-def run(device: torch.device, quick: bool, methods=None) -> list[dict]:
+def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "") -> list[dict]:
     """Rows for every method: the reference configuration, then reidfast's, plus the speedup (bench/run.py)."""
     rows = []
     names = methods or list(CASES)
@@ -199,9 +225,9 @@ def run(device: torch.device, quick: bool, methods=None) -> list[dict]:
     measure(names[0], "reference", device, quick, iters=1)
     print(HEADER, flush=True)
     for name in names:
-        ref = measure(name, "reference", device, quick)
+        ref = measure(name, "reference", device, quick, profile_dir=profile_dir)
         print(format_row(ref), flush=True)
-        ours = measure(name, "reidfast", device, quick)
+        ours = measure(name, "reidfast", device, quick, profile_dir=profile_dir)
         ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
         print(format_row(ours), flush=True)
         rows += [ref, ours]
@@ -234,6 +260,9 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small images and batch, few repeats (a CPU check)")
     p.add_argument("--out", default="", help="write the rows as JSON here (and a .md table beside it)")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="after timing, profile 3 more steps of each configuration and write the ops and kernels by "
+                        "self time to DIR/profile-CASE-CONFIG.txt (timings are not affected)")
     args = p.parse_args(argv)
     methods = [m for m in args.method.split(",") if m] or list(CASES)
     unknown = [m for m in methods if m not in CASES]
@@ -241,7 +270,7 @@ def main(argv=None):
         p.error(f"--method: no benchmark case for {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
-    rows = run(torch.device(args.device), args.quick, methods)
+    rows = run(torch.device(args.device), args.quick, methods, args.profile)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

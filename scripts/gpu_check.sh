@@ -12,6 +12,8 @@
 #                                                     (REIDFAST_TRAIN_TIMEOUT, 300 s: FD-GAN's first compiled
 #                                                     step took over 150 s on an H100) and writes its own result
 #                                                     files, so a slow compile costs that case only
+#   REIDFAST_TRAIN_PROFILE=1                          also profile 3 steps of each configuration and write the ops
+#                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
@@ -49,8 +51,10 @@ if echo "$only" | tr ',' '\n' | grep -qx train; then
   for case in $cases; do
     echo "== training iterations: $case"
     SECONDS=0
+    profile=()
+    [ "${REIDFAST_TRAIN_PROFILE:-0}" = 1 ] && profile=(--profile "$stem.profile")
     timeout "${REIDFAST_TRAIN_TIMEOUT:-300}" python bench/train_step.py --device cuda --method "$case" \
-      --out "$stem.train-$case.json" 2>&1 | tee "$stem.train-$case.log"
+      --out "$stem.train-$case.json" "${profile[@]}" 2>&1 | tee "$stem.train-$case.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ] && [ -s "$stem.train-$case.json" ]; then
       # seen once on an H100: the results were written, then the process did not exit before the timeout
