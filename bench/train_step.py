@@ -161,10 +161,33 @@ def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> Non
     events = prof.key_averages()
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     device_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps if device.type == "cuda" else float("nan")
+    syncs = _host_synchronizations(step) if device.type == "cuda" else None
     with open(path, "w") as f:
         f.write(f"{steps} profiled steps: wall {wall_ms:.2f} ms/step (under the profiler), "
-                f"device self time {device_ms:.2f} ms/step\n\n")
-        f.write(events.table(sort_by=sort, row_limit=45, max_name_column_width=90))
+                f"device self time {device_ms:.2f} ms/step\n")
+        if syncs is None:
+            f.write("host synchronizations: only counted on a GPU\n")
+        else:
+            f.write(f"host synchronizations in one step: {sum(n for n, _ in syncs)}\n")
+            for n, where in syncs:
+                f.write(f"  {n:4d}  {where}\n")
+        f.write("\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=90))
+
+
+def _host_synchronizations(step) -> list[tuple[int, str]]:
+    """(count, source line) of every operation in one step that made the host wait for the GPU (CUDA's sync
+    debug mode): each one drains the launch queue, so the host's launch overhead is no longer hidden."""
+    import collections
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    lines = collections.Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return [(n, where) for where, n in lines.most_common()]
 
 
 def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None,
