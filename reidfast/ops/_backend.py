@@ -103,6 +103,10 @@ def explain(op: str, device: torch.device | str) -> list[tuple[str, str]]:
 
 def resolve(op: str, device: torch.device) -> str:
     """The concrete backend that runs `op` for tensors on `device` under the current setting."""
+    if torch.compiler.is_compiling():
+        # Traced, the cache would become a guard on its own contents (a recompile the first time each key is
+        # added); the plain choice is guarded on the setting alone and costs nothing at run time.
+        return _resolve_uncached(op, device)
     key = (op, device.type, _current)
     backend = _RESOLVED.get(key)
     if backend is None:

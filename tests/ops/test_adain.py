@@ -180,6 +180,29 @@ def test_resblock_compiles_with_inductor():
         torch.testing.assert_close(y, block(x, style), atol=1e-5, rtol=1e-5)
 
 
+
+@needs_ext
+def test_a_compiled_call_compiles_once_from_a_cold_backend_cache():
+    # The backend choice is cached per (op, device, setting) in eager mode; traced, that cache must not become a
+    # guard, or the first compiled call of an op would compile its graph twice.
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x, w, b, _ = make_inputs((2, 3, 4, 5), torch.float32)
+    fn = torch.compile(lambda x, w, b: ops.adain(x, w, b, activation="relu"), backend=counting, fullgraph=True)
+    torch._dynamo.reset()
+    _backend._RESOLVED.clear()
+    try:
+        with ops.use_backend("cpu"):
+            y1, y2 = fn(x, w, b), fn(x, w, b)
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+    torch.testing.assert_close(y1, y2)
+
 def test_empty_spatial_size_is_an_error_free_no_op():
     x = torch.randn(2, 3, 0, 4)
     for backend in ["reference"] + (["cpu"] if _extension.has_cpu_kernels() else []):
