@@ -6,6 +6,8 @@ reference configuration of the same model, in one run, with peak memory.
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
 reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
+both let cuDNN time its convolution algorithms on a GPU (the loop's default; the original trainers set
+cudnn.benchmark too);
 for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea);
 for SA-GAN also --faithful (one network call and one warp per input and direction) and the homography warp through
 grid_sample (the reference backend).
@@ -232,7 +234,8 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
         _write_profile(step, device, os.path.join(profile_dir, f"profile-{case}-{config_name}.txt"))
     row = {"method": case, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
            "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
-           "channels_last": run.channels_last, "backend": ops.get_backend(), "ms_per_iter": round(ms, 3),
+           "channels_last": run.channels_last, "cudnn_benchmark": run.cudnn_benchmark, "backend": ops.get_backend(),
+           "ms_per_iter": round(ms, 3),
            "images_per_s": round(method.images_per_iteration() / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
            "peak_mem_mb": round(_peak_memory_mb(device), 1)}
     ops.set_backend("auto")

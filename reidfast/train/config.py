@@ -16,7 +16,8 @@ from ..data import add_dataset_args
 # Loop options every method shares. Method defaults (their papers' settings) are merged over these.
 LOOP_DEFAULTS = {
     "dataset": None, "data_root": None, "out": None, "iters": None, "epochs": None, "batch_size": 32,
-    "amp": "auto", "compile": None, "compile_mode": "default", "channels_last": None, "backend": "auto",
+    "amp": "auto", "compile": None, "compile_mode": "default", "channels_last": None, "cudnn_benchmark": None,
+    "backend": "auto",
     "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
     "height": 256, "width": 128, "lr": 0.01, "threads": None,
@@ -77,6 +78,11 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                        help="run the networks eagerly (default on CPU)")
     speed.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=S,
                        help="torch.compile mode; reduce-overhead captures CUDA graphs (shapes are static here)")
+    speed.add_argument("--cudnn-benchmark", dest="cudnn_benchmark", action="store_true", default=S,
+                       help="let cuDNN time its convolution algorithms for each new input shape and keep the fastest "
+                            "(default on GPU: training runs at one image size, so it times once)")
+    speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false", default=S,
+                       help="pick convolution algorithms by cuDNN's heuristics (no timing on first use)")
     speed.add_argument("--backend", default=S,
                        help="reidfast op backend: auto (default), cuda, triton, cpu or reference (pure PyTorch)")
     speed.add_argument("--workers", type=int, default=S, help="image decoding worker processes (default: cores-1, "

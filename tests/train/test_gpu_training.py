@@ -56,3 +56,13 @@ def test_sagan_on_the_gpu(tiny_root, domain_b, tmp_path):  # noqa: F811
     assert main(on_gpu(sagan_args(tiny_root, domain_b, tmp_path / "s"))) == 0
     finite_losses(tmp_path / "s" / "reid")
     assert json.loads((tmp_path / "s" / "stages.json").read_text())["status"]["reid"] == "done"
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-cudnn-benchmark"], False)])
+def test_cudnn_benchmark_is_on_by_default_on_the_gpu(tiny_root, tmp_path, flag, expected):
+    previous = torch.backends.cudnn.benchmark
+    try:
+        assert main(on_gpu(tiny_args(tiny_root, tmp_path / "b", "--iters", "1", *flag))) == 0
+        assert torch.backends.cudnn.benchmark is expected
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -91,3 +91,13 @@ def test_ddp_two_processes_gloo(tiny_root, tmp_path):
     assert "x2 processes" in proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 3
+
+
+def test_cudnn_benchmark_flags_and_the_cpu_default():
+    import torch
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    previous = torch.backends.cudnn.benchmark
+    run = Run(dict(LOOP_DEFAULTS), torch.device("cpu"), 0, 1, log=lambda message: None)
+    assert run.cudnn_benchmark is False and torch.backends.cudnn.benchmark is previous  # the CPU leaves it alone
+    assert Run({**LOOP_DEFAULTS, "cudnn_benchmark": True}, torch.device("cpu"), 0, 1, print).cudnn_benchmark is True
