@@ -6,7 +6,7 @@ reference configuration of the same model, in one run, with peak memory.
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
 reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
-both let cuDNN time its convolution algorithms on a GPU (the loop's default; the original trainers set
+both let cuDNN time its convolution algorithms on a GPU (the loop's default; DG-Net's original trainer sets
 cudnn.benchmark too);
 for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea);
 for SA-GAN also --faithful (one network call and one warp per input and direction) and the homography warp through

@@ -187,7 +187,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         self.compile = cfg["compile"] if cfg["compile"] is not None else device.type == "cuda"
         self.channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
-        # Fixed image sizes make cuDNN's per-shape algorithm timing pay once; the original trainers enable it too.
+        # Fixed image sizes make cuDNN's per-shape algorithm timing pay once; DG-Net's original trainer enables it.
         # (.get: configurations saved before the option existed.) A process-wide setting, like the loop itself.
         benchmark = cfg.get("cudnn_benchmark")
         self.cudnn_benchmark = benchmark if benchmark is not None else device.type == "cuda"
