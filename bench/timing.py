@@ -1,4 +1,5 @@
-"""The one timing harness: warm-up, then the median of repeats (CUDA events on GPU, perf_counter on CPU)."""
+"""The one timing harness: warm-up, then the median of repeats (CUDA events on GPU, perf_counter on CPU); and the
+GPU's busy time per call, from the profiler's kernel records."""
 from __future__ import annotations
 
 import statistics
@@ -36,3 +37,23 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), device, warmup=3, repeats=20)
     return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def kernel_time_ms(events) -> float:
+    """Total GPU time of the kernels (and copies/fills) among profiler events, in ms. Only the device-side records
+    count: a CPU op's "self device time" is its kernels' time again."""
+    cuda = torch.autograd.DeviceType.CUDA
+    return sum(e.self_device_time_total for e in events if e.device_type == cuda) / 1e3
+
+
+def device_time_ms(fn, device: torch.device, repeats: int = 10) -> float:
+    """GPU busy time per call of fn: the sum of its kernels' durations, without the host's launch overhead or gaps
+    between kernels. For bandwidth (bytes / this time is what the kernels achieve); time_ms is what a caller sees."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize(device)
+    return kernel_time_ms(prof.key_averages()) / repeats

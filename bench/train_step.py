@@ -38,7 +38,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 sys.path.insert(0, BENCH_DIR)
 
-from timing import time_ms  # noqa: E402
+from timing import kernel_time_ms, time_ms  # noqa: E402
 
 from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run  # noqa: E402
 from reidfast.train.methods import get_method  # noqa: E402
@@ -162,7 +162,7 @@ def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> Non
     wall_ms = (time.perf_counter() - t0) * 1e3 / steps
     events = prof.key_averages()
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    device_ms = sum(e.self_device_time_total for e in events) / 1e3 / steps if device.type == "cuda" else float("nan")
+    device_ms = kernel_time_ms(events) / steps if device.type == "cuda" else float("nan")
     syncs = _host_synchronizations(step) if device.type == "cuda" else None
     with open(path, "w") as f:
         f.write(f"{steps} profiled steps: wall {wall_ms:.2f} ms/step (under the profiler), "
