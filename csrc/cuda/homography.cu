@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <vector>
 
 #include "reidfast/grid_math.h"
 #include "reidfast/homography_checks.h"
@@ -211,7 +212,9 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
   const c10::cuda::CUDAGuard guard(a.img.device());
   const int64_t N = a.img.size(0), points = a.grad_out.size(2) * a.grad_out.size(3);
   const dim3 blocks = a.empty ? dim3(1, 1) : launch_grid(N, points);
-  at::Tensor partial = at::zeros({N, static_cast<int64_t>(blocks.x), 9}, a.H.options());
+  // Every block writes its own slot, so the slots need no clearing (one memset launch fewer) unless no kernel runs.
+  const std::vector<int64_t> slots = {N, need_h ? static_cast<int64_t>(blocks.x) : 0, 9};
+  at::Tensor partial = a.empty ? at::zeros(slots, a.H.options()) : at::empty(slots, a.H.options());
   if (!a.empty) {
     const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
     auto stream = c10::cuda::getCurrentCUDAStream();
