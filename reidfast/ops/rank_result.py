@@ -63,23 +63,23 @@ def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> Ran
     Market-scale evaluation otherwise spends more time waiting on small transfers than ranking).
     """
     valid = num_matches > 0
-    # Bins 0..max_rank-1 are the CMC's; a hit at rank >= max_rank lands in bin max_rank and invalid queries in
-    # bin max_rank + 1, both dropped. index_add_ rather than bincount: no device-side maximum to wait for.
-    bins = torch.where(valid, first_hit.clamp(0, max_rank), max_rank + 1)
-    counts = torch.zeros(max_rank + 2, dtype=torch.float64, device=ap.device)
-    counts.index_add_(0, bins, torch.ones_like(ap))
+    # cumulative[r] = valid queries whose first hit is at rank <= r, by binary search in the sorted first hits
+    # (invalid queries sort last, never counted): no device-side maximum to wait for, as bincount would, and
+    # deterministic, as atomic counting would not be.
+    hits = torch.where(valid, first_hit, max_rank).sort().values
+    cumulative = torch.searchsorted(hits, torch.arange(max_rank, device=hits.device), right=True)
     zero = torch.zeros((), dtype=ap.dtype, device=ap.device)
     totals = torch.stack([torch.where(valid, ap, zero).sum(), torch.where(valid, inp, zero).sum()])
     # The divisions happen on the CPU: CUDA divides by a scalar through its reciprocal, which would make the same
     # counts differ in the last bit between devices.
-    host = torch.cat([counts[:max_rank], valid.sum(dtype=torch.float64).reshape(1), totals]).cpu()
-    counts_h, num_valid, ap_sum, inp_sum = host[:max_rank], int(host[max_rank]), host[-2], host[-1]
+    host = torch.cat([cumulative.double(), valid.sum(dtype=torch.float64).reshape(1), totals.double()]).cpu()
+    cumulative_h, num_valid, ap_sum, inp_sum = host[:max_rank], int(host[max_rank]), host[-2], host[-1]
     if num_valid == 0:
         warnings.warn("rank_eval: no query has a true match in the gallery; CMC, mAP and mINP are NaN", stacklevel=3)
         cmc = torch.full((max_rank,), math.nan, dtype=torch.float64)
         m_ap = m_inp = math.nan
     else:
-        cmc = counts_h.cumsum(0) / num_valid
+        cmc = cumulative_h / num_valid
         m_ap = float(ap_sum / num_valid)
         m_inp = float(inp_sum / num_valid)
     return RankEvalResult(

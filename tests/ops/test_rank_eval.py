@@ -472,3 +472,19 @@ def test_cuda_evaluation_waits_on_the_device_three_times():
             torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 3, [str(w.message) for w in syncs]
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation_runs_under_deterministic_algorithms():
+    # Ranking has no atomics anywhere (per-query kernel, sorted counting for the CMC): deterministic mode must not
+    # refuse it, and the numbers are the reference's.
+    dist, qp, gp, qc, gc = random_protocol(40, 300, 15, 4, seed=14)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    d = torch.from_numpy(dist).float()
+    want = evaluate("reference", *labels, distmat=d)
+    torch.use_deterministic_algorithms(True)
+    try:
+        got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert_same_result(got, want)
