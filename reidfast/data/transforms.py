@@ -24,19 +24,28 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
+def channel_values(values, like: torch.Tensor) -> torch.Tensor:
+    """`values` (a number, or one per channel) as a (1, C, 1, 1) tensor of like's dtype on like's device.
+
+    The copy to a GPU does not wait: ``torch.as_tensor(values, device="cuda")`` copies from pageable memory with a
+    stream synchronization, making the host wait for every queued kernel in each training step that normalizes.
+    """
+    t = torch.as_tensor(values, dtype=like.dtype)
+    if t.device != like.device:
+        t = t.to(like.device, non_blocking=True)  # from pageable memory: staged at once, safe to free
+    return t.reshape(1, -1, 1, 1)
+
+
 def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(x - mean) / std per channel; uint8 input is first scaled to [0, 1]."""
     images = to_float(images)
-    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean) / std
+    return (images - channel_values(mean, images)) / channel_values(std, images)
 
 
-def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """The inverse of :func:`normalize`, clamped to [0, 1] (for saving sample grids)."""
-    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images * std + mean).clamp(0, 1)
+def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, clamp: bool = True) -> torch.Tensor:
+    """The inverse of :func:`normalize`, clamped to [0, 1] unless ``clamp=False`` (as for saving sample grids)."""
+    images = images * channel_values(std, images) + channel_values(mean, images)
+    return images.clamp(0, 1) if clamp else images
 
 
 class Augmented(NamedTuple):
@@ -139,7 +148,7 @@ class BatchAugment:
             rng_device = generator.device if generator is not None else device
             value = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
         else:
-            value = torch.as_tensor(self.erase_value, dtype=images.dtype, device=device).reshape(1, -1, 1, 1)
+            value = channel_values(self.erase_value, images)
         return torch.where(region, value, images)
 
     def transform_keypoints(self, keypoints: torch.Tensor, result: Augmented, width: int,

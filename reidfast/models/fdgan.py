@@ -30,7 +30,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import denormalize, normalize
 from .backbone import resnet50
 from .width import scaled_channels
 
@@ -42,16 +42,12 @@ DOWNSAMPLING = 32  # G's and the pose encoder's 5 stride-2 stages: image sides m
 
 def to_generator_range(images: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalized images -> generator range [-1, 1] (2 * pixel - 1)."""
-    mean = torch.as_tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * std + mean) * 2 - 1
+    return denormalize(images, clamp=False) * 2 - 1
 
 
 def from_generator_range(images: torch.Tensor) -> torch.Tensor:
     """Generator range [-1, 1] -> ImageNet-normalized images (what E and D_id read)."""
-    mean = torch.as_tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return ((images + 1) * 0.5 - mean) / std
+    return normalize((images + 1) * 0.5)
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):

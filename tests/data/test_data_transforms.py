@@ -86,3 +86,28 @@ def test_argument_errors():
         BatchAugment()(torch.zeros(3, 8, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="aligned"):
         BatchAugment().apply(torch.zeros(2, 3, 8, 4), aligned=[torch.zeros(2, 1, 4, 4)])
+
+
+def test_normalize_round_trip_and_channel_values():
+    from reidfast.data.transforms import channel_values, denormalize, normalize
+    images = torch.rand(2, 3, 5, 4)
+    torch.testing.assert_close(denormalize(normalize(images)), images)
+    wide = normalize(images) * 10  # far outside [0, 1] once denormalized
+    assert denormalize(wide).max() <= 1 and denormalize(wide, clamp=False).max() > 1
+    assert channel_values(0.5, images.double()).shape == (1, 1, 1, 1)
+    assert channel_values([1, 2, 3], images.double()).dtype == torch.float64
+
+
+@pytest.mark.gpu
+def test_normalizing_a_gpu_batch_does_not_wait_for_the_gpu():
+    # A blocking copy of the per-channel constants would stall the host once per normalized batch.
+    from reidfast.data.transforms import BatchAugment, normalize
+    images = torch.randint(0, 256, (4, 3, 16, 8), dtype=torch.uint8, device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        normalize(images)
+        BatchAugment(erase_p=1.0)(images, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
