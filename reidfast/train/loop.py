@@ -125,11 +125,7 @@ class WarmupStepSchedule:
 
 class LinearDecaySchedule:
     """lr factor at iteration i (for LambdaLR): 1 before `start`, then linear to 0 at `total` (the pix2pix and
-    CycleGAN schedule that FD-GAN's and SA-GAN's GAN stages use).
-
-    Schedules are objects, not closures, for the sake of resuming: LambdaLR checkpoints an object's attributes, so a
-    resumed run follows the schedule it started with (an exact resume), for every method alike.
-    """
+    CycleGAN schedule that FD-GAN's and SA-GAN's GAN stages use)."""
 
     def __init__(self, start: int, total: int):
         self.start, self.total = start, total
@@ -138,6 +134,19 @@ class LinearDecaySchedule:
         if i < self.start:
             return 1.0
         return max(0.0, (self.total - i) / max(1, self.total - self.start))
+
+
+def load_scheduler_state(scheduler, state: dict) -> None:
+    """Resume a scheduler's position (its step count, last lrs) but keep the schedule this run configured.
+
+    LambdaLR also checkpoints its schedule objects' attributes (a decay's length, the milestones); restored, they
+    would override the resumed run's configuration. With the same settings both agree, so a resume stays exact;
+    with a larger --iters the schedule now stretches over the new length instead of ending where the old one did.
+    """
+    state = dict(state)
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+    scheduler.load_state_dict(state)
 
 
 class ResumableBatches(Sampler):
@@ -377,7 +386,7 @@ class Trainer:
             for k, o in method.optimizers.items():
                 o.load_state_dict(resume_state["optimizers"][k])
             for k, s in method.schedulers.items():
-                s.load_state_dict(resume_state["schedulers"][k])
+                load_scheduler_state(s, resume_state["schedulers"][k])
             if self.run.scaler is not None and resume_state["scaler"] is not None:
                 self.run.scaler.load_state_dict(resume_state["scaler"])
             restore_rng_states(resume_state["rng"], self._generators(method))

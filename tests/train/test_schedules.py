@@ -1,8 +1,8 @@
-"""The learning-rate schedules of train/loop.py: their values, and that a resumed run keeps the one it began with."""
+"""The learning-rate schedules of train/loop.py: their values, and how a resumed run continues them."""
 import pytest
 import torch
 
-from reidfast.train.loop import LinearDecaySchedule, WarmupStepSchedule
+from reidfast.train.loop import LinearDecaySchedule, WarmupStepSchedule, load_scheduler_state
 
 
 def test_linear_decay_is_flat_then_reaches_zero_at_the_end():
@@ -17,9 +17,9 @@ def test_warmup_then_steps():
 
 @pytest.mark.parametrize("make", [lambda n: LinearDecaySchedule(n // 2, n),
                                   lambda n: WarmupStepSchedule(1, [n // 2], 0.1)])
-def test_a_resumed_scheduler_follows_the_schedule_it_was_saved_with(make):
-    # Resuming is exact: the schedule's length is checkpointed with the scheduler, whatever the resumed run's
-    # configuration says (FD-GAN and SA-GAN alike, which once differed here).
+def test_a_resumed_scheduler_continues_its_position_under_the_configured_schedule(make):
+    # Every method alike (FD-GAN and SA-GAN once differed here): the step count comes from the checkpoint, the
+    # schedule's shape from the resumed run's configuration. Same configuration: exactly the uninterrupted run.
     def scheduler(total):
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, make(total))
@@ -34,6 +34,12 @@ def test_a_resumed_scheduler_follows_the_schedule_it_was_saved_with(make):
 
     opt, sched = scheduler(10)
     lrs(opt, sched, 3)
-    opt2, resumed = scheduler(100)  # a run resumed with a different length in its configuration
-    resumed.load_state_dict(sched.state_dict())
-    assert lrs(opt2, resumed, 7) == lrs(opt, sched, 7)
+    saved = sched.state_dict()
+    same_opt, same = scheduler(10)
+    load_scheduler_state(same, saved)
+    longer_opt, longer = scheduler(100)  # resumed with a larger --iters
+    load_scheduler_state(longer, saved)
+    assert lrs(same_opt, same, 7) == lrs(opt, sched, 7)
+    reference_opt, reference = scheduler(100)  # the longer run from the start, at the same position
+    lrs(reference_opt, reference, 3)
+    assert lrs(longer_opt, longer, 60) == lrs(reference_opt, reference, 60)
