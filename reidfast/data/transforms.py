@@ -29,11 +29,13 @@ def channel_values(values, like: torch.Tensor) -> torch.Tensor:
 
     The copy to a GPU does not wait: ``torch.as_tensor(values, device="cuda")`` copies from pageable memory with a
     stream synchronization, making the host wait for every queued kernel in each training step that normalizes.
+    Here the values go through pinned memory, from which CUDA copies asynchronously (the caching host allocator
+    keeps the block until the copy is done).
     """
-    t = torch.as_tensor(values, dtype=like.dtype)
-    if t.device != like.device:
-        t = t.to(like.device, non_blocking=True)  # from pageable memory: staged at once, safe to free
-    return t.reshape(1, -1, 1, 1)
+    if like.device.type != "cuda" or torch.compiler.is_compiling():  # traced: a constant of the graph
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape(1, -1, 1, 1)
+    t = torch.as_tensor(values, dtype=like.dtype).pin_memory()
+    return t.to(like.device, non_blocking=True).reshape(1, -1, 1, 1)
 
 
 def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
