@@ -45,7 +45,8 @@ def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tor
 
 
 def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, clamp: bool = True) -> torch.Tensor:
-    """The inverse of :func:`normalize`, clamped to [0, 1] unless ``clamp=False`` (as for saving sample grids)."""
+    """The inverse of :func:`normalize`, clamped to [0, 1] as sample grids and SSIM need (``clamp=False``: the
+    exact inverse, for arithmetic such as FD-GAN's range conversion)."""
     images = images * channel_values(std, images) + channel_values(mean, images)
     return images.clamp(0, 1) if clamp else images
 

@@ -140,8 +140,8 @@ def load_scheduler_state(scheduler, state: dict) -> None:
     """Resume a scheduler's position (its step count, last lrs) but keep the schedule this run configured.
 
     LambdaLR also checkpoints its schedule objects' attributes (a decay's length, the milestones); restored, they
-    would override the resumed run's configuration. With the same settings both agree, so a resume stays exact;
-    with a larger --iters the schedule now stretches over the new length instead of ending where the old one did.
+    would override the resumed run's configuration. With the same settings both agree, so a resume is exact; with
+    a larger --iters the schedule stretches over the new length instead of ending where the first run's did.
     """
     state = dict(state)
     if "lr_lambdas" in state:
