@@ -1,14 +1,18 @@
-// Ranking on CUDA: one block per query. Pass 1 gathers the query's true matches into shared memory (and checks
-// for NaN); the block orders those few by (distance, index); pass 2 counts, for each kept non-match ordered
+// Ranking on CUDA: one block per query. The query's true matches come from the gallery grouped by id (sorted once
+// per call on the device), so finding them reads a few items, not the row; the block orders them by (distance,
+// index) in shared memory. One pass over the row then checks for NaN and counts, for each kept non-match ordered
 // before the last match, how many matches precede it (binary search in shared memory) into a shared histogram,
-// from which one thread walks the ranks of the matches to AP (rank_math.h). The row is read twice; the second
-// read is served from L2. Rows with more matches than the shared list holds are flagged for the caller.
+// from which one thread walks the ranks of the matches to AP (rank_math.h). Each thread keeps kUnroll loads in
+// flight: one outstanding 4-byte load per thread leaves the pass latency-bound, well below memory bandwidth.
+// Rows with more matches than the shared list holds are flagged for the caller.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <limits>
 
 #include "reidfast/rank_checks.h"
 #include "reidfast/rank_math.h"
@@ -18,48 +22,53 @@ namespace rank {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kUnroll = 4;         // row items per thread per step of the counting pass, loaded before use
 constexpr int kMaxMatches = 1024;  // shared list size; more matches -> kOverflowRow (the caller redoes the row)
+
+// Block-wide: whether the row holds a NaN (for rows that skip the counting pass, which checks as it reads).
+template <typename scalar_t>
+__device__ bool row_has_nan(const scalar_t* __restrict__ row, int num_g) {
+  bool nan = false;
+  for (int j = threadIdx.x; j < num_g; j += kThreads) nan |= row[j] != row[j];
+  return __syncthreads_or(nan);
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    rank_queries_kernel(const scalar_t* __restrict__ dist, int64_t num_g, const int32_t* __restrict__ q_pids,
+    rank_queries_kernel(const scalar_t* __restrict__ dist, int num_g, const int32_t* __restrict__ q_pids,
                         const int32_t* __restrict__ q_cams, const int32_t* __restrict__ g_pids,
-                        const int32_t* __restrict__ g_cams, int ap_mode, double* __restrict__ ap_out,
-                        int64_t* __restrict__ first_out, int64_t* __restrict__ last_out,
-                        int64_t* __restrict__ count_out) {
+                        const int32_t* __restrict__ g_cams, const int64_t* __restrict__ by_id_index,
+                        const int64_t* __restrict__ group_begin, const int64_t* __restrict__ group_end,
+                        int ap_mode, double* __restrict__ ap_out, int64_t* __restrict__ first_out,
+                        int64_t* __restrict__ last_out, int64_t* __restrict__ count_out) {
   __shared__ scalar_t match_d[kMaxMatches];
   __shared__ int match_j[kMaxMatches];
   __shared__ scalar_t sorted_d[kMaxMatches];
   __shared__ int sorted_j[kMaxMatches];
   __shared__ int hist[kMaxMatches];
-  __shared__ int num_matches, has_nan;
+  __shared__ int num_matches;
 
   const int64_t q = blockIdx.x;
   const scalar_t* row = dist + q * num_g;
   const int32_t q_pid = q_pids[q], q_cam = q_cams[q];
-  if (threadIdx.x == 0) {
-    num_matches = 0;
-    has_nan = 0;
-  }
+  if (threadIdx.x == 0) num_matches = 0;
   __syncthreads();
 
-  // Pass 1: matches (in any order; sorted below) and NaN.
-  bool nan_seen = false;
-  for (int64_t j = threadIdx.x; j < num_g; j += kThreads) {
-    const scalar_t d = row[j];
-    nan_seen |= d != d;
+  // The true matches, in any order (sorted below): the same-id group, less the junk of the query's camera.
+  for (int64_t i = group_begin[q] + threadIdx.x; i < group_end[q]; i += kThreads) {
+    const int j = static_cast<int>(by_id_index[i]);
     if (item_kind(g_pids[j], g_cams[j], q_pid, q_cam, ap_mode) == kMatch) {
       const int slot = atomicAdd(&num_matches, 1);
       if (slot < kMaxMatches) {
-        match_d[slot] = d;
-        match_j[slot] = static_cast<int>(j);
+        match_d[slot] = row[j];
+        match_j[slot] = j;
       }
     }
   }
-  if (nan_seen) has_nan = 1;
   __syncthreads();
   const int p = num_matches;
-  if (has_nan || p == 0 || p > kMaxMatches) {
+  if (p == 0 || p > kMaxMatches) {
+    const bool has_nan = row_has_nan(row, num_g);
     if (threadIdx.x == 0) {
       ap_out[q] = 0.0;
       last_out[q] = -1;
@@ -69,7 +78,8 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
 
-  // Order the matches: each one's position is the number of matches ordered before it (keys are distinct).
+  // Order the matches: each one's position is the number of matches ordered before it (keys are distinct; with
+  // a NaN among them positions can collide, and the row's result is discarded below).
   for (int i = threadIdx.x; i < p; i += kThreads) {
     const scalar_t d = match_d[i];
     const int j = match_j[i];
@@ -81,24 +91,46 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = threadIdx.x; i < p; i += kThreads) hist[i] = 0;
   __syncthreads();
 
-  // Pass 2: histogram of matches-before over the kept non-matches ordered before the last match.
+  // The one pass over the row: NaN check, and the histogram of matches-before over the kept non-matches ordered
+  // before the last match. Items past the row's end load as the query's own id, which counts for nothing.
   const scalar_t last_d = sorted_d[p - 1];
   const int64_t last_j = sorted_j[p - 1];
   int before_first = 0;  // the most common bin, kept in a register to spare the shared atomics
-  for (int64_t j = threadIdx.x; j < num_g; j += kThreads) {
-    const scalar_t d = row[j];
-    if (ordered_before(d, j, last_d, last_j) & is_kept_non_match(g_pids[j], q_pid, ap_mode)) {
-      const int pos = matches_before(sorted_d, sorted_j, p, d, j);
-      if (pos == 0)
-        ++before_first;
-      else
-        atomicAdd(&hist[pos], 1);
+  bool nan_seen = false;
+  for (int base = threadIdx.x; base < num_g; base += kUnroll * kThreads) {
+    scalar_t d[kUnroll];
+    int32_t g[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kThreads;
+      const bool in_row = j < num_g;
+      d[u] = in_row ? row[j] : scalar_t(0);
+      g[u] = in_row ? g_pids[j] : q_pid;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kThreads;
+      nan_seen |= d[u] != d[u];
+      if (ordered_before(d[u], int64_t(j), last_d, last_j) & is_kept_non_match(g[u], q_pid, ap_mode)) {
+        const int pos = matches_before(sorted_d, sorted_j, p, d[u], j);
+        if (pos == 0)
+          ++before_first;
+        else
+          atomicAdd(&hist[pos], 1);
+      }
     }
   }
   if (before_first) atomicAdd(&hist[0], before_first);
-  __syncthreads();
+  const bool has_nan = __syncthreads_or(nan_seen);  // also the barrier before the histogram is read
 
   if (threadIdx.x == 0) {
+    if (has_nan) {
+      ap_out[q] = 0.0;
+      first_out[q] = -1;
+      last_out[q] = -1;
+      count_out[q] = kNanRow;
+      return;
+    }
     double ap = 0.0;
     int64_t before = 0, first = 0, last = 0;
     for (int k = 1; k <= p; ++k) {
@@ -127,12 +159,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
   const int ap_mode = a.ap_mode;
   if (num_q == 0) return a.outputs();
   TORCH_CHECK_VALUE(num_q < (int64_t(1) << 31), "rank_queries: at most 2^31 - 1 queries per call, got ", num_q);
+  TORCH_CHECK_VALUE(num_g <= std::numeric_limits<int>::max() - kUnroll * kThreads,
+                    "rank_queries: at most 2^31 - 1025 gallery items on CUDA, got ", num_g);
+  // The gallery grouped by id (stable: each group in index order) and each query's group in it, on the device.
+  const auto by_id = at::sort(g_pids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor& sorted_pids = std::get<0>(by_id);
+  const at::Tensor& by_id_index = std::get<1>(by_id);
+  const at::Tensor group_begin = at::searchsorted(sorted_pids, q_pids);
+  const at::Tensor group_end = at::searchsorted(sorted_pids, q_pids, /*out_int32=*/false, /*right=*/true);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cuda", [&] {
     rank_queries_kernel<scalar_t><<<static_cast<unsigned>(num_q), kThreads, 0, stream>>>(
-        dist.const_data_ptr<scalar_t>(), num_g, q_pids.const_data_ptr<int32_t>(),
+        dist.const_data_ptr<scalar_t>(), static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
         q_camids.const_data_ptr<int32_t>(), g_pids.const_data_ptr<int32_t>(), g_camids.const_data_ptr<int32_t>(),
-        ap_mode, ap.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(),
+        by_id_index.const_data_ptr<int64_t>(), group_begin.const_data_ptr<int64_t>(),
+        group_end.const_data_ptr<int64_t>(), ap_mode, ap.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(),
         last_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -14,7 +14,7 @@ import torch
 
 from . import _backend, _extension, reference
 from ._registration import register_rank_queries_op
-from .rank_result import AP_MODES, METRICS, RankEvalResult, summarize
+from .rank_result import AP_MODES, METRICS, RankEvalResult, result_from_summary, summary_on_device
 
 PRECISIONS = ("strict", "fast")
 
@@ -192,36 +192,41 @@ def rank_eval(
         if backend == "reference":
             return reference.rank_eval(q_pids, g_pids, q_camids, g_camids, distmat, query_features,
                                        gallery_features, metric, max_rank, ap_mode)
-        ap, inp, first_hit, num_matches = _rank_with_kernels(
-            q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric, ap_mode, tile_size)
-    return summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
+        return _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features,
+                                  metric, max_rank, ap_mode, tile_size)
 
 
-def _int32_labels(labels: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The labels as int32, which the kernels read (half the bytes per gallery item of every query's pass).
-
-    All four are checked and converted as one tensor: one range check, so one synchronization on a GPU.
+def _int32_labels(labels: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The labels as int32, which the kernels read (half the bytes per gallery item of every query's pass), and
+    whether any of them falls outside int32, as a device flag: checked later with the kernels' own flags, in the
+    evaluation's one synchronization. Out-of-range labels wrap meanwhile; the kernels only compare labels, and
+    their results are then discarded.
     """
     packed = torch.cat(list(labels.values()))
-    if packed.dtype != torch.int32:
-        lo, hi = torch.stack(packed.aminmax()).tolist()
-        if lo < -(2**31) or hi >= 2**31:
-            bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
-            raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
+    if packed.dtype == torch.int32:
+        out_of_range = torch.zeros((), dtype=torch.bool, device=packed.device)
+    else:
+        lo, hi = packed.aminmax()
+        out_of_range = (lo < -(2**31)) | (hi >= 2**31)
         packed = packed.to(torch.int32)
-    return list(packed.split([t.numel() for t in labels.values()]))
+    return list(packed.split([t.numel() for t in labels.values()])), out_of_range
 
 
 def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric,
-                       ap_mode, tile_size):
-    """Per-query (ap, inp, first_hit, num_matches) from torch.ops.reidfast.rank_queries, tile by tile."""
-    num_q, num_g = q_pids.numel(), g_pids.numel()
-    qp, qc, gp, gc = _int32_labels({"q_pids": q_pids, "q_camids": q_camids, "g_pids": g_pids, "g_camids": g_camids})
+                       max_rank, ap_mode, tile_size) -> RankEvalResult:
+    """torch.ops.reidfast.rank_queries tile by tile, then the summary; one synchronization on a GPU.
+
+    Everything up to the summary is queued without waiting on the device; the checks (labels in int32 range, NaN
+    rows, rows the CUDA kernel left unfinished) cross to the host with the summary, in one transfer.
+    """
+    labels = {"q_pids": q_pids, "q_camids": q_camids, "g_pids": g_pids, "g_camids": g_camids}
+    (qp, qc, gp, gc), labels_out_of_range = _int32_labels(labels)
+    num_q = q_pids.numel()
     if distmat is not None:
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
         rows = lambda a, b: distmat[a:b]  # noqa: E731
     else:
-        step = tile_size or max(1, DEFAULT_TILE_BYTES // (4 * num_g))
+        step = tile_size or max(1, DEFAULT_TILE_BYTES // (4 * g_pids.numel()))
         tiles = _TiledDistance(query_features, gallery_features, metric)
         rows = tiles.rows
     parts = []
@@ -229,20 +234,26 @@ def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_featur
         stop = min(start + step, num_q)
         parts.append(_rank_queries_op(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc, ap_mode))
     ap, first_hit, last_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
+    inp = torch.where(num_matches > 0, num_matches.double() / (last_hit + 1).clamp(min=1).double(),
+                      torch.zeros_like(ap))
 
-    # Rows the kernels could not finish, both checked with one synchronization.
-    has_nan, has_overflow = torch.stack([(num_matches == _NAN_ROW).any(), (first_hit == _OVERFLOW_ROW).any()]).tolist()
+    checks = torch.stack([labels_out_of_range, (num_matches == _NAN_ROW).any(), (first_hit == _OVERFLOW_ROW).any()])
+    host = torch.cat([checks.double(), summary_on_device(ap, inp, first_hit, num_matches, max_rank)]).cpu()
+    bad_labels, has_nan, has_overflow = (bool(x) for x in host[:3].tolist())
+    summary = host[3:]
+    if bad_labels:
+        bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
+        raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
     if has_nan:
         nan_rows = (num_matches == _NAN_ROW).nonzero()
         raise ValueError(f"rank_eval: the distance row of query {int(nan_rows[0])} contains NaN "
                          f"({nan_rows.numel()} such queries)")
-    has = num_matches > 0
-    inp = torch.where(has, num_matches.double() / (last_hit + 1).clamp(min=1).double(), torch.zeros_like(ap))
     if has_overflow:
         overflow = (first_hit == _OVERFLOW_ROW).nonzero().flatten()
         _redo_with_reference(overflow, (ap, inp, first_hit, num_matches), q_pids, g_pids, q_camids, g_camids,
                              distmat, query_features, gallery_features, metric, ap_mode)
-    return ap, inp, first_hit, num_matches
+        summary = summary_on_device(ap, inp, first_hit, num_matches, max_rank).cpu()
+    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
 
 
 def _redo_with_reference(idx, outputs, q_pids, g_pids, q_camids, g_camids, distmat, query_features,

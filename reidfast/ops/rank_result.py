@@ -56,11 +56,12 @@ class RankEvalResult:
         return f"{ap}; ties: {self.tie_rule}; junk: same id and same camera; distance: {self.metric}"
 
 
-def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
-    """Builds the result from per-query outputs: CMC from the first hits, mAP and mINP over the valid queries.
+def summary_on_device(ap, inp, first_hit, num_matches, max_rank) -> torch.Tensor:
+    """What the summary needs, as one float64 vector on the per-query outputs' device, to cross to the host in one
+    transfer: [valid queries with first hit at rank <= r for r < max_rank] + [valid queries, sum AP, sum INP].
 
-    Everything the summary needs crosses to the host in one transfer (one synchronization on a GPU, where a
-    Market-scale evaluation otherwise spends more time waiting on small transfers than ranking).
+    No step waits on the device (a Market-scale evaluation otherwise spends more time waiting on small transfers
+    than ranking).
     """
     valid = num_matches > 0
     # cumulative[r] = valid queries whose first hit is at rank <= r, by binary search in the sorted first hits
@@ -69,20 +70,31 @@ def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> Ran
     hits = torch.where(valid, first_hit, max_rank).sort().values
     cumulative = torch.searchsorted(hits, torch.arange(max_rank, device=hits.device), right=True)
     zero = torch.zeros((), dtype=ap.dtype, device=ap.device)
-    totals = torch.stack([torch.where(valid, ap, zero).sum(), torch.where(valid, inp, zero).sum()])
+    totals = torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, ap, zero).sum(),
+                          torch.where(valid, inp, zero).sum()])
+    return torch.cat([cumulative.double(), totals.double()])
+
+
+def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
+    """The result, from `summary_on_device`'s vector once on the CPU and the per-query outputs."""
     # The divisions happen on the CPU: CUDA divides by a scalar through its reciprocal, which would make the same
     # counts differ in the last bit between devices.
-    host = torch.cat([cumulative.double(), valid.sum(dtype=torch.float64).reshape(1), totals.double()]).cpu()
-    cumulative_h, num_valid, ap_sum, inp_sum = host[:max_rank], int(host[max_rank]), host[-2], host[-1]
+    cumulative, num_valid, ap_sum, inp_sum = summary[:max_rank], int(summary[max_rank]), summary[-2], summary[-1]
     if num_valid == 0:
         warnings.warn("rank_eval: no query has a true match in the gallery; CMC, mAP and mINP are NaN", stacklevel=3)
         cmc = torch.full((max_rank,), math.nan, dtype=torch.float64)
         m_ap = m_inp = math.nan
     else:
-        cmc = cumulative_h / num_valid
+        cmc = cumulative / num_valid
         m_ap = float(ap_sum / num_valid)
         m_inp = float(inp_sum / num_valid)
     return RankEvalResult(
-        cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches, valid=valid,
-        num_valid=num_valid, ap_mode=ap_mode, metric=metric, max_rank=max_rank,
+        cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches,
+        valid=num_matches > 0, num_valid=num_valid, ap_mode=ap_mode, metric=metric, max_rank=max_rank,
     )
+
+
+def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
+    """Builds the result from per-query outputs: CMC from the first hits, mAP and mINP over the valid queries."""
+    summary = summary_on_device(ap, inp, first_hit, num_matches, max_rank).cpu()
+    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
