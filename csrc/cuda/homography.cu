@@ -1,5 +1,7 @@
 // Homography warp on CUDA: one thread per output point, a 2-D grid of (point blocks, samples) so that a block
-// never spans two samples. Each thread computes its point's coordinates and taps once and loops over channels.
+// never spans two samples. Each thread computes its point's coordinates and taps once and loops over channels;
+// for 1 and 3 channels (masks, RGB: what SA-GAN warps) the loop is unrolled at compile time so that all of a
+// point's tap loads are issued together, not four at a time.
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
@@ -17,6 +19,8 @@
 #include <torch/library.h>
 
 #include <array>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "reidfast/grid_math.h"
@@ -75,26 +79,49 @@ __device__ __forceinline__ DevicePoint<T> resolve_point(const T* __restrict__ h,
   return d;
 }
 
-template <typename scalar_t>
+// Channel counts with a compile-time unrolled loop; 0 = the count is read at run time.
+template <int kChannels>
+using Channels = std::integral_constant<int, kChannels>;
+
+// Calls f(Channels<K>{}) with K = C for the unrolled counts, else K = 0.
+template <typename F>
+void dispatch_channels(int64_t C, F&& f) {
+  if (C == 3)
+    f(Channels<3>{});
+  else if (C == 1)
+    f(Channels<1>{});
+  else
+    f(Channels<0>{});
+}
+
+// A tap's value, 0 outside the image (a predicated load, no branch).
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t tap(const scalar_t* __restrict__ s, int64_t off, bool in) {
+  return in ? static_cast<acc_t>(s[off]) : acc_t(0);
+}
+
+template <typename scalar_t, int kChannels>
 __global__ void homography_forward_kernel(const scalar_t* __restrict__ img,
                                           const at::opmath_type<scalar_t>* __restrict__ H,
                                           scalar_t* __restrict__ out, Geometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = blockIdx.y;
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= g.out_h * g.out_w) return;
-  const int64_t i = p / g.out_w, j = p % g.out_w;
+  // 32-bit point index math (launch_grid checks the bound): 64-bit division is emulated, tens of instructions.
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  const int out_w = static_cast<int>(g.out_w);
+  if (p >= static_cast<int>(g.out_h) * out_w) return;
+  const int i = p / out_w, j = p - i * out_w;
   const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
   const grid::Taps<acc_t>& t = d.sp.taps;
   const acc_t w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
   const scalar_t* src = img + n * g.in_sn;
   scalar_t* dst = out + n * g.out_sn + i * g.out_sh + j * g.out_sw;
-  for (int64_t c = 0; c < g.C; ++c) {
-    const scalar_t* s = src + c * g.in_sc;
-    acc_t v = 0;
+  const int64_t C = kChannels > 0 ? kChannels : g.C;
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
-      if (d.in[k]) v += w[k] * static_cast<acc_t>(s[d.off[k]]);
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* s = src + c * g.in_sc;
+    const acc_t v = w[0] * tap<acc_t>(s, d.off[0], d.in[0]) + w[1] * tap<acc_t>(s, d.off[1], d.in[1]) +
+                    w[2] * tap<acc_t>(s, d.off[2], d.in[2]) + w[3] * tap<acc_t>(s, d.off[3], d.in[3]);
     dst[c * g.out_sc] = static_cast<scalar_t>(v);
   }
 }
@@ -120,7 +147,7 @@ __device__ __forceinline__ void block_sum9(T (&v)[9], T (*shared)[9]) {
   }
 }
 
-template <typename scalar_t, bool kNeedImg, bool kNeedH>
+template <typename scalar_t, bool kNeedImg, bool kNeedH, int kChannels>
 __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out,
                                            const scalar_t* __restrict__ img,
                                            const at::opmath_type<scalar_t>* __restrict__ H,
@@ -129,10 +156,11 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads / 32][9];
   const int64_t n = blockIdx.y;
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  const int out_w = static_cast<int>(g.out_w);
   acc_t contrib[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-  if (p < g.out_h * g.out_w) {
-    const int64_t i = p / g.out_w, j = p % g.out_w;
+  if (p < static_cast<int>(g.out_h) * out_w) {
+    const int i = p / out_w, j = p - i * out_w;
     const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
     const grid::Taps<acc_t>& t = d.sp.taps;
     const acc_t w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
@@ -140,13 +168,15 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
     acc_t* gsrc = kNeedImg ? grad_img + n * g.in_sn : nullptr;
     const scalar_t* go_ptr = grad_out + n * g.out_sn + i * g.out_sh + j * g.out_sw;
     acc_t dpx = 0, dpy = 0;
-    for (int64_t c = 0; c < g.C; ++c) {
+    const int64_t C = kChannels > 0 ? kChannels : g.C;
+#pragma unroll
+    for (int64_t c = 0; c < C; ++c) {
       const acc_t go = static_cast<acc_t>(go_ptr[c * g.out_sc]);
       if (kNeedH) {
         const scalar_t* s = src + c * g.in_sc;
         acc_t v[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) v[k] = d.in[k] ? static_cast<acc_t>(s[d.off[k]]) : acc_t(0);
+        for (int k = 0; k < 4; ++k) v[k] = tap<acc_t>(s, d.off[k], d.in[k]);
         acc_t vx, vy;
         grid::interpolate_grad_xy(t, v[0], v[1], v[2], v[3], &vx, &vy);
         dpx += go * vx;
@@ -182,6 +212,8 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
 
 dim3 launch_grid(int64_t N, int64_t points) {
   TORCH_CHECK(N <= 65535, "homography_warp (CUDA): at most 65535 samples per call, got ", N);
+  TORCH_CHECK(points <= std::numeric_limits<int>::max() - kThreads,
+              "homography_warp (CUDA): at most 2^31 - 257 output points per image, got ", points);
   return dim3(static_cast<unsigned>((points + kThreads - 1) / kThreads), static_cast<unsigned>(N));
 }
 
@@ -195,8 +227,10 @@ at::Tensor homography_warp_forward_cuda(const at::Tensor& img_in, const at::Tens
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    homography_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        a.img.const_data_ptr<scalar_t>(), a.H.const_data_ptr<acc_t>(), a.out.mutable_data_ptr<scalar_t>(), g);
+    dispatch_channels(g.C, [&](auto channels) {
+      homography_forward_kernel<scalar_t, decltype(channels)::value><<<blocks, kThreads, 0, stream>>>(
+          a.img.const_data_ptr<scalar_t>(), a.H.const_data_ptr<acc_t>(), a.out.mutable_data_ptr<scalar_t>(), g);
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return a.out;
@@ -226,12 +260,18 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
       const acc_t* hp = a.H.const_data_ptr<acc_t>();
       acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
       acc_t* pp = partial.mutable_data_ptr<acc_t>();
-      if (need_img && need_h)
-        homography_backward_kernel<scalar_t, true, true><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
-      else if (need_img)
-        homography_backward_kernel<scalar_t, true, false><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
-      else
-        homography_backward_kernel<scalar_t, false, true><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip, pp, g);
+      dispatch_channels(g.C, [&](auto channels) {
+        constexpr int kC = decltype(channels)::value;
+        if (need_img && need_h)
+          homography_backward_kernel<scalar_t, true, true, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
+                                                                                                pp, g);
+        else if (need_img)
+          homography_backward_kernel<scalar_t, true, false, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
+                                                                                                 pp, g);
+        else
+          homography_backward_kernel<scalar_t, false, true, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
+                                                                                                 pp, g);
+      });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
