@@ -427,7 +427,8 @@ def test_unavailable_backend_is_explained():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape, out_size, kind", [((16, 3, 256, 128), None, "near"),
                                                     ((3, 5, 37, 29), (41, 23), "projective"),
-                                                    ((2, 64, 64, 32), (32, 16), "projective")])
+                                                    ((2, 64, 64, 32), (32, 16), "projective"),
+                                                    ((4, 1, 33, 17), (20, 40), "projective")])
 def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, padding, channels_last, shape,
                                                                out_size, kind):
     N = shape[0]
@@ -460,6 +461,10 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, p
         err = (g.double() - w).abs().max().item()
         bound = 4 * (t.double() - w).abs().max().item() + tol * scale
         assert err <= bound, f"grad {name}: {err} > {bound} (PyTorch's own error {(t.double() - w).abs().max()})"
+    # The gradient in H alone (SA-GAN's localization network behind a fixed image) takes its own kernel path.
+    h_only = H.clone().requires_grad_(True)
+    g_h_only = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))[0]
+    torch.testing.assert_close(g_h_only, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
 
 
 @pytest.mark.gpu
