@@ -23,7 +23,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)  # the suites beside this file
 sys.path.insert(1, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 
-from timing import copy_bandwidth_gbs, device_time_ms, time_ms  # noqa: E402
+from timing import copy_bandwidth_gbs, device_time_breakdown, time_ms  # noqa: E402
 
 # Every case compiles the reference anew (shapes, dtypes, grad mode): without room for those recompiles dynamo
 # silently falls back to eager and the "compiled" column would time the eager reference.
@@ -73,15 +73,18 @@ def run_suite(name, device, quick, peak_gbs, repeats):
         for base, fn in case.get("baselines", {}).items():
             row[f"{base}_ms"] = timed(fn, **slow)
             row[f"speedup_vs_{base}"] = _ratio(row[f"{base}_ms"], ms)
-        if case.get("bytes") and device.type == "cuda":
-            row["gbs"] = round(case["bytes"] / (ms * 1e-3) / 1e9, 1)
-            row["pct_copy_bw"] = round(100 * row["gbs"] / peak_gbs, 1)
-            # The same bytes over the kernels' own time: what the kernels achieve, apart from host overhead
-            kernel_ms = device_time_ms(case["fn"], device)
+        if device.type == "cuda":
+            # The kernels' own time (apart from host overhead) and the kernels that take it
+            kernel_ms, top_kernels = device_time_breakdown(case["fn"], device)
             if kernel_ms > 0:  # 0: the profiler recorded no kernels (a profiler without CUDA support)
                 row["kernel_ms"] = round(kernel_ms, 4)
-                row["kernel_gbs"] = round(case["bytes"] / (kernel_ms * 1e-3) / 1e9, 1)
-                row["kernel_pct_copy_bw"] = round(100 * row["kernel_gbs"] / peak_gbs, 1)
+                row["top_kernels"] = top_kernels
+            if case.get("bytes"):
+                row["gbs"] = round(case["bytes"] / (ms * 1e-3) / 1e9, 1)
+                row["pct_copy_bw"] = round(100 * row["gbs"] / peak_gbs, 1)
+                if kernel_ms > 0:
+                    row["kernel_gbs"] = round(case["bytes"] / (kernel_ms * 1e-3) / 1e9, 1)
+                    row["kernel_pct_copy_bw"] = round(100 * row["kernel_gbs"] / peak_gbs, 1)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -116,6 +119,13 @@ def markdown(meta, rows):
                      f"{r['ms']} | {r['ref_ms']} | {r['ref_compiled_ms']} | {r['speedup']} | "
                      f"{r['speedup_vs_compiled']} | {r.get('gbs', '')} | {r.get('pct_copy_bw', '')} | "
                      f"{r.get('kernel_ms', '')} | {r.get('kernel_gbs', '')} | {r.get('kernel_pct_copy_bw', '')} |")
+    with_kernels = [r for r in rows if r.get("top_kernels")]
+    if with_kernels:
+        lines += ["", "## Where the GPU time goes", "", "The kernels with the most GPU time per call, in ms.", ""]
+        for r in with_kernels:
+            kernels = "; ".join(f"{name[:80]} {ms}" for name, ms in r["top_kernels"])
+            lines.append(f"- {r['op']} {r['pass']} {'x'.join(map(str, r['shape']))} {r['dtype']} {r['backend']}: "
+                         f"{kernels}")
     train_rows = [r for r in rows if "op" not in r]
     if train_rows:
         lines += ["", "## Training iterations", "", _suite_module("train").markdown(train_rows).rstrip("\n")]

@@ -46,9 +46,10 @@ def kernel_time_ms(events) -> float:
     return sum(e.self_device_time_total for e in events if e.device_type == cuda) / 1e3
 
 
-def device_time_ms(fn, device: torch.device, repeats: int = 10) -> float:
-    """GPU busy time per call of fn: the sum of its kernels' durations, without the host's launch overhead or gaps
-    between kernels. For bandwidth (bytes / this time is what the kernels achieve); time_ms is what a caller sees."""
+def device_time_breakdown(fn, device: torch.device, repeats: int = 10, top: int = 5):
+    """GPU busy time per call of fn, in ms: the sum of its kernels' durations, without the host's launch overhead
+    or gaps between kernels (bytes / this time is what the kernels achieve; time_ms is what a caller sees); and
+    [(kernel name, ms per call)] of its `top` kernels by time."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize(device)
@@ -56,4 +57,8 @@ def device_time_ms(fn, device: torch.device, repeats: int = 10) -> float:
         for _ in range(repeats):
             fn()
         torch.cuda.synchronize(device)
-    return kernel_time_ms(prof.key_averages()) / repeats
+    averages = prof.key_averages()
+    cuda = torch.autograd.DeviceType.CUDA
+    kernels = sorted((e for e in averages if e.device_type == cuda), key=lambda e: -e.self_device_time_total)
+    return (kernel_time_ms(averages) / repeats,
+            [(e.key, round(e.self_device_time_total / 1e3 / repeats, 4)) for e in kernels[:top]])
