@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int match_j[kMaxMatches];
   __shared__ scalar_t sorted_d[kMaxMatches];
   __shared__ int sorted_j[kMaxMatches];
-  __shared__ int hist[kMaxMatches];
+  __shared__ int hist[kMaxMatches + 1];  // + 1: a NaN among the matches can send an item to bin p (row discarded)
   __shared__ int num_matches;
 
   const int64_t q = blockIdx.x;
