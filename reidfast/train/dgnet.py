@@ -68,17 +68,6 @@ def frozen_view(module: nn.Module) -> nn.Module:
     return view
 
 
-class AppearanceCode(nn.Module):
-    """Ea's appearance code as a module's forward (what torch.compile compiles)."""
-
-    def __init__(self, ea: AppearanceEncoder):
-        super().__init__()
-        self.ea = ea
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.ea.appearance(images)
-
-
 class DGNet(Method):
     name = "dgnet"
     defaults = {
@@ -154,13 +143,17 @@ class DGNet(Method):
         self.dis = run.place(MultiScaleDiscriminator(cfg["gan_width"]))
         if run.world_size > 1:  # the shared Ea/G modules are called in several roles per step
             raise ValueError("dgnet does not run under torchrun yet: train on one device")
-        # training-time callables (compiled when on): Es, G (decoding) and Ea; D stays eager (the R1 penalty
-        # differentiates through it twice)
+        # training-time callables (compiled when on): Es, G (decoding), Ea, and D for its first-order calls (the
+        # G step's adversarial loss, the D step's generated half); D on the real images stays eager, as the R1
+        # penalty differentiates through it twice
         self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
-        self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis, differentiated_twice=True)
-        # Ea as the generator-side losses see it (see the module docstring); not a network of the checkpoint
+        self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis)
+        self.r1_dis = run.wrap(self.dis, differentiated_twice=True)
+        # Ea as the generator-side losses see it (see the module docstring); not a network of the checkpoint.
+        # One compiled callable gives both the appearance code and the primary logits (its forward computes
+        # both): a second one for the code alone compiled the same ResNet-50 twice more.
         self.frozen_ea = frozen_view(self.ea)
-        self.frozen_code, self.frozen_logits = run.wrap(AppearanceCode(self.frozen_ea)), run.wrap(self.frozen_ea)
+        self.frozen_call = run.wrap(self.frozen_ea)
         self._teacher_call = (None, None)  # (teacher, its training-time callable), made when first needed
         backbone_lr = cfg["lr"]
         if cfg["ea_init"] not in ("pretrained", "teacher"):
@@ -269,7 +262,7 @@ class DGNet(Method):
             copy_.requires_grad_(False)
             return copy_.appearance, lambda x: copy_(x)[1]
         self.frozen_ea.train()
-        return self.frozen_code, lambda x: self.frozen_logits(x)[1]
+        return lambda x: self.frozen_call(x)[0], lambda x: self.frozen_call(x)[1]
 
     # --- Es, G and D over several inputs: one batched call, or one call each (--faithful) ------------------
     def _batched(self, fn, *inputs):
@@ -328,8 +321,9 @@ class DGNet(Method):
             # D step: LSGAN on (x_ba vs x_a) and (x_ab vs x_b), R1 on the real images, every scale
             self.dis.requires_grad_(True)
             reals = [x.detach().requires_grad_(cfg["r1_w"] > 0) for x in (x_a, x_b)]
-            d_out = self._batched(self.train_dis, [swaps[0].detach(), swaps[1].detach(), *reals])
-        d_fake, d_real = d_out[:2], d_out[2:]
+            # D has no normalization: its generated and real halves may run as separate calls
+            d_fake = self._batched(self.train_dis, [swaps[0].detach(), swaps[1].detach()])
+            d_real = self._batched(self.r1_dis, reals)
         loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean()
                      for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
         r1 = torch.zeros((), device=x_a.device)

@@ -232,6 +232,10 @@ class Run:
             wrapped = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
         if self.compile:
             mode = self.cfg["compile_mode"]
+            # Static shapes: training batches are full (the samplers drop a short last batch), so each call site
+            # has one shape; a network called at two batch sizes (DG-Net's G in the cycle pass, FD-GAN's D_pd)
+            # gets a second specialized graph instead of a symbolic-shape one.
+            compile_kwargs.setdefault("dynamic", False)
             wrapped = torch.compile(wrapped, mode=None if mode == "default" else mode, **compile_kwargs)
         return wrapped
 

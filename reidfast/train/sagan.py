@@ -183,9 +183,11 @@ class AdaptStage(Method):
         self.d1, self.d2 = (run.place(Critic(3, cfg["ndf"])) for _ in range(2))
         self.dt = run.place(TransformCritic(cfg["dt_hidden"]))
         self.sia = run.place(SiaNet(3, cfg["sianet_width"], cfg["sianet_dim"]))
-        # compiled callables of the generators and SiaNet; the critics stay eager (the gradient penalty
-        # differentiates through them twice, which torch.compile does not support)
+        # compiled callables of the generators, SiaNet and the image critics' first-order calls (scores of real and
+        # generated images); the gradient penalty calls the critics themselves, eager (it differentiates through
+        # them twice, which torch.compile does not support), and so does the small D_T
         self.train_g1, self.train_g2, self.train_sia = run.wrap(self.g1), run.wrap(self.g2), run.wrap(self.sia)
+        self.train_d1, self.train_d2 = run.wrap(self.d1), run.wrap(self.d2)
         betas = (cfg["adam_beta1"], cfg["adam_beta2"])
         stm_params = [p for m in (self.s1, self.s2) for p in m.parameters()]
         gen_params = [p for m in (self.g1, self.g2) for p in m.parameters()]
@@ -306,7 +308,7 @@ class AdaptStage(Method):
                 y_rec = self.train_g1(yb) if self.pixel else yb
                 out["scl"] = out["pcl"] = zero
                 out["cyc"] = (x_rec.float() - x.float()).abs().mean() + (y_rec.float() - y.float()).abs().mean()
-            out["adv"] = -(self.d1(xa).float().mean() + self.d2(ya).float().mean())
+            out["adv"] = -(self.train_d1(xa).float().mean() + self.train_d2(ya).float().mean())
             out["adv_t"] = zero
             if self.spatial:
                 fake_t, real_t = self._critic_pair(self.dt, T_xy, normalized_inverse(T_yx))
@@ -330,8 +332,8 @@ class AdaptStage(Method):
         # critic step: WGAN-GP on the generator step's outputs
         xa, ya = xa.detach(), ya.detach()
         with run.autocast():
-            real1, fake1 = self._critic_pair(self.d1, y, xa)
-            real2, fake2 = self._critic_pair(self.d2, x, ya)
+            real1, fake1 = self._critic_pair(self.train_d1, y, xa)
+            real2, fake2 = self._critic_pair(self.train_d2, x, ya)
             w_dist = (real1.float().mean() - fake1.float().mean()) + (real2.float().mean() - fake2.float().mean())
             gp = gradient_penalty(self.d1, y, xa, run.generator) + gradient_penalty(self.d2, x, ya, run.generator)
             if self.spatial:
