@@ -2,10 +2,30 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from reidfast.data.synthetic import generate
 
 TINY_DATA = dict(ids=8, cameras=3, domain="a", seed=3, height=32, width=16)
+
+
+@pytest.fixture
+def compiled_graphs(monkeypatch) -> list[str]:
+    """torch.compile through a backend that generates no code and records, per graph dynamo hands it, the class
+    name of the module compiled; dynamo's caches are reset around the test."""
+    graphs = []
+    real_compile = torch.compile
+
+    def counting_compile(module, **kwargs):
+        def backend(gm, example_inputs):
+            graphs.append(type(module).__name__)
+            return gm.forward
+        return real_compile(module, backend=backend, dynamic=kwargs.get("dynamic"))
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    torch._dynamo.reset()
+    yield graphs
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="session")

@@ -252,29 +252,16 @@ def test_faithful_and_batched_calls_give_the_same_losses_at_fp32():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_step_compiles_once_and_keeps_the_gradient_penalty_eager(monkeypatch):
-    # torch.compile with a backend that counts dynamo's graphs and generates no code. The gradient penalty
-    # differentiates the critics twice, which a compiled critic cannot do (the step would raise), so it calls the
-    # critics themselves; their first-order calls and the generators compile, all in the first step.
-    graphs = []
-    real_compile = torch.compile
-
-    def counting_compile(module, **kwargs):
-        def backend(gm, example_inputs):
-            graphs.append(type(module).__name__)
-            return gm.forward
-        return real_compile(module, backend=backend, dynamic=kwargs.get("dynamic"))
-
-    monkeypatch.setattr(torch, "compile", counting_compile)
-    torch._dynamo.reset()
-    try:
-        method = _adapt_method(compile=True)
-        assert isinstance(method.train_d1, torch._dynamo.eval_frame.OptimizedModule)
-        first_out = method.train_step(_batch(), 0)
-        first = list(graphs)
-        method.train_step(_batch(seed=2), 1)
-    finally:
-        torch._dynamo.reset()
+def test_compiled_step_compiles_once_and_keeps_the_gradient_penalty_eager(compiled_graphs):
+    # The gradient penalty differentiates the critics twice, which a compiled critic cannot do (the step would
+    # raise), so it calls the critics themselves; their first-order calls and the generators compile, all in the
+    # first step.
+    graphs = compiled_graphs
+    method = _adapt_method(compile=True)
+    assert isinstance(method.train_d1, torch._dynamo.eval_frame.OptimizedModule)
+    first_out = method.train_step(_batch(), 0)
+    first = list(graphs)
+    method.train_step(_batch(seed=2), 1)
     assert all(torch.isfinite(v) for v in first_out.values())
     assert graphs == first, f"the second step compiled {graphs[len(first):]}"
     # each critic: its scores in the generator step (batch B) and in the critic step (real and fake, 2B)
