@@ -185,7 +185,7 @@ class AdaptStage(Method):
         self.sia = run.place(SiaNet(3, cfg["sianet_width"], cfg["sianet_dim"]))
         # compiled callables of the generators, SiaNet and the image critics' first-order calls (scores of real and
         # generated images); the gradient penalty calls the critics themselves, eager (it differentiates through
-        # them twice, which torch.compile does not support), and so does the small D_T
+        # them twice, which torch.compile does not support); D_T, a small MLP, stays eager
         self.train_g1, self.train_g2, self.train_sia = run.wrap(self.g1), run.wrap(self.g2), run.wrap(self.sia)
         self.train_d1, self.train_d2 = run.wrap(self.d1), run.wrap(self.d2)
         betas = (cfg["adam_beta1"], cfg["adam_beta2"])
