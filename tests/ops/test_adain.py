@@ -180,7 +180,6 @@ def test_resblock_compiles_with_inductor():
         torch.testing.assert_close(y, block(x, style), atol=1e-5, rtol=1e-5)
 
 
-
 @needs_ext
 def test_a_compiled_call_compiles_once_from_a_cold_backend_cache():
     # The backend choice is cached per (op, device, setting) in eager mode; traced, that cache must not become a
@@ -202,6 +201,7 @@ def test_a_compiled_call_compiles_once_from_a_cold_backend_cache():
         torch._dynamo.reset()
     assert len(graphs) == 1
     torch.testing.assert_close(y1, y2)
+
 
 def test_empty_spatial_size_is_an_error_free_no_op():
     x = torch.randn(2, 3, 0, 4)
