@@ -13,12 +13,16 @@ TORCH_LIBRARY(reidfast, m) {
       "adain_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, Tensor mean, Tensor rstd, "
       "str activation, float negative_slope) -> (Tensor, Tensor, Tensor)");
   // Ranking of each query's gallery row under the Market-1501 protocol (reidfast/ops/reference.py rank_eval):
-  // dist (Q, G) float32/float64, int32 labels. Per query: AP (float64), the 0-based ranks of the first and last
-  // true match (-1 when none) and the number of true matches (-1: the row has a NaN). CUDA marks rows with more
-  // matches than it holds in shared memory with first_hit = -2; the caller redoes them.
+  // dist (Q, G) float32/float64, int32 labels. Per query: AP and INP (float64, 0 when no match), the 0-based rank
+  // of the first true match (-1 when none) and the number of true matches (-1: the row has a NaN). CUDA marks rows
+  // with more matches than it holds in shared memory with first_hit = -2; the caller redoes them.
   m.def(
       "rank_queries(Tensor dist, Tensor q_pids, Tensor q_camids, Tensor g_pids, Tensor g_camids, str ap_mode) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor ap, Tensor inp, Tensor first_hit, Tensor num_matches)");
+  // What the evaluation's summary needs from rank_queries' outputs, in one float64 vector of max_rank + 5 entries
+  // (rank_math.h SummaryTail): valid queries with their first hit at rank <= r for each r < max_rank, then valid
+  // queries, sum of AP, sum of INP, NaN rows, unfinished rows. One launch and one transfer for the whole summary.
+  m.def("rank_summary(Tensor ap, Tensor inp, Tensor first_hit, Tensor num_matches, int max_rank) -> Tensor");
   // Homography warp: bilinear grid_sample of img at the points H maps the output's normalized coordinates to
   // (homography_math.h). H is (N, 3, 3) in the coordinate dtype (float32, or float64 for a float64 img).
   m.def(

@@ -224,7 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
   RankArgs a = prepare(dist_in, q_pids_in, q_camids_in, g_pids_in, g_camids_in, ap_mode_name, c10::DeviceType::CPU);
   const at::Tensor &dist = a.dist, &q_pids = a.q_pids, &q_camids = a.q_camids, &g_pids = a.g_pids,
                    &g_camids = a.g_camids;
-  at::Tensor &ap = a.ap, &first_hit = a.first_hit, &last_hit = a.last_hit, &num_matches = a.num_matches;
+  at::Tensor &ap = a.ap, &inp = a.inp, &first_hit = a.first_hit, &num_matches = a.num_matches;
   const int64_t num_q = a.num_q, num_g = a.num_g;
   const int ap_mode = a.ap_mode;
   if (num_q == 0) return a.outputs();
@@ -234,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
   const int32_t* gc = g_camids.const_data_ptr<int32_t>();
   double* ap_p = ap.mutable_data_ptr<double>();
   int64_t* first_p = first_hit.mutable_data_ptr<int64_t>();
-  int64_t* last_p = last_hit.mutable_data_ptr<int64_t>();
+  double* inp_p = inp.mutable_data_ptr<double>();
   int64_t* count_p = num_matches.mutable_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cpu", [&] {
     const scalar_t* d = dist.const_data_ptr<scalar_t>();
@@ -246,17 +246,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
                                                  scratch);
         ap_p[q] = o.ap;
         first_p[q] = o.first_hit;
-        last_p[q] = o.last_hit;
+        inp_p[q] = o.num_matches > 0 ? inp_term(o.num_matches, o.last_hit) : 0.0;
         count_p[q] = o.num_matches;
       }
     });
   });
-  return {ap, first_hit, last_hit, num_matches};
+  return a.outputs();
+}
+
+// The summary in query order (the CUDA kernel sums in another fixed order: equal up to rounding).
+at::Tensor rank_summary_cpu(const at::Tensor& ap_in, const at::Tensor& inp_in, const at::Tensor& first_hit_in,
+                            const at::Tensor& num_matches_in, int64_t max_rank) {
+  at::Tensor out = prepare_summary(ap_in, inp_in, first_hit_in, num_matches_in, max_rank, c10::DeviceType::CPU);
+  const double* ap = ap_in.const_data_ptr<double>();
+  const double* inp = inp_in.const_data_ptr<double>();
+  const int64_t* first = first_hit_in.const_data_ptr<int64_t>();
+  const int64_t* count = num_matches_in.const_data_ptr<int64_t>();
+  double* cumulative = out.mutable_data_ptr<double>();
+  double* tail = cumulative + max_rank;
+  std::vector<int64_t> hits_at(max_rank, 0);
+  int64_t valid = 0, nan_rows = 0, unfinished_rows = 0;
+  double ap_sum = 0.0, inp_sum = 0.0;
+  for (int64_t q = 0; q < ap_in.size(0); ++q) {
+    nan_rows += count[q] == kNanRow;
+    unfinished_rows += first[q] == kOverflowRow;
+    if (count[q] > 0) {
+      ++valid;
+      ap_sum += ap[q];
+      inp_sum += inp[q];
+      if (first[q] >= 0 && first[q] < max_rank) ++hits_at[first[q]];
+    }
+  }
+  int64_t running = 0;
+  for (int64_t r = 0; r < max_rank; ++r) cumulative[r] = static_cast<double>(running += hits_at[r]);
+  tail[kValidQueries] = static_cast<double>(valid);
+  tail[kApSum] = ap_sum;
+  tail[kInpSum] = inp_sum;
+  tail[kNanRows] = static_cast<double>(nan_rows);
+  tail[kUnfinishedRows] = static_cast<double>(unfinished_rows);
+  return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(reidfast, CPU, m) { m.impl("rank_queries", &rank_queries_cpu); }
+TORCH_LIBRARY_IMPL(reidfast, CPU, m) {
+  m.impl("rank_queries", &rank_queries_cpu);
+  m.impl("rank_summary", &rank_summary_cpu);
+}
 
 }  // namespace rank
 }  // namespace reidfast

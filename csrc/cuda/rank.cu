@@ -39,8 +39,8 @@ __global__ void __launch_bounds__(kThreads)
                         const int32_t* __restrict__ q_cams, const int32_t* __restrict__ g_pids,
                         const int32_t* __restrict__ g_cams, const int64_t* __restrict__ by_id_index,
                         const int64_t* __restrict__ group_begin, const int64_t* __restrict__ group_end,
-                        int ap_mode, double* __restrict__ ap_out, int64_t* __restrict__ first_out,
-                        int64_t* __restrict__ last_out, int64_t* __restrict__ count_out) {
+                        int ap_mode, double* __restrict__ ap_out, double* __restrict__ inp_out,
+                        int64_t* __restrict__ first_out, int64_t* __restrict__ count_out) {
   __shared__ scalar_t match_d[kMaxMatches];
   __shared__ int match_j[kMaxMatches];
   __shared__ scalar_t sorted_d[kMaxMatches];
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
     const bool has_nan = row_has_nan(row, num_g);
     if (threadIdx.x == 0) {
       ap_out[q] = 0.0;
-      last_out[q] = -1;
+      inp_out[q] = 0.0;
       first_out[q] = p > kMaxMatches && !has_nan ? kOverflowRow : -1;
       count_out[q] = has_nan ? kNanRow : p;
     }
@@ -126,8 +126,8 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     if (has_nan) {
       ap_out[q] = 0.0;
+      inp_out[q] = 0.0;
       first_out[q] = -1;
-      last_out[q] = -1;
       count_out[q] = kNanRow;
       return;
     }
@@ -141,8 +141,8 @@ __global__ void __launch_bounds__(kThreads)
       ap += ap_term(k, r, ap_mode);
     }
     ap_out[q] = ap / p;
+    inp_out[q] = inp_term(p, last);
     first_out[q] = first;
-    last_out[q] = last;
     count_out[q] = p;
   }
 }
@@ -154,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
   RankArgs a = prepare(dist_in, q_pids_in, q_camids_in, g_pids_in, g_camids_in, ap_mode_name, c10::DeviceType::CUDA);
   const at::Tensor &dist = a.dist, &q_pids = a.q_pids, &q_camids = a.q_camids, &g_pids = a.g_pids,
                    &g_camids = a.g_camids;
-  at::Tensor &ap = a.ap, &first_hit = a.first_hit, &last_hit = a.last_hit, &num_matches = a.num_matches;
+  at::Tensor &ap = a.ap, &inp = a.inp, &first_hit = a.first_hit, &num_matches = a.num_matches;
   const int64_t num_q = a.num_q, num_g = a.num_g;
   const int ap_mode = a.ap_mode;
   if (num_q == 0) return a.outputs();
@@ -173,16 +173,118 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
         dist.const_data_ptr<scalar_t>(), static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
         q_camids.const_data_ptr<int32_t>(), g_pids.const_data_ptr<int32_t>(), g_camids.const_data_ptr<int32_t>(),
         by_id_index.const_data_ptr<int64_t>(), group_begin.const_data_ptr<int64_t>(),
-        group_end.const_data_ptr<int64_t>(), ap_mode, ap.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(),
-        last_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
+        group_end.const_data_ptr<int64_t>(), ap_mode, ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(),
+        first_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {ap, first_hit, last_hit, num_matches};
+  return a.outputs();
+}
+
+// The summary in one block: per-thread partial sums in a fixed order, then a fixed tree, so the result does not
+// change from run to run (deterministic mode allows it); the CMC counts by a shared histogram of first hits (integer
+// atomics: order-free) and a block scan, kSummaryBins ranks at a time, whatever max_rank is.
+constexpr int kSummaryThreads = 512;
+constexpr int kSummaryBins = 2048;
+
+__global__ void __launch_bounds__(kSummaryThreads)
+    rank_summary_kernel(const double* __restrict__ ap, const double* __restrict__ inp,
+                        const int64_t* __restrict__ first, const int64_t* __restrict__ count, int64_t num_q,
+                        int64_t max_rank, double* __restrict__ out) {
+  __shared__ unsigned long long hits_at[kSummaryBins];
+  __shared__ double sum_ap[kSummaryThreads], sum_inp[kSummaryThreads];
+  __shared__ int64_t sum_valid[kSummaryThreads], sum_nan[kSummaryThreads], sum_unfinished[kSummaryThreads];
+  const int t = threadIdx.x;
+
+  double ap_part = 0.0, inp_part = 0.0;
+  int64_t valid = 0, nan_rows = 0, unfinished_rows = 0;
+  for (int64_t q = t; q < num_q; q += kSummaryThreads) {
+    const int64_t c = count[q];
+    nan_rows += c == kNanRow;
+    unfinished_rows += first[q] == kOverflowRow;
+    if (c > 0) {
+      ++valid;
+      ap_part += ap[q];
+      inp_part += inp[q];
+    }
+  }
+  sum_ap[t] = ap_part;
+  sum_inp[t] = inp_part;
+  sum_valid[t] = valid;
+  sum_nan[t] = nan_rows;
+  sum_unfinished[t] = unfinished_rows;
+  __syncthreads();
+  for (int half = kSummaryThreads / 2; half > 0; half >>= 1) {
+    if (t < half) {
+      sum_ap[t] += sum_ap[t + half];
+      sum_inp[t] += sum_inp[t + half];
+      sum_valid[t] += sum_valid[t + half];
+      sum_nan[t] += sum_nan[t + half];
+      sum_unfinished[t] += sum_unfinished[t + half];
+    }
+    __syncthreads();
+  }
+  double* tail = out + max_rank;
+  if (t == 0) {
+    tail[kValidQueries] = static_cast<double>(sum_valid[0]);
+    tail[kApSum] = sum_ap[0];
+    tail[kInpSum] = sum_inp[0];
+    tail[kNanRows] = static_cast<double>(sum_nan[0]);
+    tail[kUnfinishedRows] = static_cast<double>(sum_unfinished[0]);
+  }
+  __syncthreads();  // sum_valid is reused below as the scan's scratch
+
+  // Cumulative CMC counts: for ranks [base, base + bins), histogram the first hits, then each thread sums a run of
+  // consecutive bins, the runs are scanned (Hillis-Steele over the threads), and each thread writes its run.
+  int64_t* scan = sum_valid;
+  int64_t carry = 0;  // valid queries with a first hit below base
+  for (int64_t base = 0; base < max_rank; base += kSummaryBins) {
+    const int bins = static_cast<int>(min(int64_t(kSummaryBins), max_rank - base));
+    for (int b = t; b < bins; b += kSummaryThreads) hits_at[b] = 0;
+    __syncthreads();
+    for (int64_t q = t; q < num_q; q += kSummaryThreads) {
+      const int64_t f = first[q] - base;
+      if (count[q] > 0 && f >= 0 && f < bins) atomicAdd(&hits_at[f], 1ull);
+    }
+    __syncthreads();
+    const int run = (bins + kSummaryThreads - 1) / kSummaryThreads;
+    const int lo = min(t * run, bins), hi = min(lo + run, bins);
+    int64_t own = 0;
+    for (int b = lo; b < hi; ++b) own += static_cast<int64_t>(hits_at[b]);
+    scan[t] = own;
+    __syncthreads();
+    for (int offset = 1; offset < kSummaryThreads; offset <<= 1) {
+      const int64_t left = t >= offset ? scan[t - offset] : 0;
+      __syncthreads();
+      scan[t] += left;
+      __syncthreads();
+    }
+    int64_t running = carry + scan[t] - own;  // everything before this thread's run
+    for (int b = lo; b < hi; ++b) {
+      running += static_cast<int64_t>(hits_at[b]);
+      out[base + b] = static_cast<double>(running);
+    }
+    carry += scan[kSummaryThreads - 1];
+    __syncthreads();  // before the next chunk clears hits_at and overwrites scan
+  }
+}
+
+at::Tensor rank_summary_cuda(const at::Tensor& ap, const at::Tensor& inp, const at::Tensor& first_hit,
+                             const at::Tensor& num_matches, int64_t max_rank) {
+  const c10::cuda::CUDAGuard guard(ap.device());
+  at::Tensor out = prepare_summary(ap, inp, first_hit, num_matches, max_rank, c10::DeviceType::CUDA);
+  rank_summary_kernel<<<1, kSummaryThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      ap.const_data_ptr<double>(), inp.const_data_ptr<double>(), first_hit.const_data_ptr<int64_t>(),
+      num_matches.const_data_ptr<int64_t>(), ap.size(0), max_rank, out.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(reidfast, CUDA, m) { m.impl("rank_queries", &rank_queries_cuda); }
+TORCH_LIBRARY_IMPL(reidfast, CUDA, m) {
+  m.impl("rank_queries", &rank_queries_cuda);
+  m.impl("rank_summary", &rank_summary_cuda);
+}
 
 }  // namespace rank
 }  // namespace reidfast

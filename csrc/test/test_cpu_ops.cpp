@@ -94,9 +94,9 @@ void check_rank(bool market) {
   const auto dist = at::randint(0, 7, {num_q, num_g}).to(at::kFloat);
   const auto q_pids = at::randint(1, 9, {num_q}).to(at::kInt), q_cams = at::randint(0, 3, {num_q}).to(at::kInt);
   const auto g_pids = at::randint(-1, 9, {num_g}).to(at::kInt), g_cams = at::randint(0, 3, {num_g}).to(at::kInt);
-  auto [ap, first_hit, last_hit, num_matches] = op.call(dist, q_pids, q_cams, g_pids, g_cams,
-                                                         market ? "market" : "torchreid");
-  std::vector<double> want_ap(num_q, 0.0), want_first(num_q, -1.0), want_count(num_q, 0.0);
+  auto [ap, inp, first_hit, num_matches] = op.call(dist, q_pids, q_cams, g_pids, g_cams,
+                                                    market ? "market" : "torchreid");
+  std::vector<double> want_ap(num_q, 0.0), want_inp(num_q, 0.0), want_first(num_q, -1.0), want_count(num_q, 0.0);
   const float* d = dist.const_data_ptr<float>();
   const int* qp = q_pids.const_data_ptr<int>();
   const int* qc = q_cams.const_data_ptr<int>();
@@ -117,6 +117,7 @@ void check_rank(bool market) {
         const double at = double(k) / double(rank + 1);
         const double before = rank == 0 ? 1.0 : double(k - 1) / double(rank);
         ap_sum += market ? 0.5 * (before + at) : at;
+        want_inp[q] = at;  // at the last match: INP
       }
       ++rank;
     }
@@ -126,6 +127,7 @@ void check_rank(bool market) {
   const std::string tag = market ? " (market)" : " (torchreid)";
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   expect_close("rank_queries ap vs loop" + tag, ap, at::tensor(want_ap, opts), 1e-12);
+  expect_close("rank_queries inp vs loop" + tag, inp, at::tensor(want_inp, opts), 0);
   expect_close("rank_queries first_hit vs loop" + tag, first_hit, at::tensor(want_first, opts), 0);
   expect_close("rank_queries num_matches vs loop" + tag, num_matches, at::tensor(want_count, opts), 0);
 }

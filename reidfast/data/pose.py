@@ -146,12 +146,14 @@ def flip_heatmaps(heatmaps: torch.Tensor, swap_left_right: bool = True) -> torch
 
 
 def keypoints_to_heatmaps(keypoints: torch.Tensor, height: int, width: int,
-                          sigma: float | torch.Tensor = 5.0) -> torch.Tensor:
+                          sigma: float | torch.Tensor = 5.0, *, check_sigma: bool = True) -> torch.Tensor:
     """(B, 18, 2) (x, y) keypoints -> (B, 18, height, width) Gaussian heatmaps, on the keypoints' device.
 
     ``exp(-((col - x)^2 + (row - y)^2) / (2 sigma^2))``: peak 1 at the keypoint, computed in closed form as the
     outer product of a row and a column profile (no per-pixel loop, no blur). `sigma` is a float or a (B,)
     tensor (a per-sample sigma, e.g. for FD-GAN's sigma jitter). Missing keypoints give all-zero channels.
+    A sigma that is not positive is an error. Checking a sigma held on a GPU waits for it; check_sigma=False skips
+    that check, for callers whose sigma is positive by construction (a trainer's step then never waits).
     """
     if not torch.is_tensor(keypoints):
         raise TypeError(f"keypoints_to_heatmaps: keypoints must be a tensor, got {type(keypoints).__name__}")
@@ -162,13 +164,19 @@ def keypoints_to_heatmaps(keypoints: torch.Tensor, height: int, width: int,
     dtype = keypoints.dtype if keypoints.is_floating_point() else torch.float32
     kp = keypoints.to(dtype)
     batch = kp.shape[0]
-    sigma = torch.as_tensor(sigma, dtype=dtype, device=kp.device)
-    if sigma.dim() == 0:
-        sigma = sigma.expand(batch)
-    if sigma.shape != (batch,) or bool((sigma <= 0).any()):
-        raise ValueError(f"keypoints_to_heatmaps: sigma must be positive, a number or shape ({batch},); "
-                         f"got shape {tuple(sigma.shape)}")
-    inv = (-0.5 / sigma**2).view(batch, 1, 1)
+    if torch.is_tensor(sigma):
+        sigma = sigma.to(dtype)
+        sigma = sigma.expand(batch) if sigma.dim() == 0 else sigma
+        if sigma.shape != (batch,):
+            raise ValueError(f"keypoints_to_heatmaps: sigma must be a number or shape ({batch},), "
+                             f"got shape {tuple(sigma.shape)}")
+        if check_sigma and bool((~(sigma > 0)).any()):  # NaN too
+            raise ValueError("keypoints_to_heatmaps: sigma must be positive, got a value <= 0")
+        inv = (-0.5 / sigma.to(kp.device) ** 2).view(batch, 1, 1)
+    else:  # a number: checked and used on the host, nothing copied to the device
+        if not float(sigma) > 0:
+            raise ValueError(f"keypoints_to_heatmaps: sigma must be positive, got {sigma}")
+        inv = -0.5 / float(sigma) ** 2
     cols = torch.arange(width, dtype=dtype, device=kp.device)
     rows = torch.arange(height, dtype=dtype, device=kp.device)
     profile_x = torch.exp((cols.view(1, 1, -1) - kp[..., 0:1]) ** 2 * inv)  # (B, 18, W)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .rank_result import SUMMARY_TAIL
 from .reference import opmath_dtype
 
 
@@ -62,12 +63,19 @@ def _rank_queries_fake(dist, q_pids, q_camids, g_pids, g_camids, ap_mode):
     num_q = dist.shape[0]
     ap = dist.new_empty((num_q,), dtype=torch.float64)
     index = dist.new_empty((num_q,), dtype=torch.int64)
-    return ap, index, torch.empty_like(index), torch.empty_like(index)
+    return ap, torch.empty_like(ap), index, torch.empty_like(index)
 
 
-def register_rank_queries_op(name: str) -> None:
-    """Fake kernel of the per-query ranking op (no autograd: ranks are not differentiable)."""
-    torch.library.register_fake(name)(_rank_queries_fake)
+def _rank_summary_fake(ap, inp, first_hit, num_matches, max_rank):
+    return ap.new_empty((max_rank + SUMMARY_TAIL,), dtype=torch.float64)
+
+
+def register_rank_ops(queries_name: str, summary_name: str) -> None:
+    """Fake kernels of the per-query ranking op and its summary (no autograd: ranks are not differentiable)."""
+    torch.library.register_fake(queries_name)(_rank_queries_fake)
+    torch.library.register_fake(summary_name)(_rank_summary_fake)
+
+
 def _homography_forward_fake(img, H, out_h, out_w, padding_mode, align_corners):
     return img.new_empty((img.shape[0], img.shape[1], out_h, out_w)).contiguous(memory_format=_row_layout(img))
 

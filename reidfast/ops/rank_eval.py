@@ -8,13 +8,15 @@ a time by GEMM, so the full Q x G matrix is never held.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 
 import torch
 
 from . import _backend, _extension, reference
-from ._registration import register_rank_queries_op
-from .rank_result import AP_MODES, METRICS, RankEvalResult, result_from_summary, summary_on_device
+from ._registration import register_rank_ops
+from .rank_result import (AP_MODES, METRICS, NAN_ROW, NAN_ROWS, UNFINISHED_ROW, UNFINISHED_ROWS, RankEvalResult,
+                          result_from_summary)
 
 PRECISIONS = ("strict", "fast")
 
@@ -22,15 +24,13 @@ PRECISIONS = ("strict", "fast")
 DEFAULT_TILE_BYTES = 1 << 28
 
 # An extension built before this op existed leaves only the reference.
-_HAS_KERNELS = _extension.has_cpu_kernels() and hasattr(torch.ops.reidfast, "rank_queries")
+_HAS_KERNELS = _extension.has_cpu_kernels() and hasattr(torch.ops.reidfast, "rank_summary")
 _backend.register_op("rank_eval", ("cuda", "cpu", "reference") if _HAS_KERNELS else ("reference",))
 if _HAS_KERNELS:
-    register_rank_queries_op("reidfast::rank_queries")
-    _rank_queries_op = torch.ops.reidfast.rank_queries.default  # looked up once, not per tile
-
-# What the kernels report in num_matches / first_hit for rows they could not finish (csrc/include/reidfast/rank_math.h).
-_NAN_ROW = -1  # num_matches: the row has a NaN distance
-_OVERFLOW_ROW = -2  # first_hit: more true matches than the CUDA kernel's shared memory holds; redone by the reference
+    register_rank_ops("reidfast::rank_queries", "reidfast::rank_summary")
+    # looked up once, not per tile
+    _rank_queries_op = torch.ops.reidfast.rank_queries.default
+    _rank_summary_op = torch.ops.reidfast.rank_summary.default
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -86,27 +86,35 @@ def _matmul_precision(precision: str):
 
 
 class _TiledDistance:
-    """Distance rows of queries [start, stop) against the whole gallery, one GEMM per tile.
+    """Distance rows of queries [start, stop) against the whole gallery: one GEMM per tile, with the gallery term
+    added by the GEMM itself (cuBLAS adds a bias vector in its epilogue), so no other pass goes over the tile.
 
-    Same formulas as `reference.pairwise_distance`; the gallery side (norms, normalized rows) is prepared once.
+    cosine: 1 - q.g over L2-normalized rows, as `reference.pairwise_distance`.
+    euclidean: |g|^2 - 2 q.g, the squared L2 distance less the query's |q|^2. That term is the same along a query's
+    row, so the row's order, which is all that is ranked, is the full distance's; adding it would cost a pass over
+    the tile, as no GEMM epilogue adds a per-row term. (Only near ties at the last bit can order differently from a
+    full-distance evaluation, as they do between any two GEMMs.)
     """
 
     def __init__(self, query_features, gallery_features, metric):
-        self.metric = metric
-        if metric == "cosine":
-            self.q = torch.nn.functional.normalize(query_features, dim=1)
-            self.g = torch.nn.functional.normalize(gallery_features, dim=1)
+        if metric == "cosine":  # F.normalize's rule, with the norms kept for the check below
+            q_norm, g_norm = (torch.linalg.vector_norm(x, dim=1) for x in (query_features, gallery_features))
+            self.q = query_features / q_norm.clamp_min(1e-12)[:, None]
+            gallery = gallery_features / g_norm.clamp_min(1e-12)[:, None]
+            self.bias, self.alpha = gallery.new_ones(gallery.shape[0]), -1
+            q_size, g_size = q_norm, g_norm
         else:
-            self.q, self.g = query_features, gallery_features
-            self.qq = (query_features * query_features).sum(1, keepdim=True)
-            self.gg = (gallery_features * gallery_features).sum(1)
-        self.gt = self.g.t()
+            self.q, gallery = query_features, gallery_features
+            self.bias, self.alpha = (gallery * gallery).sum(1), -2
+            q_size, g_size = (query_features * query_features).sum(1), self.bias
+        self.gt = gallery.t()
+        # The largest row size on the query and the gallery side, (2,) float64 on the device, checked with the
+        # summary: not finite when a feature is not (NaN propagates through amax) or a size overflows. An infinite
+        # feature would otherwise rank as if nearest or farthest, silently.
+        self.largest_sizes = torch.stack([q_size.amax(), g_size.amax()]).double()
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
-        q = self.q[start:stop]
-        if self.metric == "cosine":
-            return torch.mm(q, self.gt).neg_().add_(1)
-        return torch.addmm(self.qq[start:stop] + self.gg, q, self.gt, beta=1, alpha=-2)
+        return torch.addmm(self.bias, self.q[start:stop], self.gt, alpha=self.alpha)
 
 
 def rank_eval(
@@ -129,6 +137,7 @@ def rank_eval(
     q_pids, q_camids: (Q,) integer ids and cameras of the queries; g_pids, g_camids: (G,) of the gallery.
     Give either distmat (Q, G), smaller = nearer, or query_features (Q, D) and gallery_features (G, D) with
       metric "euclidean" (squared L2, |q|^2 + |g|^2 - 2 q.g as torchreid) or "cosine" (1 - cosine similarity).
+      The kernels rank euclidean rows on |g|^2 - 2 q.g: the query's own |q|^2 changes no order in its row.
       Inputs may be torch tensors, numpy arrays or cupy arrays (taken without a copy through DLPack); results are
       torch tensors on the device of the distances / features.
     max_rank: length of the CMC curve, clipped to the gallery size.
@@ -198,29 +207,32 @@ def rank_eval(
 
 def _int32_labels(labels: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The labels as int32, which the kernels read (half the bytes per gallery item of every query's pass), and
-    whether any of them falls outside int32, as a device flag: checked later with the kernels' own flags, in the
+    whether any of them falls outside int32, as a (1,) float64 device flag: checked later with the summary, in the
     evaluation's one synchronization. Out-of-range labels wrap meanwhile; the kernels only compare labels, and
     their results are then discarded.
     """
     packed = torch.cat(list(labels.values()))
     if packed.dtype == torch.int32:
-        out_of_range = torch.zeros((), dtype=torch.bool, device=packed.device)
+        out_of_range = packed.new_zeros((1,), dtype=torch.float64)
     else:
-        lo, hi = packed.aminmax()
-        out_of_range = (lo < -(2**31)) | (hi >= 2**31)
-        packed = packed.to(torch.int32)
+        narrow = packed.to(torch.int32)
+        out_of_range = (narrow != packed).any().double().view(1)
+        packed = narrow
     return list(packed.split([t.numel() for t in labels.values()])), out_of_range
 
 
 def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric,
                        max_rank, ap_mode, tile_size) -> RankEvalResult:
-    """torch.ops.reidfast.rank_queries tile by tile, then the summary; one synchronization on a GPU.
+    """torch.ops.reidfast.rank_queries tile by tile, then rank_summary; one synchronization on a GPU.
 
-    Everything up to the summary is queued without waiting on the device; the checks (labels in int32 range, NaN
-    rows, rows the CUDA kernel left unfinished) cross to the host with the summary, in one transfer.
+    Everything up to the summary is queued without waiting on the device; the checks (labels in int32 range, finite
+    features, NaN rows, rows the CUDA kernel left unfinished) cross to the host with the summary, in one transfer. Few launches
+    in all: at Market scale the ranking kernel takes a fraction of a millisecond, as long as a few dozen small ops
+    take to queue.
     """
     labels = {"q_pids": q_pids, "q_camids": q_camids, "g_pids": g_pids, "g_camids": g_camids}
     (qp, qc, gp, gc), labels_out_of_range = _int32_labels(labels)
+    checks = [labels_out_of_range]  # device values to check (float64), crossing to the host with the summary
     num_q = q_pids.numel()
     if distmat is not None:
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
@@ -229,31 +241,42 @@ def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_featur
         step = tile_size or max(1, DEFAULT_TILE_BYTES // (4 * g_pids.numel()))
         tiles = _TiledDistance(query_features, gallery_features, metric)
         rows = tiles.rows
+        checks.append(tiles.largest_sizes)
     parts = []
     for start in range(0, num_q, step):
         stop = min(start + step, num_q)
         parts.append(_rank_queries_op(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc, ap_mode))
-    ap, first_hit, last_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
-    inp = torch.where(num_matches > 0, num_matches.double() / (last_hit + 1).clamp(min=1).double(),
-                      torch.zeros_like(ap))
+    ap, inp, first_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
 
-    checks = torch.stack([labels_out_of_range, (num_matches == _NAN_ROW).any(), (first_hit == _OVERFLOW_ROW).any()])
-    host = torch.cat([checks.double(), summary_on_device(ap, inp, first_hit, num_matches, max_rank)]).cpu()
-    bad_labels, has_nan, has_overflow = (bool(x) for x in host[:3].tolist())
-    summary = host[3:]
-    if bad_labels:
+    host = torch.cat(checks + [_rank_summary_op(ap, inp, first_hit, num_matches, max_rank)]).cpu()
+    num_checks = sum(c.numel() for c in checks)
+    check_values, summary = host[:num_checks].tolist(), host[num_checks:]
+    if check_values[0]:
         bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
         raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
-    if has_nan:
-        nan_rows = (num_matches == _NAN_ROW).nonzero()
+    if distmat is None and not all(math.isfinite(v) for v in check_values[1:]):
+        _raise_if_not_finite(check_values[1:], query_features, gallery_features)
+    tail = summary[max_rank:].tolist()
+    if tail[NAN_ROWS]:
+        nan_rows = (num_matches == NAN_ROW).nonzero()
         raise ValueError(f"rank_eval: the distance row of query {int(nan_rows[0])} contains NaN "
                          f"({nan_rows.numel()} such queries)")
-    if has_overflow:
-        overflow = (first_hit == _OVERFLOW_ROW).nonzero().flatten()
-        _redo_with_reference(overflow, (ap, inp, first_hit, num_matches), q_pids, g_pids, q_camids, g_camids,
+    if tail[UNFINISHED_ROWS]:
+        unfinished = (first_hit == UNFINISHED_ROW).nonzero().flatten()
+        _redo_with_reference(unfinished, (ap, inp, first_hit, num_matches), q_pids, g_pids, q_camids, g_camids,
                              distmat, query_features, gallery_features, metric, ap_mode)
-        summary = summary_on_device(ap, inp, first_hit, num_matches, max_rank).cpu()
+        summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank).cpu()
     return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
+
+
+def _raise_if_not_finite(largest_sizes, query_features, gallery_features) -> None:
+    """The error for features whose largest row size is not finite: a non-finite value, or else a size beyond the
+    dtype's range."""
+    reference.check_features_finite(query_features, gallery_features)
+    for size, name, features in zip(largest_sizes, ("query_features", "gallery_features"),
+                                    (query_features, gallery_features)):
+        if not math.isfinite(size):
+            raise ValueError(f"rank_eval: {name} have norms beyond {features.dtype}'s range: scale them down")
 
 
 def _redo_with_reference(idx, outputs, q_pids, g_pids, q_camids, g_camids, distmat, query_features,

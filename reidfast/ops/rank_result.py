@@ -56,38 +56,50 @@ class RankEvalResult:
         return f"{ap}; ties: {self.tie_rule}; junk: same id and same camera; distance: {self.metric}"
 
 
+# What the kernels write for rows they could not finish (csrc/include/reidfast/rank_math.h).
+NAN_ROW = -1  # num_matches: the row has a NaN distance
+UNFINISHED_ROW = -2  # first_hit: more true matches than the CUDA kernel's shared memory holds; redone by the reference
+
+# The summary vector after its max_rank cumulative CMC counts (rank_math.h SummaryTail).
+VALID_QUERIES, AP_SUM, INP_SUM, NAN_ROWS, UNFINISHED_ROWS = range(5)
+SUMMARY_TAIL = 5
+
+
 def summary_on_device(ap, inp, first_hit, num_matches, max_rank) -> torch.Tensor:
     """What the summary needs, as one float64 vector on the per-query outputs' device, to cross to the host in one
-    transfer: [valid queries with first hit at rank <= r for r < max_rank] + [valid queries, sum AP, sum INP].
+    transfer: [valid queries with first hit at rank <= r for r < max_rank] + [valid queries, sum AP, sum INP, NaN
+    rows, unfinished rows]. The plain-torch twin of the `rank_summary` op, which the kernels' wrapper calls.
 
     No step waits on the device (a Market-scale evaluation otherwise spends more time waiting on small transfers
     than ranking).
     """
     valid = num_matches > 0
     # cumulative[r] = valid queries whose first hit is at rank <= r, by binary search in the sorted first hits
-    # (invalid queries sort last, never counted): no device-side maximum to wait for, as bincount would, and
-    # deterministic, as atomic counting would not be.
-    hits = torch.where(valid, first_hit, max_rank).sort().values
+    # (invalid and unfinished queries sort last, never counted): no device-side maximum to wait for, as bincount
+    # would, and deterministic, as atomic counting would not be.
+    hits = torch.where(valid & (first_hit >= 0), first_hit, max_rank).sort().values
     cumulative = torch.searchsorted(hits, torch.arange(max_rank, device=hits.device), right=True)
     zero = torch.zeros((), dtype=ap.dtype, device=ap.device)
-    totals = torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, ap, zero).sum(),
-                          torch.where(valid, inp, zero).sum()])
-    return torch.cat([cumulative.double(), totals.double()])
+    tail = torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, ap, zero).sum(),
+                        torch.where(valid, inp, zero).sum(), (num_matches == NAN_ROW).sum(dtype=torch.float64),
+                        (first_hit == UNFINISHED_ROW).sum(dtype=torch.float64)])
+    return torch.cat([cumulative.double(), tail.double()])
 
 
 def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
     """The result, from `summary_on_device`'s vector once on the CPU and the per-query outputs."""
     # The divisions happen on the CPU: CUDA divides by a scalar through its reciprocal, which would make the same
     # counts differ in the last bit between devices.
-    cumulative, num_valid, ap_sum, inp_sum = summary[:max_rank], int(summary[max_rank]), summary[-2], summary[-1]
+    cumulative, tail = summary[:max_rank], summary[max_rank:].tolist()
+    num_valid, ap_sum, inp_sum = int(tail[VALID_QUERIES]), tail[AP_SUM], tail[INP_SUM]
     if num_valid == 0:
         warnings.warn("rank_eval: no query has a true match in the gallery; CMC, mAP and mINP are NaN", stacklevel=3)
         cmc = torch.full((max_rank,), math.nan, dtype=torch.float64)
         m_ap = m_inp = math.nan
     else:
         cmc = cumulative / num_valid
-        m_ap = float(ap_sum / num_valid)
-        m_inp = float(inp_sum / num_valid)
+        m_ap = ap_sum / num_valid
+        m_inp = inp_sum / num_valid
     return RankEvalResult(
         cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches,
         valid=num_matches > 0, num_valid=num_valid, ap_mode=ap_mode, metric=metric, max_rank=max_rank,

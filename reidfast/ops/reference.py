@@ -69,6 +69,14 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}")
 
 
+def check_features_finite(query_features: torch.Tensor, gallery_features: torch.Tensor) -> None:
+    """Features must be finite: an infinite value makes its rows' distances infinite or NaN, ranked silently."""
+    for name, features in (("query_features", query_features), ("gallery_features", gallery_features)):
+        bad_rows = (~features.isfinite()).any(1).nonzero()
+        if bad_rows.numel():
+            raise ValueError(f"rank_eval: {name} must be finite, but row {int(bad_rows[0])} holds a non-finite value")
+
+
 def rank_eval(
     q_pids: torch.Tensor,
     g_pids: torch.Tensor,
@@ -102,12 +110,15 @@ def rank_eval(
       only when some query has no match (never on Market-1501 itself).
     mINP (the re-id survey 'Deep Learning for Person Re-identification', TPAMI 2021): INP = P / (rank_P + 1), the
     precision at the last true match.
-    Distances: a distance matrix (Q, G), or features with `pairwise_distance`. NaN distances are an error.
+    Distances: a distance matrix (Q, G), or features with `pairwise_distance`. NaN distances and non-finite
+    features are an error.
     """
     from .rank_result import summarize  # the shared summary; imported here to keep this module's imports light
 
     num_q = q_pids.numel()
     num_g = g_pids.numel()
+    if distmat is None:
+        check_features_finite(query_features, gallery_features)
     # Chunks of queries bound the (chunk, G) index tensors the sort makes (the oracle must also run at MSMT17 scale).
     chunk = max(1, (1 << 22) // max(num_g, 1))
     outputs = []

@@ -239,6 +239,8 @@ class FDGAN(Method):
         self.weights = {"v": cfg["v_w"], "id": cfg["id_w"], "pd": cfg["pd_w"],
                         "r": default_r if cfg["r_w"] is None else cfg["r_w"],
                         "sp": default_sp if cfg["sp_w"] is None else cfg["sp_w"]}
+        if not cfg["pose_sigmas"] or any(not float(s) > 0 for s in cfg["pose_sigmas"]):
+            raise ValueError(f"fdgan: --pose-sigmas must be positive pixel bandwidths, got {cfg['pose_sigmas']}")
         self.sigmas = torch.tensor([float(s) * cfg["height"] / 256 for s in cfg["pose_sigmas"]], device=run.device)
         self.schedulers = {}
 
@@ -368,7 +370,9 @@ class FDGAN(Method):
         cfg = self.run.cfg
         if sigma is None:
             sigma = self.sigmas[len(self.sigmas) // 2]
-        return keypoints_to_heatmaps(keypoints.float(), cfg["height"], cfg["width"], sigma)
+        # check_sigma=False: every sigma is one of self.sigmas, checked positive above; checking again would wait
+        # on the GPU once per step.
+        return keypoints_to_heatmaps(keypoints.float(), cfg["height"], cfg["width"], sigma, check_sigma=False)
 
     def _draws(self, pairs: int, device) -> dict:
         """Every random number of a stage II/III step, in one fixed order (so both orders of operations and a

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -38,8 +40,13 @@ def test_heatmap_peak_is_one_at_an_integer_keypoint_and_sigma_is_checked():
     kp[0, 0] = torch.tensor([4.0, 9.0])
     maps = keypoints_to_heatmaps(kp, 16, 8, 2.0)
     assert maps[0, 0, 9, 4] == 1.0 and maps[0, 0].max() == 1.0 and maps[0, 1:].sum() == 0
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(ValueError, match=r"sigma must be a number or shape \(1,\), got shape \(2,\)"):
         keypoints_to_heatmaps(kp, 16, 8, torch.tensor([1.0, 2.0]))
+    for bad in (0.0, -2.0, float("nan"), torch.tensor([-1.0]), torch.tensor(0.0), torch.tensor([math.nan])):
+        with pytest.raises(ValueError, match="sigma must be positive"):
+            keypoints_to_heatmaps(kp, 16, 8, bad)
+    # A per-sample tensor gives the same maps as the number.
+    torch.testing.assert_close(keypoints_to_heatmaps(kp, 16, 8, torch.tensor([2.0]), check_sigma=False), maps)
     with pytest.raises(ValueError, match=r"18, 2\)"):
         keypoints_to_heatmaps(torch.zeros(1, 17, 2), 16, 8)
 
@@ -90,3 +97,20 @@ def test_fdgan_pose_file_is_row_then_column(tmp_path):
     (tmp_path / "bad.txt").write_text("1 2\n3 4\n")
     with pytest.raises(ValueError, match="18 lines"):
         read_fdgan_pose(tmp_path / "bad.txt")
+
+
+@pytest.mark.gpu
+def test_heatmaps_on_a_gpu_do_not_wait_for_it():
+    # FD-GAN draws a bandwidth per image on the GPU at every step: a number, or a device sigma with check_sigma=False,
+    # must not synchronize.
+    kp = random_keypoints(4, 32, 16).cuda()
+    sigma = torch.tensor([1.0, 2.0, 3.0, 2.0], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        by_number = keypoints_to_heatmaps(kp, 32, 16, 2.0)
+        per_sample = keypoints_to_heatmaps(kp, 32, 16, sigma, check_sigma=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.testing.assert_close(per_sample[1], by_number[1])
+    torch.testing.assert_close(per_sample.cpu(), keypoints_to_heatmaps(kp.cpu(), 32, 16, sigma.cpu()))

@@ -13,6 +13,8 @@ import torch
 
 from reidfast import ops
 from reidfast.ops import reference
+from reidfast.ops.rank_result import (NAN_ROW, NAN_ROWS, SUMMARY_TAIL, UNFINISHED_ROW, UNFINISHED_ROWS,
+                                      summary_on_device)
 
 rank_eval_module = importlib.import_module("reidfast.ops.rank_eval")  # the module; ops.rank_eval is the function
 
@@ -331,8 +333,31 @@ def test_nan_distances_are_an_error(backend):
         evaluate(backend, *LABELS, distmat=dist)
     qf = torch.ones(2, 4)
     qf[0, 0] = math.nan
-    with pytest.raises(ValueError, match="query 0 contains NaN"):
+    with pytest.raises(ValueError, match="query_features must be finite, but row 0 holds a non-finite value"):
         evaluate(backend, *LABELS, query_features=qf, gallery_features=torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("side", ["query_features", "gallery_features"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_features_are_an_error(backend, metric, side, bad):
+    # An infinite feature gives its rows infinite or NaN distances, which would rank silently: refused by name.
+    features = {"query_features": torch.randn(3, 4), "gallery_features": torch.randn(5, 4)}
+    features[side][1, 2] = bad
+    with pytest.raises(ValueError, match=f"{side} must be finite, but row 1 holds a non-finite value"):
+        evaluate(backend, [1, 2, 1], [1, 2, 1, 2, 3], [0, 0, 0], [1, 1, 1, 1, 1], metric=metric, **features)
+
+
+@needs_kernels
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_features_beyond_the_dtype_range_are_an_error(metric):
+    # Finite, but |g|^2 (euclidean) or |g| (cosine) overflows float32: no ranking could be trusted.
+    gallery = torch.randn(5, 4)
+    gallery[3] = 1e30
+    with pytest.raises(ValueError, match="gallery_features have norms beyond torch.float32's range"):
+        evaluate("cpu", [1, 2, 1], [1, 2, 1, 2, 3], [0, 0, 0], [1, 1, 1, 1, 1], metric=metric,
+                 query_features=torch.randn(3, 4), gallery_features=gallery)
 
 
 def test_infinite_distances_rank_last():
@@ -350,6 +375,48 @@ def test_opcheck_rank_queries(ap_mode):
     dist, qp, gp, qc, gc = random_protocol(6, 20, 4, 2, seed=10)
     args = (torch.from_numpy(dist),) + tuple(torch.from_numpy(a).int() for a in (qp, qc, gp, gc)) + (ap_mode,)
     torch.library.opcheck(torch.ops.reidfast.rank_queries.default, args)
+
+
+def ranked_outputs(num_q, seed, max_first_hit):
+    """rank_queries-like outputs: random ranks, AP and INP, invalid queries, and one NaN and one unfinished row
+    flagged as the kernels flag them."""
+    g = torch.Generator().manual_seed(seed)
+    num_matches = torch.randint(0, 4, (num_q,), generator=g)
+    valid = num_matches > 0
+    first_hit = torch.where(valid, torch.randint(0, max_first_hit, (num_q,), generator=g), -1)
+    ap = torch.where(valid, torch.rand(num_q, generator=g, dtype=torch.float64), 0.0)
+    inp = torch.where(valid, torch.rand(num_q, generator=g, dtype=torch.float64), 0.0)
+    num_matches[3], first_hit[3], ap[3], inp[3] = NAN_ROW, -1, 0.0, 0.0
+    num_matches[5], first_hit[5], ap[5], inp[5] = 9, UNFINISHED_ROW, 0.0, 0.0
+    return ap, inp, first_hit, num_matches
+
+
+@needs_kernels
+@pytest.mark.parametrize("max_rank", [1, 50, 3000])
+def test_rank_summary_matches_its_reference(max_rank):
+    outputs = ranked_outputs(700, seed=15, max_first_hit=4000)
+    got = torch.ops.reidfast.rank_summary(*outputs, max_rank)
+    want = summary_on_device(*outputs, max_rank)
+    assert got.shape == (max_rank + SUMMARY_TAIL,) and got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)  # counts exactly; the sums up to their order
+    assert got[max_rank + NAN_ROWS] == 1 and got[max_rank + UNFINISHED_ROWS] == 1
+    assert got[max_rank - 1] < got[max_rank]  # valid queries with a first hit beyond max_rank are not counted
+
+
+@needs_kernels
+def test_opcheck_rank_summary():
+    torch.library.opcheck(torch.ops.reidfast.rank_summary.default, ranked_outputs(40, seed=16, max_first_hit=30) + (20,))
+
+
+@needs_kernels
+def test_rank_summary_rejects_bad_arguments():
+    ap, inp, first_hit, num_matches = ranked_outputs(10, seed=17, max_first_hit=5)
+    with pytest.raises(ValueError, match="inp must have shape"):
+        torch.ops.reidfast.rank_summary(ap, inp[:4], first_hit, num_matches, 5)
+    with pytest.raises(TypeError, match="first_hit and num_matches must be int64"):
+        torch.ops.reidfast.rank_summary(ap, inp, first_hit.int(), num_matches, 5)
+    with pytest.raises(ValueError, match="max_rank must be >= 1"):
+        torch.ops.reidfast.rank_summary(ap, inp, first_hit, num_matches, 0)
 
 
 @needs_kernels
@@ -452,6 +519,18 @@ def test_cuda_features_strict_and_fast(metric):
     with pytest.raises(ValueError, match="NaN"):
         evaluate("cuda", *[torch.tensor(x).cuda() for x in ([1, 2, 1], [1, 2, 1, 2], [0, 0, 0], [1, 1, 1, 1])],
                  distmat=dist)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("max_rank", [50, 5000])
+def test_cuda_rank_summary_matches_its_reference(max_rank):
+    # 5000 ranks: three chunks of the kernel's shared histogram, the last one partial.
+    outputs = ranked_outputs(3001, seed=18, max_first_hit=6000)
+    want = summary_on_device(*outputs, max_rank)
+    cuda_outputs = [t.cuda() for t in outputs]
+    got = torch.ops.reidfast.rank_summary(*cuda_outputs, max_rank)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=0)
+    assert torch.equal(got, torch.ops.reidfast.rank_summary(*cuda_outputs, max_rank))  # a fixed summation order
 
 
 @pytest.mark.gpu

@@ -241,6 +241,13 @@ def test_pose_maps_draw_bandwidths_from_the_scaled_set():
     assert wider[0, 0, 20, 13] > maps[0, 0, 20, 13]
 
 
+def test_bandwidths_must_be_positive():
+    # Checked once here, so the step's pose maps skip the check (on a GPU, a wait per step).
+    for bad in ([4.0, 0.0], [-5.0], []):
+        with pytest.raises(ValueError, match="--pose-sigmas must be positive"):
+            _method(2, False, pose_sigmas=bad)
+
+
 def test_verifier_rescoring_reorders_the_top_k_only():
     method = _method(1, False)
     torch.nn.init.normal_(method.v.fc.weight, std=0.05)  # no saturated (tied) probabilities

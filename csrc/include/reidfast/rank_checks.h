@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "reidfast/rank_math.h"
 
@@ -53,10 +54,10 @@ struct RankArgs {
   int ap_mode;
   int64_t num_q, num_g;
   at::Tensor dist, q_pids, q_camids, g_pids, g_camids;
-  at::Tensor ap, first_hit, last_hit, num_matches;  // outputs, (Q,) each
+  at::Tensor ap, inp, first_hit, num_matches;  // outputs, (Q,) each
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> outputs() const {
-    return {ap, first_hit, last_hit, num_matches};
+    return {ap, inp, first_hit, num_matches};
   }
 };
 
@@ -75,10 +76,32 @@ inline RankArgs prepare(const at::Tensor& dist, const at::Tensor& q_pids, const 
   a.num_g = dist.size(1);
   const auto index_opts = dist.options().dtype(at::kLong);
   a.ap = at::empty({a.num_q}, dist.options().dtype(at::kDouble));
+  a.inp = at::empty({a.num_q}, dist.options().dtype(at::kDouble));
   a.first_hit = at::empty({a.num_q}, index_opts);
-  a.last_hit = at::empty({a.num_q}, index_opts);
   a.num_matches = at::empty({a.num_q}, index_opts);
   return a;
+}
+
+// rank_summary's inputs: rank_queries' four outputs, (Q,) each, on `device`; max_rank >= 1. Returns the output,
+// uninitialized, of max_rank + kSummaryTail float64 entries.
+inline at::Tensor prepare_summary(const at::Tensor& ap, const at::Tensor& inp, const at::Tensor& first_hit,
+                                  const at::Tensor& num_matches, int64_t max_rank, c10::DeviceType device) {
+  const std::pair<const at::Tensor*, const char*> inputs[] = {
+      {&ap, "ap"}, {&inp, "inp"}, {&first_hit, "first_hit"}, {&num_matches, "num_matches"}};
+  for (const auto& [t, name] : inputs) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == ap.size(0), "rank_summary: ", name, " must have shape (",
+                      ap.size(0), "), like ap, got ", shape_str(*t));
+    TORCH_CHECK(t->device().type() == device && t->device() == ap.device(), "rank_summary: ", name, " is on ",
+                t->device(), " but this kernel runs on ", ap.device());
+    TORCH_CHECK(t->is_contiguous(), "rank_summary: ", name, " must be contiguous");
+  }
+  TORCH_CHECK_TYPE(ap.scalar_type() == at::kDouble && inp.scalar_type() == at::kDouble,
+                   "rank_summary: ap and inp must be float64, got ", ap.scalar_type(), " and ", inp.scalar_type());
+  TORCH_CHECK_TYPE(first_hit.scalar_type() == at::kLong && num_matches.scalar_type() == at::kLong,
+                   "rank_summary: first_hit and num_matches must be int64, got ", first_hit.scalar_type(), " and ",
+                   num_matches.scalar_type());
+  TORCH_CHECK_VALUE(max_rank >= 1, "rank_summary: max_rank must be >= 1, got ", max_rank);
+  return at::empty({max_rank + kSummaryTail}, ap.options());  // every entry is written
 }
 
 }  // namespace rank

@@ -70,5 +70,22 @@ C10_HOST_DEVICE inline double ap_term(int64_t k, int64_t r, int ap_mode) {
   return at;
 }
 
+// A query's inverse negative penalty (mINP's term): its P matches over the 0-based rank of the last one, plus 1.
+// IEEE division on both devices, so the CPU and CUDA kernels agree to the bit.
+C10_HOST_DEVICE inline double inp_term(int64_t num_matches, int64_t last_rank) {
+  return static_cast<double>(num_matches) / static_cast<double>(last_rank + 1);
+}
+
+// The summary vector (rank_summary op; reidfast/ops/rank_result.py reads it), float64, max_rank + kSummaryTail
+// entries: [0, max_rank) the valid queries whose first hit is at rank <= r, then the tail below.
+enum SummaryTail : int {
+  kValidQueries = 0,  // queries with at least one true match
+  kApSum = 1,         // sum of AP over them
+  kInpSum = 2,        // sum of INP over them
+  kNanRows = 3,       // rows flagged kNanRow
+  kUnfinishedRows = 4,  // rows flagged kOverflowRow
+  kSummaryTail = 5,
+};
+
 }  // namespace rank
 }  // namespace reidfast
