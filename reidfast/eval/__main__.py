@@ -1,11 +1,12 @@
 """python -m reidfast.eval: CMC / mAP / mINP of re-id retrieval.
 
   python -m reidfast.eval --features FILE [--metric euclidean|cosine] [--ap-mode torchreid|market] [--rerank]
+  python -m reidfast.eval --checkpoint RUN_DIR [--dataset NAME --data-root DIR]
 
-FILE is .npz, .pt or the pytorch_result.mat of DG-Net's tools (keys in reidfast.eval.io). Each source of features is a
-subcommand-like mode chosen by a mutually exclusive flag, so new modes (e.g. a trained run) add one flag and one
-function in MODES.
+FILE is .npz, .pt or the pytorch_result.mat of DG-Net's tools (keys in reidfast.eval.io).
 """
+# Each source of features is a mode chosen by one flag of a mutually exclusive group: a new source adds one flag
+# and one function in MODES.
 from __future__ import annotations
 
 import argparse

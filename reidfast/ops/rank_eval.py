@@ -226,9 +226,9 @@ def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_featur
     """torch.ops.reidfast.rank_queries tile by tile, then rank_summary; one synchronization on a GPU.
 
     Everything up to the summary is queued without waiting on the device; the checks (labels in int32 range, finite
-    features, NaN rows, rows the CUDA kernel left unfinished) cross to the host with the summary, in one transfer. Few launches
-    in all: at Market scale the ranking kernel takes a fraction of a millisecond, as long as a few dozen small ops
-    take to queue.
+    features, NaN rows, rows the CUDA kernel left unfinished) cross to the host with the summary, in one transfer.
+    Few launches in all: at Market scale the ranking kernel takes a fraction of a millisecond, about as long as a
+    few dozen small ops take to queue.
     """
     labels = {"q_pids": q_pids, "q_camids": q_camids, "g_pids": g_pids, "g_camids": g_camids}
     (qp, qc, gp, gc), labels_out_of_range = _int32_labels(labels)

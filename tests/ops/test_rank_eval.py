@@ -405,7 +405,8 @@ def test_rank_summary_matches_its_reference(max_rank):
 
 @needs_kernels
 def test_opcheck_rank_summary():
-    torch.library.opcheck(torch.ops.reidfast.rank_summary.default, ranked_outputs(40, seed=16, max_first_hit=30) + (20,))
+    args = ranked_outputs(40, seed=16, max_first_hit=30) + (20,)
+    torch.library.opcheck(torch.ops.reidfast.rank_summary.default, args)
 
 
 @needs_kernels
