@@ -53,7 +53,8 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         raise TypeError(f"rank_eval: {name} must be a torch tensor, numpy or cupy array, got {type(x).__name__}") from exc
 
 
-def _labels(x, name: str, length: int | None, device: torch.device) -> torch.Tensor:
+def _labels(x, name: str, length: int | None) -> torch.Tensor:
+    """Checked, as int64, where they are: host labels go to the device packed into one copy (_int32_labels)."""
     t = _as_tensor(x, name)
     if t.dim() != 1:
         raise ValueError(f"rank_eval: {name} must be 1-D, got shape {tuple(t.shape)}")
@@ -61,7 +62,7 @@ def _labels(x, name: str, length: int | None, device: torch.device) -> torch.Ten
         raise TypeError(f"rank_eval: {name} must hold integers, got {t.dtype}")
     if length is not None and t.numel() != length:
         raise ValueError(f"rank_eval: {name} has {t.numel()} entries but {length} were expected")
-    return t.to(device=device, dtype=torch.int64)
+    return t.to(torch.int64)
 
 
 def _floating_2d(x, name: str) -> torch.Tensor:
@@ -190,39 +191,52 @@ def rank_eval(
         device = query_features.device
     if num_q == 0 or num_g == 0:
         raise ValueError(f"rank_eval: needs at least one query and one gallery item, got Q={num_q}, G={num_g}")
-    q_pids = _labels(q_pids, "q_pids", num_q, device)
-    q_camids = _labels(q_camids, "q_camids", num_q, device)
-    g_pids = _labels(g_pids, "g_pids", num_g, device)
-    g_camids = _labels(g_camids, "g_camids", num_g, device)
+    labels = {"q_pids": _labels(q_pids, "q_pids", num_q), "q_camids": _labels(q_camids, "q_camids", num_q),
+              "g_pids": _labels(g_pids, "g_pids", num_g), "g_camids": _labels(g_camids, "g_camids", num_g)}
     max_rank = min(int(max_rank), num_g)
 
     backend = _backend.resolve("rank_eval", device)
     with _matmul_precision(precision):
         if backend == "reference":
+            q_pids, q_camids, g_pids, g_camids = (t.to(device) for t in labels.values())
             return reference.rank_eval(q_pids, g_pids, q_camids, g_camids, distmat, query_features,
                                        gallery_features, metric, max_rank, ap_mode)
-        return _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features,
-                                  metric, max_rank, ap_mode, tile_size)
+        return _rank_with_kernels(labels, distmat, query_features, gallery_features, metric, max_rank, ap_mode,
+                                  tile_size, device)
 
 
-def _int32_labels(labels: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The labels as int32, which the kernels read (half the bytes per gallery item of every query's pass), and
-    whether any of them falls outside int32, as a (1,) float64 device flag: checked later with the summary, in the
-    evaluation's one synchronization. Out-of-range labels wrap meanwhile; the kernels only compare labels, and
-    their results are then discarded.
+def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], dict]:
+    """The labels on `device` as int32, which the kernels read (half the bytes per gallery item of every query's
+    pass), and what is left to check of them.
+
+    Labels on the host (numpy arrays, lists) are range-checked there and cross in one copy from pinned memory, which
+    does not wait for the device. Labels already on the device are checked there: whether any falls outside int32
+    becomes a (1,) float64 flag, checked later with the summary in the evaluation's one synchronization. Out-of-range
+    labels wrap meanwhile; the kernels only compare labels, and their results are then discarded.
     """
-    packed = torch.cat(list(labels.values()))
-    if packed.dtype == torch.int32:
-        out_of_range = packed.new_zeros((1,), dtype=torch.float64)
+    on_host = all(t.device.type == "cpu" for t in labels.values())
+    packed = torch.cat([t if on_host else t.to(device) for t in labels.values()])
+    checks = {}
+    if on_host:
+        if packed.numel() and (int(packed.min()) < -(2**31) or int(packed.max()) >= 2**31):
+            _raise_labels_out_of_range(labels)
+        packed = packed.to(torch.int32)
+        if device.type == "cuda":
+            packed = packed.pin_memory().to(device, non_blocking=True)
     else:
         narrow = packed.to(torch.int32)
-        out_of_range = (narrow != packed).any().double().view(1)
+        checks["labels"] = (narrow != packed).any().double().view(1)
         packed = narrow
-    return list(packed.split([t.numel() for t in labels.values()])), out_of_range
+    return list(packed.split([t.numel() for t in labels.values()])), checks
 
 
-def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_features, gallery_features, metric,
-                       max_rank, ap_mode, tile_size) -> RankEvalResult:
+def _raise_labels_out_of_range(labels: dict[str, torch.Tensor]) -> None:
+    bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
+    raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
+
+
+def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric, max_rank, ap_mode, tile_size,
+                       device) -> RankEvalResult:
     """torch.ops.reidfast.rank_queries tile by tile, then rank_summary; one synchronization on a GPU.
 
     Everything up to the summary is queued without waiting on the device; the checks (labels in int32 range, finite
@@ -230,32 +244,33 @@ def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_featur
     Few launches in all: at Market scale the ranking kernel takes a fraction of a millisecond, about as long as a
     few dozen small ops take to queue.
     """
-    labels = {"q_pids": q_pids, "q_camids": q_camids, "g_pids": g_pids, "g_camids": g_camids}
-    (qp, qc, gp, gc), labels_out_of_range = _int32_labels(labels)
-    checks = [labels_out_of_range]  # device values to check (float64), crossing to the host with the summary
-    num_q = q_pids.numel()
+    (qp, qc, gp, gc), checks = _int32_labels(labels, device)  # checks: name -> float64 device values
+    num_q, num_g = qp.numel(), gp.numel()
     if distmat is not None:
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
         rows = lambda a, b: distmat[a:b]  # noqa: E731
     else:
-        step = tile_size or max(1, DEFAULT_TILE_BYTES // (4 * g_pids.numel()))
+        step = tile_size or max(1, DEFAULT_TILE_BYTES // (4 * num_g))
         tiles = _TiledDistance(query_features, gallery_features, metric)
         rows = tiles.rows
-        checks.append(tiles.largest_sizes)
+        checks["largest_feature_sizes"] = tiles.largest_sizes
     parts = []
     for start in range(0, num_q, step):
         stop = min(start + step, num_q)
         parts.append(_rank_queries_op(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc, ap_mode))
     ap, inp, first_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
 
-    host = torch.cat(checks + [_rank_summary_op(ap, inp, first_hit, num_matches, max_rank)]).cpu()
-    num_checks = sum(c.numel() for c in checks)
-    check_values, summary = host[:num_checks].tolist(), host[num_checks:]
-    if check_values[0]:
-        bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
-        raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
-    if distmat is None and not all(math.isfinite(v) for v in check_values[1:]):
-        _raise_if_not_finite(check_values[1:], query_features, gallery_features)
+    summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank)
+    host = (torch.cat([*checks.values(), summary]) if checks else summary).cpu()
+    values, offset = {}, 0
+    for name, value in checks.items():
+        values[name], offset = host[offset:offset + value.numel()].tolist(), offset + value.numel()
+    summary = host[offset:]
+    if "labels" in values and values["labels"][0]:
+        _raise_labels_out_of_range(labels)
+    sizes = values.get("largest_feature_sizes", [])
+    if not all(math.isfinite(v) for v in sizes):
+        _raise_if_not_finite(sizes, query_features, gallery_features)
     tail = summary[max_rank:].tolist()
     if tail[NAN_ROWS]:
         nan_rows = (num_matches == NAN_ROW).nonzero()
@@ -263,8 +278,8 @@ def _rank_with_kernels(q_pids, g_pids, q_camids, g_camids, distmat, query_featur
                          f"({nan_rows.numel()} such queries)")
     if tail[UNFINISHED_ROWS]:
         unfinished = (first_hit == UNFINISHED_ROW).nonzero().flatten()
-        _redo_with_reference(unfinished, (ap, inp, first_hit, num_matches), q_pids, g_pids, q_camids, g_camids,
-                             distmat, query_features, gallery_features, metric, ap_mode)
+        _redo_with_reference(unfinished, (ap, inp, first_hit, num_matches), labels, distmat, query_features,
+                             gallery_features, metric, ap_mode)
         summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank).cpu()
     return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
 
@@ -279,9 +294,11 @@ def _raise_if_not_finite(largest_sizes, query_features, gallery_features) -> Non
             raise ValueError(f"rank_eval: {name} have norms beyond {features.dtype}'s range: scale them down")
 
 
-def _redo_with_reference(idx, outputs, q_pids, g_pids, q_camids, g_camids, distmat, query_features,
-                         gallery_features, metric, ap_mode):
+def _redo_with_reference(idx, outputs, labels, distmat, query_features, gallery_features, metric, ap_mode):
     """Rows the CUDA kernel left unfinished (too many true matches for its shared memory), by the reference."""
+    device = idx.device
+    q_pids, q_camids, g_pids, g_camids = (labels[name].to(device) for name in ("q_pids", "q_camids", "g_pids",
+                                                                               "g_camids"))
     dist = distmat[idx] if distmat is not None else reference.pairwise_distance(
         query_features[idx], gallery_features, metric)
     sub = reference.rank_eval(q_pids[idx], g_pids, q_camids[idx], g_camids, dist, max_rank=1, ap_mode=ap_mode)

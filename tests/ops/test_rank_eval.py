@@ -439,6 +439,16 @@ def test_labels_beyond_int32_are_refused_by_name():
     result = evaluate("cpu", [1, 2], [1, 2**31 - 1, 2], [0, 0], [1, 1, 1], distmat=dist)
     assert result.num_valid == 2
 
+
+@pytest.mark.gpu
+def test_cuda_labels_beyond_int32_are_refused_by_name():
+    # Labels on the device are checked there, with the summary: the same error as for host labels.
+    dist = torch.rand(2, 3, device="cuda")
+    labels = [torch.tensor(x, device="cuda") for x in ([1, 2], [1, 2, 2], [0, 0], [1, 1, -(2**31) - 1])]
+    with pytest.raises(ValueError, match="g_camids must fit in int32"):
+        evaluate("cuda", *labels, distmat=dist)
+
+
 @needs_kernels
 def test_op_rejects_mismatched_lengths_in_cpp():
     # In a child process: on the GPU machine (torch 2.11) this C++ ValueError crashed the interpreter (adain's
@@ -539,20 +549,21 @@ def test_cuda_evaluation_waits_on_the_device_once():
     # At Market scale the ranking kernel takes a fraction of a millisecond: every host synchronization (a range
     # check, a .item(), a boolean mask) costs as much, and one before the kernel leaves the GPU idle while the host
     # queues the rest. The label range check, the unfinished-row flags and the summary cross in one transfer.
+    # Labels already on the device are range-checked there; labels from the host (numpy) cross in one pinned copy.
     dist, qp, gp, qc, gc = random_protocol(50, 400, 20, 4, seed=13)
-    labels = [torch.from_numpy(a).cuda() for a in (qp, gp, qc, gc)]
     d = torch.from_numpy(dist).float().cuda()
-    evaluate("cuda", *labels, distmat=d)  # warm: first-call allocations
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            evaluate("cuda", *labels, distmat=d)
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    for labels in ([torch.from_numpy(a).cuda() for a in (qp, gp, qc, gc)], [qp, gp, qc, gc]):
+        evaluate("cuda", *labels, distmat=d)  # warm: first-call allocations
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                evaluate("cuda", *labels, distmat=d)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, [str(w.message) for w in syncs]
 
 
 @pytest.mark.gpu
