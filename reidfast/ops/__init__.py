@@ -11,6 +11,7 @@ from .rank_eval import rank_eval
 from .rank_result import RankEvalResult
 from .geometry import (
     compose_warps,
+    homography_adjugate,
     homography_from_params,
     homography_inverse,
     normalization_matrix,
@@ -28,6 +29,7 @@ __all__ = [
     "explain_backend",
     "get_backend",
     "rank_eval",
+    "homography_adjugate",
     "homography_from_params",
     "homography_inverse",
     "homography_warp",

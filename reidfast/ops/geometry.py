@@ -35,8 +35,19 @@ def homography_from_params(p: torch.Tensor) -> torch.Tensor:
 
 
 def homography_inverse(H: torch.Tensor) -> torch.Tensor:
-    """Batched inverse of (..., 3, 3) homographies (the warp that undoes H, up to resampling)."""
+    """Batched inverse of (..., 3, 3) homographies (the warp that undoes H, up to resampling). A singular H is an
+    error, which on a GPU waits for the device to check; `homography_adjugate` does not wait."""
     return torch.linalg.inv(H)
+
+
+def homography_adjugate(H: torch.Tensor) -> torch.Tensor:
+    """The adjugate of (..., 3, 3) homographies, det(H) H^-1, in closed form: no pivoting, no division, nothing that
+    waits on a GPU, differentiable. A homography acts up to scale, so this is also a warp that undoes H wherever H
+    is invertible; a training step uses it where `homography_inverse` would synchronize (SA-GAN's cycle loss).
+    """
+    # Column k of adj(H) is the cross product of rows k+1 and k+2 of H (indices mod 3): H times it gives det(H) in
+    # row k and 0 elsewhere.
+    return torch.linalg.cross(H.roll(-1, dims=-2), H.roll(-2, dims=-2), dim=-1).transpose(-1, -2)
 
 
 def compose_warps(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import (BatchedSampler, DatasetFormatError, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
                     denormalize, get_dataset, normalize, read_market1501)
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
-from ..ops import homography_warp
+from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
 from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
 from .loop import LinearDecaySchedule, Method, Trainer, default_run_dir
@@ -115,9 +115,11 @@ class DomainPairItems(Dataset):
 
 # --- losses --------------------------------------------------------------------------------------------------------
 def normalized_inverse(T: torch.Tensor) -> torch.Tensor:
-    """(T)^-1 scaled so that its [2, 2] entry is 1, the form every predicted homography has."""
-    inv = torch.linalg.inv(T.float() if T.dtype not in (torch.float32, torch.float64) else T)
-    return inv / inv[:, 2:3, 2:3]
+    """(T)^-1 scaled so that its [2, 2] entry is 1, the form every predicted homography has. From the adjugate,
+    which is T^-1 up to scale: torch.linalg.inv would wait on the GPU to check for a singular T, three times a step.
+    """
+    adj = homography_adjugate(T.float() if T.dtype not in (torch.float32, torch.float64) else T)
+    return adj / adj[:, 2:3, 2:3]
 
 
 def spatial_cycle_loss(T_forward: torch.Tensor, T_backward: torch.Tensor) -> torch.Tensor:

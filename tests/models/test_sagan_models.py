@@ -58,6 +58,7 @@ def test_spatial_cycle_loss_is_zero_for_exact_inverses_and_positive_otherwise():
     p = torch.randn(4, 8) * 0.1
     T = homography_from_params(p)
     exact = torch.linalg.inv(T) * 3.0  # any scale: predictions are compared with H[2, 2] = 1
+    torch.testing.assert_close(normalized_inverse(T), exact / exact[:, 2:3, 2:3])
     assert spatial_cycle_loss(T, exact).item() < 1e-6
     assert spatial_cycle_loss(T, T).item() > 1e-3
     assert spatial_cycle_loss(T, torch.eye(3).expand(4, 3, 3)).item() > 1e-3
@@ -78,3 +79,18 @@ def test_gradient_penalty_is_zero_for_a_unit_slope_critic():
     real, fake = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2)
     assert gradient_penalty(critic, real, fake, g).item() == pytest.approx(0.0, abs=1e-12)
     assert gradient_penalty(lambda x: 3 * critic(x), real, fake, g).item() == pytest.approx(4.0)
+
+
+@pytest.mark.gpu
+def test_spatial_cycle_loss_does_not_wait_for_the_gpu():
+    # Three inverses a step: torch.linalg.inv would synchronize for each (its singularity check).
+    T = homography_from_params(torch.randn(4, 8, device="cuda") * 0.1).requires_grad_(True)
+    back = homography_from_params(torch.randn(4, 8, device="cuda") * 0.1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = spatial_cycle_loss(T, back)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert loss.item() > 0 and T.grad.abs().sum().item() > 0

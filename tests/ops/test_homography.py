@@ -362,7 +362,13 @@ def test_params_inverse_and_composition():
     q = torch.arange(8.0).unsqueeze(0) / 10
     assert ops.homography_from_params(q)[0, 0, 2] == q[0, 2] and ops.homography_from_params(q)[0, 2, 2] == 1
     H = random_homographies(3, "projective")
-    torch.testing.assert_close(ops.compose_warps(H, ops.homography_inverse(H)), torch.eye(3, dtype=H.dtype).expand(3, 3, 3))
+    eye = torch.eye(3, dtype=H.dtype).expand(3, 3, 3)
+    torch.testing.assert_close(ops.compose_warps(H, ops.homography_inverse(H)), eye)
+    # The adjugate is det(H) H^-1, and differentiable.
+    det = torch.linalg.det(H)[:, None, None]
+    torch.testing.assert_close(ops.homography_adjugate(H), det * torch.linalg.inv(H))
+    torch.testing.assert_close(ops.compose_warps(H, ops.homography_adjugate(H)), det * eye)
+    assert torch.autograd.gradcheck(ops.homography_adjugate, (H.clone().requires_grad_(True),))
     # Warping by integer translations twice equals warping once by the composition.
     a = torch.tensor([[1.0, 0, 0.25], [0, 1, 0], [0, 0, 1]], dtype=torch.float64).expand(1, 3, 3)  # +1 px in x
     b = torch.tensor([[1.0, 0, 0], [0, 1, -0.5], [0, 0, 1]], dtype=torch.float64).expand(1, 3, 3)  # -1 px in y
