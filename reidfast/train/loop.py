@@ -426,9 +426,10 @@ class Trainer:
                 count += 1
                 last_batch = batch
                 log_now = cfg["log_every"] and it % cfg["log_every"] == 0
-                if log_now or it == total or (bar is not None and bar.tty):
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
+                # The device is waited for only where the host reads results (the logged means, every log_every
+                # iterations): between those, the host queues the next steps while the GPU runs.
+                if (log_now or it == total) and self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
                 elapsed = time.perf_counter() - window_start
                 rate = (it - window_it) / elapsed if elapsed > 0 else 0.0
                 if log_now or it == total:
