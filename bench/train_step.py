@@ -4,8 +4,10 @@ reference configuration of the same model, in one run, with peak memory.
     python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
                                [--out FILE.json] [--profile DIR]
 
-reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last on GPU.
-reference: --backend reference --amp off --no-compile (eager fp32, NCHW), as the methods' original code runs;
+reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last and fused optimizers
+on GPU.
+reference: --backend reference --amp off --no-compile --no-fused-optimizers (eager fp32, NCHW, torch.optim's default
+update), as the methods' original code runs;
 both let cuDNN time its convolution algorithms on a GPU (the loop's default; DG-Net's original trainer sets
 cudnn.benchmark too);
 for DG-Net also --faithful (the original's order: a second generator pass, one call per pass, a deep copy of Ea);
@@ -93,8 +95,9 @@ CASES = {
 METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}, "fdgan": {"reference": {"faithful": True}},
                   "sagan": {"reference": {"faithful": True}}}
 CONFIGS = {
-    "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None},
-    "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False},
+    "reidfast": {"backend": "auto", "amp": "auto", "compile": None, "channels_last": None, "fused_optimizers": None},
+    "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False,
+                  "fused_optimizers": False},
 }
 
 
@@ -234,7 +237,8 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
         _write_profile(step, device, os.path.join(profile_dir, f"profile-{case}-{config_name}.txt"))
     row = {"method": case, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
            "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
-           "channels_last": run.channels_last, "cudnn_benchmark": run.cudnn_benchmark, "backend": ops.get_backend(),
+           "channels_last": run.channels_last, "cudnn_benchmark": run.cudnn_benchmark,
+           "fused_optimizers": run.fused_optimizers, "backend": ops.get_backend(),
            "ms_per_iter": round(ms, 3),
            "images_per_s": round(method.images_per_iteration() / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
            "peak_mem_mb": round(_peak_memory_mb(device), 1)}

@@ -73,7 +73,8 @@ class Baseline(Method):
         if mult == "auto":
             mult = 0.1 if getattr(model.backbone, "pretrained_from", None) else 1.0
         lr = cfg["lr"]
-        self.optimizer = torch.optim.SGD(
+        self.optimizer = run.optimizer(
+            torch.optim.SGD,
             [{"params": self.model.backbone.parameters(), "lr": float(mult) * lr},
              {"params": self.model.head.parameters(), "lr": lr}],
             lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=True)

@@ -17,7 +17,7 @@ from ..data import add_dataset_args
 LOOP_DEFAULTS = {
     "dataset": None, "data_root": None, "out": None, "iters": None, "epochs": None, "batch_size": 32,
     "amp": "auto", "compile": None, "compile_mode": "default", "channels_last": None, "cudnn_benchmark": None,
-    "backend": "auto",
+    "fused_optimizers": None, "backend": "auto",
     "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
     "height": 256, "width": 128, "lr": 0.01, "threads": None,
@@ -83,6 +83,11 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default on GPU: training runs at one image size, so it times once)")
     speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false", default=S,
                        help="pick convolution algorithms by cuDNN's heuristics (no timing on first use)")
+    speed.add_argument("--fused-optimizers", dest="fused_optimizers", action="store_true", default=S,
+                       help="Adam and SGD update all of a network's parameters in one fused kernel (default on GPU; "
+                            "the for-each path does per-parameter host work every step)")
+    speed.add_argument("--no-fused-optimizers", dest="fused_optimizers", action="store_false", default=S,
+                       help="torch.optim's default (for-each) update")
     speed.add_argument("--backend", default=S,
                        help="reidfast op backend: auto (default), cuda, triton, cpu or reference (pure PyTorch)")
     speed.add_argument("--workers", type=int, default=S, help="image decoding worker processes (default: cores-1, "

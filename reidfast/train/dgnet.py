@@ -159,13 +159,14 @@ class DGNet(Method):
         if cfg["ea_init"] not in ("pretrained", "teacher"):
             raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
         heads = list(self.ea.primary.parameters()) + list(self.ea.fine.parameters())
-        self.opt_ea = torch.optim.SGD(
+        self.opt_ea = run.optimizer(
+            torch.optim.SGD,
             [{"params": self.ea.backbone.parameters(), "lr": backbone_lr},
              {"params": heads, "lr": cfg["head_lr_mult"] * backbone_lr}],
             lr=backbone_lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=True)
         adam = dict(betas=(0.0, 0.999), weight_decay=cfg["weight_decay"])
-        self.opt_gen = torch.optim.Adam(self.gen.parameters(), lr=cfg["gen_lr"], **adam)
-        self.opt_dis = torch.optim.Adam(self.dis.parameters(), lr=cfg["dis_lr"], **adam)
+        self.opt_gen = run.optimizer(torch.optim.Adam, self.gen.parameters(), lr=cfg["gen_lr"], **adam)
+        self.opt_dis = run.optimizer(torch.optim.Adam, self.dis.parameters(), lr=cfg["dis_lr"], **adam)
         self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
         # erasing alone, on images that are already normalized (identity mean/std: no second normalization)
         self.erase = BatchAugment(flip_p=0.0, pad=0, erase_p=cfg["erasing"], mean=(0.0, 0.0, 0.0),

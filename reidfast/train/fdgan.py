@@ -192,17 +192,16 @@ class FDGAN(Method):
         self.v = run.place(Verifier(self.e.out_features))
         self.train_e, self.train_v = run.wrap(self.e), run.wrap(self.v)
         self.networks = {"e": self.e, "v": self.v}
-        wd, momentum = cfg["weight_decay"], cfg["momentum"]
+        sgd = dict(momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        SGD, Adam = torch.optim.SGD, torch.optim.Adam
         if self.stage == 1:
             self.optimizers = {
-                "e": torch.optim.SGD(self.e.parameters(), lr=cfg["lr"], momentum=momentum, weight_decay=wd),
-                "v": torch.optim.SGD(self.v.parameters(), lr=cfg["v_lr_mult"] * cfg["lr"], momentum=momentum,
-                                     weight_decay=wd)}
+                "e": run.optimizer(SGD, self.e.parameters(), lr=cfg["lr"], **sgd),
+                "v": run.optimizer(SGD, self.v.parameters(), lr=cfg["v_lr_mult"] * cfg["lr"], **sgd)}
             if cfg["stage1_id_w"]:
                 self.cls = run.place(ClassBlock(self.e.out_features, dataset.num_train_pids))
                 self.networks["cls"] = self.cls
-                self.optimizers["cls"] = torch.optim.SGD(self.cls.parameters(), lr=cfg["lr"], momentum=momentum,
-                                                         weight_decay=wd)
+                self.optimizers["cls"] = run.optimizer(SGD, self.cls.parameters(), lr=cfg["lr"], **sgd)
             self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
         else:
             h, w = cfg["height"], cfg["width"]
@@ -217,24 +216,20 @@ class FDGAN(Method):
                 self.e.requires_grad_(False)
                 self.v.requires_grad_(False)
                 self.optimizers = {
-                    "g": torch.optim.Adam(self.g.parameters(), lr=cfg["g_lr"], **adam),
-                    "d_id": torch.optim.SGD(self.d_id.parameters(), lr=cfg["did_lr"], momentum=momentum,
-                                            weight_decay=wd),
-                    "d_pd": torch.optim.SGD(self.d_pd.parameters(), lr=cfg["dpd_lr"], momentum=momentum,
-                                            weight_decay=wd)}
+                    "g": run.optimizer(Adam, self.g.parameters(), lr=cfg["g_lr"], **adam),
+                    "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr"], **sgd),
+                    "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr"], **sgd)}
             else:  # E's BatchNorm frozen: statistics (eval mode, see _set_modes) and affine parameters
                 for m in self.e.modules():
                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                         m.requires_grad_(False)
                 self.optimizers = {
-                    "e": torch.optim.Adam([p for p in self.e.parameters() if p.requires_grad], lr=cfg["e_lr3"],
-                                          **adam),
-                    "g": torch.optim.Adam(self.g.parameters(), lr=cfg["g_lr3"], **adam),
-                    "v": torch.optim.Adam(self.v.parameters(), lr=cfg["v_lr3"], **adam),
-                    "d_id": torch.optim.SGD(self.d_id.parameters(), lr=cfg["did_lr3"], momentum=momentum,
-                                            weight_decay=wd),
-                    "d_pd": torch.optim.SGD(self.d_pd.parameters(), lr=cfg["dpd_lr3"], momentum=momentum,
-                                            weight_decay=wd)}
+                    "e": run.optimizer(Adam, [p for p in self.e.parameters() if p.requires_grad], lr=cfg["e_lr3"],
+                                       **adam),
+                    "g": run.optimizer(Adam, self.g.parameters(), lr=cfg["g_lr3"], **adam),
+                    "v": run.optimizer(Adam, self.v.parameters(), lr=cfg["v_lr3"], **adam),
+                    "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr3"], **sgd),
+                    "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr3"], **sgd)}
         default_r, default_sp = LOSS_WEIGHTS[cfg["loss_weights"]]
         self.weights = {"v": cfg["v_w"], "id": cfg["id_w"], "pd": cfg["pd_w"],
                         "r": default_r if cfg["r_w"] is None else cfg["r_w"],

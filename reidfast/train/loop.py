@@ -202,6 +202,9 @@ class Run:
         self.cudnn_benchmark = benchmark if benchmark is not None else device.type == "cuda"
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        # (.get: configurations saved before the option existed.) Fused Adam/SGD exist for CUDA parameters.
+        fused = cfg.get("fused_optimizers")
+        self.fused_optimizers = (fused if fused is not None else True) and device.type == "cuda"
         # the method's random draws on the device (augmentation): one generator, checkpointed
         self.generator = torch.Generator(device=device).manual_seed(cfg["seed"] + 1000 * rank)
 
@@ -212,6 +215,13 @@ class Run:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module
+
+    def optimizer(self, cls: type[torch.optim.Optimizer], params, **options) -> torch.optim.Optimizer:
+        """cls(params, **options), fused when that is on (GPU default): one kernel per parameter group instead of
+        the for-each path's per-parameter host work, the same update."""
+        if self.fused_optimizers and cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+            options.setdefault("fused", True)
+        return cls(params, **options)
 
     def wrap(self, module: nn.Module, differentiated_twice: bool = False, **compile_kwargs):
         """The training-time callable of a placed network: DDP under torchrun, then torch.compile if on.

@@ -193,12 +193,12 @@ class AdaptStage(Method):
         betas = (cfg["adam_beta1"], cfg["adam_beta2"])
         stm_params = [p for m in (self.s1, self.s2) for p in m.parameters()]
         gen_params = [p for m in (self.g1, self.g2) for p in m.parameters()]
-        self.opt_gen = torch.optim.Adam([{"params": gen_params, "lr": cfg["gen_lr"]},
-                                         {"params": stm_params, "lr": cfg["stm_lr_mult"] * cfg["gen_lr"]}],
-                                        lr=cfg["gen_lr"], betas=betas)
-        self.opt_sia = torch.optim.Adam(self.sia.parameters(), lr=cfg["gen_lr"], betas=betas)
+        groups = [{"params": gen_params, "lr": cfg["gen_lr"]},
+                  {"params": stm_params, "lr": cfg["stm_lr_mult"] * cfg["gen_lr"]}]
+        self.opt_gen = run.optimizer(torch.optim.Adam, groups, lr=cfg["gen_lr"], betas=betas)
+        self.opt_sia = run.optimizer(torch.optim.Adam, self.sia.parameters(), lr=cfg["gen_lr"], betas=betas)
         dis_params = [p for m in (self.d1, self.d2, self.dt) for p in m.parameters()]
-        self.opt_dis = torch.optim.Adam(dis_params, lr=cfg["dis_lr"], betas=betas)
+        self.opt_dis = run.optimizer(torch.optim.Adam, dis_params, lr=cfg["dis_lr"], betas=betas)
         self.critics = (self.d1, self.d2, self.dt)
         self.networks = {"s1": self.s1, "s2": self.s2, "g1": self.g1, "g2": self.g2, "d1": self.d1, "d2": self.d2,
                          "dt": self.dt, "sia": self.sia}

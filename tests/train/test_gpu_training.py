@@ -66,3 +66,14 @@ def test_cudnn_benchmark_is_on_by_default_on_the_gpu(tiny_root, tmp_path, flag, 
         assert torch.backends.cudnn.benchmark is expected
     finally:
         torch.backends.cudnn.benchmark = previous
+
+
+def test_optimizers_are_fused_on_the_gpu_unless_asked_not_to():
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    params = [torch.zeros(2, device="cuda", requires_grad=True)]
+    run = Run(dict(LOOP_DEFAULTS), torch.device("cuda"), 0, 1, log=lambda message: None)
+    assert run.optimizer(torch.optim.SGD, params, lr=0.1, momentum=0.9, nesterov=True).defaults["fused"]
+    assert run.optimizer(torch.optim.Adam, params, lr=0.1).defaults["fused"]
+    plain = Run({**LOOP_DEFAULTS, "fused_optimizers": False}, torch.device("cuda"), 0, 1, log=lambda message: None)
+    assert not plain.optimizer(torch.optim.Adam, params, lr=0.1).defaults["fused"]

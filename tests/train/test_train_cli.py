@@ -101,3 +101,17 @@ def test_cudnn_benchmark_flags_and_the_cpu_default():
     run = Run(dict(LOOP_DEFAULTS), torch.device("cpu"), 0, 1, log=lambda message: None)
     assert run.cudnn_benchmark is False and torch.backends.cudnn.benchmark is previous  # the CPU leaves it alone
     assert Run({**LOOP_DEFAULTS, "cudnn_benchmark": True}, torch.device("cpu"), 0, 1, print).cudnn_benchmark is True
+
+
+def test_fused_optimizers_only_on_the_gpu():
+    import torch
+    from reidfast.train.__main__ import build_parser
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    params = [torch.zeros(2, requires_grad=True)]
+    for fused in (None, True):  # the CPU takes torch.optim's default path either way
+        run = Run({**LOOP_DEFAULTS, "fused_optimizers": fused}, torch.device("cpu"), 0, 1, log=lambda message: None)
+        assert run.fused_optimizers is False
+        assert not run.optimizer(torch.optim.Adam, params, lr=0.1).defaults["fused"]
+    assert build_parser().parse_args(["--no-fused-optimizers"]).fused_optimizers is False
+    assert build_parser().parse_args(["--fused-optimizers"]).fused_optimizers is True
