@@ -6,9 +6,9 @@
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
 //             raises through at::globalContext().alertNotDeterministic, as grid_sample's CUDA backward does.
-//   grad_H  : each thread's 9 contributions are summed over its block (warp shuffles, then shared memory), each
-//             block writes its 9 partial sums to its own slot, and the slots are summed per sample afterwards:
-//             no atomics, deterministic.
+//   grad_H  : each thread's 9 contributions are summed over its block (warp shuffles, then 9 lanes over the warps'
+//             partials), each block writes its 9 partial sums to its own slot, and the slots are summed per sample
+//             afterwards: no atomics, deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -126,9 +126,10 @@ __global__ void homography_forward_kernel(const scalar_t* __restrict__ img,
   }
 }
 
-// Sum of v over the block; the result is valid in thread 0.
+// Writes the sum of v over the block to out[0..9): warp shuffles, then lanes 0-8 each add one entry over the
+// warps' partials (in a fixed order), rather than one thread adding all 9 x 8 while the block waits.
 template <typename T>
-__device__ __forceinline__ void block_sum9(T (&v)[9], T (*shared)[9]) {
+__device__ __forceinline__ void block_sum9(const T (&v)[9], T (*shared)[9], T* __restrict__ out) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int k = 0; k < 9; ++k) {
@@ -137,13 +138,11 @@ __device__ __forceinline__ void block_sum9(T (&v)[9], T (*shared)[9]) {
     if (lane == 0) shared[warp][k] = s;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (threadIdx.x < 9) {
+    T s = 0;
 #pragma unroll
-    for (int k = 0; k < 9; ++k) {
-      T s = 0;
-      for (int w = 0; w < kThreads / 32; ++w) s += shared[w][k];
-      v[k] = s;
-    }
+    for (int w = 0; w < kThreads / 32; ++w) s += shared[w][threadIdx.x];
+    out[threadIdx.x] = s;
   }
 }
 
@@ -156,10 +155,11 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads / 32][9];
   const int64_t n = blockIdx.y;
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
   const int out_w = static_cast<int>(g.out_w);
+  const int points = static_cast<int>(g.out_h) * out_w;
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
   acc_t contrib[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-  if (p < static_cast<int>(g.out_h) * out_w) {
+  if (p < points) {
     const int i = p / out_w, j = p - i * out_w;
     const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
     const grid::Taps<acc_t>& t = d.sp.taps;
@@ -200,14 +200,7 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
       }
     }
   }
-  if (kNeedH) {
-    block_sum9(contrib, shared);
-    if (threadIdx.x == 0) {
-      acc_t* slot = grad_h_partial + (n * gridDim.x + blockIdx.x) * 9;
-#pragma unroll
-      for (int k = 0; k < 9; ++k) slot[k] = contrib[k];
-    }
-  }
+  if (kNeedH) block_sum9(contrib, shared, grad_h_partial + (n * gridDim.x + blockIdx.x) * 9);
 }
 
 dim3 launch_grid(int64_t N, int64_t points) {
