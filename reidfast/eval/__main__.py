@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: torchreid for --features, the run's own convention for --checkpoint)")
     p.add_argument("--max-rank", type=int, default=50)
     p.add_argument("--precision", choices=("strict", "fast"), default="strict",
-                   help="strict: IEEE fp32 distances; fast: TF32 GEMMs on CUDA (small mAP deviation)")
+                   help="strict: IEEE fp32 distances; fast: bf16 tensor-core GEMMs with fp32 accumulation on CUDA "
+                        "(mAP moves by about 0.01 points)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (euclidean), for galleries "
                    "whose (Q+G)^2 distances fit in memory")
