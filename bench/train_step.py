@@ -313,3 +313,9 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    # Seen once on an H100: the rows were written, then the interpreter's shutdown did not finish before the case's
+    # timeout (cause not found; compile worker processes are a suspect). Nothing is left to do, so the process ends
+    # here without the teardown, and a GPU session's minutes go to the next case.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
