@@ -90,9 +90,13 @@ def cases(device: torch.device, quick: bool):
             baselines["numpy_loop"] = _numpy_loop(lab, dist)
         elif kind == "distmat":
             notes.append("numpy loop timed at Market scale only")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         result = ours()
         row_extra = {"scale": scale, "input": kind, "precision": precision, "mAP": round(100 * result.mAP, 4),
                      "rank1": round(100 * result.rank(1), 4)}
+        if device.type == "cuda":  # bounded by the tiles: the inputs plus about one 1 GB distance tile
+            row_extra["peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         if ref is not None:
             ref_result = ref()
             row_extra["ref_mAP"] = round(100 * ref_result.mAP, 4)
