@@ -72,8 +72,9 @@ def test_optimizers_are_fused_on_the_gpu_unless_asked_not_to():
     from reidfast.train.config import LOOP_DEFAULTS
     from reidfast.train.loop import Run
     params = [torch.zeros(2, device="cuda", requires_grad=True)]
-    run = Run(dict(LOOP_DEFAULTS), torch.device("cuda"), 0, 1, log=lambda message: None)
+    defaults = {**LOOP_DEFAULTS, "cudnn_benchmark": False}  # torch's own default: no process-wide change
+    run = Run(defaults, torch.device("cuda"), 0, 1, log=lambda message: None)
     assert run.optimizer(torch.optim.SGD, params, lr=0.1, momentum=0.9, nesterov=True).defaults["fused"]
     assert run.optimizer(torch.optim.Adam, params, lr=0.1).defaults["fused"]
-    plain = Run({**LOOP_DEFAULTS, "fused_optimizers": False}, torch.device("cuda"), 0, 1, log=lambda message: None)
+    plain = Run({**defaults, "fused_optimizers": False}, torch.device("cuda"), 0, 1, log=lambda message: None)
     assert not plain.optimizer(torch.optim.Adam, params, lr=0.1).defaults["fused"]
