@@ -132,6 +132,23 @@ void check_rank(bool market) {
   expect_close("rank_queries num_matches vs loop" + tag, num_matches, at::tensor(want_count, opts), 0);
 }
 
+// rank_summary on hand-made per-query outputs: valid queries, one without a match, a NaN row (num_matches -1), an
+// unfinished row (first_hit -2) and a first hit beyond max_rank.
+void check_rank_summary() {
+  auto op = c10::Dispatcher::singleton()
+                .findSchemaOrThrow("reidfast::rank_summary", "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  int64_t)>();
+  const auto f64 = at::TensorOptions().dtype(at::kDouble), i64 = at::TensorOptions().dtype(at::kLong);
+  const auto ap = at::tensor(std::vector<double>{0.5, 0.0, 0.25, 1.0, 0.0, 0.0}, f64);
+  const auto inp = at::tensor(std::vector<double>{0.2, 0.0, 0.1, 1.0, 0.0, 0.0}, f64);
+  const auto first = at::tensor(std::vector<int64_t>{2, -1, 7, 0, -1, -2}, i64);
+  const auto count = at::tensor(std::vector<int64_t>{3, 0, 2, 1, -1, 5}, i64);
+  // CMC counts at ranks 0..4 (hits at 0 and 2; rank 7 is beyond), then valid, AP sum, INP sum, NaN, unfinished.
+  const auto want = at::tensor(std::vector<double>{1, 1, 2, 2, 2, 4, 1.75, 1.3, 1, 1}, f64);
+  expect_close("rank_summary vs hand count", op.call(ap, inp, first, count, 5), want, 1e-15);
+}
+
 // The grid homography_warp samples at, built from ATen ops: H applied to affine_grid's base coordinates, with the
 // horizon rule of homography_math.h.
 at::Tensor homography_grid_aten(const at::Tensor& H, int64_t out_h, int64_t out_w, bool align_corners) {
@@ -192,6 +209,7 @@ int main() {
   check_adain(true);
   check_rank(false);
   check_rank(true);
+  check_rank_summary();
   for (int64_t padding = 0; padding < 3; ++padding)
     for (bool align : {false, true}) check_homography(padding == 1, padding, align);
   if (failures) {
