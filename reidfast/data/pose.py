@@ -171,7 +171,7 @@ def keypoints_to_heatmaps(keypoints: torch.Tensor, height: int, width: int,
             raise ValueError(f"keypoints_to_heatmaps: sigma must be a number or shape ({batch},), "
                              f"got shape {tuple(sigma.shape)}")
         if check_sigma and bool((~(sigma > 0)).any()):  # NaN too
-            raise ValueError("keypoints_to_heatmaps: sigma must be positive, got a value <= 0")
+            raise ValueError("keypoints_to_heatmaps: sigma must be positive, got a value <= 0 or NaN")
         inv = (-0.5 / sigma.to(kp.device) ** 2).view(batch, 1, 1)
     else:  # a number: checked and used on the host, nothing copied to the device
         if not float(sigma) > 0:
