@@ -257,8 +257,7 @@ def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device) -> tupl
     packed = torch.cat([t if on_host else t.to(device) for t in labels.values()])
     checks = {}
     if on_host:
-        if packed.numel() and (int(packed.min()) < -(2**31) or int(packed.max()) >= 2**31):
-            _raise_labels_out_of_range(labels)
+        _refuse_labels_beyond_int32(labels)
         packed = packed.to(torch.int32)
         if device.type == "cuda":
             packed = packed.pin_memory().to(device, non_blocking=True)
@@ -269,9 +268,11 @@ def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device) -> tupl
     return list(packed.split([t.numel() for t in labels.values()])), checks
 
 
-def _raise_labels_out_of_range(labels: dict[str, torch.Tensor]) -> None:
+def _refuse_labels_beyond_int32(labels: dict[str, torch.Tensor]) -> None:
+    """Raises, naming them, if any labels fall outside int32 (on the device, this waits for it)."""
     bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
-    raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
+    if bad:
+        raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
 
 
 def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric, max_rank, ap_mode, tile_size,
@@ -306,7 +307,7 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
         values[name], offset = host[offset:offset + value.numel()].tolist(), offset + value.numel()
     summary = host[offset:]
     if "labels" in values and values["labels"][0]:
-        _raise_labels_out_of_range(labels)
+        _refuse_labels_beyond_int32(labels)
     sizes = values.get("largest_feature_sizes", [])
     if not all(math.isfinite(v) for v in sizes):
         _raise_if_not_finite(sizes, query_features, gallery_features)
