@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -24,3 +25,18 @@ def pytest_collection_modifyitems(config, items):
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def no_gpu_wait():
+    """A context manager under which any operation that makes the host wait for the GPU raises (CUDA's sync debug
+    mode, "error"); the GPU is idle when it starts, so nothing queued before counts."""
+    @contextlib.contextmanager
+    def guard():
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return guard

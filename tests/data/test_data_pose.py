@@ -100,17 +100,13 @@ def test_fdgan_pose_file_is_row_then_column(tmp_path):
 
 
 @pytest.mark.gpu
-def test_heatmaps_on_a_gpu_do_not_wait_for_it():
+def test_heatmaps_on_a_gpu_do_not_wait_for_it(no_gpu_wait):
     # FD-GAN draws a bandwidth per image on the GPU at every step: a number, or a device sigma with check_sigma=False,
     # must not synchronize.
     kp = random_keypoints(4, 32, 16).cuda()
     sigma = torch.tensor([1.0, 2.0, 3.0, 2.0], device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_gpu_wait():
         by_number = keypoints_to_heatmaps(kp, 32, 16, 2.0)
         per_sample = keypoints_to_heatmaps(kp, 32, 16, sigma, check_sigma=False)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
     torch.testing.assert_close(per_sample[1], by_number[1])
     torch.testing.assert_close(per_sample.cpu(), keypoints_to_heatmaps(kp.cpu(), 32, 16, sigma.cpu()))

@@ -99,15 +99,11 @@ def test_normalize_round_trip_and_channel_values():
 
 
 @pytest.mark.gpu
-def test_normalizing_a_gpu_batch_does_not_wait_for_the_gpu():
+def test_normalizing_a_gpu_batch_does_not_wait_for_the_gpu(no_gpu_wait):
     # A blocking copy of the per-channel constants would stall the host once per normalized batch.
     from reidfast.data.transforms import BatchAugment, normalize
     images = torch.randint(0, 256, (4, 3, 16, 8), dtype=torch.uint8, device="cuda")
     generator = torch.Generator(device="cuda").manual_seed(0)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_gpu_wait():
         normalize(images)
         BatchAugment(erase_p=1.0)(images, generator)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
