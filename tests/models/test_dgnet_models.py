@@ -2,6 +2,7 @@
 parameter count per module at the published width."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reidfast import ops
 from reidfast.models.dgnet import (ASPP, AdaINParams, AppearanceEncoder, Decoder, Generator, LayerNorm2d,
@@ -35,6 +36,40 @@ def test_aspp_and_layer_norm_shapes():
     y = LayerNorm2d(6)(torch.randn(N, 6, 4, 3) * 3 + 1)
     assert y.shape == (N, 6, 4, 3)
     assert torch.allclose(y.mean((1, 2, 3)), torch.zeros(N), atol=1e-5)
+
+
+def _layer_norm_2d_by_f(x, norm):
+    return (F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight.view(1, -1, 1, 1)
+            + norm.bias.view(1, -1, 1, 1))
+
+
+def test_layer_norm_2d_equals_f_layer_norm():
+    # the decoder's norm computes its statistics its own way (see LayerNorm2d.forward); F.layer_norm defines them
+    norm = LayerNorm2d(5).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(5) + 0.5)
+        norm.bias.copy_(torch.randn(5))
+    x = (torch.randn(N, 5, 6, 3, dtype=torch.float64) * 3 + 1).requires_grad_()
+    y, y_f = norm(x), _layer_norm_2d_by_f(x, norm)
+    torch.testing.assert_close(y, y_f)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, norm.weight, norm.bias], g)
+    grads_f = torch.autograd.grad(y_f, [x, norm.weight, norm.bias], g)
+    for got, want in zip(grads, grads_f):
+        torch.testing.assert_close(got, want)
+    torch.autograd.gradcheck(norm, (x,))
+    # a nearly constant sample: eps keeps it finite, as in F.layer_norm
+    flat = torch.full((1, 5, 2, 2), 3.0, dtype=torch.float64)
+    torch.testing.assert_close(norm(flat), _layer_norm_2d_by_f(flat, norm))
+
+
+def test_layer_norm_2d_under_bf16_autocast_keeps_float32_statistics():
+    norm = LayerNorm2d(4)
+    x = torch.randn(N, 4, 8, 4) * 2 + 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = norm(x.bfloat16())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, _layer_norm_2d_by_f(x.bfloat16().float(), norm))
 
 
 def test_appearance_encoder_shapes(ea):
