@@ -290,7 +290,7 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
         rows = lambda a, b: distmat[a:b]  # noqa: E731
     else:
-        step = tile_size or max(1, DEFAULT_TILE_BYTES.get(device.type, 1 << 28) // (4 * num_g))
+        step = tile_size or max(1, DEFAULT_TILE_BYTES.get(device.type, DEFAULT_TILE_BYTES["cpu"]) // (4 * num_g))
         tiles = _TiledDistance(query_features, gallery_features, metric, fast=precision == "fast")
         rows = tiles.rows
         checks["largest_feature_sizes"] = tiles.largest_sizes
