@@ -268,14 +268,15 @@ at::Tensor rank_summary_cpu(const at::Tensor& ap_in, const at::Tensor& inp_in, c
   int64_t valid = 0, nan_rows = 0, unfinished_rows = 0;
   double ap_sum = 0.0, inp_sum = 0.0;
   for (int64_t q = 0; q < ap_in.size(0); ++q) {
-    nan_rows += count[q] == kNanRow;
-    unfinished_rows += first[q] == kOverflowRow;
-    if (count[q] > 0) {
+    const RowSummary row = summarize_row(first[q], count[q]);
+    nan_rows += row.nan;
+    unfinished_rows += row.unfinished;
+    if (row.valid) {
       ++valid;
       ap_sum += ap[q];
       inp_sum += inp[q];
-      if (first[q] >= 0 && first[q] < max_rank) ++hits_at[first[q]];
     }
+    if (row.cmc_rank >= 0 && row.cmc_rank < max_rank) ++hits_at[row.cmc_rank];
   }
   int64_t running = 0;
   for (int64_t r = 0; r < max_rank; ++r) cumulative[r] = static_cast<double>(running += hits_at[r]);

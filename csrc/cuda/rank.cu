@@ -23,7 +23,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;         // row items per thread per step of the counting pass, loaded before use
-constexpr int kMaxMatches = 1024;  // shared list size; more matches -> kOverflowRow (the caller redoes the row)
+constexpr int kMaxMatches = 1024;  // shared list size; more matches -> kUnfinishedRow (the caller redoes the row)
 
 // Block-wide: whether the row holds a NaN (for rows that skip the counting pass, which checks as it reads).
 template <typename scalar_t>
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) {
       ap_out[q] = 0.0;
       inp_out[q] = 0.0;
-      first_out[q] = p > kMaxMatches && !has_nan ? kOverflowRow : -1;
+      first_out[q] = p > kMaxMatches && !has_nan ? kUnfinishedRow : -1;
       count_out[q] = has_nan ? kNanRow : p;
     }
     return;
@@ -198,10 +198,10 @@ __global__ void __launch_bounds__(kSummaryThreads)
   double ap_part = 0.0, inp_part = 0.0;
   int64_t valid = 0, nan_rows = 0, unfinished_rows = 0;
   for (int64_t q = t; q < num_q; q += kSummaryThreads) {
-    const int64_t c = count[q];
-    nan_rows += c == kNanRow;
-    unfinished_rows += first[q] == kOverflowRow;
-    if (c > 0) {
+    const RowSummary row = summarize_row(first[q], count[q]);
+    nan_rows += row.nan;
+    unfinished_rows += row.unfinished;
+    if (row.valid) {
       ++valid;
       ap_part += ap[q];
       inp_part += inp[q];
@@ -242,8 +242,8 @@ __global__ void __launch_bounds__(kSummaryThreads)
     for (int b = t; b < bins; b += kSummaryThreads) hits_at[b] = 0;
     __syncthreads();
     for (int64_t q = t; q < num_q; q += kSummaryThreads) {
-      const int64_t f = first[q] - base;
-      if (count[q] > 0 && f >= 0 && f < bins) atomicAdd(&hits_at[f], 1ull);
+      const int64_t r = summarize_row(first[q], count[q]).cmc_rank, f = r - base;
+      if (r >= 0 && f >= 0 && f < bins) atomicAdd(&hits_at[f], 1ull);
     }
     __syncthreads();
     const int run = (bins + kSummaryThreads - 1) / kSummaryThreads;

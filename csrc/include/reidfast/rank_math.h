@@ -18,7 +18,7 @@ enum ApMode : int { kTorchreid = 0, kMarket = 1 };
 
 // What a row's outputs hold when the kernel could not rank it (read by reidfast/ops/rank_eval.py).
 constexpr int64_t kNanRow = -1;       // in num_matches: the row has a NaN distance
-constexpr int64_t kOverflowRow = -2;  // in first_hit: more matches than the CUDA kernel's shared list holds
+constexpr int64_t kUnfinishedRow = -2;  // in first_hit: more matches than the CUDA kernel's shared list holds
 
 // The gallery order: by distance, ties by gallery index (stable). Bitwise, not short-circuit: no branch.
 template <typename T>
@@ -83,9 +83,26 @@ enum SummaryTail : int {
   kApSum = 1,         // sum of AP over them
   kInpSum = 2,        // sum of INP over them
   kNanRows = 3,       // rows flagged kNanRow
-  kUnfinishedRows = 4,  // rows flagged kOverflowRow
+  kUnfinishedRows = 4,  // rows flagged kUnfinishedRow
   kSummaryTail = 5,
 };
+
+// What one query row adds to the summary (both kernels sum these; rank_result.py's summary_on_device is the torch twin).
+struct RowSummary {
+  bool valid;       // has a true match: counts in kValidQueries, kApSum, kInpSum
+  bool nan;         // counts in kNanRows
+  bool unfinished;  // counts in kUnfinishedRows
+  int64_t cmc_rank;  // the rank whose CMC count it raises (from there on), or -1 for none
+};
+
+C10_HOST_DEVICE inline RowSummary summarize_row(int64_t first_hit, int64_t num_matches) {
+  RowSummary s;
+  s.valid = num_matches > 0;
+  s.nan = num_matches == kNanRow;
+  s.unfinished = first_hit == kUnfinishedRow;
+  s.cmc_rank = s.valid && first_hit >= 0 ? first_hit : -1;
+  return s;
+}
 
 }  // namespace rank
 }  // namespace reidfast
