@@ -27,6 +27,10 @@ KEYS = {
 }
 
 
+class FeatureFileError(ValueError):
+    """A feature file that is missing, unreadable or lacks a key; the message names the file."""
+
+
 @dataclasses.dataclass
 class SavedFeatures:
     query_f: torch.Tensor
@@ -39,29 +43,37 @@ class SavedFeatures:
 
 def _read_mapping(path: str) -> dict:
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    if ext in (".pt", ".pth"):
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a dict of tensors/arrays, got {type(data).__name__}")
-        return data
+    if ext not in (".npz", ".pt", ".pth", ".mat"):
+        raise FeatureFileError(f"{path}: unknown feature file type {ext!r}; use .npz, .pt/.pth or .mat")
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"{path}: no such file")
     if ext == ".mat":
         try:
             import scipy.io
         except ImportError as exc:
-            raise RuntimeError(f"{path}: reading .mat files needs scipy (`pip install scipy`), which reidfast does "
-                               "not install; or save the features as .npz / .pt") from exc
-        return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-    raise ValueError(f"{path}: unknown feature file type {ext!r}; use .npz, .pt/.pth or .mat")
+            raise FeatureFileError(f"{path}: reading .mat files needs scipy (`pip install scipy`), which reidfast "
+                                   "does not install; or save the features as .npz / .pt") from exc
+    try:
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        if ext == ".mat":
+            return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a zip, pickled objects, truncated: all "cannot be read" to the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FeatureFileError(f"{path}: cannot be read as a {ext} feature file ({reason})") from exc
+    if not isinstance(data, dict):
+        raise FeatureFileError(f"{path}: expected a dict of tensors/arrays, got {type(data).__name__}")
+    return data
 
 
 def _pick(data: dict, name: str, path: str):
     for key in KEYS[name]:
         if key in data:
             return data[key]
-    raise KeyError(f"{path}: none of the keys {', '.join(KEYS[name])} found (has: {', '.join(sorted(data))})")
+    raise FeatureFileError(f"{path}: none of the keys {', '.join(KEYS[name])} found "
+                           f"(has: {', '.join(sorted(data))})")
 
 
 def load_features(path: str) -> SavedFeatures:
@@ -69,12 +81,17 @@ def load_features(path: str) -> SavedFeatures:
     data = _read_mapping(path)
     out = {}
     for name in KEYS:
-        value = torch.as_tensor(np.asarray(_pick(data, name, path)) if not isinstance(
-            _pick(data, name, path), torch.Tensor) else _pick(data, name, path))
+        picked = _pick(data, name, path)
+        value = picked if isinstance(picked, torch.Tensor) else torch.as_tensor(np.asarray(picked))
         if name.endswith("_f"):
             if value.dim() != 2:
-                raise ValueError(f"{path}: {name} must be 2-D (N, D), got shape {tuple(value.shape)}")
+                raise FeatureFileError(f"{path}: {name} must be 2-D (N, D), got shape {tuple(value.shape)}")
             out[name] = value if value.is_floating_point() else value.float()
         else:
             out[name] = value.reshape(-1).long()
+    for side in ("query", "gallery"):
+        rows = out[f"{side}_f"].shape[0]
+        for name in (f"{side}_label", f"{side}_cam"):
+            if out[name].numel() != rows:
+                raise FeatureFileError(f"{path}: {name} has {out[name].numel()} entries but {side}_f has {rows} rows")
     return SavedFeatures(**out)

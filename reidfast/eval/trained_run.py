@@ -22,8 +22,8 @@ def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=pr
     from ..train.checkpoint import load_checkpoint, resolve_checkpoint
     from ..train.loop import Run
     from ..train.methods import get_method
-    path = resolve_checkpoint(run_dir, run_dir)
-    state = load_checkpoint(path)
+    path = resolve_checkpoint(run_dir, run_dir, flag="--checkpoint")
+    state = load_checkpoint(path, flag="--checkpoint")
     method_cls = get_method(state["method"])
     cfg = dict(state["config"])
     cfg.update(compile=False, channels_last=device.type == "cuda", pretrained="none", device=str(device))

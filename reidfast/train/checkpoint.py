@@ -112,26 +112,28 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
     return latest
 
 
-def resolve_checkpoint(resume: str | os.PathLike | bool, run_dir: str | os.PathLike) -> Path:
-    """The file `--resume` names: a file, a run folder (its latest checkpoint), or True (this run's)."""
+def resolve_checkpoint(resume: str | os.PathLike | bool, run_dir: str | os.PathLike, flag: str = "--resume") -> Path:
+    """The file a checkpoint option names: a file, a run folder (its latest checkpoint), or True (this run's).
+    `flag` is the option the user gave (--resume, --checkpoint, --teacher, --init), for the error message."""
     path = Path(run_dir) if resume is True else Path(resume).expanduser()
     if path.is_dir():
         path = path / LATEST
     if not path.is_file():
-        hint = f" ({path.parent / PREVIOUS} exists: pass --resume {path.parent / PREVIOUS})" \
+        hint = f" ({path.parent / PREVIOUS} exists: pass {flag} {path.parent / PREVIOUS})" \
             if (path.parent / PREVIOUS).is_file() else ""
-        raise CheckpointError(f"--resume: no checkpoint at {path}{hint}")
+        raise CheckpointError(f"{flag}: no checkpoint at {path}{hint}")
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, method: str | None = None) -> dict:
-    """Read and validate a checkpoint; any failure is a :class:`CheckpointError` naming the file."""
+def load_checkpoint(path: str | os.PathLike, method: str | None = None, flag: str = "--resume") -> dict:
+    """Read and validate a checkpoint; any failure is a :class:`CheckpointError` naming the file (and, for a
+    corrupted one with an intact previous checkpoint, how to pass that one through `flag`)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, unreadable file: all the same to the user
         previous = path.parent / PREVIOUS
-        fallback = (f"; the previous checkpoint {previous} is intact, resume from it with --resume {previous}"
+        fallback = (f"; the previous checkpoint {previous} is intact: pass {flag} {previous}"
                     if previous.is_file() and previous != path else "")
         raise CheckpointError(f"checkpoint {path} is corrupted or truncated and cannot be loaded "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){fallback}"

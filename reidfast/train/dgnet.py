@@ -232,8 +232,8 @@ class DGNet(Method):
         train(Baseline, teacher_cfg)
 
     def _load_teacher(self, folder: Path) -> ReidBaseline:
-        path = resolve_checkpoint(folder, folder)
-        state = load_checkpoint(path, "baseline")
+        path = resolve_checkpoint(folder, folder, flag="--teacher")
+        state = load_checkpoint(path, "baseline", flag="--teacher")
         if state["dataset"]["num_train_pids"] != self.num_classes:
             raise CheckpointError(f"--teacher {folder}: trained on {state['dataset']['num_train_pids']} identities, "
                                   f"this run has {self.num_classes} (train the teacher on the same dataset)")

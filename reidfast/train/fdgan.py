@@ -284,8 +284,8 @@ class FDGAN(Method):
     def initialize_from(self, source) -> None:
         """Start this stage from the previous stage's checkpoint: stage II takes E and V (and initialises D_id
         from them), stage III takes every network of stage II."""
-        path = resolve_checkpoint(source, source)
-        state = load_checkpoint(path, "fdgan")
+        path = resolve_checkpoint(source, source, flag="--init")
+        state = load_checkpoint(path, "fdgan", flag="--init")
         previous = state["config"].get("stage_running")
         if previous != self.stage - 1:
             raise CheckpointError(f"fdgan stage {self.stage} starts from a stage {self.stage - 1} checkpoint; "

@@ -40,6 +40,8 @@ def test_checkpoint_eval_matches_training_metrics_and_exports(trained_run, tmp_p
         assert img.size[0] > 10 * 16 and img.size[1] >= 3 * 32
 
 
-def test_checkpoint_eval_of_a_missing_run(tmp_path):
-    with pytest.raises(Exception, match="no checkpoint at"):
-        eval_main(["--checkpoint", str(tmp_path / "nothing")])
+def test_checkpoint_eval_of_a_missing_run(tmp_path, capsys):
+    # a clear one-line error naming the option the user gave, exit status 2, no traceback
+    assert eval_main(["--checkpoint", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint: no checkpoint at") and "Traceback" not in err

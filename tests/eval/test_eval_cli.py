@@ -8,7 +8,7 @@ import torch
 
 from reidfast import ops
 from reidfast.eval.__main__ import main
-from reidfast.eval.io import load_features
+from reidfast.eval.io import FeatureFileError, load_features
 from reidfast.eval.rerank import k_reciprocal_distance
 
 
@@ -38,7 +38,7 @@ def test_mat_layout(tmp_path):
     arrays = saved_arrays()
     if importlib.util.find_spec("scipy") is None:
         (tmp_path / "pytorch_result.mat").write_bytes(b"")
-        with pytest.raises(RuntimeError, match="needs scipy"):
+        with pytest.raises(FeatureFileError, match="needs scipy"):
             load_features(str(tmp_path / "pytorch_result.mat"))
         return
     import scipy.io
@@ -53,7 +53,7 @@ def test_missing_key_is_named(tmp_path):
     arrays = saved_arrays()
     del arrays["gallery_cam"]
     np.savez(tmp_path / "f.npz", **arrays)
-    with pytest.raises(KeyError, match="gallery_cam"):
+    with pytest.raises(FeatureFileError, match="gallery_cam"):
         load_features(str(tmp_path / "f.npz"))
 
 
@@ -81,6 +81,34 @@ def test_cli_rerank_runs(tmp_path, capsys):
 def test_cli_requires_a_source():
     with pytest.raises(SystemExit):
         main([])
+
+
+def _cli_error(argv, capsys) -> str:
+    """The CLI's message for bad input: exit status 2 and one "error:" line, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_cli_reports_bad_feature_files(tmp_path, capsys):
+    assert "no such file" in _cli_error(["--features", str(tmp_path / "missing.npz")], capsys)
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
+    assert "cannot be read as a .npz" in _cli_error(["--features", str(tmp_path / "garbage.npz")], capsys)
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    assert "cannot be read as a .pt" in _cli_error(["--features", str(tmp_path / "garbage.pt")], capsys)
+    assert "unknown feature file type '.csv'" in _cli_error(["--features", str(tmp_path / "f.csv")], capsys)
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert "expected a dict" in _cli_error(["--features", str(tmp_path / "list.pt")], capsys)
+
+
+def test_cli_reports_mismatched_labels(tmp_path, capsys):
+    arrays = saved_arrays()
+    arrays["query_cam"] = arrays["query_cam"][:-1]
+    np.savez(tmp_path / "f.npz", **arrays)
+    err = _cli_error(["--features", str(tmp_path / "f.npz")], capsys)
+    assert "query_cam has 11 entries but query_f has 12 rows" in err
+
 
 
 def direct_rerank(qf, gf, k1, k2, lam):
