@@ -9,6 +9,7 @@ import torch
 from ..data import DatasetFormatError, DatasetNotFoundError
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_loop_arguments, read_config_file, resolve_config
+from .loop import TrainingDivergedError
 from .methods import ALL_METHODS, get_method
 
 DESCRIPTION = """\
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         cfg = resolve_config(method.defaults, method.presets, file_values, flags, on_cpu)
         from .loop import train
         train(method, cfg)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError) as exc:
+    except (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, TrainingDivergedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # bad option values found while building the run

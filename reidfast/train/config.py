@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -161,4 +163,14 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
             raise ConfigError(f"{key} must be an integer >= 0, got {cfg[key]!r}")
     if cfg["amp"] not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
+    for key, value in cfg.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if _LEARNING_RATE.search(key) and is_number and value < 0:
+            raise ConfigError(f"{key} is a learning rate and must be >= 0, got {value}")
     return cfg
+
+
+# lr, gen_lr, e_lr3, ...: the options that are learning rates (not lr_gamma or head_lr_mult)
+_LEARNING_RATE = re.compile(r"(^|_)lr\d*$")

@@ -29,10 +29,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
 from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset
-from .checkpoint import (CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
+from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
 from .images import save_image_grid
 from .progress import ProgressBar, RunLog, format_duration
+
+
+class TrainingDivergedError(RuntimeError):
+    """A network's weights became NaN or Inf: the run stops before writing or evaluating them."""
 
 
 class Method:
@@ -335,7 +339,26 @@ class Trainer:
     def _generators(self, method) -> dict:
         return {"run": self.run.generator, **getattr(method, "generators", {})}
 
+    def _check_weights_finite(self, method, it: int) -> None:
+        """Stops a diverged run before its weights are written or evaluated: a NaN/Inf state saved over the last
+        checkpoint (and at the next save over the previous one too) would lose the run's work. One host wait per
+        network, only when a checkpoint or an evaluation is due."""
+        bad = []
+        for name, net in method.networks.items():
+            tensors = [t.detach() for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
+            if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+                bad.append(name)
+        if bad:
+            lower = "lower the learning rates (--lr and the method's other *-lr options) or try --amp off"
+            then = (f"The last checkpoint ({self.run_dir / LATEST}, iteration {self._last_saved}) is kept: {lower}, "
+                    f"then --resume from it or start again." if self._last_saved is not None else
+                    f"No checkpoint was written: {lower} and start again.")
+            raise TrainingDivergedError(f"training diverged: the weights of {', '.join(bad)} hold NaN or Inf at "
+                                        f"iteration {it}. {then}")
+
     def _save(self, method, it, epoch, position, train_seconds):
+        self._check_weights_finite(method, it)
+        self._last_saved = it
         if self.main:
             path = save_checkpoint(self._checkpoint_state(method, it, epoch, position, train_seconds), self.run_dir)
             self.logfile.write({"it": it, "checkpoint": str(path)})
@@ -344,6 +367,7 @@ class Trainer:
 
     def evaluate(self, method, it: int) -> dict | None:
         from ..eval.features import evaluate_method
+        self._check_weights_finite(method, it)
         for m in method.networks.values():
             m.eval()
         try:
@@ -364,9 +388,12 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         resume_state = None
+        self._last_saved = None  # the iteration of this run folder's latest checkpoint, once known
         if cfg.get("resume"):
             path = resolve_checkpoint(cfg["resume"], self.run_dir)
             resume_state = load_checkpoint(path, self.method_cls.name)
+            if path == self.run_dir / LATEST:
+                self._last_saved = resume_state["iteration"]
             self.log(f"resuming from {path} (iteration {resume_state['iteration']})")
         cores = os.cpu_count() or 1
         workers = cfg["workers"] if cfg["workers"] is not None else min(4, max(0, cores - 1))
@@ -509,4 +536,4 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
 # the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
 from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
 
-__all__ = ["Method", "Run", "WarmupStepSchedule", "LinearDecaySchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]
+__all__ = ["Method", "TrainingDivergedError", "Run", "WarmupStepSchedule", "LinearDecaySchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

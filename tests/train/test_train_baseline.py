@@ -73,6 +73,33 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_survives(short_r
     assert json.loads((run / "metrics.json").read_text())["iterations"] == 6
 
 
+def test_divergence_stops_before_the_last_checkpoint_is_overwritten(tiny_root, tmp_path, monkeypatch, capsys):
+    from reidfast.train.baseline import Baseline
+    real_step = Baseline.train_step
+
+    def step_that_diverges_at_4(self, batch, it):
+        out = real_step(self, batch, it)
+        if it == 3:  # the 4th iteration leaves a NaN weight, as an exploding update would
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(Baseline, "train_step", step_that_diverges_at_4)
+    out = tmp_path / "diverged"
+    assert main(tiny_args(tiny_root, out, "--iters", "9", "--ckpt-every", "3")) == 2
+    err = capsys.readouterr().err
+    assert "training diverged: the weights of model hold NaN or Inf at iteration 6" in err
+    assert f"The last checkpoint ({out / 'checkpoint.pt'}, iteration 3) is kept" in err
+    kept = load_checkpoint(out / "checkpoint.pt")
+    assert kept["iteration"] == 3 and not (out / "checkpoint.prev.pt").exists()
+    assert all(t.isfinite().all() for t in kept["networks"]["model"].values() if t.is_floating_point())
+    assert not (out / "metrics.json").exists()
+    # the kept checkpoint resumes (with the real step) to the end
+    monkeypatch.setattr(Baseline, "train_step", real_step)
+    assert main(tiny_args(tiny_root, out, "--iters", "9", "--ckpt-every", "3", "--resume")) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 9
+
+
 def test_garbage_checkpoint_names_the_file(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2

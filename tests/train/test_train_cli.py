@@ -33,6 +33,15 @@ def test_nonpositive_iters(tmp_path, capsys):
     assert "iters must be a positive integer" in capsys.readouterr().err
 
 
+def test_nan_and_negative_options(tmp_path, capsys):
+    assert main(["--lr", "nan", "--out", str(tmp_path)]) == 2
+    assert "lr must be a finite number, got nan" in capsys.readouterr().err
+    assert main(["dgnet", "--gen-lr", "-0.1", "--out", str(tmp_path)]) == 2
+    assert "gen_lr is a learning rate and must be >= 0, got -0.1" in capsys.readouterr().err
+    assert main(["dgnet", "--r1-w", "inf", "--out", str(tmp_path)]) == 2
+    assert "r1_w must be a finite number, got inf" in capsys.readouterr().err
+
+
 def test_missing_data_root_names_it(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["baseline", "--data-root", str(missing), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
