@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-import torch
+from pathlib import Path
 
 from .. import ops
 from ..ops.rank_result import AP_MODES, METRICS
@@ -21,15 +20,10 @@ from .io import load_features
 from .report import format_table, metrics_dict
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate_saved_features(args) -> ops.RankEvalResult:
     saved = load_features(args.features)
-    device = _device(args.device)
+    from ..train.loop import resolve_device
+    device = resolve_device(args.device)
     qf, gf = saved.query_f.to(device), saved.gallery_f.to(device)
     labels = (saved.query_label, saved.gallery_label, saved.query_cam, saved.gallery_cam)
     common = dict(max_rank=args.max_rank, ap_mode=args.ap_mode or "torchreid", precision=args.precision)
@@ -96,8 +90,9 @@ def main(argv=None) -> int:
         title += f" (top {args.verifier_topk} re-scored by the verifier)"
     print(format_table(result, title))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**metrics_dict(result), "rerank": bool(args.rerank)}, f, indent=1)
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)  # as --export and --ranked-list do
+        path.write_text(json.dumps({**metrics_dict(result), "rerank": bool(args.rerank)}, indent=1))
     return 0
 
 

@@ -87,7 +87,8 @@ def add_checkpoint_arguments(parser) -> None:
 
 def evaluate_checkpoint(args):
     """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..train.loop import resolve_device
+    device = resolve_device(args.device)
     run_dir = Path(args.checkpoint)
     method, cfg = load_trained_method(run_dir, device)  # the checkpoint is read once, here
     dataset_cfg = dict(cfg)

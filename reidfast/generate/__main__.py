@@ -15,8 +15,6 @@ import importlib
 import sys
 from pathlib import Path
 
-import torch
-
 METHODS = ("dgnet", "fdgan", "sagan")
 
 
@@ -51,10 +49,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ..eval.trained_run import load_trained_method
     from ..train.checkpoint import CheckpointError
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..train.loop import resolve_device
     run_dir = Path(args.checkpoint)
     out = Path(args.out) if args.out else (run_dir if run_dir.is_dir() else run_dir.parent) / "generated"
     try:
+        device = resolve_device(args.device)
         method, cfg = load_trained_method(run_dir, device, log=lambda m: print(m, file=sys.stderr))
         if method.name != args.method:
             raise ValueError(f"--checkpoint: {run_dir} is a {method.name} run, not {args.method}")

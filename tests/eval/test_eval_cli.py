@@ -102,6 +102,21 @@ def test_cli_reports_bad_feature_files(tmp_path, capsys):
     assert "expected a dict" in _cli_error(["--features", str(tmp_path / "list.pt")], capsys)
 
 
+def test_cli_reports_a_device_that_is_not_there(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    assert "not a device name" in _cli_error(["--features", str(tmp_path / "f.npz"), "--device", "banana"], capsys)
+    assert "runs on cpu or cuda" in _cli_error(["--features", str(tmp_path / "f.npz"), "--device", "meta"], capsys)
+    if not torch.cuda.is_available():
+        err = _cli_error(["--features", str(tmp_path / "f.npz"), "--device", "cuda"], capsys)
+        assert "--device cuda: no CUDA device is visible" in err
+
+
+def test_cli_json_into_a_new_folder(tmp_path):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    assert main(["--features", str(tmp_path / "f.npz"), "--json", str(tmp_path / "new" / "m.json")]) == 0
+    assert set(json.loads((tmp_path / "new" / "m.json").read_text())) >= {"rank1", "mAP", "mINP"}
+
+
 def test_cli_reports_mismatched_labels(tmp_path, capsys):
     arrays = saved_arrays()
     arrays["query_cam"] = arrays["query_cam"][:-1]
