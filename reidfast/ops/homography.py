@@ -40,6 +40,8 @@ def _check(img, H, padding_mode, align_corners):
         raise ValueError(f"homography_warp: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
     if img.dtype not in _IMG_DTYPES:
         raise TypeError(f"homography_warp: img must be float32, float64, float16 or bfloat16, got {img.dtype}")
+    if img.shape[2] == 0 or img.shape[3] == 0:  # grid_sample's rule: there is nothing to sample, even padding
+        raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
     if not isinstance(H, torch.Tensor):
         raise TypeError(f"homography_warp: H must be a torch.Tensor of shape (N, 3, 3), got {type(H).__name__}")
     N = img.shape[0]

@@ -262,6 +262,8 @@ def test_opcheck_triton_op():
     H = random_homographies(1, "near", torch.float32).requires_grad_(True)
     torch.library.opcheck(triton_homography.homography_warp_forward_triton, (img, H, 3, 4, "zeros", False),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with pytest.raises(ValueError, match="img must have a positive height and width"):
+        triton_homography.homography_warp_forward_triton(img.detach()[:, :, :0], H.detach(), 3, 4, "zeros", False)
 
 
 @needs_ext
@@ -388,6 +390,7 @@ def test_params_inverse_and_composition():
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(3, 3, 3), {}), ValueError, r"= \(2, 3, 3\), got \(3, 3, 3\)"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3), {}), ValueError, "H must have shape"),
         (lambda: (torch.randint(0, 3, (2, 3, 4, 4)), torch.eye(3).expand(2, 3, 3), {}), TypeError, "img must be float"),
+        (lambda: (torch.randn(2, 3, 0, 4), torch.eye(3).expand(2, 3, 3), {"out_size": (4, 4)}), ValueError, "img must have a positive height and width"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3, dtype=torch.long).expand(2, 3, 3), {}), TypeError, "H must be a floating"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"padding_mode": "wrap"}), ValueError, "padding_mode must be one of"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3), {"out_size": (0, 4)}), ValueError, "out_size must be positive"),
@@ -415,6 +418,11 @@ def test_cpp_op_checks_its_own_arguments():
         torch.ops.reidfast.homography_warp_forward(img, H, 4, 4, "wrap", False)
     with pytest.raises(ValueError, match="out_size must be positive"):
         torch.ops.reidfast.homography_warp_forward(img, H, 0, 4, "zeros", False)
+    empty = torch.randn(2, 3, 4, 0)
+    with pytest.raises(ValueError, match="img must have a positive height and width"):
+        torch.ops.reidfast.homography_warp_forward(empty, H, 4, 4, "zeros", False)
+    with pytest.raises(ValueError, match="img must have a positive height and width"):
+        torch.ops.reidfast.homography_warp_backward(torch.randn(2, 3, 4, 4), empty, H, "zeros", False, [True, True])
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only refusal")

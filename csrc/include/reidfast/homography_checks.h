@@ -36,6 +36,9 @@ inline void check_inputs(const at::Tensor& img, const at::Tensor& H, c10::Device
   TORCH_CHECK_TYPE(H.scalar_type() == want, "homography_warp: H must be ", want, " for img of dtype ",
                    img.scalar_type(), ", got ", H.scalar_type());
   TORCH_CHECK(H.device() == img.device(), "homography_warp: H is on ", H.device(), " but img is on ", img.device());
+  // grid_sample's rule: an image without pixels has nothing to sample, not even its padding
+  TORCH_CHECK_VALUE(img.size(2) > 0 && img.size(3) > 0,
+                    "homography_warp: img must have a positive height and width, got shape ", img.sizes());
   // tap indices are 32-bit (grid_math.h)
   TORCH_CHECK_VALUE(img.size(2) < (int64_t{1} << 30) && img.size(3) < (int64_t{1} << 30),
                     "homography_warp: img height and width must be below 2^30, got ", img.sizes());
@@ -64,7 +67,7 @@ inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& img) {
 }
 
 // The host-side preparation of both registrations (CPU and CUDA): checks, contiguous operands in the image's
-// layout, the output allocated. `done` is true when nothing is left to compute (empty output or empty image).
+// layout, the output allocated. `done` is true when nothing is left to compute (an empty output).
 struct ForwardArgs {
   at::Tensor img, H, out;
   int padding;
@@ -82,15 +85,11 @@ inline ForwardArgs prepare_forward(const at::Tensor& img, const at::Tensor& H, i
   a.H = H.contiguous();
   a.out = at::empty({img.size(0), img.size(1), out_h, out_w}, a.img.options().memory_format(layout));
   a.done = a.out.numel() == 0;
-  if (!a.done && (img.size(2) == 0 || img.size(3) == 0)) {
-    a.out.zero_();  // every tap of an empty image is outside it
-    a.done = true;
-  }
   return a;
 }
 
 // grad_img accumulates in the coordinate dtype (float32 for half/bfloat16 images); finish_grad_img casts it.
-// `empty` is true when no kernel needs to run (nothing requested, or nothing to sample).
+// `empty` is true when no kernel needs to run (nothing requested, or no output point).
 struct BackwardArgs {
   at::Tensor grad_out, img, H, grad_img_acc;
   int padding;
@@ -111,7 +110,7 @@ inline BackwardArgs prepare_backward(const at::Tensor& grad_out, const at::Tenso
   a.grad_out = grad_out.contiguous(layout);
   a.H = H.contiguous();
   if (a.need_img) a.grad_img_acc = at::zeros_like(a.img, a.img.options().dtype(coord_type(img.scalar_type())), layout);
-  a.empty = !(a.need_img || a.need_h) || grad_out.numel() == 0 || img.size(2) == 0 || img.size(3) == 0;
+  a.empty = !(a.need_img || a.need_h) || grad_out.numel() == 0;
   return a;
 }
 

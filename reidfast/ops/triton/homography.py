@@ -226,6 +226,12 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _check_has_pixels(img: torch.Tensor) -> None:
+    # the rule of the other backends (homography_checks.h: check_inputs)
+    if img.shape[2] == 0 or img.shape[3] == 0:
+        raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
+
+
 def _acc(img: torch.Tensor):
     return tl.float64 if opmath_dtype(img.dtype) == torch.float64 else tl.float32
 
@@ -233,14 +239,13 @@ def _acc(img: torch.Tensor):
 @torch.library.custom_op("reidfast::homography_warp_forward_triton", mutates_args=())
 def homography_warp_forward_triton(img: torch.Tensor, H: torch.Tensor, out_h: int, out_w: int, padding_mode: str,
                                    align_corners: bool) -> torch.Tensor:
+    _check_has_pixels(img)
     fmt = _layout(img)
     img = img.contiguous(memory_format=fmt)
     N, C, in_h, in_w = img.shape
     out = torch.empty((N, C, out_h, out_w), dtype=img.dtype, device=img.device).contiguous(memory_format=fmt)
     if out.numel() == 0:
         return out
-    if in_h == 0 or in_w == 0:
-        return out.zero_()
     grid = (triton.cdiv(out_h * out_w, _BLOCK), N)
     _hw_fwd_kernel[grid](
         img, H.contiguous(), out, C, in_h, in_w, out_h, out_w, *img.stride(), *out.stride(),
@@ -263,6 +268,7 @@ def _alert_nondeterministic_grad_img(img: torch.Tensor) -> None:
 @torch.library.custom_op("reidfast::homography_warp_backward_triton", mutates_args=())
 def homography_warp_backward_triton(grad_out: torch.Tensor, img: torch.Tensor, H: torch.Tensor, padding_mode: str,
                                     align_corners: bool, output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_has_pixels(img)
     need_img, need_h = bool(output_mask[0]), bool(output_mask[1])
     fmt = _layout(img)
     img = img.contiguous(memory_format=fmt)
@@ -277,7 +283,7 @@ def homography_warp_backward_triton(grad_out: torch.Tensor, img: torch.Tensor, H
         grad_img_acc = torch.empty((1,), dtype=acc_dtype, device=img.device)  # never written
     blocks = triton.cdiv(out_h * out_w, _BLOCK)
     partial = torch.zeros((N, max(blocks, 1), 9), dtype=H.dtype, device=img.device)
-    if (need_img or need_h) and grad_out.numel() > 0 and in_h > 0 and in_w > 0:
+    if (need_img or need_h) and grad_out.numel() > 0:
         _hw_bwd_kernel[(blocks, N)](
             grad_out, img, H.contiguous(), grad_img_acc, partial, C, in_h, in_w, out_h, out_w, *img.stride(),
             *grad_out.stride(), PADDING=_PADDING[padding_mode], ALIGN=bool(align_corners), ACC=_acc(img),
