@@ -5,7 +5,7 @@ Every reader accepts the dataset folder itself or the parent layouts torchreid u
 
 Malformed file names: an image whose name does not follow the dataset's naming raises
 :class:`DatasetFormatError` listing the offending names (silently dropping images would change the evaluation
-protocol); pass ``strict=False`` to skip them with a logged warning instead. Files that are not images
+protocol); ``strict=False`` (``--skip-misnamed`` on the command line) skips them with a logged warning instead. Files that are not images
 (``Thumbs.db``, readme files) are always ignored.
 """
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _reject_or_skip(bad: list[str], folder: Path, dataset: str, naming: str, str
     shown = ", ".join(bad[:5]) + (f" ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
     message = f"{dataset}: {len(bad)} image(s) in {folder} do not follow the naming {naming}: {shown}"
     if strict:
-        raise DatasetFormatError(message + " (pass strict=False to skip them)")
+        raise DatasetFormatError(message + " (--skip-misnamed, or strict=False in get_dataset, skips them with a "
+                                           "warning)")
     log.warning("%s; skipped", message)
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .base import Sample
+from .base import DatasetFormatError, Sample
 from .masks import MaskReader
 from .pose import NUM_KEYPOINTS, scale_keypoints
 
@@ -22,14 +22,18 @@ from .pose import NUM_KEYPOINTS, scale_keypoints
 def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple]:
     """(3, H, W) uint8 RGB tensor of an image file, resized (bilinear) to `size` = (height, width) if given.
 
-    Also returns the file's own (height, width), which keypoints need to follow a resize.
+    Also returns the file's own (height, width), which keypoints need to follow a resize. A file that is not a
+    readable image (truncated download, wrong format) is a DatasetFormatError naming it.
     """
-    with Image.open(path) as img:
-        original = (img.height, img.width)
-        img = img.convert("RGB")
-        if size is not None and original != tuple(size):
-            img = img.resize((size[1], size[0]), Image.BILINEAR)
-        array = np.asarray(img)
+    try:
+        with Image.open(path) as img:
+            original = (img.height, img.width)
+            img = img.convert("RGB")
+            if size is not None and original != tuple(size):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for unreadable and truncated files
+        raise DatasetFormatError(f"{path}: cannot be read as an image ({exc})") from exc
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), original
 
 

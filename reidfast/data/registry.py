@@ -105,9 +105,19 @@ def add_dataset_args(parser: argparse.ArgumentParser, group=None, default=None,
                        help="dataset to read: " + ", ".join(list_datasets()) + f" (default: {when_omitted})")
     group.add_argument("--data-root", default=default, metavar="DIR",
                        help="folder holding the dataset (the dataset folder itself or its parent)")
+    group.add_argument("--skip-misnamed", action="store_true", default=argparse.SUPPRESS if default is argparse.SUPPRESS
+                       else False, help="skip (with a warning) images whose file names do not follow the dataset's "
+                                        "naming, instead of stopping with an error")
     return parser
+
+
+def reader_options(skip_misnamed: bool) -> dict:
+    """The reader keywords that --skip-misnamed stands for (none by default, so readers registered without a
+    `strict` keyword keep working)."""
+    return {"strict": False} if skip_misnamed else {}
 
 
 def dataset_from_args(args: argparse.Namespace, **options) -> ReidDataset:
     """Read the dataset chosen by the arguments :func:`add_dataset_args` added."""
+    options = {**reader_options(getattr(args, "skip_misnamed", False)), **options}
     return get_dataset(args.dataset, args.data_root, **options)

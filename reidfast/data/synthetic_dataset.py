@@ -32,7 +32,7 @@ def cached_dataset_dir(ids: int = 200, cameras: int = 6, domain: str = "a", seed
 
 @register_dataset("synthetic", "synthetic-market")
 def read_synthetic(root=None, ids: int = 200, cameras: int = 6, domain: str = "a", seed: int = 0,
-                   height: int = 128, width: int = 64) -> ReidDataset:
+                   height: int = 128, width: int = 64, strict: bool = True) -> ReidDataset:
     """The synthetic dataset at `root`, generated there first if `root` does not exist or is empty.
 
     Without a root it lives in the user cache and is generated on first use.
@@ -51,7 +51,7 @@ def read_synthetic(root=None, ids: int = 200, cameras: int = 6, domain: str = "a
     meta = folder / "synthetic.json"
     info = json.loads(meta.read_text()) if meta.exists() else {}
     # an existing folder names its own domain (the `domain` argument only says what to generate)
-    dataset = read_market_style(folder, "synthetic", parse_market_name, "0002_c1s1_000451_03.jpg", 9,
+    dataset = read_market_style(folder, "synthetic", parse_market_name, "0002_c1s1_000451_03.jpg", 9, strict,
                                 name=f"synthetic-{info.get('domain', domain)}")
     dataset.keypoints_csv = folder / "annotations.csv"
     dataset.masks_dir = folder / "masks"

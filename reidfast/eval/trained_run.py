@@ -94,6 +94,8 @@ def evaluate_checkpoint(args):
     dataset_cfg = dict(cfg)
     if args.dataset is not None or args.data_root is not None:
         dataset_cfg.update(dataset=args.dataset, data_root=args.data_root)
+    if args.skip_misnamed:
+        dataset_cfg["skip_misnamed"] = True
     dataset = type(method).load_dataset(dataset_cfg)
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")

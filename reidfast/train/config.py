@@ -22,7 +22,7 @@ LOOP_DEFAULTS = {
     "fused_optimizers": None, "backend": "auto",
     "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
-    "height": 256, "width": 128, "lr": 0.01, "threads": None,
+    "height": 256, "width": 128, "lr": 0.01, "threads": None, "skip_misnamed": False,
 }
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PRESETS = ("auto", "paper", "cpu-quick")

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
-from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset
+from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset, reader_options
 from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
 from .images import save_image_grid
@@ -308,7 +308,8 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
         if cfg["synthetic_ids"]:
             options["ids"] = cfg["synthetic_ids"]
         return get_dataset("synthetic", None, **options)
-    return get_dataset(name, cfg["data_root"])
+    # .get: the configs saved by runs from before the option lack it
+    return get_dataset(name, cfg["data_root"], **reader_options(cfg.get("skip_misnamed", False)))
 
 
 def default_run_dir(method: str, cfg: dict) -> Path:

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import (BatchedSampler, DatasetFormatError, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
-                    denormalize, get_dataset, normalize, read_market1501)
+                    denormalize, get_dataset, normalize, read_market1501, reader_options)
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
@@ -91,7 +91,7 @@ def read_domain(name: str | None, root, cfg: dict) -> ReidDataset:
         return get_dataset("synthetic", root, **options)
     if root is None:
         raise ValueError(f"sagan: dataset {name!r} needs a root (--source-root / --target-root DIR)")
-    return get_dataset(name, root)
+    return get_dataset(name, root, **reader_options(cfg.get("skip_misnamed", False)))
 
 
 def mask_reader(dataset: ReidDataset, folder, missing: str) -> MaskReader:

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from reidfast.data import (BatchAugment, DomainPairDataset, IdentityBalancedBatchSampler, ImageDataset, MaskReader,
-                           UnpairedDomainSampler, get_dataset, make_loader, normalize, read_keypoints_csv)
+from reidfast.data import (BatchAugment, DatasetFormatError, DomainPairDataset, IdentityBalancedBatchSampler,
+                           ImageDataset, MaskReader, Sample, UnpairedDomainSampler, get_dataset, make_loader, normalize,
+                           read_keypoints_csv)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,14 @@ def test_items_are_uint8_with_labels_keypoints_and_masks(tiny, synthetic_root):
     assert pair["image"].shape == (2, 3, 128, 64) and pair["pid"].shape == (2,)
     with pytest.raises(KeyError, match="no keypoints"):
         ImageDataset(tiny.train, keypoints={})[0]
+
+
+@pytest.mark.parametrize("content", [b"not an image", b"\xff\xd8\xff\xe0 truncated jpeg"])
+def test_unreadable_image_names_the_file(tmp_path, content):
+    path = tmp_path / "0001_c1s1_000001_00.jpg"
+    path.write_bytes(content)
+    with pytest.raises(DatasetFormatError, match=f"{path}: cannot be read as an image"):
+        ImageDataset([Sample(str(path), 1, 0)], size=(8, 4))[0]
 
 
 def test_worker_loader_with_pk_batches_and_augmentation(tiny_params, tiny):

@@ -66,9 +66,14 @@ def test_malformed_names_raise_listing_them_or_are_skipped_when_not_strict(touch
     with pytest.raises(DatasetFormatError) as info:
         get_dataset("market1501", tmp_path)
     assert "copy of 0001.jpg" in str(info.value) and "0001_c9s1_000001_01.jpg" in str(info.value)  # camera 9
+    assert "--skip-misnamed" in str(info.value)  # what a command-line user can do about it
     ds = get_dataset("market1501", tmp_path, strict=False)
     assert len(ds.gallery) == len(MARKET_GALLERY)
     assert "skipped" in caplog.text
+    # the command-line flag stands for strict=False
+    args = add_dataset_args(argparse.ArgumentParser()).parse_args(
+        ["--dataset", "market1501", "--data-root", str(tmp_path), "--skip-misnamed"])
+    assert len(dataset_from_args(args).gallery) == len(MARKET_GALLERY)
 
 
 def test_dukemtmc(touch_files, tmp_path):

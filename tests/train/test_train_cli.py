@@ -42,6 +42,31 @@ def test_nan_and_negative_options(tmp_path, capsys):
     assert "r1_w must be a finite number, got inf" in capsys.readouterr().err
 
 
+@pytest.fixture
+def tiny_copy(tiny_root, tmp_path) -> Path:
+    import shutil
+    return Path(shutil.copytree(tiny_root, tmp_path / "data"))
+
+
+def test_misnamed_image_is_an_error_unless_skipped(tiny_copy, tmp_path, capsys):
+    first = sorted((tiny_copy / "query").glob("*.jpg"))[0]
+    (tiny_copy / "query" / "copy of a query.jpg").write_bytes(first.read_bytes())
+    assert main(tiny_args(tiny_copy, tmp_path / "r", "--iters", "1")) == 2
+    err = capsys.readouterr().err
+    assert "copy of a query.jpg" in err and "--skip-misnamed" in err
+    assert main(tiny_args(tiny_copy, tmp_path / "r", "--iters", "1", "--skip-misnamed")) == 0
+
+
+def test_unreadable_image_in_a_worker_is_one_error_line(tiny_copy, tmp_path, capsys):
+    for path in (tiny_copy / "bounding_box_train").glob("*.jpg"):  # every training image: the first batch fails
+        path.write_bytes(b"truncated")
+    assert main(tiny_args(tiny_copy, tmp_path / "r", "--iters", "1", "--workers", "1")) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bounding_box_train" in last and "cannot be read as an image" in last
+    assert "Traceback" not in err  # the worker's traceback is not printed
+
+
 def test_missing_data_root_names_it(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["baseline", "--data-root", str(missing), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
