@@ -33,12 +33,13 @@ from .pose import (FLIP_PERMUTATION, LEFT_RIGHT_PAIRS, OPENPOSE_18, flip_heatmap
 from .masks import MaskNotFoundError, MaskReader, decode_mask
 from .samplers import (BatchedSampler, IdentityBalancedBatchSampler, SameIdentityPairSampler, ShuffledBatchSampler,
                        UnpairedDomainSampler, VerificationPairSampler)
-from .loader import DomainPairDataset, ImageDataset, decode_image, make_loader
+from .loader import DomainPairDataset, ImageDataset, decode_image, error_message, make_loader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, denormalize, normalize, to_float
 
 __all__ = [
     "Sample", "ReidDataset", "DatasetNotFoundError", "DatasetFormatError", "relabel_train",
-    "register_dataset", "get_dataset", "list_datasets", "add_dataset_args", "dataset_from_args", "reader_options", "default_cache_dir",
+    "register_dataset", "get_dataset", "list_datasets", "add_dataset_args", "dataset_from_args", "reader_options",
+    "default_cache_dir",
     "read_market1501", "read_dukemtmc", "read_msmt17", "read_cuhk03np", "read_prid2011", "read_synthetic",
     "generate_synthetic",
     "OPENPOSE_18", "LEFT_RIGHT_PAIRS", "FLIP_PERMUTATION", "read_keypoints_csv", "write_keypoints_csv",
@@ -46,6 +47,6 @@ __all__ = [
     "flip_heatmaps",
     "MaskReader", "MaskNotFoundError", "decode_mask",
     "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler", "VerificationPairSampler", "UnpairedDomainSampler",
-    "ImageDataset", "DomainPairDataset", "decode_image", "make_loader",
+    "ImageDataset", "DomainPairDataset", "decode_image", "error_message", "make_loader",
     "BatchAugment", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

@@ -37,6 +37,17 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), original
 
 
+def error_message(exc: BaseException) -> str:
+    """An error's message for a command line's "error:" line. An error raised in a DataLoader worker reaches the
+    main process with the worker's traceback in its message; its last line is the original message (e.g. a bad
+    image file, named), which is what is returned then."""
+    message = str(exc)
+    if "Original Traceback" in message:
+        lines = [line for line in message.splitlines() if line.strip()]
+        return lines[-1].split(": ", 1)[-1] if lines else message
+    return message
+
+
 class ImageDataset(Dataset):
     """Items of a list of :class:`Sample`, as dicts of tensors.
 

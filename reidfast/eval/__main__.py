@@ -76,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Exit status 0, or 2 with one "error:" line for bad input (a missing or unreadable file, labels that do not
     match the features, a folder without a checkpoint, a dataset that is not there)."""
-    from ..data.base import DatasetNotFoundError
+    from ..data import DatasetNotFoundError, error_message
     from ..train.checkpoint import CheckpointError
     args = build_parser().parse_args(argv)
     mode = next(name for name in MODES if getattr(args, name, None))
     try:
         result = MODES[mode](args)
     except (CheckpointError, DatasetNotFoundError, ValueError, TypeError) as exc:  # FeatureFileError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
     title = f"{args.features or args.checkpoint}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
     if args.checkpoint and args.verifier_topk:

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ..data import DatasetFormatError, DatasetNotFoundError
+from ..data import DatasetFormatError, DatasetNotFoundError, error_message
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_loop_arguments, read_config_file, resolve_config
 from .loop import TrainingDivergedError
@@ -74,22 +74,12 @@ def main(argv=None) -> int:
         from .loop import train
         train(method, cfg)
     except (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, TrainingDivergedError) as exc:
-        print(f"error: {_without_worker_traceback(exc)}", file=sys.stderr)
+        print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
     except ValueError as exc:  # bad option values found while building the run
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _without_worker_traceback(exc: Exception) -> str:
-    """The message of an error, without the worker traceback a DataLoader worker's re-raised error carries (its
-    last line is the original message: a bad image file, named)."""
-    message = str(exc)
-    if "Original Traceback" in message:
-        lines = [line for line in message.splitlines() if line.strip()]
-        return lines[-1].split(": ", 1)[-1] if lines else message
-    return message
 
 
 def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
