@@ -550,16 +550,28 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing synthetic dataset at --out (a folder holding synthetic.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        if not args.force:
-            parser.error(f"--out {out} is not empty (pass --force to replace it)")
-        shutil.rmtree(out)
+    replace = out.exists() and any(out.iterdir())
+    if replace and not args.force:
+        parser.error(f"--out {out} is not empty (pass --force to replace the synthetic dataset there)")
+    if replace and not (out / "synthetic.json").is_file():
+        # --force deletes a folder: only one this command wrote, never e.g. a real dataset given by mistake
+        parser.error(f"--force: {out} is not a synthetic dataset (no synthetic.json); not deleting it")
     start = time.perf_counter()
-    generate_atomically(out, ids=args.ids, cameras=args.cameras, domain=args.domain, seed=args.seed,
-                        height=args.height, width=args.width)
+    params = dict(ids=args.ids, cameras=args.cameras, domain=args.domain, seed=args.seed, height=args.height,
+                  width=args.width)
+    # the new dataset is written beside the old one, which is removed only once the new one is complete
+    target = out.with_name(f".{out.name}.replacement") if replace else out
+    try:
+        generate_atomically(target, **params)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if replace:
+        shutil.rmtree(out)
+        os.rename(target, out)
     params = json.loads((out / "synthetic.json").read_text())
     print(f"wrote {params['images']} images to {out} in {time.perf_counter() - start:.1f}s")
     return 0

@@ -146,6 +146,27 @@ def test_cli_and_atomic_generation(tmp_path, capsys):
         generate(tmp_path / "x", ids=4, cameras=12)
 
 
+def test_cli_force_replaces_only_a_synthetic_dataset(tmp_path, capsys):
+    small = ["--ids", "4", "--cameras", "2", "--height", "32", "--width", "16"]
+    out = tmp_path / "cli"
+    assert main(["--out", str(out), *small]) == 0
+    # bad parameters are an argparse error, and the existing dataset survives them
+    before = tree_digest(out)
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--force", "--ids", "2"])
+    assert "ids must be at least 4" in capsys.readouterr().err and tree_digest(out) == before
+    assert main(["--out", str(out), "--force", "--seed", "1", *small]) == 0
+    assert tree_digest(out) != before and json.loads((out / "synthetic.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]
+    # a folder that is not a synthetic dataset is never deleted
+    other = tmp_path / "my-data"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(SystemExit):
+        main(["--out", str(other), "--force", *small])
+    assert "not a synthetic dataset" in capsys.readouterr().err and (other / "keep.txt").read_text() == "precious"
+
+
 def test_default_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REIDFAST_CACHE", str(tmp_path / "cache"))
     small = dict(ids=4, cameras=2, height=32, width=16)
