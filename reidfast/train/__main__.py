@@ -9,7 +9,7 @@ import torch
 from ..data import DatasetFormatError, DatasetNotFoundError, error_message
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_loop_arguments, read_config_file, resolve_config
-from .loop import TrainingDivergedError
+from .loop import TrainingDivergedError, TrainingInterrupted
 from .methods import ALL_METHODS, get_method
 
 DESCRIPTION = """\
@@ -79,6 +79,9 @@ def main(argv=None) -> int:
     except ValueError as exc:  # bad option values found while building the run
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"interrupted by {exc}", file=sys.stderr)
+        return 128 + exc.signal_number  # the shell's convention for a process stopped by a signal
     return 0
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +38,61 @@ from .progress import ProgressBar, RunLog, format_duration
 
 class TrainingDivergedError(RuntimeError):
     """A network's weights became NaN or Inf: the run stops before writing or evaluating them."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a run at an iteration boundary, after writing its checkpoint there."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class _LoaderStopped(Exception):
+    pass
+
+
+def _fetch(loader, stop_requests: list):
+    """The loader's batches. Ctrl-C reaches the loader's worker processes too, and they exit: once a stop was
+    requested, the failed fetch that follows is _LoaderStopped (the loop then checkpoints the iterations done)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if stop_requests:
+                raise _LoaderStopped() from None
+            raise
+        yield batch
+
+
+@contextlib.contextmanager
+def _stop_requests(enabled: bool):
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) only records itself in the
+    yielded list, for the loop to stop at the end of the running iteration; a second one acts as it normally
+    would. Only in a single process's main thread: under torchrun the ranks could see it at different
+    iterations and stop at different collectives."""
+    import signal
+    requests: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(signum, frame):
+        requests.append(signum)
+        for s, handler in previous.items():  # the next one is not caught
+            signal.signal(s, handler)
+
+    for s in previous:
+        signal.signal(s, record)
+    try:
+        yield requests
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Method:
@@ -376,6 +432,18 @@ class Trainer:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def _stop_on_request(self, method, it, epoch, position, train_seconds, signum, bar) -> None:
+        import signal
+        if bar is not None:
+            bar.close()
+        if self._last_saved != it:  # not just written by ckpt_every
+            self._save(method, it, epoch, position, train_seconds)
+        self.logfile.close()
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(f"{name}: stopped after iteration {it}; checkpoint written to "
+                                  f"{self.run_dir / LATEST}. Continue with: python -m reidfast.train "
+                                  f"{self.method_cls.name} --out {self.run_dir} --resume", signum)
+
     def evaluate(self, method, it: int) -> dict | None:
         from ..eval.features import evaluate_method
         self._check_weights_finite(method, it)
@@ -455,52 +523,59 @@ class Trainer:
         count, window_start, window_it = 0, time.perf_counter(), it
         rate = 0.0
         last_batch = None
-        while it < total:
-            batches.set_epoch(epoch, skip=position)
-            window_start, window_it = time.perf_counter(), it  # the rate excludes loader start-up
-            for batch in loader:
-                t0 = time.perf_counter()
-                batch = to_device(batch, self.device)
-                losses = method.train_step(batch, it)
-                if self.run.scaler is not None:
-                    self.run.scaler.update()
-                for s in method.schedulers.values():
-                    s.step()
-                it += 1
-                position += 1
-                for k, v in losses.items():
-                    v = v.detach().float()
-                    sums[k] = sums[k] + v if k in sums else v
-                count += 1
-                last_batch = batch
-                log_now = cfg["log_every"] and it % cfg["log_every"] == 0
-                # The device is waited for only where the host reads results (the logged means, every log_every
-                # iterations): between those, the host queues the next steps while the GPU runs.
-                if (log_now or it == total) and self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                elapsed = time.perf_counter() - window_start
-                rate = (it - window_it) / elapsed if elapsed > 0 else 0.0
-                if log_now or it == total:
-                    means = {k: (v / count).item() for k, v in sums.items()}
-                    lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in method.optimizers.items()}
-                    self.logfile.write({"it": it, "epoch": epoch, **means, **lrs,
-                                        "images_per_s": rate * method.images_per_iteration()}, step=it)
-                    if bar is not None:
-                        bar.update(it, means, rate, force=True)
-                    sums, count = {}, 0
-                    window_start, window_it = time.perf_counter(), it
-                train_seconds += time.perf_counter() - t0
-                stop = it >= total
-                if cfg["ckpt_every"] and it % cfg["ckpt_every"] == 0 and not stop:
-                    self._save(method, it, epoch, position, train_seconds)
-                if cfg["eval_every"] and it % cfg["eval_every"] == 0 and not stop:
-                    if method.evaluates:
-                        self.evaluate(method, it)
-                    self._save_samples(method, last_batch, it)
-                if stop:
-                    break
-            else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)
-                epoch, position = epoch + 1, 0
+        # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
+        with _stop_requests(self.world_size == 1) as stop_requests:
+            while it < total:
+                batches.set_epoch(epoch, skip=position)
+                window_start, window_it = time.perf_counter(), it  # the rate excludes loader start-up
+                try:
+                    for batch in _fetch(loader, stop_requests):
+                        t0 = time.perf_counter()
+                        batch = to_device(batch, self.device)
+                        losses = method.train_step(batch, it)
+                        if self.run.scaler is not None:
+                            self.run.scaler.update()
+                        for s in method.schedulers.values():
+                            s.step()
+                        it += 1
+                        position += 1
+                        for k, v in losses.items():
+                            v = v.detach().float()
+                            sums[k] = sums[k] + v if k in sums else v
+                        count += 1
+                        last_batch = batch
+                        log_now = cfg["log_every"] and it % cfg["log_every"] == 0
+                        # The device is waited for only where the host reads results (the logged means, every log_every
+                        # iterations): between those, the host queues the next steps while the GPU runs.
+                        if (log_now or it == total) and self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)
+                        elapsed = time.perf_counter() - window_start
+                        rate = (it - window_it) / elapsed if elapsed > 0 else 0.0
+                        if log_now or it == total:
+                            means = {k: (v / count).item() for k, v in sums.items()}
+                            lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in method.optimizers.items()}
+                            self.logfile.write({"it": it, "epoch": epoch, **means, **lrs,
+                                                "images_per_s": rate * method.images_per_iteration()}, step=it)
+                            if bar is not None:
+                                bar.update(it, means, rate, force=True)
+                            sums, count = {}, 0
+                            window_start, window_it = time.perf_counter(), it
+                        train_seconds += time.perf_counter() - t0
+                        stop = it >= total
+                        if cfg["ckpt_every"] and it % cfg["ckpt_every"] == 0 and not stop:
+                            self._save(method, it, epoch, position, train_seconds)
+                        if cfg["eval_every"] and it % cfg["eval_every"] == 0 and not stop:
+                            if method.evaluates:
+                                self.evaluate(method, it)
+                            self._save_samples(method, last_batch, it)
+                        if stop_requests and not stop:
+                            self._stop_on_request(method, it, epoch, position, train_seconds, stop_requests[0], bar)
+                        if stop:
+                            break
+                    else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)
+                        epoch, position = epoch + 1, 0
+                except _LoaderStopped:  # the stop request reached the loader's workers first
+                    self._stop_on_request(method, it, epoch, position, train_seconds, stop_requests[0], bar)
         if bar is not None:
             bar.close()
         # train_seconds counts whole iterations only (data waits, evaluation and checkpoints excluded)
@@ -547,4 +622,4 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
 # the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
 from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
 
-__all__ = ["Method", "TrainingDivergedError", "Run", "WarmupStepSchedule", "LinearDecaySchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]
+__all__ = ["Method", "TrainingDivergedError", "TrainingInterrupted", "Run", "WarmupStepSchedule", "LinearDecaySchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

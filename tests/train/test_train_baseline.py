@@ -73,6 +73,39 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_survives(short_r
     assert json.loads((run / "metrics.json").read_text())["iterations"] == 6
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_interrupt_checkpoints_the_iteration_and_resumes_exactly(short_run, tiny_root, tmp_path, monkeypatch, capsys,
+                                                                  signal_name):
+    import os
+    import signal
+
+    from reidfast.train.baseline import Baseline
+    real_step = Baseline.train_step
+    signum = getattr(signal, signal_name)
+    handler_before = signal.getsignal(signum)
+
+    def step_interrupted_during_the_4th(self, batch, it):
+        if it == 3:
+            os.kill(os.getpid(), signum)  # Ctrl-C (or a scheduler's SIGTERM) while the step runs
+        return real_step(self, batch, it)
+
+    monkeypatch.setattr(Baseline, "train_step", step_interrupted_during_the_4th)
+    out = tmp_path / "interrupted"
+    assert main(tiny_args(tiny_root, out, "--iters", "6", "--ckpt-every", "3")) == 128 + signum
+    err = capsys.readouterr().err
+    assert f"interrupted by {signal_name}: stopped after iteration 4; checkpoint written to {out / 'checkpoint.pt'}" in err
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 4 and not (out / "metrics.json").exists()
+    assert signal.getsignal(signum) == handler_before  # the loop's handler is gone again
+    # the checkpointed iteration continues exactly as the uninterrupted run (short_run: same flags)
+    monkeypatch.setattr(Baseline, "train_step", real_step)
+    assert main(tiny_args(tiny_root, out, "--iters", "6", "--ckpt-every", "3", "--resume")) == 0
+    full, again = losses(short_run), losses(out)
+    assert [again[i] for i in (5, 6)] == [full[i] for i in (5, 6)]
+    a = load_checkpoint(short_run / "checkpoint.pt")["networks"]["model"]
+    b = load_checkpoint(out / "checkpoint.pt")["networks"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_divergence_stops_before_the_last_checkpoint_is_overwritten(tiny_root, tmp_path, monkeypatch, capsys):
     from reidfast.train.baseline import Baseline
     real_step = Baseline.train_step
