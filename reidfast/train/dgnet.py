@@ -207,19 +207,21 @@ class DGNet(Method):
             raise ValueError("dgnet needs a teacher on real data: train one with python -m reidfast.train baseline "
                              "(same dataset) and pass --teacher RUN_DIR")
         folder = Path(cfg["out"]) / "teacher"
-        if not (folder / LATEST).is_file():
+        # finished: the loop writes metrics.json last; a checkpoint without it is a teacher stopped part-way
+        if not (folder / "metrics.json").is_file():
             if self.run.world_size > 1:
                 raise ValueError("dgnet under torchrun needs --teacher RUN_DIR (train the baseline first)")
-            self.run.log(f"dgnet: no --teacher given: training a short baseline teacher first "
-                         f"({cfg['teacher_iters']} iterations) in {folder}")
-            self._train_teacher(folder)
+            resume = (folder / LATEST).is_file()
+            self.run.log(f"dgnet: no --teacher given: {'continuing' if resume else 'training'} a short baseline "
+                         f"teacher first ({cfg['teacher_iters']} iterations) in {folder}")
+            self._train_teacher(folder, resume)
         cfg["teacher"] = str(folder)  # saved with the checkpoint: a resumed run reuses this teacher
         return folder
 
-    def _train_teacher(self, folder: Path) -> None:
+    def _train_teacher(self, folder: Path, resume: bool) -> None:
         from .baseline import Baseline  # the teacher is the baseline method's run
         from .config import resolve_config
-        from .loop import train
+        from .loop import TrainingInterrupted, train
         cfg = self.run.cfg
         flags = {key: cfg[key] for key in ("dataset", "data_root", "synthetic_ids", "height", "width", "device",
                                            "seed", "workers", "threads", "amp", "compile", "backend")}
@@ -227,9 +229,16 @@ class DGNet(Method):
         flags.update(out=str(folder), iters=cfg["teacher_iters"], ckpt_every=0, backbone_width=cfg["backbone_width"],
                      last_stride=1, pretrained=cfg["pretrained"], preset=cfg["preset"],
                      batch_size=self.images_per_iteration())
+        if resume:
+            flags["resume"] = True
         teacher_cfg = resolve_config(Baseline.defaults, Baseline.presets, {}, flags,
                                      device_is_cpu=self.run.device.type == "cpu")
-        train(Baseline, teacher_cfg)
+        try:
+            train(Baseline, teacher_cfg)
+        except TrainingInterrupted as exc:  # this dgnet run has no checkpoint yet: --resume would find none
+            raise TrainingInterrupted(f"{str(exc).split(';')[0]} of the teacher; its checkpoint is in {folder}. "
+                                      f"To continue, run the same command again: the teacher continues from it.",
+                                      exc.signal_number) from None
 
     def _load_teacher(self, folder: Path) -> ReidBaseline:
         path = resolve_checkpoint(folder, folder, flag="--teacher")

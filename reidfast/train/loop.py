@@ -441,8 +441,8 @@ class Trainer:
         self.logfile.close()
         name = signal.Signals(signum).name
         raise TrainingInterrupted(f"{name}: stopped after iteration {it}; checkpoint written to "
-                                  f"{self.run_dir / LATEST}. Continue with: python -m reidfast.train "
-                                  f"{self.method_cls.name} --out {self.run_dir} --resume", signum)
+                                  f"{self.run_dir / LATEST}. To continue, run the same command again with --resume.",
+                                  signum)
 
     def evaluate(self, method, it: int) -> dict | None:
         from ..eval.features import evaluate_method

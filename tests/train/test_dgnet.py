@@ -109,6 +109,34 @@ def test_without_a_teacher_the_synthetic_run_trains_one_first(tiny_root, tmp_pat
     assert load_checkpoint(out / "checkpoint.pt")["config"]["teacher"] == str(out / "teacher")
 
 
+def test_an_interrupted_teacher_continues_and_is_not_taken_as_finished(tiny_root, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from reidfast.train.baseline import Baseline
+    real_step = Baseline.train_step
+
+    def step_interrupted_during_the_2nd(self, batch, it):
+        if it == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, batch, it)
+
+    monkeypatch.setattr(Baseline, "train_step", step_interrupted_during_the_2nd)
+    out = tmp_path / "auto"
+    args = dgnet_args(tiny_root, out, "--iters", "1", "--teacher-iters", "3", "--ckpt-every", "0")
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "stopped after iteration 2 of the teacher" in err and "run the same command again" in err
+    assert load_checkpoint(out / "teacher" / "checkpoint.pt")["iteration"] == 2
+    assert not (out / "checkpoint.pt").exists()
+    # the same command: the teacher continues to its 3 iterations (not used as it was), then DG-Net trains
+    monkeypatch.setattr(Baseline, "train_step", real_step)
+    assert main(args) == 0
+    assert "continuing a short baseline teacher first (3 iterations)" in capsys.readouterr().err
+    assert load_checkpoint(out / "teacher" / "checkpoint.pt", "baseline")["iteration"] == 3
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 1
+
+
 def test_real_data_without_a_teacher_is_a_clear_error(tiny_root, tmp_path, capsys):
     args = dgnet_args(tiny_root, tmp_path / "x", "--iters", "1")
     args[args.index("synthetic")] = "market1501"
