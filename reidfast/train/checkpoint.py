@@ -101,10 +101,15 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with open(tmp, "wb") as f:
-        f.write(buffer.getbuffer())
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # a full disk, a quota: the checkpoints already there stay as they were
+        tmp.unlink(missing_ok=True)
+        kept = f"; {latest} is unchanged" if latest.exists() else ""
+        raise CheckpointError(f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}){kept}") from exc
     if latest.exists():
         os.replace(latest, previous)
     os.replace(tmp, latest)

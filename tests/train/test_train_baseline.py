@@ -133,6 +133,26 @@ def test_divergence_stops_before_the_last_checkpoint_is_overwritten(tiny_root, t
     assert json.loads((out / "metrics.json").read_text())["iterations"] == 9
 
 
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(short_run, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from reidfast.train.checkpoint import CheckpointError, save_checkpoint
+    run = tmp_path / "full-disk"
+    shutil.copytree(short_run, run)
+    before = (run / "checkpoint.pt").read_bytes(), (run / "checkpoint.prev.pt").read_bytes()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(CheckpointError, match=f"could not write a checkpoint in {run} .No space left on device.; "
+                                              f"{run / 'checkpoint.pt'} is unchanged"):
+        save_checkpoint({"iteration": 7}, run)
+    assert ((run / "checkpoint.pt").read_bytes(), (run / "checkpoint.prev.pt").read_bytes()) == before
+    assert not list(run.glob(".*.tmp")), "the partial file was left behind"
+
+
 def test_garbage_checkpoint_names_the_file(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
