@@ -20,6 +20,13 @@ import torch
 from .homography import homography_warp
 
 
+def _check_homographies(fn: str, name: str, H) -> None:
+    if not isinstance(H, torch.Tensor) or H.dim() < 2 or tuple(H.shape[-2:]) != (3, 3):
+        raise ValueError(f"{fn}: {name} must have shape (..., 3, 3), got {getattr(H, 'shape', type(H).__name__)}")
+    if not H.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {H.dtype}")
+
+
 def homography_from_params(p: torch.Tensor) -> torch.Tensor:
     """(N, 8) parameters -> (N, 3, 3) homographies I + [[p0, p1, p2], [p3, p4, p5], [p6, p7, 0]].
 
@@ -37,7 +44,13 @@ def homography_from_params(p: torch.Tensor) -> torch.Tensor:
 def homography_inverse(H: torch.Tensor) -> torch.Tensor:
     """Batched inverse of (..., 3, 3) homographies (the warp that undoes H, up to resampling). A singular H is an
     error, which on a GPU waits for the device to check; `homography_adjugate` does not wait."""
-    return torch.linalg.inv(H)
+    _check_homographies("homography_inverse", "H", H)
+    inverse, info = torch.linalg.inv_ex(H)
+    if bool((info != 0).any()):
+        singular = (info != 0).flatten().nonzero().flatten().tolist()
+        raise ValueError(f"homography_inverse: H is singular (no inverse) at flattened batch index(es) "
+                         f"{singular[:10]}{' ...' if len(singular) > 10 else ''}")
+    return inverse
 
 
 def homography_adjugate(H: torch.Tensor) -> torch.Tensor:
@@ -45,6 +58,7 @@ def homography_adjugate(H: torch.Tensor) -> torch.Tensor:
     waits on a GPU, differentiable. A homography acts up to scale, so this is also a warp that undoes H wherever H
     is invertible; a training step uses it where `homography_inverse` would synchronize (SA-GAN's cycle loss).
     """
+    _check_homographies("homography_adjugate", "H", H)
     # Column k of adj(H) is the cross product of rows k+1 and k+2 of H (indices mod 3): H times it gives det(H) in
     # row k and 0 elsewhere.
     return torch.linalg.cross(H.roll(-1, dims=-2), H.roll(-2, dims=-2), dim=-1).transpose(-1, -2)
@@ -53,6 +67,8 @@ def homography_adjugate(H: torch.Tensor) -> torch.Tensor:
 def compose_warps(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """H such that homography_warp(img, H) == homography_warp(homography_warp(img, first), second) (up to
     resampling and borders). Since each H maps output points back to input points, that is first @ second."""
+    _check_homographies("compose_warps", "first", first)
+    _check_homographies("compose_warps", "second", second)
     return first @ second
 
 

@@ -358,6 +358,20 @@ def test_pixel_normalized_conversions_round_trip_and_map_points(align):
         torch.testing.assert_close(got[:2] / got[2], want[:2] / want[2])
 
 
+def test_geometry_helpers_reject_bad_matrices():
+    H = random_homographies(3, "projective")
+    singular = H.clone()
+    singular[1, 2] = singular[1, 0] + singular[1, 1]  # the third row in the span of the others
+    with pytest.raises(ValueError, match=r"homography_inverse: H is singular .* index\(es\) \[1\]"):
+        ops.homography_inverse(singular)
+    with pytest.raises(ValueError, match=r"homography_inverse: H must have shape \(\.\.\., 3, 3\), got .*\[3, 2, 3\]"):
+        ops.homography_inverse(H[:, :2])
+    with pytest.raises(TypeError, match="homography_adjugate: H must be a floating-point tensor"):
+        ops.homography_adjugate(torch.eye(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="compose_warps: second must have shape"):
+        ops.compose_warps(H, H[0, 0])
+
+
 def test_params_inverse_and_composition():
     p = torch.zeros(3, 8)
     torch.testing.assert_close(ops.homography_from_params(p), torch.eye(3).expand(3, 3, 3))
