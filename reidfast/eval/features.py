@@ -5,6 +5,7 @@ baseline's test protocol); with unit features euclidean and cosine distances ran
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -33,6 +34,11 @@ def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, i
                         num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG alone
     chunks = []
+    bar = None
+    if len(samples) > 10 * batch_size:  # sets that take a while (Market-1501's gallery: 124 batches of 128)
+        from ..train.progress import ProgressBar
+        bar = ProgressBar(len(samples), label="features ", unit="images")
+    start, done = time.perf_counter(), 0
     for batch in loader:
         images = normalize(batch["image"].to(device, non_blocking=True))
         if channels_last:
@@ -43,6 +49,11 @@ def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, i
         if l2_normalize:
             feature = torch.nn.functional.normalize(feature, dim=1)
         chunks.append(feature)  # kept on the device: a copy per batch would make the host wait for each one
+        done += feature.shape[0]
+        if bar is not None:
+            bar.update(done, {}, done / (time.perf_counter() - start), force=done == len(samples))
+    if bar is not None:
+        bar.close()
     return torch.cat(chunks).cpu()
 
 

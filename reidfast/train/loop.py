@@ -622,4 +622,5 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
 # the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
 from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
 
-__all__ = ["Method", "TrainingDivergedError", "TrainingInterrupted", "Run", "WarmupStepSchedule", "LinearDecaySchedule", "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]
+__all__ = ["Method", "TrainingDivergedError", "TrainingInterrupted", "Run", "WarmupStepSchedule", "LinearDecaySchedule",
+           "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

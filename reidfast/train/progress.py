@@ -17,8 +17,10 @@ def format_duration(seconds: float) -> str:
 class ProgressBar:
     """One line redrawn in place on a terminal; on a pipe or file a plain line at most every `interval` s."""
 
-    def __init__(self, total: int, start: int = 0, stream=None, interval: float = 10.0, width: int = 24):
+    def __init__(self, total: int, start: int = 0, stream=None, interval: float = 10.0, width: int = 24,
+                 label: str = "", unit: str = "it"):
         self.total, self.stream, self.width = total, stream or sys.stderr, width
+        self.label, self.unit = label, unit
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.interval = 0.2 if self.tty else interval
         self.last_draw = 0.0
@@ -32,10 +34,10 @@ class ProgressBar:
         done = it / max(1, self.total)
         bar = "#" * int(done * self.width)
         remaining = (self.total - it) / rate if rate > 0 else float("nan")
-        text = " ".join(f"{k} {v:.4g}" for k, v in fields.items())
+        text = "".join(f"{k} {v:.4g} " for k, v in fields.items())
         eta = format_duration(remaining) if remaining == remaining else "?"
-        line = (f"[{bar:<{self.width}}] {it}/{self.total} {100 * done:3.0f}% | {text} | "
-                f"{rate:.1f} it/s | ETA {eta}")
+        line = (f"{self.label}[{bar:<{self.width}}] {it}/{self.total} {100 * done:3.0f}% | {text}{'| ' if text else ''}"
+                f"{rate:.1f} {self.unit}/s | ETA {eta}")
         if self.tty:
             self.stream.write("\r" + line[:200].ljust(120))
         else:

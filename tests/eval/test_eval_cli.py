@@ -180,3 +180,25 @@ def test_rerank_lambda_one_is_the_original_distance():
     d = torch.cdist(x, x) ** 2
     d = d / d.max(0, keepdim=True).values
     torch.testing.assert_close(got.double(), d[:5, 5:], rtol=1e-4, atol=1e-5)
+
+
+def test_feature_extraction_in_workers_with_progress(tmp_path, capsys):
+    from reidfast.data import get_dataset
+    from reidfast.data.synthetic import generate
+    from reidfast.eval.features import extract_features
+    generate(tmp_path / "data", ids=8, cameras=2, seed=1, height=32, width=16)
+    samples = (lambda ds: ds.query + ds.gallery)(get_dataset("synthetic", tmp_path / "data"))
+    assert len(samples) > 10 * 2
+    weight = torch.randn(3, 5)
+
+    def embed(x):  # a fixed linear map of the pooled colours: features that tell the images apart
+        return x.mean((2, 3)) @ weight
+
+    args = (embed, samples, (32, 16), torch.device("cpu"))
+    serial = extract_features(*args, batch_size=2, workers=0)
+    capsys.readouterr()
+    parallel = extract_features(*args, batch_size=2)  # more than one batch: decoded in worker processes
+    # the same features in the same order, and a progress line for a set of more than ten batches
+    assert torch.equal(serial, parallel) and serial.shape == (len(samples), 5)
+    err = capsys.readouterr().err
+    assert f"features [{'#' * 24}] {len(samples)}/{len(samples)} 100% | " in err and " images/s | ETA" in err
