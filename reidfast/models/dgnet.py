@@ -134,9 +134,10 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList([AdaINResBlock(dim, activation="lrelu") for _ in range(res_blocks)])
         up = []
         for _ in range(2):
+            half = max(1, dim // 2)  # at least one channel at the narrowest test widths
             up += [nn.Upsample(scale_factor=2, mode="nearest"),
-                   nn.Conv2d(dim, dim // 2, 5, padding=2, padding_mode="reflect"), LayerNorm2d(dim // 2), _lrelu()]
-            dim //= 2
+                   nn.Conv2d(dim, half, 5, padding=2, padding_mode="reflect"), LayerNorm2d(half), _lrelu()]
+            dim = half
         self.up = nn.Sequential(*up)
         self.out = nn.Sequential(_conv_block(dim, dim, 3, norm=False), _conv_block(dim, dim, 3, norm=False),
                                  nn.Conv2d(dim, 3, 1))

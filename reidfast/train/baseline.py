@@ -24,6 +24,7 @@ from .loop import Method, WarmupStepSchedule
 
 class Baseline(Method):
     name = "baseline"
+    min_batch_size = 2
     defaults = {
         "epochs": 60, "batch_size": 32, "lr": 0.05, "backbone_lr_mult": "auto", "momentum": 0.9,
         "weight_decay": 5e-4, "lr_decay_at": [2 / 3], "lr_gamma": 0.1, "height": 256, "width": 128,

@@ -87,6 +87,7 @@ def _per_sample_l1(x, y) -> torch.Tensor:
 
 class FDGAN(Method):
     name = "fdgan"
+    min_batch_size = 2
     eval_metric = "euclidean"  # E's 2048-d pooled feature, Euclidean distance, no normalization
     eval_l2_normalize = False
     defaults = {

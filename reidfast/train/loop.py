@@ -32,6 +32,7 @@ from .. import ops
 from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset, reader_options
 from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
+from .config import ConfigError
 from .images import save_image_grid
 from .progress import ProgressBar, RunLog, format_duration
 
@@ -113,9 +114,11 @@ class Method:
     ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), ``evaluates`` (False for a
     stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
     run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
+    ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
     """
 
     name = "method"
+    min_batch_size = 1
     defaults: dict = {}
     presets: dict = {}
     networks: dict
@@ -466,6 +469,9 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
+        if cfg["batch_size"] < self.method_cls.min_batch_size:
+            raise ConfigError(f"{self.method_cls.name}: batch_size must be at least {self.method_cls.min_batch_size}"
+                              f" (its BatchNorm layers need two samples per batch), got {cfg['batch_size']}")
         resume_state = None
         self._last_saved = None  # the iteration of this run folder's latest checkpoint, once known
         if cfg.get("resume"):

@@ -67,6 +67,15 @@ def test_unreadable_image_in_a_worker_is_one_error_line(tiny_copy, tmp_path, cap
     assert "Traceback" not in err  # the worker's traceback is not printed
 
 
+def test_batch_of_one_and_zero_width_are_clear_errors(tiny_root, tmp_path, capsys):
+    assert main(tiny_args(tiny_root, tmp_path / "r", "--batch-size", "1", "--iters", "1")) == 2
+    assert "baseline: batch_size must be at least 2 (its BatchNorm layers need two samples" in capsys.readouterr().err
+    assert main(["dgnet", "--dataset", "synthetic", "--data-root", str(tiny_root), "--gan-width", "0", "--out",
+                 str(tmp_path / "d"), "--device", "cpu", "--height", "64", "--width", "32", "--backbone-width", "4",
+                 "--pretrained", "none", "--teacher", str(tmp_path / "none")]) == 2
+    assert "--gan-width) must be a positive number, got 0.0" in capsys.readouterr().err
+
+
 def test_missing_data_root_names_it(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["baseline", "--data-root", str(missing), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
