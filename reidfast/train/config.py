@@ -22,7 +22,7 @@ LOOP_DEFAULTS = {
     "fused_optimizers": None, "backend": "auto",
     "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
-    "height": 256, "width": 128, "lr": 0.01, "threads": None, "skip_misnamed": False,
+    "height": 256, "width": 128, "lr": 0.01, "threads": None, "skip_misnamed": False, "overwrite": False,
 }
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PRESETS = ("auto", "paper", "cpu-quick")
@@ -47,6 +47,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                           "few iterations so that a 2-core CPU finishes in minutes; auto (default): cpu-quick on "
                           "the CPU with the synthetic data, else paper")
     run.add_argument("--seed", type=int, default=S, help="seed of every random draw (default 0)")
+    run.add_argument("--overwrite", action="store_true", default=S,
+                     help="train a new run in an --out folder that already holds one (its checkpoints are replaced)")
     run.add_argument("--resume", nargs="?", const=True, default=S, metavar="CHECKPOINT",
                      help="continue from RUN_DIR/checkpoint.pt, or from the checkpoint file or run folder given; "
                           "the saved configuration is used, flags given now override it (e.g. a larger --iters)")

@@ -88,6 +88,7 @@ def _per_sample_l1(x, y) -> torch.Tensor:
 class FDGAN(Method):
     name = "fdgan"
     min_batch_size = 2
+    guards_run_folder = False  # each stage folder is managed by the stage runner
     eval_metric = "euclidean"  # E's 2048-d pooled feature, Euclidean distance, no normalization
     eval_l2_normalize = False
     defaults = {

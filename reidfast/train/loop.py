@@ -115,10 +115,13 @@ class Method:
     stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
     run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
     ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
+    ``guards_run_folder``: whether the command line refuses a new run in a folder holding a checkpoint (multi-stage
+    methods manage their stage folders: a stage run again starts over).
     """
 
     name = "method"
     min_batch_size = 1
+    guards_run_folder = True
     defaults: dict = {}
     presets: dict = {}
     networks: dict

@@ -585,6 +585,7 @@ class SAGAN(Method):
     ``SAGAN.run(cfg)`` runs the stages ``--stage`` asks for."""
 
     name = "sagan"
+    guards_run_folder = False  # each stage folder is managed by the stage runner
     defaults = {
         # the run
         "stage": "all", "current_stage": None, "run_folder": None,

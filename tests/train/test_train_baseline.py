@@ -153,6 +153,21 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(short_run, tmp_
     assert not list(run.glob(".*.tmp")), "the partial file was left behind"
 
 
+def test_a_new_run_does_not_write_over_an_existing_one(short_run, tiny_root, tmp_path, capsys):
+    run = tmp_path / "existing"
+    shutil.copytree(short_run, run)
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main(tiny_args(tiny_root, run, "--iters", "1")) == 2
+    err = capsys.readouterr().err
+    assert f"{run} already holds a baseline run" in err and "--resume" in err and "--overwrite" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert main(tiny_args(tiny_root, run, "--iters", "1", "--overwrite")) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 1
+    (tmp_path / "a-file").write_text("")
+    assert main(tiny_args(tiny_root, tmp_path / "a-file", "--iters", "1")) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_garbage_checkpoint_names_the_file(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
