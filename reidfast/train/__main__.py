@@ -90,16 +90,16 @@ def _check_run_folder(method, cfg: dict) -> None:
     """A new run does not write over the checkpoints of a run already in its folder (running the same command
     twice would otherwise replace the first run's work) unless --overwrite says so."""
     from pathlib import Path
-    from .checkpoint import LATEST
     from .loop import default_run_dir
     run_dir = Path(cfg["out"]) if cfg["out"] else default_run_dir(method.name, cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a folder")
-    if cfg.get("resume") or cfg.get("overwrite") or not method.guards_run_folder:
+    if cfg.get("resume") or cfg.get("overwrite"):
         return
-    if (run_dir / LATEST).is_file():
-        raise ConfigError(f"{run_dir} already holds a {method.name} run ({run_dir / LATEST}): add --resume to "
-                          f"continue it, --out DIR to train a new run elsewhere, or --overwrite to train over it")
+    found = method.existing_checkpoints(cfg)
+    if found:
+        raise ConfigError(f"{run_dir} already holds a {method.name} run ({found[0]}): add --resume to continue it, "
+                          f"--out DIR to train a new run elsewhere, or --overwrite to train over it")
 
 
 def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:

@@ -88,7 +88,6 @@ def _per_sample_l1(x, y) -> torch.Tensor:
 class FDGAN(Method):
     name = "fdgan"
     min_batch_size = 2
-    guards_run_folder = False  # each stage folder is managed by the stage runner
     eval_metric = "euclidean"  # E's 2048-d pooled feature, Euclidean distance, no normalization
     eval_l2_normalize = False
     defaults = {
@@ -544,6 +543,13 @@ class FDGAN(Method):
             metrics = Trainer(cls, stage_cfg, stream).fit()
             publish(folder, root)
         return metrics
+
+    @classmethod
+    def existing_checkpoints(cls, cfg: dict) -> list[Path]:
+        """Those of the stages this run trains (--stage 2 after --stage 1 in the same folder is not in the way)."""
+        stages = list(STAGES) if str(cfg["stage"]) == "all" else [int(cfg["stage"])]
+        found = [run_root(cfg) / f"stage{stage}" / LATEST for stage in stages]
+        return [path for path in found if path.is_file()]
 
     @classmethod
     def stage_config(cls, cfg: dict, stage: int, root: Path, resumed: bool = False) -> dict:

@@ -115,13 +115,12 @@ class Method:
     stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
     run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
     ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
-    ``guards_run_folder``: whether the command line refuses a new run in a folder holding a checkpoint (multi-stage
-    methods manage their stage folders: a stage run again starts over).
+    ``existing_checkpoints(cfg)``: the checkpoints a new run with this config would write over (the command line
+    refuses to start over them without --overwrite; multi-stage methods list those of the stages they run).
     """
 
     name = "method"
     min_batch_size = 1
-    guards_run_folder = True
     defaults: dict = {}
     presets: dict = {}
     networks: dict
@@ -147,6 +146,11 @@ class Method:
     def run(cls, cfg: dict, stream=None) -> dict | None:
         """Train with a resolved config; metrics.json's dict (None on ranks other than 0)."""
         return Trainer(cls, cfg, stream).fit()
+
+    @classmethod
+    def existing_checkpoints(cls, cfg: dict) -> list[Path]:
+        run_dir = Path(cfg["out"]) if cfg["out"] else default_run_dir(cls.name, cfg)
+        return [run_dir / LATEST] if (run_dir / LATEST).is_file() else []
 
     @classmethod
     def resume_dir(cls, run_dir: Path) -> Path:

@@ -585,7 +585,6 @@ class SAGAN(Method):
     ``SAGAN.run(cfg)`` runs the stages ``--stage`` asks for."""
 
     name = "sagan"
-    guards_run_folder = False  # each stage folder is managed by the stage runner
     defaults = {
         # the run
         "stage": "all", "current_stage": None, "run_folder": None,
@@ -705,14 +704,28 @@ class SAGAN(Method):
         return found
 
     @classmethod
+    def run_folder(cls, cfg: dict) -> Path:
+        """--out, else runs/sagan-synthetic or, for real data, runs/sagan-SOURCE-to-TARGET (--resume needs --out
+        then)."""
+        root = Path(cfg["out"]) if cfg["out"] else default_run_dir(cls.name, cfg)
+        if not cfg["out"] and any(cfg[k] for k in ("source_root", "target_root")):
+            root = root.parent / f"sagan-{cfg['source']}-to-{cfg['target']}"
+        return root
+
+    @classmethod
+    def existing_checkpoints(cls, cfg: dict) -> list[Path]:
+        """Those of the stages this run trains (--stage reid after --stage adapt in the same folder is not in the
+        way; translate writes a dataset, replaced atomically, not a checkpoint)."""
+        found = [cls.run_folder(cfg) / stage / LATEST for stage in stages_of(cfg["stage"])]
+        return [path for path in found if path.is_file()]
+
+    @classmethod
     def run(cls, cfg: dict, stream=None) -> dict | None:
         import sys
         stream = stream or sys.stderr
         log = lambda message: print(message, file=stream, flush=True)
         resuming = bool(cfg.get("resume"))
-        root = Path(cfg["out"]) if cfg["out"] else default_run_dir(cls.name, cfg)
-        if not cfg["out"] and any(cfg[k] for k in ("source_root", "target_root")):
-            root = root.parent / f"sagan-{cfg['source']}-to-{cfg['target']}"  # (--resume needs --out then)
+        root = cls.run_folder(cfg)
         if resuming:  # the run folder holding the checkpoint (wherever the run folder has been moved since)
             folder = Path(cfg["resume"]).parent
             root = folder.parent if folder.name in STAGES and (folder.parent / "stages.json").is_file() else folder

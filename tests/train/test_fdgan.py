@@ -109,6 +109,18 @@ def test_resume_continues_stage2_then_runs_stage3_exactly(all_run, tmp_path):
     assert (copy / "stage3" / "log.jsonl").stat().st_size == log_size
 
 
+def test_a_stage_is_not_trained_over_unless_asked(all_run, tiny_root, tmp_path, capsys):
+    run = tmp_path / "staged"
+    shutil.copytree(all_run / "stage1", run / "stage1")
+    # the next stage in the same folder is not in the way of anything
+    assert main(fdgan_args(tiny_root, run, "--stage", "2", "--iters", "1")) == 0
+    before = (run / "stage2" / "checkpoint.pt").read_bytes()
+    assert main(fdgan_args(tiny_root, run, "--stage", "2", "--iters", "1")) == 2
+    assert f"already holds a fdgan run ({run / 'stage2' / 'checkpoint.pt'})" in capsys.readouterr().err
+    assert (run / "stage2" / "checkpoint.pt").read_bytes() == before
+    assert main(fdgan_args(tiny_root, run, "--stage", "2", "--iters", "1", "--overwrite")) == 0
+
+
 def test_a_single_stage_needs_the_previous_one(tiny_root, tmp_path, capsys):
     assert main(fdgan_args(tiny_root, tmp_path / "lonely", "--stage", "2", "--iters", "1")) == 2
     assert "--init" in capsys.readouterr().err

@@ -145,6 +145,16 @@ def test_resume_skips_finished_stages(full_run, tmp_path, capsys):
     assert load_checkpoint(resumed / "adapt" / "checkpoint.pt")["iteration"] == 4  # untouched
 
 
+def test_a_stage_is_not_trained_over_unless_asked(full_run, tiny_root, domain_b, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "again"
+    shutil.copytree(full_run, run)
+    before = (run / "adapt" / "checkpoint.pt").read_bytes()
+    assert main(sagan_args(tiny_root, domain_b, run, "--stage", "adapt")) == 2
+    assert f"already holds a sagan run ({run / 'adapt' / 'checkpoint.pt'})" in capsys.readouterr().err
+    assert (run / "adapt" / "checkpoint.pt").read_bytes() == before
+
+
 def test_direct_transfer_trains_on_the_raw_source(tiny_root, domain_b, tmp_path, capsys):
     out = tmp_path / "direct"
     assert main(sagan_args(tiny_root, domain_b, out, "--stage", "reid", "--no-adapt")) == 0
