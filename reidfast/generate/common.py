@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..data import decode_image, normalize
+from ..data import DatasetFormatError, decode_image, normalize
 
 
 def load_images(paths: Sequence[str], size: tuple[int, int], device: torch.device, argument: str) -> torch.Tensor:
@@ -20,7 +20,7 @@ def load_images(paths: Sequence[str], size: tuple[int, int], device: torch.devic
             raise ValueError(f"{argument}: {path} is not a file")
         try:
             image, _ = decode_image(path, size)
-        except Exception as exc:  # PIL's errors vary by format; the user needs the file name
-            raise ValueError(f"{argument}: cannot read {path} as an image ({exc})") from exc
+        except DatasetFormatError as exc:  # decode_image's error names the file and the reason
+            raise ValueError(f"{argument}: {exc}") from exc
         images.append(image)
     return normalize(torch.stack(images).to(device))

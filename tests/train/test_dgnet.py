@@ -326,5 +326,9 @@ def test_generate_errors_name_the_argument(short_run, teacher, tiny_root, tmp_pa
     assert generate_main(["dgnet", "--checkpoint", str(short_run), "--appearance", str(tmp_path / "nope.jpg"),
                           "--structure", *image, "--out", str(tmp_path)]) == 2
     assert "--appearance: " in capsys.readouterr().err
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    assert generate_main(["dgnet", "--checkpoint", str(short_run), "--appearance", str(tmp_path / "broken.jpg"),
+                          "--structure", *image, "--out", str(tmp_path)]) == 2
+    assert f"error: --appearance: {tmp_path / 'broken.jpg'}: cannot be read as an image (" in capsys.readouterr().err
     assert generate_main(["dgnet", "--checkpoint", str(teacher), "--quality", "--out", str(tmp_path)]) == 2
     assert "is a baseline run, not dgnet" in capsys.readouterr().err
