@@ -50,6 +50,8 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
     distmat = None
+    if verifier_topk < 0:
+        raise ValueError(f"--verifier-topk: must be >= 0 (0: off), got {verifier_topk}")
     if verifier_topk:
         if not hasattr(method, "verifier_distances"):
             raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")

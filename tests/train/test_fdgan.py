@@ -289,6 +289,8 @@ def test_eval_with_verifier_cascade(all_run, tmp_path, capsys):
     assert json.loads(cascade.read_text())["mAP"] == pytest.approx(json.loads(plain.read_text())["mAP"], abs=1e-6)
     assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "100", "--json", str(cascade)]) == 0
     assert "re-scored by the verifier" in capsys.readouterr().out
+    assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "-1"]) == 2
+    assert "--verifier-topk: must be >= 0" in capsys.readouterr().err
 
 
 def test_generate_writes_input_pose_and_generated_images(all_run, tiny_root, tmp_path, capsys):
