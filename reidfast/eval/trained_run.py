@@ -90,6 +90,8 @@ def add_checkpoint_arguments(parser) -> None:
 def evaluate_checkpoint(args):
     """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
     from ..train.loop import resolve_device
+    if args.ranked_queries < 1:  # checked before the features are extracted, not when the picture is drawn
+        raise ValueError(f"--ranked-queries: must be >= 1, got {args.ranked_queries}")
     device = resolve_device(args.device)
     run_dir = Path(args.checkpoint)
     method, cfg = load_trained_method(run_dir, device)  # the checkpoint is read once, here

@@ -45,3 +45,5 @@ def test_checkpoint_eval_of_a_missing_run(tmp_path, capsys):
     assert eval_main(["--checkpoint", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --checkpoint: no checkpoint at") and "Traceback" not in err
+    assert eval_main(["--checkpoint", str(tmp_path / "nothing"), "--ranked-queries", "0"]) == 2
+    assert "--ranked-queries: must be >= 1, got 0" in capsys.readouterr().err
