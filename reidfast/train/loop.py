@@ -20,6 +20,7 @@ import random
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +48,20 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.signal_number = signal_number
+
+
+def _step_schedulers(schedulers, scaled: bool) -> None:
+    """Steps the iteration-based schedules. Under fp16's GradScaler an iteration whose gradients overflowed skips
+    the optimizer step (the first ones do, while the scale settles), and torch then warns that the scheduler ran
+    before the optimizer: expected there, so not shown."""
+    if not scaled:
+        for s in schedulers:
+            s.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        for s in schedulers:
+            s.step()
 
 
 class _LoaderStopped(Exception):
@@ -548,8 +563,7 @@ class Trainer:
                         losses = method.train_step(batch, it)
                         if self.run.scaler is not None:
                             self.run.scaler.update()
-                        for s in method.schedulers.values():
-                            s.step()
+                        _step_schedulers(method.schedulers.values(), self.run.scaler is not None)
                         it += 1
                         position += 1
                         for k, v in losses.items():
