@@ -83,7 +83,16 @@ def main(argv=None) -> int:
     except TrainingInterrupted as exc:
         print(f"interrupted by {exc}", file=sys.stderr)
         return 128 + exc.signal_number  # the shell's convention for a process stopped by a signal
+    except _OUT_OF_MEMORY as exc:
+        print(f"error: out of device memory ({str(exc).splitlines()[0][:160]}). Lower --batch-size (or "
+              f"--eval-batch-size if it happened in an evaluation) or train with --amp bf16; a checkpoint already in "
+              f"the run folder is intact (--resume continues from it).", file=sys.stderr)
+        return 2
     return 0
+
+
+# torch.OutOfMemoryError from torch 2.5; torch.cuda's name before
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def _check_run_folder(method, cfg: dict) -> None:

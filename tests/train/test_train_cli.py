@@ -76,6 +76,21 @@ def test_batch_of_one_and_zero_width_are_clear_errors(tiny_root, tmp_path, capsy
     assert "--gan-width) must be a positive number, got 0.0" in capsys.readouterr().err
 
 
+def test_out_of_memory_is_one_error_line(tiny_root, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from reidfast.train.baseline import Baseline
+
+    def step_out_of_memory(self, batch, it):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Baseline, "train_step", step_out_of_memory)
+    assert main(tiny_args(tiny_root, tmp_path / "r", "--iters", "1")) == 2
+    err = capsys.readouterr().err
+    assert "error: out of device memory (CUDA out of memory. Tried to allocate 2.00 GiB). Lower --batch-size" in err
+    assert "Traceback" not in err
+
+
 def test_missing_data_root_names_it(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["baseline", "--data-root", str(missing), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
