@@ -565,6 +565,8 @@ def main(argv=None) -> int:
                   width=args.width)
     # the new dataset is written beside the old one, which is removed only once the new one is complete
     target = out.with_name(f".{out.name}.replacement") if replace else out
+    if replace and target.exists():  # left by an attempt stopped before its rename: possibly other parameters
+        shutil.rmtree(target)
     try:
         generate_atomically(target, **params)
     except ValueError as exc:

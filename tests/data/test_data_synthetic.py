@@ -155,6 +155,9 @@ def test_cli_force_replaces_only_a_synthetic_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--force", "--ids", "2"])
     assert "ids must be at least 4" in capsys.readouterr().err and tree_digest(out) == before
+    stale = tmp_path / ".cli.replacement"  # what an earlier --force stopped before its rename would leave
+    stale.mkdir()
+    (stale / "synthetic.json").write_text(json.dumps({"seed": 7}))
     assert main(["--out", str(out), "--force", "--seed", "1", *small]) == 0
     assert tree_digest(out) != before and json.loads((out / "synthetic.json").read_text())["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]

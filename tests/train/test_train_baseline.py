@@ -93,7 +93,8 @@ def test_interrupt_checkpoints_the_iteration_and_resumes_exactly(short_run, tiny
     out = tmp_path / "interrupted"
     assert main(tiny_args(tiny_root, out, "--iters", "6", "--ckpt-every", "3")) == 128 + signum
     err = capsys.readouterr().err
-    assert f"interrupted by {signal_name}: stopped after iteration 4; checkpoint written to {out / 'checkpoint.pt'}" in err
+    assert (f"interrupted by {signal_name}: stopped after iteration 4; checkpoint written to "
+            f"{out / 'checkpoint.pt'}") in err
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 4 and not (out / "metrics.json").exists()
     assert signal.getsignal(signum) == handler_before  # the loop's handler is gone again
     # the checkpointed iteration continues exactly as the uninterrupted run (short_run: same flags)
