@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ..data import DatasetFormatError, DatasetNotFoundError, error_message
+from ..data import DatasetNotFoundError, error_message
 from .checkpoint import CheckpointError
 from .config import ConfigError, add_loop_arguments, read_config_file, resolve_config
 from .loop import TrainingDivergedError, TrainingInterrupted
@@ -74,11 +74,9 @@ def main(argv=None) -> int:
         _check_run_folder(method, cfg)
         from .loop import train
         train(method, cfg)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError, TrainingDivergedError) as exc:
+    # ValueError: ConfigError, DatasetFormatError, and bad option values found while building the run
+    except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError) as exc:
         print(f"error: {error_message(exc)}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad option values found while building the run
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(f"interrupted by {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import signal
 from pathlib import Path
 
 import torch
@@ -237,9 +238,10 @@ class DGNet(Method):
         try:
             train(Baseline, teacher_cfg)
         except TrainingInterrupted as exc:  # this dgnet run has no checkpoint yet: --resume would find none
-            raise TrainingInterrupted(f"{str(exc).split(';')[0]} of the teacher; its checkpoint is in {folder}. "
-                                      f"To continue, run the same command again: the teacher continues from it.",
-                                      exc.signal_number) from None
+            name = signal.Signals(exc.signal_number).name
+            raise TrainingInterrupted(f"{name}: stopped after iteration {exc.iteration} of the teacher; its "
+                                      f"checkpoint is in {folder}. To continue, run the same command again: the "
+                                      f"teacher continues from it.", exc.signal_number, exc.iteration) from None
 
     def _load_teacher(self, folder: Path) -> ReidBaseline:
         path = resolve_checkpoint(folder, folder, flag="--teacher")

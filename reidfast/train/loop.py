@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -45,9 +46,9 @@ class TrainingDivergedError(RuntimeError):
 class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM stopped a run at an iteration boundary, after writing its checkpoint there."""
 
-    def __init__(self, message: str, signal_number: int):
+    def __init__(self, message: str, signal_number: int, iteration: int):
         super().__init__(message)
-        self.signal_number = signal_number
+        self.signal_number, self.iteration = signal_number, iteration
 
 
 def _step_schedulers(schedulers, scaled: bool) -> None:
@@ -90,7 +91,6 @@ def _stop_requests(enabled: bool):
     yielded list, for the loop to stop at the end of the running iteration; a second one acts as it normally
     would. Only in a single process's main thread: under torchrun the ranks could see it at different
     iterations and stop at different collectives."""
-    import signal
     requests: list[int] = []
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield requests
@@ -458,7 +458,6 @@ class Trainer:
             torch.distributed.barrier()
 
     def _stop_on_request(self, method, it, epoch, position, train_seconds, signum, bar) -> None:
-        import signal
         if bar is not None:
             bar.close()
         if self._last_saved != it:  # not just written by ckpt_every
@@ -467,7 +466,7 @@ class Trainer:
         name = signal.Signals(signum).name
         raise TrainingInterrupted(f"{name}: stopped after iteration {it}; checkpoint written to "
                                   f"{self.run_dir / LATEST}. To continue, run the same command again with --resume.",
-                                  signum)
+                                  signum, it)
 
     def evaluate(self, method, it: int) -> dict | None:
         from ..eval.features import evaluate_method
