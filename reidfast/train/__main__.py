@@ -96,9 +96,7 @@ _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 def _check_run_folder(method, cfg: dict) -> None:
     """A new run does not write over the checkpoints of a run already in its folder (running the same command
     twice would otherwise replace the first run's work) unless --overwrite says so."""
-    from pathlib import Path
-    from .loop import default_run_dir
-    run_dir = Path(cfg["out"]) if cfg["out"] else default_run_dir(method.name, cfg)
+    run_dir = method.run_folder(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file, not a folder")
     if cfg.get("resume") or cfg.get("overwrite"):

@@ -545,10 +545,14 @@ class FDGAN(Method):
         return metrics
 
     @classmethod
+    def run_folder(cls, cfg: dict) -> Path:
+        return run_root(cfg)
+
+    @classmethod
     def existing_checkpoints(cls, cfg: dict) -> list[Path]:
         """Those of the stages this run trains (--stage 2 after --stage 1 in the same folder is not in the way)."""
         stages = list(STAGES) if str(cfg["stage"]) == "all" else [int(cfg["stage"])]
-        found = [run_root(cfg) / f"stage{stage}" / LATEST for stage in stages]
+        found = [cls.run_folder(cfg) / f"stage{stage}" / LATEST for stage in stages]
         return [path for path in found if path.is_file()]
 
     @classmethod

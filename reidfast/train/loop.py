@@ -130,8 +130,9 @@ class Method:
     stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
     run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
     ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
-    ``existing_checkpoints(cfg)``: the checkpoints a new run with this config would write over (the command line
-    refuses to start over them without --overwrite; multi-stage methods list those of the stages they run).
+    ``run_folder(cfg)``: the run's top folder; ``existing_checkpoints(cfg)``: the checkpoints a new run with this
+    config would write over (the command line refuses to start over them without --overwrite; multi-stage methods
+    list those of the stages they run).
     """
 
     name = "method"
@@ -163,9 +164,15 @@ class Method:
         return Trainer(cls, cfg, stream).fit()
 
     @classmethod
+    def run_folder(cls, cfg: dict) -> Path:
+        """The folder a command with this config writes its run to (multi-stage methods: the one holding the stage
+        folders)."""
+        return Path(cfg["out"]) if cfg["out"] else default_run_dir(cls.name, cfg)
+
+    @classmethod
     def existing_checkpoints(cls, cfg: dict) -> list[Path]:
-        run_dir = Path(cfg["out"]) if cfg["out"] else default_run_dir(cls.name, cfg)
-        return [run_dir / LATEST] if (run_dir / LATEST).is_file() else []
+        latest = cls.run_folder(cfg) / LATEST
+        return [latest] if latest.is_file() else []
 
     @classmethod
     def resume_dir(cls, run_dir: Path) -> Path:
