@@ -33,6 +33,13 @@ def _check_out_size(out_size, img):
     return out_h, out_w
 
 
+def check_has_pixels(img: torch.Tensor) -> None:
+    """grid_sample's rule, on every backend (the C++ kernels' twin: homography_checks.h, check_inputs): an image
+    without pixels has nothing to sample, not even its padding."""
+    if img.shape[2] == 0 or img.shape[3] == 0:
+        raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
+
+
 def _check(img, H, padding_mode, align_corners):
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"homography_warp: img must be a torch.Tensor, got {type(img).__name__}")
@@ -40,8 +47,7 @@ def _check(img, H, padding_mode, align_corners):
         raise ValueError(f"homography_warp: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
     if img.dtype not in _IMG_DTYPES:
         raise TypeError(f"homography_warp: img must be float32, float64, float16 or bfloat16, got {img.dtype}")
-    if img.shape[2] == 0 or img.shape[3] == 0:  # grid_sample's rule: there is nothing to sample, even padding
-        raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
+    check_has_pixels(img)
     if not isinstance(H, torch.Tensor):
         raise TypeError(f"homography_warp: H must be a torch.Tensor of shape (N, 3, 3), got {type(H).__name__}")
     N = img.shape[0]

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .._registration import register_homography_op_pair
+from ..homography import check_has_pixels
 from ..reference import opmath_dtype
 
 _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
@@ -226,12 +227,6 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _check_has_pixels(img: torch.Tensor) -> None:
-    # the rule of the other backends (homography_checks.h: check_inputs)
-    if img.shape[2] == 0 or img.shape[3] == 0:
-        raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
-
-
 def _acc(img: torch.Tensor):
     return tl.float64 if opmath_dtype(img.dtype) == torch.float64 else tl.float32
 
@@ -239,7 +234,7 @@ def _acc(img: torch.Tensor):
 @torch.library.custom_op("reidfast::homography_warp_forward_triton", mutates_args=())
 def homography_warp_forward_triton(img: torch.Tensor, H: torch.Tensor, out_h: int, out_w: int, padding_mode: str,
                                    align_corners: bool) -> torch.Tensor:
-    _check_has_pixels(img)
+    check_has_pixels(img)
     fmt = _layout(img)
     img = img.contiguous(memory_format=fmt)
     N, C, in_h, in_w = img.shape
@@ -268,7 +263,7 @@ def _alert_nondeterministic_grad_img(img: torch.Tensor) -> None:
 @torch.library.custom_op("reidfast::homography_warp_backward_triton", mutates_args=())
 def homography_warp_backward_triton(grad_out: torch.Tensor, img: torch.Tensor, H: torch.Tensor, padding_mode: str,
                                     align_corners: bool, output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_has_pixels(img)
+    check_has_pixels(img)
     need_img, need_h = bool(output_mask[0]), bool(output_mask[1])
     fmt = _layout(img)
     img = img.contiguous(memory_format=fmt)
