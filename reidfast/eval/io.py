@@ -28,7 +28,8 @@ KEYS = {
 
 
 class FeatureFileError(ValueError):
-    """A feature file that is missing, unreadable or lacks a key; the message names the file."""
+    """A feature file that is missing, unreadable, lacks a key or holds labels whose count does not match the
+    features; the message names the file."""
 
 
 @dataclasses.dataclass
