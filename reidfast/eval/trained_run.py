@@ -44,14 +44,14 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
     """(result, query_features, gallery_features) of a trained method (from :func:`load_trained_method`) on
     `dataset`; `metric` and the feature normalization default to the method's own test protocol. `verifier_topk`
     K > 0 re-scores each query's top K by the method's verifier (methods with ``verifier_distances``: fdgan)."""
+    if verifier_topk < 0:  # before the features are extracted
+        raise ValueError(f"--verifier-topk: must be >= 0 (0: off), got {verifier_topk}")
     metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
                   channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
     distmat = None
-    if verifier_topk < 0:
-        raise ValueError(f"--verifier-topk: must be >= 0 (0: off), got {verifier_topk}")
     if verifier_topk:
         if not hasattr(method, "verifier_distances"):
             raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
