@@ -4,8 +4,9 @@
 //   (the per-point math is grid_math.h / homography_math.h, inlined with the padding mode and the corner
 //   convention as constants; members of one struct cannot alias, which is what lets those loops vectorize). The
 //   forward then samples channel by channel on NCHW images (contiguous output runs) and point by point on
-//   channels_last ones; the backward goes point by point, each point's taps loaded once for all channels. Tap
-//   offsets are 32-bit when a channel plane's extent allows it.
+//   channels_last ones; the backward goes point by point, each point's taps loaded once for its channels and both
+//   gradients. On NCHW images a block of tiles is swept a few channels at a time (TileBlock). Tap offsets are
+//   32-bit when a channel plane's extent allows it.
 //   forward : at::parallel_for over output rows (n, i).
 //   backward: tasks of (sample, channel range, row range). When grad_img is needed a task owns whole channels of
 //             one sample, so its scatter races with no other task; otherwise tasks split rows. Each task sums its
@@ -174,12 +175,52 @@ FillTile<T, Off> select_fill_tile(const Geometry& g) {
   }
 }
 
-// The forward on channel-planar images (NCHW): one channel at a time over the tile's points, so that each output
-// row is written as a contiguous run and the loop over the points vectorizes (the taps become gathers in the AVX2
-// build). Point-major order (channels_last) writes to C planes per point instead: at 64 channels the forward took
-// twice as long that way. The backward stays point-major, where one pass over a point's channels serves both
-// gradients from one load of grad_out and the taps: channel-planar backward passes (vectorized or scalar, one
-// pass or two) measured no faster on the 2-core development VM.
+// Whether the channel-planar loops apply: unit column strides in both the image and the output.
+bool planar(const Geometry& g) { return g.in_sw == 1 && g.out_sw == 1; }
+
+// Up to kBlockTiles tiles of one sample's output, in row-major order, filled once and then swept by channel on NCHW
+// images: the forward one channel at a time, the backward kChannelChunk channels at a time (point by point within
+// a chunk, so that a point's taps and grad_out serve both gradients), so that only a few channel planes' lines are
+// in use across the block. Going through every channel at each point or tile touches C planes at once; planes a
+// power of two apart (a 64x32 fp32 plane is 8 KiB) put their lines in the same cache sets, and at 64 channels the
+// backward ran about 2x slower on 64x32 planes than on 64x33 ones.
+constexpr int kBlockTiles = 8;
+constexpr int64_t kChannelChunk = 4;
+
+template <typename T, typename Off>
+struct TileBlock {
+  Tile<T, Off> tiles[kBlockTiles];
+  int64_t out_offset[kBlockTiles];  // the tile's first element within a channel plane of the output / grad_out
+  T y[kBlockTiles];                 // the tile's normalized output row coordinate
+  int count;
+};
+
+// Fills blocks of up to `capacity` tiles with the tiles of output rows [r0, r1) of one sample (matrix h) and hands
+// each to process. A capacity of 1 keeps the one tile in L1 from its fill to its use, for images whose channels
+// are all taken at once (blocks are for sweeping many channels).
+template <typename T, typename Off, typename Process>
+void for_each_block(TileBlock<T, Off>& b, int capacity, FillTile<T, Off> fill, const T* h, const T* xs, int64_t r0,
+                    int64_t r1, const Geometry& g, const Process& process) {
+  b.count = 0;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T y = grid::base_coordinate<T>(i, g.out_h, g.align_corners);
+    for (int64_t j0 = 0; j0 < g.out_w; j0 += kTile) {
+      fill(b.tiles[b.count], h, xs, y, j0, std::min(kTile, g.out_w - j0), g);
+      b.out_offset[b.count] = i * g.out_sh + j0 * g.out_sw;
+      b.y[b.count] = y;
+      if (++b.count == capacity) {
+        process(b);
+        b.count = 0;
+      }
+    }
+  }
+  if (b.count > 0) process(b);
+}
+
+// The forward on channel-planar images (NCHW): one channel at a time over a tile's points, so that each output
+// run is contiguous and the loop over the points vectorizes (the taps become gathers in the AVX2 build).
+// Point-major order (channels_last) writes to C planes per point instead: at 64 channels the forward took twice as
+// long that way.
 template <typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void sample_channel(const Tile<T, Off>& t, const scalar_t* __restrict__ s,
                                       scalar_t* __restrict__ d) {
@@ -188,37 +229,40 @@ C10_ALWAYS_INLINE void sample_channel(const Tile<T, Off>& t, const scalar_t* __r
                                  t.w2[j] * static_cast<T>(s[t.off2[j]]) + t.w3[j] * static_cast<T>(s[t.off3[j]]));
 }
 
+// src, dst: the sample's first channel plane in the image and in the output.
 template <typename scalar_t, typename T, typename Off>
-C10_ALWAYS_INLINE void sample_tile_planar_body(const Tile<T, Off>& t, const scalar_t* src, scalar_t* dst,
-                                               const Geometry& g) {
-  for (int64_t c = 0; c < g.C; ++c) sample_channel(t, src + c * g.in_sc, dst + c * g.out_sc);
+C10_ALWAYS_INLINE void sample_block_planar_body(const TileBlock<T, Off>& b, const scalar_t* src, scalar_t* dst,
+                                                const Geometry& g) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int k = 0; k < b.count; ++k)
+      sample_channel(b.tiles[k], src + c * g.in_sc, dst + c * g.out_sc + b.out_offset[k]);
+  }
 }
 
+// Compiled twice: for the baseline x86-64 and, where the processor has it, for AVX2 (chosen at run time, as
+// fill_tile).
 template <typename scalar_t, typename T, typename Off>
-void sample_tile_planar(const Tile<T, Off>& t, const scalar_t* src, scalar_t* dst, const Geometry& g) {
-  sample_tile_planar_body(t, src, dst, g);
+void sample_block_planar(const TileBlock<T, Off>& b, const scalar_t* src, scalar_t* dst, const Geometry& g) {
+  sample_block_planar_body(b, src, dst, g);
 }
 
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
 template <typename scalar_t, typename T, typename Off>
-__attribute__((target("avx2"))) void sample_tile_planar_avx2(const Tile<T, Off>& t, const scalar_t* src,
-                                                             scalar_t* dst, const Geometry& g) {
-  sample_tile_planar_body(t, src, dst, g);
+__attribute__((target("avx2"))) void sample_block_planar_avx2(const TileBlock<T, Off>& b, const scalar_t* src,
+                                                              scalar_t* dst, const Geometry& g) {
+  sample_block_planar_body(b, src, dst, g);
 }
 #endif
 
 template <typename scalar_t, typename T, typename Off>
-using SampleTile = void (*)(const Tile<T, Off>&, const scalar_t*, scalar_t*, const Geometry&);
-
-// Whether the channel-planar loops apply: unit column strides in both the image and the output.
-bool planar(const Geometry& g) { return g.in_sw == 1 && g.out_sw == 1; }
+using SampleBlock = void (*)(const TileBlock<T, Off>&, const scalar_t*, scalar_t*, const Geometry&);
 
 template <typename scalar_t, typename T, typename Off>
-SampleTile<scalar_t, T, Off> sample_tile_planar_for_this_cpu() {
+SampleBlock<scalar_t, T, Off> sample_block_planar_for_this_cpu() {
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
-  if (have_avx2()) return sample_tile_planar_avx2<scalar_t, T, Off>;
+  if (have_avx2()) return sample_block_planar_avx2<scalar_t, T, Off>;
 #endif
-  return sample_tile_planar<scalar_t, T, Off>;
+  return sample_block_planar<scalar_t, T, Off>;
 }
 
 // The output's normalized x coordinates, computed once per task rather than once per point.
@@ -229,6 +273,21 @@ std::vector<T> base_coordinates(int64_t size, bool align_corners) {
   return out;
 }
 
+// The forward on channels_last images, point by point: a point's taps are loaded once and serve every channel.
+template <typename scalar_t, typename T, typename Off>
+void sample_tile_point_major(const Tile<T, Off>& t, const scalar_t* src, scalar_t* dst, const Geometry& g) {
+  for (int64_t j = 0; j < t.n; ++j) {
+    const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
+    const T w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
+    const scalar_t* s = src;
+    scalar_t* d = dst + j * g.out_sw;
+    for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
+      *d = static_cast<scalar_t>(w0 * static_cast<T>(s[o0]) + w1 * static_cast<T>(s[o1]) + w2 * static_cast<T>(s[o2]) +
+                                 w3 * static_cast<T>(s[o3]));
+    }
+  }
+}
+
 template <typename scalar_t, typename Off>
 void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -236,38 +295,65 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
   const acc_t* hp = H.const_data_ptr<acc_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const FillTile<acc_t, Off> fill = select_fill_tile<acc_t, Off>(g);
-  const SampleTile<scalar_t, acc_t, Off> sample_planar =
-      planar(g) ? sample_tile_planar_for_this_cpu<scalar_t, acc_t, Off>() : nullptr;
+  const SampleBlock<scalar_t, acc_t, Off> sample_planar =
+      planar(g) ? sample_block_planar_for_this_cpu<scalar_t, acc_t, Off>() : nullptr;
+  const int capacity = sample_planar && g.C > kChannelChunk ? kBlockTiles : 1;
   at::parallel_for(0, g.N * g.out_h, 1, [&](int64_t begin, int64_t end) {
     const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
-    auto tile = std::make_unique<Tile<acc_t, Off>>();
-    Tile<acc_t, Off>& t = *tile;
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.out_h, i = row % g.out_h;
-      const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
+    auto block = std::make_unique<TileBlock<acc_t, Off>>();
+    // [begin, end) counts output rows over all samples: one sample's part of it at a time
+    for (int64_t row = begin; row < end;) {
+      const int64_t n = row / g.out_h, r0 = row % g.out_h, r1 = std::min(g.out_h, r0 + (end - row));
       const scalar_t* src = ip + n * g.in_sn;
-      scalar_t* dst_row = op + n * g.out_sn + i * g.out_sh;
-      for (int64_t j0 = 0; j0 < g.out_w; j0 += kTile) {
-        fill(t, hp + n * 9, xs.data(), y, j0, std::min(kTile, g.out_w - j0), g);
-        scalar_t* dst = dst_row + j0 * g.out_sw;
+      scalar_t* dst = op + n * g.out_sn;
+      for_each_block(*block, capacity, fill, hp + n * 9, xs.data(), r0, r1, g, [&](const TileBlock<acc_t, Off>& b) {
         if (sample_planar) {
-          sample_planar(t, src, dst, g);
-          continue;
+          sample_planar(b, src, dst, g);
+          return;
         }
-        // point-major (channels_last): a point's taps are loaded once and serve every channel
-        for (int64_t j = 0; j < t.n; ++j) {
-          const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
-          const acc_t w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
-          const scalar_t* s = src;
-          scalar_t* d = dst + j * g.out_sw;
-          for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
-            *d = static_cast<scalar_t>(w0 * static_cast<acc_t>(s[o0]) + w1 * static_cast<acc_t>(s[o1]) +
-                                       w2 * static_cast<acc_t>(s[o2]) + w3 * static_cast<acc_t>(s[o3]));
-          }
-        }
-      }
+        for (int k = 0; k < b.count; ++k) sample_tile_point_major(b.tiles[k], src, dst + b.out_offset[k], g);
+      });
+      row += r1 - r0;
     }
   });
+}
+
+// Both backward sums for one tile over channels [c0, c1), point by point: each point's taps are loaded once, and one
+// pass over its channels reads grad_out once for dL/d(pixel coordinate) (into t.dpx, t.dpy, when need_h; added to
+// what they hold when accumulate) and for grad_img's scatter (when gsrc is non-null).
+template <typename scalar_t, typename T, typename Off>
+void backward_tile_point_major(Tile<T, Off>& t, const scalar_t* go, const scalar_t* src, T* gsrc, bool need_h,
+                               int64_t c0, int64_t c1, bool accumulate, const Geometry& g) {
+  for (int64_t j = 0; j < t.n; ++j) {
+    const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
+    const T w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
+    const T m0 = t.m0[j], m1 = t.m1[j], m2 = t.m2[j], m3 = t.m3[j];
+    grid::Taps<T> k;
+    k.tx = t.tx[j];
+    k.ty = t.ty[j];
+    T dpx = accumulate ? t.dpx[j] : T(0), dpy = accumulate ? t.dpy[j] : T(0);
+    for (int64_t c = c0; c < c1; ++c) {
+      const T v = static_cast<T>(go[j * g.out_sw + c * g.out_sc]);
+      if (need_h) {
+        const scalar_t* s = src + c * g.in_sc;
+        T vx, vy;
+        grid::interpolate_grad_xy(k, m0 * static_cast<T>(s[o0]), m1 * static_cast<T>(s[o1]),
+                                  m2 * static_cast<T>(s[o2]), m3 * static_cast<T>(s[o3]), &vx, &vy);
+        dpx += v * vx;
+        dpy += v * vy;
+      }
+      if (gsrc) {
+        T* gs = gsrc + c * g.in_sc;
+        // Taps outside the image have weight 0 and offset 0: adding 0 there is harmless.
+        gs[o0] += v * w0;
+        gs[o1] += v * w1;
+        gs[o2] += v * w2;
+        gs[o3] += v * w3;
+      }
+    }
+    t.dpx[j] = dpx;
+    t.dpy[j] = dpy;
+  }
 }
 
 // Backward over one task: sample n, channels [c0, c1), output rows [r0, r1). Adds this task's grad_H part to
@@ -275,71 +361,44 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
 template <typename scalar_t, typename Off>
 void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_type<scalar_t>* h,
                    at::opmath_type<scalar_t>* gi, bool need_h, const Geometry& g, int64_t n, int64_t c0,
-                   int64_t c1, int64_t r0, int64_t r1, double* gh, Tile<at::opmath_type<scalar_t>, Off>& t) {
+                   int64_t c1, int64_t r0, int64_t r1, double* gh, TileBlock<at::opmath_type<scalar_t>, Off>& block) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* src = ip + n * g.in_sn;
+  const scalar_t* go = gop + n * g.out_sn;
   acc_t* gsrc = gi ? gi + n * g.in_sn : nullptr;
   const FillTile<acc_t, Off> fill = select_fill_tile<acc_t, Off>(g);
+  // NCHW: kChannelChunk channels at a time over the block (see TileBlock); channels_last: a point's channels are
+  // adjacent, all at once.
+  const int64_t chunk = g.in_sc == 1 ? std::max<int64_t>(1, c1 - c0) : kChannelChunk;
+  const int capacity = c1 - c0 > chunk ? kBlockTiles : 1;
   const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
-  for (int64_t i = r0; i < r1; ++i) {
-    const acc_t y = grid::base_coordinate<acc_t>(i, g.out_h, g.align_corners);
-    const scalar_t* grow = gop + n * g.out_sn + i * g.out_sh;
-    double ax[3] = {0, 0, 0}, a1[3] = {0, 0, 0};  // this row's sums of a * x and of a
-    for (int64_t j0 = 0; j0 < g.out_w; j0 += kTile) {
-      fill(t, h, xs.data(), y, j0, std::min(kTile, g.out_w - j0), g);
-      // point-major, as in the forward; dL/d(pixel coordinate) is summed over the task's channels
-      const scalar_t* go_row = grow + j0 * g.out_sw;
+  for_each_block(block, capacity, fill, h, xs.data(), r0, r1, g, [&](TileBlock<acc_t, Off>& b) {
+    for (int64_t cc = c0; cc < c1; cc += chunk) {
+      const int64_t ce = std::min(c1, cc + chunk);
+      for (int k = 0; k < b.count; ++k)
+        backward_tile_point_major(b.tiles[k], go + b.out_offset[k], src, gsrc, need_h, cc, ce, cc != c0, g);
+    }
+    if (!need_h) return;
+    // grad_H: each point's coefficients times (x, y, 1), summed per tile in double, then into gh
+    for (int k = 0; k < b.count; ++k) {
+      const Tile<acc_t, Off>& t = b.tiles[k];
+      double ax[3] = {0, 0, 0}, a1[3] = {0, 0, 0};  // the tile's sums of a * x and of a
       for (int64_t j = 0; j < t.n; ++j) {
-        const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
-        const acc_t w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
-        const acc_t m0 = t.m0[j], m1 = t.m1[j], m2 = t.m2[j], m3 = t.m3[j];
-        grid::Taps<acc_t> k;
-        k.tx = t.tx[j];
-        k.ty = t.ty[j];
-        acc_t dpx = 0, dpy = 0;
-        // one pass over the channels for both gradients: each reads grad_out once
-        for (int64_t c = c0; c < c1; ++c) {
-          const acc_t go = static_cast<acc_t>(go_row[j * g.out_sw + c * g.out_sc]);
-          if (need_h) {
-            const scalar_t* s = src + c * g.in_sc;
-            acc_t vx, vy;
-            grid::interpolate_grad_xy(k, m0 * static_cast<acc_t>(s[o0]), m1 * static_cast<acc_t>(s[o1]),
-                                      m2 * static_cast<acc_t>(s[o2]), m3 * static_cast<acc_t>(s[o3]), &vx, &vy);
-            dpx += go * vx;
-            dpy += go * vy;
-          }
-          if (gsrc) {
-            acc_t* gs = gsrc + c * g.in_sc;
-            // Taps outside the image have weight 0 and offset 0: adding 0 there is harmless.
-            gs[o0] += go * w0;
-            gs[o1] += go * w1;
-            gs[o2] += go * w2;
-            gs[o3] += go * w3;
-          }
-        }
-        t.dpx[j] = dpx;
-        t.dpy[j] = dpy;
-      }
-      if (need_h) {
-        for (int64_t j = 0; j < t.n; ++j) {
-          acc_t a[3];
-          grad_coefficients(t.projected(j), t.dpx[j] * t.dpx_dgx[j], t.dpy[j] * t.dpy_dgy[j], a);
-          const double x = static_cast<double>(t.x[j]);
-          for (int k = 0; k < 3; ++k) {
-            ax[k] += static_cast<double>(a[k]) * x;
-            a1[k] += static_cast<double>(a[k]);
-          }
+        acc_t a[3];
+        grad_coefficients(t.projected(j), t.dpx[j] * t.dpx_dgx[j], t.dpy[j] * t.dpy_dgy[j], a);
+        const double x = static_cast<double>(t.x[j]);
+        for (int e = 0; e < 3; ++e) {
+          ax[e] += static_cast<double>(a[e]) * x;
+          a1[e] += static_cast<double>(a[e]);
         }
       }
-    }
-    if (need_h) {
-      for (int k = 0; k < 3; ++k) {
-        gh[k * 3 + 0] += ax[k];
-        gh[k * 3 + 1] += a1[k] * static_cast<double>(y);
-        gh[k * 3 + 2] += a1[k];
+      for (int e = 0; e < 3; ++e) {
+        gh[e * 3 + 0] += ax[e];
+        gh[e * 3 + 1] += a1[e] * static_cast<double>(b.y[k]);
+        gh[e * 3 + 2] += a1[e];
       }
     }
-  }
+  });
 }
 
 at::Tensor homography_warp_forward_cpu(const at::Tensor& img_in, const at::Tensor& H_in, int64_t out_h,
@@ -375,14 +434,14 @@ void backward_kernel(const BackwardArgs& a, const Geometry& g, at::Tensor& grad_
   const acc_t* hp = a.H.const_data_ptr<acc_t>();
   acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
   at::parallel_for(0, g.N * tasks_per_sample, 1, [&](int64_t begin, int64_t end) {
-    auto tile = std::make_unique<Tile<acc_t, Off>>();
+    auto block = std::make_unique<TileBlock<acc_t, Off>>();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / tasks_per_sample, k = t % tasks_per_sample;
       const int64_t cg = k / r_groups, rg = k % r_groups;
       const int64_t c0 = g.C * cg / c_groups, c1 = g.C * (cg + 1) / c_groups;
       const int64_t r0 = g.out_h * rg / r_groups, r1 = g.out_h * (rg + 1) / r_groups;
       backward_task<scalar_t, Off>(gop, ip, hp + n * 9, gip, need_h, g, n, c0, c1, r0, r1, &partial[t * 9],
-                                   *tile);
+                                   *block);
     }
   });
   if (need_h) {
