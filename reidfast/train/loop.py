@@ -14,6 +14,7 @@ an uninterrupted one, bit for bit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -63,6 +64,44 @@ def _step_schedulers(schedulers, scaled: bool) -> None:
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         for s in schedulers:
             s.step()
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where a run stands: what a checkpoint records and --resume restores."""
+    it: int = 0
+    epoch: int = 0
+    position: int = 0  # batches of the current epoch already trained
+    train_seconds: float = 0.0  # whole iterations only (data waits, evaluation and checkpoints excluded)
+
+
+class _LossWindow:
+    """The loss sums since the last log line, kept on the device (read only when logged), and the clock for the
+    iterations-per-second rate."""
+
+    def __init__(self, it: int):
+        self.reset(it)
+
+    def reset(self, it: int) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.restart_clock(it)
+
+    def restart_clock(self, it: int) -> None:
+        self.start, self.start_it = time.perf_counter(), it
+
+    def add(self, losses: dict) -> None:
+        for k, v in losses.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: (v / self.count).item() for k, v in self.sums.items()}
+
+    def rate(self, it: int) -> float:
+        elapsed = time.perf_counter() - self.start
+        return (it - self.start_it) / elapsed if elapsed > 0 else 0.0
 
 
 class _LoaderStopped(Exception):
@@ -423,10 +462,10 @@ class Trainer:
         if self.main:
             print(message, file=self.stream, flush=True)
 
-    def _checkpoint_state(self, method, it, epoch, position, train_seconds):
+    def _checkpoint_state(self, method, progress: _Progress):
         return {
-            "method": self.method_cls.name, "iteration": it, "epoch": epoch, "epoch_position": position,
-            "config": self.cfg, "train_seconds": train_seconds,
+            "method": self.method_cls.name, "iteration": progress.it, "epoch": progress.epoch,
+            "epoch_position": progress.position, "config": self.cfg, "train_seconds": progress.train_seconds,
             "dataset": {"name": self.dataset.name, "num_train_pids": self.dataset.num_train_pids},
             "networks": {k: m.state_dict() for k, m in method.networks.items()},
             "optimizers": {k: o.state_dict() for k, o in method.optimizers.items()},
@@ -441,7 +480,10 @@ class Trainer:
     def _check_weights_finite(self, method, it: int) -> None:
         """Stops a diverged run before its weights are written or evaluated: a NaN/Inf state saved over the last
         checkpoint (and at the next save over the previous one too) would lose the run's work. One host wait per
-        network, only when a checkpoint or an evaluation is due."""
+        network, only when a checkpoint or an evaluation is due (once per iteration: the final save and evaluation
+        share one check)."""
+        if self._finite_at == it:
+            return
         bad = []
         for name, net in method.networks.items():
             tensors = [t.detach() for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
@@ -454,21 +496,24 @@ class Trainer:
                     f"No checkpoint was written: {lower} and start again.")
             raise TrainingDivergedError(f"training diverged: the weights of {', '.join(bad)} hold NaN or Inf at "
                                         f"iteration {it}. {then}")
+        self._finite_at = it
 
-    def _save(self, method, it, epoch, position, train_seconds):
+    def _save(self, method, progress: _Progress):
+        it = progress.it
         self._check_weights_finite(method, it)
         self._last_saved = it
         if self.main:
-            path = save_checkpoint(self._checkpoint_state(method, it, epoch, position, train_seconds), self.run_dir)
+            path = save_checkpoint(self._checkpoint_state(method, progress), self.run_dir)
             self.logfile.write({"it": it, "checkpoint": str(path)})
         if self.world_size > 1:
             torch.distributed.barrier()
 
-    def _stop_on_request(self, method, it, epoch, position, train_seconds, signum, bar) -> None:
+    def _stop_on_request(self, method, progress: _Progress, signum: int, bar) -> None:
+        it = progress.it
         if bar is not None:
             bar.close()
         if self._last_saved != it:  # not just written by ckpt_every
-            self._save(method, it, epoch, position, train_seconds)
+            self._save(method, progress)
         self.logfile.close()
         name = signal.Signals(signum).name
         raise TrainingInterrupted(f"{name}: stopped after iteration {it}; checkpoint written to "
@@ -500,19 +545,10 @@ class Trainer:
         if cfg["batch_size"] < self.method_cls.min_batch_size:
             raise ConfigError(f"{self.method_cls.name}: batch_size must be at least {self.method_cls.min_batch_size}"
                               f" (its BatchNorm layers need two samples per batch), got {cfg['batch_size']}")
-        resume_state = None
         self._last_saved = None  # the iteration of this run folder's latest checkpoint, once known
-        if cfg.get("resume"):
-            path = resolve_checkpoint(cfg["resume"], self.run_dir)
-            resume_state = load_checkpoint(path, self.method_cls.name)
-            if path == self.run_dir / LATEST:
-                self._last_saved = resume_state["iteration"]
-            self.log(f"resuming from {path} (iteration {resume_state['iteration']})")
-        cores = os.cpu_count() or 1
-        workers = cfg["workers"] if cfg["workers"] is not None else min(4, max(0, cores - 1))
-        if self.device.type == "cpu":
-            threads = cfg["threads"] or max(1, cores // self.world_size - workers)
-            torch.set_num_threads(threads)
+        self._finite_at = None  # the iteration at which _check_weights_finite last found the weights finite
+        resume_state = self._load_resume_state()
+        workers = self._set_threads()
         _seed_everything(cfg["seed"])
         ops.set_backend(cfg["backend"])
         self.dataset = self.method_cls.load_dataset(cfg)
@@ -532,109 +568,144 @@ class Trainer:
             method.train_items(self.dataset), batch_sampler=batches,
             num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(cfg["seed"]))  # own generator: see the module docstring
-
-        it, epoch, position, train_seconds = 0, 0, 0, 0.0
+        progress = _Progress()
         if resume_state is not None:
-            for k, m in method.networks.items():
-                m.load_state_dict(resume_state["networks"][k])
-            for k, o in method.optimizers.items():
-                o.load_state_dict(resume_state["optimizers"][k])
-            for k, s in method.schedulers.items():
-                load_scheduler_state(s, resume_state["schedulers"][k])
-            if self.run.scaler is not None and resume_state["scaler"] is not None:
-                self.run.scaler.load_state_dict(resume_state["scaler"])
-            restore_rng_states(resume_state["rng"], self._generators(method))
-            it, epoch, position = resume_state["iteration"], resume_state["epoch"], resume_state["epoch_position"]
-            train_seconds = resume_state["train_seconds"]
+            progress = self._restore(method, resume_state)
             del resume_state
 
         self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {cfg['batch_size']} "
                  f"images at {cfg['height']}x{cfg['width']} on {self.device}"
                  f"{f' x{self.world_size} processes' if self.world_size > 1 else ''}, amp {self.run.amp}, "
-                 f"compile {'on' if self.run.compile else 'off'}, {torch.get_num_threads()} threads, preset {cfg['preset']}, run folder {self.run_dir}")
-        bar = ProgressBar(total, it, stream=self.stream) if self.main else None
-        sums: dict[str, torch.Tensor] = {}
-        count, window_start, window_it = 0, time.perf_counter(), it
-        rate = 0.0
-        last_batch = None
-        # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
-        with _stop_requests(self.world_size == 1) as stop_requests:
-            while it < total:
-                batches.set_epoch(epoch, skip=position)
-                window_start, window_it = time.perf_counter(), it  # the rate excludes loader start-up
-                try:
-                    for batch in _fetch(loader, stop_requests):
-                        t0 = time.perf_counter()
-                        batch = to_device(batch, self.device)
-                        losses = method.train_step(batch, it)
-                        if self.run.scaler is not None:
-                            self.run.scaler.update()
-                        _step_schedulers(method.schedulers.values(), self.run.scaler is not None)
-                        it += 1
-                        position += 1
-                        for k, v in losses.items():
-                            v = v.detach().float()
-                            sums[k] = sums[k] + v if k in sums else v
-                        count += 1
-                        last_batch = batch
-                        log_now = cfg["log_every"] and it % cfg["log_every"] == 0
-                        # The device is waited for only where the host reads results (the logged means, every log_every
-                        # iterations): between those, the host queues the next steps while the GPU runs.
-                        if (log_now or it == total) and self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
-                        elapsed = time.perf_counter() - window_start
-                        rate = (it - window_it) / elapsed if elapsed > 0 else 0.0
-                        if log_now or it == total:
-                            means = {k: (v / count).item() for k, v in sums.items()}
-                            lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in method.optimizers.items()}
-                            self.logfile.write({"it": it, "epoch": epoch, **means, **lrs,
-                                                "images_per_s": rate * method.images_per_iteration()}, step=it)
-                            if bar is not None:
-                                bar.update(it, means, rate, force=True)
-                            sums, count = {}, 0
-                            window_start, window_it = time.perf_counter(), it
-                        train_seconds += time.perf_counter() - t0
-                        stop = it >= total
-                        if cfg["ckpt_every"] and it % cfg["ckpt_every"] == 0 and not stop:
-                            self._save(method, it, epoch, position, train_seconds)
-                        if cfg["eval_every"] and it % cfg["eval_every"] == 0 and not stop:
-                            if method.evaluates:
-                                self.evaluate(method, it)
-                            self._save_samples(method, last_batch, it)
-                        if stop_requests and not stop:
-                            self._stop_on_request(method, it, epoch, position, train_seconds, stop_requests[0], bar)
-                        if stop:
-                            break
-                    else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)
-                        epoch, position = epoch + 1, 0
-                except _LoaderStopped:  # the stop request reached the loader's workers first
-                    self._stop_on_request(method, it, epoch, position, train_seconds, stop_requests[0], bar)
-        if bar is not None:
-            bar.close()
-        # train_seconds counts whole iterations only (data waits, evaluation and checkpoints excluded)
-        self._save(method, it, epoch, position, train_seconds)
-        images_per_s = it * method.images_per_iteration() / train_seconds if train_seconds > 0 else 0.0
-        result = self.evaluate(method, it) if method.evaluates else None
-        self._save_samples(method, last_batch, it)
-        metrics = None
-        if self.main:
-            metrics = {}
-            if result is not None:
-                metrics = {"rank1": result["rank1"], "rank5": result["rank5"], "rank10": result["rank10"],
-                           "mAP": result["mAP"], "ap_mode": result["ap_mode"],
-                           "mAP_by_ap_mode": result["mAP_by_ap_mode"], "metric": result["metric"],
-                           "num_queries": result["num_valid"]}
-            metrics.update({"dataset": self.dataset.name, "method": self.method_cls.name, "iterations": it,
-                            "images_per_s": round(images_per_s, 2), "train_time": format_duration(train_seconds)})
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            scores = (f"Rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%  "
-                      if result is not None else "(not evaluated) ")
-            self.log(f"{self.method_cls.name} on {self.dataset.name} after {it} iterations: {scores}"
-                     f"({images_per_s:.0f} images/s); metrics in {self.run_dir / 'metrics.json'}")
+                 f"compile {'on' if self.run.compile else 'off'}, {torch.get_num_threads()} threads, "
+                 f"preset {cfg['preset']}, run folder {self.run_dir}")
+        last_batch = self._train(method, loader, batches, total, progress)
+        self._save(method, progress)
+        result = self.evaluate(method, progress.it) if method.evaluates else None
+        self._save_samples(method, last_batch, progress.it)
+        metrics = self._write_metrics(method, result, progress) if self.main else None
         self.logfile.close()
         if self.world_size > 1:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+        return metrics
+
+    def _load_resume_state(self) -> dict | None:
+        if not self.cfg.get("resume"):
+            return None
+        path = resolve_checkpoint(self.cfg["resume"], self.run_dir)
+        state = load_checkpoint(path, self.method_cls.name)
+        if path == self.run_dir / LATEST:
+            self._last_saved = state["iteration"]
+        self.log(f"resuming from {path} (iteration {state['iteration']})")
+        return state
+
+    def _set_threads(self) -> int:
+        """Loader workers (--workers, else up to 4 leaving a core) and, on the CPU, the compute threads (--threads,
+        else the cores the workers leave to each process). Returns the number of workers."""
+        cores = os.cpu_count() or 1
+        workers = self.cfg["workers"] if self.cfg["workers"] is not None else min(4, max(0, cores - 1))
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.cfg["threads"] or max(1, cores // self.world_size - workers))
+        return workers
+
+    def _restore(self, method, state: dict) -> _Progress:
+        for k, m in method.networks.items():
+            m.load_state_dict(state["networks"][k])
+        for k, o in method.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in method.schedulers.items():
+            load_scheduler_state(s, state["schedulers"][k])
+        if self.run.scaler is not None and state["scaler"] is not None:
+            self.run.scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"], self._generators(method))
+        return _Progress(state["iteration"], state["epoch"], state["epoch_position"], state["train_seconds"])
+
+    def _train(self, method, loader, batches, total: int, progress: _Progress):
+        """Iterations until `total`, epoch after epoch, with the periodic logs, checkpoints, evaluations and sample
+        grids. Returns the last batch trained on (None when there was none)."""
+        bar = ProgressBar(total, progress.it, stream=self.stream) if self.main else None
+        window = _LossWindow(progress.it)
+        last_batch = None
+        # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
+        with _stop_requests(self.world_size == 1) as stop_requests:
+            while progress.it < total:
+                batches.set_epoch(progress.epoch, skip=progress.position)
+                window.restart_clock(progress.it)  # the rate excludes loader start-up
+                try:
+                    for batch in _fetch(loader, stop_requests):
+                        last_batch = self._step(method, batch, total, progress, window)
+                        if self._after_step(method, last_batch, total, progress, window, bar, stop_requests):
+                            break
+                    else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)
+                        progress.epoch, progress.position = progress.epoch + 1, 0
+                except _LoaderStopped:  # the stop request reached the loader's workers first
+                    self._stop_on_request(method, progress, stop_requests[0], bar)
+        if bar is not None:
+            bar.close()
+        return last_batch
+
+    def _step(self, method, batch: dict, total: int, progress: _Progress, window: _LossWindow) -> dict:
+        """One iteration. Returns the batch on the device."""
+        t0 = time.perf_counter()
+        batch = to_device(batch, self.device)
+        losses = method.train_step(batch, progress.it)
+        if self.run.scaler is not None:
+            self.run.scaler.update()
+        _step_schedulers(method.schedulers.values(), self.run.scaler is not None)
+        progress.it += 1
+        progress.position += 1
+        window.add(losses)
+        # The device is waited for only where the host reads results (the logged means, every log_every
+        # iterations): between those, the host queues the next steps while the GPU runs.
+        if self._log_due(progress.it, total) and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        progress.train_seconds += time.perf_counter() - t0
+        return batch
+
+    def _log_due(self, it: int, total: int) -> bool:
+        return bool(self.cfg["log_every"] and it % self.cfg["log_every"] == 0) or it == total
+
+    def _after_step(self, method, batch, total: int, progress: _Progress, window: _LossWindow, bar,
+                    stop_requests: list) -> bool:
+        """The log line, checkpoint, evaluation and stop request due after an iteration. True at the last one."""
+        cfg, it = self.cfg, progress.it
+        if self._log_due(it, total):
+            means, rate = window.means(), window.rate(it)
+            lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in method.optimizers.items()}
+            self.logfile.write({"it": it, "epoch": progress.epoch, **means, **lrs,
+                                "images_per_s": rate * method.images_per_iteration()}, step=it)
+            if bar is not None:
+                bar.update(it, means, rate, force=True)
+            window.reset(it)
+        if it >= total:
+            return True
+        if cfg["ckpt_every"] and it % cfg["ckpt_every"] == 0:
+            self._save(method, progress)
+        if cfg["eval_every"] and it % cfg["eval_every"] == 0:
+            if method.evaluates:
+                self.evaluate(method, it)
+            self._save_samples(method, batch, it)
+        if stop_requests:
+            self._stop_on_request(method, progress, stop_requests[0], bar)
+        return False
+
+    def _write_metrics(self, method, result: dict | None, progress: _Progress) -> dict:
+        # train_seconds counts whole iterations only (data waits, evaluation and checkpoints excluded)
+        it, seconds = progress.it, progress.train_seconds
+        images_per_s = it * method.images_per_iteration() / seconds if seconds > 0 else 0.0
+        metrics = {}
+        if result is not None:
+            metrics = {"rank1": result["rank1"], "rank5": result["rank5"], "rank10": result["rank10"],
+                       "mAP": result["mAP"], "ap_mode": result["ap_mode"],
+                       "mAP_by_ap_mode": result["mAP_by_ap_mode"], "metric": result["metric"],
+                       "num_queries": result["num_valid"]}
+        metrics.update({"dataset": self.dataset.name, "method": self.method_cls.name, "iterations": it,
+                        "images_per_s": round(images_per_s, 2), "train_time": format_duration(seconds)})
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        scores = (f"Rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%  "
+                  if result is not None else "(not evaluated) ")
+        self.log(f"{self.method_cls.name} on {self.dataset.name} after {it} iterations: {scores}"
+                 f"({images_per_s:.0f} images/s); metrics in {self.run_dir / 'metrics.json'}")
         return metrics
 
     def _save_samples(self, method, batch, it) -> None:
