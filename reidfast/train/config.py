@@ -88,8 +88,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false", default=S,
                        help="pick convolution algorithms by cuDNN's heuristics (no timing on first use)")
     speed.add_argument("--fused-optimizers", dest="fused_optimizers", action="store_true", default=S,
-                       help="Adam and SGD update all of a network's parameters in one fused kernel (default on GPU; "
-                            "the for-each path does per-parameter host work every step)")
+                       help="Adam and SGD update all of a network's parameters in one fused kernel (default on GPU, "
+                            "where the for-each path's per-parameter host work every step shows; on the CPU when "
+                            "given)")
     speed.add_argument("--no-fused-optimizers", dest="fused_optimizers", action="store_false", default=S,
                        help="torch.optim's default (for-each) update")
     speed.add_argument("--backend", default=S,

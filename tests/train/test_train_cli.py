@@ -161,15 +161,23 @@ def test_cudnn_benchmark_flags_and_the_cpu_default():
     assert Run({**LOOP_DEFAULTS, "cudnn_benchmark": True}, torch.device("cpu"), 0, 1, print).cudnn_benchmark is True
 
 
-def test_fused_optimizers_only_on_the_gpu():
+def test_fused_optimizers_on_the_cpu_when_asked_with_the_same_update():
     import torch
     from reidfast.train.__main__ import build_parser
     from reidfast.train.config import LOOP_DEFAULTS
     from reidfast.train.loop import Run
-    params = [torch.zeros(2, requires_grad=True)]
-    for fused in (None, True):  # the CPU takes torch.optim's default path either way
+    for fused, want in ((None, False), (False, False), (True, True)):  # the GPU default: test_gpu_training.py
         run = Run({**LOOP_DEFAULTS, "fused_optimizers": fused}, torch.device("cpu"), 0, 1, log=lambda message: None)
-        assert run.fused_optimizers is False
-        assert not run.optimizer(torch.optim.Adam, params, lr=0.1).defaults["fused"]
+        assert run.fused_optimizers is want
+        for cls, options in ((torch.optim.Adam, {}), (torch.optim.SGD, {"momentum": 0.9})):
+            p, q = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(5))
+            q.data.copy_(p.data)
+            opt, plain = run.optimizer(cls, [p], lr=0.1, **options), cls([q], lr=0.1, **options)
+            assert bool(opt.defaults.get("fused")) is want
+            for _ in range(3):  # the fused update is torch.optim's update
+                p.grad = q.grad = torch.sin(p.detach() * 3)
+                opt.step()
+                plain.step()
+            torch.testing.assert_close(p.detach(), q.detach())
     assert build_parser().parse_args(["--no-fused-optimizers"]).fused_optimizers is False
     assert build_parser().parse_args(["--fused-optimizers"]).fused_optimizers is True
