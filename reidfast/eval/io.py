@@ -7,7 +7,7 @@ Accepted keys (the first present wins; labels are flattened, so (1, N) arrays fr
   gallery ids       gallery_label, gallery_labels, gallery_pids, g_pids
   query cameras     query_cam, query_cams, query_camids, q_camids
   gallery cameras   gallery_cam, gallery_cams, gallery_camids, g_camids
-Reading .mat needs scipy, which reidfast does not depend on: it is used when importable.
+.mat files are Level 5 MAT-files (scipy.io.savemat, MATLAB -v7), read by reidfast.eval.matfile without scipy.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 import torch
+
+from .matfile import read_mat
 
 KEYS = {
     "query_f": ("query_f", "query_feat", "query_features", "qf"),
@@ -48,18 +50,13 @@ def _read_mapping(path: str) -> dict:
         raise FeatureFileError(f"{path}: unknown feature file type {ext!r}; use .npz, .pt/.pth or .mat")
     if not os.path.isfile(path):
         raise FeatureFileError(f"{path}: no such file")
-    if ext == ".mat":
-        try:
-            import scipy.io
-        except ImportError as exc:
-            raise FeatureFileError(f"{path}: reading .mat files needs scipy (`pip install scipy`), which reidfast "
-                                   "does not install; or save the features as .npz / .pt") from exc
     try:
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         if ext == ".mat":
-            return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+            with open(path, "rb") as f:
+                return read_mat(f.read())
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a zip, pickled objects, truncated: all "cannot be read" to the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

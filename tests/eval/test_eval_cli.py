@@ -1,6 +1,7 @@
 """reidfast.eval: feature files, the CLI table, and k-reciprocal re-ranking against a direct set-based version."""
-import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,10 @@ from reidfast import ops
 from reidfast.eval.__main__ import main
 from reidfast.eval.io import FeatureFileError, load_features
 from reidfast.eval.rerank import k_reciprocal_distance
+
+MAT_FIXTURES = Path(__file__).parent / "data"
+sys.path.insert(0, str(MAT_FIXTURES))
+from make_mat_fixtures import fixture_arrays  # noqa: E402
 
 
 def saved_arrays(seed=0, num_q=12, num_g=40, dim=8):
@@ -34,19 +39,17 @@ def test_npz_and_pt_read_the_same(tmp_path):
     assert a.query_label.dtype == torch.int64
 
 
-def test_mat_layout(tmp_path):
-    arrays = saved_arrays()
-    if importlib.util.find_spec("scipy") is None:
-        (tmp_path / "pytorch_result.mat").write_bytes(b"")
-        with pytest.raises(FeatureFileError, match="needs scipy"):
-            load_features(str(tmp_path / "pytorch_result.mat"))
-        return
-    import scipy.io
-
-    # DG-Net's tools save labels and cameras as (1, N) rows.
-    scipy.io.savemat(tmp_path / "pytorch_result.mat", {k: v[None] if v.ndim == 1 else v for k, v in arrays.items()})
-    f = load_features(str(tmp_path / "pytorch_result.mat"))
-    assert f.query_label.tolist() == arrays["query_label"].tolist()
+def test_mat_file_from_dg_nets_tools(capsys):
+    # tests/eval/data/features.mat: written by scipy.io.savemat as DG-Net's test script does, labels and cameras as
+    # (1, N) rows; read without scipy (reidfast.eval.matfile)
+    path = str(MAT_FIXTURES / "features.mat")
+    f = load_features(path)
+    want = fixture_arrays()
+    assert f.query_label.tolist() == want["query_label"][0].tolist()
+    assert f.gallery_cam.tolist() == want["gallery_cam"][0].tolist()
+    assert torch.equal(f.gallery_f, torch.from_numpy(want["gallery_f"]))
+    assert main(["--features", path]) == 0
+    assert "Rank-1" in capsys.readouterr().out
 
 
 def test_missing_key_is_named(tmp_path):
@@ -98,6 +101,8 @@ def test_cli_reports_bad_feature_files(tmp_path, capsys):
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     assert "cannot be read as a .pt" in _cli_error(["--features", str(tmp_path / "garbage.pt")], capsys)
     assert "unknown feature file type '.csv'" in _cli_error(["--features", str(tmp_path / "f.csv")], capsys)
+    (tmp_path / "cut.mat").write_bytes((MAT_FIXTURES / "features.mat").read_bytes()[:700])
+    assert "cannot be read as a .mat" in _cli_error(["--features", str(tmp_path / "cut.mat")], capsys)
     torch.save([1, 2], tmp_path / "list.pt")
     assert "expected a dict" in _cli_error(["--features", str(tmp_path / "list.pt")], capsys)
 
