@@ -86,7 +86,13 @@ def load_features(path: str) -> SavedFeatures:
                 raise FeatureFileError(f"{path}: {name} must be 2-D (N, D), got shape {tuple(value.shape)}")
             out[name] = value if value.is_floating_point() else value.float()
         else:
-            out[name] = value.reshape(-1).long()
+            flat = value.reshape(-1)
+            # MATLAB saves ids and cameras as doubles: whole numbers convert, anything else would be truncated
+            fractional = flat[flat != flat.round()] if flat.is_floating_point() else flat[:0]
+            if fractional.numel():
+                raise FeatureFileError(f"{path}: {name} must hold whole numbers (ids or camera numbers), got "
+                                       f"{fractional[0].item()}")
+            out[name] = flat.long()
     for side in ("query", "gallery"):
         rows = out[f"{side}_f"].shape[0]
         for name in (f"{side}_label", f"{side}_cam"):

@@ -52,6 +52,18 @@ def test_mat_file_from_dg_nets_tools(capsys):
     assert "Rank-1" in capsys.readouterr().out
 
 
+def test_labels_saved_as_doubles(tmp_path):
+    # MATLAB's default class is double: whole-number ids and cameras are read as integers, others are refused
+    arrays = saved_arrays()
+    arrays["gallery_label"] = arrays["gallery_label"].astype(np.float64)
+    np.savez(tmp_path / "f.npz", **arrays)
+    assert load_features(str(tmp_path / "f.npz")).gallery_label.tolist() == saved_arrays()["gallery_label"].tolist()
+    arrays["query_cam"] = arrays["query_cam"] + 0.5
+    np.savez(tmp_path / "g.npz", **arrays)
+    with pytest.raises(FeatureFileError, match="query_cam must hold whole numbers"):
+        load_features(str(tmp_path / "g.npz"))
+
+
 def test_missing_key_is_named(tmp_path):
     arrays = saved_arrays()
     del arrays["gallery_cam"]
