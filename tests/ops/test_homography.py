@@ -229,6 +229,28 @@ def test_half_precision_images_on_cpu_kernels():
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gradients_on_cpu_kernels(dtype):
+    # the kernels accumulate in fp32 whatever the image dtype: on the same (rounded) image and output gradient (it
+    # reaches the op in the image's dtype), the half-precision gradients are the fp32 ones up to the final rounding
+    # of grad_img. 6 channels: more than one channel chunk.
+    low = torch.randn(2, 6, 9, 8).to(dtype)
+    H = random_homographies(2, "projective", torch.float32)
+    gy = torch.randn(2, 6, 7, 7).to(dtype).float()
+    grads = {}
+    for name, img in (("low", low), ("fp32", low.float())):
+        x, h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        warp("cpu", x, h, (7, 7), "zeros", False).float().backward(gy)
+        (h_alone,) = torch.autograd.grad(warp("cpu", img, h, (7, 7), "zeros", False).float(), [h], gy)
+        grads[name] = (x.grad, h.grad, h_alone)
+    tol = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert grads["low"][0].dtype == dtype
+    torch.testing.assert_close(grads["low"][0].float(), grads["fp32"][0], atol=tol, rtol=tol)
+    torch.testing.assert_close(grads["low"][1], grads["fp32"][1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(grads["low"][2], grads["fp32"][2], atol=1e-4, rtol=1e-5)
+
+
+@needs_ext
 def test_deterministic_mode_is_honoured_on_cpu():
     img = torch.randn(2, 3, 6, 6, requires_grad=True)
     H = random_homographies(2, "near", torch.float32).requires_grad_(True)
