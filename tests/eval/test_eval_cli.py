@@ -1,6 +1,5 @@
 """reidfast.eval: feature files, the CLI table, and k-reciprocal re-ranking against a direct set-based version."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,9 @@ from reidfast import ops
 from reidfast.eval.__main__ import main
 from reidfast.eval.io import FeatureFileError, load_features
 from reidfast.eval.rerank import k_reciprocal_distance
+from tests.eval.data.make_mat_fixtures import fixture_arrays
 
 MAT_FIXTURES = Path(__file__).parent / "data"
-sys.path.insert(0, str(MAT_FIXTURES))
-from make_mat_fixtures import fixture_arrays  # noqa: E402
 
 
 def saved_arrays(seed=0, num_q=12, num_g=40, dim=8):

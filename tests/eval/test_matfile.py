@@ -1,17 +1,15 @@
 """reidfast.eval.matfile against MAT-files written by scipy.io.savemat (tests/eval/data, made by
 make_mat_fixtures.py), and the storage rules of MathWorks' MAT-file format that scipy does not exercise."""
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reidfast.eval.matfile import MatFileError, read_mat
+from tests.eval.data.make_mat_fixtures import fixture_arrays, skipped_variables
 
 DATA = Path(__file__).parent / "data"
-sys.path.insert(0, str(DATA))
-from make_mat_fixtures import fixture_arrays, skipped_variables  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["features.mat", "features_compressed.mat"])
