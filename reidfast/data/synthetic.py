@@ -561,21 +561,20 @@ def main(argv=None) -> int:
         # --force deletes a folder: only one this command wrote, never e.g. a real dataset given by mistake
         parser.error(f"--force: {out} is not a synthetic dataset (no synthetic.json); not deleting it")
     start = time.perf_counter()
-    params = dict(ids=args.ids, cameras=args.cameras, domain=args.domain, seed=args.seed, height=args.height,
-                  width=args.width)
     # the new dataset is written beside the old one, which is removed only once the new one is complete
     target = out.with_name(f".{out.name}.replacement") if replace else out
     if replace and target.exists():  # left by an attempt stopped before its rename: possibly other parameters
         shutil.rmtree(target)
     try:
-        generate_atomically(target, **params)
+        generate_atomically(target, ids=args.ids, cameras=args.cameras, domain=args.domain, seed=args.seed,
+                            height=args.height, width=args.width)
     except ValueError as exc:
         parser.error(str(exc))
     if replace:
         shutil.rmtree(out)
         os.rename(target, out)
-    params = json.loads((out / "synthetic.json").read_text())
-    print(f"wrote {params['images']} images to {out} in {time.perf_counter() - start:.1f}s")
+    written = json.loads((out / "synthetic.json").read_text())
+    print(f"wrote {written['images']} images to {out} in {time.perf_counter() - start:.1f}s")
     return 0
 
 
