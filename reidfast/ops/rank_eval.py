@@ -20,7 +20,7 @@ from .rank_result import (AP_MODES, METRICS, NAN_ROW, NAN_ROWS, UNFINISHED_ROW, 
 
 PRECISIONS = ("strict", "fast")
 
-# Bytes of the distance tile made from features at a time (float32), per device type: bounds memory at MSMT17
+# Bytes of the distance tile made from features at a time, per device type: bounds memory at MSMT17
 # scale. On a GPU a tile of 1 GB (MSMT17: 3,267 queries, 4 tiles) gives the ranking kernel several waves of query
 # blocks (at 256 MB, 816 blocks fill less than one wave of an H100) and pays the per-tile work (the gallery's
 # grouping by id, launches) 4 times instead of 15.
@@ -290,8 +290,9 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
         rows = lambda a, b: distmat[a:b]  # noqa: E731
     else:
-        step = tile_size or max(1, DEFAULT_TILE_BYTES.get(device.type, DEFAULT_TILE_BYTES["cpu"]) // (4 * num_g))
         tiles = _TiledDistance(query_features, gallery_features, metric, fast=precision == "fast")
+        row_bytes = num_g * (8 if tiles.q.dtype == torch.float64 else 4)  # float64 features give float64 rows
+        step = tile_size or max(1, DEFAULT_TILE_BYTES.get(device.type, DEFAULT_TILE_BYTES["cpu"]) // row_bytes)
         rows = tiles.rows
         checks["largest_feature_sizes"] = tiles.largest_sizes
     parts = []

@@ -241,6 +241,30 @@ def test_distmat_tiles_agree():
     assert_same_result(evaluate("cpu", *labels, distmat=d, tile_size=7), evaluate("reference", *labels, distmat=d))
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_feature_tiles_hold_the_byte_budget(monkeypatch, dtype):
+    # 10 rows' worth of float32 distances: float64 features (float64 distance rows) must get 5-row tiles
+    num_q, num_g = 23, 40
+    monkeypatch.setitem(rank_eval_module.DEFAULT_TILE_BYTES, "cpu", 10 * 4 * num_g)
+    tile_rows = []
+    real_op = rank_eval_module._rank_queries_op
+
+    def spy(dist, *args):
+        assert dist.dtype == dtype
+        tile_rows.append(dist.shape[0])
+        return real_op(dist, *args)
+
+    monkeypatch.setattr(rank_eval_module, "_rank_queries_op", spy)
+    _, qp, gp, qc, gc = random_protocol(num_q, num_g, 6, 3, seed=8)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    qf, gf = integer_features(num_q, 8, 9).to(dtype), integer_features(num_g, 8, 10).to(dtype)
+    got = evaluate("cpu", *labels, query_features=qf, gallery_features=gf)
+    rows = 10 if dtype == torch.float32 else 5
+    assert tile_rows == [rows] * (num_q // rows) + [num_q % rows]
+    assert_same_result(got, evaluate("reference", *labels, distmat=reference.pairwise_distance(qf, gf, "euclidean")))
+
+
 def test_euclidean_is_torchreid_squared_l2():
     qf, gf = torch.randn(5, 16, dtype=torch.float64), torch.randn(7, 16, dtype=torch.float64)
     torch.testing.assert_close(reference.pairwise_distance(qf, gf, "euclidean"), torch.cdist(qf, gf) ** 2)

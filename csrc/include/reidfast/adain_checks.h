@@ -5,6 +5,7 @@
 #include <string>
 
 #include "reidfast/adain_math.h"
+#include "reidfast/shape_str.h"
 
 namespace reidfast {
 namespace adain {
@@ -25,7 +26,7 @@ inline c10::ScalarType opmath_type(c10::ScalarType t) {
 // Validates x (N,C,H,W) and per-sample (N,C) weight/bias in the op-math dtype.
 inline void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          const c10::optional<at::Tensor>& residual, c10::DeviceType device) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "adain: x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 4, "adain: x must be 4-D (N, C, H, W), got shape ", shape_str(x));
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
                        x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
                    "adain: x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
@@ -36,7 +37,7 @@ inline void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at
   for (const auto& pair : {std::make_pair("weight", &weight), std::make_pair("bias", &bias)}) {
     const at::Tensor& t = *pair.second;
     TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == N && t.size(1) == C, "adain: ", pair.first,
-                      " must have shape (N, C) = (", N, ", ", C, "), got ", t.sizes());
+                      " must have shape (N, C) = (", N, ", ", C, "), got ", shape_str(t));
     TORCH_CHECK_TYPE(t.scalar_type() == want, "adain: ", pair.first, " must be ", want, " for x of dtype ",
                      x.scalar_type(), ", got ", t.scalar_type());
     TORCH_CHECK(t.device() == x.device(), "adain: ", pair.first, " is on ", t.device(), " but x is on ",
@@ -44,8 +45,8 @@ inline void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at
   }
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
-    TORCH_CHECK_VALUE(r.sizes() == x.sizes(), "adain: residual must have the shape of x ", x.sizes(), ", got ",
-                      r.sizes());
+    TORCH_CHECK_VALUE(r.sizes() == x.sizes(), "adain: residual must have the shape of x ", shape_str(x), ", got ",
+                      shape_str(r));
     TORCH_CHECK_TYPE(r.scalar_type() == x.scalar_type(), "adain: residual must have x's dtype ",
                      x.scalar_type(), ", got ", r.scalar_type());
     TORCH_CHECK(r.device() == x.device(), "adain: residual is on ", r.device(), " but x is on ", x.device());
@@ -100,12 +101,12 @@ inline BackwardArgs prepare_backward(const at::Tensor& grad_y, const at::Tensor&
                                      c10::string_view activation, c10::DeviceType device) {
   check_inputs(x, weight, bias, c10::nullopt, device);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
-                    "adain_backward: grad_y must match x in shape and dtype, got ", grad_y.sizes(), " ",
+                    "adain_backward: grad_y must match x in shape and dtype, got ", shape_str(grad_y), " ",
                     grad_y.scalar_type());
   for (const auto& pair : {std::make_pair("mean", &mean), std::make_pair("rstd", &rstd)}) {
     TORCH_CHECK_VALUE(pair.second->sizes() == weight.sizes() && pair.second->scalar_type() == weight.scalar_type(),
                       "adain_backward: ", pair.first, " must match weight in shape and dtype, got ",
-                      pair.second->sizes(), " ", pair.second->scalar_type());
+                      shape_str(*pair.second), " ", pair.second->scalar_type());
   }
   BackwardArgs a;
   a.act = parse_activation(activation);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "reidfast/grid_math.h"
+#include "reidfast/shape_str.h"
 
 namespace reidfast {
 namespace homography {
@@ -24,24 +25,24 @@ inline c10::ScalarType coord_type(c10::ScalarType image_type) {
 }
 
 inline void check_inputs(const at::Tensor& img, const at::Tensor& H, c10::DeviceType device) {
-  TORCH_CHECK_VALUE(img.dim() == 4, "homography_warp: img must be 4-D (N, C, H, W), got shape ", img.sizes());
+  TORCH_CHECK_VALUE(img.dim() == 4, "homography_warp: img must be 4-D (N, C, H, W), got shape ", shape_str(img));
   TORCH_CHECK_TYPE(img.scalar_type() == at::kFloat || img.scalar_type() == at::kDouble ||
                        img.scalar_type() == at::kHalf || img.scalar_type() == at::kBFloat16,
                    "homography_warp: img must be float32, float64, float16 or bfloat16, got ", img.scalar_type());
   TORCH_CHECK(img.device().type() == device, "homography_warp: img is on ", img.device(),
               " but this kernel runs on ", c10::DeviceTypeName(device));
   TORCH_CHECK_VALUE(H.dim() == 3 && H.size(0) == img.size(0) && H.size(1) == 3 && H.size(2) == 3,
-                    "homography_warp: H must have shape (N, 3, 3) = (", img.size(0), ", 3, 3), got ", H.sizes());
+                    "homography_warp: H must have shape (N, 3, 3) = (", img.size(0), ", 3, 3), got ", shape_str(H));
   const auto want = coord_type(img.scalar_type());
   TORCH_CHECK_TYPE(H.scalar_type() == want, "homography_warp: H must be ", want, " for img of dtype ",
                    img.scalar_type(), ", got ", H.scalar_type());
   TORCH_CHECK(H.device() == img.device(), "homography_warp: H is on ", H.device(), " but img is on ", img.device());
   // grid_sample's rule: an image without pixels has nothing to sample, not even its padding
   TORCH_CHECK_VALUE(img.size(2) > 0 && img.size(3) > 0,
-                    "homography_warp: img must have a positive height and width, got shape ", img.sizes());
+                    "homography_warp: img must have a positive height and width, got shape ", shape_str(img));
   // tap indices are 32-bit (grid_math.h)
   TORCH_CHECK_VALUE(img.size(2) < (int64_t{1} << 30) && img.size(3) < (int64_t{1} << 30),
-                    "homography_warp: img height and width must be below 2^30, got ", img.sizes());
+                    "homography_warp: img height and width must be below 2^30, got ", shape_str(img));
 }
 
 inline void check_out_size(int64_t out_h, int64_t out_w) {
@@ -57,8 +58,8 @@ inline at::MemoryFormat layout_of(const at::Tensor& img) {
 
 inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& img) {
   TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == img.size(0) && grad_out.size(1) == img.size(1),
-                    "homography_warp_backward: grad_out must be (N, C, Hout, Wout) with N, C of img ", img.sizes(),
-                    ", got ", grad_out.sizes());
+                    "homography_warp_backward: grad_out must be (N, C, Hout, Wout) with N, C of img ", shape_str(img),
+                    ", got ", shape_str(grad_out));
   TORCH_CHECK_TYPE(grad_out.scalar_type() == img.scalar_type(),
                    "homography_warp_backward: grad_out must have img's dtype ", img.scalar_type(), ", got ",
                    grad_out.scalar_type());

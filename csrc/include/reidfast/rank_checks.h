@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "reidfast/rank_math.h"
+#include "reidfast/shape_str.h"
 
 namespace reidfast {
 namespace rank {
@@ -16,14 +17,6 @@ inline int parse_ap_mode(c10::string_view name) {
   if (name == "market") return kMarket;
   TORCH_CHECK_VALUE(false, "rank_queries: ap_mode must be 'torchreid' or 'market', got '", std::string(name), "'");
   return kTorchreid;
-}
-
-// "(2, 3)". Shapes are formatted here rather than by streaming t.sizes() into TORCH_CHECK: on the GPU machine's
-// torch 2.11 build a message that streams an IntArrayRef crashed the process (seen for adain's checks as well).
-inline std::string shape_str(const at::Tensor& t) {
-  std::string out = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) out += (i ? ", " : "") + std::to_string(t.size(i));
-  return out + ")";
 }
 
 inline void check_label(const at::Tensor& t, const char* name, int64_t length, const at::Tensor& dist) {
