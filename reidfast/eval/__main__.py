@@ -1,7 +1,7 @@
 """python -m reidfast.eval: CMC / mAP / mINP of re-id retrieval.
 
   python -m reidfast.eval --features FILE [--metric euclidean|cosine] [--ap-mode torchreid|market] [--rerank]
-  python -m reidfast.eval --checkpoint RUN_DIR [--dataset NAME --data-root DIR]
+  python -m reidfast.eval --checkpoint RUN_DIR [--dataset NAME --data-root DIR] [--rerank]
 
 FILE is .npz, .pt or the pytorch_result.mat of DG-Net's tools (keys in reidfast.eval.io).
 """
@@ -26,13 +26,14 @@ def evaluate_saved_features(args) -> ops.RankEvalResult:
     device = resolve_device(args.device)
     qf, gf = saved.query_f.to(device), saved.gallery_f.to(device)
     labels = (saved.query_label, saved.gallery_label, saved.query_cam, saved.gallery_cam)
-    common = dict(max_rank=args.max_rank, ap_mode=args.ap_mode or "torchreid", precision=args.precision)
+    common = dict(max_rank=args.max_rank, ap_mode=args.ap_mode or "torchreid")
+    metric = args.metric or "euclidean"
     if args.rerank:
         from .rerank import k_reciprocal_distance
 
-        dist = k_reciprocal_distance(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
-        return ops.rank_eval(*labels, distmat=dist, metric="euclidean", **common)
-    return ops.rank_eval(*labels, query_features=qf, gallery_features=gf, metric=args.metric or "euclidean",
+        dist = k_reciprocal_distance(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value, metric=metric)
+        return ops.rank_eval(*labels, distmat=dist, **common)
+    return ops.rank_eval(*labels, query_features=qf, gallery_features=gf, metric=metric, precision=args.precision,
                          **common)
 
 
@@ -60,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rank", type=int, default=50)
     p.add_argument("--precision", choices=("strict", "fast"), default="strict",
                    help="strict: IEEE fp32 distances; fast: bf16 tensor-core GEMMs with fp32 accumulation on CUDA "
-                        "(mAP moves by about 0.01 points)")
+                        "(mAP moves by about 0.01 points); distances from features only (not with --rerank or "
+                        "--verifier-topk)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (euclidean), for galleries "
-                   "whose (Q+G)^2 distances fit in memory")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the --metric distances, for "
+                   "galleries whose (Q+G)^2 distances fit in memory")
     p.add_argument("--k1", type=int, default=20)
     p.add_argument("--k2", type=int, default=6)
     p.add_argument("--lambda", dest="lambda_value", type=float, default=0.3)
@@ -81,6 +83,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     mode = next(name for name in MODES if getattr(args, name, None))
     try:
+        if args.precision == "fast" and (args.rerank or args.verifier_topk):
+            raise ValueError("--precision fast: applies to distances computed from features, not to --rerank or "
+                             "--verifier-topk")
         result = MODES[mode](args)
     except (CheckpointError, DatasetNotFoundError, ValueError, TypeError) as exc:  # FeatureFileError is a ValueError
         print(f"error: {error_message(exc)}", file=sys.stderr)

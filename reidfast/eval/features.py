@@ -62,16 +62,18 @@ def labels(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank_features(query_features, gallery_features, query: Sequence[Sample], gallery: Sequence[Sample],
-                  ap_mode: str = "market", metric: str = "cosine", max_rank: int = 50, distmat=None):
+                  ap_mode: str = "market", metric: str = "cosine", max_rank: int = 50, distmat=None,
+                  precision: str = "strict"):
     """rank_eval's result for these features (the Market-1501 protocol), or for `distmat` when given (distances
-    computed otherwise, e.g. re-scored by a verifier; the features are then not used)."""
+    computed otherwise, e.g. re-scored by a verifier; the features and `precision` are then not used)."""
     from ..ops import rank_eval
     q_pids, q_camids = labels(query)
     g_pids, g_camids = labels(gallery)
     if distmat is not None:
         return rank_eval(q_pids, g_pids, q_camids, g_camids, distmat=distmat, max_rank=max_rank, ap_mode=ap_mode)
     return rank_eval(q_pids, g_pids, q_camids, g_camids, query_features=query_features,
-                     gallery_features=gallery_features, metric=metric, max_rank=max_rank, ap_mode=ap_mode)
+                     gallery_features=gallery_features, metric=metric, max_rank=max_rank, ap_mode=ap_mode,
+                     precision=precision)
 
 
 def summarize(result, ap_mode: str) -> dict:

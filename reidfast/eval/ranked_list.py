@@ -1,5 +1,6 @@
 """A picture of ranked lists: each row a query and its top-k gallery images, green border for a true match,
-red for a wrong one (junk gallery items, same identity and camera, are left out as the protocol does)."""
+red for a wrong one. The order is the evaluation's: its distances, ties by gallery index, and its junk (same
+identity and camera; also label -1 under the market AP mode) left out, as rank_eval's protocol does."""
 from __future__ import annotations
 
 import os
@@ -15,20 +16,21 @@ from ..data import Sample
 GREEN, RED, QUERY = (40, 180, 60), (220, 40, 40), (60, 60, 60)
 
 
-def ranked_gallery(qf: torch.Tensor, gf: torch.Tensor, query: Sample, gallery: Sequence[Sample], index: int,
-                   top: int) -> list[int]:
-    """Gallery indices of query `index` best first (cosine on unit features), junk removed, ties by index."""
-    scores = (gf @ qf[index]).numpy()
-    order = np.argsort(-scores, kind="stable")
+def ranked_gallery(distances: torch.Tensor, query: Sample, gallery: Sequence[Sample], top: int,
+                   ap_mode: str = "market") -> list[int]:
+    """Gallery indices best first by a query's row of distances (G,), junk removed, ties by gallery index."""
+    order = np.argsort(distances.double().numpy(), kind="stable")
     keep = [g for g in order.tolist()
-            if gallery[g].pid != -1 and not (gallery[g].pid == query.pid and gallery[g].camid == query.camid)]
+            if not (gallery[g].pid == query.pid and gallery[g].camid == query.camid)
+            and not (ap_mode == "market" and gallery[g].pid == -1)]
     return keep[:top]
 
 
-def save_ranked_lists(path: str | os.PathLike, qf, gf, query: Sequence[Sample], gallery: Sequence[Sample],
-                      query_indices: Sequence[int], top: int = 10, size: tuple[int, int] = (128, 64),
-                      border: int = 3) -> Path:
-    """One row per query in `query_indices`: the query (grey border), a gap, then its top-`top` matches."""
+def save_ranked_lists(path: str | os.PathLike, distances: torch.Tensor, query: Sequence[Sample],
+                      gallery: Sequence[Sample], query_indices: Sequence[int], ap_mode: str = "market", top: int = 10,
+                      size: tuple[int, int] = (128, 64), border: int = 3) -> Path:
+    """One row per query in `query_indices`, whose rows of the evaluated distances are `distances`
+    (len(query_indices), G): the query (grey border), a gap, then its top-`top` gallery images."""
     h, w = size
     cell_w, cell_h, gap = w + 2 * border + 4, h + 2 * border + 4, 12
     canvas = Image.new("RGB", (cell_w * (top + 1) + gap, cell_h * len(query_indices)), "white")
@@ -42,7 +44,7 @@ def save_ranked_lists(path: str | os.PathLike, qf, gf, query: Sequence[Sample], 
     for row, qi in enumerate(query_indices):
         y = row * cell_h
         paste(query[qi], 0, y, QUERY)
-        for col, gi in enumerate(ranked_gallery(qf, gf, query[qi], gallery, qi, top)):
+        for col, gi in enumerate(ranked_gallery(distances[row], query[qi], gallery, top, ap_mode)):
             paste(gallery[gi], cell_w * (col + 1) + gap, y, GREEN if gallery[gi].pid == query[qi].pid else RED)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """k-reciprocal re-ranking ('Re-ranking Person Re-identification with k-reciprocal Encoding', CVPR 2017), in
 torch: on the GPU when the features are there.
 
-From the paper's equations, over all N = Q + G images with d the squared euclidean distance, each column divided
-by its maximum (the normalization of the authors' evaluation):
+From the paper's equations, over all N = Q + G images with d the squared euclidean distance (the paper's; the
+cosine distance on request), each column divided by its maximum (the normalization of the authors' evaluation):
   N(p, k)   the k nearest neighbours of p (p itself included)
   R(p, k)   = {g in N(p, k) : p in N(g, k)}                                   k-reciprocal neighbours (eq. 4)
   R*(p, k)  = R(p, k) united with R(q, k/2) for each q in R(p, k) whose
@@ -27,14 +27,16 @@ def _reciprocal(knn: torch.Tensor) -> torch.Tensor:
 
 
 def k_reciprocal_distance(query_features: torch.Tensor, gallery_features: torch.Tensor, k1: int = 20, k2: int = 6,
-                          lambda_value: float = 0.3, query_chunk: int = 16) -> torch.Tensor:
-    """(Q, G) re-ranked distances (see the module docstring). Features (Q, D), (G, D) on one device."""
+                          lambda_value: float = 0.3, query_chunk: int = 16,
+                          metric: str = "euclidean") -> torch.Tensor:
+    """(Q, G) re-ranked distances (see the module docstring). Features (Q, D), (G, D) on one device; `metric` is
+    the original distance d (euclidean: squared L2, or cosine, as rank_eval defines them)."""
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"rerank: need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1; got {k1}, {k2}, {lambda_value}")
     num_q = query_features.shape[0]
     feats = torch.cat([query_features, gallery_features]).float()
     n = feats.shape[0]
-    dist = pairwise_distance(feats, feats, "euclidean").clamp_(min=0)
+    dist = pairwise_distance(feats, feats, metric).clamp_(min=0)
     dist /= dist.max(0, keepdim=True).values.clamp(min=1e-12)  # column-normalized, as the authors' code
     k1 = min(k1, n - 1)
     half = max(1, int(round(k1 / 2)))

@@ -1,7 +1,7 @@
 """Evaluate a training run folder: rebuild its method from the checkpoint, extract features, rank, export.
 
     python -m reidfast.eval --checkpoint RUN_DIR [--dataset NAME --data-root DIR] [--export FILE.npz]
-                            [--ranked-list FILE.png]
+                            [--ranked-list FILE.png] [--rerank | --verifier-topk K] [--precision fast]
 
 The dataset defaults to the one the run trained on (its config.json); the image size is always the run's.
 """
@@ -40,12 +40,17 @@ def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=pr
 
 
 def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str = "market",
-                 metric: str | None = None, max_rank: int = 50, batch_size: int = 128, verifier_topk: int = 0):
-    """(result, query_features, gallery_features) of a trained method (from :func:`load_trained_method`) on
-    `dataset`; `metric` and the feature normalization default to the method's own test protocol. `verifier_topk`
-    K > 0 re-scores each query's top K by the method's verifier (methods with ``verifier_distances``: fdgan)."""
+                 metric: str | None = None, max_rank: int = 50, batch_size: int = 128, verifier_topk: int = 0,
+                 rerank: dict | None = None, precision: str = "strict"):
+    """(result, query_features, gallery_features, distance_rows) of a trained method (from
+    :func:`load_trained_method`) on `dataset`; `metric` and the feature normalization default to the method's own
+    test protocol. `verifier_topk` K > 0 re-scores each query's top K by the method's verifier (methods with
+    ``verifier_distances``: fdgan); `rerank`, the k1, k2, lambda_value of k-reciprocal re-ranking, re-ranks the
+    metric's distances instead. distance_rows(indices) gives those queries' rows of the distances ranked."""
     if verifier_topk < 0:  # before the features are extracted
         raise ValueError(f"--verifier-topk: must be >= 0 (0: off), got {verifier_topk}")
+    if verifier_topk and rerank is not None:
+        raise ValueError("--rerank and --verifier-topk: choose one way to re-score the distances")
     metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
                   channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
@@ -56,9 +61,19 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
         if not hasattr(method, "verifier_distances"):
             raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
         distmat = method.verifier_distances(qf, gf, topk=verifier_topk)
+    elif rerank is not None:
+        from .rerank import k_reciprocal_distance
+        distmat = k_reciprocal_distance(qf, gf, metric=metric, **rerank)
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric,
-                           max_rank=max_rank, distmat=distmat)
-    return result, qf, gf
+                           max_rank=max_rank, distmat=distmat, precision=precision)
+
+    def distance_rows(indices):
+        if distmat is not None:
+            return distmat[list(indices)].cpu()
+        from ..ops.reference import pairwise_distance
+        return pairwise_distance(qf[list(indices)], gf, metric)
+
+    return result, qf, gf, distance_rows
 
 
 def export_features(path: str | os.PathLike, qf, gf, dataset) -> Path:
@@ -103,8 +118,10 @@ def evaluate_checkpoint(args):
     dataset = type(method).load_dataset(dataset_cfg)
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")
-    result, qf, gf = evaluate_run(method, cfg, dataset, device, ap_mode=ap_mode, metric=args.metric,
-                                  max_rank=args.max_rank, verifier_topk=args.verifier_topk)
+    rerank = dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
+    result, qf, gf, distance_rows = evaluate_run(
+        method, cfg, dataset, device, ap_mode=ap_mode, metric=args.metric, max_rank=args.max_rank,
+        verifier_topk=args.verifier_topk, rerank=rerank, precision=args.precision)
     if args.export:
         print(f"features written to {export_features(args.export, qf, gf, dataset)}")
     folder = run_dir if run_dir.is_dir() else run_dir.parent
@@ -112,6 +129,7 @@ def evaluate_checkpoint(args):
     from .ranked_list import save_ranked_lists
     step = max(1, len(dataset.query) // max(1, args.ranked_queries))
     chosen = list(range(0, len(dataset.query), step))[:args.ranked_queries]
-    save_ranked_lists(picture, qf, gf, dataset.query, dataset.gallery, chosen, size=(cfg["height"], cfg["width"]))
+    save_ranked_lists(picture, distance_rows(chosen), dataset.query, dataset.gallery, chosen, ap_mode=ap_mode,
+                      size=(cfg["height"], cfg["width"]))
     print(f"ranked lists of {len(chosen)} queries drawn in {picture}")
     return result

@@ -98,7 +98,8 @@ def rank_eval(
       official Market-1501 code; with "torchreid" they are ordinary non-matches (distractors labelled 0 always are).
     Ranks. After junk removal, rank_k (0-based) is the position of the k-th true match (k = 1..P), i.e. the number
       of remaining items ordered before it. True matches: remaining items with the query's id.
-    Invalid queries. A query with no true match is invalid: skipped by CMC, mAP and mINP, and counted in num_valid.
+    Invalid queries. A query with no true match is invalid: skipped by CMC, mAP and mINP, and not counted in
+      num_valid.
     CMC. cmc[r] = fraction of valid queries with rank_1 <= r, for r < max_rank; max_rank is clipped to the gallery
       size (as torchreid does).
     AP, ap_mode="torchreid" (torchreid, fast-reid): the mean over matches of the precision at each one,

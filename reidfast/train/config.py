@@ -69,7 +69,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                      help="log the mean losses every N iterations to log.jsonl (and TensorBoard)")
     run.add_argument("--ap-mode", choices=("market", "torchreid"), default=S,
                      help="AP convention of the reported mAP: market (the official Market-1501 trapezoid "
-                          "AP, default) or torchreid (mean precision at each true match)")
+                          "AP; the default of baseline, dgnet and sagan) or torchreid (mean precision at each true "
+                          "match; fdgan's default)")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--device", default=S,
                        help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")

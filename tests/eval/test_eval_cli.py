@@ -91,6 +91,38 @@ def test_cli_rerank_runs(tmp_path, capsys):
     assert "re-ranking" in capsys.readouterr().out
 
 
+def test_cli_rerank_uses_the_chosen_metric(tmp_path, capsys):
+    arrays = saved_arrays()
+    np.savez(tmp_path / "f.npz", **arrays)
+    labels = [arrays[k] for k in ("query_label", "gallery_label", "query_cam", "gallery_cam")]
+    qf, gf = (torch.from_numpy(arrays[k]) for k in ("query_f", "gallery_f"))
+    for metric in ("euclidean", "cosine"):
+        summary = tmp_path / f"{metric}.json"
+        assert main(["--features", str(tmp_path / "f.npz"), "--rerank", "--k1", "6", "--k2", "3", "--metric", metric,
+                     "--json", str(summary)]) == 0
+        want = ops.rank_eval(*labels, distmat=k_reciprocal_distance(qf, gf, k1=6, k2=3, metric=metric))
+        assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * want.mAP)
+
+
+def test_cli_refuses_fast_precision_with_rescored_distances(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    err = _cli_error(["--features", str(tmp_path / "f.npz"), "--rerank", "--precision", "fast"], capsys)
+    assert "--precision fast" in err and "--rerank" in err
+
+
+def test_ranked_gallery_follows_the_protocol():
+    from reidfast.data import Sample
+    from reidfast.eval.ranked_list import ranked_gallery
+    query = Sample("q.jpg", pid=1, camid=0)
+    # (pid, camid, distance): a tie between items 1 and 2, junk (same pid and camera) nearest, a -1 distractor
+    items = [(1, 0, 0.0), (2, 1, 0.5), (1, 1, 0.5), (-1, 2, 0.1), (0, 1, 0.2), (1, 2, 0.9)]
+    gallery = [Sample(f"g{i}.jpg", pid=p, camid=c) for i, (p, c, _) in enumerate(items)]
+    distances = torch.tensor([d for _, _, d in items])
+    assert ranked_gallery(distances, query, gallery, top=10, ap_mode="torchreid") == [3, 4, 1, 2, 5]
+    assert ranked_gallery(distances, query, gallery, top=10, ap_mode="market") == [4, 1, 2, 5]
+    assert ranked_gallery(distances, query, gallery, top=2, ap_mode="market") == [4, 1]
+
+
 def test_cli_requires_a_source():
     with pytest.raises(SystemExit):
         main([])

@@ -6,9 +6,11 @@ import math
 import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
+from reidfast import ops
 from reidfast.data import read_market1501
 from reidfast.data.synthetic import generate
 from reidfast.train.__main__ import main
@@ -195,6 +197,17 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
     assert eval_main(["--checkpoint", str(full_run), "--dataset", "synthetic-a", "--data-root", str(tiny_root),
                       "--json", str(summary)]) == 0
     assert json.loads(summary.read_text())["num_queries"] == len(read_market1501(tiny_root).query)
+    # --rerank re-ranks the run's own distances (euclidean on the pool-5 feature) under the run's AP convention
+    features = tmp_path / "features.npz"
+    assert eval_main(["--checkpoint", str(full_run), "--rerank", "--k1", "6", "--k2", "3", "--export", str(features),
+                      "--json", str(summary)]) == 0
+    saved = np.load(features)
+    from reidfast.eval.rerank import k_reciprocal_distance
+    distances = k_reciprocal_distance(torch.from_numpy(saved["query_f"]), torch.from_numpy(saved["gallery_f"]), k1=6,
+                                      k2=3, metric="euclidean")
+    want = ops.rank_eval(saved["query_label"], saved["gallery_label"], saved["query_cam"], saved["gallery_cam"],
+                         distmat=distances, ap_mode=load_checkpoint(full_run / "checkpoint.pt")["config"]["ap_mode"])
+    assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * want.mAP)
     image = sorted((tiny_root / "bounding_box_train").iterdir())[0]
     out = tmp_path / "generated"
     mask = tiny_root / "masks" / "bounding_box_train" / (image.stem + ".png")
