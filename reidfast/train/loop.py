@@ -56,12 +56,9 @@ def _step_schedulers(schedulers, scaled: bool) -> None:
     """Steps the iteration-based schedules. Under fp16's GradScaler an iteration whose gradients overflowed skips
     the optimizer step (the first ones do, while the scale settles), and torch then warns that the scheduler ran
     before the optimizer: expected there, so not shown."""
-    if not scaled:
-        for s in schedulers:
-            s.step()
-        return
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        if scaled:
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         for s in schedulers:
             s.step()
 
