@@ -8,7 +8,8 @@ import torch
 
 from ..data import DatasetNotFoundError, error_message
 from .checkpoint import CheckpointError
-from .config import ConfigError, add_loop_arguments, read_config_file, resolve_config
+from .config import (LOOP_DEFAULTS, ConfigError, add_loop_arguments, check_file_values, read_config_file,
+                     resolve_config)
 from .loop import TrainingDivergedError, TrainingInterrupted
 from .methods import ALL_METHODS, get_method
 
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("method", "config")}
     try:
         file_values = read_config_file(args.config) if getattr(args, "config", None) else {}
+        if file_values:
+            check_file_values(parser, file_values, args.config, {**LOOP_DEFAULTS, **method.defaults})
         if flags.get("resume") or file_values.get("resume"):
             flags, file_values = _resume_layers(method, flags, file_values)
         device = flags.get("device", file_values.get("device", "auto"))
@@ -123,8 +126,24 @@ def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
     if "iters" in flags or "epochs" in flags:  # a new run length replaces the saved one
         saved.pop("iters", None)
         saved.pop("epochs", None)
+    if not out and not _inside(path, Path(saved["out"])):
+        # The checkpoint was copied or moved (or the saved folder is relative to another working directory):
+        # continuing in the saved folder would write over whatever is there now.
+        given = Path(resume) if isinstance(resume, str) else path
+        suggestion = given if given.is_dir() else given.parent
+        raise ConfigError(f"--resume {resume}: this checkpoint was written by the run in {saved['out']}, not in the "
+                          f"folder it is in now; add --out to say where the resumed run writes (e.g. --out "
+                          f"{suggestion}). Nothing was written.")
     merged_flags = {**flags, "resume": str(path), "out": str(out or saved["out"])}
     return merged_flags, saved
+
+
+def _inside(path, folder) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 if __name__ == "__main__":

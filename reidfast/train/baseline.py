@@ -22,6 +22,19 @@ from ..models.baseline import ReidBaseline
 from .loop import Method, WarmupStepSchedule
 
 
+def _auto_or_multiplier(text: str):
+    """--backbone-lr-mult: "auto" or a number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected auto or a finite number >= 0, got {text!r}")
+    return value
+
+
 class Baseline(Method):
     name = "baseline"
     min_batch_size = 2
@@ -47,7 +60,7 @@ class Baseline(Method):
         g.add_argument("--pretrained", default=S, metavar="PATH",
                        help="torchvision resnet50 state dict to start from; auto (default): the torch hub cache's "
                             "resnet50-*.pth if present (never downloaded), else from scratch; none: from scratch")
-        g.add_argument("--backbone-lr-mult", default=S, metavar="X",
+        g.add_argument("--backbone-lr-mult", type=_auto_or_multiplier, default=S, metavar="X",
                        help="backbone lr = X * lr; auto (default): 0.1 with ImageNet weights, 1 from scratch")
         g.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
         g.add_argument("--weight-decay", type=float, default=S, help="SGD weight decay (5e-4)")

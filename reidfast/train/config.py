@@ -129,6 +129,76 @@ def read_config_file(path: str | Path) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
+def check_file_values(parser: argparse.ArgumentParser, values: dict, source: str, defaults: dict) -> None:
+    """A config file's values get the checks their flags get from argparse: a switch takes true or false, an option
+    with choices one of them, a numeric option a number (a list of them where the flag takes several), any other
+    a string. null (JSON) only where the option's default is None (auto). Unknown keys: resolve_config."""
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "method", "config")}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            continue
+        where = f"--config {source}: {key}"
+        if value is None:
+            if defaults.get(key, 0) is not None:
+                raise ConfigError(f"{where} cannot be null (its default is {defaults.get(key)!r})")
+            continue
+        if action.nargs == 0:  # a switch
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+            continue
+        if action.nargs == "?":  # --resume: a path, or true for the run folder's own checkpoint
+            if not isinstance(value, (bool, str)):
+                raise ConfigError(f"{where} must be true or a path, got {value!r}")
+            continue
+        several = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+        if several and not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if several and isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise ConfigError(f"{where} must be a list of {action.nargs} values, got {value!r}")
+        for item in value if several else [value]:
+            if action.type is int:
+                ok, what = isinstance(item, int) and not isinstance(item, bool), "an integer"
+            elif action.type is float:
+                ok, what = isinstance(item, (int, float)) and not isinstance(item, bool), "a number"
+            elif action.type in (None, str):
+                ok, what = isinstance(item, str), "a string"
+            else:  # a converter of the flag's text
+                try:
+                    action.type(str(item))
+                    ok, what = not isinstance(item, bool), "valid"
+                except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+            if ok and action.choices is not None and item not in action.choices:
+                ok, what = False, f"one of {', '.join(map(str, action.choices))}"
+            if not ok:
+                raise ConfigError(f"{where} must be {what}, got {item!r}")
+
+
+# Ranges of numeric options by name, whichever layer set them (argparse types the flags, check_file_values the
+# config file): loss weights and multipliers may be 0 (a term off) but not negative (a term reversed).
+_RANGES = [
+    (re.compile(r"(_w|_mult|^margin|^weight_decay|^momentum|^ramp_per_iter)$"), lambda v: v >= 0, ">= 0"),
+    (re.compile(r"^(lr_gamma|gan_width|stm_bound|pose_sigmas)$"), lambda v: v > 0, "> 0"),
+    (re.compile(r"^(dropout|label_smoothing|adam_beta1|adam_beta2)$"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (re.compile(r"(decay_from|decay_at)$"), lambda v: 0 <= v <= 1, "a fraction of the run, in [0, 1]"),
+    (re.compile(r"^(warmup_iters|warm_iters|workers)$"), lambda v: v >= 0, ">= 0"),
+    (re.compile(r"^seed$"), lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    (re.compile(r"(_iters|_epochs|_batch_size|_hidden|_width|_dim|_blocks|^threads|^codes|^synthetic_ids|"
+                r"^num_negatives|^ngf|^ndf)$"), lambda v: v >= 1, ">= 1"),
+]
+
+
+def _check_ranges(cfg: dict) -> None:
+    for key, value in cfg.items():
+        rule = next((r for r in _RANGES if r[0].search(key)), None)
+        if rule is None or value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and not rule[1](item):
+                raise ConfigError(f"--{key.replace('_', '-')} must be {rule[2]}, got {value!r}")
+
+
 def resolve_config(method_defaults: dict, method_presets: dict, file_values: dict, flags: dict,
                    device_is_cpu: bool) -> dict:
     """Merge the layers; checks that every key in the file is a known option."""
@@ -173,6 +243,7 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if _LEARNING_RATE.search(key) and is_number and value < 0:
             raise ConfigError(f"{key} is a learning rate and must be >= 0, got {value}")
+    _check_ranges(cfg)
     return cfg
 
 

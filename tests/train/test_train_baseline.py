@@ -59,6 +59,20 @@ def test_resume_continues_exactly(short_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_of_a_moved_run_never_writes_into_the_folder_it_came_from(short_run, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(short_run, moved)
+    before = {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()}
+    assert main(["baseline", "--resume", str(moved), "--iters", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"written by the run in {short_run}" in err and f"--out {moved}" in err
+    assert {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()} == before
+    # as the message says: --out continues the copy where it is
+    assert main(["baseline", "--resume", str(moved), "--out", str(moved), "--iters", "8"]) == 0
+    assert json.loads((moved / "metrics.json").read_text())["iterations"] == 8
+    assert {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()} == before
+
+
 def test_truncated_checkpoint_is_a_clear_error_and_the_previous_survives(short_run, tmp_path, capsys):
     run = tmp_path / "broken"
     shutil.copytree(short_run, run)

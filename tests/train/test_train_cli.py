@@ -73,7 +73,7 @@ def test_batch_of_one_and_zero_width_are_clear_errors(tiny_root, tmp_path, capsy
     assert main(["dgnet", "--dataset", "synthetic", "--data-root", str(tiny_root), "--gan-width", "0", "--out",
                  str(tmp_path / "d"), "--device", "cpu", "--height", "64", "--width", "32", "--backbone-width", "4",
                  "--pretrained", "none", "--teacher", str(tmp_path / "none")]) == 2
-    assert "--gan-width) must be a positive number, got 0.0" in capsys.readouterr().err
+    assert "--gan-width must be > 0, got 0.0" in capsys.readouterr().err
 
 
 def test_out_of_memory_is_one_error_line(tiny_root, tmp_path, monkeypatch, capsys):
@@ -101,6 +101,43 @@ def test_missing_data_root_names_it(tmp_path, capsys):
 def test_resume_without_checkpoint(tmp_path, capsys):
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
     assert f"no checkpoint at {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, message", [
+    ('overwrite = "no"', "overwrite must be true or false, got 'no'"),
+    ("iters = true", "iters must be an integer, got True"),
+    ('preset = "cpu_quick"', "preset must be one of auto, paper, cpu-quick, got 'cpu_quick'"),
+    ('lr = "x"', "lr must be a number, got 'x'"),
+    ("lr_decay_at = 0.5", "lr_decay_at must be a list, got 0.5"),
+    ('ap_mode = "x"', "ap_mode must be one of market, torchreid, got 'x'"),
+    ("data_root = 5", "data_root must be a string, got 5"),
+    ("backbone_lr_mult = -2", "backbone_lr_mult: expected auto or a finite number >= 0, got '-2'"),
+])
+def test_config_values_get_the_checks_of_their_flags(tmp_path, capsys, line, message):
+    # checked before anything is read or written: a run folder that holds a run is not touched
+    config = tmp_path / "c.toml"
+    config.write_text(line + "\n")
+    assert main(["--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    assert f"error: --config {config}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr-gamma", "-1"], "--lr-gamma must be > 0"),
+    (["--lr-decay-at", "1.5"], "--lr-decay-at must be a fraction of the run, in [0, 1]"),
+    (["--warmup-iters", "-1"], "--warmup-iters must be >= 0"),
+    (["--threads", "-2"], "--threads must be >= 1"),
+    (["--label-smoothing", "2"], "--label-smoothing must be in [0, 1)"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["sagan", "--adapt-iters", "-5"], "--adapt-iters must be >= 1"),
+    (["sagan", "--stm-lr-mult", "-1"], "--stm-lr-mult must be >= 0"),
+    (["fdgan", "--stage-iters", "-1", "1", "1"], "--stage-iters must be >= 1"),
+    (["dgnet", "--recon-x-w", "-5"], "--recon-x-w must be >= 0"),
+])
+def test_out_of_range_options_are_refused_before_training(tmp_path, capsys, argv, message):
+    assert main(argv + ["--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_config_unknown_key_and_bad_syntax(tmp_path, capsys):
