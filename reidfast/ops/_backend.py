@@ -31,13 +31,14 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 
-def _validate(name: str) -> str:
+def _validate(name: str, source: str = "backend") -> str:
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
     return name
 
 
-_current = _validate(os.environ.get("REIDFAST_BACKEND", "auto").strip() or "auto")
+_current = _validate(os.environ.get("REIDFAST_BACKEND", "auto").strip() or "auto",
+                     source="the environment variable REIDFAST_BACKEND")
 
 
 def set_backend(name: str) -> None:

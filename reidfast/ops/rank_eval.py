@@ -220,6 +220,9 @@ def rank_eval(
         if query_features.shape[1] != gallery_features.shape[1]:
             raise ValueError(f"rank_eval: query_features have dimension {query_features.shape[1]} but "
                              f"gallery_features have {gallery_features.shape[1]}")
+        if query_features.shape[1] == 0:  # every distance would be equal: a ranking of nothing
+            raise ValueError("rank_eval: the features have dimension 0 (shapes "
+                             f"{tuple(query_features.shape)} and {tuple(gallery_features.shape)})")
         if query_features.device != gallery_features.device:
             raise ValueError(f"rank_eval: query_features are on {query_features.device} but gallery_features are "
                              f"on {gallery_features.device}")

@@ -72,8 +72,7 @@ def main(argv=None) -> int:
         if flags.get("resume") or file_values.get("resume"):
             flags, file_values = _resume_layers(method, flags, file_values)
         device = flags.get("device", file_values.get("device", "auto"))
-        on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        cfg = resolve_config(method.defaults, method.presets, file_values, flags, on_cpu)
+        cfg = resolve_config(method.defaults, method.presets, file_values, flags, _runs_on_cpu(device))
         _check_run_folder(method, cfg)
         from .loop import train
         train(method, cfg)
@@ -108,6 +107,11 @@ def _check_run_folder(method, cfg: dict) -> None:
     if found:
         raise ConfigError(f"{run_dir} already holds a {method.name} run ({found[0]}): add --resume to continue it, "
                           f"--out DIR to train a new run elsewhere, or --overwrite to train over it")
+
+
+def _runs_on_cpu(device: str) -> bool:
+    """Whether --device names the CPU (cpu, cpu:N, or auto without a GPU): the automatic preset depends on it."""
+    return str(device).split(":")[0] == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:

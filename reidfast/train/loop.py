@@ -63,6 +63,21 @@ def _step_schedulers(schedulers, scaled: bool) -> None:
             s.step()
 
 
+def _check_backend(backend: str, device: torch.device) -> None:
+    """A --backend that cannot run here is an error before training, not at the first evaluation after it: every
+    op it implements must be able to run on the device."""
+    from ..ops import _backend
+    if backend == "auto":
+        return
+    for op, implemented in _backend.IMPLEMENTED.items():
+        if backend in implemented:
+            with ops.use_backend(backend):
+                try:
+                    _backend.resolve(op, device)
+                except RuntimeError as exc:
+                    raise ValueError(f"--backend {backend}: {exc}") from None
+
+
 @dataclasses.dataclass
 class _Progress:
     """Where a run stands: what a checkpoint records and --resume restores."""
@@ -318,6 +333,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: reidfast runs on cpu or cuda")
+    else:
+        device = torch.device("cpu")  # cpu:N names the same CPU
     return device
 
 
@@ -527,8 +544,12 @@ class Trainer:
         try:
             if not self.main:
                 return None
-            result = evaluate_method(method.embed, self.dataset, self.cfg, self.device, ap_mode=self.cfg["ap_mode"],
-                                     metric=method.eval_metric, l2_normalize=method.eval_l2_normalize)
+            # --backend names the training ops' implementation; rank_eval has no triton one: it runs on auto then
+            backend = self.cfg["backend"] if "triton" != self.cfg["backend"] else "auto"
+            with ops.use_backend(backend):
+                result = evaluate_method(method.embed, self.dataset, self.cfg, self.device,
+                                         ap_mode=self.cfg["ap_mode"], metric=method.eval_metric,
+                                         l2_normalize=method.eval_l2_normalize)
         finally:
             for m in method.networks.values():
                 m.train()
@@ -550,6 +571,7 @@ class Trainer:
         workers = self._set_threads()
         _seed_everything(cfg["seed"])
         ops.set_backend(cfg["backend"])
+        _check_backend(cfg["backend"], self.device)
         self.dataset = self.method_cls.load_dataset(cfg)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -331,6 +331,7 @@ LABELS = ([1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
     (dict(distmat=torch.zeros(2, 3), max_rank=0), ValueError, "max_rank"),
     (dict(distmat=torch.zeros(2, 3), precision="tf32"), ValueError, "precision"),
     (dict(distmat=torch.zeros(2, 3), tile_size=0), ValueError, "tile_size"),
+    (dict(query_features=torch.zeros(2, 0), gallery_features=torch.zeros(3, 0)), ValueError, "dimension 0"),
     (dict(distmat=torch.zeros(0, 3)), ValueError, "at least one query"),
 ])
 def test_errors(backend, kwargs, error, match):

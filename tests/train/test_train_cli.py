@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from reidfast.train.__main__ import main
 from reidfast.train.config import ConfigError, resolve_config
@@ -138,6 +139,22 @@ def test_out_of_range_options_are_refused_before_training(tmp_path, capsys, argv
     assert main(argv + ["--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_a_backend_that_cannot_run_here_is_refused_before_training(tmp_path, capsys):
+    assert main(["--backend", "cuda", "--out", str(tmp_path / "r")]) == 2
+    assert "--backend cuda: reidfast backend 'cuda' cannot run" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cpu_with_an_index_is_the_cpu():
+    from reidfast.train.__main__ import _runs_on_cpu
+    from reidfast.train.loop import resolve_device
+    assert resolve_device("cpu:3") == torch.device("cpu")
+    # the automatic preset's test (cpu:0 used to pick the paper's 256x128 full-width settings)
+    assert _runs_on_cpu("cpu") and _runs_on_cpu("cpu:0") and not _runs_on_cpu("cuda:0")
+    assert _runs_on_cpu("auto") == (not torch.cuda.is_available())
 
 
 def test_config_unknown_key_and_bad_syntax(tmp_path, capsys):
