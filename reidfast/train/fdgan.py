@@ -522,6 +522,9 @@ class FDGAN(Method):
     def run(cls, cfg, stream=None):
         root = run_root(cfg)
         stages = list(STAGES) if str(cfg["stage"]) == "all" else [int(cfg["stage"])]
+        if cfg["keypoints"] is not None and not Path(cfg["keypoints"]).expanduser().is_file():
+            # found now, not after stage I has trained
+            raise ValueError(f"--keypoints {cfg['keypoints']}: no such file")
         resume = cfg.get("resume")
         resumed_stage = int(cfg["stage_running"]) if resume and cfg.get("stage_running") else None
         if cfg.get("length_request") is None:  # a fresh run: remember the length asked for

@@ -126,6 +126,12 @@ def test_a_single_stage_needs_the_previous_one(tiny_root, tmp_path, capsys):
     assert "--init" in capsys.readouterr().err
 
 
+def test_a_missing_keypoints_file_is_an_error_before_stage_one(tiny_root, tmp_path, capsys):
+    assert main(fdgan_args(tiny_root, tmp_path / "r", "--keypoints", str(tmp_path / "none.csv"))) == 2
+    assert f"--keypoints {tmp_path / 'none.csv'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_single_stage_from_init(all_run, tiny_root, tmp_path):
     out = tmp_path / "s3"
     assert main(fdgan_args(tiny_root, out, "--stage", "3", "--iters", "1", "--init", str(all_run / "stage2"))) == 0
