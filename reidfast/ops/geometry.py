@@ -122,9 +122,18 @@ def warp_perspective(img: torch.Tensor, M: torch.Tensor, dsize: tuple[int, int],
     """
     if not isinstance(M, torch.Tensor) or M.dim() != 3 or M.shape[-2:] != (3, 3):
         raise ValueError(f"warp_perspective: M must have shape (N, 3, 3), got {getattr(M, 'shape', type(M))}")
+    if not M.is_floating_point():
+        raise TypeError(f"warp_perspective: M must be a floating-point tensor, got {M.dtype}")
     if not isinstance(img, torch.Tensor) or img.dim() != 4:
         raise ValueError(f"warp_perspective: img must be 4-D (N, C, H, W), got {getattr(img, 'shape', type(img))}")
+    if (not isinstance(dsize, (tuple, list)) or len(dsize) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in dsize)):
+        raise ValueError(f"warp_perspective: dsize must be (height, width), two positive ints, got {dsize!r}")
     out_h, out_w = dsize
     Mc = M.to(torch.float64 if img.dtype == torch.float64 else torch.float32)
-    H = pixel_to_normalized(torch.linalg.inv(Mc), tuple(img.shape[-2:]), (out_h, out_w), align_corners)
+    try:
+        inverse = homography_inverse(Mc)
+    except ValueError as exc:
+        raise ValueError(f"warp_perspective: M has no inverse ({exc})") from None
+    H = pixel_to_normalized(inverse, tuple(img.shape[-2:]), (out_h, out_w), align_corners)
     return homography_warp(img, H, (out_h, out_w), padding_mode=padding_mode, align_corners=align_corners)

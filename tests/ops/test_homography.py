@@ -374,6 +374,17 @@ def test_warp_perspective_translation_moves_pixels():
     assert out[0, 0, 0].abs().max() <= 1e-6 and out[0, 0, :, :2].abs().max() <= 1e-6  # float32 rounding at the edge
 
 
+def test_warp_perspective_names_its_bad_arguments():
+    img, M = torch.randn(1, 1, 5, 6), torch.eye(3)[None]
+    for dsize in (4, None, (4, 4, 4), (0, 6), (4.5, 6), (True, 6)):
+        with pytest.raises(ValueError, match="dsize must be \\(height, width\\)"):
+            ops.warp_perspective(img, M, dsize)
+    with pytest.raises(TypeError, match="M must be a floating-point tensor, got torch.int64"):
+        ops.warp_perspective(img, torch.eye(3, dtype=torch.int64)[None], (5, 6))
+    with pytest.raises(ValueError, match="warp_perspective: M has no inverse .*singular"):
+        ops.warp_perspective(img, torch.zeros(1, 3, 3), (5, 6))
+
+
 @pytest.mark.parametrize("align", [True, False])
 def test_pixel_normalized_conversions_round_trip_and_map_points(align):
     M = torch.tensor([[[1.1, 0.1, 2.0], [0.05, 0.9, -1.0], [0.01, 0.02, 1.0]]], dtype=torch.float64)
