@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
 from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset, reader_options
+from ..ops import _backend as ops_backend
 from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
 from .config import ConfigError
@@ -66,14 +67,13 @@ def _step_schedulers(schedulers, scaled: bool) -> None:
 def _check_backend(backend: str, device: torch.device) -> None:
     """A --backend that cannot run here is an error before training, not at the first evaluation after it: every
     op it implements must be able to run on the device."""
-    from ..ops import _backend
     if backend == "auto":
         return
-    for op, implemented in _backend.IMPLEMENTED.items():
+    for op, implemented in ops_backend.IMPLEMENTED.items():
         if backend in implemented:
             with ops.use_backend(backend):
                 try:
-                    _backend.resolve(op, device)
+                    ops_backend.resolve(op, device)
                 except RuntimeError as exc:
                     raise ValueError(f"--backend {backend}: {exc}") from None
 
@@ -544,8 +544,11 @@ class Trainer:
         try:
             if not self.main:
                 return None
-            # --backend names the training ops' implementation; rank_eval has no triton one: it runs on auto then
-            backend = self.cfg["backend"] if "triton" != self.cfg["backend"] else "auto"
+            # --backend names the implementation of the ops it has; ranking (rank_eval has no triton kernel) falls
+            # back to auto under a backend without it, rather than failing once training is done
+            backend = self.cfg["backend"]
+            if backend not in ops_backend.IMPLEMENTED.get("rank_eval", ()):
+                backend = "auto"
             with ops.use_backend(backend):
                 result = evaluate_method(method.embed, self.dataset, self.cfg, self.device,
                                          ap_mode=self.cfg["ap_mode"], metric=method.eval_metric,

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ from reidfast.train.baseline import Baseline
 from .conftest import tiny_args
 
 REPO = Path(__file__).resolve().parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def test_bad_choice_is_an_argparse_error(capsys):
@@ -146,6 +148,13 @@ def test_a_backend_that_cannot_run_here_is_refused_before_training(tmp_path, cap
     assert main(["--backend", "cuda", "--out", str(tmp_path / "r")]) == 2
     assert "--backend cuda: reidfast backend 'cuda' cannot run" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (interpreted on the CPU)")
+def test_a_backend_without_a_ranking_kernel_still_evaluates(tiny_root, tmp_path):
+    # triton has no rank_eval: the evaluation after training ranks on auto instead of failing there
+    assert main(tiny_args(tiny_root, tmp_path / "r", "--backend", "triton", "--iters", "1")) == 0
+    assert "mAP" in json.loads((tmp_path / "r" / "metrics.json").read_text())
 
 
 def test_cpu_with_an_index_is_the_cpu():
