@@ -12,6 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data import Sample
+from ..ops.reference import junk_mask
+from .features import labels
 
 GREEN, RED, QUERY = (40, 180, 60), (220, 40, 40), (60, 60, 60)
 
@@ -20,10 +22,9 @@ def ranked_gallery(distances: torch.Tensor, query: Sample, gallery: Sequence[Sam
                    ap_mode: str = "market") -> list[int]:
     """Gallery indices best first by a query's row of distances (G,), junk removed, ties by gallery index."""
     order = np.argsort(distances.double().numpy(), kind="stable")
-    keep = [g for g in order.tolist()
-            if not (gallery[g].pid == query.pid and gallery[g].camid == query.camid)
-            and not (ap_mode == "market" and gallery[g].pid == -1)]
-    return keep[:top]
+    g_pids, g_camids = labels(gallery)
+    junk = junk_mask(query.pid, query.camid, g_pids, g_camids, ap_mode)
+    return order[~junk[order]][:top].tolist()
 
 
 def save_ranked_lists(path: str | os.PathLike, distances: torch.Tensor, query: Sequence[Sample],

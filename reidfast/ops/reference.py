@@ -69,6 +69,13 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
     raise ValueError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}")
 
 
+def junk_mask(q_pids, q_camids, g_pids, g_camids, ap_mode: str):
+    """Which gallery items are junk for the query (the rule in rank_eval's docstring), broadcasting query against
+    gallery labels (tensors or numpy arrays): the query's id and camera, and under ap_mode="market" label -1."""
+    junk = (g_pids == q_pids) & (g_camids == q_camids)
+    return junk | (g_pids == -1) if ap_mode == "market" else junk
+
+
 def check_features_finite(query_features: torch.Tensor, gallery_features: torch.Tensor) -> None:
     """Features must be finite: an infinite value makes its rows' distances infinite or NaN, ranked silently."""
     for name, features in (("query_features", query_features), ("gallery_features", gallery_features)):
@@ -134,10 +141,7 @@ def rank_eval(
             raise ValueError(f"rank_eval: the distance row of query {bad} contains NaN")
         order = torch.sort(dist, dim=1, stable=True).indices  # nearest first, ties by gallery index
         same_pid = g_pids[order] == q_pids[rows, None]
-        same_cam = g_camids[order] == q_camids[rows, None]
-        junk = same_pid & same_cam
-        if ap_mode == "market":
-            junk = junk | (g_pids[order] == -1)
+        junk = junk_mask(q_pids[rows, None], q_camids[rows, None], g_pids[order], g_camids[order], ap_mode)
         match = same_pid & ~junk
         rank = (~junk).cumsum(1) - 1  # 0-based position among the kept items
         k = match.cumsum(1)  # 1-based index of the match at each match position
