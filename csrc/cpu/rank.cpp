@@ -225,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
   const at::Tensor &dist = a.dist, &q_pids = a.q_pids, &q_camids = a.q_camids, &g_pids = a.g_pids,
                    &g_camids = a.g_camids;
   at::Tensor &ap = a.ap, &inp = a.inp, &first_hit = a.first_hit, &num_matches = a.num_matches;
-  const int64_t num_q = a.num_q, num_g = a.num_g;
+  const int64_t num_q = a.num_q, num_g = a.num_g, row_stride = a.row_stride;
   const int ap_mode = a.ap_mode;
   if (num_q == 0) return a.outputs();
   const int32_t* qp = q_pids.const_data_ptr<int32_t>();
@@ -242,8 +242,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cpu(
     at::parallel_for(0, num_q, 1, [&](int64_t begin, int64_t end) {
       Scratch<scalar_t> scratch;
       for (int64_t q = begin; q < end; ++q) {
-        const QueryOutput o = rank_one_query(d + q * num_g, num_g, qp[q], qc[q], gp, gc, by_id, ap_mode,
-                                                 scratch);
+        const QueryOutput o = rank_one_query(d + q * row_stride, num_g, qp[q], qc[q], gp, gc, by_id, ap_mode,
+                                             scratch);
         ap_p[q] = o.ap;
         first_p[q] = o.first_hit;
         inp_p[q] = o.num_matches > 0 ? inp_term(o.num_matches, o.last_hit) : 0.0;

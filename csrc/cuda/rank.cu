@@ -2,7 +2,9 @@
 // per call on the device), so finding them reads a few items, not the row; the block orders them by (distance,
 // index) in shared memory. One pass over the row then checks for NaN and counts, for each kept non-match ordered
 // before the last match, how many matches precede it (binary search in shared memory) into a shared histogram,
-// from which one thread walks the ranks of the matches to AP (rank_math.h). Each thread keeps kUnroll loads in
+// from which one thread walks the ranks of the matches to AP (rank_math.h). On random distances nearly every item
+// precedes the last match and is searched, which makes the pass bound by instructions: float rows compare one
+// 64-bit key per step (order_key) instead of a distance and an index. Each thread keeps kUnroll loads in
 // flight: one outstanding 4-byte load per thread leaves the pass latency-bound, well below memory bandwidth.
 // Rows with more matches than the shared list holds are flagged for the caller.
 #include <ATen/ATen.h>
@@ -13,6 +15,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <type_traits>
 
 #include "reidfast/rank_checks.h"
 #include "reidfast/rank_math.h"
@@ -24,6 +27,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;         // row items per thread per step of the counting pass, loaded before use
 constexpr int kMaxMatches = 1024;  // shared list size; more matches -> kUnfinishedRow (the caller redoes the row)
+// float rows are counted on order_key keys (one integer comparison per step of the search, rank_math.h); float64
+// distances do not fit a 64-bit key beside the index and keep the (distance, index) comparisons.
+template <typename scalar_t>
+constexpr bool kUsesKeys = std::is_same<scalar_t, float>::value;
 
 // Block-wide: whether the row holds a NaN (for rows that skip the counting pass, which checks as it reads).
 template <typename scalar_t>
@@ -35,7 +42,8 @@ __device__ bool row_has_nan(const scalar_t* __restrict__ row, int num_g) {
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    rank_queries_kernel(const scalar_t* __restrict__ dist, int num_g, const int32_t* __restrict__ q_pids,
+    rank_queries_kernel(const scalar_t* __restrict__ dist, int64_t row_stride, int num_g,
+                        const int32_t* __restrict__ q_pids,
                         const int32_t* __restrict__ q_cams, const int32_t* __restrict__ g_pids,
                         const int32_t* __restrict__ g_cams, const int64_t* __restrict__ by_id_index,
                         const int64_t* __restrict__ group_begin, const int64_t* __restrict__ group_end,
@@ -45,11 +53,12 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int match_j[kMaxMatches];
   __shared__ scalar_t sorted_d[kMaxMatches];
   __shared__ int sorted_j[kMaxMatches];
+  __shared__ uint64_t sorted_key[kUsesKeys<scalar_t> ? kMaxMatches : 1];  // float rows: order_key of sorted_*
   __shared__ int hist[kMaxMatches + 1];  // + 1: a NaN among the matches can send an item to bin p (row discarded)
   __shared__ int num_matches;
 
   const int64_t q = blockIdx.x;
-  const scalar_t* row = dist + q * num_g;
+  const scalar_t* row = dist + q * row_stride;
   const int32_t q_pid = q_pids[q], q_cam = q_cams[q];
   if (threadIdx.x == 0) num_matches = 0;
   __syncthreads();
@@ -87,6 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < p; ++k) pos += ordered_before(match_d[k], int64_t(match_j[k]), d, int64_t(j));
     sorted_d[pos] = d;
     sorted_j[pos] = j;
+    if constexpr (kUsesKeys<scalar_t>) sorted_key[pos] = order_key(d, j);
   }
   for (int i = threadIdx.x; i < p; i += kThreads) hist[i] = 0;
   __syncthreads();
@@ -95,6 +105,7 @@ __global__ void __launch_bounds__(kThreads)
   // before the last match. Items past the row's end load as the query's own id, which counts for nothing.
   const scalar_t last_d = sorted_d[p - 1];
   const int64_t last_j = sorted_j[p - 1];
+  [[maybe_unused]] const uint64_t last_key = kUsesKeys<scalar_t> ? sorted_key[p - 1] : 0;
   int before_first = 0;  // the most common bin, kept in a register to spare the shared atomics
   bool nan_seen = false;
   for (int base = threadIdx.x; base < num_g; base += kUnroll * kThreads) {
@@ -111,13 +122,18 @@ __global__ void __launch_bounds__(kThreads)
     for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * kThreads;
       nan_seen |= d[u] != d[u];
-      if (ordered_before(d[u], int64_t(j), last_d, last_j) & is_kept_non_match(g[u], q_pid, ap_mode)) {
-        const int pos = matches_before(sorted_d, sorted_j, p, d[u], j);
-        if (pos == 0)
-          ++before_first;
-        else
-          atomicAdd(&hist[pos], 1);
+      int pos = -1;  // matches ordered before the item, if it is a kept non-match before the last match
+      if constexpr (kUsesKeys<scalar_t>) {
+        const uint64_t key = order_key(d[u], j);
+        if ((key < last_key) & is_kept_non_match(g[u], q_pid, ap_mode)) pos = keys_before(sorted_key, p, key);
+      } else {
+        if (ordered_before(d[u], int64_t(j), last_d, last_j) & is_kept_non_match(g[u], q_pid, ap_mode))
+          pos = matches_before(sorted_d, sorted_j, p, d[u], j);
       }
+      if (pos == 0)
+        ++before_first;
+      else if (pos > 0)
+        atomicAdd(&hist[pos], 1);
     }
   }
   if (before_first) atomicAdd(&hist[0], before_first);
@@ -170,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cuda", [&] {
     rank_queries_kernel<scalar_t><<<static_cast<unsigned>(num_q), kThreads, 0, stream>>>(
-        dist.const_data_ptr<scalar_t>(), static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
+        dist.const_data_ptr<scalar_t>(), a.row_stride, static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
         q_camids.const_data_ptr<int32_t>(), g_pids.const_data_ptr<int32_t>(), g_camids.const_data_ptr<int32_t>(),
         by_id_index.const_data_ptr<int64_t>(), group_begin.const_data_ptr<int64_t>(),
         group_end.const_data_ptr<int64_t>(), ap_mode, ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(),

@@ -46,6 +46,7 @@ inline void check_inputs(const at::Tensor& dist, const at::Tensor& q_pids, const
 struct RankArgs {
   int ap_mode;
   int64_t num_q, num_g;
+  int64_t row_stride;  // elements from one row of dist to the next (>= num_g: rows may be padded)
   at::Tensor dist, q_pids, q_camids, g_pids, g_camids;
   at::Tensor ap, inp, first_hit, num_matches;  // outputs, (Q,) each
 
@@ -60,7 +61,12 @@ inline RankArgs prepare(const at::Tensor& dist, const at::Tensor& q_pids, const 
   check_inputs(dist, q_pids, q_camids, g_pids, g_camids, device);
   RankArgs a;
   a.ap_mode = parse_ap_mode(ap_mode);
-  a.dist = dist.contiguous();
+  // Rows may be padded (row stride above G) as long as a row's items are adjacent: rank_eval's feature tiles pad
+  // their rows so that the GEMM writes aligned rows, and are ranked through a view without a copy.
+  const bool rows_dense = dist.size(1) <= 1 || dist.stride(1) == 1;
+  const bool rows_apart = dist.size(0) <= 1 || dist.stride(0) >= dist.size(1);
+  a.dist = rows_dense && rows_apart ? dist : dist.contiguous();
+  a.row_stride = a.dist.size(0) <= 1 ? a.dist.size(1) : a.dist.stride(0);
   a.q_pids = q_pids.contiguous();
   a.q_camids = q_camids.contiguous();
   a.g_pids = g_pids.contiguous();
