@@ -7,8 +7,10 @@
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
 //             raises through at::globalContext().alertNotDeterministic, as grid_sample's CUDA backward does.
 //   grad_H  : each thread's 9 contributions are summed over its block (warp shuffles, then 9 lanes over the warps'
-//             partials), each block writes its 9 partial sums to its own slot, and the slots are summed per sample
-//             afterwards: no atomics, deterministic.
+//             partials), each block writes its 9 partial sums to its own slot, and the sample's last block to
+//             finish (an integer counter per sample) sums the slots in slot order: deterministic, and no separate
+//             reduction kernel (the first H100 profile: 17.5 us for one over 128 slots per sample, beside an 84 us
+//             backward kernel).
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -151,7 +153,9 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
                                            const scalar_t* __restrict__ img,
                                            const at::opmath_type<scalar_t>* __restrict__ H,
                                            at::opmath_type<scalar_t>* __restrict__ grad_img,
-                                           at::opmath_type<scalar_t>* __restrict__ grad_h_partial, Geometry g) {
+                                           at::opmath_type<scalar_t>* __restrict__ grad_h_partial,
+                                           int* __restrict__ blocks_done, at::opmath_type<scalar_t>* __restrict__ grad_h,
+                                           Geometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads / 32][9];
   const int64_t n = blockIdx.y;
@@ -200,7 +204,20 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
       }
     }
   }
-  if (kNeedH) block_sum9(contrib, shared, grad_h_partial + (n * gridDim.x + blockIdx.x) * 9);
+  if (kNeedH) {
+    acc_t* slots = grad_h_partial + n * gridDim.x * 9;
+    block_sum9(contrib, shared, slots + blockIdx.x * 9);
+    __shared__ bool last;
+    if (threadIdx.x < 9) __threadfence();  // the slot is visible to every block before this one counts as done
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(blocks_done + n, 1) == static_cast<int>(gridDim.x) - 1;
+    __syncthreads();
+    if (last && threadIdx.x < 9) {
+      acc_t sum = 0;
+      for (unsigned b = 0; b < gridDim.x; ++b) sum += __ldcg(slots + b * 9 + threadIdx.x);  // from L2, not L1
+      grad_h[n * 9 + threadIdx.x] = sum;
+    }
+  }
 }
 
 dim3 launch_grid(int64_t N, int64_t points) {
@@ -239,9 +256,12 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
   const c10::cuda::CUDAGuard guard(a.img.device());
   const int64_t N = a.img.size(0), points = a.grad_out.size(2) * a.grad_out.size(3);
   const dim3 blocks = a.empty ? dim3(1, 1) : launch_grid(N, points);
-  // Every block writes its own slot, so the slots need no clearing (one memset launch fewer) unless no kernel runs.
-  const std::vector<int64_t> slots = {N, need_h ? static_cast<int64_t>(blocks.x) : 0, 9};
-  at::Tensor partial = a.empty ? at::zeros(slots, a.H.options()) : at::empty(slots, a.H.options());
+  // Every block writes its own slot, so the slots need no clearing; the counters of finished blocks do.
+  const std::vector<int64_t> slots = {N, need_h && !a.empty ? static_cast<int64_t>(blocks.x) : 0, 9};
+  at::Tensor partial = at::empty(slots, a.H.options());
+  at::Tensor blocks_done = at::zeros({need_h && !a.empty ? N : 0}, a.H.options().dtype(at::kInt));
+  at::Tensor grad_H = !need_h ? at::empty({0}, a.H.options())
+                      : a.empty ? at::zeros({N, 3, 3}, a.H.options()) : at::empty({N, 3, 3}, a.H.options());
   if (!a.empty) {
     const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
     auto stream = c10::cuda::getCurrentCUDAStream();
@@ -253,22 +273,23 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
       const acc_t* hp = a.H.const_data_ptr<acc_t>();
       acc_t* gip = need_img ? a.grad_img_acc.mutable_data_ptr<acc_t>() : nullptr;
       acc_t* pp = partial.mutable_data_ptr<acc_t>();
+      int* done = blocks_done.mutable_data_ptr<int>();
+      acc_t* gh = need_h ? grad_H.mutable_data_ptr<acc_t>() : nullptr;
       dispatch_channels(g.C, [&](auto channels) {
         constexpr int kC = decltype(channels)::value;
         if (need_img && need_h)
           homography_backward_kernel<scalar_t, true, true, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
-                                                                                                pp, g);
+                                                                                                pp, done, gh, g);
         else if (need_img)
           homography_backward_kernel<scalar_t, true, false, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
-                                                                                                 pp, g);
+                                                                                                 pp, done, gh, g);
         else
           homography_backward_kernel<scalar_t, false, true, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
-                                                                                                 pp, g);
+                                                                                                 pp, done, gh, g);
       });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  at::Tensor grad_H = need_h ? partial.sum(1).view({N, 3, 3}) : at::empty({0}, a.H.options());
   return {finish_grad_img(a), grad_H};
 }
 
