@@ -4,12 +4,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/autograd.h>
 
-#include "reidfast/rank_math.h"
-
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -152,45 +149,6 @@ void check_rank_summary() {
   expect_close("rank_summary vs hand count", op.call(ap, inp, first, count, 5), want, 1e-15);
 }
 
-// The CUDA kernel's float keys (rank_math.h order_key, keys_before) against the (distance, index) order they
-// replace, over values where bit tricks go wrong: signed zeros, negatives, denormals, infinities, exact ties.
-void check_order_keys() {
-  const float inf = std::numeric_limits<float>::infinity(), tiny = std::numeric_limits<float>::denorm_min();
-  const std::vector<float> values{-inf, -3.5f, -1.0f, -tiny, -0.0f, 0.0f, tiny, 1e-30f, 0.5f, 1.0f, 2.0f, 3e38f, inf};
-  std::vector<std::pair<float, int32_t>> items;
-  for (size_t a = 0; a < values.size(); ++a)
-    for (int32_t j : {0, 1, 7, 1 << 20, (1 << 30) + 5}) items.emplace_back(values[a], j);
-  int wrong_order = 0;
-  for (const auto& x : items)
-    for (const auto& y : items) {
-      const bool want = reidfast::rank::ordered_before(x.first, int64_t(x.second), y.first, int64_t(y.second));
-      wrong_order += (reidfast::rank::order_key(x.first, x.second) < reidfast::rank::order_key(y.first, y.second)) != want;
-    }
-  std::printf("%-55s %d wrong %s\n", "order_key vs ordered_before", wrong_order, wrong_order ? "FAIL" : "ok");
-  if (wrong_order) ++failures;
-
-  // keys_before vs matches_before for every prefix length p of a sorted match list (every step count of the search)
-  std::vector<std::pair<float, int32_t>> matches(items.begin(), items.begin() + 40);
-  std::sort(matches.begin(), matches.end(), [](const auto& x, const auto& y) {
-    return reidfast::rank::ordered_before(x.first, int64_t(x.second), y.first, int64_t(y.second));
-  });
-  std::vector<float> md;
-  std::vector<int64_t> mj;
-  std::vector<uint64_t> keys;
-  for (const auto& m : matches) {
-    md.push_back(m.first);
-    mj.push_back(m.second);
-    keys.push_back(reidfast::rank::order_key(m.first, m.second));
-  }
-  int wrong_count = 0;
-  for (int p = 0; p <= static_cast<int>(matches.size()); ++p)
-    for (const auto& x : items)
-      wrong_count += reidfast::rank::keys_before(keys.data(), p, reidfast::rank::order_key(x.first, x.second)) !=
-                     reidfast::rank::matches_before(md.data(), mj.data(), p, x.first, int64_t(x.second));
-  std::printf("%-55s %d wrong %s\n", "keys_before vs matches_before", wrong_count, wrong_count ? "FAIL" : "ok");
-  if (wrong_count) ++failures;
-}
-
 // The grid homography_warp samples at, built from ATen ops: H applied to affine_grid's base coordinates, with the
 // horizon rule of homography_math.h.
 at::Tensor homography_grid_aten(const at::Tensor& H, int64_t out_h, int64_t out_w, bool align_corners) {
@@ -252,7 +210,6 @@ int main() {
   check_rank(false);
   check_rank(true);
   check_rank_summary();
-  check_order_keys();
   for (int64_t padding = 0; padding < 3; ++padding)
     for (bool align : {false, true}) check_homography(padding == 1, padding, align);
   if (failures) {

@@ -536,9 +536,8 @@ def test_strict_precision_restores_the_global_setting():
 
 
 def special_values_protocol():
-    """Distances drawn from signed zeros, negatives (euclidean feature rows are |g|^2 - 2 q.g), denormals and
-    infinities: the CUDA kernel orders float rows by integer keys made from the IEEE bits (rank_math.h order_key),
-    where -0 and +0 must be one distance (ties by index)."""
+    """Distances drawn from signed zeros (one distance: ties by index), negatives (euclidean feature rows are
+    |g|^2 - 2 q.g), denormals and infinities."""
     values = torch.tensor([-math.inf, -2.5, -1e-40, -0.0, 0.0, 1e-40, 0.75, 3e38, math.inf])
     _, qp, gp, qc, gc = random_protocol(64, 1031, 12, 3, seed=22)
     g = torch.Generator().manual_seed(22)

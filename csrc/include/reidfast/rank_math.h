@@ -9,7 +9,6 @@
 #pragma once
 #include <c10/macros/Macros.h>
 #include <cstdint>
-#include <cstring>
 
 namespace reidfast {
 namespace rank {
@@ -57,38 +56,6 @@ C10_HOST_DEVICE inline int matches_before(const T* match_d, const Index* match_j
       hi = mid;
   }
   return lo;
-}
-
-// float rows, on CUDA: an item's place in the gallery order as one 64-bit key, so that ordering two items is one
-// integer comparison instead of ordered_before's float and index comparisons (the counting pass is bound by
-// instructions, not memory, when most items precede the last match). The high half is the distance's IEEE bits
-// made monotone (sign bit set for positives, all bits flipped for negatives; -0 is first made +0, which it equals
-// under ordered_before), the low half the gallery index (>= 0, < 2^31).
-//   order_key(a, i) < order_key(b, j)  <=>  ordered_before(a, i, b, j)   for non-NaN a, b
-// A NaN gets some key; rows holding one are discarded by a separate check.
-C10_HOST_DEVICE inline uint64_t order_key(float d, int32_t j) {
-  const float canonical = d == 0.0f ? 0.0f : d;
-#ifdef __CUDA_ARCH__
-  uint32_t bits = __float_as_uint(canonical);
-#else
-  uint32_t bits;
-  std::memcpy(&bits, &canonical, sizeof(bits));
-#endif
-  bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(j);
-}
-
-// matches_before on keys (p sorted keys): how many are below `key`, by binary lifting, which takes the same
-// number of steps for every item (no divergence between the threads of a warp, no unpredictable loop exit).
-C10_HOST_DEVICE inline int keys_before(const uint64_t* sorted_keys, int p, uint64_t key) {
-  int step = 1;
-  while (2 * step <= p) step *= 2;
-  int count = 0;
-  for (; step > 0; step >>= 1) {
-    const int next = count + step;
-    count = (next <= p && sorted_keys[next - 1] < key) ? next : count;
-  }
-  return count;
 }
 
 // The AP contribution of the k-th match (1-based) at 0-based rank r, before dividing by P.
