@@ -59,7 +59,8 @@ bool plane_fits_int32(const Geometry& g) {
 
 // One tile of one output row: the projected points, and each point's four taps (offsets relative to a channel's
 // base, weights, and 0/1 masks). Taps outside the image have offset 0 and weight and mask 0, so the channel loops
-// run without branches. The projection's flags and the padding's derivatives serve the backward.
+// run without branches; they read the pixel at offset 0 through tap_value, which keeps its value out. The
+// projection's flags and the padding's derivatives serve the backward.
 template <typename T, typename Off>
 struct Tile {
   T x[kTile];
@@ -218,6 +219,15 @@ void for_each_block(TileBlock<T, Off>& b, int capacity, FillTile<T, Off> fill, c
   if (b.count > 0) process(b);
 }
 
+// A tap's value: the pixel where the tap is inside the image (mask 1), else 0. Offset 0, where outside taps point,
+// is a real pixel: multiplying it by a zero weight instead would turn every outside tap into NaN when that pixel
+// is NaN or infinite, where the reference (grid_sample) and the CUDA kernels add nothing. A select, not a branch.
+template <typename T, typename scalar_t, typename Off>
+C10_ALWAYS_INLINE T tap_value(const scalar_t* s, Off o, T mask) {
+  const T v = static_cast<T>(s[o]);
+  return mask != T(0) ? v : T(0);
+}
+
 // The forward on channel-planar images (NCHW): one channel at a time over a tile's points, so that each output
 // run is contiguous and the loop over the points vectorizes (the taps become gathers in the AVX2 build).
 // Point-major order (channels_last) writes to C planes per point instead: at 64 channels the forward took twice as
@@ -226,8 +236,9 @@ template <typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void sample_channel(const Tile<T, Off>& t, const scalar_t* __restrict__ s,
                                       scalar_t* __restrict__ d) {
   for (int64_t j = 0; j < t.n; ++j)
-    d[j] = static_cast<scalar_t>(t.w0[j] * static_cast<T>(s[t.off0[j]]) + t.w1[j] * static_cast<T>(s[t.off1[j]]) +
-                                 t.w2[j] * static_cast<T>(s[t.off2[j]]) + t.w3[j] * static_cast<T>(s[t.off3[j]]));
+    d[j] = static_cast<scalar_t>(
+        t.w0[j] * tap_value(s, t.off0[j], t.m0[j]) + t.w1[j] * tap_value(s, t.off1[j], t.m1[j]) +
+        t.w2[j] * tap_value(s, t.off2[j], t.m2[j]) + t.w3[j] * tap_value(s, t.off3[j], t.m3[j]));
 }
 
 // src, dst: the sample's first channel plane in the image and in the output.
@@ -280,11 +291,12 @@ void sample_tile_point_major(const Tile<T, Off>& t, const scalar_t* src, scalar_
   for (int64_t j = 0; j < t.n; ++j) {
     const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
     const T w0 = t.w0[j], w1 = t.w1[j], w2 = t.w2[j], w3 = t.w3[j];
+    const T m0 = t.m0[j], m1 = t.m1[j], m2 = t.m2[j], m3 = t.m3[j];
     const scalar_t* s = src;
     scalar_t* d = dst + j * g.out_sw;
     for (int64_t c = 0; c < g.C; ++c, s += g.in_sc, d += g.out_sc) {
-      *d = static_cast<scalar_t>(w0 * static_cast<T>(s[o0]) + w1 * static_cast<T>(s[o1]) + w2 * static_cast<T>(s[o2]) +
-                                 w3 * static_cast<T>(s[o3]));
+      *d = static_cast<scalar_t>(w0 * tap_value(s, o0, m0) + w1 * tap_value(s, o1, m1) + w2 * tap_value(s, o2, m2) +
+                                 w3 * tap_value(s, o3, m3));
     }
   }
 }
@@ -338,18 +350,19 @@ void backward_tile_point_major(Tile<T, Off>& t, const scalar_t* go, const scalar
       if (need_h) {
         const scalar_t* s = src + c * g.in_sc;
         T vx, vy;
-        grid::interpolate_grad_xy(k, m0 * static_cast<T>(s[o0]), m1 * static_cast<T>(s[o1]),
-                                  m2 * static_cast<T>(s[o2]), m3 * static_cast<T>(s[o3]), &vx, &vy);
+        grid::interpolate_grad_xy(k, tap_value(s, o0, m0), tap_value(s, o1, m1), tap_value(s, o2, m2),
+                                  tap_value(s, o3, m3), &vx, &vy);
         dpx += v * vx;
         dpy += v * vy;
       }
       if (gsrc) {
         T* gs = gsrc + c * g.in_sc;
-        // Taps outside the image have weight 0 and offset 0: adding 0 there is harmless.
-        gs[o0] += v * w0;
-        gs[o1] += v * w1;
-        gs[o2] += v * w2;
-        gs[o3] += v * w3;
+        // Taps outside the image have weight 0 and offset 0: they add 0 there (a select, so that a NaN or
+        // infinite gradient at an outside point does not reach the pixel at offset 0 as 0 * v).
+        gs[o0] += m0 != T(0) ? v * w0 : T(0);
+        gs[o1] += m1 != T(0) ? v * w1 : T(0);
+        gs[o2] += m2 != T(0) ? v * w2 : T(0);
+        gs[o3] += m3 != T(0) ? v * w3 : T(0);
       }
     }
     t.dpx[j] = dpx;

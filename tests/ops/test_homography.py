@@ -215,6 +215,42 @@ def test_horizon_rule_gives_finite_values_and_gradients(backend, padding):
         torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_nan_or_infinite_pixel_stays_where_it_is(backend, channels_last):
+    # Pixel (0, 0) NaN, pixel (0, 1) infinite: points whose taps are inside the image but away from them, and points
+    # outside the image, must not see them (the CPU kernel's outside taps point at offset 0 with weight 0, and
+    # 0 * NaN is NaN). The shift by half the image keeps every inside tap away from the top-left corner.
+    img = torch.randn(2, 3, 8, 10, dtype=torch.float64)
+    img[:, :, 0, 0] = math.nan
+    img[:, :, 0, 1] = math.inf
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+    H = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64).repeat(2, 1, 1)
+    for padding in ("zeros", "border"):
+        a, h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        y = warp(backend, a, h, (6, 9), padding, False)
+        assert torch.isfinite(y).all()
+        if padding == "zeros":
+            assert (y == 0).any()  # some points are outside the image
+        b, h2 = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        y_ref = reference.homography_warp(b, h2, (6, 9), padding, False)
+        torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
+        if padding != "zeros":  # border: every point reads the image, whose bad pixels are not all avoided
+            continue
+        gy = torch.randn_like(y)
+        gi, gh = torch.autograd.grad(y, [a, h], gy, retain_graph=True)
+        want = torch.autograd.grad(y_ref, [b, h2], gy, retain_graph=True)
+        assert torch.isfinite(gi).all() and torch.isfinite(gh).all()
+        torch.testing.assert_close(gi, want[0], atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(gh, want[1], atol=1e-8, rtol=1e-8)
+        # A NaN gradient at a point outside the image reaches no pixel (its grad_H is NaN, as the reference's).
+        gy[:, :, -1, -1] = math.nan
+        (gi,) = torch.autograd.grad(y, [a], gy)
+        assert torch.isfinite(gi).all()
+        torch.testing.assert_close(gi, torch.autograd.grad(y_ref, [b], gy)[0], atol=1e-9, rtol=1e-9)
+
+
 @needs_ext
 def test_half_precision_images_on_cpu_kernels():
     img = torch.randn(2, 3, 9, 8)
