@@ -15,12 +15,17 @@ from ..data import decode_mask
 from ..train.images import save_image_grid
 from .common import load_images
 
+# One grid column per code: beyond a few hundred the picture is no longer a picture, and every image's M adapted
+# copies are made at once (100000 codes ran out of memory).
+MAX_CODES = 256
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--image", nargs="+", required=True, metavar="IMG", help="source-domain image file(s)")
     parser.add_argument("--mask", nargs="+", default=None, metavar="PNG",
                         help="binary human mask per image, in the order of --image (default: all foreground)")
-    parser.add_argument("--codes", type=int, default=4, metavar="M", help="spatial codes per image (default 4)")
+    parser.add_argument("--codes", type=int, default=4, metavar="M",
+                        help=f"spatial codes per image, one grid column each (default 4, at most {MAX_CODES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the spatial codes (default 0)")
 
 
@@ -42,8 +47,8 @@ def _masks(paths, count: int, size, device) -> torch.Tensor:
 
 def generate(method, cfg: dict, args, out: Path, device: torch.device) -> list[Path]:
     from ..train.sagan import AdaptStage, _adapt_method
-    if args.codes < 1:
-        raise ValueError(f"--codes must be at least 1, got {args.codes}")
+    if not 1 <= args.codes <= MAX_CODES:
+        raise ValueError(f"--codes must be between 1 and {MAX_CODES} (one grid column per code), got {args.codes}")
     if not isinstance(method, AdaptStage):  # the run folder's checkpoint is the re-id stage's: find the adapt stage
         run_dir = Path(args.checkpoint)
         run_dir = run_dir if run_dir.is_dir() else run_dir.parent

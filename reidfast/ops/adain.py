@@ -1,6 +1,8 @@
 """`adain`: adaptive instance normalization + activation + skip connection, fused (DG-Net's decoder ResBlocks)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from . import _backend, _extension, reference
@@ -15,7 +17,7 @@ if _extension.has_cpu_kernels():
     _forward_op = torch.ops.reidfast.adain_forward.default  # looked up once, not per call
 
 
-def _check(x, weight, bias, residual, activation, eps):
+def _check(x, weight, bias, residual, activation, negative_slope, eps):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"adain: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -43,6 +45,9 @@ def _check(x, weight, bias, residual, activation, eps):
             raise ValueError(f"adain: residual is on {residual.device} but x is on {x.device}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"adain: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    for name, value in (("negative_slope", negative_slope), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"adain: {name} must be a real number, got {type(value).__name__} {value!r}")
     if not eps >= 0:
         raise ValueError(f"adain: eps must be >= 0, got {eps}")
 
@@ -66,7 +71,7 @@ def adain(
     Differentiable in x, weight, bias and residual, with one fused backward kernel.
     The semantics are `reidfast.ops.reference.adain`.
     """
-    _check(x, weight, bias, residual, activation, eps)
+    _check(x, weight, bias, residual, activation, negative_slope, eps)
     backend = _backend.resolve("adain", x.device)
     if backend == "reference":
         return reference.adain(x, weight, bias, residual, activation, negative_slope, eps)

@@ -223,6 +223,8 @@ def test_empty_spatial_size_is_an_error_free_no_op():
         (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"residual": torch.randn(2, 3, 4, 5)}), ValueError, "residual must have the shape"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"residual": torch.randn(2, 3, 4, 4).double()}), TypeError, "residual must have x's dtype"),
         (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"eps": -1.0}), ValueError, "eps must be >= 0"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"eps": "1e-5"}), TypeError, "eps must be a real number, got str"),
+        (lambda: (torch.randn(2, 3, 4, 4), torch.ones(2, 3), torch.zeros(2, 3), {"negative_slope": None}), TypeError, "negative_slope must be a real number"),
     ],
 )
 def test_bad_input_gives_clear_error(make, exc, words):

@@ -186,7 +186,7 @@ def test_reid_stage_without_a_translated_dataset_says_what_to_do(tiny_root, doma
     assert "no translated dataset" in capsys.readouterr().err
 
 
-def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
+def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path, capsys):
     from reidfast.eval.__main__ import main as eval_main
     from reidfast.generate.__main__ import main as generate_main
     summary = tmp_path / "summary.json"
@@ -222,6 +222,9 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path):
                           "--device", "cpu", "--out", str(out)]) == 2
     assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), str(image), "--mask",
                           str(mask), "--device", "cpu", "--out", str(out)]) == 2  # one mask per image
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--codes", "100000",
+                          "--device", "cpu", "--out", str(out)]) == 2  # refused, not an out-of-memory crash
+    assert "--codes must be between 1 and 256" in capsys.readouterr().err
 
 
 # --- the adaptation step in isolation --------------------------------------------------------------------------------
