@@ -33,7 +33,7 @@ from .pose import (FLIP_PERMUTATION, LEFT_RIGHT_PAIRS, OPENPOSE_18, flip_heatmap
 from .masks import MaskNotFoundError, MaskReader, decode_mask
 from .samplers import (BatchedSampler, IdentityBalancedBatchSampler, SameIdentityPairSampler, ShuffledBatchSampler,
                        UnpairedDomainSampler, VerificationPairSampler)
-from .loader import DomainPairDataset, ImageDataset, decode_image, error_message, make_loader
+from .loader import PATH_ERRORS, DomainPairDataset, ImageDataset, decode_image, error_message, make_loader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, denormalize, normalize, to_float
 
 __all__ = [
@@ -47,6 +47,6 @@ __all__ = [
     "flip_heatmaps",
     "MaskReader", "MaskNotFoundError", "decode_mask",
     "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler", "VerificationPairSampler", "UnpairedDomainSampler",
-    "ImageDataset", "DomainPairDataset", "decode_image", "error_message", "make_loader",
+    "ImageDataset", "DomainPairDataset", "decode_image", "error_message", "make_loader", "PATH_ERRORS",
     "BatchAugment", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

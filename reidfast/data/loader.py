@@ -37,10 +37,17 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), original
 
 
+# A path that is a file where a folder is needed (or the reverse), or not writable: a command line reports these
+# as "error:" lines (e.g. an --out that names a file), not tracebacks.
+PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def error_message(exc: BaseException) -> str:
     """An error's message for a command line's "error:" line. An error raised in a DataLoader worker reaches the
     main process with the worker's traceback in its message; its last line is the original message (e.g. a bad
     image file, named), which is what is returned then."""
+    if isinstance(exc, PATH_ERRORS) and exc.filename:  # "[Errno 20] Not a directory: 'x'" -> which path, and why
+        return f"{exc.filename}: {exc.strerror.lower() if exc.strerror else exc}"
     message = str(exc)
     if "Original Traceback" in message:
         lines = [line for line in message.splitlines() if line.strip()]

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Exit status 0, or 2 with one "error:" line for bad input (a missing or unreadable file, labels that do not
     match the features, a folder without a checkpoint, a dataset that is not there)."""
-    from ..data import DatasetNotFoundError, error_message
+    from ..data import PATH_ERRORS, DatasetNotFoundError, error_message
     from ..train.checkpoint import CheckpointError
     args = build_parser().parse_args(argv)
     mode = next(name for name in MODES if getattr(args, name, None))
@@ -87,17 +87,18 @@ def main(argv=None) -> int:
             raise ValueError("--precision fast: applies to distances computed from features, not to --rerank or "
                              "--verifier-topk")
         result = MODES[mode](args)
-    except (CheckpointError, DatasetNotFoundError, ValueError, TypeError) as exc:  # FeatureFileError is a ValueError
+        title = f"{args.features or args.checkpoint}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
+        if args.checkpoint and args.verifier_topk:
+            title += f" (top {args.verifier_topk} re-scored by the verifier)"
+        print(format_table(result, title))
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)  # as --export and --ranked-list do
+            path.write_text(json.dumps({**metrics_dict(result), "rerank": bool(args.rerank)}, indent=1))
+    # FeatureFileError is a ValueError; PATH_ERRORS: an output path that names a file where a folder goes, say
+    except (CheckpointError, DatasetNotFoundError, ValueError, TypeError, *PATH_ERRORS) as exc:
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
-    title = f"{args.features or args.checkpoint}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
-    if args.checkpoint and args.verifier_topk:
-        title += f" (top {args.verifier_topk} re-scored by the verifier)"
-    print(format_table(result, title))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)  # as --export and --ranked-list do
-        path.write_text(json.dumps({**metrics_dict(result), "rerank": bool(args.rerank)}, indent=1))
     return 0
 
 

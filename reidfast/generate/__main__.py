@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ..eval.trained_run import load_trained_method
-    from ..data import DatasetNotFoundError, error_message
+    from ..data import PATH_ERRORS, DatasetNotFoundError, error_message
     from ..train.checkpoint import CheckpointError
     from ..train.loop import resolve_device
     run_dir = Path(args.checkpoint)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         if method.name != args.method:
             raise ValueError(f"--checkpoint: {run_dir} is a {method.name} run, not {args.method}")
         written = _module(args.method).generate(method, cfg, args, out, device)
-    except (CheckpointError, DatasetNotFoundError, ValueError) as exc:
+    except (CheckpointError, DatasetNotFoundError, ValueError, *PATH_ERRORS) as exc:  # PATH_ERRORS: --out a file
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
     for path in written:

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ..data import DatasetNotFoundError, error_message
+from ..data import PATH_ERRORS, DatasetNotFoundError, error_message
 from .checkpoint import CheckpointError
 from .config import (LOOP_DEFAULTS, ConfigError, add_loop_arguments, check_file_values, read_config_file,
                      resolve_config)
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
         from .loop import train
         train(method, cfg)
     # ValueError: ConfigError, DatasetFormatError, and bad option values found while building the run
-    except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError) as exc:
+    # PATH_ERRORS: a path that names a file where a folder goes (--out is checked first; the dataset's cache, say)
+    except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError, *PATH_ERRORS) as exc:
         print(f"error: {error_message(exc)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:

@@ -164,6 +164,13 @@ def test_cli_json_into_a_new_folder(tmp_path):
     assert set(json.loads((tmp_path / "new" / "m.json").read_text())) >= {"rank1", "mAP", "mINP"}
 
 
+def test_cli_reports_an_output_path_under_a_file(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    (tmp_path / "taken").write_text("a file, not a folder")
+    err = _cli_error(["--features", str(tmp_path / "f.npz"), "--json", str(tmp_path / "taken" / "m.json")], capsys)
+    assert str(tmp_path / "taken") in err and ("not a directory" in err or "file exists" in err)
+
+
 def test_cli_reports_mismatched_labels(tmp_path, capsys):
     arrays = saved_arrays()
     arrays["query_cam"] = arrays["query_cam"][:-1]

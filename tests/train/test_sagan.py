@@ -225,6 +225,11 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path, ca
     assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--codes", "100000",
                           "--device", "cpu", "--out", str(out)]) == 2  # refused, not an out-of-memory crash
     assert "--codes must be between 1 and 256" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(image), "--device", "cpu",
+                          "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'taken'}: file exists" in err and "Traceback" not in err
 
 
 # --- the adaptation step in isolation --------------------------------------------------------------------------------
