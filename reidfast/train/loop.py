@@ -87,6 +87,27 @@ class _Progress:
     train_seconds: float = 0.0  # whole iterations only (data waits, evaluation and checkpoints excluded)
 
 
+# Options that never shape a network: left out when a resume's mismatch lists what differs from the checkpoint.
+_RUN_ONLY_OPTIONS = {"out", "resume", "iters", "epochs", "overwrite", "device", "workers", "threads", "log_every",
+                     "ckpt_every", "eval_every", "compile", "compile_mode", "amp", "channels_last", "cudnn_benchmark",
+                     "backend", "fused_optimizers", "run_folder", "eval_batch_size", "ap_mode", "seed", "lr",
+                     "batch_size", "preset"}
+
+
+def _mismatch_message(network: str, state: dict, cfg: dict, exc: RuntimeError) -> str:
+    """Why a checkpoint's network does not load into the one the current options built, and what to do."""
+    saved = state.get("config", {})
+    differ = [f"--{k.replace('_', '-')} {cfg[k]!r} (the checkpoint's: {saved[k]!r})" for k in sorted(cfg)
+              if k in saved and k not in _RUN_ONLY_OPTIONS and cfg[k] != saved[k]]
+    first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).splitlines()[0])
+    first = first.rstrip(".")
+    return (f"the checkpoint's {network} does not fit the network these options build ({first}). "
+            + (f"Options that differ from the checkpoint's: {', '.join(differ)}; resume with the checkpoint's "
+               "values of those that shape the network" if differ else
+               "Resume with the options the run was trained with")
+            + ", or train a new run (--out elsewhere, or --overwrite).")
+
+
 class _LossWindow:
     """The loss sums since the last log line, kept on the device (read only when logged), and the clock for the
     iterations-per-second rate."""
@@ -634,7 +655,10 @@ class Trainer:
 
     def _restore(self, method, state: dict) -> _Progress:
         for k, m in method.networks.items():
-            m.load_state_dict(state["networks"][k])
+            try:
+                m.load_state_dict(state["networks"][k])
+            except RuntimeError as exc:  # size mismatches or missing keys: options that shape the network differ
+                raise CheckpointError(_mismatch_message(k, state, self.cfg, exc)) from None
         for k, o in method.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         for k, s in method.schedulers.items():

@@ -73,6 +73,16 @@ def test_resume_of_a_moved_run_never_writes_into_the_folder_it_came_from(short_r
     assert {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()} == before
 
 
+def test_resume_with_a_different_network_width_names_the_option(short_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(short_run, run)
+    width = load_checkpoint(run / "checkpoint.pt")["config"]["backbone_width"]
+    assert main(["baseline", "--resume", str(run), "--out", str(run), "--backbone-width", str(2 * width)]) == 2
+    err = capsys.readouterr().err
+    assert "error: the checkpoint's model does not fit the network these options build" in err
+    assert f"--backbone-width {2 * width} (the checkpoint's: {width})" in err and "Traceback" not in err
+
+
 def test_truncated_checkpoint_is_a_clear_error_and_the_previous_survives(short_run, tmp_path, capsys):
     run = tmp_path / "broken"
     shutil.copytree(short_run, run)
