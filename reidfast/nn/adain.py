@@ -5,10 +5,18 @@ each forward; that mutation breaks DataParallel replicas and CUDA graphs. Here t
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
 from ..ops import adain
+from ..ops.adain import ACTIVATIONS
+
+
+def _check_count(module: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{module}: {name} must be a positive integer, got {value!r}")
 
 
 class AdaIN2d(nn.Module):
@@ -16,6 +24,15 @@ class AdaIN2d(nn.Module):
 
     def __init__(self, num_features: int, activation: str = "none", negative_slope: float = 0.2, eps: float = 1e-5):
         super().__init__()
+        # Checked here, not at the first forward deep inside a network
+        _check_count("AdaIN2d", "num_features", num_features)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"AdaIN2d: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        for name, value in (("negative_slope", negative_slope), ("eps", eps)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"AdaIN2d: {name} must be a real number, got {type(value).__name__} {value!r}")
+        if not eps >= 0:
+            raise ValueError(f"AdaIN2d: eps must be >= 0, got {eps}")
         self.num_features = num_features
         self.activation = activation
         self.negative_slope = negative_slope
@@ -40,6 +57,7 @@ class AdaINResBlock(nn.Module):
 
     def __init__(self, dim: int, activation: str = "relu", pad_mode: str = "reflect", eps: float = 1e-5):
         super().__init__()
+        _check_count("AdaINResBlock", "dim", dim)
         if pad_mode not in ("reflect", "zeros", "replicate"):
             raise ValueError(f"AdaINResBlock: pad_mode must be 'reflect', 'zeros' or 'replicate', got {pad_mode!r}")
         self.dim = dim

@@ -69,3 +69,15 @@ def test_bad_inputs():
         net(torch.randn(2, 3, 8, 8), torch.randn(2, 3))
     with pytest.raises(ValueError, match="code_dim=0"):
         HomographyTransformer(3)(torch.randn(1, 3, 8, 8), torch.randn(1, 2))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"padding_mode": "mirror"}, "padding_mode must be one of"),
+    ({"out_size": 64}, "out_size must be None or"),
+    ({"out_size": (64, 0)}, "out_size must be None or"),
+    ({"align_corners": "yes"}, "align_corners must be a bool"),
+    ({"hidden": 0}, "hidden >= 1"),
+])
+def test_bad_settings_are_refused_when_the_module_is_built(kwargs, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        HomographyTransformer(3, **kwargs)

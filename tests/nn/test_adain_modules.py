@@ -1,0 +1,31 @@
+"""reidfast.nn's AdaIN modules: what they compute against the op, and the settings they refuse when built."""
+import pytest
+import torch
+
+from reidfast import ops
+from reidfast.nn import AdaIN2d, AdaINResBlock
+
+
+def test_adain2d_is_the_op_with_its_settings():
+    g = torch.Generator().manual_seed(0)
+    x, w, b, r = (torch.randn(*shape, generator=g) for shape in ((2, 3, 5, 4), (2, 3), (2, 3), (2, 3, 5, 4)))
+    module = AdaIN2d(3, activation="lrelu", negative_slope=0.1, eps=1e-3)
+    want = ops.adain(x, w, b, r, "lrelu", 0.1, 1e-3)
+    torch.testing.assert_close(module(x, w, b, residual=r), want)
+    with pytest.raises(ValueError, match="x has 4 channels, the module was built for 3"):
+        module(torch.randn(2, 4, 5, 4), w, b)
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda: AdaIN2d(0), ValueError, "num_features must be a positive integer"),
+    (lambda: AdaIN2d(2.5), ValueError, "num_features must be a positive integer"),
+    (lambda: AdaIN2d(4, activation="gelu"), ValueError, "activation must be one of"),
+    (lambda: AdaIN2d(4, eps=-1.0), ValueError, "eps must be >= 0"),
+    (lambda: AdaIN2d(4, eps="1e-5"), TypeError, "eps must be a real number"),
+    (lambda: AdaINResBlock(0), ValueError, "dim must be a positive integer"),
+    (lambda: AdaINResBlock(4, activation="tanh"), ValueError, "activation must be one of"),
+    (lambda: AdaINResBlock(4, pad_mode="circular"), ValueError, "pad_mode must be"),
+])
+def test_bad_settings_are_refused_when_the_module_is_built(make, error, words):
+    with pytest.raises(error, match=words):
+        make()
