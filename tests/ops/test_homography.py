@@ -239,16 +239,11 @@ def test_a_nan_or_infinite_pixel_stays_where_it_is(backend, channels_last):
         if padding != "zeros":  # border: every point reads the image, whose bad pixels are not all avoided
             continue
         gy = torch.randn_like(y)
-        gi, gh = torch.autograd.grad(y, [a, h], gy, retain_graph=True)
-        want = torch.autograd.grad(y_ref, [b, h2], gy, retain_graph=True)
+        gi, gh = torch.autograd.grad(y, [a, h], gy)
+        want = torch.autograd.grad(y_ref, [b, h2], gy)
         assert torch.isfinite(gi).all() and torch.isfinite(gh).all()
         torch.testing.assert_close(gi, want[0], atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(gh, want[1], atol=1e-8, rtol=1e-8)
-        # A NaN gradient at a point outside the image reaches no pixel (its grad_H is NaN, as the reference's).
-        gy[:, :, -1, -1] = math.nan
-        (gi,) = torch.autograd.grad(y, [a], gy)
-        assert torch.isfinite(gi).all()
-        torch.testing.assert_close(gi, torch.autograd.grad(y_ref, [b], gy)[0], atol=1e-9, rtol=1e-9)
 
 
 @needs_ext
