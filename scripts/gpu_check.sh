@@ -16,6 +16,9 @@
 #                                                     files, so a slow compile costs that case only
 #   REIDFAST_TRAIN_PROFILE=1                          also profile 3 steps of each configuration and write the ops
 #                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
+#   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
+#                                                     and 5 repeats (homography and rank took 52 s instead of 156 s
+#                                                     on an H100); the rank suite keeps both scales
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
@@ -44,7 +47,9 @@ op_suites=$(echo "$only" | tr ',' '\n' | grep -v '^train$' | paste -sd, -)
 if [ -n "$op_suites" ]; then
   echo "== op benchmarks ($op_suites)"
   SECONDS=0
-  timeout 300 python bench/run.py --device cuda --only "$op_suites" --out "$stem.json" 2>&1 | tee "$stem.bench.log"
+  quick=()
+  [ "${REIDFAST_BENCH_QUICK:-0}" = 1 ] && quick=(--quick)
+  timeout 300 python bench/run.py --device cuda --only "$op_suites" "${quick[@]}" --out "$stem.json" 2>&1 | tee "$stem.bench.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "OP BENCHMARKS FAILED"; status=1; }
   echo "   op benchmarks in ${SECONDS}s"
 fi
