@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..ops import adain
-from ..ops.adain import ACTIVATIONS
+from ..ops.adain import check_settings
 
 
 def _check_count(module: str, name: str, value) -> None:
@@ -26,13 +26,7 @@ class AdaIN2d(nn.Module):
         super().__init__()
         # Checked here, not at the first forward deep inside a network
         _check_count("AdaIN2d", "num_features", num_features)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"AdaIN2d: activation must be one of {ACTIVATIONS}, got {activation!r}")
-        for name, value in (("negative_slope", negative_slope), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"AdaIN2d: {name} must be a real number, got {type(value).__name__} {value!r}")
-        if not eps >= 0:
-            raise ValueError(f"AdaIN2d: eps must be >= 0, got {eps}")
+        check_settings("AdaIN2d", activation, negative_slope, eps)
         self.num_features = num_features
         self.activation = activation
         self.negative_slope = negative_slope

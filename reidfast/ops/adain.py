@@ -43,13 +43,18 @@ def _check(x, weight, bias, residual, activation, negative_slope, eps):
             raise TypeError(f"adain: residual must have x's dtype {x.dtype}, got {residual.dtype}")
         if residual.device != x.device:
             raise ValueError(f"adain: residual is on {residual.device} but x is on {x.device}")
+    check_settings("adain", activation, negative_slope, eps)
+
+
+def check_settings(who: str, activation, negative_slope, eps) -> None:
+    """The op's non-tensor arguments (also checked by reidfast.nn.AdaIN2d when it is built); errors start with who."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"adain: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        raise ValueError(f"{who}: activation must be one of {ACTIVATIONS}, got {activation!r}")
     for name, value in (("negative_slope", negative_slope), ("eps", eps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"adain: {name} must be a real number, got {type(value).__name__} {value!r}")
+            raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__} {value!r}")
     if not eps >= 0:
-        raise ValueError(f"adain: eps must be >= 0, got {eps}")
+        raise ValueError(f"{who}: eps must be >= 0, got {eps}")
 
 
 def adain(
