@@ -6,13 +6,11 @@ so a fresh module warps by the identity.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from ..ops import homography_from_params, homography_warp
-from ..ops.reference import PADDING_MODES
+from ..ops.homography import check_settings
 
 
 class HomographyTransformer(nn.Module):
@@ -35,20 +33,11 @@ class HomographyTransformer(nn.Module):
         if bound is not None and not bound > 0:
             raise ValueError(f"HomographyTransformer: bound must be positive or None, got {bound}")
         # Checked here, not at the first warp deep inside a training step
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"HomographyTransformer: padding_mode must be one of {PADDING_MODES}, got "
-                             f"{padding_mode!r}")
-        if not isinstance(align_corners, bool):
-            raise TypeError(f"HomographyTransformer: align_corners must be a bool, got {align_corners!r}")
-        size = tuple(out_size) if isinstance(out_size, (tuple, list, torch.Size)) else None
-        if out_size is not None and (size is None or len(size) != 2 or not all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in size)):
-            raise ValueError(f"HomographyTransformer: out_size must be None or (Hout, Wout) positive integers, got "
-                             f"{out_size!r}")
+        out_size = check_settings("HomographyTransformer", out_size, padding_mode, align_corners)
         self.bound = bound
         self.in_channels = in_channels
         self.code_dim = code_dim
-        self.out_size = None if out_size is None else tuple(out_size)
+        self.out_size = out_size
         self.padding_mode = padding_mode
         self.align_corners = align_corners
         self.features = nn.Sequential(

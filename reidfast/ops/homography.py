@@ -18,18 +18,24 @@ if _extension.has_cpu_kernels():
     _forward_op = torch.ops.reidfast.homography_warp_forward.default  # looked up once, not per call
 
 
-def _check_out_size(out_size, img):
+def check_settings(who: str, out_size, padding_mode, align_corners):
+    """The warp's non-tensor arguments (also checked by reidfast.nn.HomographyTransformer when it is built); errors
+    start with who. Returns out_size as (Hout, Wout), or None."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"{who}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"{who}: align_corners must be a bool, got {type(align_corners).__name__}")
     if out_size is None:
-        return int(img.shape[2]), int(img.shape[3])
+        return None
     try:
         out_h, out_w = out_size
     except (TypeError, ValueError):
-        raise TypeError(f"homography_warp: out_size must be None or a pair (Hout, Wout), got {out_size!r}") from None
+        raise TypeError(f"{who}: out_size must be None or a pair (Hout, Wout), got {out_size!r}") from None
     for v in (out_h, out_w):
         if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, torch.SymInt)):
-            raise TypeError(f"homography_warp: out_size must hold two ints, got {out_size!r}")
+            raise TypeError(f"{who}: out_size must hold two ints, got {out_size!r}")
     if not (out_h > 0 and out_w > 0):
-        raise ValueError(f"homography_warp: out_size must be positive, got {tuple(out_size)}")
+        raise ValueError(f"{who}: out_size must be positive, got {tuple(out_size)}")
     return out_h, out_w
 
 
@@ -40,7 +46,7 @@ def check_has_pixels(img: torch.Tensor) -> None:
         raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
 
 
-def _check(img, H, padding_mode, align_corners):
+def _check(img, H):
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"homography_warp: img must be a torch.Tensor, got {type(img).__name__}")
     if img.dim() != 4:
@@ -57,10 +63,6 @@ def _check(img, H, padding_mode, align_corners):
         raise TypeError(f"homography_warp: H must be a floating-point tensor, got {H.dtype}")
     if H.device != img.device:
         raise ValueError(f"homography_warp: H is on {H.device} but img is on {img.device}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"homography_warp: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    if not isinstance(align_corners, bool):
-        raise TypeError(f"homography_warp: align_corners must be a bool, got {type(align_corners).__name__}")
 
 
 def homography_warp(
@@ -87,8 +89,9 @@ def homography_warp(
     backward does); the gradient in H is deterministic on every backend.
     The semantics are `reidfast.ops.reference.homography_warp`.
     """
-    _check(img, H, padding_mode, align_corners)
-    out_h, out_w = _check_out_size(out_size, img)
+    _check(img, H)
+    out_h, out_w = (check_settings("homography_warp", out_size, padding_mode, align_corners)
+                    or (int(img.shape[2]), int(img.shape[3])))
     backend = _backend.resolve("homography_warp", img.device)
     if backend == "reference":
         return reference.homography_warp(img, H, (out_h, out_w), padding_mode, align_corners)

@@ -74,7 +74,7 @@ def test_bad_inputs():
 @pytest.mark.parametrize("kwargs, words", [
     ({"padding_mode": "mirror"}, "padding_mode must be one of"),
     ({"out_size": 64}, "out_size must be None or"),
-    ({"out_size": (64, 0)}, "out_size must be None or"),
+    ({"out_size": (64, 0)}, "out_size must be positive"),
     ({"align_corners": "yes"}, "align_corners must be a bool"),
     ({"hidden": 0}, "hidden >= 1"),
 ])
