@@ -42,7 +42,8 @@ sys.path.insert(0, BENCH_DIR)
 
 from timing import kernel_time_ms, time_ms  # noqa: E402
 
-from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run  # noqa: E402
+from reidfast.train.config import LOOP_DEFAULTS  # noqa: E402
+from reidfast.train.loop import Run  # noqa: E402
 from reidfast.train.methods import get_method  # noqa: E402
 
 # case -> (GPU setting, CPU/quick setting): batch, image size and config overrides; "method" when the case name
@@ -206,7 +207,7 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     setting = dict(CASES[case]["cpu" if device.type == "cpu" or quick else "gpu"])
     num_classes = setting.pop("num_classes")
     start_iter = setting.pop("start_iter", 0)
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **method_cls.defaults, **setting, **CONFIGS[config_name],
+    cfg = {**LOOP_DEFAULTS, **method_cls.defaults, **setting, **CONFIGS[config_name],
            **METHOD_CONFIGS.get(method_name, {}).get(config_name, {}), "device": str(device), "pretrained": "none"}
     ops.set_backend(cfg["backend"])
     if device.type == "cuda":

@@ -53,10 +53,11 @@ _BUILD = {"baseline": [{}], "fdgan": [{"stage": 3}], "sagan": [{"current_stage":
 def _networks(name: str, num_classes: int, overrides: dict) -> dict:
     """A method's networks as its trainer builds them with the paper's settings, on the CPU, untrained."""
     from types import SimpleNamespace
-    from .train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    from .train.config import LOOP_DEFAULTS
+    from .train.loop import Run
     from .train.methods import get_method
     method_cls = get_method(name)
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **method_cls.defaults, **overrides, "pretrained": "none", "device": "cpu",
+    cfg = {**LOOP_DEFAULTS, **method_cls.defaults, **overrides, "pretrained": "none", "device": "cpu",
            "compile": False, "amp": "off", "channels_last": False}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
     return method_cls(run, SimpleNamespace(num_train_pids=num_classes)).networks

@@ -255,7 +255,6 @@ def draw_person(person: Identity, joints: dict, facing: int, x, y, canvas: _Canv
     arm_r, leg_r = 0.034 * p * ws, 0.048 * p * ws
     side_view = facing in (LEFT, RIGHT)
     near = "left" if facing == LEFT else "right"
-    far = "right" if near == "left" else "left"
     # depths: arms over the torso edges when seen from front/back; near limbs over it from the side
     depth_of = {"torso": 2.0, "head": 0.5}
     for side in ("right", "left"):

@@ -22,7 +22,7 @@ from .report import format_table, metrics_dict
 
 def evaluate_saved_features(args) -> ops.RankEvalResult:
     saved = load_features(args.features)
-    from ..train.loop import resolve_device
+    from ..device import resolve_device
     device = resolve_device(args.device)
     qf, gf = saved.query_f.to(device), saved.gallery_f.to(device)
     labels = (saved.query_label, saved.gallery_label, saved.query_cam, saved.gallery_cam)

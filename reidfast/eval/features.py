@@ -36,7 +36,7 @@ def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, i
     chunks = []
     bar = None
     if len(samples) > 10 * batch_size:  # sets that take a while (Market-1501's gallery: 124 batches of 128)
-        from ..train.progress import ProgressBar
+        from ..progress import ProgressBar
         bar = ProgressBar(len(samples), label="features ", unit="images")
     start, done = time.perf_counter(), 0
     for batch in loader:

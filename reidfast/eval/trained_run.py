@@ -9,34 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from ..train.methods import load_trained_method
 from .features import extract_features, labels, rank_features
-
-
-def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=print):
-    """(method, cfg) of a run folder's latest checkpoint (or a checkpoint file), networks in eval mode."""
-    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
-    from ..train.loop import Run
-    from ..train.methods import get_method
-    path = resolve_checkpoint(run_dir, run_dir, flag="--checkpoint")
-    state = load_checkpoint(path, flag="--checkpoint")
-    method_cls = get_method(state["method"])
-    cfg = dict(state["config"])
-    cfg.update(compile=False, channels_last=device.type == "cuda", pretrained="none", device=str(device))
-
-    # a method's constructor reads only the training set's identity count from the dataset
-    train_set = SimpleNamespace(**state["dataset"])
-    run = Run(cfg, device, 0, 1, log=lambda message: None)
-    method = method_cls(run, train_set)
-    for name, module in method.networks.items():
-        module.load_state_dict(state["networks"][name])
-        module.eval()
-    log(f"loaded {state['method']} from {path} (iteration {state['iteration']})")
-    return method, cfg
 
 
 def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str = "market",
@@ -104,7 +82,7 @@ def add_checkpoint_arguments(parser) -> None:
 
 def evaluate_checkpoint(args):
     """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
-    from ..train.loop import resolve_device
+    from ..device import resolve_device
     if args.ranked_queries < 1:  # checked before the features are extracted, not when the picture is drawn
         raise ValueError(f"--ranked-queries: must be >= 1, got {args.ranked_queries}")
     device = resolve_device(args.device)

@@ -47,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ..eval.trained_run import load_trained_method
+    from ..train.methods import load_trained_method
     from ..data import PATH_ERRORS, DatasetNotFoundError, error_message
     from ..train.checkpoint import CheckpointError
-    from ..train.loop import resolve_device
+    from ..device import resolve_device
     run_dir = Path(args.checkpoint)
     out = Path(args.out) if args.out else (run_dir if run_dir.is_dir() else run_dir.parent) / "generated"
     try:

@@ -33,12 +33,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
 from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset, reader_options
+from ..device import resolve_device
 from ..ops import _backend as ops_backend
+from ..progress import ProgressBar, format_duration
 from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
 from .config import ConfigError
 from .images import save_image_grid
-from .progress import ProgressBar, RunLog, format_duration
+from .run_log import RunLog
 
 
 class TrainingDivergedError(RuntimeError):
@@ -333,30 +335,6 @@ class ResumableBatches(Sampler):
     def __len__(self) -> int:
         return len(self.batches)
 
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The device a --device option names (auto | cpu | cuda | cuda:N), for every command line: "auto" is the GPU
-    when one is visible; a plain "cuda" is this process's local rank under torchrun, else GPU 0. A device that is
-    not there is a ValueError naming the option."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device name (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: no CUDA device is visible (use --device cpu)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name}: reidfast runs on cpu or cuda")
-    else:
-        device = torch.device("cpu")  # cpu:N names the same CPU
-    return device
 
 
 class Run:
@@ -770,9 +748,6 @@ def train(method_cls: type[Method], cfg: dict, stream=None) -> dict:
     method. Returns metrics.json's dict (None on ranks other than 0)."""
     return method_cls.run(cfg, stream)
 
-
-# the loop options' defaults, for code that builds a Run without the CLI (benchmarks)
-from .config import LOOP_DEFAULTS as LOOP_DEFAULTS_FOR_BENCH  # noqa: E402
 
 __all__ = ["Method", "TrainingDivergedError", "TrainingInterrupted", "Run", "WarmupStepSchedule", "LinearDecaySchedule",
            "Trainer", "train", "CheckpointError", "save_image_grid", "ResumableBatches"]

@@ -60,12 +60,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import (BatchedSampler, DatasetFormatError, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
+from ..data import (BatchedSampler, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
                     denormalize, get_dataset, normalize, read_market1501, reader_options)
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_adjugate, homography_warp
@@ -422,7 +420,7 @@ def _link_or_copy(src: str, dst: Path) -> None:
 def _adapt_method(folder: Path, device: torch.device):
     """The adaptation stage's method from a run folder: RUN/adapt, RUN (stages.json names the adapt folder) or a
     checkpoint file of the adapt stage."""
-    from ..eval.trained_run import load_trained_method
+    from .methods import load_trained_method
     folder = Path(folder)
     record = folder / "stages.json" if folder.is_dir() else None
     if record is not None and record.is_file() and (folder / "adapt" / LATEST).is_file():

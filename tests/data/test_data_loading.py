@@ -1,9 +1,8 @@
-import numpy as np
 import pytest
 import torch
 
 from reidfast.data import (BatchAugment, DatasetFormatError, DomainPairDataset, IdentityBalancedBatchSampler,
-                           ImageDataset, MaskReader, Sample, UnpairedDomainSampler, get_dataset, make_loader, normalize,
+                           ImageDataset, MaskReader, Sample, UnpairedDomainSampler, get_dataset, make_loader,
                            read_keypoints_csv)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reidfast.data import BatchAugment, flip_keypoints, normalize
+from reidfast.data import BatchAugment, normalize
 
 
 def batch(seed=0, b=6, h=16, w=8):

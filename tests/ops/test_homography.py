@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import ops
-from reidfast.ops import _backend, _extension, geometry, reference
+from reidfast.ops import _backend, _extension, reference
 
 HAS_CUDA = torch.cuda.is_available()
 needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")

@@ -149,8 +149,9 @@ def _method(faithful: bool, teacher_state, num_classes=4, compile=False):
 
     from reidfast.models.baseline import ReidBaseline
     from reidfast.train.dgnet import DGNet
-    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **DGNet.defaults, "height": 64, "width": 32, "backbone_width": 4,
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    cfg = {**LOOP_DEFAULTS, **DGNet.defaults, "height": 64, "width": 32, "backbone_width": 4,
            "gan_width": 0.25, "pretrained": "none", "pad": 2, "amp": "off", "compile": compile, "warm_iters": 0,
            "ramp_per_iter": 0.5, "faithful": faithful, "device": "cpu"}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
@@ -287,7 +288,7 @@ def test_generate_swaps_codes_on_any_images(short_run, tiny_root, tmp_path):
     from PIL import Image
 
     from reidfast.data import denormalize
-    from reidfast.eval.trained_run import load_trained_method
+    from reidfast.train.methods import load_trained_method
     from reidfast.generate.__main__ import main as generate_main
     from reidfast.generate.common import load_images
     appearance, structure = _test_images(tiny_root, 2), _test_images(tiny_root, 5)[2:]

@@ -154,8 +154,9 @@ def _method(stage, faithful, pairs=8, **overrides):
     from types import SimpleNamespace
 
     from reidfast.train.fdgan import FDGAN
-    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **FDGAN.defaults, "height": 64, "width": 32, "backbone_width": 4,
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    cfg = {**LOOP_DEFAULTS, **FDGAN.defaults, "height": 64, "width": 32, "backbone_width": 4,
            "gan_width": 0.125, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "device": "cpu",
            "stage": str(stage), "faithful": faithful, "batch_size": pairs, "e_lr3": 1e-3, "g_lr3": 1e-3, **overrides}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)

@@ -234,9 +234,10 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path, ca
 
 # --- the adaptation step in isolation --------------------------------------------------------------------------------
 def _adapt_method(**options):
-    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
     from reidfast.train.sagan import SAGAN
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, **SAGAN.defaults, "current_stage": "adapt", "height": 32, "width": 16,
+    cfg = {**LOOP_DEFAULTS, **SAGAN.defaults, "current_stage": "adapt", "height": 32, "width": 16,
            "batch_size": 3, "ngf": 4, "gen_blocks": 1, "ndf": 4, "stm_hidden": 4, "dt_hidden": 8, "sianet_width": 4,
            "sianet_dim": 8, "amp": "off", "compile": False, "channels_last": False, "device": "cpu", **options}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)

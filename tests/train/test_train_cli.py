@@ -159,7 +159,7 @@ def test_a_backend_without_a_ranking_kernel_still_evaluates(tiny_root, tmp_path)
 
 def test_cpu_with_an_index_is_the_cpu():
     from reidfast.train.__main__ import _runs_on_cpu
-    from reidfast.train.loop import resolve_device
+    from reidfast.device import resolve_device
     assert resolve_device("cpu:3") == torch.device("cpu")
     # the automatic preset's test (cpu:0 used to pick the paper's 256x128 full-width settings)
     assert _runs_on_cpu("cpu") and _runs_on_cpu("cpu:0") and not _runs_on_cpu("cuda:0")

@@ -32,7 +32,8 @@ def test_compiled_networks_train_like_eager_ones():
     # Run.wrap compiles a network when compile is on (the GPU default); compilation must not change the
     # mathematics: same outputs and gradients as the eager module, with the fused AdaIN op inside the graph.
     from reidfast.nn import AdaINResBlock
-    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -47,7 +48,7 @@ def test_compiled_networks_train_like_eager_ones():
     eager = Net()
     compiled_copy = Net()
     compiled_copy.load_state_dict(eager.state_dict())
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, "compile": True, "channels_last": False, "amp": "off", "device": "cpu"}
+    cfg = {**LOOP_DEFAULTS, "compile": True, "channels_last": False, "amp": "off", "device": "cpu"}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda m: None)
     assert run.compile
     compiled = run.wrap(compiled_copy)
@@ -63,8 +64,9 @@ def test_compiled_networks_train_like_eager_ones():
 def test_a_network_under_a_gradient_penalty_stays_eager_when_compile_is_on():
     # R1 / WGAN-GP differentiate a network's gradient: aot_autograd has no double backward, so Run.wrap leaves
     # such a network eager (compile on) and refuses it under DDP; its penalty then trains as the plain module does.
-    from reidfast.train.loop import LOOP_DEFAULTS_FOR_BENCH, Run
-    cfg = {**LOOP_DEFAULTS_FOR_BENCH, "compile": True, "channels_last": False, "amp": "off", "device": "cpu"}
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    cfg = {**LOOP_DEFAULTS, "compile": True, "channels_last": False, "amp": "off", "device": "cpu"}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda m: None)
     torch.manual_seed(0)
     critic = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(4, 1, 3))
