@@ -175,28 +175,39 @@ def check_file_values(parser: argparse.ArgumentParser, values: dict, source: str
                 raise ConfigError(f"{where} must be {what}, got {item!r}")
 
 
-# Ranges of numeric options by name, whichever layer set them (argparse types the flags, check_file_values the
-# config file): loss weights and multipliers may be 0 (a term off) but not negative (a term reversed).
+# The rules of numeric options by name, whichever layer set them (argparse types the flags, check_file_values the
+# config file, presets and saved configurations neither): (name pattern, integer only, test, what it must be);
+# the first pattern that matches applies. Loss weights and multipliers may be 0 (a term off) but not negative (a
+# term reversed).
 _RANGES = [
-    (re.compile(r"(_w|_mult|^margin|^weight_decay|^momentum|^ramp_per_iter)$"), lambda v: v >= 0, ">= 0"),
-    (re.compile(r"^(lr_gamma|gan_width|stm_bound|pose_sigmas)$"), lambda v: v > 0, "> 0"),
-    (re.compile(r"^(dropout|label_smoothing|adam_beta1|adam_beta2)$"), lambda v: 0 <= v < 1, "in [0, 1)"),
-    (re.compile(r"(decay_from|decay_at)$"), lambda v: 0 <= v <= 1, "a fraction of the run, in [0, 1]"),
-    (re.compile(r"^(warmup_iters|warm_iters|workers)$"), lambda v: v >= 0, ">= 0"),
-    (re.compile(r"^seed$"), lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
-    (re.compile(r"(_iters|_epochs|_batch_size|_hidden|_width|_dim|_blocks|^threads|^codes|^synthetic_ids|"
-                r"^num_negatives|^ngf|^ndf)$"), lambda v: v >= 1, ">= 1"),
+    (re.compile(r"(_w|_mult|^margin|^weight_decay|^momentum|^ramp_per_iter)$"), False, lambda v: v >= 0, ">= 0"),
+    (re.compile(r"^(lr_gamma|gan_width|stm_bound|pose_sigmas)$"), False, lambda v: v > 0, "> 0"),
+    (re.compile(r"^(dropout|label_smoothing|adam_beta1|adam_beta2)$"), False, lambda v: 0 <= v < 1, "in [0, 1)"),
+    (re.compile(r"(decay_from|decay_at)$"), False, lambda v: 0 <= v <= 1, "a fraction of the run, in [0, 1]"),
+    # lr, gen_lr, e_lr3, ...: learning rates (lr_gamma and head_lr_mult matched above)
+    (re.compile(r"(^|_)lr\d*$"), False, lambda v: v >= 0, ">= 0 (a learning rate)"),
+    (re.compile(r"^(warmup_iters|warm_iters|workers|eval_every|ckpt_every|log_every)$"), True, lambda v: v >= 0,
+     ">= 0"),
+    (re.compile(r"^seed$"), True, lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    (re.compile(r"((^|_)iters|(^|_)epochs|(^|_)batch_size|^height|^width|_hidden|_width|_dim|_blocks|^threads|^codes|"
+                r"^synthetic_ids|^num_negatives|^ngf|^ndf)$"), True, lambda v: v >= 1, ">= 1"),
 ]
 
 
 def _check_ranges(cfg: dict) -> None:
     for key, value in cfg.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
         rule = next((r for r in _RANGES if r[0].search(key)), None)
         if rule is None or value is None:
             continue
+        _, integer, test, text = rule
         for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, (int, float)) and not isinstance(item, bool) and not rule[1](item):
-                raise ConfigError(f"--{key.replace('_', '-')} must be {rule[2]}, got {value!r}")
+            number = isinstance(item, (int, float)) and not isinstance(item, bool)
+            if integer and not (number and isinstance(item, int)):
+                raise ConfigError(f"--{key.replace('_', '-')} must be an integer {text}, got {value!r}")
+            if number and not test(item):
+                raise ConfigError(f"--{key.replace('_', '-')} must be {text}, got {value!r}")
 
 
 def resolve_config(method_defaults: dict, method_presets: dict, file_values: dict, flags: dict,
@@ -226,26 +237,8 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
     if cfg.get("iters") is not None and cfg.get("epochs") is not None:
         raise ConfigError("give either iters or epochs, not both")
     cfg["preset"] = preset
-    for key in ("batch_size", "height", "width", "eval_batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("iters", "epochs"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("eval_every", "ckpt_every", "log_every"):
-        if not isinstance(cfg[key], int) or cfg[key] < 0:
-            raise ConfigError(f"{key} must be an integer >= 0, got {cfg[key]!r}")
     if cfg["amp"] not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
-    for key, value in cfg.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value}")
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if _LEARNING_RATE.search(key) and is_number and value < 0:
-            raise ConfigError(f"{key} is a learning rate and must be >= 0, got {value}")
     _check_ranges(cfg)
     return cfg
 
-
-# lr, gen_lr, e_lr3, ...: the options that are learning rates (not lr_gamma or head_lr_mult)
-_LEARNING_RATE = re.compile(r"(^|_)lr\d*$")

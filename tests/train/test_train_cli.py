@@ -1,6 +1,7 @@
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,16 +34,16 @@ def test_iters_and_epochs_exclude_each_other(capsys):
 
 def test_nonpositive_iters(tmp_path, capsys):
     assert main(["--iters", "0", "--out", str(tmp_path)]) == 2
-    assert "iters must be a positive integer" in capsys.readouterr().err
+    assert "--iters must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_nan_and_negative_options(tmp_path, capsys):
     assert main(["--lr", "nan", "--out", str(tmp_path)]) == 2
-    assert "lr must be a finite number, got nan" in capsys.readouterr().err
+    assert "--lr must be a finite number, got nan" in capsys.readouterr().err
     assert main(["dgnet", "--gen-lr", "-0.1", "--out", str(tmp_path)]) == 2
-    assert "gen_lr is a learning rate and must be >= 0, got -0.1" in capsys.readouterr().err
+    assert "--gen-lr must be >= 0 (a learning rate), got -0.1" in capsys.readouterr().err
     assert main(["dgnet", "--r1-w", "inf", "--out", str(tmp_path)]) == 2
-    assert "r1_w must be a finite number, got inf" in capsys.readouterr().err
+    assert "--r1-w must be a finite number, got inf" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -189,6 +190,20 @@ def test_layers_paper_preset_file_flags():
     with pytest.raises(ConfigError):
         resolve_config(base, Baseline.presets, {"iters": 3, "epochs": 3}, {}, True)
 
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"height": 64.0}, "--height must be an integer >= 1, got 64.0"),
+    ({"batch_size": True}, "--batch-size must be an integer >= 1, got True"),
+    ({"ckpt_every": -1}, "--ckpt-every must be >= 0, got -1"),
+    ({"log_every": "often"}, "--log-every must be an integer >= 0, got 'often'"),
+    ({"eval_batch_size": 0}, "--eval-batch-size must be >= 1, got 0"),
+    ({"lr": -0.5}, "--lr must be >= 0 (a learning rate), got -0.5"),
+])
+def test_every_layer_gets_the_range_rules(values, message):
+    """Values that no parser typed (a resumed run's saved configuration, a preset) get the flags' rules."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config(dict(Baseline.defaults), Baseline.presets, values, {}, True)
 
 def test_toml_config_is_used(tiny_root, tmp_path):
     config = tmp_path / "run.toml"
