@@ -250,10 +250,17 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     return row
 
 
-def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "") -> list[dict]:
+def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", on_row=None) -> list[dict]:
     """Rows for every method: the reference configuration, then reidfast's without and with torch.compile, plus
-    their speedups (bench/run.py)."""
+    their speedups (bench/run.py). on_row(rows) is called after each row, with the rows so far."""
     rows = []
+
+    def add(row: dict) -> None:
+        print(format_row(row), flush=True)
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows)
+
     names = methods or list(CASES)
     # The process's first measurement runs cold (thread pools, allocator, page faults): measured on the CPU, the
     # baseline, which uses no reidfast op, read 1.5x "faster" in its second configuration. One discarded run first.
@@ -261,14 +268,12 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "") 
     print(HEADER, flush=True)
     for name in names:
         ref = measure(name, "reference", device, quick, profile_dir=profile_dir)
-        print(format_row(ref), flush=True)
-        rows.append(ref)
+        add(ref)
         # no-compile before reidfast: its row is written even when the compiled first step runs past a time limit
         for config in ("no-compile", "reidfast"):
             ours = measure(name, config, device, quick, profile_dir=profile_dir)
             ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
-            print(format_row(ours), flush=True)
-            rows.append(ours)
+            add(ours)
     return rows
 
 
@@ -308,15 +313,23 @@ def main(argv=None):
         p.error(f"--method: no benchmark case for {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
-    rows = run(torch.device(args.device), args.quick, methods, args.profile)
+    # The files are rewritten after every row: a case whose compiled first step runs past a time limit still leaves
+    # its reference and no-compile rows.
+    write = (lambda rows: write_results(args.out, rows)) if args.out else None
+    rows = run(torch.device(args.device), args.quick, methods, args.profile, on_row=write)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"torch": torch.__version__, "rows": rows}, f, indent=1)
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-            f.write(markdown(rows))
         print(f"wrote {args.out}")
     return rows
+
+
+def write_results(path: str, rows: list[dict]) -> None:
+    """path (JSON) and a markdown table beside it, each replaced whole (written to a temporary name, then renamed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for target, text in ((path, json.dumps({"torch": torch.__version__, "rows": rows}, indent=1)),
+                         (os.path.splitext(path)[0] + ".md", markdown(rows))):
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(target + ".tmp", target)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 #                                                     bench/train_step.py); each runs alone under its own timeout
 #                                                     (REIDFAST_TRAIN_TIMEOUT, 300 s: FD-GAN's first compiled
 #                                                     step took over 150 s on an H100) and writes its own result
-#                                                     files, so a slow compile costs that case only
+#                                                     files, rewritten after every row: a compile that runs past
+#                                                     the limit costs that case's compiled row only
 #   REIDFAST_TRAIN_PROFILE=1                          also profile 3 steps of each configuration and write the ops
 #                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
 #   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
@@ -64,8 +65,9 @@ if echo "$only" | tr ',' '\n' | grep -qx train; then
       --out "$stem.train-$case.json" "${profile[@]}" 2>&1 | tee "$stem.train-$case.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ] && [ -s "$stem.train-$case.json" ]; then
-      # seen once on an H100: the results were written, then the process did not exit before the timeout
-      echo "   $case: results written, but the process exited with $rc (timed out after writing?)"
+      # the rows measured before the timeout are in the files (also seen once on an H100: every row written, then
+      # the process did not exit before the timeout)
+      echo "   $case: exited with $rc (timed out?); the rows measured before it are in $stem.train-$case.md"
     elif [ "$rc" -ne 0 ]; then
       echo "TRAINING BENCHMARK $case FAILED (or timed out)"; status=1
     fi
