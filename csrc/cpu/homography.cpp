@@ -73,6 +73,8 @@ struct Tile {
   T px[kTile], py[kTile];  // pixel coordinates after padding
   T tx[kTile], ty[kTile], dpx_dgx[kTile], dpy_dgy[kTile];
   T dpx[kTile], dpy[kTile];  // backward: dL/d(pixel coordinate), summed over channels
+  T live[kTile];             // 0/1: 0 where the coordinate is NaN (coordinate_is_nan), whose taps are off
+  bool any_nan;              // some point of the tile is not live
   int64_t n;                 // columns in use
 
   Projected<T> projected(int64_t j) const {
@@ -101,15 +103,21 @@ C10_ALWAYS_INLINE void fill_tile_body(Tile<T, Off>& t, const T* h, const T* xs, 
     project_parts(hl, t.x[j], y, &t.gx[j], &t.gy[j], &t.inv_w[j], &t.w_live[j], &t.gx_live[j], &t.gy_live[j]);
   }
   // grid::sample_point in two loops (pixel coordinates, then taps), each of which vectorizes
+  T dead = 0;
   for (int64_t j = 0; j < n; ++j) {
-    t.px[j] = grid::padded_pixel(t.gx[j], g.in_w, kPadding, kAlignCorners, &t.dpx_dgx[j]);
-    t.py[j] = grid::padded_pixel(t.gy[j], g.in_h, kPadding, kAlignCorners, &t.dpy_dgy[j]);
+    const bool live = !coordinate_is_nan(t.gx[j], t.gy[j]);
+    t.live[j] = live ? T(1) : T(0);
+    dead += live ? T(0) : T(1);
+    t.px[j] = grid::padded_pixel(live ? t.gx[j] : T(0), g.in_w, kPadding, kAlignCorners, &t.dpx_dgx[j]);
+    t.py[j] = grid::padded_pixel(live ? t.gy[j] : T(0), g.in_h, kPadding, kAlignCorners, &t.dpy_dgy[j]);
   }
+  t.any_nan = dead != T(0);
   const Off sh = static_cast<Off>(g.in_sh), sw = static_cast<Off>(g.in_sw);
   for (int64_t j = 0; j < n; ++j) {
     const grid::Taps<T> k = grid::bilinear_taps(t.px[j], t.py[j], g.in_w, g.in_h);
-    const bool in00 = k.in_x0 & k.in_y0, in01 = k.in_x1 & k.in_y0;
-    const bool in10 = k.in_x0 & k.in_y1, in11 = k.in_x1 & k.in_y1;
+    const bool live = t.live[j] != T(0);
+    const bool in00 = k.in_x0 & k.in_y0 & live, in01 = k.in_x1 & k.in_y0 & live;
+    const bool in10 = k.in_x0 & k.in_y1 & live, in11 = k.in_x1 & k.in_y1 & live;
     const Off o = static_cast<Off>(k.y0) * sh + static_cast<Off>(k.x0) * sw;
     t.off0[j] = in00 ? o : Off(0);
     t.off1[j] = in01 ? o + sw : Off(0);
@@ -262,6 +270,16 @@ C10_ALWAYS_INLINE void sample_channel(const Tile<T, Off>& t, const scalar_t* __r
                                  tap_weighted<kGuarded>(s, t.off3[j], t.w3[j], t.m3[j]));
 }
 
+// NaN in channels [c0, c1) of the tile's points whose coordinate is NaN (dst: the tile's first output element in
+// channel 0); their taps are off, so the sampling loops left 0 there.
+template <typename scalar_t, typename T, typename Off>
+void fill_nan_points(const Tile<T, Off>& t, scalar_t* dst, int64_t c0, int64_t c1, const Geometry& g) {
+  if (!t.any_nan) return;
+  for (int64_t j = 0; j < t.n; ++j)
+    if (t.live[j] == T(0))
+      for (int64_t c = c0; c < c1; ++c) dst[c * g.out_sc + j * g.out_sw] = std::numeric_limits<scalar_t>::quiet_NaN();
+}
+
 // src, dst: the sample's first channel plane in the image and in the output.
 template <typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void sample_block_planar_body(const TileBlock<T, Off>& b, const scalar_t* src, scalar_t* dst,
@@ -273,6 +291,7 @@ C10_ALWAYS_INLINE void sample_block_planar_body(const TileBlock<T, Off>& b, cons
         sample_channel<true>(b.tiles[k], src + c * g.in_sc, dst + c * g.out_sc + b.out_offset[k]);
       else
         sample_channel<false>(b.tiles[k], src + c * g.in_sc, dst + c * g.out_sc + b.out_offset[k]);
+      fill_nan_points(b.tiles[k], dst + b.out_offset[k], c, c + 1, g);
     }
   }
 }
@@ -356,6 +375,7 @@ void forward_kernel(const at::Tensor& img, const at::Tensor& H, at::Tensor& out,
             sample_tile_point_major<true>(b.tiles[k], src, dst + b.out_offset[k], g);
           else
             sample_tile_point_major<false>(b.tiles[k], src, dst + b.out_offset[k], g);
+          fill_nan_points(b.tiles[k], dst + b.out_offset[k], 0, g.C, g);
         }
       });
       row += r1 - r0;
@@ -437,6 +457,7 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
       for (int64_t j = 0; j < t.n; ++j) {
         acc_t a[3];
         grad_coefficients(t.projected(j), t.dpx[j] * t.dpx_dgx[j], t.dpy[j] * t.dpy_dgy[j], a);
+        if (t.live[j] == acc_t(0)) a[0] = a[1] = a[2] = std::numeric_limits<acc_t>::quiet_NaN();
         const double x = static_cast<double>(t.x[j]);
         for (int e = 0; e < 3; ++e) {
           ax[e] += static_cast<double>(a[e]) * x;

@@ -62,6 +62,7 @@ struct DevicePoint {
   grid::SamplePoint<T> sp;
   int64_t off[4];
   bool in[4];
+  bool nan;  // the coordinate is NaN (homography_math.h, coordinate_is_nan): taps off, output NaN
   T x, y;
 };
 
@@ -73,12 +74,14 @@ __device__ __forceinline__ DevicePoint<T> resolve_point(const T* __restrict__ h,
   d.y = grid::base_coordinate<T>(i, g.out_h, g.align_corners);
   const T hh[9] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]};
   d.proj = project(hh, d.x, d.y);
-  d.sp = grid::sample_point(d.proj.gx, d.proj.gy, g.in_w, g.in_h, g.padding, g.align_corners);
+  d.nan = coordinate_is_nan(d.proj.gx, d.proj.gy);
+  d.sp = grid::sample_point(d.nan ? T(0) : d.proj.gx, d.nan ? T(0) : d.proj.gy, g.in_w, g.in_h, g.padding,
+                            g.align_corners);
   const grid::Taps<T>& t = d.sp.taps;
-  d.in[0] = t.in_x0 && t.in_y0;
-  d.in[1] = t.in_x1 && t.in_y0;
-  d.in[2] = t.in_x0 && t.in_y1;
-  d.in[3] = t.in_x1 && t.in_y1;
+  d.in[0] = t.in_x0 && t.in_y0 && !d.nan;
+  d.in[1] = t.in_x1 && t.in_y0 && !d.nan;
+  d.in[2] = t.in_x0 && t.in_y1 && !d.nan;
+  d.in[3] = t.in_x1 && t.in_y1 && !d.nan;
   const int64_t o = t.y0 * g.in_sh + t.x0 * g.in_sw;
   d.off[0] = o;
   d.off[1] = o + g.in_sw;
@@ -133,7 +136,7 @@ __global__ void homography_forward_kernel(const scalar_t* __restrict__ img,
       const scalar_t* s = src + c * g.in_sc;
       const acc_t v = w[0] * tap<acc_t>(s, d.off[0], d.in[0]) + w[1] * tap<acc_t>(s, d.off[1], d.in[1]) +
                       w[2] * tap<acc_t>(s, d.off[2], d.in[2]) + w[3] * tap<acc_t>(s, d.off[3], d.in[3]);
-      dst[c * g.out_sc] = static_cast<scalar_t>(v);
+      dst[c * g.out_sc] = static_cast<scalar_t>(d.nan ? std::numeric_limits<acc_t>::quiet_NaN() : v);
     }
   }
 }
@@ -208,6 +211,7 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
     if (kNeedH) {
       acc_t a[3];
       grad_coefficients(d.proj, dpx * d.sp.dpx_dgx, dpy * d.sp.dpy_dgy, a);
+      if (d.nan) a[0] = a[1] = a[2] = std::numeric_limits<acc_t>::quiet_NaN();
 #pragma unroll
       for (int r = 0; r < 3; ++r) {
         contrib[r * 3 + 0] += a[r] * d.x;

@@ -168,6 +168,10 @@ def rank_eval(
 # kernels (csrc/include/reidfast/homography_math.h, triton/homography.py): |w| is raised to at least
 # HOMOGRAPHY_MIN_DENOMINATOR keeping its sign (w == 0 counts as positive), and the resulting normalized
 # coordinates are clamped to +-HOMOGRAPHY_MAX_COORD. Such points sample the padding; nothing becomes Inf or NaN.
+# A point whose coordinate is NaN nonetheless (H holds a NaN, or an infinity that meets a 0) samples nothing: its
+# output is NaN in every channel, it sends no gradient to the image, and its sample's gradient in H is NaN (the
+# kernels make all 9 entries NaN; autograd here, those the NaN reaches). grid_sample itself gives such points
+# values that depend on the padding mode, and its CPU backward crashed on them under "border" (torch 2.14).
 HOMOGRAPHY_MIN_DENOMINATOR = 1e-6
 HOMOGRAPHY_MAX_COORD = 1e6
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -219,5 +223,7 @@ def homography_warp(
     acc = opmath_dtype(img.dtype)
     size = tuple(img.shape[-2:]) if out_size is None else tuple(out_size)
     grid = homography_grid(H.to(acc), size, align_corners)
+    nan_point = grid.isnan().any(-1)  # (N, Hout, Wout): the NaN rule above
+    grid = grid.masked_fill(nan_point[..., None], 0.0)
     out = F.grid_sample(img.to(acc), grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners)
-    return out.to(img.dtype)
+    return out.masked_fill(nan_point[:, None], float("nan")).to(img.dtype)

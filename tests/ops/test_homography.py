@@ -246,6 +246,43 @@ def test_a_nan_or_infinite_pixel_stays_where_it_is(backend, channels_last):
         torch.testing.assert_close(gh, want[1], atol=1e-8, rtol=1e-8)
 
 
+
+def check_nan_homography_rule(backend, padding, nan_at, device="cpu", channels_last=False):
+    """Sample 0's H holds a NaN (every projected coordinate is NaN), sample 1's is finite: sample 0's output is NaN
+    in every channel, it sends no gradient to the image, its gradient in H is NaN; sample 1 is the reference's."""
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    img = torch.randn(2, 3, 5, 6, dtype=dtype, device=device)
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+    H = random_homographies(2, "near", dtype, device)
+    H[0][nan_at] = math.nan
+    a, h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+    y = warp(backend, a, h, (4, 7), padding, False)
+    assert torch.isnan(y[0]).all()
+    gy = torch.randn_like(y)
+    gi, gh = torch.autograd.grad(y, [a, h], gy)
+    assert torch.isfinite(gi).all() and (gi[0] == 0).all()
+    assert torch.isnan(gh[0]).any() and torch.isfinite(gh[1]).all()
+    # sample 1 alone through the reference
+    b, h1 = img[1:].clone().requires_grad_(True), H[1:].clone().requires_grad_(True)
+    y1 = reference.homography_warp(b, h1, (4, 7), padding, False)
+    tol = dict(atol=1e-9, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y[1:], y1, **tol)
+    want = torch.autograd.grad(y1, [b, h1], gy[1:])
+    torch.testing.assert_close(gi[1:], want[0], **tol)
+    torch.testing.assert_close(gh[1:], want[1], **(tol if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)))
+    if backend != "reference":  # the kernels' rule for the sample's whole gradient in H
+        assert torch.isnan(gh[0]).all()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + cpu_backends())
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("nan_at", [(0, 0), (2, 2)])  # in u only; in the denominator w
+def test_a_nan_in_H_gives_nan_output_and_no_image_gradient(backend, padding, nan_at):
+    # grid_sample gave padding-dependent values at NaN points, and its CPU backward crashed under "border"
+    check_nan_homography_rule(backend, padding, nan_at)
+
+
 @needs_ext
 def test_half_precision_images_on_cpu_kernels():
     img = torch.randn(2, 3, 9, 8)
@@ -589,6 +626,15 @@ def test_gpu_deterministic_mode(backend):
     finally:
         torch.use_deterministic_algorithms(prev)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gpu_nan_in_H_rule(backend, padding, channels_last):
+    check_nan_homography_rule(backend, padding, (2, 2), device="cuda", channels_last=channels_last)
+    check_nan_homography_rule(backend, padding, (0, 0), device="cuda", channels_last=channels_last)
 
 @pytest.mark.gpu
 def test_gpu_auto_picks_cuda_kernels():

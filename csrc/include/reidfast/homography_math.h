@@ -67,6 +67,15 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE Projected<T> project(const T* h, T x, T y) {
   return p;
 }
 
+// A point whose projected coordinate is NaN (H holds a NaN, or an infinity that meets a 0) samples nothing: its
+// output is NaN in every channel, it sends no gradient to the image, and its sample's grad_H is NaN. Kernels compute
+// such a point's taps at coordinate 0 and switch them off: a NaN coordinate must not reach the tap arithmetic
+// (the float-to-integer conversion of NaN is undefined). Coordinates are never infinite: project() clamps them.
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE bool coordinate_is_nan(T gx, T gy) {
+  return (gx != gx) | (gy != gy);
+}
+
 // The row coefficients (a0, a1, a2) of dL/dH = a x (x, y, 1) at one point, from dL/dg.
 template <typename T>
 C10_HOST_DEVICE inline void grad_coefficients(const Projected<T>& p, T lx, T ly, T* a) {

@@ -106,24 +106,27 @@ def _point(Hn, offs, OUT_H, OUT_W, IN_H, IN_W, PADDING: tl.constexpr, ALIGN: tl.
     # Horizon rule (homography_math.h): |w| raised to >= 1e-6 keeping its sign, coordinates clamped to +-1e6.
     eps = tl.full(w.shape, 1.0, ACC) / 1000000.0
     lim = tl.full(w.shape, 1000000.0, ACC)
-    w_live = (w >= eps) | (w <= -eps)
+    w_live = ~((w < eps) & (w > -eps))  # as homography_math.h: a NaN w stays (and makes the point NaN)
     w = tl.where(w_live, w, tl.where(w < 0.0, -eps, eps))
     inv_w = 1.0 / w
     gx = u * inv_w
     gy = v * inv_w
     gx_live = (gx >= -lim) & (gx <= lim)
     gy_live = (gy >= -lim) & (gy <= lim)
+    # NaN coordinates (homography_math.h, coordinate_is_nan): taps at coordinate 0, switched off by the kernels.
+    # Found before the clamp, whose minimum/maximum return the other operand for a NaN.
+    nan_pt = (gx != gx) | (gy != gy)
     gx = tl.minimum(tl.maximum(gx, -lim), lim)
     gy = tl.minimum(tl.maximum(gy, -lim), lim)
-    px, dpx = _pixel(gx, IN_W, PADDING, ALIGN)
-    py, dpy = _pixel(gy, IN_H, PADDING, ALIGN)
+    px, dpx = _pixel(tl.where(nan_pt, 0.0, gx), IN_W, PADDING, ALIGN)
+    py, dpy = _pixel(tl.where(nan_pt, 0.0, gy), IN_H, PADDING, ALIGN)
     fx = tl.floor(px)
     fy = tl.floor(py)
     x0 = fx.to(tl.int32)
     y0 = fy.to(tl.int32)
     tx = px - fx
     ty = py - fy
-    return x, y, gx, gy, inv_w, w_live, gx_live, gy_live, dpx, dpy, x0, y0, tx, ty
+    return x, y, gx, gy, inv_w, w_live, gx_live, gy_live, dpx, dpy, x0, y0, tx, ty, nan_pt
 
 
 @triton.jit
@@ -150,10 +153,10 @@ def _hw_fwd_kernel(IMG, H, OUT, C, IN_H, IN_W, OUT_H, OUT_W, s_in_n, s_in_c, s_i
     n = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < OUT_H * OUT_W
-    _x, _y, _gx, _gy, _iw, _wl, _gxl, _gyl, _dpx, _dpy, x0, y0, tx, ty = _point(
+    _x, _y, _gx, _gy, _iw, _wl, _gxl, _gyl, _dpx, _dpy, x0, y0, tx, ty, nan_pt = _point(
         H + n * 9, offs, OUT_H, OUT_W, IN_H, IN_W, PADDING, ALIGN, ACC)
-    m00, m01, m10, m11, o00, o01, o10, o11, w00, w01, w10, w11 = _taps(x0, y0, tx, ty, mask, IN_H, IN_W, s_in_h,
-                                                                       s_in_w)
+    m00, m01, m10, m11, o00, o01, o10, o11, w00, w01, w10, w11 = _taps(x0, y0, tx, ty, mask & ~nan_pt, IN_H, IN_W,
+                                                                       s_in_h, s_in_w)
     i = offs // OUT_W
     j = offs % OUT_W
     out_off = n * s_out_n + i.to(tl.int64) * s_out_h + j.to(tl.int64) * s_out_w
@@ -164,6 +167,7 @@ def _hw_fwd_kernel(IMG, H, OUT, C, IN_H, IN_W, OUT_H, OUT_W, s_in_n, s_in_c, s_i
              + tl.load(base + o01, mask=m01, other=0.0).to(ACC) * w01
              + tl.load(base + o10, mask=m10, other=0.0).to(ACC) * w10
              + tl.load(base + o11, mask=m11, other=0.0).to(ACC) * w11)
+        v = tl.where(nan_pt, float("nan"), v)
         tl.store(OUT + out_off + c * s_out_c, v.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -175,10 +179,10 @@ def _hw_bwd_kernel(GO, IMG, H, GIMG, GH_PART, C, IN_H, IN_W, OUT_H, OUT_W, s_in_
     n = tl.program_id(1).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < OUT_H * OUT_W
-    x, y, gx, gy, inv_w, w_live, gx_live, gy_live, dpx_dgx, dpy_dgy, x0, y0, tx, ty = _point(
+    x, y, gx, gy, inv_w, w_live, gx_live, gy_live, dpx_dgx, dpy_dgy, x0, y0, tx, ty, nan_pt = _point(
         H + n * 9, offs, OUT_H, OUT_W, IN_H, IN_W, PADDING, ALIGN, ACC)
-    m00, m01, m10, m11, o00, o01, o10, o11, w00, w01, w10, w11 = _taps(x0, y0, tx, ty, mask, IN_H, IN_W, s_in_h,
-                                                                       s_in_w)
+    m00, m01, m10, m11, o00, o01, o10, o11, w00, w01, w10, w11 = _taps(x0, y0, tx, ty, mask & ~nan_pt, IN_H, IN_W,
+                                                                       s_in_h, s_in_w)
     i = offs // OUT_W
     j = offs % OUT_W
     go_off = n * s_out_n + i.to(tl.int64) * s_out_h + j.to(tl.int64) * s_out_w
@@ -208,6 +212,10 @@ def _hw_bwd_kernel(GO, IMG, H, GIMG, GH_PART, C, IN_H, IN_W, OUT_H, OUT_W, s_in_
         a0 = lx * inv_w
         a1 = ly * inv_w
         a2 = tl.where(w_live, -(lx * gx + ly * gy) * inv_w, 0.0)
+        nan_h = nan_pt & mask  # a NaN point makes its sample's grad_H NaN
+        a0 = tl.where(nan_h, float("nan"), a0)
+        a1 = tl.where(nan_h, float("nan"), a1)
+        a2 = tl.where(nan_h, float("nan"), a2)
         part = GH_PART + (n * tl.num_programs(0) + pid) * 9
         tl.store(part + 0, tl.sum(a0 * x, axis=0))
         tl.store(part + 1, tl.sum(a0 * y, axis=0))
