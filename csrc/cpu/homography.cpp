@@ -73,8 +73,8 @@ struct Tile {
   T px[kTile], py[kTile];  // pixel coordinates after padding
   T tx[kTile], ty[kTile], dpx_dgx[kTile], dpy_dgy[kTile];
   T dpx[kTile], dpy[kTile];  // backward: dL/d(pixel coordinate), summed over channels
-  T live[kTile];             // 0/1: 0 where the coordinate is NaN (coordinate_is_nan), whose taps are off
-  bool any_nan;              // some point of the tile is not live
+  bool any_nan;              // some point's coordinate is NaN (coordinate_is_nan): its taps are off, gx = gy = 0
+  T live[kTile];             // 0/1, set only when any_nan: 0 at those points
   int64_t n;                 // columns in use
 
   Projected<T> projected(int64_t j) const {
@@ -102,22 +102,28 @@ C10_ALWAYS_INLINE void fill_tile_body(Tile<T, Off>& t, const T* h, const T* xs, 
   for (int64_t j = 0; j < n; ++j) {
     project_parts(hl, t.x[j], y, &t.gx[j], &t.gy[j], &t.inv_w[j], &t.w_live[j], &t.gx_live[j], &t.gy_live[j]);
   }
-  // grid::sample_point in two loops (pixel coordinates, then taps), each of which vectorizes
-  T dead = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const bool live = !coordinate_is_nan(t.gx[j], t.gy[j]);
-    t.live[j] = live ? T(1) : T(0);
-    dead += live ? T(0) : T(1);
-    t.px[j] = grid::padded_pixel(live ? t.gx[j] : T(0), g.in_w, kPadding, kAlignCorners, &t.dpx_dgx[j]);
-    t.py[j] = grid::padded_pixel(live ? t.gy[j] : T(0), g.in_h, kPadding, kAlignCorners, &t.dpy_dgy[j]);
+  // NaN coordinates (coordinate_is_nan) are rare: one sum finds them (the coordinates are clamped, so it is finite
+  // unless one is NaN), and only then a scalar pass marks them and moves them to 0, off the vectorized loops
+  T sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += t.gx[j] + t.gy[j];
+  t.any_nan = sum != sum;
+  if (t.any_nan) {
+    for (int64_t j = 0; j < n; ++j) {
+      const bool live = !coordinate_is_nan(t.gx[j], t.gy[j]);
+      t.live[j] = live ? T(1) : T(0);
+      if (!live) t.gx[j] = t.gy[j] = T(0);
+    }
   }
-  t.any_nan = dead != T(0);
+  // grid::sample_point in two loops (pixel coordinates, then taps), each of which vectorizes
+  for (int64_t j = 0; j < n; ++j) {
+    t.px[j] = grid::padded_pixel(t.gx[j], g.in_w, kPadding, kAlignCorners, &t.dpx_dgx[j]);
+    t.py[j] = grid::padded_pixel(t.gy[j], g.in_h, kPadding, kAlignCorners, &t.dpy_dgy[j]);
+  }
   const Off sh = static_cast<Off>(g.in_sh), sw = static_cast<Off>(g.in_sw);
   for (int64_t j = 0; j < n; ++j) {
     const grid::Taps<T> k = grid::bilinear_taps(t.px[j], t.py[j], g.in_w, g.in_h);
-    const bool live = t.live[j] != T(0);
-    const bool in00 = k.in_x0 & k.in_y0 & live, in01 = k.in_x1 & k.in_y0 & live;
-    const bool in10 = k.in_x0 & k.in_y1 & live, in11 = k.in_x1 & k.in_y1 & live;
+    const bool in00 = k.in_x0 & k.in_y0, in01 = k.in_x1 & k.in_y0;
+    const bool in10 = k.in_x0 & k.in_y1, in11 = k.in_x1 & k.in_y1;
     const Off o = static_cast<Off>(k.y0) * sh + static_cast<Off>(k.x0) * sw;
     t.off0[j] = in00 ? o : Off(0);
     t.off1[j] = in01 ? o + sw : Off(0);
@@ -133,6 +139,14 @@ C10_ALWAYS_INLINE void fill_tile_body(Tile<T, Off>& t, const T* h, const T* xs, 
     t.m3[j] = in11 ? T(1) : T(0);
     t.tx[j] = k.tx;
     t.ty[j] = k.ty;
+  }
+  if (t.any_nan) {  // the NaN points' taps off: nothing sampled, no gradient scattered, dL/dp = 0
+    for (int64_t j = 0; j < n; ++j) {
+      if (t.live[j] != T(0)) continue;
+      t.off0[j] = t.off1[j] = t.off2[j] = t.off3[j] = Off(0);
+      t.w0[j] = t.w1[j] = t.w2[j] = t.w3[j] = T(0);
+      t.m0[j] = t.m1[j] = t.m2[j] = t.m3[j] = T(0);
+    }
   }
 }
 
@@ -457,7 +471,7 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
       for (int64_t j = 0; j < t.n; ++j) {
         acc_t a[3];
         grad_coefficients(t.projected(j), t.dpx[j] * t.dpx_dgx[j], t.dpy[j] * t.dpy_dgy[j], a);
-        if (t.live[j] == acc_t(0)) a[0] = a[1] = a[2] = std::numeric_limits<acc_t>::quiet_NaN();
+        if (t.any_nan && t.live[j] == acc_t(0)) a[0] = a[1] = a[2] = std::numeric_limits<acc_t>::quiet_NaN();
         const double x = static_cast<double>(t.x[j]);
         for (int e = 0; e < 3; ++e) {
           ax[e] += static_cast<double>(a[e]) * x;
