@@ -283,6 +283,21 @@ def test_a_nan_in_H_gives_nan_output_and_no_image_gradient(backend, padding, nan
     check_nan_homography_rule(backend, padding, nan_at)
 
 
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_the_benchmarks_plain_reference_is_the_reference_for_finite_coordinates(padding):
+    # bench/ops_homography.py times nan_rule=False: the same values and gradients wherever no coordinate is NaN
+    img = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    H = random_homographies(2, "projective")
+    outs = []
+    for nan_rule in (True, False):
+        a, h = img.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        y = reference.homography_warp(a, h, (7, 4), padding, False, nan_rule=nan_rule)
+        outs.append((y, *torch.autograd.grad(y, [a, h], torch.ones_like(y))))
+    for x, z in zip(*outs):
+        torch.testing.assert_close(x, z, atol=0, rtol=0)
+
+
 @needs_ext
 def test_half_precision_images_on_cpu_kernels():
     img = torch.randn(2, 3, 9, 8)
