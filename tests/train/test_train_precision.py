@@ -14,7 +14,10 @@ from .conftest import read_log, tiny_args
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_runs_train_under_the_requested_precision(amp, tiny_root, tmp_path, capsys):
     out = tmp_path / amp
-    assert main(tiny_args(tiny_root, out, "--iters", "3", "--ckpt-every", "0", "--amp", amp)) == 0
+    # 64x32 images: at the tiny default of 32x16, layer4's first 3x3 convolution sees a 2x1 map, and the CPU's bf16
+    # convolution backward then gave NaN in some weight gradients in about half of the runs (torch 2.14, oneDNN)
+    assert main(tiny_args(tiny_root, out, "--iters", "3", "--ckpt-every", "0", "--amp", amp, "--height", "64",
+                          "--width", "32")) == 0
     assert f"amp {amp}" in capsys.readouterr().err
     records = [r for r in read_log(out) if "loss" in r]
     assert len(records) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
