@@ -1,10 +1,10 @@
 // Homography warp on CUDA: a 2-D grid of (point blocks, samples) so that a block never spans two samples; each
 // thread owns kPointsPerThread output points, kThreads apart (each step of the block is coalesced), unrolled so
 // that the gathers of several points are in flight at once: the kernels are bound by the latency of the taps'
-// gathers, and one point per thread left the forward at 61% of copy bandwidth on an H100 where the Triton
-// forward, with 2 points per thread (256 per block of 128 threads), reached 74%. Each thread computes a point's coordinates and taps once and
-// loops over channels; for 1 and 3 channels (masks, RGB: what SA-GAN warps) the loop is unrolled at compile time
-// so that all of a point's tap loads are issued together, not four at a time.
+// gathers, and one point per thread left the forward at 61% of copy bandwidth on an H100 where the Triton forward,
+// with 2 points per thread (256 per block of 128 threads), reached 74%. Each thread computes a point's coordinates
+// and taps once and loops over channels; for 1 and 3 channels (masks, RGB: what SA-GAN warps) the loop is unrolled
+// at compile time so that all of a point's tap loads are issued together, not four at a time.
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
