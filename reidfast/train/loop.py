@@ -652,6 +652,12 @@ class Trainer:
         bar = ProgressBar(total, progress.it, stream=self.stream) if self.main else None
         window = _LossWindow(progress.it)
         last_batch = None
+        # Compilation is silent and can take minutes: say so, and how long the first iteration took.
+        first_step = self.run.compile and progress.it < total
+        if first_step:
+            self.log("compile on: the first iteration compiles the networks (minutes for the GAN methods on a GPU; "
+                     "later ones may compile more, e.g. DG-Net's when its warm-up ends); the compiled code is cached "
+                     "under TORCHINDUCTOR_CACHE_DIR (default in /tmp), so the next run on this machine starts sooner")
         # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
         with _stop_requests(self.world_size == 1) as stop_requests:
             while progress.it < total:
@@ -659,7 +665,11 @@ class Trainer:
                 window.restart_clock(progress.it)  # the rate excludes loader start-up
                 try:
                     for batch in _fetch(loader, stop_requests):
+                        started = time.perf_counter()
                         last_batch = self._step(method, batch, total, progress, window)
+                        if first_step:
+                            self.log(f"first iteration, compilation included: {time.perf_counter() - started:.1f} s")
+                            first_step = False
                         if self._after_step(method, last_batch, total, progress, window, bar, stop_requests):
                             break
                     else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)

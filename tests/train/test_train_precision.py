@@ -83,3 +83,15 @@ def test_a_network_under_a_gradient_penalty_stays_eager_when_compile_is_on():
     run.world_size = 2
     with pytest.raises(ValueError, match="differentiated twice"):
         run.wrap(critic, differentiated_twice=True)
+
+
+def test_a_compiled_run_says_that_its_first_iteration_compiles(tiny_root, tmp_path, capsys, monkeypatch):
+    # a silent first iteration of minutes reads as a hang; torch.compile is replaced by the identity to keep the
+    # test short (the compiled path itself: test_compiled_networks_train_like_eager_ones)
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    assert main(tiny_args(tiny_root, tmp_path / "r", "--iters", "2", "--ckpt-every", "0", "--compile")) == 0
+    err = capsys.readouterr().err
+    assert "compile on" in err and "the first iteration compiles the networks" in err
+    assert err.count("first iteration, compilation included:") == 1
+    assert main(tiny_args(tiny_root, tmp_path / "eager", "--iters", "2", "--ckpt-every", "0", "--no-compile")) == 0
+    assert "compilation included" not in capsys.readouterr().err
