@@ -6,7 +6,8 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
 
 1. Generator pass: x_ba, x_ab (swaps), x_aa, x_bb (self reconstruction), x_ap, x_bq (same-identity
    reconstruction, G(s_a, f_p)). Es, G and D have no batch-dependent normalization, so their several passes run
-   as one batched call each, which changes nothing but the speed; Ea (BatchNorm) keeps the original's calls.
+   as one batched call each, which changes nothing but the speed (the teacher, in eval mode, labels both swaps in
+   one call too); Ea (BatchNorm) keeps the original's calls.
    The swaps of this one pass serve both steps below. ``--faithful`` reproduces the original's order instead: a
    gradient-free generator pass for D's step and a second one for G's, one call per pass, a deep copy of Ea.
 2. D step: LSGAN on real [a, b] vs the swaps, per scale, plus R1 (weight 0.01 per scale) on the real images.
@@ -381,9 +382,10 @@ class DGNet(Method):
                 accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
             out["prim"] = out["fine"] = zero
             if w["prim"] > 0:
+                # the teacher (eval mode: no batch statistics) labels both swaps in one call
+                softs = self._batched(self.teacher_labels, [x_ba.detach(), x_ab.detach()])
                 # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
-                for swap, structure_donor in ((x_ba, y_b), (x_ab, y_a)):
-                    soft = self.teacher_labels(swap.detach())
+                for swap, soft, structure_donor in ((x_ba, softs[0], y_b), (x_ab, softs[1], y_a)):
                     _, primary, fine = self.train_ea(self.erase(swap.detach().float(), run.generator))
                     out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
                     out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
