@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -23,7 +22,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)  # the suites beside this file
 sys.path.insert(1, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 
-from timing import copy_bandwidth_gbs, device_time_breakdown, time_ms  # noqa: E402
+from timing import copy_bandwidth_gbs, device_time_breakdown, time_ms, write_results  # noqa: E402
 
 # Every case compiles the reference anew (shapes, dtypes, grad mode): without room for those recompiles dynamo
 # silently falls back to eager and the "compiled" column would time the eager reference.
@@ -160,11 +159,7 @@ def main(argv=None):
     for name in names:
         rows += run_suite(name, device, args.quick, peak, repeats=5 if args.quick else 20)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-            f.write(markdown(meta, rows))
+        write_results(args.out, {"meta": meta, "rows": rows}, markdown(meta, rows))
         print(f"wrote {args.out}")
     return rows
 

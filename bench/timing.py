@@ -1,7 +1,9 @@
-"""The one timing harness: warm-up, then the median of repeats (CUDA events on GPU, perf_counter on CPU); and the
-GPU's busy time per call, from the profiler's kernel records."""
+"""The one timing harness: warm-up, then the median of repeats (CUDA events on GPU, perf_counter on CPU); the
+GPU's busy time per call, from the profiler's kernel records; and the results files."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 
@@ -62,3 +64,13 @@ def device_time_breakdown(fn, device: torch.device, repeats: int = 10, top: int 
     kernels = sorted((e for e in averages if e.device_type == cuda), key=lambda e: -e.self_device_time_total)
     return (kernel_time_ms(averages) / repeats,
             [(e.key, round(e.self_device_time_total / 1e3 / repeats, 4)) for e in kernels[:top]])
+
+
+def write_results(path: str, payload: dict, table: str) -> None:
+    """payload as JSON at path and the markdown table beside it (.md), each replaced whole (written to a temporary
+    name, then renamed): a run stopped while writing leaves the previous files, not half of new ones."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for target, text in ((path, json.dumps(payload, indent=1)), (os.path.splitext(path)[0] + ".md", table)):
+        with open(target + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(target + ".tmp", target)

@@ -28,7 +28,6 @@ Also reachable as ``python bench/run.py --only train``. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -40,7 +39,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 sys.path.insert(0, BENCH_DIR)
 
-from timing import kernel_time_ms, time_ms  # noqa: E402
+from timing import kernel_time_ms, time_ms, write_results  # noqa: E402
 
 from reidfast.train.config import LOOP_DEFAULTS  # noqa: E402
 from reidfast.train.loop import Run  # noqa: E402
@@ -315,21 +314,12 @@ def main(argv=None):
         p.error("--device cuda: no CUDA device is visible")
     # The files are rewritten after every row: a case whose compiled first step runs past a time limit still leaves
     # its reference and no-compile rows.
-    write = (lambda rows: write_results(args.out, rows)) if args.out else None
+    write = (lambda rows: write_results(args.out, {"torch": torch.__version__, "rows": rows}, markdown(rows))
+             if args.out else None)
     rows = run(torch.device(args.device), args.quick, methods, args.profile, on_row=write)
     if args.out:
         print(f"wrote {args.out}")
     return rows
-
-
-def write_results(path: str, rows: list[dict]) -> None:
-    """path (JSON) and a markdown table beside it, each replaced whole (written to a temporary name, then renamed)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    for target, text in ((path, json.dumps({"torch": torch.__version__, "rows": rows}, indent=1)),
-                         (os.path.splitext(path)[0] + ".md", markdown(rows))):
-        with open(target + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(target + ".tmp", target)
 
 
 if __name__ == "__main__":
