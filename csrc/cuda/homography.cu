@@ -1,20 +1,21 @@
 // Homography warp on CUDA: a 2-D grid of (point blocks, samples) so that a block never spans two samples; each
-// thread owns kPointsPerThread output points, kThreads apart (each step of the block is coalesced), unrolled so
-// that the gathers of several points are in flight at once: the kernels are bound by the latency of the taps'
-// gathers, and one point per thread left the forward at 61% of copy bandwidth on an H100 where the Triton forward,
-// with 2 points per thread (256 per block of 128 threads), reached 74%. Each thread computes a point's coordinates
-// and taps once and loops over channels; for 1 and 3 channels (masks, RGB: what SA-GAN warps) the loop is unrolled
-// at compile time so that all of a point's tap loads are issued together, not four at a time.
+// thread owns kPointsPerThread output points, kThreads apart (each step of the block is coalesced). One point per
+// thread: with 4 (unrolled, for more gathers in flight per thread) an H100 measured the forward kernel at 0.072 ms
+// against 0.058 ms and grad_H's forward + backward at 0.172 against 0.154 ms, 128x3x256x128 fp32
+// (bench/results/2026-11-27_NVIDIA-H100-80GB-HBM3.run3.md against .run2.md, which also predates the NaN check).
+// Likely cause: the early exit and the stores between points keep the compiler from issuing the next point's
+// loads early, so the unrolling bought little overlap and cost three quarters of the threads. Each thread computes
+// a point's coordinates and taps once and loops over channels; for 1 and 3 channels (masks, RGB: what SA-GAN
+// warps) the loop is unrolled at compile time so that all of a point's tap loads are issued together.
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
 //             raises through at::globalContext().alertNotDeterministic, as grid_sample's CUDA backward does.
 //   grad_H  : each thread sums its points' 9 contributions, the block sums its threads' (warp shuffles, then 9
-//             lanes over the warps' partials: once per kThreads * kPointsPerThread points, where one point per
-//             thread paid this reduction per point), each block writes its 9 partial sums to its own slot, and the
-//             sample's last block to finish (an integer counter per sample) sums the slots in slot order:
-//             deterministic, and no separate reduction kernel (the first H100 profile: 17.5 us for one over 128
-//             slots per sample, beside an 84 us backward kernel).
+//             lanes over the warps' partials, once per kThreads * kPointsPerThread points), each block writes its
+//             9 partial sums to its own slot, and the sample's last block to finish (an integer counter per
+//             sample) sums the slots in slot order: deterministic, and no separate reduction kernel (the first
+//             H100 profile: 17.5 us for one over 128 slots per sample, beside an 84 us backward kernel).
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -38,7 +39,7 @@ namespace homography {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kPointsPerThread = 4;
+constexpr int kPointsPerThread = 1;
 constexpr int kPointsPerBlock = kThreads * kPointsPerThread;
 
 struct Geometry {

@@ -396,14 +396,19 @@ class Run:
         if self.world_size > 1 and any(p.requires_grad for p in module.parameters()):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
-        if self.compile:
-            mode = self.cfg["compile_mode"]
-            # Static shapes: training batches are full (the samplers drop a short last batch), so each call site
-            # has one shape; a network called at two batch sizes (DG-Net's G in the cycle pass, FD-GAN's D_pd)
-            # gets a second specialized graph instead of a symbolic-shape one.
-            compile_kwargs.setdefault("dynamic", False)
-            wrapped = torch.compile(wrapped, mode=None if mode == "default" else mode, **compile_kwargs)
-        return wrapped
+        return self.compiled(wrapped, **compile_kwargs)
+
+    def compiled(self, fn, **compile_kwargs):
+        """torch.compile(fn) when compile is on (the run's --compile-mode, static shapes), else fn itself. For a
+        method's own functions of several networks (one graph where each network would be one)."""
+        if not self.compile:
+            return fn
+        mode = self.cfg["compile_mode"]
+        # Static shapes: training batches are full (the samplers drop a short last batch), so each call site
+        # has one shape; a network called at two batch sizes (DG-Net's G in the cycle pass, FD-GAN's D_pd)
+        # gets a second specialized graph instead of a symbolic-shape one.
+        compile_kwargs.setdefault("dynamic", False)
+        return torch.compile(fn, mode=None if mode == "default" else mode, **compile_kwargs)
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images

@@ -12,13 +12,13 @@ TINY_DATA = dict(ids=8, cameras=3, domain="a", seed=3, height=32, width=16)
 @pytest.fixture
 def compiled_graphs(monkeypatch) -> list[str]:
     """torch.compile through a backend that generates no code and records, per graph dynamo hands it, the class
-    name of the module compiled; dynamo's caches are reset around the test."""
+    name of the module compiled (a function's or method's own name); dynamo's caches are reset around the test."""
     graphs = []
     real_compile = torch.compile
 
     def counting_compile(module, **kwargs):
         def backend(gm, example_inputs):
-            graphs.append(type(module).__name__)
+            graphs.append(getattr(module, "__name__", type(module).__name__))
             return gm.forward
         return real_compile(module, backend=backend, dynamic=kwargs.get("dynamic"))
 
