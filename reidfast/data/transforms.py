@@ -38,6 +38,11 @@ def channel_values(values, like: torch.Tensor) -> torch.Tensor:
     return t.to(like.device, non_blocking=True).reshape(1, -1, 1, 1)
 
 
+def _per_channel(values) -> list[float]:
+    """A number or per-channel numbers as a list."""
+    return [float(v) for v in values] if isinstance(values, (list, tuple)) else [float(values)]
+
+
 def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(x - mean) / std per channel; uint8 input is first scaled to [0, 1]."""
     images = to_float(images)
@@ -104,10 +109,23 @@ class BatchAugment:
         device = images.device
         flipped = self._rand(batch, generator, device) < self.flip_p
         offsets = (self._rand((batch, 2), generator, device) * (2 * self.pad + 1)).long().clamp_(max=2 * self.pad)
-        index = self._gather_index(flipped, offsets, height, width)
-        out = normalize(self._flip_crop(to_float(images), index), self.mean, self.std)
+        # An augmentation that only erases (DG-Net's on images already normalized) skips the identity crop and
+        # normalization (the random draws above still happen: the same random stream either way).
+        moves = bool(self.flip_p or self.pad)
+        index = self._gather_index(flipped, offsets, height, width) if moves else None
+        out = to_float(images)
+        if moves:
+            out = self._flip_crop(out, index)
+        if any(m != 0 for m in _per_channel(self.mean)) or any(s != 1 for s in _per_channel(self.std)):
+            out = normalize(out, self.mean, self.std)
         out = self._erase(out, generator)
-        aligned_out = [self._flip_crop(t, index) for t in aligned]
+        if out is images:
+            out = images.clone()
+        elif not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+            # channels_last in, channels_last out: the networks' layout on a GPU, so no conversion before their
+            # first convolution and, under torch.compile, no second graph for the other layout
+            out = out.contiguous(memory_format=torch.channels_last)
+        aligned_out = [self._flip_crop(t, index) if moves else t.clone() for t in aligned]
         return Augmented(out, aligned_out, flipped, offsets)
 
     def _gather_index(self, flipped, offsets, height, width):

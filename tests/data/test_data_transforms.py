@@ -54,6 +54,30 @@ def test_erasing_writes_one_rectangle_of_the_value_within_the_area_bounds():
     assert not BatchAugment(erase_p=0.0, pad=0, flip_p=0.0)(images).eq(-9.0).any()
 
 
+def test_channels_last_images_come_back_channels_last_with_the_same_values():
+    # A GPU run's networks take channels_last batches; an augmentation that handed back the other layout cost a
+    # conversion before the first convolution and, under torch.compile, a second graph of the network.
+    images = normalize(batch())
+    for augment in (BatchAugment(), BatchAugment(flip_p=0.0, pad=0, erase_p=1.0, mean=(0.0,) * 3, std=(1.0,) * 3)):
+        plain = augment(images, torch.Generator().manual_seed(3))
+        last = augment(images.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(3))
+        assert last.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(last, plain, rtol=0, atol=0)
+
+
+def test_erase_only_augmentation_changes_nothing_outside_the_erased_boxes():
+    # flip_p=0, pad=0, mean 0, std 1 (DG-Net's erasing of normalized images): the crop and the normalization are
+    # the identity and skipped; the result is a new tensor, equal to the input outside the boxes, bit for bit
+    images = torch.randn(16, 3, 20, 10, generator=torch.Generator().manual_seed(0))
+    augment = BatchAugment(flip_p=0.0, pad=0, erase_p=1.0, erase_value=0.0, mean=(0.0,) * 3, std=(1.0,) * 3)
+    out = augment(images, torch.Generator().manual_seed(1))
+    erased = (out == 0).all(1, keepdim=True).expand_as(out)
+    assert erased.any() and not erased.all()
+    assert torch.equal(out[~erased], images[~erased])
+    untouched = BatchAugment(flip_p=0.0, pad=0, erase_p=0.0, mean=0.0, std=1.0)(images)
+    assert torch.equal(untouched, images) and untouched.data_ptr() != images.data_ptr()
+
+
 def test_aligned_masks_and_keypoints_follow_the_images():
     b, h, w = 8, 16, 8
     images = torch.zeros(b, 3, h, w, dtype=torch.uint8)
