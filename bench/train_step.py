@@ -2,7 +2,7 @@
 reference configuration of the same model, in one run, with peak memory.
 
     python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
-                               [--out FILE.json] [--profile DIR]
+                               [--configs reference,no-compile,reidfast] [--out FILE.json] [--profile DIR]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last and fused optimizers
 on GPU; no-compile: the same without torch.compile.
@@ -249,9 +249,12 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     return row
 
 
-def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", on_row=None) -> list[dict]:
+def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", on_row=None,
+        configs=tuple(CONFIGS)) -> list[dict]:
     """Rows for every method: the reference configuration, then reidfast's without and with torch.compile, plus
-    their speedups (bench/run.py). on_row(rows) is called after each row, with the rows so far."""
+    their speedups over the reference (bench/run.py). `configs` selects among them (a GPU session short of time
+    skips what it measured before; without the reference there are no speedups). on_row(rows) is called after
+    each row, with the rows so far."""
     rows = []
 
     def add(row: dict) -> None:
@@ -266,12 +269,17 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", 
     measure(names[0], "reference", device, quick, iters=1)
     print(HEADER, flush=True)
     for name in names:
-        ref = measure(name, "reference", device, quick, profile_dir=profile_dir)
-        add(ref)
+        ref = None
+        if "reference" in configs:
+            ref = measure(name, "reference", device, quick, profile_dir=profile_dir)
+            add(ref)
         # no-compile before reidfast: its row is written even when the compiled first step runs past a time limit
         for config in ("no-compile", "reidfast"):
+            if config not in configs:
+                continue
             ours = measure(name, config, device, quick, profile_dir=profile_dir)
-            ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
+            if ref is not None:
+                ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
             add(ours)
     return rows
 
@@ -305,7 +313,13 @@ def main(argv=None):
     p.add_argument("--profile", default="", metavar="DIR",
                    help="after timing, profile 3 more steps of each configuration and write the ops and kernels by "
                         "self time to DIR/profile-CASE-CONFIG.txt (timings are not affected)")
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated configurations out of {', '.join(CONFIGS)} (default all; the speedups "
+                        "need the reference)")
     args = p.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    if not configs or any(c not in CONFIGS for c in configs):
+        p.error(f"--configs: choose one or more of {', '.join(CONFIGS)}, got {args.configs!r}")
     methods = [m for m in args.method.split(",") if m] or list(CASES)
     unknown = [m for m in methods if m not in CASES]
     if unknown:
@@ -316,7 +330,7 @@ def main(argv=None):
     # its reference and no-compile rows.
     write = (lambda rows: write_results(args.out, {"torch": torch.__version__, "rows": rows}, markdown(rows))
              if args.out else None)
-    rows = run(torch.device(args.device), args.quick, methods, args.profile, on_row=write)
+    rows = run(torch.device(args.device), args.quick, methods, args.profile, on_row=write, configs=configs)
     if args.out:
         print(f"wrote {args.out}")
     return rows

@@ -16,6 +16,8 @@
 #                                                     step took over 150 s on an H100) and writes its own result
 #                                                     files, rewritten after every row: a compile that runs past
 #                                                     the limit costs that case's compiled row only
+#   REIDFAST_TRAIN_CONFIGS="reidfast"               the training configurations (default reference,no-compile,
+#                                                     reidfast; the speedups need the reference)
 #   REIDFAST_TRAIN_PROFILE=1                          also profile 3 steps of each configuration and write the ops
 #                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
 #   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
@@ -65,6 +67,7 @@ if echo "$only" | tr ',' '\n' | grep -qx train; then
     profile=()
     [ "${REIDFAST_TRAIN_PROFILE:-0}" = 1 ] && profile=(--profile "$stem.profile")
     timeout "${REIDFAST_TRAIN_TIMEOUT:-300}" python bench/train_step.py --device cuda --method "$case" \
+      --configs "${REIDFAST_TRAIN_CONFIGS:-reference,no-compile,reidfast}" \
       --out "$stem.train-$case.json" "${profile[@]}" 2>&1 | tee "$stem.train-$case.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ] && [ -s "$stem.train-$case.json" ]; then
