@@ -61,6 +61,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import (BatchedSampler, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
@@ -139,12 +140,17 @@ def contrastive(e1: torch.Tensor, e2: torch.Tensor, positive: bool, margin: floa
     return d.pow(2).mean() if positive else (margin - d).clamp_min(0).pow(2).mean()
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """WGAN-GP: mean (||grad critic(mix)|| - 1)^2 at mix = e real + (1 - e) fake, e ~ U(0, 1) per sample."""
-    shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    e = torch.rand(shape, generator=generator, device=real.device, dtype=torch.float32).to(real.dtype)
-    mix = (e * real.detach() + (1 - e) * fake.detach()).requires_grad_(True)
-    grad, = torch.autograd.grad(critic(mix).float().sum(), mix, create_graph=True)
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: mean (||grad critic(mix)|| - 1)^2 at mix = e real + (1 - e) fake, e (N,) ~ U(0, 1) per sample.
+
+    The input gradient comes from torch.func.grad, an explicit graph of the first derivative that backward then
+    differentiates like any other: the same numbers as autograd.grad(create_graph=True), and unlike it, traceable
+    by torch.compile, whose autograd has no double backward."""
+    e = e.view((-1,) + (1,) * (real.dim() - 1)).to(real.dtype)
+    mix = e * real.detach() + (1 - e) * fake.detach()
+    params = dict(critic.named_parameters())
+    score = lambda x: functional_call(critic, params, (x,)).float().sum()  # noqa: E731
+    grad = torch.func.grad(score)(mix)
     return (grad.float().flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
@@ -184,12 +190,11 @@ class AdaptStage(Method):
         self.dt = run.place(TransformCritic(cfg["dt_hidden"]))
         self.sia = run.place(SiaNet(3, cfg["sianet_width"], cfg["sianet_dim"]))
         # Compiled: the generator step's whole forward (STMs, both warps, G1 and G2 twice, the critics' scores with
-        # their parameters frozen, D_T, SiaNet and every loss) as one graph, and the critic step's first-order
-        # scores as another: the step was bound by the host's launches on an H100 (46 ms of GPU time per
-        # iteration under 112 ms of wall time with one compiled callable per network). The gradient penalty stays
-        # eager: it differentiates through the critics twice, which torch.compile does not support.
+        # their parameters frozen, D_T, SiaNet and every loss) as one graph, and the critic step's (scores and
+        # gradient penalties) as another: the step was bound by the host's launches on an H100 (46 ms of GPU time
+        # per iteration under 112 ms of wall time with one compiled callable per network and the rest eager).
         self.generator_losses = run.compiled(self._generator_losses)
-        self.critic_scores = run.compiled(self._critic_scores)
+        self.critic_losses = run.compiled(self._critic_losses)
         betas = (cfg["adam_beta1"], cfg["adam_beta2"])
         stm_params = [p for m in (self.s1, self.s2) for p in m.parameters()]
         gen_params = [p for m in (self.g1, self.g2) for p in m.parameters()]
@@ -319,17 +324,18 @@ class AdaptStage(Method):
                        + cfg["mask_w"] * out["mask"] + cfg["con_w"] * out["con"])
         return out, xa, ya, T_xy, T_yx
 
-    def _critic_scores(self, x, y, xa, ya, T_xy, T_yx):
-        """The critic step's Wasserstein estimates (first order): (w_dist of D1 + D2, w_t of D_T, D_T's real and
-        fake inputs)."""
+    def _critic_losses(self, x, y, xa, ya, T_xy, T_yx, e1, e2, e_t):
+        """The critic step's losses on the generator step's (detached) outputs: (Wasserstein estimate of D1 + D2,
+        that of D_T, the sum of the gradient penalties); e1, e2, e_t: the penalties' interpolation weights."""
         real1, fake1 = self._critic_pair(self.d1, y, xa)
         real2, fake2 = self._critic_pair(self.d2, x, ya)
         w_dist = (real1.float().mean() - fake1.float().mean()) + (real2.float().mean() - fake2.float().mean())
+        gp = gradient_penalty(self.d1, y, xa, e1) + gradient_penalty(self.d2, x, ya, e2)
         if not self.spatial:
-            return w_dist, w_dist.new_zeros(()), None, None
+            return w_dist, torch.zeros_like(w_dist), gp
         real_t, fake_t = homography_vector(normalized_inverse(T_yx)), homography_vector(T_xy)
         rt, ft = self._critic_pair(self.dt.body, real_t, fake_t)
-        return w_dist, rt.float().mean() - ft.float().mean(), real_t, fake_t
+        return w_dist, rt.float().mean() - ft.float().mean(), gp + gradient_penalty(self.dt.body, real_t, fake_t, e_t)
 
     def train_step(self, batch, it):
         run, cfg = self.run, self.run.cfg
@@ -350,19 +356,20 @@ class AdaptStage(Method):
         for critic in self.critics:
             critic.requires_grad_(True)
 
-        # critic step: WGAN-GP on the generator step's outputs
+        # critic step: WGAN-GP on the generator step's outputs (the interpolation weights drawn here, from the
+        # run's generator, which a compiled graph cannot take)
         xa, ya, T_xy, T_yx = xa.detach(), ya.detach(), T_xy.detach(), T_yx.detach()
+        e1, e2, e_t = (torch.rand(n, generator=run.generator, device=run.device) if k < 2 or self.spatial else None
+                       for k in range(3))
         with run.autocast():
-            w_dist, w_t, real_t, fake_t = self.critic_scores(x, y, xa, ya, T_xy, T_yx)
-            gp = gradient_penalty(self.d1, y, xa, run.generator) + gradient_penalty(self.d2, x, ya, run.generator)
-            gp_t = gradient_penalty(self.dt.body, real_t, fake_t, run.generator) if self.spatial else torch.zeros_like(gp)
-        loss_d = -(w_dist + w_t) + cfg["gp_w"] * (gp + gp_t)
+            w_dist, w_t, gp = self.critic_losses(x, y, xa, ya, T_xy, T_yx, e1, e2, e_t)
+        loss_d = -(w_dist + w_t) + cfg["gp_w"] * gp
         self.opt_dis.zero_grad(set_to_none=True)
         run.backward(loss_d)
         run.step(self.opt_dis)
         shift = (homography_vector(T_xy) - homography_vector(self._identity(n))).abs().mean()
         return {**{k: v.detach() for k, v in out.items()}, "loss": loss.detach(), "d": loss_d.detach(),
-                "w": w_dist.detach(), "gp": (gp + gp_t).detach(), "w_t": w_t.detach(), "t_shift": shift}
+                "w": w_dist.detach(), "gp": gp.detach(), "w_t": w_t.detach(), "t_shift": shift}
 
     # --- inference -----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -284,10 +284,11 @@ def test_faithful_and_batched_calls_give_the_same_losses_at_fp32():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_step_is_two_graphs_compiled_once_with_the_gradient_penalty_eager(compiled_graphs):
-    # The generator step's forward is one graph and the critic step's scores another (per-network graphs left the
-    # step bound by the host's launches on a GPU). The gradient penalty differentiates the critics twice, which a
-    # compiled graph cannot do (the step would raise), so it runs eager; everything compiles in the first step.
+def test_compiled_step_is_two_graphs_compiled_once(compiled_graphs):
+    # The generator step's forward is one graph and the critic step's, gradient penalties included (their input
+    # gradients by torch.func.grad, which dynamo traces; autograd.grad(create_graph=True) it cannot), another:
+    # per-network graphs with eager code between them left the step bound by the host's launches on a GPU.
+    # Everything compiles in the first step, with no graph break (each would add a graph).
     graphs = compiled_graphs
     method = _adapt_method(compile=True)
     first_out = method.train_step(_batch(), 0)
@@ -295,7 +296,30 @@ def test_compiled_step_is_two_graphs_compiled_once_with_the_gradient_penalty_eag
     method.train_step(_batch(seed=2), 1)
     assert all(torch.isfinite(v) for v in first_out.values())
     assert graphs == first, f"the second step compiled {graphs[len(first):]}"
-    assert first == ["_generator_losses", "_critic_scores"], first
+    assert first == ["_generator_losses", "_critic_losses"], first
+
+
+def test_gradient_penalty_equals_the_double_backward_of_autograd():
+    # the WGAN-GP of the paper's critics as autograd.grad(create_graph=True) computes it: value and the critic's
+    # parameter gradients, for image and homography critics
+    from reidfast.models.sagan import Critic, TransformCritic
+    from reidfast.train.sagan import gradient_penalty
+    torch.manual_seed(0)
+    for critic, shape in ((Critic(3, 4), (3, 3, 16, 8)), (TransformCritic(8).body, (3, 8))):
+        real, fake, e = torch.randn(shape), torch.randn(shape), torch.rand(shape[0])
+        mix = (e.view((-1,) + (1,) * (len(shape) - 1)) * real + (1 - e.view((-1,) + (1,) * (len(shape) - 1))) * fake)
+        mix.requires_grad_(True)
+        grad, = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
+        expected = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        expected_grads = torch.autograd.grad(expected, list(critic.parameters()), allow_unused=True)
+        got = gradient_penalty(critic, real, fake, e)
+        got_grads = torch.autograd.grad(got, list(critic.parameters()), allow_unused=True)
+        torch.testing.assert_close(got, expected)
+        assert any(g is not None for g in got_grads)
+        for a, b in zip(got_grads, expected_grads):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b)
 
 
 def test_compiled_step_matches_the_eager_step(monkeypatch):
