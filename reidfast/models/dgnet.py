@@ -241,11 +241,16 @@ class MultiScaleDiscriminator(nn.Module):
         super().__init__()
         self.scales = nn.ModuleList([PatchDiscriminator(width) for _ in range(scales)])
 
+    @staticmethod
+    def downsample(images: torch.Tensor) -> torch.Tensor:
+        """One scale down: the input of scale i is the image downsampled i times."""
+        return F.avg_pool2d(images, 3, stride=2, padding=1, count_include_pad=False)
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         for i, d in enumerate(self.scales):
             if i:
-                images = F.avg_pool2d(images, 3, stride=2, padding=1, count_include_pad=False)
+                images = self.downsample(images)
             outputs.append(d(images))
         return outputs
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from ..data import BatchAugment, BatchedSampler, SameIdentityPairSampler, normalize
 from ..models.baseline import ReidBaseline
@@ -146,12 +147,12 @@ class DGNet(Method):
         self.dis = run.place(MultiScaleDiscriminator(cfg["gan_width"]))
         if run.world_size > 1:  # the shared Ea/G modules are called in several roles per step
             raise ValueError("dgnet does not run under torchrun yet: train on one device")
-        # training-time callables (compiled when on): Es, G (decoding), Ea, and D for its first-order calls (the
-        # G step's adversarial loss, the D step's generated half); D on the real images stays eager, as the R1
-        # penalty differentiates through it twice
+        # training-time callables (compiled when on): Es, G (decoding), Ea, D for its first-order calls (the G
+        # step's adversarial loss, the D step's generated half), and D's scores on the real images with their R1
+        # penalty (real_scores_and_r1)
         self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
         self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis)
-        self.r1_dis = run.wrap(self.dis, differentiated_twice=True)
+        self.train_r1 = run.compiled(self.real_scores_and_r1)
         # Ea as the generator-side losses see it (see the module docstring); not a network of the checkpoint.
         # One compiled callable gives both the appearance code and the primary logits (its forward computes
         # both): a second one for the code alone compiled the same ResNet-50 twice more.
@@ -289,6 +290,40 @@ class DGNet(Method):
             return [list(per_input) for per_input in zip(*[o.split(sizes) for o in out])]
         return list(out.split(sizes))
 
+    def real_scores_and_r1(self, images: torch.Tensor, sizes: list[int]):
+        """D's score maps on real images (one per scale) and their R1 penalty, the sum over scales and over the
+        input groups of `sizes` of the group's mean ||grad_x sum D_scale(x)||^2.
+
+        Each scale's input gradient comes from torch.func.grad through that scale's branch (the downsampling to its
+        scale, then its network), which also gives the scores: an explicit first-derivative graph that backward
+        differentiates like any other, the same numbers as autograd.grad(create_graph=True), and unlike it
+        traceable by torch.compile (whose autograd has no double backward)."""
+        scores, r1 = [], images.new_zeros((), dtype=torch.float32)
+        for i, branch in enumerate(self.dis.scales):
+            params = dict(branch.named_parameters())
+
+            def score_sum(x, i=i, branch=branch, params=params):
+                for _ in range(i):
+                    x = MultiScaleDiscriminator.downsample(x)
+                out = functional_call(branch, params, (x,))
+                return out.float().sum(), out
+
+            grad, out = torch.func.grad(score_sum, has_aux=True)(images)
+            scores.append(out)
+            r1 = r1 + sum(g.float().square().flatten(1).sum(1).mean() for g in grad.split(sizes))
+        return scores, r1
+
+    def _real_scores(self, reals: list[torch.Tensor], r1: bool):
+        """(D's outputs per real image group and scale, as _batched gives them; the R1 penalty or zero)."""
+        if not r1:
+            return self._batched(self.train_dis, reals), reals[0].new_zeros((), dtype=torch.float32)
+        if self.faithful:  # one call per group, as the original
+            parts = [self.train_r1(x, [x.shape[0]]) for x in reals]
+            return [p[0] for p in parts], sum(p[1] for p in parts)
+        sizes = [x.shape[0] for x in reals]
+        scores, penalty = self.train_r1(torch.cat(reals), sizes)
+        return [list(per_group) for per_group in zip(*[o.split(sizes) for o in scores])], penalty
+
     @torch.no_grad()
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's soft label: its softmax averaged over the image and its mirror."""
@@ -334,17 +369,11 @@ class DGNet(Method):
                 (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
             # D step: LSGAN on (x_ba vs x_a) and (x_ab vs x_b), R1 on the real images, every scale
             self.dis.requires_grad_(True)
-            reals = [x.detach().requires_grad_(cfg["r1_w"] > 0) for x in (x_a, x_b)]
             # D has no normalization: its generated and real halves may run as separate calls
             d_fake = self._batched(self.train_dis, [swaps[0].detach(), swaps[1].detach()])
-            d_real = self._batched(self.r1_dis, reals)
+            d_real, r1 = self._real_scores([x_a.detach(), x_b.detach()], cfg["r1_w"] > 0)
         loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean()
                      for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
-        r1 = torch.zeros((), device=x_a.device)
-        if cfg["r1_w"] > 0:
-            for scale in range(len(d_real[0])):
-                grads = torch.autograd.grad(sum(out[scale].float().sum() for out in d_real), reals, create_graph=True)
-                r1 = r1 + sum(g.float().square().flatten(1).sum(1).mean() for g in grads)
         self.opt_dis.zero_grad(set_to_none=True)
         run.backward(loss_d + cfg["r1_w"] * r1)
         run.step(self.opt_dis)

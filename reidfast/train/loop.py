@@ -379,20 +379,12 @@ class Run:
             options.setdefault("fused", True)
         return cls(params, **options)
 
-    def wrap(self, module: nn.Module, differentiated_twice: bool = False, **compile_kwargs):
+    def wrap(self, module: nn.Module, **compile_kwargs):
         """The training-time callable of a placed network: DDP under torchrun, then torch.compile if on.
-        Checkpoints and evaluation use the raw module.
-
-        differentiated_twice: the network's output is differentiated with create_graph=True and then backpropagated
-        (R1 and WGAN gradient penalties). It then stays eager: torch.compile's aot_autograd has no double backward
-        ("does not currently support double backward" at the first backward), and DDP does not reduce such
-        gradients correctly, so it is refused under torchrun."""
+        Checkpoints and evaluation use the raw module. (A penalty on a network's input gradient, R1 or WGAN-GP,
+        takes that gradient through torch.func.grad, which compiles: torch.compile's autograd has no double
+        backward for autograd.grad(create_graph=True).)"""
         wrapped = module
-        if differentiated_twice:
-            if self.world_size > 1:
-                raise ValueError(f"{type(module).__name__} is differentiated twice (gradient penalty), which DDP "
-                                 "does not support: train on one device")
-            return module
         if self.world_size > 1 and any(p.requires_grad for p in module.parameters()):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)

@@ -197,18 +197,53 @@ def test_faithful_order_gives_the_same_losses_at_fp32():
         torch.testing.assert_close(value, discriminators[True][key], rtol=0, atol=1e-6)
 
 
-def test_compile_leaves_the_r1_discriminator_eager():
-    # compile is the GPU default. D's R1 penalty backpropagates through a gradient of D, which a compiled D cannot do
-    # (aot_autograd has no double backward: the first backward raises), so D on the real images stays eager while
-    # Es, G, Ea and D's first-order calls compile.
-    # (A whole compiled step is exercised by the gpu tests and bench/train_step.py; on 2 CPU cores it compiles for
-    # minutes.)
+def test_r1_penalty_equals_the_double_backward_of_autograd():
+    # D's scores on real images and their R1 penalty through torch.func.grad (which torch.compile traces) against
+    # autograd.grad(create_graph=True) per scale: the scores, the penalty and D's parameter gradients of both
+    from reidfast.models.dgnet import MultiScaleDiscriminator
     from reidfast.models.baseline import ReidBaseline
     teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
-    method = _method(False, teacher_state, compile=True)
-    assert method.r1_dis is method.dis
-    for compiled in (method.train_es, method.train_dec, method.train_ea, method.train_dis, method.frozen_call):
-        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    method = _method(False, teacher_state)
+    torch.manual_seed(3)
+    reals = [torch.randn(3, 3, 64, 32), torch.randn(3, 3, 64, 32)]
+    dis = method.dis
+    inputs = [x.clone().requires_grad_(True) for x in reals]
+    outs = [dis(x) for x in inputs]
+    expected_r1 = 0
+    for scale in range(len(dis.scales)):
+        grads = torch.autograd.grad(sum(o[scale].sum() for o in outs), inputs, create_graph=True)
+        expected_r1 = expected_r1 + sum(g.square().flatten(1).sum(1).mean() for g in grads)
+    expected_loss = expected_r1 + sum(o.square().mean() for per_input in outs for o in per_input)
+    expected = torch.autograd.grad(expected_loss, list(dis.parameters()))
+    scores, r1 = method.real_scores_and_r1(torch.cat(reals), [3, 3])
+    assert len(scores) == len(dis.scales) and isinstance(dis, MultiScaleDiscriminator)
+    torch.testing.assert_close(r1, expected_r1)
+    for got, per_scale in zip(scores, zip(*outs)):
+        torch.testing.assert_close(got, torch.cat(per_scale))
+    loss = r1 + sum(o.square().mean() for s in scores for o in s.split([3, 3]))
+    for a, b in zip(torch.autograd.grad(loss, list(dis.parameters())), expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert r1 > 0
+
+
+def test_compiled_r1_penalty_equals_the_eager_one():
+    # through dynamo and aot_autograd (aot_eager: no code generation): scores, penalty and D's gradients
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state)
+    images = torch.randn(4, 3, 64, 32, generator=torch.Generator().manual_seed(5))
+    results = []
+    torch._dynamo.reset()
+    for fn in (method.real_scores_and_r1, torch.compile(method.real_scores_and_r1, backend="aot_eager",
+                                                         fullgraph=True)):
+        scores, r1 = fn(images, [2, 2])
+        loss = r1 + sum(s.square().mean() for s in scores)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(method.dis.parameters()))))
+    torch._dynamo.reset()
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_frozen_view_follows_ea_without_training_it():
@@ -232,7 +267,8 @@ def test_frozen_view_follows_ea_without_training_it():
 
 
 def test_compiled_networks_compile_nothing_after_the_first_step(compiled_graphs):
-    # every compiled callable of the step (Es, G, Ea, the frozen view of Ea, D's first-order calls, the teacher)
+    # every compiled callable of the step (Es, G, Ea, the frozen view of Ea, D's first-order calls, D with the R1
+    # penalty, the teacher)
     # gets its graphs in the first iteration; later iterations reuse them (a recompile per step would make compile
     # slower than eager)
     from reidfast.models.baseline import ReidBaseline
@@ -251,6 +287,8 @@ def test_compiled_networks_compile_nothing_after_the_first_step(compiled_graphs)
     assert {"AppearanceEncoder", "ReidBaseline", "MultiScaleDiscriminator"} <= set(first)
     # Ea's ResNet-50: trained (real images), frozen without gradient (the codes), frozen with gradient (swaps)
     assert first.count("AppearanceEncoder") == 3, first
+    # D's scores on the real images with their R1 penalty: one graph (a graph break would add another)
+    assert first.count("real_scores_and_r1") == 1, first
 
 
 def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):

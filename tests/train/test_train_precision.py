@@ -64,27 +64,6 @@ def test_compiled_networks_train_like_eager_ones():
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_a_network_under_a_gradient_penalty_stays_eager_when_compile_is_on():
-    # R1 / WGAN-GP differentiate a network's gradient: aot_autograd has no double backward, so Run.wrap leaves
-    # such a network eager (compile on) and refuses it under DDP; its penalty then trains as the plain module does.
-    from reidfast.train.config import LOOP_DEFAULTS
-    from reidfast.train.loop import Run
-    cfg = {**LOOP_DEFAULTS, "compile": True, "channels_last": False, "amp": "off", "device": "cpu"}
-    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda m: None)
-    torch.manual_seed(0)
-    critic = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(4, 1, 3))
-    wrapped = run.wrap(critic, differentiated_twice=True)
-    assert wrapped is critic
-    real = torch.randn(2, 3, 8, 8, requires_grad=True)
-    grad, = torch.autograd.grad(wrapped(real).sum(), real, create_graph=True)
-    grad.square().sum().backward()
-    # the penalty reaches the weights (a gradient in the input does not depend on the biases)
-    assert all(conv.weight.grad.abs().sum() > 0 for conv in (critic[0], critic[2]))
-    run.world_size = 2
-    with pytest.raises(ValueError, match="differentiated twice"):
-        run.wrap(critic, differentiated_twice=True)
-
-
 def test_a_compiled_run_says_that_its_first_iteration_compiles(tiny_root, tmp_path, capsys, monkeypatch):
     # a silent first iteration of minutes reads as a hang; torch.compile is replaced by the identity to keep the
     # test short (the compiled path itself: test_compiled_networks_train_like_eager_ones)
