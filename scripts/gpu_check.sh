@@ -2,9 +2,11 @@
 # All GPU checking in one command, on a machine with a GPU and no network (it uses the machine's own torch):
 # builds the extension, runs the `gpu` tests, runs every benchmark, and writes JSON + a markdown table under
 # bench/results/ named by date and GPU. Measured on H100 and H200 machines (16 cores): build 34 to 52 s, gpu tests 1
-# to 3 min, op benchmarks a few minutes, and per training case 1 to 4 minutes, most of it torch.compile's first step
-# (DG-Net b8: 127 s, another time over 3 min; SA-GAN: 35-42 s; FD-GAN: over 150 s): everything at once takes well
-# over 15 minutes, so select suites and cases with the variables below to fit a time budget.
+# to 3 min, op benchmarks a few minutes, and per training case 1 to 8 minutes, most of it torch.compile's first step
+# (DG-Net b8: 127 s once, since then more compiled and past 220-230 s three times: give it
+# REIDFAST_TRAIN_CONFIGS=reidfast and REIDFAST_TRAIN_TIMEOUT=500 alone; SA-GAN: 35-55 s with a graph per network,
+# expect about twice that with its two whole-step graphs; FD-GAN: over 150 s): everything at once takes well over
+# 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
 #   REIDFAST_GPU_TESTS="tests/ops"                   the test paths whose `gpu` tests run (default tests; took
 #                                                     176 s on an H100, tests/ops 110 s; the slowest 15 are listed
