@@ -8,6 +8,8 @@
 # expect about twice that with its two whole-step graphs; FD-GAN: over 150 s): everything at once takes well over
 # 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
+#   (A session's device tool brings back at most 8 files: write RESULTS_DIR outside its $OUT and archive it there,
+#   scripts/gpu_check.sh /tmp/r; tar czf $OUT/r.tgz -C /tmp r. Profiles alone are a file per configuration.)
 #   REIDFAST_GPU_TESTS="tests/ops"                   the test paths whose `gpu` tests run (default tests; took
 #                                                     176 s on an H100, tests/ops 110 s; the slowest 15 are listed
 #                                                     in the log); none: no tests (a benchmark-only call)
