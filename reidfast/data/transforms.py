@@ -38,11 +38,6 @@ def channel_values(values, like: torch.Tensor) -> torch.Tensor:
     return t.to(like.device, non_blocking=True).reshape(1, -1, 1, 1)
 
 
-def _per_channel(values) -> list[float]:
-    """A number or per-channel numbers as a list."""
-    return [float(v) for v in values] if isinstance(values, (list, tuple)) else [float(values)]
-
-
 def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """(x - mean) / std per channel; uint8 input is first scaled to [0, 1]."""
     images = to_float(images)
@@ -89,6 +84,9 @@ class BatchAugment:
         self.flip_p, self.pad, self.erase_p = flip_p, pad, erase_p
         self.erase_area, self.erase_ratio, self.erase_value = erase_area, erase_ratio, erase_value
         self.mean, self.std = mean, std
+        # mean 0 and std 1 (DG-Net's erasing of images already normalized): normalization is the identity
+        self._normalizes = bool((torch.as_tensor(mean, dtype=torch.float64) != 0).any()
+                                or (torch.as_tensor(std, dtype=torch.float64) != 1).any())
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, generator=generator).images
@@ -116,7 +114,7 @@ class BatchAugment:
         out = to_float(images)
         if moves:
             out = self._flip_crop(out, index)
-        if any(m != 0 for m in _per_channel(self.mean)) or any(s != 1 for s in _per_channel(self.std)):
+        if self._normalizes:
             out = normalize(out, self.mean, self.std)
         out = self._erase(out, generator)
         if out is images:
