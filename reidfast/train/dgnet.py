@@ -41,13 +41,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from ..data import BatchAugment, BatchedSampler, SameIdentityPairSampler, normalize
 from ..models.baseline import ReidBaseline
 from ..models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator
 from .checkpoint import CheckpointError, LATEST, load_checkpoint, resolve_checkpoint
 from .loop import Method, WarmupStepSchedule
+from .penalties import input_gradient
 
 GRID_COLUMNS = 8  # what the loop's save_image_grid puts in a row
 CPU_QUICK_ITERS = 200
@@ -69,6 +69,11 @@ def frozen_view(module: nn.Module) -> nn.Module:
         for name, param in original.named_parameters(recurse=False):
             setattr(copied, name, nn.Parameter(param.detach(), requires_grad=False))
     return view
+
+
+def _per_group(per_scale: list[torch.Tensor], sizes: list[int]) -> list[list[torch.Tensor]]:
+    """D's outputs of a batched call (one per scale, over the groups' concatenation) as [group][scale]."""
+    return [list(per_group) for per_group in zip(*[o.split(sizes) for o in per_scale])]
 
 
 class DGNet(Method):
@@ -287,28 +292,22 @@ class DGNet(Method):
         sizes = [x.shape[0] for x in inputs[0]]
         out = fn(*[torch.cat(group) for group in inputs])
         if isinstance(out, (list, tuple)):  # D: one output per scale
-            return [list(per_input) for per_input in zip(*[o.split(sizes) for o in out])]
+            return _per_group(out, sizes)
         return list(out.split(sizes))
 
     def real_scores_and_r1(self, images: torch.Tensor, sizes: list[int]):
         """D's score maps on real images (one per scale) and their R1 penalty, the sum over scales and over the
-        input groups of `sizes` of the group's mean ||grad_x sum D_scale(x)||^2.
-
-        Each scale's input gradient comes from torch.func.grad through that scale's branch (the downsampling to its
-        scale, then its network), which also gives the scores: an explicit first-derivative graph that backward
-        differentiates like any other, the same numbers as autograd.grad(create_graph=True), and unlike it
-        traceable by torch.compile (whose autograd has no double backward)."""
+        input groups of `sizes` of the group's mean ||grad_x sum D_scale(x)||^2. Each scale's input gradient, and
+        its scores, by penalties.input_gradient (which compiles) through that scale's branch: the downsampling to
+        its scale, then its network."""
         scores, r1 = [], images.new_zeros((), dtype=torch.float32)
         for i, branch in enumerate(self.dis.scales):
-            params = dict(branch.named_parameters())
-
-            def score_sum(x, i=i, branch=branch, params=params):
+            def to_scale(x, i=i):
                 for _ in range(i):
                     x = MultiScaleDiscriminator.downsample(x)
-                out = functional_call(branch, params, (x,))
-                return out.float().sum(), out
+                return x
 
-            grad, out = torch.func.grad(score_sum, has_aux=True)(images)
+            grad, out = input_gradient(branch, images, to_scale)
             scores.append(out)
             r1 = r1 + sum(g.float().square().flatten(1).sum(1).mean() for g in grad.split(sizes))
         return scores, r1
@@ -322,7 +321,7 @@ class DGNet(Method):
             return [p[0] for p in parts], sum(p[1] for p in parts)
         sizes = [x.shape[0] for x in reals]
         scores, penalty = self.train_r1(torch.cat(reals), sizes)
-        return [list(per_group) for per_group in zip(*[o.split(sizes) for o in scores])], penalty
+        return _per_group(scores, sizes), penalty
 
     @torch.no_grad()
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:

@@ -382,8 +382,7 @@ class Run:
     def wrap(self, module: nn.Module, **compile_kwargs):
         """The training-time callable of a placed network: DDP under torchrun, then torch.compile if on.
         Checkpoints and evaluation use the raw module. (A penalty on a network's input gradient, R1 or WGAN-GP,
-        takes that gradient through torch.func.grad, which compiles: torch.compile's autograd has no double
-        backward for autograd.grad(create_graph=True).)"""
+        takes that gradient from penalties.input_gradient, which compiles.)"""
         wrapped = module
         if self.world_size > 1 and any(p.requires_grad for p in module.parameters()):
             device_ids = [self.device.index] if self.device.type == "cuda" else None

@@ -61,7 +61,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import (BatchedSampler, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
@@ -71,6 +70,7 @@ from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
 from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
 from .loop import LinearDecaySchedule, Method, Trainer, default_run_dir
+from .penalties import input_gradient
 
 STAGES = ("adapt", "translate", "reid")
 GRID_COLUMNS = 8
@@ -141,16 +141,10 @@ def contrastive(e1: torch.Tensor, e2: torch.Tensor, positive: bool, margin: floa
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP: mean (||grad critic(mix)|| - 1)^2 at mix = e real + (1 - e) fake, e (N,) ~ U(0, 1) per sample.
-
-    The input gradient comes from torch.func.grad, an explicit graph of the first derivative that backward then
-    differentiates like any other: the same numbers as autograd.grad(create_graph=True), and unlike it, traceable
-    by torch.compile, whose autograd has no double backward."""
+    """WGAN-GP: mean (||grad critic(mix)|| - 1)^2 at mix = e real + (1 - e) fake, e (N,) ~ U(0, 1) per sample; the
+    gradient by penalties.input_gradient, which compiles."""
     e = e.view((-1,) + (1,) * (real.dim() - 1)).to(real.dtype)
-    mix = e * real.detach() + (1 - e) * fake.detach()
-    params = dict(critic.named_parameters())
-    score = lambda x: functional_call(critic, params, (x,)).float().sum()  # noqa: E731
-    grad = torch.func.grad(score)(mix)
+    grad, _ = input_gradient(critic, e * real.detach() + (1 - e) * fake.detach())
     return (grad.float().flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
@@ -359,8 +353,8 @@ class AdaptStage(Method):
         # critic step: WGAN-GP on the generator step's outputs (the interpolation weights drawn here, from the
         # run's generator, which a compiled graph cannot take)
         xa, ya, T_xy, T_yx = xa.detach(), ya.detach(), T_xy.detach(), T_yx.detach()
-        e1, e2, e_t = (torch.rand(n, generator=run.generator, device=run.device) if k < 2 or self.spatial else None
-                       for k in range(3))
+        e1, e2 = (torch.rand(n, generator=run.generator, device=run.device) for _ in range(2))
+        e_t = torch.rand(n, generator=run.generator, device=run.device) if self.spatial else None
         with run.autocast():
             w_dist, w_t, gp = self.critic_losses(x, y, xa, ya, T_xy, T_yx, e1, e2, e_t)
         loss_d = -(w_dist + w_t) + cfg["gp_w"] * gp
