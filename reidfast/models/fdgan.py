@@ -204,8 +204,9 @@ def _check_size(height: int, width: int, who: str) -> None:
 
 
 class PoseEncoder(nn.Module):
-    """18-channel pose map (B, 18, H, W) -> (B, 128, 1, 1): 5 conv(4x4, stride 2)-BN-LeakyReLU blocks
-    (64-128-256-512-512 channels at gan_width 1) to H/32 x W/32, then a conv over that whole map to 128-d."""
+    """18-channel pose map (B, 18, H, W) -> (B, 128): 5 conv(4x4, stride 2)-BN-LeakyReLU blocks
+    (64-128-256-512-512 channels at gan_width 1) to H/32 x W/32, then a conv over that whole map to 128-d (a fully
+    connected layer), BN, LeakyReLU."""
 
     def __init__(self, height: int, width: int, gan_width: float = 1.0):
         super().__init__()
@@ -215,8 +216,10 @@ class PoseEncoder(nn.Module):
         for i, c in enumerate(channels):
             layers += _down(cin, c, norm=i > 0)  # no norm on the first block (pix2pix convention)
             cin = c
-        layers += [nn.Conv2d(cin, POSE_FEATURE, (height // DOWNSAMPLING, width // DOWNSAMPLING)),
-                   nn.BatchNorm2d(POSE_FEATURE), nn.LeakyReLU(0.2, inplace=True)]
+        # The conv over the whole H/32 x W/32 map is the fully connected layer it is written as (see PoseGenerator).
+        cells = (height // DOWNSAMPLING) * (width // DOWNSAMPLING)
+        layers += [nn.Flatten(), nn.Linear(cin * cells, POSE_FEATURE), nn.BatchNorm1d(POSE_FEATURE),
+                   nn.LeakyReLU(0.2, inplace=True)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, pose):
@@ -226,7 +229,7 @@ class PoseEncoder(nn.Module):
 class PoseGenerator(nn.Module):
     """G: ``forward(visual (B, C), pose map (B, 18, H, W), noise (B, 256))`` -> (B, 3, H, W) in generator range.
 
-    [visual, pose feature, noise] (C + 128 + 256, 1, 1) -> transposed conv to H/32 x W/32 (512 ch) -> 5 transposed
+    [visual, pose feature, noise] (C + 128 + 256) -> fully connected layer to H/32 x W/32 (512 ch) -> 5 transposed
     conv(4x4, stride 2) blocks (512-256-128-64 ch, BN, dropout 0.2, ReLU) -> 3 channels, tanh.
     """
 
@@ -238,7 +241,13 @@ class PoseGenerator(nn.Module):
         self.pose_encoder = PoseEncoder(height, width, gan_width)
         channels = [scaled_channels(c, gan_width) for c in (512, 512, 256, 128, 64)]
         cin = visual_features + POSE_FEATURE + NOISE_FEATURE
-        layers = [nn.ConvTranspose2d(cin, channels[0], (height // DOWNSAMPLING, width // DOWNSAMPLING), bias=False),
+        # The transposed conv from the 1x1 code to the H/32 x W/32 map (and the pose encoder's conv over the whole
+        # map) is a fully connected layer, and is written as one: as a conv with a 1x1 side its memory format is
+        # ambiguous, and under torch.compile with channels_last on CUDA its backward returned the weight gradient
+        # in another layout than the compiled graph had planned for (an assertion error in the first step).
+        map_size = (height // DOWNSAMPLING, width // DOWNSAMPLING)
+        layers = [nn.Linear(cin, channels[0] * map_size[0] * map_size[1], bias=False),
+                  nn.Unflatten(1, (channels[0], *map_size)),
                   nn.BatchNorm2d(channels[0]), nn.Dropout(dropout), nn.ReLU(inplace=True)]
         for cin, cout in zip(channels[:-1], channels[1:]):
             layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
@@ -246,15 +255,15 @@ class PoseGenerator(nn.Module):
         layers += [nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1), nn.Tanh()]
         self.decoder = nn.Sequential(*layers)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                 nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
     def forward(self, visual, pose, noise):
-        code = torch.cat([visual.view(visual.shape[0], -1, 1, 1), self.pose_encoder(pose).to(visual.dtype),
-                          noise.view(noise.shape[0], -1, 1, 1).to(visual.dtype)], dim=1)
+        code = torch.cat([visual.reshape(visual.shape[0], -1), self.pose_encoder(pose).to(visual.dtype),
+                          noise.reshape(noise.shape[0], -1).to(visual.dtype)], dim=1)
         return self.decoder(code)
 
 

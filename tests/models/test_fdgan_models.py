@@ -22,7 +22,7 @@ def test_shapes_of_every_network():
     assert f.shape == (3, 128) and e.out_features == 128  # 32 * width (2048 at width 64)
     assert Verifier(128)(f, f.flip(0)).shape == (3, 2)
     pose = torch.rand(3, 18, H, W)
-    assert PoseEncoder(H, W, 0.125)(pose).shape == (3, 128, 1, 1)
+    assert PoseEncoder(H, W, 0.125)(pose).shape == (3, 128)
     g = PoseGenerator(128, H, W, gan_width=0.125)
     y = g(f, pose, torch.randn(3, 256))
     assert y.shape == (3, 3, H, W) and y.abs().max() <= 1  # tanh: generator range
