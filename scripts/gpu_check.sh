@@ -4,9 +4,9 @@
 # bench/results/ named by date and GPU. Measured on H100 and H200 machines (16 cores): build 34 to 52 s, gpu tests 1
 # to 3 min, op benchmarks a few minutes, and per training case 1 to 8 minutes, most of it torch.compile's first step
 # (DG-Net b8: 127 s once, since then more compiled and past 220-230 s three times: give it
-# REIDFAST_TRAIN_CONFIGS=reidfast and REIDFAST_TRAIN_TIMEOUT=500 alone; SA-GAN: 35-55 s with a graph per network,
-# expect about twice that with its two whole-step graphs; FD-GAN: over 150 s): everything at once takes well over
-# 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
+# REIDFAST_TRAIN_CONFIGS=reidfast and REIDFAST_TRAIN_TIMEOUT=500 alone; SA-GAN: 147 s with its two whole-step
+# graphs, the case 198 s in all; FD-GAN stage III: past 175 s, give it about 400 s alone): everything at once takes
+# well over 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
 #   (A session's device tool brings back at most 8 files: write RESULTS_DIR outside its $OUT and archive it there,
 #   scripts/gpu_check.sh /tmp/r; tar czf $OUT/r.tgz -C /tmp r. Profiles alone are a file per configuration.)
@@ -17,7 +17,7 @@
 #   REIDFAST_TRAIN_CASES="dgnet fdgan"                the training-iteration cases (default every case of
 #                                                     bench/train_step.py); each runs alone under its own timeout
 #                                                     (REIDFAST_TRAIN_TIMEOUT, 300 s: FD-GAN's first compiled
-#                                                     step took over 150 s on an H100) and writes its own result
+#                                                     step took over 175 s on an H100) and writes its own result
 #                                                     files, rewritten after every row: a compile that runs past
 #                                                     the limit costs that case's compiled row only
 #   REIDFAST_TRAIN_CONFIGS="reidfast"               the training configurations (default reference,no-compile,

@@ -737,7 +737,8 @@ class Trainer:
         scores = (f"Rank-1 {100 * metrics['rank1']:.1f}%  mAP {100 * metrics['mAP']:.1f}%  "
                   if result is not None else "(not evaluated) ")
         self.log(f"{self.method_cls.name} on {self.dataset.name} after {it} iterations: {scores}"
-                 f"({images_per_s:.0f} images/s); metrics in {self.run_dir / 'metrics.json'}")
+                 f"({images_per_s:.{0 if images_per_s >= 10 else 2}f} images/s); metrics in "
+                 f"{self.run_dir / 'metrics.json'}")
         return metrics
 
     def _save_samples(self, method, batch, it) -> None:

@@ -52,6 +52,17 @@ def test_fdgan_on_the_gpu(tiny_root, tmp_path):
         finite_losses(tmp_path / "f" / f"stage{stage}")
 
 
+def test_compiled_fdgan_stage3_on_the_gpu(tiny_root, tmp_path):
+    # Stage III holds every FD-GAN network; compiled here at tiny sizes with channels_last and bf16, as on a GPU. A
+    # layout error in a compiled backward shows at any size (CUDA convolutions pick their output layouts unlike the
+    # CPU's: a transposed conv on a 1x1 input once failed the first step), without the minutes of a full-size compile.
+    assert main(on_gpu(fdgan_args(tiny_root, tmp_path / "f", "--stage-iters", "1", "1", "1"))) == 0
+    compiled = on_gpu(fdgan_args(tiny_root, tmp_path / "c", "--stage", "3", "--init", str(tmp_path / "f" / "stage2"),
+                                 "--stage-iters", "1", "1", "2"))
+    assert main(compiled[:-1] + ["--compile"]) == 0
+    finite_losses(tmp_path / "c" / "stage3")
+
+
 def test_sagan_on_the_gpu(tiny_root, domain_b, tmp_path):  # noqa: F811
     assert main(on_gpu(sagan_args(tiny_root, domain_b, tmp_path / "s"))) == 0
     finite_losses(tmp_path / "s" / "reid")
