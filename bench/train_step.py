@@ -2,10 +2,11 @@
 reference configuration of the same model, in one run, with peak memory.
 
     python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
-                               [--configs reference,no-compile,reidfast] [--out FILE.json] [--profile DIR]
+                               [--configs reference,no-compile,reidfast,cudagraphs] [--out FILE.json] [--profile DIR]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last and fused optimizers
-on GPU; no-compile: the same without torch.compile.
+on GPU; no-compile: the same without torch.compile; cudagraphs (not in the default set): reidfast with
+--compile-mode reduce-overhead.
 reference: --backend reference --amp off --no-compile --no-fused-optimizers (eager fp32, NCHW, torch.optim's default
 update), as the methods' original code runs;
 both let cuDNN time its convolution algorithms on a GPU (the loop's default; DG-Net's original trainer sets
@@ -101,7 +102,12 @@ CONFIGS = {
     "no-compile": {"backend": "auto", "amp": "auto", "compile": False, "channels_last": None, "fused_optimizers": None},
     "reference": {"backend": "reference", "amp": "off", "compile": False, "channels_last": False,
                   "fused_optimizers": False},
+    # reidfast's configuration with CUDA graphs (--compile-mode reduce-overhead): for steps that wait on the host's
+    # launches. Not in the default set.
+    "cudagraphs": {"backend": "auto", "amp": "auto", "compile": None, "compile_mode": "reduce-overhead",
+                   "channels_last": None, "fused_optimizers": None},
 }
+DEFAULT_CONFIGS = ("reference", "no-compile", "reidfast")
 
 
 class _TrainSet:
@@ -221,6 +227,7 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     it = [start_iter]
 
     def step():
+        run.begin_iteration()
         method.train_step(batch, it[0])
         if run.scaler is not None:
             run.scaler.update()
@@ -250,7 +257,7 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
 
 
 def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", on_row=None,
-        configs=tuple(CONFIGS)) -> list[dict]:
+        configs=DEFAULT_CONFIGS) -> list[dict]:
     """Rows for every method: the reference configuration, then reidfast's without and with torch.compile, plus
     their speedups over the reference (bench/run.py). `configs` selects among them (a GPU session short of time
     skips what it measured before; without the reference there are no speedups). on_row(rows) is called after
@@ -273,8 +280,9 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", 
         if "reference" in configs:
             ref = measure(name, "reference", device, quick, profile_dir=profile_dir)
             add(ref)
-        # no-compile before reidfast: its row is written even when the compiled first step runs past a time limit
-        for config in ("no-compile", "reidfast"):
+        # no-compile before the compiled ones: its row is written even when a compiled first step runs past a time
+        # limit
+        for config in (c for c in CONFIGS if c != "reference"):
             if config not in configs:
                 continue
             ours = measure(name, config, device, quick, profile_dir=profile_dir)
@@ -313,9 +321,9 @@ def main(argv=None):
     p.add_argument("--profile", default="", metavar="DIR",
                    help="after timing, profile 3 more steps of each configuration and write the ops and kernels by "
                         "self time to DIR/profile-CASE-CONFIG.txt (timings are not affected)")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help=f"comma-separated configurations out of {', '.join(CONFIGS)} (default all; the speedups "
-                        "need the reference)")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help=f"comma-separated configurations out of {', '.join(CONFIGS)} (default "
+                        f"{','.join(DEFAULT_CONFIGS)}; the speedups need the reference)")
     args = p.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or any(c not in CONFIGS for c in configs):

@@ -11,8 +11,9 @@
 #   (A session's device tool brings back at most 8 files: write RESULTS_DIR outside its $OUT and archive it there,
 #   scripts/gpu_check.sh /tmp/r; tar czf $OUT/r.tgz -C /tmp r. Profiles alone are a file per configuration.)
 #   REIDFAST_GPU_TESTS="tests/ops"                   the test paths whose `gpu` tests run (default tests; took
-#                                                     176 s on an H100, tests/ops 110 s; the slowest 15 are listed
-#                                                     in the log); none: no tests (a benchmark-only call)
+#                                                     176 s on an H100, tests/ops 110 s, before the compiled FD-GAN
+#                                                     test, a minute or two more; the slowest 15 are listed in the
+#                                                     log; 420 s at most); none: no tests (a benchmark-only call)
 #   REIDFAST_BENCH_ONLY=adain,rank,homography,train   the benchmark suites (default all)
 #   REIDFAST_TRAIN_CASES="dgnet fdgan"                the training-iteration cases (default every case of
 #                                                     bench/train_step.py); each runs alone under its own timeout
@@ -21,7 +22,8 @@
 #                                                     files, rewritten after every row: a compile that runs past
 #                                                     the limit costs that case's compiled row only
 #   REIDFAST_TRAIN_CONFIGS="reidfast"               the training configurations (default reference,no-compile,
-#                                                     reidfast; the speedups need the reference)
+#                                                     reidfast; the speedups need the reference; also
+#                                                     cudagraphs: reidfast under CUDA graphs, not yet run on a GPU)
 #   REIDFAST_TRAIN_PROFILE=1                          also profile 3 steps of each configuration and write the ops
 #                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
 #   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
@@ -47,7 +49,7 @@ python -m reidfast.info | tee "$stem.info.txt"
 if [ "${REIDFAST_GPU_TESTS:-tests}" != none ]; then
   echo "== gpu tests"
   SECONDS=0
-  timeout 300 python -m pytest -q -m gpu -p no:cacheprovider --durations=15 ${REIDFAST_GPU_TESTS:-tests} 2>&1 | tee "$stem.tests.log" | tail -40
+  timeout 420 python -m pytest -q -m gpu -p no:cacheprovider --durations=15 ${REIDFAST_GPU_TESTS:-tests} 2>&1 | tee "$stem.tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED"; status=1; }
   echo "   tests in ${SECONDS}s"
 fi

@@ -128,7 +128,8 @@ class _LossWindow:
     def add(self, losses: dict) -> None:
         for k, v in losses.items():
             v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            # a copy, not the step's own tensor: a CUDA graph's output is overwritten by its next replay
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.count += 1
 
     def means(self) -> dict[str, float]:
@@ -400,6 +401,13 @@ class Run:
         # gets a second specialized graph instead of a symbolic-shape one.
         compile_kwargs.setdefault("dynamic", False)
         return torch.compile(fn, mode=None if mode == "default" else mode, **compile_kwargs)
+
+    def begin_iteration(self) -> None:
+        """Called before each train_step. Under --compile-mode reduce-overhead, tells CUDA graph trees that the
+        previous iteration's graph outputs are no longer needed (torch's guess from pending backwards does not
+        hold for a step of several compiled calls and backwards)."""
+        if self.compile and self.cfg["compile_mode"] == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
@@ -680,6 +688,7 @@ class Trainer:
         """One iteration. Returns the batch on the device."""
         t0 = time.perf_counter()
         batch = to_device(batch, self.device)
+        self.run.begin_iteration()
         losses = method.train_step(batch, progress.it)
         if self.run.scaler is not None:
             self.run.scaler.update()

@@ -74,3 +74,27 @@ def test_a_compiled_run_says_that_its_first_iteration_compiles(tiny_root, tmp_pa
     assert err.count("first iteration, compilation included:") == 1
     assert main(tiny_args(tiny_root, tmp_path / "eager", "--iters", "2", "--ckpt-every", "0", "--no-compile")) == 0
     assert "compilation included" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, marks", [("reduce-overhead", 3), ("default", 0)])
+def test_cuda_graph_runs_mark_each_iteration(mode, marks, tiny_root, tmp_path, monkeypatch):
+    # Under CUDA graph trees a graph's outputs live until torch decides a new iteration has begun; a step of several
+    # compiled calls and backwards needs the loop to say so, once per iteration (torch.compile is replaced by the
+    # identity: CUDA graphs themselves need a GPU)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    assert main(tiny_args(tiny_root, tmp_path / mode, "--iters", "3", "--ckpt-every", "0", "--compile",
+                          "--compile-mode", mode)) == 0
+    assert len(calls) == marks
+
+
+def test_logged_losses_do_not_alias_the_step_outputs():
+    # a CUDA graph's replay overwrites its previous outputs in place: the loss sums must hold copies
+    from reidfast.train.loop import _LossWindow
+    window = _LossWindow(0)
+    loss = torch.tensor(2.0)
+    window.add({"loss": loss})
+    loss.fill_(100.0)  # the next replay
+    window.add({"loss": torch.tensor(4.0)})
+    assert window.means() == {"loss": 3.0}
