@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import AdaINResBlock
+from ..nn import AdaINResBlock, PenaltyConv2d
 from .backbone import resnet50
 from .baseline import ClassBlock
 from .width import scaled_channels
@@ -30,12 +30,14 @@ def _lrelu() -> nn.Module:
     return nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
 
 
-def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, norm: bool = True) -> nn.Sequential:
+def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, norm: bool = True,
+                conv: type[nn.Conv2d] = nn.Conv2d) -> nn.Sequential:
     """conv -> instance norm (optional) -> LeakyReLU(0.2). Reflect padding, except for dilated convs (ASPP):
-    zero padding as in DeepLab, which also works on maps smaller than the dilation (the CPU preset's 16x8)."""
+    zero padding as in DeepLab, which also works on maps smaller than the dilation (the CPU preset's 16x8).
+    conv: the convolution class (D's: PenaltyConv2d, for its R1 penalty)."""
     padding = dilation * (kernel - 1) // 2
     mode = "reflect" if padding and dilation == 1 else "zeros"
-    layers = [nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, padding_mode=mode)]
+    layers = [conv(cin, cout, kernel, stride, padding, dilation=dilation, padding_mode=mode)]
     if norm:
         layers.append(nn.InstanceNorm2d(cout))
     layers.append(_lrelu())
@@ -45,12 +47,12 @@ def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int
 class ResBlock(nn.Module):
     """conv3x3 -> [IN] -> LReLU -> conv3x3 -> [IN] -> + x (no activation after the add)."""
 
-    def __init__(self, dim: int, norm: bool = True):
+    def __init__(self, dim: int, norm: bool = True, conv: type[nn.Conv2d] = nn.Conv2d):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, padding_mode="reflect"),
+            conv(dim, dim, 3, padding=1, padding_mode="reflect"),
             nn.InstanceNorm2d(dim) if norm else nn.Identity(), _lrelu(),
-            nn.Conv2d(dim, dim, 3, padding=1, padding_mode="reflect"),
+            conv(dim, dim, 3, padding=1, padding_mode="reflect"),
             nn.InstanceNorm2d(dim) if norm else nn.Identity())
 
     def forward(self, x):
@@ -219,16 +221,18 @@ class Generator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """One scale: 1x1-32, 3x3-32, s2 3x3-32, 3x3-32, s2 3x3-64, 4 ResBlocks of 64 (no norm), 1x1 to 1."""
+    """One scale: 1x1-32, 3x3-32, s2 3x3-32, 3x3-32, s2 3x3-64, 4 ResBlocks of 64 (no norm), 1x1 to 1. Its
+    convolutions are PenaltyConv2d: the R1 penalty differentiates its input gradient."""
 
     def __init__(self, width: float = 1.0, res_blocks: int = 4):
         super().__init__()
         c32, c64 = scaled_channels(32, width), scaled_channels(64, width)
+        conv = PenaltyConv2d
         self.net = nn.Sequential(
-            _conv_block(3, c32, 1, norm=False), _conv_block(c32, c32, 3, norm=False),
-            _conv_block(c32, c32, 3, stride=2, norm=False), _conv_block(c32, c32, 3, norm=False),
-            _conv_block(c32, c64, 3, stride=2, norm=False),
-            *[ResBlock(c64, norm=False) for _ in range(res_blocks)], nn.Conv2d(c64, 1, 1))
+            _conv_block(3, c32, 1, norm=False, conv=conv), _conv_block(c32, c32, 3, norm=False, conv=conv),
+            _conv_block(c32, c32, 3, stride=2, norm=False, conv=conv), _conv_block(c32, c32, 3, norm=False, conv=conv),
+            _conv_block(c32, c64, 3, stride=2, norm=False, conv=conv),
+            *[ResBlock(c64, norm=False, conv=conv) for _ in range(res_blocks)], conv(c64, 1, 1))
 
     def forward(self, x):
         return self.net(x)

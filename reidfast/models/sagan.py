@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import HomographyTransformer
+from ..nn import HomographyTransformer, PenaltyConv2d
 
 
 def homography_vector(H: torch.Tensor) -> torch.Tensor:
@@ -93,15 +93,17 @@ class ResnetGenerator(nn.Module):
 
 class Critic(nn.Module):
     """PatchGAN critic (C64-C128-C256-C512 at ndf = 64, then a 1-channel convolution), no normalization; forward
-    gives one score per image (the mean of the patch scores)."""
+    gives one score per image (the mean of the patch scores). Its convolutions are PenaltyConv2d: the gradient
+    penalty differentiates its input gradient."""
 
     def __init__(self, channels: int = 3, ndf: int = 64, layers: int = 3):
         super().__init__()
-        seq, dim = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)], ndf
+        conv = PenaltyConv2d
+        seq, dim = [conv(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)], ndf
         for i in range(1, layers):
-            seq += [nn.Conv2d(dim, ndf * 2 ** i, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            seq += [conv(dim, ndf * 2 ** i, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
             dim = ndf * 2 ** i
-        seq += [nn.Conv2d(dim, dim * 2, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(dim * 2, 1, 3, 1, 1)]
+        seq += [conv(dim, dim * 2, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True), conv(dim * 2, 1, 3, 1, 1)]
         self.body = nn.Sequential(*seq)
 
     def forward(self, x):

@@ -7,6 +7,7 @@ from ._backend import BACKENDS, get_backend, set_backend, use_backend
 from ._backend import explain as explain_backend
 from ._backend import resolve as resolve_backend
 from .adain import adain
+from .conv2d import conv2d
 from .rank_eval import rank_eval
 from .rank_result import RankEvalResult
 from .geometry import (
@@ -26,6 +27,7 @@ __all__ = [
     "RankEvalResult",
     "adain",
     "compose_warps",
+    "conv2d",
     "explain_backend",
     "get_backend",
     "rank_eval",

@@ -51,6 +51,14 @@ def adain(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# conv2d: the convolution of discriminators whose input gradient is penalized.
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """`reidfast.ops.conv2d`'s reference: F.conv2d, with autograd's own derivatives of every order."""
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # rank_eval: re-id ranking under the Market-1501 protocol.
 
 def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tensor, metric: str) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""conv2d for networks whose input gradient is penalized (DG-Net's R1, SA-GAN's WGAN-GP): the values and the
+derivatives of `reference.conv2d` (F.conv2d) at every order; what differs is which kernels
+run the second order.
+
+A penalty on grad_x D(x) reaches D's weights through the derivative of each convolution's input gradient (a
+transposed convolution of the output gradient with the weight). Autograd takes that derivative's weight part as a
+forward convolution with batch and channels swapped: the layer's whole output-gradient map becomes the kernel,
+(C_out, N, H_out, W_out), and the output is as small as the weight, (C_in, C_out, kh, kw): a GEMM of a few
+hundred rows and a reduction over the whole batch and map, barely parallel. The slowest convolution kernels of the
+H100 profiles in bench/results/*profile* (2.3-2.6 ms a call; 15% of a DG-Net reference iteration's GPU time) match
+these calls by count and kind. The same numbers are a weight gradient, wgrad(input = the second-order gradient, output
+gradient = the layer's output gradient), which `aten.convolution_backward` computes with the kernels made for
+it, parallel over the batch and the map.
+
+Here the convolution is an autograd.Function whose backward computes the input gradient as conv_transpose2d,
+an op autograd differentiates with exactly those kernels; the first-order weight and bias gradients are autograd's
+own. Under torch.compile the function stays whole in the graph (allow_in_graph), so that its backward also holds
+inside a first derivative taken in the compiled region (torch.func.grad): inlined, it lost the penalty's share of
+the weight gradient (torch 2.14).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from . import _backend, reference
+
+
+def _output_padding(x_size, out_size, weight, stride, padding, dilation) -> list[int]:
+    """What conv_transpose2d needs to give back x's size: a strided convolution maps several input sizes to one
+    output size."""
+    return [x_size[2 + i] - ((out_size[2 + i] - 1) * stride[i] - 2 * padding[i]
+                             + dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(2)]
+
+
+class _Conv2d(Function):
+    @staticmethod
+    def forward(x, weight, bias, stride, padding, dilation, groups):
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # the input gradient as the differentiable op it is; its weight gradient is a weight-gradient kernel
+            output_padding = _output_padding(x.shape, grad_out.shape, weight, stride, padding, dilation)
+            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding, output_padding, groups, dilation)
+        if ctx.needs_input_grad[1]:  # autograd's own op, differentiated in turn by autograd's formula
+            grad_weight = torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, dilation,
+                                                              False, [0, 0], groups, [False, True, False])[1]
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+@torch._dynamo.allow_in_graph
+def _apply(x, weight, bias, stride, padding, dilation, groups):
+    return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, stride, padding, dilation, groups)` with a faster second derivative (module
+    docstring). Under autocast, x, weight and bias are cast to the autocast dtype first, as F.conv2d's autocast
+    rule does. String padding, inputs other than 4-D and the "reference" backend setting run the reference."""
+    if _backend.get_backend() == "reference" or isinstance(padding, str) or x.dim() != 4:
+        return reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return _apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), int(groups))
