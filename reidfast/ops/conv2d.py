@@ -1,6 +1,5 @@
 """conv2d for networks whose input gradient is penalized (DG-Net's R1, SA-GAN's WGAN-GP): the values and the
-derivatives of `reference.conv2d` (F.conv2d) at every order; what differs is which kernels
-run the second order.
+derivatives of `reference.conv2d` (F.conv2d) at every order; what differs is which kernels run the second order.
 
 A penalty on grad_x D(x) reaches D's weights through the derivative of each convolution's input gradient (a
 transposed convolution of the output gradient with the weight). Autograd takes that derivative's weight part as a
@@ -8,15 +7,15 @@ forward convolution with batch and channels swapped: the layer's whole output-gr
 (C_out, N, H_out, W_out), and the output is as small as the weight, (C_in, C_out, kh, kw): a GEMM of a few
 hundred rows and a reduction over the whole batch and map, barely parallel. The slowest convolution kernels of the
 H100 profiles in bench/results/*profile* (2.3-2.6 ms a call; 15% of a DG-Net reference iteration's GPU time) match
-these calls by count and kind. The same numbers are a weight gradient, wgrad(input = the second-order gradient, output
-gradient = the layer's output gradient), which `aten.convolution_backward` computes with the kernels made for
-it, parallel over the batch and the map.
+these calls by count and kind. The same numbers are a weight gradient, wgrad(input = the second-order gradient,
+output gradient = the layer's output gradient), which cuDNN computes with kernels made for it, parallel over the
+batch and the map.
 
-Here the convolution is an autograd.Function whose backward computes the input gradient as conv_transpose2d,
-an op autograd differentiates with exactly those kernels; the first-order weight and bias gradients are autograd's
-own. Under torch.compile the function stays whole in the graph (allow_in_graph), so that its backward also holds
-inside a first derivative taken in the compiled region (torch.func.grad): inlined, it lost the penalty's share of
-the weight gradient (torch 2.14).
+Here the convolution is an autograd.Function whose backward computes the input gradient as conv_transpose2d, an op
+whose derivative autograd takes with exactly those kernels; the first-order weight and bias gradients are
+autograd's own. Under torch.compile the function stays whole in the graph (allow_in_graph), so that its backward
+also holds inside a first derivative taken in the compiled region (torch.func.grad): inlined, it lost the
+penalty's share of the weight gradient (torch 2.14).
 """
 from __future__ import annotations
 
@@ -62,7 +61,7 @@ class _Conv2d(Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
-@torch._dynamo.allow_in_graph
+@torch.compiler.allow_in_graph
 def _apply(x, weight, bias, stride, padding, dilation, groups):
     return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
 
