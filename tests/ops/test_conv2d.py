@@ -36,7 +36,7 @@ def _penalty(conv, x, w, b, kw):
     """A WGAN-GP-like penalty of a two-layer network (the case's convolution, LeakyReLU, a fixed 1x1 convolution to
     one channel), with the input gradient by torch.func.grad as reidfast.train.penalties.input_gradient takes it, plus
     the score, so that derivatives of both orders reach the weights."""
-    head = torch.linspace(-1.0, 1.0, w.shape[0], dtype=w.dtype).view(1, -1, 1, 1)  # a constant weight
+    head = torch.linspace(-1.0, 1.0, w.shape[0], dtype=w.dtype, device=w.device).view(1, -1, 1, 1)  # constant
 
     def score(inp):
         h = F.leaky_relu(conv(inp, w, b, **kw), 0.2)
