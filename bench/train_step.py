@@ -204,12 +204,13 @@ def _host_synchronizations(step) -> list[tuple[int, str]]:
     return [(n, where) for where, n in lines.most_common()]
 
 
-def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None,
-            profile_dir: str = "") -> dict:
+def prepare(case: str, config_name: str, device: torch.device, shapes: str):
+    """(run, method, cfg, step) for a case in a configuration, with the case's "gpu" or "cpu" shapes; step() runs
+    one training iteration on the fixed batch. Sets the op backend the configuration names (reset it after)."""
     from reidfast import ops
     method_name = CASES[case].get("method", case)
     method_cls = get_method(method_name)
-    setting = dict(CASES[case]["cpu" if device.type == "cpu" or quick else "gpu"])
+    setting = dict(CASES[case][shapes])
     num_classes = setting.pop("num_classes")
     start_iter = setting.pop("start_iter", 0)
     cfg = {**LOOP_DEFAULTS, **method_cls.defaults, **setting, **CONFIGS[config_name],
@@ -235,6 +236,13 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
             s.step()
         it[0] += 1
 
+    return run, method, cfg, step
+
+
+def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None,
+            profile_dir: str = "") -> dict:
+    from reidfast import ops
+    run, method, cfg, step = prepare(case, config_name, device, "cpu" if device.type == "cpu" or quick else "gpu")
     t0 = time.perf_counter()
     step()  # the first step compiles when compile is on
     if device.type == "cuda":

@@ -3,10 +3,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reidfast.data.synthetic import generate
 
 TINY_DATA = dict(ids=8, cameras=3, domain="a", seed=3, height=32, width=16)
+
+
+class ConvolutionsOverTheBatch(TorchDispatchMode):
+    """Records the shapes of the forward convolutions run inside whose input and weight both hold `batch` in the
+    channel dimension: the form of autograd's second derivative of a convolution's input gradient (slow on GPUs;
+    reidfast.nn.PenaltyConv2d avoids it). Choose a batch size no layer has as a channel count."""
+
+    def __init__(self, batch: int):
+        super().__init__()
+        self.batch, self.calls = batch, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            x, weight = args[0], args[1]
+            if x.shape[1] == weight.shape[1] == self.batch and x.shape[0] != self.batch:
+                self.calls.append((tuple(x.shape), tuple(weight.shape)))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

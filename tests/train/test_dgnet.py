@@ -11,7 +11,7 @@ from reidfast.train.__main__ import main
 from reidfast.train.checkpoint import load_checkpoint
 from reidfast.train.dgnet import ramp
 
-from .conftest import read_log, tiny_args
+from .conftest import ConvolutionsOverTheBatch, read_log, tiny_args
 
 WARM = 3  # the ramps switch on at iteration index 3, i.e. the 4th iteration (logged as it 4)
 
@@ -202,19 +202,21 @@ def test_r1_penalty_equals_the_double_backward_of_autograd():
     # autograd.grad(create_graph=True) per scale: the scores, the penalty and D's parameter gradients of both
     from reidfast.models.dgnet import MultiScaleDiscriminator
     from reidfast.models.baseline import ReidBaseline
+    from reidfast.ops import use_backend
     teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
     method = _method(False, teacher_state)
     torch.manual_seed(3)
     reals = [torch.randn(3, 3, 64, 32), torch.randn(3, 3, 64, 32)]
     dis = method.dis
     inputs = [x.clone().requires_grad_(True) for x in reals]
-    outs = [dis(x) for x in inputs]
-    expected_r1 = 0
-    for scale in range(len(dis.scales)):
-        grads = torch.autograd.grad(sum(o[scale].sum() for o in outs), inputs, create_graph=True)
-        expected_r1 = expected_r1 + sum(g.square().flatten(1).sum(1).mean() for g in grads)
-    expected_loss = expected_r1 + sum(o.square().mean() for per_input in outs for o in per_input)
-    expected = torch.autograd.grad(expected_loss, list(dis.parameters()))
+    with use_backend("reference"):  # D's convolutions as F.conv2d: autograd's own second derivative
+        outs = [dis(x) for x in inputs]
+        expected_r1 = 0
+        for scale in range(len(dis.scales)):
+            grads = torch.autograd.grad(sum(o[scale].sum() for o in outs), inputs, create_graph=True)
+            expected_r1 = expected_r1 + sum(g.square().flatten(1).sum(1).mean() for g in grads)
+        expected_loss = expected_r1 + sum(o.square().mean() for per_input in outs for o in per_input)
+        expected = torch.autograd.grad(expected_loss, list(dis.parameters()))
     scores, r1 = method.real_scores_and_r1(torch.cat(reals), [3, 3])
     assert len(scores) == len(dis.scales) and isinstance(dis, MultiScaleDiscriminator)
     torch.testing.assert_close(r1, expected_r1)
@@ -224,6 +226,22 @@ def test_r1_penalty_equals_the_double_backward_of_autograd():
     for a, b in zip(torch.autograd.grad(loss, list(dis.parameters())), expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert r1 > 0
+
+
+@pytest.mark.parametrize("backend, slow_formula", [("auto", False), ("reference", True)])
+def test_r1_reaches_d_without_convolving_over_the_batch(backend, slow_formula):
+    # D's convolutions are PenaltyConv2d: R1's gradient reaches D's weights by weight-gradient kernels; the reference
+    # backend (autograd's formula) shows that the check sees the slow form when it is there
+    from reidfast.models.baseline import ReidBaseline
+    from reidfast.ops import use_backend
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state)
+    images = torch.randn(5, 3, 64, 32, generator=torch.Generator().manual_seed(6))
+    with use_backend(backend):
+        _, r1 = method.real_scores_and_r1(images, [5])
+        with ConvolutionsOverTheBatch(5) as seen:
+            torch.autograd.grad(r1, list(method.dis.parameters()), allow_unused=True)  # the last bias: no part in it
+    assert bool(seen.calls) == slow_formula, seen.calls
 
 
 def test_compiled_r1_penalty_equals_the_eager_one():

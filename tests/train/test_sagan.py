@@ -16,7 +16,7 @@ from reidfast.data.synthetic import generate
 from reidfast.train.__main__ import main
 from reidfast.train.checkpoint import load_checkpoint
 
-from .conftest import TINY_DATA, read_log
+from .conftest import TINY_DATA, ConvolutionsOverTheBatch, read_log
 
 
 @pytest.fixture(scope="session")
@@ -303,15 +303,17 @@ def test_gradient_penalty_equals_the_double_backward_of_autograd():
     # the WGAN-GP of the paper's critics as autograd.grad(create_graph=True) computes it: value and the critic's
     # parameter gradients, for image and homography critics
     from reidfast.models.sagan import Critic, TransformCritic
+    from reidfast.ops import use_backend
     from reidfast.train.sagan import gradient_penalty
     torch.manual_seed(0)
     for critic, shape in ((Critic(3, 4), (3, 3, 16, 8)), (TransformCritic(8).body, (3, 8))):
         real, fake, e = torch.randn(shape), torch.randn(shape), torch.rand(shape[0])
         mix = (e.view((-1,) + (1,) * (len(shape) - 1)) * real + (1 - e.view((-1,) + (1,) * (len(shape) - 1))) * fake)
         mix.requires_grad_(True)
-        grad, = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
-        expected = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
-        expected_grads = torch.autograd.grad(expected, list(critic.parameters()), allow_unused=True)
+        with use_backend("reference"):  # the critic's convolutions as F.conv2d: autograd's own second derivative
+            grad, = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
+            expected = (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+            expected_grads = torch.autograd.grad(expected, list(critic.parameters()), allow_unused=True)
         got = gradient_penalty(critic, real, fake, e)
         got_grads = torch.autograd.grad(got, list(critic.parameters()), allow_unused=True)
         torch.testing.assert_close(got, expected)
@@ -320,6 +322,23 @@ def test_gradient_penalty_equals_the_double_backward_of_autograd():
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend, slow_formula", [("auto", False), ("reference", True)])
+def test_gradient_penalty_reaches_the_critic_without_convolving_over_the_batch(backend, slow_formula):
+    # the critic's convolutions are PenaltyConv2d: the penalty's gradient reaches its weights by weight-gradient
+    # kernels; the reference backend (autograd's formula) shows that the check sees the slow form when it is there
+    from reidfast.models.sagan import Critic
+    from reidfast.ops import use_backend
+    from reidfast.train.sagan import gradient_penalty
+    critic = Critic(3, 4)
+    g = torch.Generator().manual_seed(4)
+    real, fake, e = torch.randn(5, 3, 16, 8, generator=g), torch.randn(5, 3, 16, 8, generator=g), torch.rand(5)
+    with use_backend(backend):
+        penalty = gradient_penalty(critic, real, fake, e)
+        with ConvolutionsOverTheBatch(5) as seen:
+            torch.autograd.grad(penalty, list(critic.parameters()), allow_unused=True)  # the last bias: no part in it
+    assert bool(seen.calls) == slow_formula, seen.calls
 
 
 def test_compiled_step_matches_the_eager_step(monkeypatch):
