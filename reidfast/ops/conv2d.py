@@ -11,11 +11,14 @@ these calls by count and kind. The same numbers are a weight gradient, wgrad(inp
 output gradient = the layer's output gradient), which cuDNN computes with kernels made for it, parallel over the
 batch and the map.
 
-Here the convolution is an autograd.Function whose backward computes the input gradient as conv_transpose2d, an op
-whose derivative autograd takes with exactly those kernels; the first-order weight and bias gradients are
-autograd's own. Under torch.compile the function stays whole in the graph (allow_in_graph), so that its backward
-also holds inside a first derivative taken in the compiled region (torch.func.grad): inlined, it lost the
-penalty's share of the weight gradient (torch 2.14).
+Here the convolution is an autograd.Function whose input gradient is a second one: computed by autograd's own
+kernel, and differentiated by a forward convolution (for the output gradient's part) and the weight-gradient
+kernel (for the weight's). Every kernel is one that a convolution's plain forward and backward run; the first-order
+weight and bias gradients are autograd's own. (A conv_transpose2d for the input gradient would be shorter, but
+torch.compile has mispredicted the output layout of transposed convolutions with output padding on CUDA.) Under
+torch.compile the function stays whole in the graph (allow_in_graph), so that its backward also holds inside a
+first derivative taken in the compiled region (torch.func.grad): inlined, it lost the penalty's share of the
+weight gradient (torch 2.14).
 """
 from __future__ import annotations
 
@@ -26,11 +29,38 @@ from torch.autograd import Function
 from . import _backend, reference
 
 
-def _output_padding(x_size, out_size, weight, stride, padding, dilation) -> list[int]:
-    """What conv_transpose2d needs to give back x's size: a strided convolution maps several input sizes to one
-    output size."""
-    return [x_size[2 + i] - ((out_size[2 + i] - 1) * stride[i] - 2 * padding[i]
-                             + dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(2)]
+def _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups, mask):
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, dilation, False, [0, 0],
+                                               groups, mask)
+
+
+class _InputGrad(Function):
+    """grad_x of conv2d(x, weight) for grad_out, by autograd's own kernel; x gives only the input's size and layout
+    (a strided convolution's input size is not a function of its output size)."""
+
+    @staticmethod
+    def forward(grad_out, x, weight, stride, padding, dilation, groups):
+        return _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups, [True, False, False])[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, x, weight, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(grad_out, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x):
+        grad_out, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        d_grad_out = d_weight = None
+        # grad_x is linear in grad_out and in weight: <grad_grad_x, grad_x> = <grad_out, conv2d(grad_grad_x, weight)>,
+        # so its derivatives are a forward convolution and a weight gradient with grad_grad_x as the input
+        if ctx.needs_input_grad[0]:
+            d_grad_out = F.conv2d(grad_grad_x, weight, None, stride, padding, dilation, groups)
+        if ctx.needs_input_grad[2]:
+            d_weight = _convolution_backward(grad_out, grad_grad_x, weight, stride, padding, dilation, groups,
+                                             [False, True, False])[1]
+        return d_grad_out, None, d_weight, None, None, None, None
 
 
 class _Conv2d(Function):
@@ -50,12 +80,10 @@ class _Conv2d(Function):
         stride, padding, dilation, groups = ctx.conf
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # the input gradient as the differentiable op it is; its weight gradient is a weight-gradient kernel
-            output_padding = _output_padding(x.shape, grad_out.shape, weight, stride, padding, dilation)
-            grad_x = F.conv_transpose2d(grad_out, weight, None, stride, padding, output_padding, groups, dilation)
+            grad_x = _InputGrad.apply(grad_out, x, weight, stride, padding, dilation, groups)
         if ctx.needs_input_grad[1]:  # autograd's own op, differentiated in turn by autograd's formula
-            grad_weight = torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, dilation,
-                                                              False, [0, 0], groups, [False, True, False])[1]
+            grad_weight = _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups,
+                                                [False, True, False])[1]
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None, None
