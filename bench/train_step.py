@@ -33,6 +33,7 @@ import os
 import resource
 import sys
 import time
+import traceback
 
 import torch
 
@@ -353,10 +354,18 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
-    # Seen once on an H100: the rows were written, then the interpreter's shutdown did not finish before the case's
-    # timeout (cause not found; compile worker processes are a suspect). Nothing is left to do, so the process ends
-    # here without the teardown, and a GPU session's minutes go to the next case.
+    # Seen on H100s: the rows were written (once), or a compiled step had raised (run 4 of 2026-11-27), and then the
+    # interpreter's shutdown did not finish before the case's timeout (cause not found; compile worker processes
+    # are a suspect). Nothing is left to do either way, so the process ends without the teardown, and a GPU
+    # session's minutes go to the next case.
+    status = 0
+    try:
+        main()
+    except SystemExit as exc:  # argparse's errors and --help
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
