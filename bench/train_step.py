@@ -354,10 +354,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # Seen on H100s: the rows were written (once), or a compiled step had raised (run 4 of 2026-11-27), and then the
-    # interpreter's shutdown did not finish before the case's timeout (cause not found; compile worker processes
-    # are a suspect). Nothing is left to do either way, so the process ends without the teardown, and a GPU
-    # session's minutes go to the next case.
+    # Seen on H100s: the rows were written, then the interpreter's shutdown did not finish before the case's timeout
+    # (cause not found; compile worker processes are a suspect); and a compiled step raised, and the process was
+    # still alive at the timeout (run 4 of 2026-11-27). Nothing is left to do either way, so the process ends
+    # without the teardown, and a GPU session's minutes go to the next case.
     status = 0
     try:
         main()
