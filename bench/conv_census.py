@@ -59,16 +59,12 @@ def flags(kind: str, x: tuple, weight: tuple) -> list[str]:
 
 def census(case: str, config: str, device: torch.device, shapes: str) -> collections.Counter:
     from reidfast import ops
-    setting = dict(train_step.CONFIGS[config], compile=False)
-    saved = train_step.CONFIGS[config]
-    train_step.CONFIGS[config] = setting
     try:
-        run, method, cfg, step = train_step.prepare(case, config, device, shapes)
+        _, _, _, step = train_step.prepare(case, config, device, shapes, compile=False)
         step()  # the first iteration may differ (lazy state); the second is counted
         with ConvolutionCensus() as seen:
             step()
     finally:
-        train_step.CONFIGS[config] = saved
         ops.set_backend("auto")
     return seen.calls
 

@@ -205,9 +205,10 @@ def _host_synchronizations(step) -> list[tuple[int, str]]:
     return [(n, where) for where, n in lines.most_common()]
 
 
-def prepare(case: str, config_name: str, device: torch.device, shapes: str):
-    """(run, method, cfg, step) for a case in a configuration, with the case's "gpu" or "cpu" shapes; step() runs
-    one training iteration on the fixed batch. Sets the op backend the configuration names (reset it after)."""
+def prepare(case: str, config_name: str, device: torch.device, shapes: str, **overrides):
+    """(run, method, cfg, step) for a case in a configuration (with `overrides` of its settings), with the case's
+    "gpu" or "cpu" shapes; step() runs one training iteration on the fixed batch. Sets the op backend the
+    configuration names (reset it after)."""
     from reidfast import ops
     method_name = CASES[case].get("method", case)
     method_cls = get_method(method_name)
@@ -215,7 +216,8 @@ def prepare(case: str, config_name: str, device: torch.device, shapes: str):
     num_classes = setting.pop("num_classes")
     start_iter = setting.pop("start_iter", 0)
     cfg = {**LOOP_DEFAULTS, **method_cls.defaults, **setting, **CONFIGS[config_name],
-           **METHOD_CONFIGS.get(method_name, {}).get(config_name, {}), "device": str(device), "pretrained": "none"}
+           **METHOD_CONFIGS.get(method_name, {}).get(config_name, {}), **overrides, "device": str(device),
+           "pretrained": "none"}
     ops.set_backend(cfg["backend"])
     if device.type == "cuda":
         torch.cuda.empty_cache()
