@@ -5,7 +5,7 @@
 # to 3 min, op benchmarks a few minutes, and per training case 1 to 8 minutes, most of it torch.compile's first step
 # (DG-Net b8: 127 s once, since then more compiled and past 220-230 s three times: give it
 # REIDFAST_TRAIN_CONFIGS=reidfast and REIDFAST_TRAIN_TIMEOUT=500 alone; SA-GAN: 147 s with its two whole-step
-# graphs, the case 198 s in all; FD-GAN stage III: past 175 s, give it about 400 s alone): everything at once takes
+# graphs, the case 198 s in all; FD-GAN stage III: 184 s, the reference and reidfast rows 230 s): everything at once takes
 # well over 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
 #   (A session's device tool brings back at most 8 files: write RESULTS_DIR outside its $OUT and archive it there,
