@@ -18,45 +18,18 @@ namespace reidfast {
 namespace rank {
 namespace {
 
-// Counts the matches ordered before an item between the first and the last match in O(1) on average: the range
-// [first match, last match] is cut into equal buckets of distance; b(x) = floor((x - first) * scale) is monotone
-// in x, so every match in a lower bucket than the item's has a strictly smaller distance and precedes it, every
-// match in a higher bucket follows it, and only the matches sharing its bucket (rarely more than one) are compared.
-// This replaces a binary search whose unpredictable branches dominated the CPU time.
+// A query's bucket table (rank_math.h, MatchBuckets): start[b] = the number of matches in buckets below b,
+// start[count] = p. False, with the table unset, when the buckets cannot be used. This replaced a binary search per
+// item, whose unpredictable branches dominated the CPU time.
 template <typename scalar_t>
-struct MatchBuckets {
-  bool usable = false;
-  int count = 0;
-  scalar_t first = 0, scale = 0;
-  const int* start = nullptr;  // start[b] = number of matches in buckets below b; start[count] = p
-
-  MatchBuckets(const scalar_t* match_d, int p, std::vector<int>& storage) {
-    first = match_d[0];
-    const scalar_t span = match_d[p - 1] - first;
-    count = std::min(std::max(256, 16 * p), 1 << 16);
-    scale = static_cast<scalar_t>(count) / span;
-    usable = std::isfinite(first) && std::isfinite(span) && span > 0 && std::isfinite(scale);
-    if (!usable) return;
-    storage.assign(count + 1, 0);
-    for (int k = 0; k < p; ++k) ++storage[bucket(match_d[k]) + 1];
-    for (int b = 0; b < count; ++b) storage[b + 1] += storage[b];
-    start = storage.data();
-  }
-
-  // Clamped to [0, count): items below the first match land in bucket 0 and its scan stops at once.
-  int bucket(scalar_t d) const {
-    const scalar_t t = std::max((d - first) * scale, scalar_t(0));
-    return t < static_cast<scalar_t>(count) ? static_cast<int>(t) : count - 1;
-  }
-
-  int matches_before(const scalar_t* match_d, const int64_t* match_j, scalar_t d, int64_t j) const {
-    const int b = bucket(d);
-    int k = start[b];
-    const int end = start[b + 1];
-    while (k < end && ordered_before(match_d[k], match_j[k], d, j)) ++k;
-    return k;
-  }
-};
+bool make_bucket_table(const scalar_t* md, const int64_t* mj, int p, MatchBuckets<scalar_t>& buckets,
+                       std::vector<int>& start) {
+  if (!make_match_buckets(md[0], mj[0], md[p - 1], mj[p - 1], bucket_count_for(p, 1 << 16), buckets)) return false;
+  start.assign(buckets.count + 1, 0);
+  for (int k = 0; k < p; ++k) ++start[bucket_of(buckets, md[k]) + 1];
+  for (int b = 0; b < buckets.count; ++b) start[b + 1] += start[b];
+  return true;
+}
 
 struct QueryOutput {
   double ap;
@@ -84,20 +57,15 @@ struct Scratch {
 constexpr int kBlock = 512;
 
 template <typename scalar_t>
-void count_with_buckets(const scalar_t* row, int64_t num_g, int32_t q_pid, int ap_mode, scalar_t last_d,
-                        int64_t last_j, const MatchBuckets<scalar_t>& buckets, const scalar_t* md, const int64_t* mj,
-                        Scratch<scalar_t>& s, int64_t* hist, bool& has_nan) {
-  const int32_t sentinel = buckets.count;        // counts for no match
-  const int32_t before_all = buckets.count + 1;  // ordered before the first match: counts for every match
-  const scalar_t top = static_cast<scalar_t>(buckets.count - 1);
-  const scalar_t first = buckets.first, scale = buckets.scale;
-  const int32_t last_j32 = static_cast<int32_t>(last_j), first_j32 = static_cast<int32_t>(mj[0]);
-  const bool market = ap_mode == kMarket;
+void count_with_buckets(const scalar_t* row, int64_t num_g, int32_t q_pid, int ap_mode,
+                        const MatchBuckets<scalar_t>& buckets, const int* start, const scalar_t* md,
+                        const int64_t* mj, Scratch<scalar_t>& s, int64_t* hist, bool& has_nan) {
+  const int32_t before_all = buckets.before_all();
   s.bucket_count.assign(buckets.count + 2, 0);
   s.shares_match.assign(buckets.count + 2, 0);
-  for (int b = 0; b < buckets.count; ++b) s.shares_match[b] = buckets.start[b + 1] > buckets.start[b];
+  for (int b = 0; b < buckets.count; ++b) s.shares_match[b] = start[b + 1] > start[b];
   s.exact.clear();
-  int32_t bucket_of[kBlock];
+  int32_t slot_of[kBlock];
   int nan_count = 0;
   for (int64_t base = 0; base < num_g; base += kBlock) {
     const int n = static_cast<int>(std::min<int64_t>(kBlock, num_g - base));
@@ -106,20 +74,11 @@ void count_with_buckets(const scalar_t* row, int64_t num_g, int32_t q_pid, int a
     const int32_t j0 = static_cast<int32_t>(base);
     for (int i = 0; i < n; ++i) {  // vectorized: no branch, no gather
       const scalar_t d = d_block[i];
-      const int32_t j = j0 + i;
       nan_count += d != d;
-      const bool before_last = (d < last_d) | ((d == last_d) & (j < last_j32));
-      const int32_t g = pid_block[i];
-      const bool kept_non_match = (g != q_pid) & ((g != -1) | !market);
-      scalar_t t = (d - first) * scale;
-      t = t > scalar_t(0) ? t : scalar_t(0);
-      t = t < top ? t : top;
-      const bool before_first = (d < first) | ((d == first) & (j < first_j32));
-      const int32_t b = before_first ? before_all : static_cast<int32_t>(t);
-      bucket_of[i] = (before_last & kept_non_match) ? b : sentinel;
+      slot_of[i] = item_slot(buckets, d, j0 + i, pid_block[i], q_pid, ap_mode);
     }
     for (int i = 0; i < n; ++i) {
-      const int32_t b = bucket_of[i];
+      const int32_t b = slot_of[i];
       if (s.shares_match[b])
         s.exact.push_back(base + i);
       else
@@ -127,9 +86,12 @@ void count_with_buckets(const scalar_t* row, int64_t num_g, int32_t q_pid, int a
     }
   }
   has_nan = nan_count > 0;
-  hist[0] += s.bucket_count[before_all];
-  for (int b = 0; b < buckets.count; ++b) hist[buckets.start[b]] += s.bucket_count[b];
-  for (const int64_t j : s.exact) ++hist[buckets.matches_before(md, mj, row[j], j)];
+  hist[0] += s.bucket_count[before_all];  // bucket_count[no_match()] counts for no rank
+  for (int b = 0; b < buckets.count; ++b) hist[start[b]] += s.bucket_count[b];
+  for (const int64_t j : s.exact) {
+    const int b = bucket_of(buckets, row[j]);
+    ++hist[matches_before_in_bucket(md, mj, start[b], start[b + 1], row[j], j)];
+  }
 }
 
 // The gallery grouped by id (stable, so each group is in index order): a query finds its same-id items without a
@@ -188,12 +150,13 @@ QueryOutput rank_one_query(const scalar_t* row, int64_t num_g, int32_t q_pid, in
 
   // The pass over the row: histogram of matches-before over the kept non-matches (items after the last match
   // affect no rank).
-  const MatchBuckets<scalar_t> buckets(md, p, s.bucket_start);
+  MatchBuckets<scalar_t> buckets;
+  const bool bucketed = make_bucket_table(md, mj, p, buckets, s.bucket_start);
   s.hist.assign(p + 1, 0);  // bin p: items that count for no match (after the last one, junk, matches)
   int64_t* hist = s.hist.data();
   bool has_nan = false;  // checked in this pass, which reads every distance anyway
-  if (buckets.usable) {
-    count_with_buckets(row, num_g, q_pid, ap_mode, last_d, last_j, buckets, md, mj, s, hist, has_nan);
+  if (bucketed) {
+    count_with_buckets(row, num_g, q_pid, ap_mode, buckets, s.bucket_start.data(), md, mj, s, hist, has_nan);
   } else {  // infinite distances or all matches at one distance
     for (int64_t j = 0; j < num_g; ++j) {
       const scalar_t d = row[j];

@@ -1,13 +1,19 @@
 // Ranking on CUDA: one block per query. The query's true matches come from the gallery grouped by id (sorted once
 // per call on the device), so finding them reads a few items, not the row; the block orders them by (distance,
 // index) in shared memory. One pass over the row then checks for NaN and counts, for each kept non-match ordered
-// before the last match, how many matches precede it (binary search in shared memory) into a shared histogram,
-// from which one thread walks the ranks of the matches to AP (rank_math.h). Each thread keeps kUnroll loads in
-// flight: one outstanding 4-byte load per thread leaves the pass latency-bound, well below memory bandwidth.
-// Rows with more matches than the shared list holds are flagged for the caller.
-// Tried and measured slower (two runs on H100 machines): comparing one 64-bit key per search step (the distance's
-// IEEE bits made monotone, above the index) instead of the distance and the index: the kernel took 0.251 ms
-// against 0.205 at Market scale and 4.60 against 3.60 ms at MSMT17 scale.
+// before the last match, how many matches precede it, from which one thread walks the ranks of the matches to AP
+// (rank_math.h). The count goes through the distance buckets of rank_math.h (MatchBuckets), as on the CPU: an item
+// is a multiply and a table lookup, and lands in one of up to kMaxBuckets shared counters; only the items that share
+// a bucket with a match are compared with the matches. Rows whose buckets cannot be used (infinite distances at
+// the first or last match, all matches at one distance) place every item by binary search into a histogram of the
+// p + 1 ranks. Each thread keeps kUnroll loads in flight: one outstanding 4-byte load per thread leaves the pass
+// latency-bound, well below memory bandwidth. Rows with more matches than the shared list holds are flagged for the
+// caller.
+// Measured on H100 machines before the buckets: the binary search (about five dependent shared-memory steps per
+// item) and shared atomics on p + 1 bins took 0.205 ms at Market scale and 3.60 ms at MSMT17 scale, against about
+// 0.07 and 1.3 ms for one read of the matrix: the pass was bound by instructions, not memory. Tried then and
+// measured slower: comparing one 64-bit key per search step (the distance's IEEE bits made monotone, above the
+// index): 0.251 and 4.60 ms.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -27,6 +33,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;         // row items per thread per step of the counting pass, loaded before use
 constexpr int kMaxMatches = 1024;  // shared list size; more matches -> kUnfinishedRow (the caller redoes the row)
+constexpr int kMaxBuckets = 1024;  // shared bucket table; 16 per match up to 64 matches, fewer per match beyond
 
 // Block-wide: whether the row holds a NaN (for rows that skip the counting pass, which checks as it reads).
 template <typename scalar_t>
@@ -34,6 +41,27 @@ __device__ bool row_has_nan(const scalar_t* __restrict__ row, int num_g) {
   bool nan = false;
   for (int j = threadIdx.x; j < num_g; j += kThreads) nan |= row[j] != row[j];
   return __syncthreads_or(nan);
+}
+
+// visit(d, j, g_pid) for every item of the row, each thread kUnroll items apart by kThreads, all kUnroll loads issued
+// before the first use. Items past the row's end load as the query's own id (q_pid), which counts for nothing.
+template <typename scalar_t, typename Visit>
+__device__ __forceinline__ void for_each_row_item(const scalar_t* __restrict__ row,
+                                                  const int32_t* __restrict__ g_pids,
+                                                  int num_g, int32_t q_pid, Visit&& visit) {
+  for (int base = threadIdx.x; base < num_g; base += kUnroll * kThreads) {
+    scalar_t d[kUnroll];
+    int32_t g[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kThreads;
+      const bool in_row = j < num_g;
+      d[u] = in_row ? row[j] : scalar_t(0);
+      g[u] = in_row ? g_pids[j] : q_pid;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) visit(d[u], base + u * kThreads, g[u]);
+  }
 }
 
 template <typename scalar_t>
@@ -45,11 +73,20 @@ __global__ void __launch_bounds__(kThreads)
                         const int64_t* __restrict__ group_begin, const int64_t* __restrict__ group_end,
                         int ap_mode, double* __restrict__ ap_out, double* __restrict__ inp_out,
                         int64_t* __restrict__ first_out, int64_t* __restrict__ count_out) {
-  __shared__ scalar_t match_d[kMaxMatches];
-  __shared__ int match_j[kMaxMatches];
+  // The matches as collected (unordered) share their memory with the bucket counts, used only after sorting.
+  __shared__ union {
+    struct {
+      scalar_t d[kMaxMatches];
+      int j[kMaxMatches];
+    } match;
+    int bucket_items[kMaxBuckets];  // kept non-matches per bucket, for buckets without a match
+  } scratch;
+  scalar_t* match_d = scratch.match.d;
+  int* match_j = scratch.match.j;
   __shared__ scalar_t sorted_d[kMaxMatches];
   __shared__ int sorted_j[kMaxMatches];
   __shared__ int hist[kMaxMatches + 1];  // + 1: a NaN among the matches can send an item to bin p (row discarded)
+  __shared__ int bucket_start[kMaxBuckets + 1];  // matches in the buckets below each one (rank_math.h)
   __shared__ int num_matches;
 
   const int64_t q = blockIdx.x;
@@ -92,37 +129,67 @@ __global__ void __launch_bounds__(kThreads)
     sorted_d[pos] = d;
     sorted_j[pos] = j;
   }
-  for (int i = threadIdx.x; i < p; i += kThreads) hist[i] = 0;
+  for (int i = threadIdx.x; i <= p; i += kThreads) hist[i] = 0;
   __syncthreads();
 
-  // The one pass over the row: NaN check, and the histogram of matches-before over the kept non-matches ordered
-  // before the last match. Items past the row's end load as the query's own id, which counts for nothing.
-  const scalar_t last_d = sorted_d[p - 1];
-  const int64_t last_j = sorted_j[p - 1];
+  MatchBuckets<scalar_t> buckets;
+  const bool bucketed = make_match_buckets(sorted_d[0], int64_t(sorted_j[0]), sorted_d[p - 1],
+                                           int64_t(sorted_j[p - 1]), bucket_count_for(p, kMaxBuckets), buckets);
+  if (bucketed) {
+    // start[b]: the matches whose bucket is below b. The sorted matches' buckets do not decrease, so it is a lower
+    // bound search over them; no scan needed. (Written after the sort's last read of match_d / match_j.)
+    for (int b = threadIdx.x; b <= buckets.count; b += kThreads) {
+      int lo = 0, hi = p;
+      while (lo < hi) {
+        const int mid = (lo + hi) >> 1;
+        if (bucket_of(buckets, sorted_d[mid]) < b)
+          lo = mid + 1;
+        else
+          hi = mid;
+      }
+      bucket_start[b] = lo;
+      if (b < buckets.count) scratch.bucket_items[b] = 0;
+    }
+    __syncthreads();
+  }
+
+  // The one pass over the row: NaN check, and the count of matches-before of each kept non-match ordered before
+  // the last match.
   int before_first = 0;  // the most common bin, kept in a register to spare the shared atomics
   bool nan_seen = false;
-  for (int base = threadIdx.x; base < num_g; base += kUnroll * kThreads) {
-    scalar_t d[kUnroll];
-    int32_t g[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int j = base + u * kThreads;
-      const bool in_row = j < num_g;
-      d[u] = in_row ? row[j] : scalar_t(0);
-      g[u] = in_row ? g_pids[j] : q_pid;
+  if (bucketed) {
+    for_each_row_item(row, g_pids, num_g, q_pid, [&](scalar_t d, int j, int32_t g) {
+      nan_seen |= d != d;
+      const int32_t slot = item_slot(buckets, d, j, g, q_pid, ap_mode);
+      if (slot == buckets.before_all()) {
+        ++before_first;
+      } else if (slot != buckets.no_match()) {
+        const int start = bucket_start[slot], end = bucket_start[slot + 1];
+        if (start == end)
+          atomicAdd(&scratch.bucket_items[slot], 1);
+        else  // shares its bucket with a match: placed exactly (a few items in 16)
+          atomicAdd(&hist[matches_before_in_bucket(sorted_d, sorted_j, start, end, d, j)], 1);
+      }
+    });
+    __syncthreads();
+    // Each bucket's items have bucket_start[b] matches before them.
+    for (int b = threadIdx.x; b < buckets.count; b += kThreads) {
+      const int items = scratch.bucket_items[b];
+      if (items) atomicAdd(&hist[bucket_start[b]], items);
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int j = base + u * kThreads;
-      nan_seen |= d[u] != d[u];
-      if (ordered_before(d[u], int64_t(j), last_d, last_j) & is_kept_non_match(g[u], q_pid, ap_mode)) {
-        const int pos = matches_before(sorted_d, sorted_j, p, d[u], j);
+  } else {  // binary search per item into the histogram of the p + 1 ranks
+    const scalar_t last_d = sorted_d[p - 1];
+    const int64_t last_j = sorted_j[p - 1];
+    for_each_row_item(row, g_pids, num_g, q_pid, [&](scalar_t d, int j, int32_t g) {
+      nan_seen |= d != d;
+      if (ordered_before(d, int64_t(j), last_d, last_j) & is_kept_non_match(g, q_pid, ap_mode)) {
+        const int pos = matches_before(sorted_d, sorted_j, p, d, j);
         if (pos == 0)
           ++before_first;
         else
           atomicAdd(&hist[pos], 1);
       }
-    }
+    });
   }
   if (before_first) atomicAdd(&hist[0], before_first);
   const bool has_nan = __syncthreads_or(nan_seen);  // also the barrier before the histogram is read

@@ -210,6 +210,34 @@ def test_cpu_kernel_matches_reference(ap_mode, levels, dtype):
     assert_same_result(got, want)
 
 
+# The regimes of the counting pass's distance buckets (csrc/include/reidfast/rank_math.h, MatchBuckets): rows with
+# one match or all distances equal have no span to cut into buckets (binary search instead); about 450 matches a
+# row put several matches in a bucket of the CUDA kernel's 1024-entry table; clustered distances (a narrow band
+# near zero, matches far out) put most items in the first bucket.
+BUCKET_REGIMES = {
+    "one match": dict(num_q=64, num_g=1031, num_ids=500, num_cams=3),
+    "one distance": dict(num_q=32, num_g=1031, num_ids=12, num_cams=3, distance_levels=1),
+    "450 matches": dict(num_q=24, num_g=4099, num_ids=6, num_cams=6),
+    "clustered": dict(num_q=48, num_g=2003, num_ids=20, num_cams=4),
+}
+
+
+def bucket_regime_protocol(regime):
+    setting = dict(BUCKET_REGIMES[regime])
+    dist, qp, gp, qc, gc = random_protocol(num_q=setting.pop("num_q"), num_g=setting.pop("num_g"), seed=31,
+                                           **setting)
+    if regime == "clustered":
+        dist = dist ** 16  # two thirds of the distances below 1e-3 (some 0: ties), a few near 1
+    return torch.from_numpy(dist), [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("regime", list(BUCKET_REGIMES))
+def test_cpu_kernel_matches_reference_in_every_bucket_regime(regime):
+    d, labels = bucket_regime_protocol(regime)
+    assert_same_result(evaluate("cpu", *labels, distmat=d), evaluate("reference", *labels, distmat=d))
+
+
 def integer_features(num, dim, seed):
     # Small integers: every distance is exact in fp32, so tiles and backends must agree bit for bit.
     return torch.from_numpy(np.random.default_rng(seed).integers(-3, 4, (num, dim)).astype(np.float32))
@@ -567,6 +595,14 @@ def test_cuda_kernel_matches_reference(ap_mode, levels, dtype):
     got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda(), ap_mode=ap_mode)
     assert got.ap.device.type == "cuda" and got.cmc.device.type == "cpu"  # per query on the device; summary on host
     assert_same_result(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("regime", list(BUCKET_REGIMES))
+def test_cuda_kernel_matches_reference_in_every_bucket_regime(regime):
+    d, labels = bucket_regime_protocol(regime)
+    got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda())
+    assert_same_result(got, evaluate("reference", *labels, distmat=d))
 
 
 @pytest.mark.gpu

@@ -58,6 +58,82 @@ C10_HOST_DEVICE inline int matches_before(const T* match_d, const Index* match_j
   return lo;
 }
 
+// Distance buckets for the counting pass (both kernels): the range [first match, last match] is cut into `count`
+// equal buckets, b(x) = floor((x - first) * scale) clamped to [0, count). b is monotone in x, so every match in a
+// lower bucket than an item's has a strictly smaller distance and precedes it, every match in a higher bucket
+// follows it, and only the matches sharing its bucket (a few items in 16) need comparing. An item in a bucket with
+// no match has exactly start[b] matches before it, start[b] being the number of matches in the buckets below b:
+// one multiply and one table lookup in place of a binary search, and a histogram over many buckets in place of
+// one over the p + 1 ranks, whose few bins the CUDA kernel's shared atomics contend for.
+template <typename T>
+struct MatchBuckets {
+  T first, last, scale, top;  // top: count - 1, the largest bucket, as T
+  int32_t first_j, last_j;    // the first and the last match's gallery index (ties at their distance)
+  int count;
+  C10_HOST_DEVICE int32_t no_match() const { return count; }        // slot of an item that counts for no match
+  C10_HOST_DEVICE int32_t before_all() const { return count + 1; }  // slot of an item before the first match
+};
+
+// 16 buckets per match, at least 256, at most `cap` (the CUDA kernel's shared table).
+C10_HOST_DEVICE inline int bucket_count_for(int num_matches, int cap) {
+  const int n = 16 * num_matches;
+  return n < 256 ? 256 : (n > cap ? cap : n);
+}
+
+// x - x is 0 for finite x and NaN for infinities and NaN, on either device and without a math library.
+template <typename T>
+C10_HOST_DEVICE inline bool is_finite_value(T x) {
+  return (x - x) == (x - x);
+}
+
+// The buckets for matches sorted by (distance, index), from the first and the last; false when they cannot be
+// used (a non-finite distance at either end, all matches at one distance, or a span too small to scale): the
+// caller then places every item by binary search (matches_before).
+template <typename T>
+C10_HOST_DEVICE inline bool make_match_buckets(T first_d, int64_t first_j, T last_d, int64_t last_j, int count,
+                                               MatchBuckets<T>& b) {
+  const T span = last_d - first_d;
+  b.first = first_d;
+  b.last = last_d;
+  b.scale = static_cast<T>(count) / span;
+  b.top = static_cast<T>(count - 1);
+  b.first_j = static_cast<int32_t>(first_j);
+  b.last_j = static_cast<int32_t>(last_j);
+  b.count = count;
+  return is_finite_value(first_d) & is_finite_value(span) & (span > T(0)) & is_finite_value(b.scale);
+}
+
+// The bucket of distance d, clamped: items below the first match land in bucket 0, above the last in the top one.
+template <typename T>
+C10_HOST_DEVICE inline int32_t bucket_of(const MatchBuckets<T>& b, T d) {
+  T t = (d - b.first) * b.scale;
+  t = t > T(0) ? t : T(0);
+  t = t < b.top ? t : b.top;
+  return static_cast<int32_t>(t);
+}
+
+// Where a row item goes in the counting pass: no_match() for junk, matches, NaN and items ordered after the last
+// match (they precede no match), before_all() for kept non-matches ordered before the first match, else its
+// bucket. Branch-free (the CPU loop vectorizes it).
+template <typename T>
+C10_HOST_DEVICE inline int32_t item_slot(const MatchBuckets<T>& b, T d, int32_t j, int32_t g_pid, int32_t q_pid,
+                                         int ap_mode) {
+  const bool before_last = (d < b.last) | ((d == b.last) & (j < b.last_j));
+  const bool before_first = (d < b.first) | ((d == b.first) & (j < b.first_j));
+  const int32_t slot = before_first ? b.before_all() : bucket_of(b, d);
+  return (before_last & is_kept_non_match(g_pid, q_pid, ap_mode)) ? slot : b.no_match();
+}
+
+// The number of matches ordered before item (d, j) whose bucket holds the sorted matches [start, end): those of
+// lower buckets (start of them) and those of its own that precede it.
+template <typename T, typename Index>
+C10_HOST_DEVICE inline int matches_before_in_bucket(const T* match_d, const Index* match_j, int start, int end, T d,
+                                                    int64_t j) {
+  int k = start;
+  while (k < end && ordered_before(match_d[k], static_cast<int64_t>(match_j[k]), d, j)) ++k;
+  return k;
+}
+
 // The AP contribution of the k-th match (1-based) at 0-based rank r, before dividing by P.
 //   torchreid: precision at the match, k / (r + 1).
 //   market:    (precision before + precision at) / 2, precision before = (k - 1) / r, or 1 when r == 0.
