@@ -25,6 +25,8 @@ template <typename scalar_t>
 bool make_bucket_table(const scalar_t* md, const int64_t* mj, int p, MatchBuckets<scalar_t>& buckets,
                        std::vector<int>& start) {
   if (!make_match_buckets(md[0], mj[0], md[p - 1], mj[p - 1], bucket_count_for(p, 1 << 16), buckets)) return false;
+  // By counting (O(p + count)); the CUDA kernel fills the same table by matches_in_buckets_below, entry by entry
+  // (csrc/test/test_cpu_ops.cpp checks that the two agree).
   start.assign(buckets.count + 1, 0);
   for (int k = 0; k < p; ++k) ++start[bucket_of(buckets, md[k]) + 1];
   for (int b = 0; b < buckets.count; ++b) start[b + 1] += start[b];

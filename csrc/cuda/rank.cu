@@ -136,18 +136,9 @@ __global__ void __launch_bounds__(kThreads)
   const bool bucketed = make_match_buckets(sorted_d[0], int64_t(sorted_j[0]), sorted_d[p - 1],
                                            int64_t(sorted_j[p - 1]), bucket_count_for(p, kMaxBuckets), buckets);
   if (bucketed) {
-    // start[b]: the matches whose bucket is below b. The sorted matches' buckets do not decrease, so it is a lower
-    // bound search over them; no scan needed. (Written after the sort's last read of match_d / match_j.)
+    // (Written after the sort's last read of match_d / match_j, which bucket_items overlays.)
     for (int b = threadIdx.x; b <= buckets.count; b += kThreads) {
-      int lo = 0, hi = p;
-      while (lo < hi) {
-        const int mid = (lo + hi) >> 1;
-        if (bucket_of(buckets, sorted_d[mid]) < b)
-          lo = mid + 1;
-        else
-          hi = mid;
-      }
-      bucket_start[b] = lo;
+      bucket_start[b] = matches_in_buckets_below(buckets, sorted_d, p, b);
       if (b < buckets.count) scratch.bucket_items[b] = 0;
     }
     __syncthreads();

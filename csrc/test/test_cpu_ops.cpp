@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "reidfast/rank_math.h"
+
 namespace {
 
 int failures = 0;
@@ -134,6 +136,39 @@ void check_rank(bool market) {
 
 // rank_summary on hand-made per-query outputs: valid queries, one without a match, a NaN row (num_matches -1), an
 // unfinished row (first_hit -2) and a first hit beyond max_rank.
+// The ranking kernels' bucket table (rank_math.h): the CUDA kernel fills it entry by entry with
+// matches_in_buckets_below, the CPU kernel by counting; both must give, for every bucket, the number of matches
+// in the buckets below it. Sorted match distances with ties, negatives, signed zeros and denormals.
+template <typename T>
+void check_bucket_table() {
+  using reidfast::rank::MatchBuckets;
+  const std::array<T, 9> values = {T(-2.5), T(-1e-40), T(-0.0), T(0.0), T(1e-40), T(0.125), T(0.75), T(1.0), T(3.0)};
+  uint32_t state = 12345;
+  auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  int tables = 0, mismatches = 0;
+  for (const int p : {2, 3, 17, 64, 65, 300, 1024}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<T> d(p);
+      for (int k = 0; k < p; ++k) d[k] = trial % 2 ? values[next() % values.size()] : T(next() % 100000) * T(1e-3);
+      std::sort(d.begin(), d.end());
+      MatchBuckets<T> b;
+      if (!reidfast::rank::make_match_buckets(d[0], 0, d[p - 1], p - 1, reidfast::rank::bucket_count_for(p, 1024), b))
+        continue;  // no span (all equal): the kernels search instead
+      std::vector<int> counted(b.count + 1, 0);
+      for (int k = 0; k < p; ++k) ++counted[reidfast::rank::bucket_of(b, d[k]) + 1];
+      for (int i = 0; i < b.count; ++i) counted[i + 1] += counted[i];
+      for (int i = 0; i <= b.count; ++i)
+        mismatches += reidfast::rank::matches_in_buckets_below(b, d.data(), p, i) != counted[i];
+      ++tables;
+    }
+  }
+  const bool ok = mismatches == 0 && tables > 100;
+  std::printf("%-55s %d tables, %d mismatched entries %s\n",
+              (std::string("rank bucket table, search vs count, ") + (sizeof(T) == 4 ? "float" : "double")).c_str(),
+              tables, mismatches, ok ? "ok" : "FAIL");
+  if (!ok) ++failures;
+}
+
 void check_rank_summary() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("reidfast::rank_summary", "")
@@ -210,6 +245,8 @@ int main() {
   check_rank(false);
   check_rank(true);
   check_rank_summary();
+  check_bucket_table<float>();
+  check_bucket_table<double>();
   for (int64_t padding = 0; padding < 3; ++padding)
     for (bool align : {false, true}) check_homography(padding == 1, padding, align);
   if (failures) {

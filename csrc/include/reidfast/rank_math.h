@@ -124,6 +124,22 @@ C10_HOST_DEVICE inline int32_t item_slot(const MatchBuckets<T>& b, T d, int32_t 
   return (before_last & is_kept_non_match(g_pid, q_pid, ap_mode)) ? slot : b.no_match();
 }
 
+// The bucket table's entry for bucket `bucket` (0 to count): how many of the p matches, sorted by (distance, index),
+// lie in the buckets below it. Their buckets do not decrease along the sorted list, so it is a lower bound search;
+// each entry stands alone (the CUDA kernel's threads fill the table in parallel, with no scan).
+template <typename T>
+C10_HOST_DEVICE inline int matches_in_buckets_below(const MatchBuckets<T>& b, const T* sorted_d, int p, int bucket) {
+  int lo = 0, hi = p;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (bucket_of(b, sorted_d[mid]) < bucket)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 // The number of matches ordered before item (d, j) whose bucket holds the sorted matches [start, end): those of
 // lower buckets (start of them) and those of its own that precede it.
 template <typename T, typename Index>
