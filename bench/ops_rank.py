@@ -45,6 +45,22 @@ def _evaluate(backend, lab, **kw):
     return call
 
 
+def _counting_by_search(fn):
+    """fn with the kernels' counting pass forced to the binary search (REIDFAST_RANK_COUNT=search, see
+    csrc/include/reidfast/rank_checks.h): what the distance buckets replaced, timed in the same run."""
+    def call():
+        previous = os.environ.get("REIDFAST_RANK_COUNT")
+        os.environ["REIDFAST_RANK_COUNT"] = "search"
+        try:
+            return fn()
+        finally:
+            if previous is None:
+                del os.environ["REIDFAST_RANK_COUNT"]
+            else:
+                os.environ["REIDFAST_RANK_COUNT"] = previous
+    return call
+
+
 def _numpy_loop(lab, dist):
     arrays = [t.cpu().numpy() for t in lab]
     dist_np = dist.cpu().numpy()
@@ -108,3 +124,16 @@ def cases(device: torch.device, quick: bool):
             "baselines": baselines, "slow_baselines": True, "bytes": nbytes, "note": "; ".join(notes),
             **row_extra,
         }
+        if kind == "distmat":  # the same evaluation with the counting pass the buckets replaced
+            searched = _counting_by_search(ours)
+            same = searched()
+            assert same.mAP == result.mAP and torch.equal(same.first_hit, result.first_hit), \
+                "REIDFAST_RANK_COUNT=search changed the result"
+            yield {
+                "op": "rank_eval", "pass": "distmat-search-count", "shape": shape, "dtype": "float32",
+                "backend": backend, "fn": searched, "ref": None, "ref_compiled": None, "baselines": {},
+                "slow_baselines": True, "bytes": nbytes,
+                "note": "REIDFAST_RANK_COUNT=search: every row's counting pass by binary search, as before the "
+                        "distance buckets", "scale": scale, "input": kind, "precision": precision,
+                "mAP": row_extra["mAP"], "rank1": row_extra["rank1"],
+            }

@@ -6,9 +6,9 @@
 // is a multiply and a table lookup, and lands in one of up to kMaxBuckets shared counters; only the items that share
 // a bucket with a match are compared with the matches. Rows whose buckets cannot be used (infinite distances at
 // the first or last match, all matches at one distance) place every item by binary search into a histogram of the
-// p + 1 ranks. Each thread keeps kUnroll loads in flight: one outstanding 4-byte load per thread leaves the pass
-// latency-bound, well below memory bandwidth. Rows with more matches than the shared list holds are flagged for the
-// caller.
+// p + 1 ranks, as every row does under REIDFAST_RANK_COUNT=search (rank_checks.h). Each thread keeps kUnroll loads
+// in flight: one outstanding 4-byte load per thread leaves the pass latency-bound, well below memory bandwidth.
+// Rows with more matches than the shared list holds are flagged for the caller.
 // Measured on H100 machines before the buckets: the binary search (about five dependent shared-memory steps per
 // item) and shared atomics on p + 1 bins took 0.205 ms at Market scale and 3.60 ms at MSMT17 scale, against about
 // 0.07 and 1.3 ms for one read of the matrix: the pass was bound by instructions, not memory. Tried then and
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
                         const int32_t* __restrict__ q_cams, const int32_t* __restrict__ g_pids,
                         const int32_t* __restrict__ g_cams, const int64_t* __restrict__ by_id_index,
                         const int64_t* __restrict__ group_begin, const int64_t* __restrict__ group_end,
-                        int ap_mode, double* __restrict__ ap_out, double* __restrict__ inp_out,
+                        int ap_mode, bool allow_buckets, double* __restrict__ ap_out, double* __restrict__ inp_out,
                         int64_t* __restrict__ first_out, int64_t* __restrict__ count_out) {
   // The matches as collected (unordered) share their memory with the bucket counts, used only after sorting.
   __shared__ union {
@@ -133,8 +133,9 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   MatchBuckets<scalar_t> buckets;
-  const bool bucketed = make_match_buckets(sorted_d[0], int64_t(sorted_j[0]), sorted_d[p - 1],
-                                           int64_t(sorted_j[p - 1]), bucket_count_for(p, kMaxBuckets), buckets);
+  const bool bucketed = allow_buckets && make_match_buckets(sorted_d[0], int64_t(sorted_j[0]), sorted_d[p - 1],
+                                                            int64_t(sorted_j[p - 1]),
+                                                            bucket_count_for(p, kMaxBuckets), buckets);
   if (bucketed) {
     // (Written after the sort's last read of match_d / match_j, which bucket_items overlays.)
     for (int b = threadIdx.x; b <= buckets.count; b += kThreads) {
@@ -235,8 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
         dist.const_data_ptr<scalar_t>(), a.row_stride, static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
         q_camids.const_data_ptr<int32_t>(), g_pids.const_data_ptr<int32_t>(), g_camids.const_data_ptr<int32_t>(),
         by_id_index.const_data_ptr<int64_t>(), group_begin.const_data_ptr<int64_t>(),
-        group_end.const_data_ptr<int64_t>(), ap_mode, ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(),
-        first_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
+        group_end.const_data_ptr<int64_t>(), ap_mode, a.allow_buckets, ap.mutable_data_ptr<double>(),
+        inp.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return a.outputs();

@@ -232,8 +232,10 @@ def bucket_regime_protocol(regime):
 
 
 @needs_kernels
+@pytest.mark.parametrize("count", ["buckets", "search"])
 @pytest.mark.parametrize("regime", list(BUCKET_REGIMES))
-def test_cpu_kernel_matches_reference_in_every_bucket_regime(regime):
+def test_cpu_kernel_matches_reference_in_every_bucket_regime(regime, count, monkeypatch):
+    monkeypatch.setenv("REIDFAST_RANK_COUNT", count)  # search: every row through the binary search
     d, labels = bucket_regime_protocol(regime)
     assert_same_result(evaluate("cpu", *labels, distmat=d), evaluate("reference", *labels, distmat=d))
 
@@ -598,8 +600,10 @@ def test_cuda_kernel_matches_reference(ap_mode, levels, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("count", ["buckets", "search"])
 @pytest.mark.parametrize("regime", list(BUCKET_REGIMES))
-def test_cuda_kernel_matches_reference_in_every_bucket_regime(regime):
+def test_cuda_kernel_matches_reference_in_every_bucket_regime(regime, count, monkeypatch):
+    monkeypatch.setenv("REIDFAST_RANK_COUNT", count)
     d, labels = bucket_regime_protocol(regime)
     got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda())
     assert_same_result(got, evaluate("reference", *labels, distmat=d))

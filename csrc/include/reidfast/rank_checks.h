@@ -2,6 +2,8 @@
 // ready (checked, contiguous) with their outputs allocated.
 #pragma once
 #include <ATen/ATen.h>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -17,6 +19,14 @@ inline int parse_ap_mode(c10::string_view name) {
   if (name == "market") return kMarket;
   TORCH_CHECK_VALUE(false, "rank_queries: ap_mode must be 'torchreid' or 'market', got '", std::string(name), "'");
   return kTorchreid;
+}
+
+// Whether the counting pass may use the distance buckets (rank_math.h, MatchBuckets). REIDFAST_RANK_COUNT=search
+// sends every row through the binary search that rows without usable buckets take anyway: bench/ops_rank.py times
+// both counting passes in one run, and the tests check both. Read per call (an environment lookup, no allocation).
+inline bool buckets_allowed() {
+  const char* mode = std::getenv("REIDFAST_RANK_COUNT");
+  return mode == nullptr || std::strcmp(mode, "search") != 0;
 }
 
 inline void check_label(const at::Tensor& t, const char* name, int64_t length, const at::Tensor& dist) {
@@ -45,6 +55,7 @@ inline void check_inputs(const at::Tensor& dist, const at::Tensor& q_pids, const
 
 struct RankArgs {
   int ap_mode;
+  bool allow_buckets;
   int64_t num_q, num_g;
   int64_t row_stride;  // elements from one row of dist to the next (>= num_g: rows may be padded)
   at::Tensor dist, q_pids, q_camids, g_pids, g_camids;
@@ -61,6 +72,7 @@ inline RankArgs prepare(const at::Tensor& dist, const at::Tensor& q_pids, const 
   check_inputs(dist, q_pids, q_camids, g_pids, g_camids, device);
   RankArgs a;
   a.ap_mode = parse_ap_mode(ap_mode);
+  a.allow_buckets = buckets_allowed();
   // Rows may be padded (row stride above G) as long as a row's items are adjacent: rank_eval's feature tiles pad
   // their rows so that the GEMM writes aligned rows, and are ranked through a view without a copy.
   const bool rows_dense = dist.size(1) <= 1 || dist.stride(1) == 1;
