@@ -18,9 +18,11 @@
 #   REIDFAST_TRAIN_CASES="dgnet fdgan"                the training-iteration cases (default every case of
 #                                                     bench/train_step.py); each runs alone under its own timeout
 #                                                     (REIDFAST_TRAIN_TIMEOUT, 300 s: FD-GAN's first compiled
-#                                                     step took over 175 s on an H100) and writes its own result
+#                                                     step took 184 s on an H100) and writes its own result
 #                                                     files, rewritten after every row: a compile that runs past
 #                                                     the limit costs that case's compiled row only
+#                                                     (CASE:CONFIGS, e.g. sagan:reference,cudagraphs, gives
+#                                                     one case its own configurations)
 #   REIDFAST_TRAIN_CONFIGS="reidfast"               the training configurations (default reference,no-compile,
 #                                                     reidfast; the speedups need the reference; also
 #                                                     cudagraphs: reidfast under CUDA graphs, not yet run on a GPU)
@@ -67,14 +69,16 @@ if [ -n "$op_suites" ]; then
 fi
 if echo "$only" | tr ',' '\n' | grep -qx train; then
   cases=${REIDFAST_TRAIN_CASES:-$(python -c 'import sys; sys.path.insert(0, "bench"); import train_step; print(" ".join(train_step.CASES))')}
-  for case in $cases; do
-    echo "== training iterations: $case"
+  for entry in $cases; do
+    case=${entry%%:*}  # CASE or CASE:CONFIGS (this case's configurations)
+    configs=${REIDFAST_TRAIN_CONFIGS:-reference,no-compile,reidfast}
+    [ "$entry" != "$case" ] && configs=${entry#*:}
+    echo "== training iterations: $case ($configs)"
     SECONDS=0
     profile=()
     [ "${REIDFAST_TRAIN_PROFILE:-0}" = 1 ] && profile=(--profile "$stem.profile")
     timeout "${REIDFAST_TRAIN_TIMEOUT:-300}" python bench/train_step.py --device cuda --method "$case" \
-      --configs "${REIDFAST_TRAIN_CONFIGS:-reference,no-compile,reidfast}" \
-      --out "$stem.train-$case.json" "${profile[@]}" 2>&1 | tee "$stem.train-$case.log"
+      --configs "$configs" --out "$stem.train-$case.json" "${profile[@]}" 2>&1 | tee "$stem.train-$case.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ] && [ -s "$stem.train-$case.json" ]; then
       # the rows measured before the timeout are in the files (also seen once on an H100: every row written, then
