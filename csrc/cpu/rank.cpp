@@ -24,7 +24,7 @@ namespace {
 template <typename scalar_t>
 bool make_bucket_table(const scalar_t* md, const int64_t* mj, int p, MatchBuckets<scalar_t>& buckets,
                        std::vector<int>& start) {
-  if (!make_match_buckets(md[0], mj[0], md[p - 1], mj[p - 1], bucket_count_for(p, 1 << 16), buckets)) return false;
+  if (!make_match_buckets(md[0], mj[0], md[p - 1], mj[p - 1], bucket_count_for(p), buckets)) return false;
   // By counting (O(p + count)); the CUDA kernel fills the same table by matches_in_buckets_below, entry by entry
   // (csrc/test/test_cpu_ops.cpp checks that the two agree).
   start.assign(buckets.count + 1, 0);
@@ -66,8 +66,8 @@ constexpr int kBlock = 512;
 // time; the same IEEE operations, so both give the same slots). On the development VM (AMD EPYC, one thread) the
 // AVX2 copy took a Market-scale ranking from 89 to 72 ms.
 template <typename scalar_t>
-C10_ALWAYS_INLINE int item_slots_portable(const scalar_t* d, const int32_t* pid, int n, int32_t j0, int32_t q_pid, int ap_mode,
-                               const MatchBuckets<scalar_t>& buckets, int32_t* slot_of) {
+C10_ALWAYS_INLINE int item_slots_portable(const scalar_t* d, const int32_t* pid, int n, int32_t j0, int32_t q_pid,
+                                          int ap_mode, const MatchBuckets<scalar_t>& buckets, int32_t* slot_of) {
   int nan_count = 0;
   for (int i = 0; i < n; ++i) {
     nan_count += d[i] != d[i];

@@ -33,7 +33,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;         // row items per thread per step of the counting pass, loaded before use
 constexpr int kMaxMatches = 1024;  // shared list size; more matches -> kUnfinishedRow (the caller redoes the row)
-constexpr int kMaxBuckets = 1024;  // shared bucket table; 16 per match up to 64 matches, fewer per match beyond
 
 // Block-wide: whether the row holds a NaN (for rows that skip the counting pass, which checks as it reads).
 template <typename scalar_t>
@@ -135,7 +134,7 @@ __global__ void __launch_bounds__(kThreads)
   MatchBuckets<scalar_t> buckets;
   const bool bucketed = allow_buckets && make_match_buckets(sorted_d[0], int64_t(sorted_j[0]), sorted_d[p - 1],
                                                             int64_t(sorted_j[p - 1]),
-                                                            bucket_count_for(p, kMaxBuckets), buckets);
+                                                            bucket_count_for(p), buckets);
   if (bucketed) {
     // (Written after the sort's last read of match_d / match_j, which bucket_items overlays.)
     for (int b = threadIdx.x; b <= buckets.count; b += kThreads) {

@@ -152,7 +152,7 @@ void check_bucket_table() {
       for (int k = 0; k < p; ++k) d[k] = trial % 2 ? values[next() % values.size()] : T(next() % 100000) * T(1e-3);
       std::sort(d.begin(), d.end());
       MatchBuckets<T> b;
-      if (!reidfast::rank::make_match_buckets(d[0], 0, d[p - 1], p - 1, reidfast::rank::bucket_count_for(p, 1024), b))
+      if (!reidfast::rank::make_match_buckets(d[0], 0, d[p - 1], p - 1, reidfast::rank::bucket_count_for(p), b))
         continue;  // no span (all equal): the kernels search instead
       std::vector<int> counted(b.count + 1, 0);
       for (int k = 0; k < p; ++k) ++counted[reidfast::rank::bucket_of(b, d[k]) + 1];

@@ -74,10 +74,13 @@ struct MatchBuckets {
   C10_HOST_DEVICE int32_t before_all() const { return count + 1; }  // slot of an item before the first match
 };
 
-// 16 buckets per match, at least 256, at most `cap` (the CUDA kernel's shared table).
-C10_HOST_DEVICE inline int bucket_count_for(int num_matches, int cap) {
+// 16 buckets per match, at least 256, at most kMaxBuckets (the CUDA kernel's shared table; the CPU kernel uses
+// the same rule, so its tests cover the buckets the GPU builds): fewer per match beyond 64 matches.
+constexpr int kMaxBuckets = 1024;
+
+C10_HOST_DEVICE inline int bucket_count_for(int num_matches) {
   const int n = 16 * num_matches;
-  return n < 256 ? 256 : (n > cap ? cap : n);
+  return n < 256 ? 256 : (n > kMaxBuckets ? kMaxBuckets : n);
 }
 
 // x - x is 0 for finite x and NaN for infinities and NaN, on either device and without a math library.
