@@ -154,16 +154,24 @@ def _bf16_operands(q: torch.Tensor, gallery: torch.Tensor, alpha: int, bias: tor
     num_g = gallery.shape[0]
     k = -(-(dim + 3) // _BF16_ALIGN) * _BF16_ALIGN
     g_pad = -(-num_g // _BF16_ALIGN) * _BF16_ALIGN
-    q_op = q.new_zeros(num_q, k, dtype=torch.bfloat16)
-    q_op[:, :dim] = q * alpha
-    q_op[:, dim:dim + 3] = 1
-    g_op = gallery.new_zeros(g_pad, k, dtype=torch.bfloat16)
-    g_op[:num_g, :dim] = gallery
+    # Written in place, each region once (few launches: at Market scale the host's launches take about as long as
+    # the GEMM): products and casts store straight into the operands, no fp32 temporaries.
+    q_op = q.new_empty(num_q, k, dtype=torch.bfloat16)
+    torch.mul(q, alpha, out=q_op[:, :dim])
+    q_op[:, dim:dim + 3].fill_(1)
+    g_op = gallery.new_empty(g_pad, k, dtype=torch.bfloat16)
+    g_op[:num_g, :dim].copy_(gallery)
+    for padding in (q_op[:, dim + 3:], g_op[:num_g, dim + 3:], g_op[num_g:]):
+        if padding.numel():
+            padding.zero_()
+    # bias = b1 + b2 + b3: each column the bf16 rounding of what the columns before it leave (the subtraction
+    # upcasts the bf16 column exactly)
     rest = bias.float()
     for c in range(dim, dim + 3):
-        part = rest.to(torch.bfloat16)
-        g_op[:num_g, c] = part
-        rest = rest - part.float()
+        column = g_op[:num_g, c]
+        column.copy_(rest)
+        if c < dim + 2:
+            rest = rest - column
     return q_op, g_op.t()
 
 
