@@ -289,8 +289,8 @@ def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device) -> tupl
     pass), and what is left to check of them.
 
     Labels on the host (numpy arrays, lists) are range-checked there and cross in one copy from pinned memory, which
-    does not wait for the device. Labels already on the device are checked there: whether any falls outside int32
-    becomes a (1,) float64 flag, checked later with the summary in the evaluation's one synchronization. Out-of-range
+    does not wait for the device. Labels already on the device are checked there: how many fall outside int32
+    becomes a (1,) float64 count, checked later with the summary in the evaluation's one synchronization. Out-of-range
     labels wrap meanwhile; the kernels only compare labels, and their results are then discarded.
     """
     on_host = all(t.device.type == "cpu" for t in labels.values())
@@ -303,7 +303,7 @@ def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device) -> tupl
             packed = packed.pin_memory().to(device, non_blocking=True)
     else:
         narrow = packed.to(torch.int32)
-        checks["labels"] = (narrow != packed).any().double().view(1)
+        checks["labels"] = (narrow != packed).sum(dtype=torch.float64).view(1)  # labels that wrapped
         packed = narrow
     return list(packed.split([t.numel() for t in labels.values()])), checks
 
