@@ -342,6 +342,7 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
     ap, inp, first_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
 
     summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank)
+    valid = num_matches > 0  # queued before the wait, not after it
     host = (torch.cat([*checks.values(), summary]) if checks else summary).cpu()
     values, offset = {}, 0
     for name, value in checks.items():
@@ -362,7 +363,8 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
         _redo_with_reference(unfinished, (ap, inp, first_hit, num_matches), labels, distmat, query_features,
                              gallery_features, metric, ap_mode)
         summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank).cpu()
-    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
+        valid = num_matches > 0
+    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric, valid)
 
 
 def _raise_if_not_finite(largest_sizes, query_features, gallery_features) -> None:

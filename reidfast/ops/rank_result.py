@@ -86,8 +86,10 @@ def summary_on_device(ap, inp, first_hit, num_matches, max_rank) -> torch.Tensor
     return torch.cat([cumulative.double(), tail.double()])
 
 
-def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
-    """The result, from `summary_on_device`'s vector once on the CPU and the per-query outputs."""
+def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric,
+                        valid=None) -> RankEvalResult:
+    """The result, from `summary_on_device`'s vector once on the CPU and the per-query outputs (valid: num_matches > 0,
+    if the caller queued it already)."""
     # The divisions happen on the CPU: CUDA divides by a scalar through its reciprocal, which would make the same
     # counts differ in the last bit between devices.
     cumulative, tail = summary[:max_rank], summary[max_rank:].tolist()
@@ -102,7 +104,8 @@ def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_m
         m_inp = inp_sum / num_valid
     return RankEvalResult(
         cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches,
-        valid=num_matches > 0, num_valid=num_valid, ap_mode=ap_mode, metric=metric, max_rank=max_rank,
+        valid=num_matches > 0 if valid is None else valid, num_valid=num_valid, ap_mode=ap_mode, metric=metric,
+        max_rank=max_rank,
     )
 
 
