@@ -62,12 +62,17 @@ def ramp(it: int, start: int, per_iter: float, maximum: float) -> float:
 
 def frozen_view(module: nn.Module) -> nn.Module:
     """A copy of `module` whose parameters are its parameters detached (same storage: in-place updates of the
-    original, by its optimizer or load_state_dict, show through; no gradient reaches them) and whose buffers are
-    its own. Made once, instead of a copy per use."""
+    original, by its optimizer or load_state_dict, show through; no gradient reaches them) and whose BatchNorm layers
+    keep no running statistics: they always normalize by the batch's statistics, as the original's BatchNorm does in
+    training mode, and have nothing to update (no running-statistics write and no counter increment per layer and
+    call: 8 calls of 53 layers an iteration). Made once, instead of a copy per use."""
     view = copy.deepcopy(module)
     for original, copied in zip(module.modules(), view.modules()):
         for name, param in original.named_parameters(recurse=False):
             setattr(copied, name, nn.Parameter(param.detach(), requires_grad=False))
+        if isinstance(copied, nn.modules.batchnorm._BatchNorm):
+            copied.track_running_stats = False
+            copied.running_mean = copied.running_var = copied.num_batches_tracked = None
     return view
 
 
