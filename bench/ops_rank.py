@@ -11,6 +11,7 @@ REIDFAST_BENCH_RANK_MSMT_CPU=1 adds MSMT17 scale from a distance matrix.
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import torch
 
@@ -49,15 +50,8 @@ def _counting_by_search(fn):
     """fn with the kernels' counting pass forced to the binary search (REIDFAST_RANK_COUNT=search, see
     csrc/include/reidfast/rank_checks.h): what the distance buckets replaced, timed in the same run."""
     def call():
-        previous = os.environ.get("REIDFAST_RANK_COUNT")
-        os.environ["REIDFAST_RANK_COUNT"] = "search"
-        try:
+        with mock.patch.dict(os.environ, {"REIDFAST_RANK_COUNT": "search"}):
             return fn()
-        finally:
-            if previous is None:
-                del os.environ["REIDFAST_RANK_COUNT"]
-            else:
-                os.environ["REIDFAST_RANK_COUNT"] = previous
     return call
 
 

@@ -234,12 +234,7 @@ def prepare(case: str, config_name: str, device: torch.device, shapes: str, **ov
     it = [start_iter]
 
     def step():
-        run.begin_iteration()
-        method.train_step(batch, it[0])
-        if run.scaler is not None:
-            run.scaler.update()
-        for s in method.schedulers.values():
-            s.step()
+        run.train_iteration(method, batch, it[0])
         it[0] += 1
 
     return run, method, cfg, step

@@ -7,7 +7,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <numeric>
 #include <vector>
 

@@ -402,12 +402,19 @@ class Run:
         compile_kwargs.setdefault("dynamic", False)
         return torch.compile(fn, mode=None if mode == "default" else mode, **compile_kwargs)
 
-    def begin_iteration(self) -> None:
-        """Called before each train_step. Under --compile-mode reduce-overhead, tells CUDA graph trees that the
-        previous iteration's graph outputs are no longer needed (torch's guess from pending backwards does not
-        hold for a step of several compiled calls and backwards)."""
+    def train_iteration(self, method, batch: dict, it: int) -> dict:
+        """One training iteration of `method` on a batch already on the device: its train_step, then the loss
+        scale's and the schedules' steps (the trainer's loop and bench/train_step.py both run this). Returns the
+        step's losses."""
         if self.compile and self.cfg["compile_mode"] == "reduce-overhead":
+            # CUDA graph trees keep a graph's outputs until told that a new iteration begins (torch's guess from
+            # pending backwards does not hold for a step of several compiled calls and backwards)
             torch.compiler.cudagraph_mark_step_begin()
+        losses = method.train_step(batch, it)
+        if self.scaler is not None:
+            self.scaler.update()
+        _step_schedulers(method.schedulers.values(), self.scaler is not None)
+        return losses
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
@@ -688,11 +695,7 @@ class Trainer:
         """One iteration. Returns the batch on the device."""
         t0 = time.perf_counter()
         batch = to_device(batch, self.device)
-        self.run.begin_iteration()
-        losses = method.train_step(batch, progress.it)
-        if self.run.scaler is not None:
-            self.run.scaler.update()
-        _step_schedulers(method.schedulers.values(), self.run.scaler is not None)
+        losses = self.run.train_iteration(method, batch, progress.it)
         progress.it += 1
         progress.position += 1
         window.add(losses)
