@@ -51,12 +51,7 @@ Geometry make_geometry(const at::Tensor& img, const at::Tensor& out, int padding
           out.stride(2), out.stride(3), padding,       align_corners};
 }
 
-// Whether every tap offset within a channel plane fits a 32-bit integer, also those computed (then discarded) for
-// taps outside the image: corner indices reach size + 1 (grid_math.h), the far corner adds one more row and column.
-bool plane_fits_int32(const Geometry& g) {
-  const int64_t extent = (g.in_h + 2) * g.in_sh + (g.in_w + 2) * g.in_sw;
-  return extent < std::numeric_limits<int32_t>::max();
-}
+bool plane_fits_int32(const Geometry& g) { return homography::plane_fits_int32(g.in_h, g.in_w, g.in_sh, g.in_sw); }
 
 // One tile of one output row: the projected points, and each point's four taps (offsets relative to a channel's
 // base, weights, and 0/1 masks). Taps outside the image have offset 0 and weight and mask 0, so the channel loops

@@ -7,19 +7,29 @@
 // loads early, so the unrolling bought little overlap and cost three quarters of the threads. Each thread computes
 // a point's coordinates and taps once and loops over channels; for 1 and 3 channels (masks, RGB: what SA-GAN
 // warps) the loop is unrolled at compile time so that all of a point's tap loads are issued together.
+//
+// Both kernels are bound by instruction issue more than by memory: the instructions one point takes through the
+// fp32 RGB kernels (counted in their SASS, zeros padding), times the 4.2M points, over an H100's issue rate (132
+// SMs x 4 warp instructions a clock, 1.75-1.98 GHz) account for most of the run 2 times (forward ~330 per point:
+// 0.041-0.047 ms against 0.058 measured; backward ~515: 0.065-0.073 against ~0.096), while the bytes need 0.034 ms
+// per kernel at copy bandwidth; the Triton forward, ~255 per point, took 0.048 ms. So the per-point work is kept short: the corner convention travels as numbers (AxisMap),
+// row and column come from a multiply-shift divider, taps use 32-bit offsets from a per-channel base pointer
+// (channel_base), and the backward's 9 sums use a warp reduce-scatter. Counted the same way: forward 329 -> 271,
+// backward 495 -> 376 instructions per point up to the block sum's barrier (about 515 -> 390 in all).
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
 //             raises through at::globalContext().alertNotDeterministic, as grid_sample's CUDA backward does.
-//   grad_H  : each thread sums its points' 9 contributions, the block sums its threads' (warp shuffles, then 9
-//             lanes over the warps' partials, once per kThreads * kPointsPerThread points), each block writes its
-//             9 partial sums to its own slot, and the sample's last block to finish (an integer counter per
-//             sample) sums the slots in slot order: deterministic, and no separate reduction kernel (the first
-//             H100 profile: 17.5 us for one over 128 slots per sample, beside an 84 us backward kernel).
+//   grad_H  : each thread sums its points' 9 contributions, the block sums its threads' (a reduce-scatter in each
+//             warp, then 9 threads over the warps' partials, once per kThreads * kPointsPerThread points), each
+//             block writes its 9 partial sums to its own slot, and the sample's last block to finish (an integer
+//             counter per sample) sums the slots in slot order: deterministic, and no separate reduction kernel
+//             (the first H100 profile: 17.5 us for one over 128 slots per sample, beside an 84 us backward kernel).
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/cuda/detail/IntegerDivider.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -33,6 +43,7 @@
 #include "reidfast/grid_math.h"
 #include "reidfast/homography_checks.h"
 #include "reidfast/homography_math.h"
+#include "reidfast/warp_scatter.h"
 
 namespace reidfast {
 namespace homography {
@@ -42,52 +53,63 @@ constexpr int kThreads = 256;
 constexpr int kPointsPerThread = 1;
 constexpr int kPointsPerBlock = kThreads * kPointsPerThread;
 
+// T: the coordinate type. The corner convention travels as each axis's numbers (grid_math.h, AxisMap): the
+// kernels do not branch on it.
+template <typename T>
 struct Geometry {
   int64_t C, in_h, in_w, out_h, out_w;
   int64_t in_sn, in_sc, in_sh, in_sw;
   int64_t out_sn, out_sc, out_sh, out_sw;
   int padding;
   bool align_corners;
+  grid::AxisMap<T> out_x, out_y, in_x, in_y;
+  at::cuda::detail::IntDivider<unsigned> out_w_divider;  // point index -> (row, column) by a multiply and a shift
 };
 
-Geometry make_geometry(const at::Tensor& img, const at::Tensor& out, int padding, bool align_corners) {
+template <typename T>
+Geometry<T> make_geometry(const at::Tensor& img, const at::Tensor& out, int padding, bool align_corners) {
   return {img.size(1),   img.size(2),   img.size(3),   out.size(2),   out.size(3),
           img.stride(0), img.stride(1), img.stride(2), img.stride(3), out.stride(0),
-          out.stride(1), out.stride(2), out.stride(3), padding,       align_corners};
+          out.stride(1), out.stride(2), out.stride(3), padding,       align_corners,
+          grid::axis_map<T>(out.size(3), align_corners), grid::axis_map<T>(out.size(2), align_corners),
+          grid::axis_map<T>(img.size(3), align_corners), grid::axis_map<T>(img.size(2), align_corners),
+          at::cuda::detail::IntDivider<unsigned>(static_cast<unsigned>(out.size(3)))};
 }
 
-// The output point this thread owns, resolved to tap offsets (relative to a channel's base) and in-image flags.
-template <typename T>
+// The output point this thread owns, resolved to tap offsets (relative to a channel's base; Off is int when the
+// plane allows, homography_checks.h: plane_fits_int32) and in-image flags.
+template <typename T, typename Off>
 struct DevicePoint {
   Projected<T> proj;
   grid::SamplePoint<T> sp;
-  int64_t off[4];
+  Off off[4];
   bool in[4];
   bool nan;  // the coordinate is NaN (homography_math.h, coordinate_is_nan): taps off, output NaN
   T x, y;
 };
 
-template <typename T>
-__device__ __forceinline__ DevicePoint<T> resolve_point(const T* __restrict__ h, int64_t i, int64_t j,
-                                                        const Geometry& g) {
-  DevicePoint<T> d;
-  d.x = grid::base_coordinate<T>(j, g.out_w, g.align_corners);
-  d.y = grid::base_coordinate<T>(i, g.out_h, g.align_corners);
+template <typename T, typename Off>
+__device__ __forceinline__ DevicePoint<T, Off> resolve_point(const T* __restrict__ h, int64_t i, int64_t j,
+                                                             const Geometry<T>& g) {
+  DevicePoint<T, Off> d;
+  d.x = grid::base_coordinate<T>(j, g.out_x);
+  d.y = grid::base_coordinate<T>(i, g.out_y);
   const T hh[9] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8]};
   d.proj = project(hh, d.x, d.y);
   d.nan = coordinate_is_nan(d.proj.gx, d.proj.gy);
-  d.sp = grid::sample_point(d.nan ? T(0) : d.proj.gx, d.nan ? T(0) : d.proj.gy, g.in_w, g.in_h, g.padding,
-                            g.align_corners);
+  d.sp = grid::sample_point(d.nan ? T(0) : d.proj.gx, d.nan ? T(0) : d.proj.gy, g.in_x, g.in_y, g.in_w, g.in_h,
+                            g.padding, g.align_corners);
   const grid::Taps<T>& t = d.sp.taps;
   d.in[0] = t.in_x0 && t.in_y0 && !d.nan;
   d.in[1] = t.in_x1 && t.in_y0 && !d.nan;
   d.in[2] = t.in_x0 && t.in_y1 && !d.nan;
   d.in[3] = t.in_x1 && t.in_y1 && !d.nan;
-  const int64_t o = t.y0 * g.in_sh + t.x0 * g.in_sw;
+  const Off sh = static_cast<Off>(g.in_sh), sw = static_cast<Off>(g.in_sw);
+  const Off o = t.y0 * sh + t.x0 * sw;
   d.off[0] = o;
-  d.off[1] = o + g.in_sw;
-  d.off[2] = o + g.in_sh;
-  d.off[3] = o + g.in_sh + g.in_sw;
+  d.off[1] = o + sw;
+  d.off[2] = o + sh;
+  d.off[3] = o + sh + sw;
   return d;
 }
 
@@ -95,46 +117,77 @@ __device__ __forceinline__ DevicePoint<T> resolve_point(const T* __restrict__ h,
 template <int kChannels>
 using Channels = std::integral_constant<int, kChannels>;
 
-// Calls f(Channels<K>{}) with K = C for the unrolled counts, else K = 0.
+// Calls f(Channels<K>{}, std::type_identity<Off>{}): K = C for the unrolled counts, else 0; Off = int where the
+// image's planes allow 32-bit tap offsets, else int64_t (with the run-time channel count only: such images are
+// rare, and each variant is another kernel to compile).
 template <typename F>
-void dispatch_channels(int64_t C, F&& f) {
-  if (C == 3)
-    f(Channels<3>{});
+void dispatch_shape(int64_t C, bool narrow_offsets, F&& f) {
+  if (!narrow_offsets)
+    f(Channels<0>{}, std::type_identity<int64_t>{});
+  else if (C == 3)
+    f(Channels<3>{}, std::type_identity<int>{});
   else if (C == 1)
-    f(Channels<1>{});
+    f(Channels<1>{}, std::type_identity<int>{});
   else
-    f(Channels<0>{});
+    f(Channels<0>{}, std::type_identity<int>{});
+}
+
+template <typename T>
+bool narrow_offsets(const Geometry<T>& g) {
+  return plane_fits_int32(g.in_h, g.in_w, g.in_sh, g.in_sw);
+}
+
+// A channel's base pointer, hidden from the compiler's address arithmetic: otherwise it folds the sample's and the
+// channel's offsets into each tap's 64-bit index sum, four 64-bit instructions and a reload of the image pointer per
+// tap where one 64-bit address step of the 32-bit offset is needed (the fp32 RGB forward kernel's path: 302 ->
+// 271 instructions per point, counted in its SASS).
+template <typename P>
+__device__ __forceinline__ P* channel_base(P* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
+// A read through the read-only data cache (what the compiler chose on its own before channel_base hid the pointer's
+// origin); the 2-byte types load their bits.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t load_read_only(const scalar_t* p) {
+  if constexpr (sizeof(scalar_t) == 2) {
+    return scalar_t(__ldg(reinterpret_cast<const unsigned short*>(p)), scalar_t::from_bits());
+  } else {
+    return __ldg(p);
+  }
 }
 
 // A tap's value, 0 outside the image (a predicated load, no branch).
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t tap(const scalar_t* __restrict__ s, int64_t off, bool in) {
-  return in ? static_cast<acc_t>(s[off]) : acc_t(0);
+template <typename acc_t, typename scalar_t, typename Off>
+__device__ __forceinline__ acc_t tap(const scalar_t* __restrict__ s, Off off, bool in) {
+  return in ? static_cast<acc_t>(load_read_only(s + off)) : acc_t(0);
 }
 
-template <typename scalar_t, int kChannels>
+template <typename scalar_t, int kChannels, typename Off>
 __global__ void homography_forward_kernel(const scalar_t* __restrict__ img,
                                           const at::opmath_type<scalar_t>* __restrict__ H,
-                                          scalar_t* __restrict__ out, Geometry g) {
+                                          scalar_t* __restrict__ out,
+                                          Geometry<at::opmath_type<scalar_t>> g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = blockIdx.y;
   // 32-bit point index math (launch_grid checks the bound): 64-bit division is emulated, tens of instructions.
-  const int out_w = static_cast<int>(g.out_w);
-  const int points = static_cast<int>(g.out_h) * out_w;
+  const int points = static_cast<int>(g.out_h * g.out_w);
   const scalar_t* src = img + n * g.in_sn;
   const int64_t C = kChannels > 0 ? kChannels : g.C;
 #pragma unroll
   for (int k = 0; k < kPointsPerThread; ++k) {
     const int p = blockIdx.x * kPointsPerBlock + k * kThreads + threadIdx.x;
     if (p >= points) break;
-    const int i = p / out_w, j = p - i * out_w;
-    const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
+    const auto row_col = g.out_w_divider.divmod(static_cast<unsigned>(p));
+    const int i = static_cast<int>(row_col.div), j = static_cast<int>(row_col.mod);
+    const DevicePoint<acc_t, Off> d = resolve_point<acc_t, Off>(H + n * 9, i, j, g);
     const grid::Taps<acc_t>& t = d.sp.taps;
     const acc_t w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
     scalar_t* dst = out + n * g.out_sn + i * g.out_sh + j * g.out_sw;
 #pragma unroll
     for (int64_t c = 0; c < C; ++c) {
-      const scalar_t* s = src + c * g.in_sc;
+      const scalar_t* s = channel_base(src + c * g.in_sc);
       const acc_t v = w[0] * tap<acc_t>(s, d.off[0], d.in[0]) + w[1] * tap<acc_t>(s, d.off[1], d.in[1]) +
                       w[2] * tap<acc_t>(s, d.off[2], d.in[2]) + w[3] * tap<acc_t>(s, d.off[3], d.in[3]);
       dst[c * g.out_sc] = static_cast<scalar_t>(d.nan ? std::numeric_limits<acc_t>::quiet_NaN() : v);
@@ -142,39 +195,34 @@ __global__ void homography_forward_kernel(const scalar_t* __restrict__ img,
   }
 }
 
-// Writes the sum of v over the block to out[0..9): warp shuffles, then lanes 0-8 each add one entry over the
-// warps' partials (in a fixed order), rather than one thread adding all 9 x 8 while the block waits.
+// Writes the sum of v over the block to out[0..9): a reduce-scatter within each warp (warp_scatter.h: 12 shuffles
+// where a shuffle tree per entry took 45; the warp's sums land in 9 of its lanes), every lane's result to shared
+// memory, then threads 0-8 each add one entry over the warps (in a fixed order).
 template <typename T>
-__device__ __forceinline__ void block_sum9(const T (&v)[9], T (*shared)[9], T* __restrict__ out) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int k = 0; k < 9; ++k) {
-    T s = v[k];
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
-    if (lane == 0) shared[warp][k] = s;
-  }
+__device__ __forceinline__ void block_sum9(const T (&v)[9], T (*shared)[warp::kLanes], T* __restrict__ out) {
+  shared[threadIdx.x / warp::kLanes][threadIdx.x % warp::kLanes] = warp::reduce_scatter(v);
   __syncthreads();
   if (threadIdx.x < 9) {
+    const int lane = warp::lane_of_item<9>(threadIdx.x);
     T s = 0;
 #pragma unroll
-    for (int w = 0; w < kThreads / 32; ++w) s += shared[w][threadIdx.x];
+    for (int w = 0; w < kThreads / warp::kLanes; ++w) s += shared[w][lane];
     out[threadIdx.x] = s;
   }
 }
 
-template <typename scalar_t, bool kNeedImg, bool kNeedH, int kChannels>
+template <typename scalar_t, bool kNeedImg, bool kNeedH, int kChannels, typename Off>
 __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out,
                                            const scalar_t* __restrict__ img,
                                            const at::opmath_type<scalar_t>* __restrict__ H,
                                            at::opmath_type<scalar_t>* __restrict__ grad_img,
                                            at::opmath_type<scalar_t>* __restrict__ grad_h_partial,
                                            int* __restrict__ blocks_done, at::opmath_type<scalar_t>* __restrict__ grad_h,
-                                           Geometry g) {
+                                           Geometry<at::opmath_type<scalar_t>> g) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t shared[kThreads / 32][9];
+  __shared__ acc_t shared[kThreads / warp::kLanes][warp::kLanes];
   const int64_t n = blockIdx.y;
-  const int out_w = static_cast<int>(g.out_w);
-  const int points = static_cast<int>(g.out_h) * out_w;
+  const int points = static_cast<int>(g.out_h * g.out_w);
   acc_t contrib[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
   const scalar_t* src = img + n * g.in_sn;
   acc_t* gsrc = kNeedImg ? grad_img + n * g.in_sn : nullptr;
@@ -183,8 +231,9 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
   for (int k = 0; k < kPointsPerThread; ++k) {
     const int p = blockIdx.x * kPointsPerBlock + k * kThreads + threadIdx.x;
     if (p >= points) break;  // not return: every thread joins the block's grad_H sum below
-    const int i = p / out_w, j = p - i * out_w;
-    const DevicePoint<acc_t> d = resolve_point(H + n * 9, i, j, g);
+    const auto row_col = g.out_w_divider.divmod(static_cast<unsigned>(p));
+    const int i = static_cast<int>(row_col.div), j = static_cast<int>(row_col.mod);
+    const DevicePoint<acc_t, Off> d = resolve_point<acc_t, Off>(H + n * 9, i, j, g);
     const grid::Taps<acc_t>& t = d.sp.taps;
     const acc_t w[4] = {t.w00(), t.w01(), t.w10(), t.w11()};
     const scalar_t* go_ptr = grad_out + n * g.out_sn + i * g.out_sh + j * g.out_sw;
@@ -193,7 +242,7 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
     for (int64_t c = 0; c < C; ++c) {
       const acc_t go = static_cast<acc_t>(go_ptr[c * g.out_sc]);
       if (kNeedH) {
-        const scalar_t* s = src + c * g.in_sc;
+        const scalar_t* s = channel_base(src + c * g.in_sc);
         acc_t v[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) v[q] = tap<acc_t>(s, d.off[q], d.in[q]);
@@ -203,6 +252,8 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
         dpy += go * vy;
       }
       if (kNeedImg) {
+        // not channel_base: a pointer of unknown origin turns atomicAdd into a generic atomic with a shared-memory
+        // path (ATOM + ATOMS.CAST.SPIN) instead of a global reduction (REDG)
         acc_t* gs = gsrc + c * g.in_sc;
 #pragma unroll
         for (int q = 0; q < 4; ++q)
@@ -249,13 +300,14 @@ at::Tensor homography_warp_forward_cuda(const at::Tensor& img_in, const at::Tens
   ForwardArgs a = prepare_forward(img_in, H_in, out_h, out_w, padding_mode, c10::DeviceType::CUDA);
   if (a.done) return a.out;
   const c10::cuda::CUDAGuard guard(a.img.device());
-  const Geometry g = make_geometry(a.img, a.out, a.padding, align_corners);
   const dim3 blocks = launch_grid(a.img.size(0), out_h * out_w);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    dispatch_channels(g.C, [&](auto channels) {
-      homography_forward_kernel<scalar_t, decltype(channels)::value><<<blocks, kThreads, 0, stream>>>(
+    const Geometry<acc_t> g = make_geometry<acc_t>(a.img, a.out, a.padding, align_corners);
+    dispatch_shape(g.C, narrow_offsets(g), [&](auto channels, auto offset) {
+      using Off = typename decltype(offset)::type;
+      homography_forward_kernel<scalar_t, decltype(channels)::value, Off><<<blocks, kThreads, 0, stream>>>(
           a.img.const_data_ptr<scalar_t>(), a.H.const_data_ptr<acc_t>(), a.out.mutable_data_ptr<scalar_t>(), g);
     });
   });
@@ -280,11 +332,11 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
   at::Tensor grad_H = !need_h ? at::empty({0}, a.H.options())
                       : a.empty ? at::zeros({N, 3, 3}, a.H.options()) : at::empty({N, 3, 3}, a.H.options());
   if (!a.empty) {
-    const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_backward_cuda",
                                     [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      const Geometry<acc_t> g = make_geometry<acc_t>(a.img, a.grad_out, a.padding, align_corners);
       const scalar_t* gop = a.grad_out.const_data_ptr<scalar_t>();
       const scalar_t* ip = a.img.const_data_ptr<scalar_t>();
       const acc_t* hp = a.H.const_data_ptr<acc_t>();
@@ -292,17 +344,18 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
       acc_t* pp = partial.mutable_data_ptr<acc_t>();
       int* done = blocks_done.mutable_data_ptr<int>();
       acc_t* gh = need_h ? grad_H.mutable_data_ptr<acc_t>() : nullptr;
-      dispatch_channels(g.C, [&](auto channels) {
+      dispatch_shape(g.C, narrow_offsets(g), [&](auto channels, auto offset) {
         constexpr int kC = decltype(channels)::value;
+        using Off = typename decltype(offset)::type;
         if (need_img && need_h)
-          homography_backward_kernel<scalar_t, true, true, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
-                                                                                                pp, done, gh, g);
+          homography_backward_kernel<scalar_t, true, true, kC, Off><<<blocks, kThreads, 0, stream>>>(
+              gop, ip, hp, gip, pp, done, gh, g);
         else if (need_img)
-          homography_backward_kernel<scalar_t, true, false, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
-                                                                                                 pp, done, gh, g);
+          homography_backward_kernel<scalar_t, true, false, kC, Off><<<blocks, kThreads, 0, stream>>>(
+              gop, ip, hp, gip, pp, done, gh, g);
         else
-          homography_backward_kernel<scalar_t, false, true, kC><<<blocks, kThreads, 0, stream>>>(gop, ip, hp, gip,
-                                                                                                 pp, done, gh, g);
+          homography_backward_kernel<scalar_t, false, true, kC, Off><<<blocks, kThreads, 0, stream>>>(
+              gop, ip, hp, gip, pp, done, gh, g);
       });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();

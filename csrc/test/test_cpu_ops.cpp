@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "reidfast/grid_math.h"
 #include "reidfast/rank_math.h"
+#include "reidfast/warp_scatter.h"
 
 namespace {
 
@@ -169,6 +171,92 @@ void check_bucket_table() {
   if (!ok) ++failures;
 }
 
+// The CUDA homography backward's reduce-scatter (warp_scatter.h), its five rounds run over 32 emulated lanes: each
+// of the K items' sums must land, in full, in lane_of_item(item), and the K owner lanes must be distinct.
+template <int K>
+bool scatter_rounds_ok() {
+  using namespace reidfast::warp;
+  std::vector<std::vector<double>> v(kLanes, std::vector<double>(K));
+  std::vector<double> want(K, 0.0);
+  for (int lane = 0; lane < kLanes; ++lane)
+    for (int k = 0; k < K; ++k) want[k] += v[lane][k] = double((lane * 131 + k * 29) % 97) + 0.25 * k;
+  int count = K;
+  for (int m = kLanes / 2; m >= 1; m /= 2) {
+    const int h = kept_after(count);
+    std::vector<std::vector<double>> sent(kLanes, std::vector<double>(h)), next = sent;
+    auto send = [&](const double* x, int t, bool up) {
+      switch (count) {  // the template argument is the round's item count
+        case 9: return scatter_send<9>(x, t, up);
+        case 5: return scatter_send<5>(x, t, up);
+        case 3: return scatter_send<3>(x, t, up);
+        case 2: return scatter_send<2>(x, t, up);
+        default: return scatter_send<1>(x, t, up);
+      }
+    };
+    auto keep = [&](const double* x, int t, bool up) {
+      switch (count) {
+        case 9: return scatter_keep<9>(x, t, up);
+        case 5: return scatter_keep<5>(x, t, up);
+        case 3: return scatter_keep<3>(x, t, up);
+        case 2: return scatter_keep<2>(x, t, up);
+        default: return scatter_keep<1>(x, t, up);
+      }
+    };
+    for (int lane = 0; lane < kLanes; ++lane)
+      for (int t = 0; t < h; ++t) sent[lane][t] = send(v[lane].data(), t, (lane & m) != 0);
+    for (int lane = 0; lane < kLanes; ++lane)
+      for (int t = 0; t < h; ++t) next[lane][t] = keep(v[lane].data(), t, (lane & m) != 0) + sent[lane ^ m][t];
+    v = next;
+    count = h;
+  }
+  std::vector<bool> owner(kLanes, false);
+  bool ok = true;
+  for (int k = 0; k < K; ++k) {
+    const int lane = lane_of_item<K>(k);
+    ok = ok && lane >= 0 && lane < kLanes && !owner[lane] && v[lane][0] == want[k];
+    if (lane >= 0 && lane < kLanes) owner[lane] = true;
+  }
+  return ok;
+}
+
+void check_warp_scatter() {
+  const bool ok = scatter_rounds_ok<9>();
+  std::printf("%-55s %s\n", "warp reduce-scatter of 9 sums (32 emulated lanes)", ok ? "ok" : "FAIL");
+  if (!ok) ++failures;
+}
+
+// grid_math.h's AxisMap formulas against the conventions' formulas as written there, bitwise, for both dtypes.
+template <typename T>
+void check_axis_map() {
+  using namespace reidfast::grid;
+  int mismatches = 0, checked = 0;
+  for (int64_t size : {1, 2, 3, 7, 64, 127, 128, 255, 4097}) {
+    for (bool align : {false, true}) {
+      const AxisMap<T> a = axis_map<T>(size, align);
+      for (int64_t i = 0; i < size; i += std::max<int64_t>(1, size / 50)) {
+        const T want = size <= 1 ? T(0)
+                       : align   ? T(2) * static_cast<T>(i) / static_cast<T>(size - 1) - T(1)
+                                 : (T(2) * static_cast<T>(i) + T(1)) / static_cast<T>(size) - T(1);
+        mismatches += base_coordinate(i, a) != want;
+        ++checked;
+      }
+      for (T g : {T(-1.7), T(-1), T(-0.3333), T(0), T(1e-7), T(0.5), T(0.999), T(1), T(2.25), T(1e6), T(-1e6)}) {
+        T scale;
+        const T got = unnormalize(g, a, &scale);
+        const T want_scale = align ? static_cast<T>(size - 1) / T(2) : static_cast<T>(size) / T(2);
+        const T want = align ? (g + T(1)) * want_scale : ((g + T(1)) * static_cast<T>(size) - T(1)) / T(2);
+        mismatches += got != want || scale != want_scale;
+        ++checked;
+      }
+    }
+  }
+  const bool ok = mismatches == 0;
+  std::printf("%-55s %d values, %d mismatches %s\n",
+              (std::string("grid AxisMap vs the written conventions, ") + (sizeof(T) == 4 ? "float" : "double")).c_str(),
+              checked, mismatches, ok ? "ok" : "FAIL");
+  if (!ok) ++failures;
+}
+
 void check_rank_summary() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("reidfast::rank_summary", "")
@@ -247,6 +335,9 @@ int main() {
   check_rank_summary();
   check_bucket_table<float>();
   check_bucket_table<double>();
+  check_warp_scatter();
+  check_axis_map<float>();
+  check_axis_map<double>();
   for (int64_t padding = 0; padding < 3; ++padding)
     for (bool align : {false, true}) check_homography(padding == 1, padding, align);
   if (failures) {

@@ -24,23 +24,48 @@ namespace grid {
 
 enum Padding : int { kZeros = 0, kBorder = 1, kReflection = 2 };
 
+// One axis's conventions as numbers, so that a kernel can take align_corners at run time without branching on it:
+//   base coordinate of pixel index i:  (2 i + base_add) / base_div - 1
+//   normalized -> pixel coordinate   :  ((g + 1) * span - span_sub) * 0.5,  dp/dg = span * 0.5
+// align_corners=true : base_add 0, base_div size - 1, span size - 1, span_sub 0
+// align_corners=false: base_add 1, base_div size,     span size,     span_sub 1
+// a single pixel (size <= 1) has base coordinate 0: base_add = base_div = 1.
+// These are the conventions' formulas above, rounded as written there: adding or subtracting 0 and multiplying by 0.5
+// are exact, and (x * s) * 0.5 == x * (s * 0.5) in binary floating point away from underflow (the C++ test program
+// checks them against the written formulas). The (size, align_corners) overloads below call these.
+template <typename T>
+struct AxisMap {
+  T base_add, base_div, span, span_sub;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline AxisMap<T> axis_map(int64_t size, bool align_corners) {
+  if (size <= 1) return {T(1), T(1), align_corners ? T(0) : static_cast<T>(size), align_corners ? T(0) : T(1)};
+  if (align_corners) return {T(0), static_cast<T>(size - 1), static_cast<T>(size - 1), T(0)};
+  return {T(1), static_cast<T>(size), static_cast<T>(size), T(1)};
+}
+
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T base_coordinate(int64_t i, const AxisMap<T>& a) {
+  return (T(2) * static_cast<T>(i) + a.base_add) / a.base_div - T(1);
+}
+
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T unnormalize(T g, const AxisMap<T>& a, T* scale) {
+  *scale = a.span * T(0.5);
+  return ((g + T(1)) * a.span - a.span_sub) * T(0.5);
+}
+
 // Normalized output coordinate of pixel index i of `size` (affine_grid's base grid).
 template <typename T>
 C10_HOST_DEVICE inline T base_coordinate(int64_t i, int64_t size, bool align_corners) {
-  if (size <= 1) return T(0);
-  if (align_corners) return T(2) * static_cast<T>(i) / static_cast<T>(size - 1) - T(1);
-  return (T(2) * static_cast<T>(i) + T(1)) / static_cast<T>(size) - T(1);
+  return base_coordinate(i, axis_map<T>(size, align_corners));
 }
 
 // Normalized -> pixel coordinate; *scale receives dp/dg.
 template <typename T>
 C10_HOST_DEVICE inline T unnormalize(T g, int64_t size, bool align_corners, T* scale) {
-  if (align_corners) {
-    *scale = static_cast<T>(size - 1) / T(2);
-    return (g + T(1)) * *scale;
-  }
-  *scale = static_cast<T>(size) / T(2);
-  return ((g + T(1)) * static_cast<T>(size) - T(1)) / T(2);
+  return unnormalize(g, axis_map<T>(size, align_corners), scale);
 }
 
 template <typename T>
@@ -159,19 +184,27 @@ struct SamplePoint {
 // One axis of a sampling point: the pixel coordinate of normalized coordinate g after the padding rule, and
 // *dp_dg, its derivative. (The CPU kernel calls it in loops of its own, which vectorize; see sample_point.)
 template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE T padded_pixel(T g, int64_t size, int padding, bool align_corners, T* dp_dg) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T padded_pixel(T g, const AxisMap<T>& axis, int64_t size, int padding,
+                                                 bool align_corners, T* dp_dg) {
   T scale, pad;
-  const T p = apply_padding(unnormalize(g, size, align_corners, &scale), size, padding, align_corners, &pad);
+  const T p = apply_padding(unnormalize(g, axis, &scale), size, padding, align_corners, &pad);
   *dp_dg = scale * pad;
   return p;
 }
 
 template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE SamplePoint<T> sample_point(T gx, T gy, int64_t width, int64_t height, int padding,
-                                                   bool align_corners) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T padded_pixel(T g, int64_t size, int padding, bool align_corners, T* dp_dg) {
+  return padded_pixel(g, axis_map<T>(size, align_corners), size, padding, align_corners, dp_dg);
+}
+
+// axis_x, axis_y: axis_map(width, align_corners), axis_map(height, align_corners), made once per kernel launch.
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE SamplePoint<T> sample_point(T gx, T gy, const AxisMap<T>& axis_x,
+                                                              const AxisMap<T>& axis_y, int64_t width,
+                                                              int64_t height, int padding, bool align_corners) {
   SamplePoint<T> s;
-  const T px = padded_pixel(gx, width, padding, align_corners, &s.dpx_dgx);
-  const T py = padded_pixel(gy, height, padding, align_corners, &s.dpy_dgy);
+  const T px = padded_pixel(gx, axis_x, width, padding, align_corners, &s.dpx_dgx);
+  const T py = padded_pixel(gy, axis_y, height, padding, align_corners, &s.dpy_dgy);
   s.taps = bilinear_taps(px, py, width, height);
   return s;
 }

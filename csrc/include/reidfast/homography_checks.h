@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <string>
 
 #include "reidfast/grid_math.h"
@@ -48,6 +50,13 @@ inline void check_inputs(const at::Tensor& img, const at::Tensor& H, c10::Device
 inline void check_out_size(int64_t out_h, int64_t out_w) {
   TORCH_CHECK_VALUE(out_h > 0 && out_w > 0, "homography_warp: out_size must be positive, got (", out_h, ", ",
                     out_w, ")");
+}
+
+// Whether every tap offset within a channel plane (row stride sh, column stride sw) fits a 32-bit integer, also
+// those computed (then discarded) for taps outside the image: corner indices reach size + 1 (grid_math.h), the far
+// corner adds one more row and column. Both kernels then use 32-bit offsets (fewer instructions per tap).
+inline bool plane_fits_int32(int64_t in_h, int64_t in_w, int64_t sh, int64_t sw) {
+  return (in_h + 2) * sh + (in_w + 2) * sw < std::numeric_limits<int32_t>::max();
 }
 
 // Layout rule of every reidfast image kernel (see adain_checks.h): channels_last only when img is exactly that.
