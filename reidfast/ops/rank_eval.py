@@ -101,10 +101,17 @@ class _TiledDistance:
     full-distance evaluation, as they do between any two GEMMs.)
 
     strict: an fp32 addmm whose bias vector (the gallery term) cuBLAS adds in its epilogue.
-    fast on CUDA: see `_bf16_operands`.
+    fast on CUDA: see `_bf16_operands` (made by a Triton kernel where Triton is installed).
     """
 
     def __init__(self, query_features, gallery_features, metric, fast: bool):
+        self.num_g = gallery_features.shape[0]
+        self.bf16 = (fast and query_features.is_cuda and query_features.dtype == torch.float32
+                     and _has_bf16_gemm(query_features.device))
+        fused = _triton_operands() if self.bf16 else None
+        if fused is not None:
+            self._fused_bf16_operands(fused, query_features, gallery_features, metric)
+            return
         if metric == "cosine":  # F.normalize's rule, with the norms kept for the check below
             q_norm, g_norm = (torch.linalg.vector_norm(x, dim=1) for x in (query_features, gallery_features))
             self.q = query_features / q_norm.clamp_min(1e-12)[:, None]
@@ -115,16 +122,35 @@ class _TiledDistance:
             self.q, gallery = query_features, gallery_features
             self.bias, self.alpha = (gallery * gallery).sum(1), -2
             q_size, g_size = (query_features * query_features).sum(1), self.bias
-        self.num_g = gallery.shape[0]
-        self.bf16 = fast and self.q.is_cuda and self.q.dtype == torch.float32 and _has_bf16_gemm(self.q.device)
         if self.bf16:
             self.q, self.gt = _bf16_operands(self.q, gallery, self.alpha, self.bias)
         else:
             self.gt = gallery.t()
+        self._keep_largest_sizes(q_size, g_size)
+
+    def _keep_largest_sizes(self, q_size, g_size):
         # The largest row size on the query and the gallery side, (2,) float64 on the device, checked with the
         # summary: not finite when a feature is not (NaN propagates through amax) or a size overflows. An infinite
         # feature would otherwise rank as if nearest or farthest, silently.
         self.largest_sizes = torch.stack([q_size.amax(), g_size.amax()]).double()
+
+    def _fused_bf16_operands(self, fused, query_features, gallery_features, metric):
+        """Fast mode's operands by the Triton kernel (one pass over each side's features; the same layout as
+        _bf16_operands, the gallery term from the kernel's own float32 row sums)."""
+        num_q, dim = query_features.shape
+        k = -(-(dim + 3) // _BF16_ALIGN) * _BF16_ALIGN
+        g_pad = -(-self.num_g // _BF16_ALIGN) * _BF16_ALIGN
+        cosine = metric == "cosine"
+        self.q, q_sumsq = fused.operand_rows(query_features.contiguous(), num_q, k, -1 if cosine else -2,
+                                             normalize=cosine, bias_columns=False)
+        g_op, g_sumsq = fused.operand_rows(gallery_features.contiguous(), g_pad, k, 1, normalize=cosine,
+                                           bias_columns=True)
+        self.gt = g_op.t()
+        # the sizes the check reads: norms for cosine, squared norms for euclidean, as the plain path's
+        if cosine:
+            self._keep_largest_sizes(q_sumsq.sqrt(), g_sumsq.sqrt())
+        else:
+            self._keep_largest_sizes(q_sumsq, g_sumsq)
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         q = self.q[start:stop]
@@ -132,6 +158,14 @@ class _TiledDistance:
             return torch.mm(q, self.gt, out_dtype=torch.float32)[:, :self.num_g]
         return torch.addmm(self.bias, q, self.gt, alpha=self.alpha)
 
+
+def _triton_operands():
+    """Fast mode makes its operands in one kernel per side where Triton is installed (ops/triton/rank_operands.py,
+    imported on first use, as the other Triton kernels); else by _bf16_operands. Only CUDA tensors come here."""
+    if not _backend._TRITON_FOUND:
+        return None
+    from .triton import rank_operands
+    return rank_operands
 
 # Row lengths of the fast mode's GEMM operands and output are padded to this many elements (32 bytes in fp32):
 # an odd gallery size made every output row misaligned, and cuBLAS then fell back to a kernel for 1-element

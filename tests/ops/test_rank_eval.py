@@ -465,6 +465,62 @@ def test_fast_mode_operands_fold_the_gallery_term_into_the_gemm():
     assert torch.equal(product[:, 11:], torch.zeros(5, 5, dtype=torch.float64))  # padded rows, never ranked
 
 
+needs_triton_interpreter = pytest.mark.skipif(
+    not ops._backend.TRITON_INTERPRET or not ops._backend._TRITON_FOUND,
+    reason="the Triton kernels run on CPU tensors only under TRITON_INTERPRET=1")
+
+
+@needs_triton_interpreter
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_fast_mode_operands_by_the_triton_kernel_match_the_plain_construction(metric):
+    # The Triton kernel (ops/triton/rank_operands.py) that fast mode uses on CUDA, run by the interpreter, against
+    # _bf16_operands: the same layout, bf16 columns equal but for the rounding of a division in cosine's
+    # normalization, the gallery term from its own float32 row sums.
+    g = torch.Generator().manual_seed(6)
+    q, gallery = torch.randn(5, 1030, generator=g), 3 * torch.randn(11, 1030, generator=g)  # rows over one block
+    gallery[4] = 0.0  # a zero row: cosine's clamp, and a zero gallery term
+    q[0, :2] = torch.tensor([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8])  # x -2: exact ties between bf16 values (to even)
+    fused = object.__new__(rank_eval_module._TiledDistance)
+    fused.num_g = gallery.shape[0]
+    fused._fused_bf16_operands(rank_eval_module._triton_operands(), q, gallery, metric)
+    if metric == "cosine":
+        qn, gn = (torch.nn.functional.normalize(x, dim=1) for x in (q, gallery))
+        plain_q, plain_gt = rank_eval_module._bf16_operands(qn, gn, -1, torch.ones(11))
+        sizes = [q.norm(dim=1).max(), gallery.norm(dim=1).max()]
+    else:
+        bias = (gallery * gallery).sum(1)
+        plain_q, plain_gt = rank_eval_module._bf16_operands(q, gallery, -2, bias)
+        sizes = [(q * q).sum(1).max(), bias.max()]
+    assert fused.q.dtype == fused.gt.dtype == torch.bfloat16
+    assert fused.q.shape == plain_q.shape == (5, 1040) and fused.gt.shape == plain_gt.shape == (1040, 16)
+    torch.testing.assert_close(fused.largest_sizes, torch.stack(sizes).double(), rtol=1e-6, atol=0)
+    if metric == "cosine":  # x * (1 / |x|) against x / |x|: at most one bf16 step apart
+        for got, want in ((fused.q, plain_q), (fused.gt, plain_gt)):
+            step = want.float().abs() * 2.0 ** -7 + 1e-30
+            assert ((got.float() - want.float()).abs() <= step).all()
+            assert torch.equal(got[:, 1030:].float(), want[:, 1030:].float()) if got.shape[0] == 5 else True
+        assert torch.equal(fused.gt[1030:].float(), plain_gt[1030:].float())  # bias columns 1, 0, 0 and padding
+    else:
+        assert torch.equal(fused.q, plain_q)
+        assert torch.equal(fused.gt[:1030], plain_gt[:1030])
+        assert torch.equal(fused.gt[1033:], plain_gt[1033:])  # padding columns and rows
+        parts = fused.gt[1030:1033].double().sum(0)[:11]  # the three bias parts carry about 24 bits
+        torch.testing.assert_close(parts, bias.double(), rtol=2.0 ** -21, atol=0)
+    product = fused.q.double() @ fused.gt.double()
+    assert torch.equal(product[:, 11:], torch.zeros(5, 5, dtype=torch.float64))  # padded rows, never ranked
+
+
+@needs_triton_interpreter
+def test_triton_operand_rows_rejects_what_it_cannot_lay_out():
+    from reidfast.ops.triton import rank_operands
+    with pytest.raises(ValueError, match="float32"):
+        rank_operands.operand_rows(torch.zeros(3, 4, dtype=torch.float64), 3, 8, 1.0, False, True)
+    with pytest.raises(ValueError, match="D \\+ 3"):
+        rank_operands.operand_rows(torch.zeros(3, 6), 3, 8, 1.0, False, True)
+    with pytest.raises(ValueError, match="M <="):
+        rank_operands.operand_rows(torch.zeros(9, 4), 8, 8, 1.0, False, True)
+
+
 def ranked_outputs(num_q, seed, max_first_hit):
     """rank_queries-like outputs: random ranks, AP and INP, invalid queries, and one NaN and one unfinished row
     flagged as the kernels flag them."""
@@ -652,6 +708,7 @@ def test_cuda_features_strict_and_fast(metric):
     assert fast.mAP == pytest.approx(want.mAP, abs=2e-3)  # bf16 inputs: about 1e-4 when emulated on the CPU
     if hasattr(torch.ops.aten.mm, "dtype"):  # a torch with bf16-to-fp32 GEMMs: fast mode uses them
         assert rank_eval_module._has_bf16_gemm(qf.cuda().device)
+        assert rank_eval_module._triton_operands() is not None  # their operands by the Triton kernel
     dist = torch.from_numpy(random_protocol(3, 4, 2, 2, seed=0)[0]).cuda()
     dist[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
