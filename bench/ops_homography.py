@@ -1,9 +1,13 @@
 """Benchmark cases for reidfast.ops.homography_warp against the reference (eager and torch.compile'd).
 
 Passes: fwd; fwdbwd_H (image not requiring grad: the localization network learning through the warp of a real
-image); fwdbwd (both gradients: the image comes from a generator).
+image); fwdbwd (both gradients: the image comes from a generator). On a GPU the CUDA backend's fwdbwd_H is also
+timed with REIDFAST_HOMOGRAPHY_POINTS=2 (pass fwdbwd_H-2pt: two output points per thread in the grad_H kernel).
 """
 from __future__ import annotations
+
+import os
+from unittest import mock
 
 import torch
 
@@ -30,6 +34,14 @@ def _reference_call(img, H):
     # the plain unfused path (homography grid + grid_sample) without the reference's handling of NaN coordinates,
     # which no input here needs and which would slow the baseline by about a quarter
     return reference.homography_warp(img, H, None, "zeros", False, nan_rule=False)
+
+
+def _two_points_per_thread(fn):
+    """fn with the CUDA grad_H kernel at two output points per thread (csrc/cuda/homography.cu)."""
+    def call():
+        with mock.patch.dict(os.environ, {"REIDFAST_HOMOGRAPHY_POINTS": "2"}):
+            return fn()
+    return call
 
 
 def _bytes(img, pass_):
@@ -78,9 +90,14 @@ def cases(device: torch.device, quick: bool):
                         with ops.use_backend(backend):
                             return ops.homography_warp(img_, H_, None, "zeros", False)
 
-                    yield {
+                    row = {
                         "op": "homography", "pass": pass_, "shape": list(shape),
                         "dtype": str(dtype).replace("torch.", ""), "backend": backend, "fn": make(ours),
                         "ref": make(_reference_call), "ref_compiled": make(compiled_reference),
                         "bytes": _bytes(img, pass_),
                     }
+                    yield row
+                    if backend == "cuda" and pass_ == "fwdbwd_H":
+                        # its reference columns are the row above's
+                        yield {**row, "pass": "fwdbwd_H-2pt", "fn": _two_points_per_thread(row["fn"]), "ref": None,
+                               "ref_compiled": None}

@@ -36,6 +36,8 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -211,7 +213,10 @@ __device__ __forceinline__ void block_sum9(const T (&v)[9], T (*shared)[warp::kL
   }
 }
 
-template <typename scalar_t, bool kNeedImg, bool kNeedH, int kChannels, typename Off>
+// kPoints output points per thread, kThreads apart. Points past the end are computed at the last point and
+// contribute nothing, so a thread's points form one straight-line block of code that the compiler can interleave
+// (an early exit between them kept run 3's 4-point kernels from overlapping their points' loads).
+template <typename scalar_t, bool kNeedImg, bool kNeedH, int kChannels, typename Off, int kPoints>
 __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out,
                                            const scalar_t* __restrict__ img,
                                            const at::opmath_type<scalar_t>* __restrict__ H,
@@ -228,10 +233,10 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
   acc_t* gsrc = kNeedImg ? grad_img + n * g.in_sn : nullptr;
   const int64_t C = kChannels > 0 ? kChannels : g.C;
 #pragma unroll
-  for (int k = 0; k < kPointsPerThread; ++k) {
-    const int p = blockIdx.x * kPointsPerBlock + k * kThreads + threadIdx.x;
-    if (p >= points) break;  // not return: every thread joins the block's grad_H sum below
-    const auto row_col = g.out_w_divider.divmod(static_cast<unsigned>(p));
+  for (int k = 0; k < kPoints; ++k) {
+    const int p = (blockIdx.x * kPoints + k) * kThreads + threadIdx.x;
+    const bool live = p < points;  // not an exit: every thread joins the block's grad_H sum below
+    const auto row_col = g.out_w_divider.divmod(static_cast<unsigned>(live ? p : points - 1));
     const int i = static_cast<int>(row_col.div), j = static_cast<int>(row_col.mod);
     const DevicePoint<acc_t, Off> d = resolve_point<acc_t, Off>(H + n * 9, i, j, g);
     const grid::Taps<acc_t>& t = d.sp.taps;
@@ -257,13 +262,14 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
         acc_t* gs = gsrc + c * g.in_sc;
 #pragma unroll
         for (int q = 0; q < 4; ++q)
-          if (d.in[q]) atomicAdd(gs + d.off[q], go * w[q]);
+          if (d.in[q] && live) atomicAdd(gs + d.off[q], go * w[q]);
       }
     }
     if (kNeedH) {
       acc_t a[3];
       grad_coefficients(d.proj, dpx * d.sp.dpx_dgx, dpy * d.sp.dpy_dgy, a);
       if (d.nan) a[0] = a[1] = a[2] = std::numeric_limits<acc_t>::quiet_NaN();
+      if (!live) a[0] = a[1] = a[2] = acc_t(0);
 #pragma unroll
       for (int r = 0; r < 3; ++r) {
         contrib[r * 3 + 0] += a[r] * d.x;
@@ -288,11 +294,21 @@ __global__ void homography_backward_kernel(const scalar_t* __restrict__ grad_out
   }
 }
 
-dim3 launch_grid(int64_t N, int64_t points) {
+dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerThread) {
+  const int64_t per_block = int64_t{kThreads} * points_per_thread;
   TORCH_CHECK(N <= 65535, "homography_warp (CUDA): at most 65535 samples per call, got ", N);
-  TORCH_CHECK(points <= std::numeric_limits<int>::max() - kPointsPerBlock,
-              "homography_warp (CUDA): at most 2^31 - 1 - ", kPointsPerBlock, " output points per image, got ", points);
-  return dim3(static_cast<unsigned>((points + kPointsPerBlock - 1) / kPointsPerBlock), static_cast<unsigned>(N));
+  TORCH_CHECK(points <= std::numeric_limits<int>::max() - per_block,
+              "homography_warp (CUDA): at most 2^31 - 1 - ", per_block, " output points per image, got ", points);
+  return dim3(static_cast<unsigned>((points + per_block - 1) / per_block), static_cast<unsigned>(N));
+}
+
+// Points per thread of the backward kernel for grad_H alone (SA-GAN's localization networks behind fixed images):
+// 1, or 2 with REIDFAST_HOMOGRAPHY_POINTS=2, read per call. Two halve the per-thread work that is not per point
+// (H's loads, the block sum: 376 -> 323 instructions per point in the fp32 RGB kernel's SASS) but double the
+// registers; which is faster is for a GPU to say (bench/ops_homography.py times both in one run).
+int grad_h_points_per_thread() {
+  const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
+  return points != nullptr && std::strcmp(points, "2") == 0 ? 2 : 1;
 }
 
 at::Tensor homography_warp_forward_cuda(const at::Tensor& img_in, const at::Tensor& H_in, int64_t out_h,
@@ -324,7 +340,8 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
   if (need_img) at::globalContext().alertNotDeterministic("homography_warp_backward_cuda (gradient in img)");
   const c10::cuda::CUDAGuard guard(a.img.device());
   const int64_t N = a.img.size(0), points = a.grad_out.size(2) * a.grad_out.size(3);
-  const dim3 blocks = a.empty ? dim3(1, 1) : launch_grid(N, points);
+  const int points_per_thread = need_h && !need_img ? grad_h_points_per_thread() : 1;
+  const dim3 blocks = a.empty ? dim3(1, 1) : launch_grid(N, points, points_per_thread);
   // Every block writes its own slot, so the slots need no clearing; the counters of finished blocks do.
   const std::vector<int64_t> slots = {N, need_h && !a.empty ? static_cast<int64_t>(blocks.x) : 0, 9};
   at::Tensor partial = at::empty(slots, a.H.options());
@@ -348,13 +365,16 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
         constexpr int kC = decltype(channels)::value;
         using Off = typename decltype(offset)::type;
         if (need_img && need_h)
-          homography_backward_kernel<scalar_t, true, true, kC, Off><<<blocks, kThreads, 0, stream>>>(
+          homography_backward_kernel<scalar_t, true, true, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
               gop, ip, hp, gip, pp, done, gh, g);
         else if (need_img)
-          homography_backward_kernel<scalar_t, true, false, kC, Off><<<blocks, kThreads, 0, stream>>>(
+          homography_backward_kernel<scalar_t, true, false, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
+              gop, ip, hp, gip, pp, done, gh, g);
+        else if (points_per_thread == 2)
+          homography_backward_kernel<scalar_t, false, true, kC, Off, 2><<<blocks, kThreads, 0, stream>>>(
               gop, ip, hp, gip, pp, done, gh, g);
         else
-          homography_backward_kernel<scalar_t, false, true, kC, Off><<<blocks, kThreads, 0, stream>>>(
+          homography_backward_kernel<scalar_t, false, true, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
               gop, ip, hp, gip, pp, done, gh, g);
       });
     });

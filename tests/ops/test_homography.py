@@ -584,7 +584,7 @@ def test_unavailable_backend_is_explained():
                                                     ((2, 64, 64, 32), (32, 16), "projective"),
                                                     ((4, 1, 33, 17), (20, 40), "projective")])
 def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, padding, channels_last, shape,
-                                                               out_size, kind):
+                                                               out_size, kind, monkeypatch):
     N = shape[0]
     img64 = torch.randn(shape, dtype=torch.float64, device="cuda")
     H = random_homographies(N, kind, torch.float32, "cuda")
@@ -619,6 +619,10 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, p
     h_only = H.clone().requires_grad_(True)
     g_h_only = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))[0]
     torch.testing.assert_close(g_h_only, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
+    if backend == "cuda":  # and its variant with two output points per thread (csrc/cuda/homography.cu)
+        monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", "2")
+        g_two = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))[0]
+        torch.testing.assert_close(g_two, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
 
 
 @pytest.mark.gpu
