@@ -251,9 +251,9 @@ void check_axis_map() {
     }
   }
   const bool ok = mismatches == 0;
-  std::printf("%-55s %d values, %d mismatches %s\n",
-              (std::string("grid AxisMap vs the written conventions, ") + (sizeof(T) == 4 ? "float" : "double")).c_str(),
-              checked, mismatches, ok ? "ok" : "FAIL");
+  const std::string what =
+      std::string("grid AxisMap vs the written conventions, ") + (sizeof(T) == 4 ? "float" : "double");
+  std::printf("%-55s %d values, %d mismatches %s\n", what.c_str(), checked, mismatches, ok ? "ok" : "FAIL");
   if (!ok) ++failures;
 }
 
