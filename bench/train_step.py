@@ -166,7 +166,8 @@ def _random_teacher(method, cfg: dict, num_classes: int):
 def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> None:
     """Profiles a few more steps and writes the ops and kernels by self time (device time on a GPU), so that a
     slow configuration can be read without a second GPU session: the table says whether the iteration is bound
-    by kernels (device total near the wall time) or by the host (far below it), and which kernels cost most."""
+    by kernels (device total near the wall time) or by the host (far below it), and which kernels cost most.
+    A second table gives the convolutions by input shapes (a kernel name alone does not say which layer it ran)."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     t0 = time.perf_counter()
@@ -180,6 +181,7 @@ def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> Non
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     device_ms = kernel_time_ms(events) / steps if device.type == "cuda" else float("nan")
     syncs = _host_synchronizations(step) if device.type == "cuda" else None
+    convolutions = _convolutions_by_shape(step, activities, sort, steps)
     with open(path, "w") as f:
         f.write(f"{steps} profiled steps: wall {wall_ms:.2f} ms/step (under the profiler), "
                 f"device self time {device_ms:.2f} ms/step\n")
@@ -190,6 +192,31 @@ def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> Non
             for n, where in syncs:
                 f.write(f"  {n:4d}  {where}\n")
         f.write("\n" + events.table(sort_by=sort, row_limit=45, max_name_column_width=90))
+        f.write(f"\nconvolutions by input shapes ({steps} more steps, shapes recorded; times are totals over them)\n")
+        f.write(convolutions)
+
+
+# the ops a convolution's own kernels run under (cuDNN's, or the CPU's)
+_CONVOLUTION_OPS = ("aten::cudnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution_transpose",
+                    "aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward")
+
+
+def _convolutions_by_shape(step, activities, sort: str, steps: int) -> str:
+    from torch.profiler import profile
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    grouped = prof.key_averages(group_by_input_shape=True)
+    rows = [e for e in grouped if e.key in _CONVOLUTION_OPS]
+    time_of = (lambda e: e.device_time_total) if sort.endswith("device_time_total") else (lambda e: e.cpu_time_total)
+    rows.sort(key=time_of, reverse=True)
+    lines = [f"{'total ms':>9} {'calls':>6}  op, input shapes"]
+    for e in rows[:30]:
+        shapes = [shape for shape in e.input_shapes if shape]  # tensors only: (grad_out,) input, weight, (bias)
+        lines.append(f"{time_of(e) / 1e3:9.2f} {e.count:6d}  {e.key} {shapes}")
+    return "\n".join(lines) + "\n"
 
 
 def _host_synchronizations(step) -> list[tuple[int, str]]:
