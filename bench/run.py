@@ -22,7 +22,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)  # the suites beside this file
 sys.path.insert(1, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 
-from timing import copy_bandwidth_gbs, device_time_breakdown, time_ms, write_results  # noqa: E402
+from timing import call_timeline, copy_bandwidth_gbs, device_time_breakdown, time_ms, write_results  # noqa: E402
 
 # Every case compiles the reference anew (shapes, dtypes, grad mode): without room for those recompiles dynamo
 # silently falls back to eager and the "compiled" column would time the eager reference.
@@ -78,6 +78,11 @@ def run_suite(name, device, quick, peak_gbs, repeats):
             if kernel_ms > 0:  # 0: the profiler recorded no kernels (a profiler without CUDA support)
                 row["kernel_ms"] = round(kernel_ms, 4)
                 row["top_kernels"] = top_kernels
+                # one call's timeline: how much of the wall time the device spent waiting for the host
+                try:
+                    row["timeline"] = call_timeline(case["fn"], device)
+                except Exception as exc:  # a diagnostic: never the reason a benchmark run stops
+                    row["timeline"] = {"error": repr(exc)}
             if case.get("bytes"):
                 row["gbs"] = round(case["bytes"] / (ms * 1e-3) / 1e9, 1)
                 row["pct_copy_bw"] = round(100 * row["gbs"] / peak_gbs, 1)

@@ -66,6 +66,39 @@ def device_time_breakdown(fn, device: torch.device, repeats: int = 10, top: int 
             [(e.key, round(e.self_device_time_total / 1e3 / repeats, 4)) for e in kernels[:top]])
 
 
+def call_timeline(fn, device: torch.device) -> dict:
+    """Where the time of one call of fn goes, from a profile of it (ms): host_to_first_kernel (the host's work before
+    the device has anything to run), device_span (first kernel start to last kernel end), device_busy (the kernels'
+    own time within it; the rest of the span the device waited for launches), after_last_kernel (the host's work
+    after the device finished: copies back, results), and the number of kernels, copies and fills. Empty on a
+    device the profiler records no kernels for."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        with record_function("timed_call"):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = prof.events()
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    calls = [e for e in events if e.name == "timed_call" and e.device_type == cpu]
+    # the annotation's own device-side range is not a kernel
+    kernels = [e for e in events if e.device_type == cuda and e.name != "timed_call"]
+    if not calls or not kernels:
+        return {}
+    call = calls[0].time_range
+    first = min(k.time_range.start for k in kernels)
+    last = max(k.time_range.end for k in kernels)
+    return {"kernels": len(kernels),
+            "host_to_first_kernel_ms": round((first - call.start) / 1e3, 4),
+            "device_span_ms": round((last - first) / 1e3, 4),
+            "device_busy_ms": round(sum(k.time_range.elapsed_us() for k in kernels) / 1e3, 4),
+            "after_last_kernel_ms": round((call.end - last) / 1e3, 4)}
+
+
 def write_results(path: str, payload: dict, table: str) -> None:
     """payload as JSON at path and the markdown table beside it (.md), each replaced whole (written to a temporary
     name, then renamed): a run stopped while writing leaves the previous files, not half of new ones."""
