@@ -13,10 +13,10 @@
 // SMs x 4 warp instructions a clock, 1.75-1.98 GHz) account for most of the run 2 times (forward ~330 per point:
 // 0.041-0.047 ms against 0.058 measured; backward ~515: 0.065-0.073 against ~0.096), while the bytes need 0.034 ms
 // per kernel at copy bandwidth; the Triton forward, ~255 per point, took 0.048 ms. So the per-point work is kept
-// short: the corner convention travels as numbers (AxisMap), row and column come from a multiply-shift divider,
-// taps use 32-bit offsets from a per-channel base pointer (channel_base), and the backward's 9 sums use a warp
-// reduce-scatter. Counted the same way: forward 329 -> 271,
-// backward 495 -> 376 instructions per point up to the block sum's barrier (about 515 -> 390 in all).
+// short: the corner convention travels as numbers (AxisMap, whose base coordinates divide by a reciprocal), row
+// and column come from a multiply-shift divider, taps use 32-bit offsets from a per-channel base pointer
+// (channel_base), and the backward's 9 sums use a warp reduce-scatter. Counted the same way: forward 329 -> 260,
+// backward 495 -> 365 instructions per point up to the block sum's barrier (about 515 -> 380 in all).
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
@@ -305,7 +305,7 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
 
 // Points per thread of the backward kernel for grad_H alone (SA-GAN's localization networks behind fixed images):
 // 1, or 2 with REIDFAST_HOMOGRAPHY_POINTS=2, read per call. Two halve the per-thread work that is not per point
-// (H's loads, the block sum: 376 -> 337 instructions per point in the fp32 RGB kernel's SASS) but double the
+// (H's loads, the block sum: 365 -> 324 instructions per point in the fp32 RGB kernel's SASS) but double the
 // registers; which is faster is for a GPU to say (bench/ops_homography.py times both in one run).
 int grad_h_points_per_thread() {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");

@@ -225,21 +225,32 @@ void check_warp_scatter() {
   if (!ok) ++failures;
 }
 
-// grid_math.h's AxisMap formulas against the conventions' formulas as written there, bitwise, for both dtypes.
+// grid_math.h's AxisMap formulas against the conventions' formulas as written there, bitwise: every index of every
+// size up to max_size (the base coordinates' division is done by a reciprocal and a correction there), plus a few
+// sizes up to 2^24 and a range of normalized coordinates.
 template <typename T>
-void check_axis_map() {
+void check_axis_map(int64_t max_size) {
   using namespace reidfast::grid;
-  int mismatches = 0, checked = 0;
+  int64_t mismatches = 0, checked = 0;
+  auto check_base = [&](int64_t size, bool align, int64_t i) {
+    const T want = size <= 1 ? T(0)
+                   : align   ? T(2) * static_cast<T>(i) / static_cast<T>(size - 1) - T(1)
+                             : (T(2) * static_cast<T>(i) + T(1)) / static_cast<T>(size) - T(1);
+    mismatches += base_coordinate(i, axis_map<T>(size, align)) != want;
+    ++checked;
+  };
+  for (int64_t size = 1; size <= max_size; ++size)
+    for (bool align : {false, true})
+      for (int64_t i = 0; i < size; ++i) check_base(size, align, i);
+  uint64_t state = 88172645463325252ull;
+  auto next = [&state] { return state ^= state << 13, state ^= state >> 7, state ^= state << 17; };
+  for (int k = 0; k < 200000; ++k) {
+    const int64_t size = 1 + static_cast<int64_t>(next() % (int64_t{1} << 24));
+    check_base(size, k % 2 == 0, static_cast<int64_t>(next() % size));
+  }
   for (int64_t size : {1, 2, 3, 7, 64, 127, 128, 255, 4097}) {
     for (bool align : {false, true}) {
       const AxisMap<T> a = axis_map<T>(size, align);
-      for (int64_t i = 0; i < size; i += std::max<int64_t>(1, size / 50)) {
-        const T want = size <= 1 ? T(0)
-                       : align   ? T(2) * static_cast<T>(i) / static_cast<T>(size - 1) - T(1)
-                                 : (T(2) * static_cast<T>(i) + T(1)) / static_cast<T>(size) - T(1);
-        mismatches += base_coordinate(i, a) != want;
-        ++checked;
-      }
       for (T g : {T(-1.7), T(-1), T(-0.3333), T(0), T(1e-7), T(0.5), T(0.999), T(1), T(2.25), T(1e6), T(-1e6)}) {
         T scale;
         const T got = unnormalize(g, a, &scale);
@@ -253,7 +264,8 @@ void check_axis_map() {
   const bool ok = mismatches == 0;
   const std::string what =
       std::string("grid AxisMap vs the written conventions, ") + (sizeof(T) == 4 ? "float" : "double");
-  std::printf("%-55s %d values, %d mismatches %s\n", what.c_str(), checked, mismatches, ok ? "ok" : "FAIL");
+  std::printf("%-55s %lld values, %lld mismatches %s\n", what.c_str(), static_cast<long long>(checked),
+              static_cast<long long>(mismatches), ok ? "ok" : "FAIL");
   if (!ok) ++failures;
 }
 
@@ -336,8 +348,8 @@ int main() {
   check_bucket_table<float>();
   check_bucket_table<double>();
   check_warp_scatter();
-  check_axis_map<float>();
-  check_axis_map<double>();
+  check_axis_map<float>(8192);
+  check_axis_map<double>(2048);
   for (int64_t padding = 0; padding < 3; ++padding)
     for (bool align : {false, true}) check_homography(padding == 1, padding, align);
   if (failures) {

@@ -31,23 +31,49 @@ enum Padding : int { kZeros = 0, kBorder = 1, kReflection = 2 };
 // align_corners=false: base_add 1, base_div size,     span size,     span_sub 1
 // a single pixel (size <= 1) has base coordinate 0: base_add = base_div = 1.
 // These are the conventions' formulas above, rounded as written there: adding or subtracting 0 and multiplying by 0.5
-// are exact, and (x * s) * 0.5 == x * (s * 0.5) in binary floating point away from underflow (the C++ test program
-// checks them against the written formulas). The (size, align_corners) overloads below call these.
+// are exact, and (x * s) * 0.5 == x * (s * 0.5) in binary floating point away from underflow; the division is
+// carried out by the reciprocal base_inv and one correction (quotient_by_reciprocal), which gives the IEEE
+// quotient (the C++ test program checks both against the written formulas, every index of every size to 8192).
+// The (size, align_corners) overloads below call these.
 template <typename T>
 struct AxisMap {
-  T base_add, base_div, span, span_sub;
+  T base_add, base_div, base_inv, span, span_sub;  // base_inv: 1 / base_div, rounded to nearest
 };
 
 template <typename T>
 C10_HOST_DEVICE inline AxisMap<T> axis_map(int64_t size, bool align_corners) {
-  if (size <= 1) return {T(1), T(1), align_corners ? T(0) : static_cast<T>(size), align_corners ? T(0) : T(1)};
-  if (align_corners) return {T(0), static_cast<T>(size - 1), static_cast<T>(size - 1), T(0)};
-  return {T(1), static_cast<T>(size), static_cast<T>(size), T(1)};
+  if (size <= 1) return {T(1), T(1), T(1), align_corners ? T(0) : static_cast<T>(size), align_corners ? T(0) : T(1)};
+  const T div = static_cast<T>(align_corners ? size - 1 : size);
+  return {align_corners ? T(0) : T(1), div, T(1) / div, div, align_corners ? T(0) : T(1)};
+}
+
+// a * b + c with one rounding, on both sides (the kernels' results must not depend on the compiler's contraction)
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T fused_multiply_add(T a, T b, T c) {
+#ifdef __CUDA_ARCH__
+  if constexpr (sizeof(T) == 4) {
+    return __fmaf_rn(a, b, c);
+  } else {
+    return __fma_rn(a, b, c);
+  }
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// n / d rounded to nearest, given inv = 1 / d rounded to nearest: q = n * inv is within an ulp of the quotient, and
+// q + (n - q d) * inv, with the remainder exact by a fused multiply-add, is the correctly rounded quotient
+// (Markstein's theorem, away from overflow and underflow). On a GPU it replaces a division, which takes a
+// reciprocal, its refinement and a range check with a slow path: two per output point of the warp kernels.
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T quotient_by_reciprocal(T n, T d, T inv) {
+  const T q = n * inv;
+  return fused_multiply_add(fused_multiply_add(-q, d, n), inv, q);
 }
 
 template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE T base_coordinate(int64_t i, const AxisMap<T>& a) {
-  return (T(2) * static_cast<T>(i) + a.base_add) / a.base_div - T(1);
+  return quotient_by_reciprocal(T(2) * static_cast<T>(i) + a.base_add, a.base_div, a.base_inv) - T(1);
 }
 
 template <typename T>
