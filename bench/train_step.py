@@ -32,6 +32,7 @@ Also reachable as ``python bench/run.py --only train``. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
@@ -46,6 +47,7 @@ sys.path.insert(0, BENCH_DIR)
 
 from timing import kernel_time_ms, time_ms, write_results  # noqa: E402
 
+from reidfast.train.compile_progress import compile_progress  # noqa: E402
 from reidfast.train.config import LOOP_DEFAULTS  # noqa: E402
 from reidfast.train.loop import Run  # noqa: E402
 from reidfast.train.methods import get_method  # noqa: E402
@@ -272,7 +274,12 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     from reidfast import ops
     run, method, cfg, step = prepare(case, config_name, device, "cpu" if device.type == "cpu" or quick else "gpu")
     t0 = time.perf_counter()
-    step()  # the first step compiles when compile is on
+    # the first step compiles when compile is on: a line per graph, so that a run stopped by its time limit still
+    # shows how far compilation got
+    progress = compile_progress(lambda line: print(f"{case} {config_name} {line}", flush=True)) if run.compile \
+        else contextlib.nullcontext()
+    with progress:
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     first_s = time.perf_counter() - t0

@@ -38,6 +38,7 @@ from ..ops import _backend as ops_backend
 from ..progress import ProgressBar, format_duration
 from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
+from .compile_progress import compile_progress
 from .config import ConfigError
 from .images import save_image_grid
 from .run_log import RunLog
@@ -670,7 +671,8 @@ class Trainer:
                      "later ones may compile more, e.g. DG-Net's when its warm-up ends); the compiled code is cached "
                      "under TORCHINDUCTOR_CACHE_DIR (default in /tmp), so the next run on this machine starts sooner")
         # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
-        with _stop_requests(self.world_size == 1) as stop_requests:
+        progress_lines = compile_progress(self.log) if self.run.compile else contextlib.nullcontext()
+        with _stop_requests(self.world_size == 1) as stop_requests, progress_lines:
             while progress.it < total:
                 batches.set_epoch(progress.epoch, skip=progress.position)
                 window.restart_clock(progress.it)  # the rate excludes loader start-up
