@@ -171,8 +171,22 @@ void check_bucket_table() {
   if (!ok) ++failures;
 }
 
-// The CUDA homography backward's reduce-scatter (warp_scatter.h), its five rounds run over 32 emulated lanes: each
-// of the K items' sums must land, in full, in lane_of_item(item), and the K owner lanes must be distinct.
+// The CUDA homography backward's reduce-scatter (warp_scatter.h), its five rounds run over 32 emulated lanes as
+// reduce_scatter_rounds runs them on the device (round K items at partner distance M, then the kept items at M / 2):
+// each of the K items' sums must land, in full, in lane_of_item(item), and the K owner lanes must be distinct.
+template <int K, int M>
+void scatter_rounds(std::vector<std::vector<double>>& v) {
+  using namespace reidfast::warp;
+  constexpr int h = kept_after(K);
+  std::vector<std::vector<double>> sent(kLanes, std::vector<double>(h)), next = sent;
+  for (int lane = 0; lane < kLanes; ++lane)
+    for (int t = 0; t < h; ++t) sent[lane][t] = scatter_send<K>(v[lane].data(), t, (lane & M) != 0);
+  for (int lane = 0; lane < kLanes; ++lane)
+    for (int t = 0; t < h; ++t) next[lane][t] = scatter_keep<K>(v[lane].data(), t, (lane & M) != 0) + sent[lane ^ M][t];
+  v = next;
+  if constexpr (M > 1) scatter_rounds<h, M / 2>(v);
+}
+
 template <int K>
 bool scatter_rounds_ok() {
   using namespace reidfast::warp;
@@ -180,35 +194,7 @@ bool scatter_rounds_ok() {
   std::vector<double> want(K, 0.0);
   for (int lane = 0; lane < kLanes; ++lane)
     for (int k = 0; k < K; ++k) want[k] += v[lane][k] = double((lane * 131 + k * 29) % 97) + 0.25 * k;
-  int count = K;
-  for (int m = kLanes / 2; m >= 1; m /= 2) {
-    const int h = kept_after(count);
-    std::vector<std::vector<double>> sent(kLanes, std::vector<double>(h)), next = sent;
-    auto send = [&](const double* x, int t, bool up) {
-      switch (count) {  // the template argument is the round's item count
-        case 9: return scatter_send<9>(x, t, up);
-        case 5: return scatter_send<5>(x, t, up);
-        case 3: return scatter_send<3>(x, t, up);
-        case 2: return scatter_send<2>(x, t, up);
-        default: return scatter_send<1>(x, t, up);
-      }
-    };
-    auto keep = [&](const double* x, int t, bool up) {
-      switch (count) {
-        case 9: return scatter_keep<9>(x, t, up);
-        case 5: return scatter_keep<5>(x, t, up);
-        case 3: return scatter_keep<3>(x, t, up);
-        case 2: return scatter_keep<2>(x, t, up);
-        default: return scatter_keep<1>(x, t, up);
-      }
-    };
-    for (int lane = 0; lane < kLanes; ++lane)
-      for (int t = 0; t < h; ++t) sent[lane][t] = send(v[lane].data(), t, (lane & m) != 0);
-    for (int lane = 0; lane < kLanes; ++lane)
-      for (int t = 0; t < h; ++t) next[lane][t] = keep(v[lane].data(), t, (lane & m) != 0) + sent[lane ^ m][t];
-    v = next;
-    count = h;
-  }
+  scatter_rounds<K, kLanes / 2>(v);
   std::vector<bool> owner(kLanes, false);
   bool ok = true;
   for (int k = 0; k < K; ++k) {

@@ -138,8 +138,7 @@ class _TiledDistance:
         """Fast mode's operands by the Triton kernel (one pass over each side's features; the same layout as
         _bf16_operands, the gallery term from the kernel's own float32 row sums)."""
         num_q, dim = query_features.shape
-        k = -(-(dim + 3) // _BF16_ALIGN) * _BF16_ALIGN
-        g_pad = -(-self.num_g // _BF16_ALIGN) * _BF16_ALIGN
+        k, g_pad = _bf16_layout(dim, self.num_g)
         cosine = metric == "cosine"
         self.q, q_sumsq = fused.operand_rows(query_features.contiguous(), num_q, k, -1 if cosine else -2,
                                              normalize=cosine, bias_columns=False)
@@ -173,6 +172,12 @@ def _triton_operands():
 _BF16_ALIGN = 8
 
 
+def _bf16_layout(dim: int, num_g: int) -> tuple[int, int]:
+    """(K, G_pad): the operands' row length (the features and the three gallery-term columns) and the gallery's row
+    count, each rounded up to a multiple of _BF16_ALIGN."""
+    return -(-(dim + 3) // _BF16_ALIGN) * _BF16_ALIGN, -(-num_g // _BF16_ALIGN) * _BF16_ALIGN
+
+
 def _bf16_operands(q: torch.Tensor, gallery: torch.Tensor, alpha: int, bias: torch.Tensor):
     """The fast mode's GEMM operands, bf16: (Q, K) query rows and the (K, G_pad) gallery side, whose product in
     fp32 accumulation is alpha * q.g + bias for the first G columns.
@@ -186,8 +191,7 @@ def _bf16_operands(q: torch.Tensor, gallery: torch.Tensor, alpha: int, bias: tor
     """
     num_q, dim = q.shape
     num_g = gallery.shape[0]
-    k = -(-(dim + 3) // _BF16_ALIGN) * _BF16_ALIGN
-    g_pad = -(-num_g // _BF16_ALIGN) * _BF16_ALIGN
+    k, g_pad = _bf16_layout(dim, num_g)
     # Written in place, each region once (few launches: at Market scale the host's launches take about as long as
     # the GEMM): products and casts store straight into the operands, no fp32 temporaries.
     q_op = q.new_empty(num_q, k, dtype=torch.bfloat16)
