@@ -17,20 +17,20 @@ tanh, and its output y in [-1, 1] is the image in *generator range*: pixel value
 pass); the reconstruction losses and D_pd work in generator range, D_id gets G's output converted to
 ImageNet-normalized range, so every network sees one consistent scale.
 
-Siamese calls as one batched pass. E, D_id and D_pd use :class:`SplitBatchNorm2d` (a drop-in BatchNorm2d with the
-same parameters and state dict): under :func:`batchnorm_groups` ``(module, g)``, a batch made of g equal groups is
-normalized group by group with each group's own statistics, and the running statistics are updated once per
-group in order, exactly as g separate calls of the module would. The convolutions run once on the whole batch.
+Siamese calls as one batched pass. E, D_id and D_pd use :class:`reidfast.nn.SplitBatchNorm2d` (a drop-in
+BatchNorm2d with the same parameters and state dict): under :func:`reidfast.nn.batchnorm_groups` ``(module, g)``, a
+batch made of g equal groups is normalized group by group with each group's own statistics, and the running
+statistics are updated once per group in order, exactly as g separate calls of the module would. The convolutions
+run once on the whole batch.
 ``width`` / ``gan_width`` scale the channel counts for CPU runs (64 / 1.0 are the paper's networks).
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import nn
 
 from ..data.transforms import denormalize, normalize
+from ..nn.batch_norm import split_batchnorm
 from .backbone import resnet50
 from .width import scaled_channels
 
@@ -48,76 +48,6 @@ def to_generator_range(images: torch.Tensor) -> torch.Tensor:
 def from_generator_range(images: torch.Tensor) -> torch.Tensor:
     """Generator range [-1, 1] -> ImageNet-normalized images (what E and D_id read)."""
     return normalize((images + 1) * 0.5)
-
-
-class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that, in training mode with ``groups`` = g > 1, normalizes g equal slices of the batch with
-    their own statistics and updates the running statistics once per slice, in order: the same as g calls."""
-
-    groups = 1
-
-    def forward(self, x):
-        g = self.groups
-        if g == 1 or not self.training:
-            return super().forward(x)
-        if x.shape[0] % g:
-            raise ValueError(f"SplitBatchNorm2d: batch {x.shape[0]} does not split into {g} equal groups")
-        if torch.compiler.is_compiling() and self.momentum is not None:
-            return self.grouped_forward(x, g)
-        return torch.cat([super(SplitBatchNorm2d, self).forward(chunk) for chunk in x.chunk(g)])
-
-    def grouped_forward(self, x: torch.Tensor, g: int) -> torch.Tensor:
-        """The g groups' normalization in one pass: statistics per (group, channel) from one reduction over the
-        batch viewed as (g, N/g, C, H, W). Under torch.compile this is two fused kernels per layer where g calls
-        of the module were 2g (and a ResNet-50 graph 4x the nodes, which its compile time follows); eager, the g
-        calls read the activations fewer times, so they stay. Statistics in float32 for half-precision inputs, as
-        BatchNorm computes them; the running statistics take the g updates in order in closed form (a momentum,
-        not the cumulative average of momentum=None)."""
-        n, c, h, w = x.shape
-        count = (n // g) * h * w
-        if count <= 1:
-            raise ValueError(f"SplitBatchNorm2d: expected more than 1 value per channel and group when training, "
-                             f"got input size {tuple(x.shape)} in {g} groups")
-        groups = x.unflatten(0, (g, n // g))
-        if groups.dtype in (torch.float16, torch.bfloat16):
-            groups = groups.float()
-        var, mean = torch.var_mean(groups, dim=(1, 3, 4), correction=0, keepdim=True)  # (g, 1, C, 1, 1)
-        y = (groups - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight.view(1, 1, c, 1, 1) + self.bias.view(1, 1, c, 1, 1)
-        if self.track_running_stats:
-            self._update_running_stats(mean.view(g, c).detach(), var.view(g, c).detach() * (count / (count - 1)))
-        return y.flatten(0, 1).to(x.dtype)
-
-    @torch.no_grad()
-    def _update_running_stats(self, means: torch.Tensor, variances: torch.Tensor) -> None:
-        """g updates r <- (1 - m) r + m s_k, k = 1..g in order: (1 - m)^g r + sum_k m (1 - m)^(g - k) s_k."""
-        g, m = means.shape[0], self.momentum
-        weight = [m * (1 - m) ** (g - 1 - k) for k in range(g)]
-        self.running_mean.mul_((1 - m) ** g).add_(sum(w * s for w, s in zip(weight, means)))
-        self.running_var.mul_((1 - m) ** g).add_(sum(w * s for w, s in zip(weight, variances)))
-        self.num_batches_tracked.add_(g)
-
-
-def split_batchnorm(module: nn.Module) -> nn.Module:
-    """Turn every BatchNorm2d of `module` into a :class:`SplitBatchNorm2d` (same parameters, same state dict)."""
-    for m in module.modules():
-        if type(m) is nn.BatchNorm2d:
-            m.__class__ = SplitBatchNorm2d
-    return module
-
-
-@contextlib.contextmanager
-def batchnorm_groups(module: nn.Module, groups: int):
-    """Within the block, `module`'s SplitBatchNorm2d layers treat a batch as `groups` separate calls."""
-    layers = [m for m in module.modules() if isinstance(m, SplitBatchNorm2d)]
-    for m in layers:
-        m.groups = groups
-    try:
-        yield module
-    finally:
-        for m in layers:
-            m.groups = 1
 
 
 def set_batchnorm_eval(module: nn.Module) -> None:

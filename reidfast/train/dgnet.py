@@ -7,7 +7,10 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
 1. Generator pass: x_ba, x_ab (swaps), x_aa, x_bb (self reconstruction), x_ap, x_bq (same-identity
    reconstruction, G(s_a, f_p)). Es, G and D have no batch-dependent normalization, so their several passes run
    as one batched call each, which changes nothing but the speed (the teacher, in eval mode, labels both swaps in
-   one call too); Ea (BatchNorm) keeps the original's calls.
+   one call too). Ea's passes batch as well: its BatchNorm layers are split (reidfast.nn.SplitBatchNorm1d/2d), so
+   a call over several loader batches normalizes each by its own statistics and steps the running statistics
+   once per batch, in order, as the original's one call per batch does (3 calls of Ea an iteration, where the
+   original makes 16 on batches of B).
    The swaps of this one pass serve both steps below. ``--faithful`` reproduces the original's order instead: a
    gradient-free generator pass for D's step and a second one for G's, one call per pass, a deep copy of Ea.
 2. D step: LSGAN on real [a, b] vs the swaps, per scale, plus R1 (weight 0.01 per scale) on the real images.
@@ -34,6 +37,7 @@ scales everything down (see :attr:`DGNet.presets`) so that the CPU finishes in m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import signal
 from pathlib import Path
@@ -45,6 +49,7 @@ from torch import nn
 from ..data import BatchAugment, BatchedSampler, SameIdentityPairSampler, normalize
 from ..models.baseline import ReidBaseline
 from ..models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator
+from ..nn import batchnorm_groups, split_batchnorm
 from .checkpoint import CheckpointError, LATEST, load_checkpoint, resolve_checkpoint
 from .loop import Method, WarmupStepSchedule
 from .penalties import input_gradient
@@ -76,9 +81,10 @@ def frozen_view(module: nn.Module) -> nn.Module:
     return view
 
 
-def _per_group(per_scale: list[torch.Tensor], sizes: list[int]) -> list[list[torch.Tensor]]:
-    """D's outputs of a batched call (one per scale, over the groups' concatenation) as [group][scale]."""
-    return [list(per_group) for per_group in zip(*[o.split(sizes) for o in per_scale])]
+def _per_group(outputs: list[torch.Tensor], sizes: list[int]) -> list[list[torch.Tensor]]:
+    """The outputs of a batched call (D's one per scale, Ea's code and logits, each over the groups'
+    concatenation) as [group][output]."""
+    return [list(per_group) for per_group in zip(*[o.split(sizes) for o in outputs])]
 
 
 class DGNet(Method):
@@ -152,6 +158,7 @@ class DGNet(Method):
         self.num_classes = dataset.num_train_pids
         ea = AppearanceEncoder(self.num_classes, backbone_width=cfg["backbone_width"], pretrained=cfg["pretrained"],
                                log=run.log)
+        split_batchnorm(ea)  # batch statistics per loader batch: Ea's calls over several batches batch exactly
         self.ea = run.place(ea)
         self.gen = run.place(Generator(ea.code_features, cfg["gan_width"]))
         self.dis = run.place(MultiScaleDiscriminator(cfg["gan_width"]))
@@ -289,14 +296,16 @@ class DGNet(Method):
         self.frozen_ea.train()
         return lambda x: self.frozen_call(x)[0], lambda x: self.frozen_call(x)[1]
 
-    # --- Es, G and D over several inputs: one batched call, or one call each (--faithful) ------------------
-    def _batched(self, fn, *inputs):
-        """fn over several aligned input groups, e.g. _batched(G, [s1, s2], [f1, f2]) -> [G(s1, f1), G(s2, f2)]."""
+    # --- Es, G, D and Ea over several inputs: one batched call, or one call each (--faithful) -------------
+    def _batched(self, fn, *inputs, split: nn.Module | None = None):
+        """fn over several aligned input groups, e.g. _batched(G, [s1, s2], [f1, f2]) -> [G(s1, f1), G(s2, f2)].
+        `split`: the network (Ea or its frozen view) whose BatchNorm takes each group's own statistics."""
         if self.faithful:
             return [fn(*args) for args in zip(*inputs)]
         sizes = [x.shape[0] for x in inputs[0]]
-        out = fn(*[torch.cat(group) for group in inputs])
-        if isinstance(out, (list, tuple)):  # D: one output per scale
+        with batchnorm_groups(split, len(sizes)) if split is not None else contextlib.nullcontext():
+            out = fn(*[torch.cat(group) for group in inputs])
+        if isinstance(out, (list, tuple)):  # D: one output per scale; Ea: code, primary and fine logits
             return _per_group(out, sizes)
         return list(out.split(sizes))
 
@@ -352,7 +361,7 @@ class DGNet(Method):
         """Codes of the real images and the generator pass: swaps [x_ba, x_ab], self reconstructions
         [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq]."""
         with torch.no_grad():  # the appearance code is detached from the generator losses
-            f_a, f_p, f_b, f_q = (code(x) for x in (x_a, x_p, x_b, x_q))
+            f_a, f_p, f_b, f_q = self._batched(code, [x_a, x_p, x_b, x_q], split=self.frozen_ea)
         s_a, s_b = self._batched(self.train_es, [x_a, x_b])
         x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.train_dec, [s_b, s_a, s_a, s_b, s_a, s_b],
                                                            [f_a, f_b, f_a, f_b, f_p, f_q])
@@ -394,34 +403,45 @@ class DGNet(Method):
             x_aa, x_bb, x_ap, x_bq = recons
             out["recon_x"] = l1(x_aa, x_a) + l1(x_bb, x_b) + l1(x_ap, x_a) + l1(x_bq, x_b)
             out["adv"] = sum((o.float() - 1).square().mean() for d in self._batched(self.train_dis, swaps) for o in d)
-            out["id_gen"] = (F.cross_entropy(primary_logits(self.erase(x_ba, run.generator)).float(), y_a)
-                             + F.cross_entropy(primary_logits(self.erase(x_ab, run.generator)).float(), y_b))
+            # id_gen's erased swaps, and the swaps for the code reconstruction when it is on: one call of Ea's frozen
+            # view for all of them (the original: one call each)
+            erased = [self.erase(x_ba, run.generator), self.erase(x_ab, run.generator)]
+            if self.faithful:
+                logits = [primary_logits(x) for x in erased]
+                codes = [code(x_ba), code(x_ab)] if code_on else []
+            else:
+                groups = erased + ([x_ba, x_ab] if code_on else [])
+                outs = self._batched(self.frozen_call, [x.to(x_a.dtype) for x in groups], split=self.frozen_ea)
+                logits, codes = [o[1] for o in outs[:2]], [o[0] for o in outs[2:]]
+            out["id_gen"] = F.cross_entropy(logits[0].float(), y_a) + F.cross_entropy(logits[1].float(), y_b)
             out["recon_f"] = out["recon_s"] = out["cycle"] = zero
             if code_on:  # all three weights are 0 during the warm-up: skip these passes
-                f_a_rec, f_b_rec = code(x_ba), code(x_ab)
-                # generated images are bf16 under AMP and real ones fp32: Es and Ea take fp32 (exact for bf16) so
-                # that their compiled graphs are not compiled a second time for the other dtype
-                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba.float(), x_ab.float()])
+                f_a_rec, f_b_rec = codes
+                # generated images are bf16 under AMP and real ones fp32: Es and Ea take the real images' dtype
+                # (exact for bf16) so that their compiled graphs are not compiled a second time for the other dtype
+                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba.to(x_a.dtype), x_ab.to(x_a.dtype)])
                 out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
                 out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
                 x_aba, x_bab = self._batched(self.train_dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
                 out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
-            # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps
-            out["id"] = zero
-            accuracy = zero
-            for x, y in ((x_a, y_a), (x_b, y_b)):
-                _, primary, fine = self.train_ea(self.erase(x, run.generator))
-                out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
-                accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
-            out["prim"] = out["fine"] = zero
+            # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps; one
+            # call over all of them (the original: one each, in this order, which the running statistics follow)
+            inputs, softs = [self.erase(x, run.generator) for x in (x_a, x_b)], []
             if w["prim"] > 0:
                 # the teacher (eval mode: no batch statistics) labels both swaps in one call
                 softs = self._batched(self.teacher_labels, [x_ba.detach(), x_ab.detach()])
-                # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
-                for swap, soft, structure_donor in ((x_ba, softs[0], y_b), (x_ab, softs[1], y_a)):
-                    _, primary, fine = self.train_ea(self.erase(swap.detach().float(), run.generator))
-                    out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
-                    out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
+                inputs += [self.erase(swap.detach().to(x_a.dtype), run.generator) for swap in (x_ba, x_ab)]
+            heads = self._batched(self.train_ea, inputs, split=self.ea)
+            out["id"] = zero
+            accuracy = zero
+            for (_, primary, fine), y in zip(heads[:2], (y_a, y_b)):
+                out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
+                accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
+            out["prim"] = out["fine"] = zero
+            # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
+            for (_, primary, fine), soft, structure_donor in zip(heads[2:], softs, (y_b, y_a)):
+                out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
+                out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
         loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]
                 + w["cycle"] * out["cycle"] + cfg["id_gen_w"] * out["id_gen"] + cfg["adv_w"] * out["adv"]
                 + cfg["id_w"] * out["id"] + w["prim"] * out["prim"] + w["fine"] * out["fine"])

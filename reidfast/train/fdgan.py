@@ -50,7 +50,8 @@ from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPair
                     normalize, read_keypoints_csv)
 from ..models.baseline import ClassBlock
 from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
-                            Verifier, batchnorm_groups, from_generator_range, set_batchnorm_eval, to_generator_range)
+                            Verifier, from_generator_range, set_batchnorm_eval, to_generator_range)
+from ..nn import batchnorm_groups
 from .checkpoint import (LATEST, CheckpointError, copy_atomically, load_checkpoint, resolve_checkpoint,
                          write_text_atomically)
 from .loop import LinearDecaySchedule, Method, Trainer, WarmupStepSchedule, default_run_dir

@@ -5,8 +5,8 @@ import torch
 
 from reidfast.data import normalize
 from reidfast.models.fdgan import (IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseEncoder,
-                                   PoseGenerator, SplitBatchNorm2d, Verifier, batchnorm_groups, from_generator_range,
-                                   to_generator_range)
+                                   PoseGenerator, Verifier, from_generator_range, to_generator_range)
+from reidfast.nn import SplitBatchNorm2d, batchnorm_groups
 
 H, W = 64, 32
 
@@ -62,49 +62,6 @@ def test_split_batchnorm_equals_separate_calls():
     # one pass over both without groups would normalize them together: a different function
     e2.load_state_dict(e1.state_dict())
     assert not torch.allclose(e2(torch.cat([a, b])), separate, atol=1e-3)
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_grouped_batchnorm_pass_equals_separate_calls(channels_last):
-    # What a compiled graph runs (one reduction for all groups): the g calls' outputs, gradients and running
-    # statistics after two steps (the closed-form update of the second starts from the first's)
-    torch.manual_seed(0)
-    separate, grouped = SplitBatchNorm2d(5), SplitBatchNorm2d(5)
-    with torch.no_grad():
-        separate.weight.uniform_(0.5, 1.5)
-        separate.bias.uniform_(-1, 1)
-    grouped.load_state_dict(separate.state_dict())
-    for step in range(2):
-        groups = [s + torch.rand(()) * 3 * torch.randn(4, 5, 6, 3) for s in (0.0, 2.0, -1.0)]
-        x = torch.cat(groups)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-        expected = torch.cat([separate(part) for part in x1.chunk(3)])
-        got = grouped.grouped_forward(x2, 3)
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        upstream = torch.randn_like(expected)
-        expected.backward(upstream)
-        got.backward(upstream)
-        torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-5)
-        for name in ("weight", "bias"):
-            torch.testing.assert_close(getattr(grouped, name).grad, getattr(separate, name).grad, rtol=1e-4,
-                                       atol=1e-5, msg=name)
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            torch.testing.assert_close(getattr(grouped, name), getattr(separate, name), rtol=1e-5, atol=1e-6,
-                                       msg=name)
-    assert int(grouped.num_batches_tracked) == 6
-
-
-def test_grouped_batchnorm_keeps_bfloat16_inputs_and_refuses_single_values():
-    bn = SplitBatchNorm2d(3)
-    x = torch.randn(4, 3, 5, 2)
-    out = bn.grouped_forward(x.bfloat16(), 2)
-    assert out.dtype == torch.bfloat16
-    reference = torch.cat([SplitBatchNorm2d(3)(part) for part in x.bfloat16().float().chunk(2)])
-    torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        bn.grouped_forward(torch.randn(2, 3, 1, 1), 2)
 
 
 def test_compiled_encoder_with_batchnorm_groups_equals_separate_calls():

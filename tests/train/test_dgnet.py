@@ -164,37 +164,82 @@ def _method(faithful: bool, teacher_state, num_classes=4, compile=False, **optio
     return method
 
 
-def test_faithful_order_gives_the_same_losses_at_fp32():
-    # one iteration with every loss on, from the same state on the same batch: the batched single-pass order and
-    # the original's (a second generator pass, one call per pass, a deep copy of Ea) agree up to rounding.
-    # 4 pairs per loader: at 2, Ea's BatchNorm over 2 samples amplifies the rounding of batched convolutions.
+def _both_orders(dtype: torch.dtype, steps: bool):
+    """One iteration with every loss on, from the same state on the same batch (8 pairs per loader), in the fast
+    order and in the original's (--faithful): per order, the losses, then either the networks' states after the
+    updates (steps) or their gradients and buffers without updates, and the calls of Ea's backbone (its name,
+    batch size). Dropout off: the orders draw dropout masks in different sequences (the fast one computes the
+    frozen view's heads along with every appearance code)."""
     from reidfast.models.baseline import ReidBaseline
-    threads = torch.get_num_threads()
+    threads, default_dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
+    torch.set_default_dtype(dtype)
     try:
+        torch.manual_seed(0)
         teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
         g = torch.Generator().manual_seed(1)
-        batch = {"image": torch.randint(0, 256, (8, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
-                 "pid": torch.tensor([[i % 4] * 2 for i in range(8)])}
-        losses, discriminators = {}, {}
+        images = torch.randint(0, 256, (16, 2, 3, 64, 32), generator=g, dtype=torch.uint8)
+        batch = {"image": images if dtype == torch.float32 else images.to(dtype) / 255,
+                 "pid": torch.tensor([[i % 4] * 2 for i in range(16)])}
+        results = {}
         for faithful in (False, True):
             method = _method(faithful, teacher_state)
-            # Ea's heads without dropout: the orders draw dropout masks in different sequences (the fast one
-            # computes the frozen view's heads along with every appearance code)
             for module in (*method.ea.modules(), *method.frozen_ea.modules()):
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
-            losses[faithful] = method.train_step(batch, 1)
-            discriminators[faithful] = method.dis.state_dict()
+            calls = []
+            method.ea.backbone.register_forward_hook(lambda m, args, out: calls.append(("ea", args[0].shape[0])))
+            method.frozen_ea.backbone.register_forward_hook(
+                lambda m, args, out: calls.append(("frozen", args[0].shape[0])))
+            if not steps:
+                method.run.step = lambda optimizer: None
+            losses = method.train_step(batch, 1)
+            state = {}
+            for name, net in method.networks.items():
+                if steps:
+                    state.update({f"{name}.{k}": v for k, v in net.state_dict().items()})
+                else:
+                    state.update({f"{name}.{k}.grad": p.grad for k, p in net.named_parameters() if p.grad is not None})
+                    state.update({f"{name}.{k}": b for k, b in net.named_buffers()})
+            results[faithful] = losses, state, calls
     finally:
         torch.set_num_threads(threads)
-    fast, original = losses[False], losses[True]
+        torch.set_default_dtype(default_dtype)
+    return results[False], results[True]
+
+
+def test_faithful_order_gives_the_same_losses_at_fp32():
+    # The fast order's Ea runs one call over several loaders' batches (SplitBatchNorm), the original's one call
+    # each. At 8 pairs per loader: with fewer, the BatchNorm of this width-4 Ea amplifies fp32 rounding (at 4, its
+    # codes are 6e-5 from their fp64 values in either order).
+    (fast, fast_state, _), (original, original_state, _) = _both_orders(torch.float32, steps=True)
     assert fast["w/cycle"] > 0 and fast["prim"] > 0 and fast["recon_f"] > 0  # every loss is on
     for key in fast:
         torch.testing.assert_close(fast[key], original[key], rtol=1e-4, atol=1e-6, msg=key)
     # D's step (the first update) saw the same swaps and real images
-    for key, value in discriminators[False].items():
-        torch.testing.assert_close(value, discriminators[True][key], rtol=0, atol=1e-6)
+    for key, value in fast_state.items():
+        if key.startswith("dis."):
+            torch.testing.assert_close(value, original_state[key], rtol=0, atol=1e-6)
+
+
+def test_fast_order_computes_the_original_gradients_at_fp64():
+    # the batched calls change nothing but the rounding: in fp64 every network's gradients and Ea's running
+    # statistics (stepped once per loader batch, in order) agree to 1e-9, which fp32 cannot show for this
+    # ill-conditioned tiny Ea (a few of its gradients differ by percents between orders there, as before Ea batched)
+    (fast, fast_state, fast_calls), (original, original_state, original_calls) = _both_orders(torch.float64, False)
+    for key in fast:
+        torch.testing.assert_close(fast[key], original[key], rtol=1e-6, atol=1e-9, msg=key)  # fp32 loss terms
+    assert set(fast_state) == set(original_state)
+    assert any(key.startswith("ea.") and key.endswith("running_var") for key in fast_state)
+    for key, value in fast_state.items():  # to 1e-9 of each tensor's largest value (some are 0 but for rounding)
+        expected = original_state[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-9 * expected.abs().max().item() + 1e-12,
+                                   msg=key)
+    # fast: the frozen view's codes of a, p, b, q in one call, its id_gen and code-reconstruction inputs in a
+    # second, Ea's identity losses in a third. The original runs Ea once per loader batch: 4 codes, 2 + 2 inputs
+    # of the generator losses (its per-iteration deep copy carries the hook), 4 identity batches.
+    assert fast_calls == [("frozen", 32), ("frozen", 32), ("ea", 32)]
+    assert original_calls == [("ea", 8)] * 16
 
 
 def test_r1_penalty_equals_the_double_backward_of_autograd():
