@@ -5,8 +5,9 @@
 //   convention as constants; members of one struct cannot alias, which is what lets those loops vectorize). The
 //   forward then samples channel by channel on NCHW images (contiguous output runs) and point by point on
 //   channels_last ones; the backward goes point by point, each point's taps loaded once for its channels and both
-//   gradients. On NCHW images a block of tiles is swept a few channels at a time (TileBlock). Tap offsets are
-//   32-bit when a channel plane's extent allows it.
+//   gradients, except grad_H alone on NCHW images, which goes channel by channel like the forward. On NCHW images
+//   a block of tiles is swept a few channels at a time (TileBlock). Tap offsets are 32-bit when a channel plane's
+//   extent allows it.
 //   forward : at::parallel_for over output rows (n, i).
 //   backward: tasks of (sample, channel range, row range). When grad_img is needed a task owns whole channels of
 //             one sample, so its scatter races with no other task; otherwise tasks split rows. Each task sums its
@@ -431,6 +432,74 @@ void backward_tile_point_major(Tile<T, Off>& t, const scalar_t* go, const scalar
   }
 }
 
+// grad_H alone on channel-planar images (NCHW): one channel at a time over a tile's points, adding that channel's
+// part of dL/d(pixel coordinate) to t.dpx, t.dpy; the loop over the points vectorizes (the taps become gathers in
+// the AVX2 build), where the point-major loop runs a point's few channels scalar: at 8x64x64x32 that backward took
+// longer than grid_sample's.
+template <bool kGuarded, typename scalar_t, typename T, typename Off>
+C10_ALWAYS_INLINE void grad_xy_channel(Tile<T, Off>& t, const scalar_t* __restrict__ s,
+                                       const scalar_t* __restrict__ go) {
+  for (int64_t j = 0; j < t.n; ++j) {
+    const T v = static_cast<T>(go[j]);
+    grid::Taps<T> k;
+    k.tx = t.tx[j];
+    k.ty = t.ty[j];
+    T vx, vy;
+    grid::interpolate_grad_xy(k, tap_value<kGuarded>(s, t.off0[j], t.m0[j]), tap_value<kGuarded>(s, t.off1[j], t.m1[j]),
+                              tap_value<kGuarded>(s, t.off2[j], t.m2[j]), tap_value<kGuarded>(s, t.off3[j], t.m3[j]),
+                              &vx, &vy);
+    t.dpx[j] += v * vx;
+    t.dpy[j] += v * vy;
+  }
+}
+
+// dL/d(pixel coordinate) of a block's points over channels [c0, c1), one channel plane at a time across the block
+// (see TileBlock); src, go: the sample's first channel plane in the image and in grad_out.
+template <typename scalar_t, typename T, typename Off>
+C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const scalar_t* src, const scalar_t* go,
+                                                 int64_t c0, int64_t c1, const Geometry& g) {
+  for (int k = 0; k < b.count; ++k) {
+    std::fill(b.tiles[k].dpx, b.tiles[k].dpx + b.tiles[k].n, T(0));
+    std::fill(b.tiles[k].dpy, b.tiles[k].dpy + b.tiles[k].n, T(0));
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    const bool guarded = offset_zero_not_finite(src, c, c + 1, g.in_sc);
+    for (int k = 0; k < b.count; ++k) {
+      if (guarded)
+        grad_xy_channel<true>(b.tiles[k], src + c * g.in_sc, go + c * g.out_sc + b.out_offset[k]);
+      else
+        grad_xy_channel<false>(b.tiles[k], src + c * g.in_sc, go + c * g.out_sc + b.out_offset[k]);
+    }
+  }
+}
+
+template <typename scalar_t, typename T, typename Off>
+void grad_xy_block_planar(TileBlock<T, Off>& b, const scalar_t* src, const scalar_t* go, int64_t c0, int64_t c1,
+                          const Geometry& g) {
+  grad_xy_block_planar_body(b, src, go, c0, c1, g);
+}
+
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+template <typename scalar_t, typename T, typename Off>
+__attribute__((target("avx2"))) void grad_xy_block_planar_avx2(TileBlock<T, Off>& b, const scalar_t* src,
+                                                               const scalar_t* go, int64_t c0, int64_t c1,
+                                                               const Geometry& g) {
+  grad_xy_block_planar_body(b, src, go, c0, c1, g);
+}
+#endif
+
+template <typename scalar_t, typename T, typename Off>
+using GradXYBlock = void (*)(TileBlock<T, Off>&, const scalar_t*, const scalar_t*, int64_t, int64_t,
+                             const Geometry&);
+
+template <typename scalar_t, typename T, typename Off>
+GradXYBlock<scalar_t, T, Off> grad_xy_block_planar_for_this_cpu() {
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+  if (have_avx2()) return grad_xy_block_planar_avx2<scalar_t, T, Off>;
+#endif
+  return grad_xy_block_planar<scalar_t, T, Off>;
+}
+
 // Backward over one task: sample n, channels [c0, c1), output rows [r0, r1). Adds this task's grad_H part to
 // gh[9] and, when gi is non-null, scatters into gi (acc_t buffer with img's strides).
 template <typename scalar_t, typename Off>
@@ -447,8 +516,13 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
   const int64_t chunk = g.in_sc == 1 ? std::max<int64_t>(1, c1 - c0) : kChannelChunk;
   const int capacity = c1 - c0 > chunk ? kBlockTiles : 1;
   const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
+  // grad_H alone on NCHW images: channel by channel, vectorized over the points
+  const GradXYBlock<scalar_t, acc_t, Off> grad_xy_planar =
+      !gsrc && need_h && planar(g) && g.in_sc != 1 ? grad_xy_block_planar_for_this_cpu<scalar_t, acc_t, Off>()
+                                                   : nullptr;
   for_each_block(block, capacity, fill, h, xs.data(), r0, r1, g, [&](TileBlock<acc_t, Off>& b) {
-    for (int64_t cc = c0; cc < c1; cc += chunk) {
+    if (grad_xy_planar) grad_xy_planar(b, src, go, c0, c1, g);
+    for (int64_t cc = c0; cc < c1 && !grad_xy_planar; cc += chunk) {
       const int64_t ce = std::min(c1, cc + chunk);
       const bool guarded = need_h && offset_zero_not_finite(src, cc, ce, g.in_sc);
       for (int k = 0; k < b.count; ++k) {
