@@ -70,7 +70,7 @@ def frozen_view(module: nn.Module) -> nn.Module:
     original, by its optimizer or load_state_dict, show through; no gradient reaches them) and whose BatchNorm layers
     keep no running statistics: they always normalize by the batch's statistics, as the original's BatchNorm does in
     training mode, and have nothing to update (no running-statistics write and no counter increment per layer and
-    call: 8 calls of 55 layers an iteration). Made once, instead of a copy per use."""
+    call). Made once, instead of a copy per use."""
     view = copy.deepcopy(module)
     for original, copied in zip(module.modules(), view.modules()):
         for name, param in original.named_parameters(recurse=False):
