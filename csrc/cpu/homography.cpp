@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "reidfast/grid_math.h"
@@ -155,6 +156,7 @@ void fill_tile(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define REIDFAST_HOMOGRAPHY_AVX2 1
+#include <immintrin.h>
 template <typename T, typename Off, int kPadding, bool kAlignCorners>
 __attribute__((target("avx2"))) void fill_tile_avx2(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0,
                                                     int64_t n, const Geometry& g) {
@@ -267,9 +269,9 @@ bool offset_zero_not_finite(const scalar_t* src, int64_t c0, int64_t c1, int64_t
 }
 
 // The forward on channel-planar images (NCHW): kChannels channels at a time over a tile's points, so that each
-// output run is contiguous and the loop over the points vectorizes (the taps become gathers in the AVX2 build),
-// each point's taps loaded once for the kChannels channels. Point-major order (channels_last) writes to C planes
-// per point instead: at 64 channels the forward took twice as long that way.
+// output run is contiguous, each point's taps loaded once for the kChannels channels (GCC compiles this loop
+// scalar; AVX2 gathers measured slower, see grad_xy_channels_gather). Point-major order (channels_last) writes to
+// C planes per point instead: at 64 channels the forward took twice as long that way.
 template <int kChannels, bool kGuarded, typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void sample_channels(const Tile<T, Off>& t, const scalar_t* __restrict__ s, int64_t in_sc,
                                        scalar_t* __restrict__ d, int64_t out_sc) {
@@ -453,13 +455,13 @@ void backward_tile_point_major(Tile<T, Off>& t, const scalar_t* go, const scalar
 }
 
 // grad_H alone on channel-planar images (NCHW): kChannels channels at a time over a tile's points, adding their
-// part of dL/d(pixel coordinate) to t.dpx, t.dpy; the loop over the points vectorizes (the taps become gathers in
-// the AVX2 build), and each point's taps are loaded once for the kChannels channels. The point-major loop ran a
-// point's few channels scalar: at 8x64x64x32 that backward took longer than grid_sample's.
+// part of dL/d(pixel coordinate) to t.dpx, t.dpy, each point's taps loaded once for the kChannels channels (the
+// generic loop; fp32 takes grad_xy_channels_gather in the AVX2 build). Point by point with a few channels each, as
+// it was, that backward took longer than grid_sample's at 8x64x64x32.
 template <int kChannels, bool kGuarded, typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void grad_xy_channels(Tile<T, Off>& t, const scalar_t* __restrict__ s, int64_t in_sc,
-                                        const scalar_t* __restrict__ go, int64_t out_sc) {
-  for (int64_t j = 0; j < t.n; ++j) {
+                                        const scalar_t* __restrict__ go, int64_t out_sc, int64_t j0 = 0) {
+  for (int64_t j = j0; j < t.n; ++j) {
     const Off o0 = t.off0[j], o1 = t.off1[j], o2 = t.off2[j], o3 = t.off3[j];
     const T m0 = t.m0[j], m1 = t.m1[j], m2 = t.m2[j], m3 = t.m3[j];
     grid::Taps<T> k;
@@ -480,13 +482,68 @@ C10_ALWAYS_INLINE void grad_xy_channels(Tile<T, Off>& t, const scalar_t* __restr
   }
 }
 
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+// AVX2 gathers for the common case (fp32 image, 32-bit offsets, finite pixel at offset 0): 8 points at a time,
+// their taps loaded once for the kChannels channels; the sums in the generic loop's order, the last n % 8 points
+// by the generic loop. GCC leaves these loops scalar. Measured against the scalar loop (2 threads): grad_H
+// backward 0.74 -> 0.64 ms at 8x64x64x32 and 2.37 -> 2.13 ms at 16x3x256x128; the same gathers in the forward's
+// sampling, which has less arithmetic per tap, were slower (0.44 -> 0.52 ms and 1.22 -> 1.35 ms), so the forward
+// stays scalar.
+template <int kChannels>
+__attribute__((target("avx2"))) inline void grad_xy_channels_gather(Tile<float, int32_t>& t, const float* s,
+                                                                    int64_t in_sc, const float* go, int64_t out_sc) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t j = 0;
+  for (; j + 8 <= t.n; j += 8) {
+    const __m256i o0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.off0 + j));
+    const __m256i o1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.off1 + j));
+    const __m256i o2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.off2 + j));
+    const __m256i o3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.off3 + j));
+    const __m256 m0 = _mm256_loadu_ps(t.m0 + j), m1 = _mm256_loadu_ps(t.m1 + j);
+    const __m256 m2 = _mm256_loadu_ps(t.m2 + j), m3 = _mm256_loadu_ps(t.m3 + j);
+    const __m256 tx = _mm256_loadu_ps(t.tx + j), ty = _mm256_loadu_ps(t.ty + j);
+    const __m256 ux = _mm256_sub_ps(one, tx), uy = _mm256_sub_ps(one, ty);
+    __m256 dpx = _mm256_loadu_ps(t.dpx + j), dpy = _mm256_loadu_ps(t.dpy + j);
+    for (int c = 0; c < kChannels; ++c) {
+      const float* sc = s + c * in_sc;
+      const __m256 v = _mm256_loadu_ps(go + c * out_sc + j);
+      const __m256 v00 = _mm256_mul_ps(m0, _mm256_i32gather_ps(sc, o0, 4));
+      const __m256 v01 = _mm256_mul_ps(m1, _mm256_i32gather_ps(sc, o1, 4));
+      const __m256 v10 = _mm256_mul_ps(m2, _mm256_i32gather_ps(sc, o2, 4));
+      const __m256 v11 = _mm256_mul_ps(m3, _mm256_i32gather_ps(sc, o3, 4));
+      // grid::interpolate_grad_xy, term by term
+      const __m256 vx = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v01, v00), uy),
+                                      _mm256_mul_ps(_mm256_sub_ps(v11, v10), ty));
+      const __m256 vy = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v10, v00), ux),
+                                      _mm256_mul_ps(_mm256_sub_ps(v11, v01), tx));
+      dpx = _mm256_add_ps(dpx, _mm256_mul_ps(v, vx));
+      dpy = _mm256_add_ps(dpy, _mm256_mul_ps(v, vy));
+    }
+    _mm256_storeu_ps(t.dpx + j, dpx);
+    _mm256_storeu_ps(t.dpy + j, dpy);
+  }
+  grad_xy_channels<kChannels, false>(t, s, in_sc, go, out_sc, j);
+}
+#endif
+
+// Whether grad_xy_channels takes the AVX2 gathers: in the AVX2 build, for fp32 images with 32-bit offsets.
+template <bool kAvx2, typename scalar_t, typename T, typename Off>
+constexpr bool kGathers = kAvx2 && std::is_same_v<scalar_t, float> && std::is_same_v<T, float> &&
+                          std::is_same_v<Off, int32_t>;
+
 // grad_xy_channels for 1 to kChannelChunk channels, chosen at run time.
-template <int kChannels = static_cast<int>(kChannelChunk), typename scalar_t, typename T, typename Off>
+template <bool kAvx2, int kChannels = static_cast<int>(kChannelChunk), typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void grad_xy_channels_of_width(int width, bool guarded, Tile<T, Off>& t, const scalar_t* s,
                                                  int64_t in_sc, const scalar_t* go, int64_t out_sc) {
   if constexpr (kChannels > 1) {
-    if (width < kChannels) return grad_xy_channels_of_width<kChannels - 1>(width, guarded, t, s, in_sc, go, out_sc);
+    if (width < kChannels)
+      return grad_xy_channels_of_width<kAvx2, kChannels - 1>(width, guarded, t, s, in_sc, go, out_sc);
   }
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+  if constexpr (kGathers<kAvx2, scalar_t, T, Off>) {
+    if (!guarded) return grad_xy_channels_gather<kChannels>(t, s, in_sc, go, out_sc);
+  }
+#endif
   if (guarded)
     grad_xy_channels<kChannels, true>(t, s, in_sc, go, out_sc);
   else
@@ -495,7 +552,7 @@ C10_ALWAYS_INLINE void grad_xy_channels_of_width(int width, bool guarded, Tile<T
 
 // dL/d(pixel coordinate) of a block's points over channels [c0, c1), a few channel planes at a time across the
 // block (see TileBlock); src, go: the sample's first channel plane in the image and in grad_out.
-template <typename scalar_t, typename T, typename Off>
+template <bool kAvx2, typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const scalar_t* src, const scalar_t* go,
                                                  int64_t c0, int64_t c1, const Geometry& g) {
   constexpr int kChannels = static_cast<int>(kChannelChunk);
@@ -508,7 +565,8 @@ C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const sca
     const bool guarded = offset_zero_not_finite(src, c, c + width, g.in_sc);
     const scalar_t* s = src + c * g.in_sc;
     for (int k = 0; k < b.count; ++k)
-      grad_xy_channels_of_width(width, guarded, b.tiles[k], s, g.in_sc, go + c * g.out_sc + b.out_offset[k], g.out_sc);
+      grad_xy_channels_of_width<kAvx2>(width, guarded, b.tiles[k], s, g.in_sc, go + c * g.out_sc + b.out_offset[k],
+                                       g.out_sc);
     c += width;
   }
 }
@@ -516,7 +574,7 @@ C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const sca
 template <typename scalar_t, typename T, typename Off>
 void grad_xy_block_planar(TileBlock<T, Off>& b, const scalar_t* src, const scalar_t* go, int64_t c0, int64_t c1,
                           const Geometry& g) {
-  grad_xy_block_planar_body(b, src, go, c0, c1, g);
+  grad_xy_block_planar_body<false>(b, src, go, c0, c1, g);
 }
 
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
@@ -524,7 +582,7 @@ template <typename scalar_t, typename T, typename Off>
 __attribute__((target("avx2"))) void grad_xy_block_planar_avx2(TileBlock<T, Off>& b, const scalar_t* src,
                                                                const scalar_t* go, int64_t c0, int64_t c1,
                                                                const Geometry& g) {
-  grad_xy_block_planar_body(b, src, go, c0, c1, g);
+  grad_xy_block_planar_body<true>(b, src, go, c0, c1, g);
 }
 #endif
 
@@ -556,9 +614,10 @@ void backward_task(const scalar_t* gop, const scalar_t* ip, const at::opmath_typ
   const int64_t chunk = g.in_sc == 1 ? std::max<int64_t>(1, c1 - c0) : kChannelChunk;
   const int capacity = c1 - c0 > chunk ? kBlockTiles : 1;
   const std::vector<acc_t> xs = base_coordinates<acc_t>(g.out_w, g.align_corners);
-  // grad_H alone on NCHW images: a few channels at a time, vectorized over the points. With grad_img too, the
-  // point-major loop serves both from one read of grad_out (a separate vectorized grad_H pass before the scatter was
-  // slower: 1.93-2.00 against 1.70-1.82 ms at 8x64x64x32, 4.84 against 4.32 ms at 16x3x256x128, 2 threads).
+  // grad_H alone on NCHW images: a few channels at a time over the points (grad_xy_block_planar). With grad_img
+  // too, the point-major loop serves both from one read of grad_out (a separate grad_H pass before the scatter, in
+  // its scalar form, was slower: 1.93-2.00 against 1.70-1.82 ms at 8x64x64x32, 4.84 against 4.32 ms at
+  // 16x3x256x128, 2 threads).
   const GradXYBlock<scalar_t, acc_t, Off> grad_xy_planar =
       !gsrc && need_h && planar(g) && g.in_sc != 1 ? grad_xy_block_planar_for_this_cpu<scalar_t, acc_t, Off>()
                                                    : nullptr;
