@@ -236,8 +236,9 @@ def test_fast_order_computes_the_original_gradients_at_fp64():
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-9 * expected.abs().max().item() + 1e-12,
                                    msg=key)
     # fast: the frozen view's codes of a, p, b, q in one call, its id_gen and code-reconstruction inputs in a
-    # second, Ea's identity losses in a third. The original runs Ea once per loader batch: 4 codes, 2 + 2 inputs
-    # of the generator losses (its per-iteration deep copy carries the hook), 4 identity batches.
+    # second, Ea's identity losses in a third. The original runs Ea once per loader batch: 4 codes in each of its
+    # two generator passes, 2 + 2 inputs of the generator losses (its per-iteration deep copy carries the hook),
+    # 4 identity batches.
     assert fast_calls == [("frozen", 32), ("frozen", 32), ("ea", 32)]
     assert original_calls == [("ea", 8)] * 16
 
