@@ -78,13 +78,18 @@ class _Conv2d(Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _InputGrad.apply(grad_out, x, weight, stride, padding, dilation, groups)
-        if ctx.needs_input_grad[1]:  # autograd's own op, differentiated in turn by autograd's formula
-            grad_weight = _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups,
-                                                [False, True, False])[1]
-        if ctx.needs_input_grad[2]:
+        if torch.is_grad_enabled():  # a backward that builds a graph (a penalty's input gradient): grad_x by
+            if need_x:                # _InputGrad, whose own derivative is the point of this op
+                grad_x = _InputGrad.apply(grad_out, x, weight, stride, padding, dilation, groups)
+            if need_weight:  # autograd's own op, differentiated in turn by autograd's formula
+                grad_weight = _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups,
+                                                    [False, True, False])[1]
+        elif need_x or need_weight:  # a plain backward: one call for both, as autograd's convolution backward makes
+            grad_x, grad_weight, _ = _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups,
+                                                           [need_x, need_weight, False])
+        if need_bias:
             grad_bias = grad_out.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
