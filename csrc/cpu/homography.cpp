@@ -29,6 +29,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>  // the AVX2 gathers of grad_xy_channels_gather
+#endif
+
 #include "reidfast/grid_math.h"
 #include "reidfast/homography_checks.h"
 #include "reidfast/homography_math.h"
@@ -156,7 +160,6 @@ void fill_tile(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0, int64_
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define REIDFAST_HOMOGRAPHY_AVX2 1
-#include <immintrin.h>
 template <typename T, typename Off, int kPadding, bool kAlignCorners>
 __attribute__((target("avx2"))) void fill_tile_avx2(Tile<T, Off>& t, const T* h, const T* xs, T y, int64_t j0,
                                                     int64_t n, const Geometry& g) {
