@@ -171,17 +171,28 @@ bool have_avx2() {
   static const bool have = __builtin_cpu_supports("avx2") && std::getenv("REIDFAST_CPU_BASELINE") == nullptr;
   return have;
 }
+// The AVX2 clone of a function (name_avx2); on builds without clones, the function itself.
+#define REIDFAST_AVX2_CLONE(name) name##_avx2
+#else
+#define REIDFAST_AVX2_CLONE(name) name
 #endif
+
+// The build of a function this processor runs: its AVX2 clone where it has AVX2, else the baseline build.
+template <typename Fn>
+Fn for_this_cpu(Fn baseline, [[maybe_unused]] Fn avx2) {
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+  if (have_avx2()) return avx2;
+#endif
+  return baseline;
+}
 
 template <typename T, typename Off>
 using FillTile = void (*)(Tile<T, Off>&, const T*, const T*, T, int64_t, int64_t, const Geometry&);
 
 template <typename T, typename Off, int kPadding, bool kAlignCorners>
 FillTile<T, Off> fill_tile_for_this_cpu() {
-#ifdef REIDFAST_HOMOGRAPHY_AVX2
-  if (have_avx2()) return fill_tile_avx2<T, Off, kPadding, kAlignCorners>;
-#endif
-  return fill_tile<T, Off, kPadding, kAlignCorners>;
+  return for_this_cpu<FillTile<T, Off>>(fill_tile<T, Off, kPadding, kAlignCorners>,
+                                        REIDFAST_AVX2_CLONE(fill_tile)<T, Off, kPadding, kAlignCorners>);
 }
 
 // The padding mode and the corner convention as compile-time constants of fill_tile.
@@ -351,10 +362,8 @@ using SampleBlock = void (*)(const TileBlock<T, Off>&, const scalar_t*, scalar_t
 
 template <typename scalar_t, typename T, typename Off>
 SampleBlock<scalar_t, T, Off> sample_block_planar_for_this_cpu() {
-#ifdef REIDFAST_HOMOGRAPHY_AVX2
-  if (have_avx2()) return sample_block_planar_avx2<scalar_t, T, Off>;
-#endif
-  return sample_block_planar<scalar_t, T, Off>;
+  return for_this_cpu<SampleBlock<scalar_t, T, Off>>(sample_block_planar<scalar_t, T, Off>,
+                                                     REIDFAST_AVX2_CLONE(sample_block_planar)<scalar_t, T, Off>);
 }
 
 // The output's normalized x coordinates, computed once per task rather than once per point.
@@ -595,10 +604,8 @@ using GradXYBlock = void (*)(TileBlock<T, Off>&, const scalar_t*, const scalar_t
 
 template <typename scalar_t, typename T, typename Off>
 GradXYBlock<scalar_t, T, Off> grad_xy_block_planar_for_this_cpu() {
-#ifdef REIDFAST_HOMOGRAPHY_AVX2
-  if (have_avx2()) return grad_xy_block_planar_avx2<scalar_t, T, Off>;
-#endif
-  return grad_xy_block_planar<scalar_t, T, Off>;
+  return for_this_cpu<GradXYBlock<scalar_t, T, Off>>(grad_xy_block_planar<scalar_t, T, Off>,
+                                                     REIDFAST_AVX2_CLONE(grad_xy_block_planar)<scalar_t, T, Off>);
 }
 
 // Backward over one task: sample n, channels [c0, c1), output rows [r0, r1). Adds this task's grad_H part to
