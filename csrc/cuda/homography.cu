@@ -120,19 +120,25 @@ __device__ __forceinline__ DevicePoint<T, Off> resolve_point(const T* __restrict
 template <int kChannels>
 using Channels = std::integral_constant<int, kChannels>;
 
-// Calls f(Channels<K>{}, std::type_identity<Off>{}): K = C for the unrolled counts, else 0; Off = int where the
+// A type carried as a value, so that a generic lambda can name it (std::type_identity is C++20; we build as C++17).
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(Channels<K>{}, TypeTag<Off>{}): K = C for the unrolled counts, else 0; Off = int where the
 // image's planes allow 32-bit tap offsets, else int64_t (with the run-time channel count only: such images are
 // rare, and each variant is another kernel to compile).
 template <typename F>
 void dispatch_shape(int64_t C, bool narrow_offsets, F&& f) {
   if (!narrow_offsets)
-    f(Channels<0>{}, std::type_identity<int64_t>{});
+    f(Channels<0>{}, TypeTag<int64_t>{});
   else if (C == 3)
-    f(Channels<3>{}, std::type_identity<int>{});
+    f(Channels<3>{}, TypeTag<int>{});
   else if (C == 1)
-    f(Channels<1>{}, std::type_identity<int>{});
+    f(Channels<1>{}, TypeTag<int>{});
   else
-    f(Channels<0>{}, std::type_identity<int>{});
+    f(Channels<0>{}, TypeTag<int>{});
 }
 
 template <typename T>
