@@ -2,17 +2,16 @@
 
 Passes: fwd; fwdbwd_H (image not requiring grad: the localization network learning through the warp of a real
 image); fwdbwd (both gradients: the image comes from a generator). On a GPU the CUDA backend's fwdbwd_H is also
-timed with REIDFAST_HOMOGRAPHY_POINTS=2 (pass fwdbwd_H-2pt: two output points per thread in the grad_H kernel).
+timed at each forced count of output points per thread in the grad_H kernel (REIDFAST_HOMOGRAPHY_POINTS=1, =2:
+passes fwdbwd_H-1pt, fwdbwd_H-2pt), which chooses by the channel count by default (csrc/cuda/homography.cu).
 """
 from __future__ import annotations
-
-import os
-from unittest import mock
 
 import torch
 
 from reidfast import ops
 from reidfast.ops import reference
+from timing import with_env
 
 # (N, C, Hin, Win): SA-GAN warps every 256x128 re-id image (batch 16 in the paper's setting; 128 to measure
 # bandwidth away from launch overhead) and also feature maps of the generator.
@@ -34,14 +33,6 @@ def _reference_call(img, H):
     # the plain unfused path (homography grid + grid_sample) without the reference's handling of NaN coordinates,
     # which no input here needs and which would slow the baseline by about a quarter
     return reference.homography_warp(img, H, None, "zeros", False, nan_rule=False)
-
-
-def _two_points_per_thread(fn):
-    """fn with the CUDA grad_H kernel at two output points per thread (csrc/cuda/homography.cu)."""
-    def call():
-        with mock.patch.dict(os.environ, {"REIDFAST_HOMOGRAPHY_POINTS": "2"}):
-            return fn()
-    return call
 
 
 def _bytes(img, pass_):
@@ -98,6 +89,8 @@ def cases(device: torch.device, quick: bool):
                     }
                     yield row
                     if backend == "cuda" and pass_ == "fwdbwd_H":
-                        # its reference columns are the row above's
-                        yield {**row, "pass": "fwdbwd_H-2pt", "fn": _two_points_per_thread(row["fn"]), "ref": None,
-                               "ref_compiled": None}
+                        # the grad_H kernel at each forced points-per-thread count (the row above: the default,
+                        # 2 for 1 or 3 channels, else 1); their reference columns are the row above's
+                        for points in ("1", "2"):
+                            yield {**row, "pass": f"fwdbwd_H-{points}pt", "ref": None, "ref_compiled": None,
+                                   "fn": with_env(row["fn"], "REIDFAST_HOMOGRAPHY_POINTS", points)}

@@ -11,12 +11,12 @@ REIDFAST_BENCH_RANK_MSMT_CPU=1 adds MSMT17 scale from a distance matrix.
 from __future__ import annotations
 
 import os
-from unittest import mock
 
 import torch
 
 from rank_baselines import numpy_per_query
 from reidfast import ops
+from timing import with_env
 
 # (name, queries, gallery, test ids, cameras, fraction of gallery labelled 0 (distractors), and -1 (junk))
 SCALES = {
@@ -49,10 +49,7 @@ def _evaluate(backend, lab, **kw):
 def _counting_by_search(fn):
     """fn with the kernels' counting pass forced to the binary search (REIDFAST_RANK_COUNT=search, see
     csrc/include/reidfast/rank_checks.h): what the distance buckets replaced, timed in the same run."""
-    def call():
-        with mock.patch.dict(os.environ, {"REIDFAST_RANK_COUNT": "search"}):
-            return fn()
-    return call
+    return with_env(fn, "REIDFAST_RANK_COUNT", "search")
 
 
 def _numpy_loop(lab, dist):

@@ -4,9 +4,9 @@ reference configuration of the same model, in one run, with peak memory.
     python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
                                [--configs reference,no-compile,reidfast,cudagraphs] [--out FILE.json] [--profile DIR]
 
-reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile, channels_last and fused optimizers
-on GPU; no-compile: the same without torch.compile; cudagraphs (not in the default set): reidfast with
---compile-mode reduce-overhead.
+reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile (--compile-mode auto: CUDA graphs for
+SA-GAN's adaptation stage, the default mode for the rest), channels_last and fused optimizers on GPU; no-compile:
+the same without torch.compile; cudagraphs (not in the default set): reidfast with --compile-mode reduce-overhead.
 reference: --backend reference --amp off --no-compile --no-fused-optimizers (eager fp32, NCHW, torch.optim's default
 update), as the methods' original code runs;
 both let cuDNN time its convolution algorithms on a GPU (the loop's default; DG-Net's original trainer sets
@@ -254,7 +254,7 @@ def prepare(case: str, config_name: str, device: torch.device, shapes: str, **ov
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    run = Run(cfg, device, 0, 1, log=lambda message: None)
+    run = Run(cfg, device, 0, 1, log=lambda message: None, method_cls=method_cls)
     method = method_cls(run, _TrainSet(num_classes))
     if method_name == "dgnet":
         method.teacher = _random_teacher(method, cfg, num_classes)

@@ -17,6 +17,9 @@
 // and column come from a multiply-shift divider, taps use 32-bit offsets from a per-channel base pointer
 // (channel_base), and the backward's 9 sums use a warp reduce-scatter. Counted the same way: forward 329 -> 260,
 // backward 495 -> 365 instructions per point up to the block sum's barrier (about 515 -> 380 in all).
+// Measured with them (H100, bench/results/*.run8.md, fp32): forward kernel 0.044 ms (77% of copy bandwidth), grad_H
+// forward + backward 0.138 ms (49%), 0.117 ms (58%) with the backward's two points per thread, its default for 1
+// and 3 channels (grad_h_points_per_thread).
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
@@ -309,13 +312,20 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
   return dim3(static_cast<unsigned>((points + per_block - 1) / per_block), static_cast<unsigned>(N));
 }
 
-// Points per thread of the backward kernel for grad_H alone (SA-GAN's localization networks behind fixed images):
-// 1, or 2 with REIDFAST_HOMOGRAPHY_POINTS=2, read per call. Two halve the per-thread work that is not per point
-// (H's loads, the block sum: 365 -> 324 instructions per point in the fp32 RGB kernel's SASS) but double the
-// registers; which is faster is for a GPU to say (bench/ops_homography.py times both in one run).
-int grad_h_points_per_thread() {
+// Points per thread of the backward kernel for grad_H alone (SA-GAN's localization networks behind fixed images).
+// Two halve the per-thread work that is not per point (H's loads, the block sum: 365 -> 324 instructions per point
+// in the fp32 RGB kernel's SASS) but double the registers. Measured on an H100 (bench/results/*.run8*): two are
+// faster for RGB (128x3x256x128 backward kernel 0.072 ms against 0.093 ms, fp32 and bf16; 16x3x256x128 13-15%),
+// one for many channels (two took 25% longer at 64 channels, 44% at 256), so two for 1 or 3 channels (the
+// unrolled counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1 or 2 forces a count (read per call: the benchmark times
+// both).
+int grad_h_points_per_thread(int64_t channels) {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
-  return points != nullptr && std::strcmp(points, "2") == 0 ? 2 : 1;
+  if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 2 : 1;
+  TORCH_CHECK_VALUE(std::strcmp(points, "1") == 0 || std::strcmp(points, "2") == 0,
+                    "REIDFAST_HOMOGRAPHY_POINTS must be 1 or 2 (output points per thread of the grad_H kernel), got '",
+                    points, "'");
+  return points[0] - '0';
 }
 
 at::Tensor homography_warp_forward_cuda(const at::Tensor& img_in, const at::Tensor& H_in, int64_t out_h,
@@ -347,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
   if (need_img) at::globalContext().alertNotDeterministic("homography_warp_backward_cuda (gradient in img)");
   const c10::cuda::CUDAGuard guard(a.img.device());
   const int64_t N = a.img.size(0), points = a.grad_out.size(2) * a.grad_out.size(3);
-  const int points_per_thread = need_h && !need_img ? grad_h_points_per_thread() : 1;
+  const int points_per_thread = need_h && !need_img ? grad_h_points_per_thread(a.img.size(1)) : 1;
   const dim3 blocks = a.empty ? dim3(1, 1) : launch_grid(N, points, points_per_thread);
   // Every block writes its own slot, so the slots need no clearing; the counters of finished blocks do.
   const std::vector<int64_t> slots = {N, need_h && !a.empty ? static_cast<int64_t>(blocks.x) : 0, 9};

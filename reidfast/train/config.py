@@ -18,7 +18,7 @@ from ..data import add_dataset_args
 # Loop options every method shares. Method defaults (their papers' settings) are merged over these.
 LOOP_DEFAULTS = {
     "dataset": None, "data_root": None, "out": None, "iters": None, "epochs": None, "batch_size": 32,
-    "amp": "auto", "compile": None, "compile_mode": "default", "channels_last": None, "cudnn_benchmark": None,
+    "amp": "auto", "compile": None, "compile_mode": "auto", "channels_last": None, "cudnn_benchmark": None,
     "fused_optimizers": None, "backend": "auto",
     "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
@@ -81,8 +81,10 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile the networks (default on GPU)")
     speed.add_argument("--no-compile", dest="compile", action="store_false", default=S,
                        help="run the networks eagerly (default on CPU)")
-    speed.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=S,
-                       help="torch.compile mode; reduce-overhead captures CUDA graphs (shapes are static here)")
+    speed.add_argument("--compile-mode", choices=("auto", "default", "reduce-overhead", "max-autotune"), default=S,
+                       help="torch.compile mode; reduce-overhead captures CUDA graphs (shapes are static here); "
+                            "auto (default): reduce-overhead for SA-GAN's adaptation stage on a GPU, whose step "
+                            "waits on the host's launches, else default")
     speed.add_argument("--cudnn-benchmark", dest="cudnn_benchmark", action="store_true", default=S,
                        help="let cuDNN time its convolution algorithms for each new input shape and keep the fastest "
                             "(default on GPU: training runs at one image size, so it times once)")

@@ -206,6 +206,7 @@ class Method:
     stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
     run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
     ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
+    ``cuda_compile_mode(cfg)``: the torch.compile mode ``--compile-mode auto`` (the default) gives on a GPU.
     ``run_folder(cfg)``: the run's top folder; ``existing_checkpoints(cfg)``: the checkpoints a new run with this
     config would write over (the command line refuses to start over them without --overwrite; multi-stage methods
     list those of the stages they run).
@@ -229,6 +230,12 @@ class Method:
     # False for a stage with no re-id model (e.g. a GAN adaptation stage): the loop then skips evaluation and its
     # metrics.json has no rank numbers
     evaluates = True
+
+    @classmethod
+    def cuda_compile_mode(cls, cfg: dict) -> str:
+        """torch.compile's mode on a GPU under --compile-mode auto: "default", or "reduce-overhead" (CUDA graphs)
+        for a step measured to wait on the host's launches."""
+        return "default"
 
     @classmethod
     def load_dataset(cls, cfg: dict) -> ReidDataset:
@@ -339,10 +346,20 @@ class ResumableBatches(Sampler):
 
 
 
+def resolve_compile_mode(cfg: dict, method_cls, device: torch.device) -> str:
+    """The torch.compile mode of a run: the one asked for, or for "auto" the method's choice on a GPU
+    (Method.cuda_compile_mode) and "default" elsewhere (CUDA graphs need a GPU). Configurations saved before the
+    option existed hold "default"."""
+    mode = cfg.get("compile_mode", "default")
+    if mode != "auto":
+        return mode
+    return method_cls.cuda_compile_mode(cfg) if method_cls is not None and device.type == "cuda" else "default"
+
+
 class Run:
     """What a method sees of the loop: config, device, precision, wrapping, logging."""
 
-    def __init__(self, cfg: dict, device: torch.device, rank: int, world_size: int, log):
+    def __init__(self, cfg: dict, device: torch.device, rank: int, world_size: int, log, method_cls=None):
         self.cfg, self.device, self.rank, self.world_size, self.log = cfg, device, rank, world_size, log
         amp = cfg["amp"]
         if amp == "auto":
@@ -351,6 +368,7 @@ class Run:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         self.compile = cfg["compile"] if cfg["compile"] is not None else device.type == "cuda"
+        self.compile_mode = resolve_compile_mode(cfg, method_cls, device)
         self.channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
         # Fixed image sizes make cuDNN's per-shape algorithm timing pay once; DG-Net's original trainer enables it.
         # (.get: configurations saved before the option existed.) A process-wide setting, like the loop itself.
@@ -396,7 +414,7 @@ class Run:
         method's own functions of several networks (one graph where each network would be one)."""
         if not self.compile:
             return fn
-        mode = self.cfg["compile_mode"]
+        mode = self.compile_mode
         # Static shapes: training batches are full (the samplers drop a short last batch), so each call site
         # has one shape; a network called at two batch sizes (DG-Net's G in the cycle pass, FD-GAN's D_pd)
         # gets a second specialized graph instead of a symbolic-shape one.
@@ -407,7 +425,7 @@ class Run:
         """One training iteration of `method` on a batch already on the device: its train_step, then the loss
         scale's and the schedules' steps (the trainer's loop and bench/train_step.py both run this). Returns the
         step's losses."""
-        if self.compile and self.cfg["compile_mode"] == "reduce-overhead":
+        if self.compile and self.compile_mode == "reduce-overhead":
             # CUDA graph trees keep a graph's outputs until told that a new iteration begins (torch's guess from
             # pending backwards does not hold for a step of several compiled calls and backwards)
             torch.compiler.cudagraph_mark_step_begin()
@@ -591,7 +609,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         self.logfile = RunLog(self.run_dir, enabled=self.main)
-        self.run = Run(cfg, self.device, self.rank, self.world_size, self.log)
+        self.run = Run(cfg, self.device, self.rank, self.world_size, self.log, self.method_cls)
         self.log(f"{self.method_cls.name}: {self.dataset.summary()}")
         method = self.method_cls(self.run, self.dataset)
 
@@ -667,7 +685,7 @@ class Trainer:
         # Compilation is silent and can take minutes: say so, and how long the first iteration took.
         first_step = self.run.compile and progress.it < total
         if first_step:
-            self.log("compile on: the first iteration compiles the networks (minutes for the GAN methods on a GPU; "
+            self.log(f"compile on ({self.run.compile_mode} mode): the first iteration compiles the networks (minutes for the GAN methods on a GPU; "
                      "later ones may compile more, e.g. DG-Net's when its warm-up ends); the compiled code is cached "
                      "under TORCHINDUCTOR_CACHE_DIR (default in /tmp), so the next run on this machine starts sooner")
         # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)

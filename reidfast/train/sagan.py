@@ -628,6 +628,13 @@ class SAGAN(Method):
                       "dt_hidden": 32, "sianet_width": 8, "sianet_dim": 32, "codes": 4},
     }
 
+    @classmethod
+    def cuda_compile_mode(cls, cfg: dict) -> str:
+        # The adaptation step waits on the host's launches (8 networks, two whole-step graphs, batch 8): replayed as
+        # CUDA graphs it ran 2.79x the reference's images/s on an H100 against 1.71x compiled in the default mode
+        # (40.1 and 70.8 ms per iteration against 111.7 and 121.3; bench/results/*.run8.train-sagan.md, .run7.).
+        return "reduce-overhead" if cfg.get("current_stage") == "adapt" else "default"
+
     def __new__(cls, run, dataset):
         stage = run.cfg.get("current_stage")
         if stage not in ("adapt", "reid"):

@@ -619,10 +619,15 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, p
     h_only = H.clone().requires_grad_(True)
     g_h_only = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))[0]
     torch.testing.assert_close(g_h_only, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
-    if backend == "cuda":  # and its variant with two output points per thread (csrc/cuda/homography.cu)
-        monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", "2")
-        g_two = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))[0]
-        torch.testing.assert_close(g_two, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
+    if backend == "cuda":  # and at each forced count of output points per thread (csrc/cuda/homography.cu)
+        for points in ("1", "2"):
+            monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", points)
+            g_forced = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only,
+                                           gy.to(dtype))[0]
+            torch.testing.assert_close(g_forced, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
+        monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", "4")
+        with pytest.raises(ValueError, match="REIDFAST_HOMOGRAPHY_POINTS must be 1 or 2"):
+            torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))
 
 
 @pytest.mark.gpu

@@ -89,6 +89,24 @@ def test_cuda_graph_runs_mark_each_iteration(mode, marks, tiny_root, tmp_path, m
     assert len(calls) == marks
 
 
+@pytest.mark.parametrize("method, stage, device, asked, expected", [
+    ("sagan", "adapt", "cuda", "auto", "reduce-overhead"),  # its step waits on the host's launches (measured)
+    ("sagan", "reid", "cuda", "auto", "default"),
+    ("baseline", None, "cuda", "auto", "default"),
+    ("dgnet", None, "cuda", "auto", "default"),
+    ("sagan", "adapt", "cpu", "auto", "default"),  # CUDA graphs need a GPU
+    ("sagan", "adapt", "cuda", "default", "default"),  # asked for: kept
+    ("baseline", None, "cuda", "reduce-overhead", "reduce-overhead"),
+])
+def test_compile_mode_auto_is_the_methods_choice_on_a_gpu(method, stage, device, asked, expected):
+    from reidfast.train.loop import resolve_compile_mode
+    from reidfast.train.methods import get_method
+    cfg = {"compile_mode": asked, "current_stage": stage}
+    assert resolve_compile_mode(cfg, get_method(method), torch.device(device)) == expected
+    # a configuration saved before the option existed compiles in the default mode
+    assert resolve_compile_mode({}, get_method(method), torch.device(device)) == "default"
+
+
 def test_logged_losses_do_not_alias_the_step_outputs():
     # a CUDA graph's replay overwrites its previous outputs in place: the loss sums must hold copies
     from reidfast.train.loop import _LossWindow
