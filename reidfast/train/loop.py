@@ -685,9 +685,10 @@ class Trainer:
         # Compilation is silent and can take minutes: say so, and how long the first iteration took.
         first_step = self.run.compile and progress.it < total
         if first_step:
-            self.log(f"compile on ({self.run.compile_mode} mode): the first iteration compiles the networks (minutes for the GAN methods on a GPU; "
-                     "later ones may compile more, e.g. DG-Net's when its warm-up ends); the compiled code is cached "
-                     "under TORCHINDUCTOR_CACHE_DIR (default in /tmp), so the next run on this machine starts sooner")
+            self.log(f"compile on ({self.run.compile_mode} mode): the first iteration compiles the networks "
+                     "(minutes for the GAN methods on a GPU; later ones may compile more, e.g. DG-Net's when its "
+                     "warm-up ends); the compiled code is cached under TORCHINDUCTOR_CACHE_DIR (default in /tmp), so "
+                     "the next run on this machine starts sooner")
         # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
         progress_lines = compile_progress(self.log) if self.run.compile else contextlib.nullcontext()
         with _stop_requests(self.world_size == 1) as stop_requests, progress_lines:
