@@ -69,6 +69,20 @@ def test_sagan_on_the_gpu(tiny_root, domain_b, tmp_path):  # noqa: F811
     assert json.loads((tmp_path / "s" / "stages.json").read_text())["status"]["reid"] == "done"
 
 
+def test_sagan_adaptation_under_cuda_graphs_on_the_gpu(tiny_root, domain_b, tmp_path, capsys):  # noqa: F811
+    # --compile-mode auto replays SA-GAN's adaptation step as CUDA graphs on a GPU (Method.cuda_compile_mode): the
+    # whole stage (steps, logged losses, a checkpoint and the sample grid in between) at tiny sizes, as
+    # bench/train_step.py measured the step at full size
+    args = on_gpu(sagan_args(tiny_root, domain_b, tmp_path / "s", "--stage", "adapt"))
+    assert main(args[:-1] + ["--compile"]) == 0
+    assert "compile on (reduce-overhead mode)" in capsys.readouterr().err
+    finite_losses(tmp_path / "s" / "adapt")
+    records = {r["it"]: r for r in read_log(tmp_path / "s" / "adapt") if "cyc" in r}
+    assert sorted(records) == [1, 2, 3, 4]
+    # each step logged its own losses, not a replay's overwritten outputs
+    assert len({r["loss"] for r in records.values()}) == 4
+
+
 @pytest.mark.parametrize("flag, expected", [([], True), (["--no-cudnn-benchmark"], False)])
 def test_cudnn_benchmark_is_on_by_default_on_the_gpu(tiny_root, tmp_path, flag, expected):
     previous = torch.backends.cudnn.benchmark
