@@ -9,6 +9,13 @@ import time
 
 import torch
 
+# A profiling session leaves NVIDIA's CUPTI attached to the process unless Kineto is told to tear it down
+# (TEARDOWN_CUPTI=1, read at the end of each session), and later kernel launches can then pay for its callbacks:
+# the rows timed after a profiled row may read slower than they are, launch-bound calls most (H100 run 8: SA-GAN's
+# eager reference took 111.7 ms an iteration before the first profile and 141.5 ms after two). A value set by the
+# caller is kept.
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
+
 
 def time_ms(fn, device: torch.device, warmup: int = 3, repeats: int = 10, min_total_s: float = 0.0) -> float:
     """Median wall time of fn() in milliseconds. On CUDA each repeat is bracketed by events on the stream."""
