@@ -31,6 +31,8 @@
 #   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
 #                                                     and 5 repeats (homography and rank took 52 s instead of 156 s
 #                                                     on an H100); the rank suite keeps both scales
+#   TEARDOWN_CUPTI=0                                  keep CUPTI attached after each profile (bench/timing.py sets 1,
+#                                                     so that later rows' launches do not pay its callbacks)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
