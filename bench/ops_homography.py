@@ -2,8 +2,8 @@
 
 Passes: fwd; fwdbwd_H (image not requiring grad: the localization network learning through the warp of a real
 image); fwdbwd (both gradients: the image comes from a generator). On a GPU the CUDA backend's fwdbwd_H is also
-timed at each forced count of output points per thread in the grad_H kernel (REIDFAST_HOMOGRAPHY_POINTS=1, =2:
-passes fwdbwd_H-1pt, fwdbwd_H-2pt), which chooses by the channel count by default (csrc/cuda/homography.cu).
+timed at each forced count of output points per thread in the grad_H kernel (REIDFAST_HOMOGRAPHY_POINTS=1, 2, 4:
+passes fwdbwd_H-1pt, -2pt, -4pt), which chooses by the channel count by default (csrc/cuda/homography.cu).
 """
 from __future__ import annotations
 
@@ -91,6 +91,6 @@ def cases(device: torch.device, quick: bool):
                     if backend == "cuda" and pass_ == "fwdbwd_H":
                         # the grad_H kernel at each forced points-per-thread count (the row above: the default,
                         # 2 for 1 or 3 channels, else 1); their reference columns are the row above's
-                        for points in ("1", "2"):
+                        for points in ("1", "2", "4"):
                             yield {**row, "pass": f"fwdbwd_H-{points}pt", "ref": None, "ref_compiled": None,
                                    "fn": with_env(row["fn"], "REIDFAST_HOMOGRAPHY_POINTS", points)}

@@ -317,14 +317,14 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
 // in the fp32 RGB kernel's SASS) but double the registers. Measured on an H100 (bench/results/*.run8*): two are
 // faster for RGB (128x3x256x128 backward kernel 0.072 ms against 0.093 ms, fp32 and bf16; 16x3x256x128 13-15%),
 // one for many channels (two took 25% longer at 64 channels, 44% at 256), so two for 1 or 3 channels (the
-// unrolled counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1 or 2 forces a count (read per call: the benchmark times
-// both).
+// unrolled counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark
+// times each; 4 is not yet measured).
 int grad_h_points_per_thread(int64_t channels) {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
   if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 2 : 1;
-  TORCH_CHECK_VALUE(std::strcmp(points, "1") == 0 || std::strcmp(points, "2") == 0,
-                    "REIDFAST_HOMOGRAPHY_POINTS must be 1 or 2 (output points per thread of the grad_H kernel), got '",
-                    points, "'");
+  TORCH_CHECK_VALUE(std::strcmp(points, "1") == 0 || std::strcmp(points, "2") == 0 || std::strcmp(points, "4") == 0,
+                    "REIDFAST_HOMOGRAPHY_POINTS must be 1, 2 or 4 (output points per thread of the grad_H kernel), "
+                    "got '", points, "'");
   return points[0] - '0';
 }
 
@@ -386,6 +386,9 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
               gop, ip, hp, gip, pp, done, gh, g);
         else if (need_img)
           homography_backward_kernel<scalar_t, true, false, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
+              gop, ip, hp, gip, pp, done, gh, g);
+        else if (points_per_thread == 4)
+          homography_backward_kernel<scalar_t, false, true, kC, Off, 4><<<blocks, kThreads, 0, stream>>>(
               gop, ip, hp, gip, pp, done, gh, g);
         else if (points_per_thread == 2)
           homography_backward_kernel<scalar_t, false, true, kC, Off, 2><<<blocks, kThreads, 0, stream>>>(

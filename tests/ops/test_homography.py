@@ -620,13 +620,13 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, p
     g_h_only = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))[0]
     torch.testing.assert_close(g_h_only, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
     if backend == "cuda":  # and at each forced count of output points per thread (csrc/cuda/homography.cu)
-        for points in ("1", "2"):
+        for points in ("1", "2", "4"):
             monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", points)
             g_forced = torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only,
                                            gy.to(dtype))[0]
             torch.testing.assert_close(g_forced, got[1], rtol=1e-5, atol=1e-5 * (got[1].abs().max().item() + 1e-6))
-        monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", "4")
-        with pytest.raises(ValueError, match="REIDFAST_HOMOGRAPHY_POINTS must be 1 or 2"):
+        monkeypatch.setenv("REIDFAST_HOMOGRAPHY_POINTS", "3")
+        with pytest.raises(ValueError, match="REIDFAST_HOMOGRAPHY_POINTS must be 1, 2 or 4"):
             torch.autograd.grad(warp(backend, img, h_only, out_size, padding, False), h_only, gy.to(dtype))
 
 
