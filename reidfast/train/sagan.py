@@ -156,6 +156,13 @@ class AdaptStage(Method):
     evaluates = False
 
     @classmethod
+    def cuda_compile_mode(cls, cfg: dict) -> str:
+        # The step waits on the host's launches (8 networks, two whole-step graphs, batch 8): replayed as CUDA graphs
+        # it ran 2.79x the reference's images/s on an H100 against 1.71x compiled in the default mode (40.1 and
+        # 70.8 ms per iteration against 111.7 and 121.3; bench/results/*.run8.train-sagan.md, .run7.).
+        return "reduce-overhead"
+
+    @classmethod
     def load_dataset(cls, cfg: dict) -> ReidDataset:
         """Source train (with masks) for training; the target's train for the unpaired target batches; the
         target's query/gallery are carried along (the loop reads them only in evaluating stages)."""
@@ -630,10 +637,8 @@ class SAGAN(Method):
 
     @classmethod
     def cuda_compile_mode(cls, cfg: dict) -> str:
-        # The adaptation step waits on the host's launches (8 networks, two whole-step graphs, batch 8): replayed as
-        # CUDA graphs it ran 2.79x the reference's images/s on an H100 against 1.71x compiled in the default mode
-        # (40.1 and 70.8 ms per iteration against 111.7 and 121.3; bench/results/*.run8.train-sagan.md, .run7.).
-        return "reduce-overhead" if cfg.get("current_stage") == "adapt" else "default"
+        """The mode of the stage's method (the loop runs AdaptStage or ReidStage; this class stands for both)."""
+        return (AdaptStage if cfg.get("current_stage") == "adapt" else ReidStage).cuda_compile_mode(cfg)
 
     def __new__(cls, run, dataset):
         stage = run.cfg.get("current_stage")

@@ -402,3 +402,20 @@ def test_preset_auto_follows_the_two_domains():
     assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {"target": "synthetic-b"}, True)["preset"] == "cpu-quick"
     real = {"target": "dukemtmc", "target_root": "/data"}
     assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, real, True)["preset"] == "paper"
+
+
+def test_the_trainer_gives_the_adaptation_stage_cuda_graphs_on_a_gpu(tiny_root, domain_b, tmp_path, monkeypatch):
+    # --compile-mode auto: the mode each stage's run would resolve to on a GPU, as the loop builds it (the loop runs
+    # AdaptStage and ReidStage, not SAGAN, so the choice must reach those classes); the run itself stays on the CPU
+    from reidfast.train import loop
+    resolve, asked = loop.resolve_compile_mode, []
+
+    def on_a_gpu_too(cfg, method_cls, device):
+        asked.append((cfg["current_stage"], resolve(cfg, method_cls, torch.device("cuda"))))
+        return resolve(cfg, method_cls, device)
+
+    monkeypatch.setattr(loop, "resolve_compile_mode", on_a_gpu_too)
+    assert main(sagan_args(tiny_root, domain_b, tmp_path / "s", "--adapt-iters", "1", "--iters", "1")) == 0
+    # first the adaptation stage's trainer, last the re-id stage's (the translation between them loads the adapted
+    # networks uncompiled)
+    assert asked[0] == ("adapt", "reduce-overhead") and asked[-1] == ("reid", "default")

@@ -99,10 +99,14 @@ def test_cuda_graph_runs_mark_each_iteration(mode, marks, tiny_root, tmp_path, m
     ("baseline", None, "cuda", "reduce-overhead", "reduce-overhead"),
 ])
 def test_compile_mode_auto_is_the_methods_choice_on_a_gpu(method, stage, device, asked, expected):
+    from reidfast.train import sagan
     from reidfast.train.loop import resolve_compile_mode
     from reidfast.train.methods import get_method
     cfg = {"compile_mode": asked, "current_stage": stage}
     assert resolve_compile_mode(cfg, get_method(method), torch.device(device)) == expected
+    if method == "sagan":  # the classes the loop runs for its stages choose the same
+        stage_cls = sagan.AdaptStage if stage == "adapt" else sagan.ReidStage
+        assert resolve_compile_mode(cfg, stage_cls, torch.device(device)) == expected
     # a configuration saved before the option existed compiles in the default mode
     assert resolve_compile_mode({}, get_method(method), torch.device(device)) == "default"
 
