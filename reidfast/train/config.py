@@ -83,7 +83,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                        help="run the networks eagerly (default on CPU)")
     speed.add_argument("--compile-mode", choices=("auto", "default", "reduce-overhead", "max-autotune"), default=S,
                        help="torch.compile mode; reduce-overhead captures CUDA graphs (shapes are static here); "
-                            "auto (default): reduce-overhead for SA-GAN's adaptation stage on a GPU, whose step "
+                            "auto (default): reduce-overhead for SA-GAN's adaptation stage on one GPU, whose step "
                             "waits on the host's launches, else default")
     speed.add_argument("--cudnn-benchmark", dest="cudnn_benchmark", action="store_true", default=S,
                        help="let cuDNN time its convolution algorithms for each new input shape and keep the fastest "

@@ -346,14 +346,17 @@ class ResumableBatches(Sampler):
 
 
 
-def resolve_compile_mode(cfg: dict, method_cls, device: torch.device) -> str:
-    """The torch.compile mode of a run: the one asked for, or for "auto" the method's choice on a GPU
-    (Method.cuda_compile_mode) and "default" elsewhere (CUDA graphs need a GPU). Configurations saved before the
-    option existed hold "default"."""
+def resolve_compile_mode(cfg: dict, method_cls, device: torch.device, world_size: int = 1) -> str:
+    """The torch.compile mode of a run: the one asked for, or for "auto" the method's choice on one GPU
+    (Method.cuda_compile_mode) and "default" elsewhere: CUDA graphs need a GPU, and under torchrun they would
+    capture DDP's gradient communication, which no run here has measured. Configurations saved before the option
+    existed hold "default"."""
     mode = cfg.get("compile_mode", "default")
     if mode != "auto":
         return mode
-    return method_cls.cuda_compile_mode(cfg) if method_cls is not None and device.type == "cuda" else "default"
+    if method_cls is None or device.type != "cuda" or world_size > 1:
+        return "default"
+    return method_cls.cuda_compile_mode(cfg)
 
 
 class Run:
@@ -368,7 +371,7 @@ class Run:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         self.compile = cfg["compile"] if cfg["compile"] is not None else device.type == "cuda"
-        self.compile_mode = resolve_compile_mode(cfg, method_cls, device)
+        self.compile_mode = resolve_compile_mode(cfg, method_cls, device, world_size)
         self.channels_last = cfg["channels_last"] if cfg["channels_last"] is not None else device.type == "cuda"
         # Fixed image sizes make cuDNN's per-shape algorithm timing pay once; DG-Net's original trainer enables it.
         # (.get: configurations saved before the option existed.) A process-wide setting, like the loop itself.

@@ -410,9 +410,9 @@ def test_the_trainer_gives_the_adaptation_stage_cuda_graphs_on_a_gpu(tiny_root, 
     from reidfast.train import loop
     resolve, asked = loop.resolve_compile_mode, []
 
-    def on_a_gpu_too(cfg, method_cls, device):
-        asked.append((cfg["current_stage"], resolve(cfg, method_cls, torch.device("cuda"))))
-        return resolve(cfg, method_cls, device)
+    def on_a_gpu_too(cfg, method_cls, device, world_size=1):
+        asked.append((cfg["current_stage"], resolve(cfg, method_cls, torch.device("cuda"), world_size)))
+        return resolve(cfg, method_cls, device, world_size)
 
     monkeypatch.setattr(loop, "resolve_compile_mode", on_a_gpu_too)
     assert main(sagan_args(tiny_root, domain_b, tmp_path / "s", "--adapt-iters", "1", "--iters", "1")) == 0

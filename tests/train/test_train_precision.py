@@ -109,6 +109,9 @@ def test_compile_mode_auto_is_the_methods_choice_on_a_gpu(method, stage, device,
         assert resolve_compile_mode(cfg, stage_cls, torch.device(device)) == expected
     # a configuration saved before the option existed compiles in the default mode
     assert resolve_compile_mode({}, get_method(method), torch.device(device)) == "default"
+    # under torchrun (DDP) auto keeps the default mode; a mode asked for is kept
+    assert resolve_compile_mode(cfg, get_method(method), torch.device(device), world_size=2) == \
+        (asked if asked != "auto" else "default")
 
 
 def test_logged_losses_do_not_alias_the_step_outputs():
