@@ -285,9 +285,6 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     first_s = time.perf_counter() - t0
     repeats = iters or (5 if quick else 20)
     ms = time_ms(step, device, warmup=2 if quick else 5, repeats=repeats)
-    if profile_dir:
-        os.makedirs(profile_dir, exist_ok=True)
-        _write_profile(step, device, os.path.join(profile_dir, f"profile-{case}-{config_name}.txt"))
     row = {"method": case, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
            "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
            "channels_last": run.channels_last, "cudnn_benchmark": run.cudnn_benchmark,
@@ -295,6 +292,12 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
            "ms_per_iter": round(ms, 3),
            "images_per_s": round(method.images_per_iteration() / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
            "peak_mem_mb": round(_peak_memory_mb(device), 1)}
+    if profile_dir:
+        os.makedirs(profile_dir, exist_ok=True)
+        try:
+            _write_profile(step, device, os.path.join(profile_dir, f"profile-{case}-{config_name}.txt"))
+        except Exception:  # a diagnostic: never the reason a measured row is lost
+            print(f"{case} {config_name}: profiling failed (the row stands):\n{traceback.format_exc()}", flush=True)
     ops.set_backend("auto")
     return row
 
