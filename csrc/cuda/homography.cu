@@ -318,7 +318,10 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
 // faster for RGB (128x3x256x128 backward kernel 0.072 ms against 0.093 ms, fp32 and bf16; 16x3x256x128 13-15%),
 // one for many channels (two took 25% longer at 64 channels, 44% at 256), so two for 1 or 3 channels (the
 // unrolled counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark
-// times each; 4 is not yet measured).
+// times each). Four are not yet measured. Expected for fp32 RGB: a backward kernel of 0.061-0.063 ms, so grad_H's
+// forward + backward near 0.106 ms (63% of copy bandwidth). That is the 1 -> 2 step scaled by the SASS instruction
+// counts (1368, 1080 and 920 per point for 1, 2 and 4, which put 2 at 0.79x of 1 against the 0.77x measured),
+// at the same occupancy (64 registers against 56: four blocks of 256 threads per SM either way; no spills).
 int grad_h_points_per_thread(int64_t channels) {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
   if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 2 : 1;
