@@ -17,6 +17,7 @@ from .pose import FLIP_PERMUTATION, missing_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ERASE_ATTEMPTS = 10  # rectangles tried per image before giving up (torchvision's RandomErasing)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -144,31 +145,62 @@ class BatchAugment:
     def _erase(self, images, generator):
         if self.erase_p == 0:
             return images
-        batch, channels, height, width = images.shape
-        device, attempts = images.device, 10
-        area = height * width * (self.erase_area[0] + (self.erase_area[1] - self.erase_area[0])
-                                 * self._rand((batch, attempts), generator, device))
+        region = self._erase_region(images, self.erase_draws(images.shape[0], generator, images.device))
+        if isinstance(self.erase_value, str):  # "random": standard normal noise, as torchvision's value="random"
+            rng_device = generator.device if generator is not None else images.device
+            value = torch.randn(images.shape, generator=generator, device=rng_device,
+                                dtype=images.dtype).to(images.device)
+        else:
+            value = channel_values(self.erase_value, images)
+        return torch.where(region, value, images)
+
+    def erase_draws(self, batch: int, generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+        """The uniform random numbers that random erasing of `batch` images takes, as one (batch, 23) tensor on
+        `device`: the area and aspect-ratio draws of the 10 attempts, whether to erase, the top and left edge.
+        :meth:`erase_with` applies them: drawing apart from applying lets a compiled training step erase (a graph
+        cannot take a generator). The same draws, in the same order, as the augmentation's own erasing."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        parts = [self._rand((batch, ERASE_ATTEMPTS), generator, device) for _ in range(2)]
+        parts += [self._rand((batch, 1), generator, device) for _ in range(3)]
+        return torch.cat(parts, 1)
+
+    def erase_with(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Random erasing of (B, C, H, W) `images` by :meth:`erase_draws`' (B, 23) `draws`, with the erase value
+        (a number or one per channel; "random" noise needs a generator: use the augmentation itself)."""
+        if isinstance(self.erase_value, str):
+            raise ValueError("BatchAugment.erase_with: erase_value='random' draws noise from a generator; call the "
+                             "augmentation instead")
+        if self.erase_p == 0:
+            return images
+        return torch.where(self._erase_region(images, draws), channel_values(self.erase_value, images), images)
+
+    def _erase_region(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) bool: the rectangle each image's draws pick (torchvision's RandomErasing: the first of
+        the attempts whose rectangle fits; none if none fits or the erase draw fails erase_p)."""
+        if images.dim() != 4:
+            raise ValueError(f"BatchAugment: images must be (B, C, H, W), got {tuple(images.shape)}")
+        batch, _, height, width = images.shape
+        if draws.shape != (batch, 2 * ERASE_ATTEMPTS + 3):
+            raise ValueError(f"BatchAugment: erase draws must be ({batch}, {2 * ERASE_ATTEMPTS + 3}) for "
+                             f"{batch} images (erase_draws), got {tuple(draws.shape)}")
+        u_area, u_ratio, u_apply, u_top, u_left = draws.split([ERASE_ATTEMPTS, ERASE_ATTEMPTS, 1, 1, 1], 1)
+        area = height * width * (self.erase_area[0] + (self.erase_area[1] - self.erase_area[0]) * u_area)
         log_lo, log_hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
-        ratio = torch.exp(log_lo + (log_hi - log_lo) * self._rand((batch, attempts), generator, device))
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
         h = torch.sqrt(area * ratio).round().long()
         w = torch.sqrt(area / ratio).round().long()
         fits = (h < height) & (w < width) & (h > 0) & (w > 0)
         first = fits.long().argmax(1, keepdim=True)  # the first attempt that fits (as torchvision's loop does)
-        h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
-        apply = fits.any(1) & (self._rand(batch, generator, device) < self.erase_p)
-        top = (self._rand(batch, generator, device) * (height - h + 1)).long()
-        left = (self._rand(batch, generator, device) * (width - w + 1)).long()
-        rows = torch.arange(height, device=device).view(1, -1, 1)
-        cols = torch.arange(width, device=device).view(1, 1, -1)
-        region = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
-                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)) & apply.view(-1, 1, 1))
-        region = region.unsqueeze(1)
-        if isinstance(self.erase_value, str):  # "random": standard normal noise, as torchvision's value="random"
-            rng_device = generator.device if generator is not None else device
-            value = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(device)
-        else:
-            value = channel_values(self.erase_value, images)
-        return torch.where(region, value, images)
+        h, w = h.gather(1, first), w.gather(1, first)  # (B, 1)
+        apply = fits.any(1, keepdim=True) & (u_apply < self.erase_p)
+        top = (u_top * (height - h + 1)).long()
+        left = (u_left * (width - w + 1)).long()
+        rows = torch.arange(height, device=images.device).view(1, -1, 1)
+        cols = torch.arange(width, device=images.device).view(1, 1, -1)
+        top, left, h, w, apply = (t.view(-1, 1, 1) for t in (top, left, h, w, apply))
+        region = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & apply
+        return region.unsqueeze(1)
 
     def transform_keypoints(self, keypoints: torch.Tensor, result: Augmented, width: int,
                             swap_left_right: bool = True) -> torch.Tensor:

@@ -27,8 +27,11 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
    The appearance code is detached from the generator losses: the generator-side losses see Ea through a
    frozen view made once (Ea's parameter storage, detached, so it follows every update; its own BatchNorm
    buffers, batch statistics in training mode, Ea's running statistics untouched) instead of a per-iteration
-   deep copy, so only the identity losses train Ea. The view, like the teacher, is compiled when compile is on.
+   deep copy, so only the identity losses train Ea.
    Random erasing (p 0.5) is applied to the inputs of the identity losses only.
+
+With compile on, the fast order compiles three functions whole: the generator pass (1), D's losses (2) and the
+G + Ea step's losses (3), each one graph; the backwards and optimizer steps run between them.
 
 The paper's settings are the defaults (256x128, 100k iterations, SGD for Ea at 0.002 / heads 0.02, Adam 1e-4 for
 Es, G, the MLPs and D, x0.1 at 60k and 90k, warm-up 30k, ramps of 0.0005 per iteration). The cpu-quick preset
@@ -156,6 +159,7 @@ class DGNet(Method):
         self.run = run
         cfg = run.cfg
         self.num_classes = dataset.num_train_pids
+        self.faithful = bool(cfg["faithful"])
         ea = AppearanceEncoder(self.num_classes, backbone_width=cfg["backbone_width"], pretrained=cfg["pretrained"],
                                log=run.log)
         split_batchnorm(ea)  # batch statistics per loader batch: Ea's calls over several batches batch exactly
@@ -164,18 +168,25 @@ class DGNet(Method):
         self.dis = run.place(MultiScaleDiscriminator(cfg["gan_width"]))
         if run.world_size > 1:  # the shared Ea/G modules are called in several roles per step
             raise ValueError("dgnet does not run under torchrun yet: train on one device")
-        # training-time callables (compiled when on): Es, G (decoding), Ea, D for its first-order calls (the G
-        # step's adversarial loss, the D step's generated half), and D's scores on the real images with their R1
-        # penalty (real_scores_and_r1)
-        self.train_es, self.train_dec = run.wrap(self.gen.encoder), run.wrap(self.gen)
-        self.train_ea, self.train_dis = run.wrap(self.ea), run.wrap(self.dis)
-        self.train_r1 = run.compiled(self.real_scores_and_r1)
-        # Ea as the generator-side losses see it (see the module docstring); not a network of the checkpoint.
-        # One compiled callable gives both the appearance code and the primary logits (its forward computes
-        # both): a second one for the code alone compiled the same ResNet-50 twice more.
-        self.frozen_ea = frozen_view(self.ea)
-        self.frozen_call = run.wrap(self.frozen_ea)
-        self._teacher_call = (None, None)  # (teacher, its training-time callable), made when first needed
+        self.frozen_ea = frozen_view(self.ea)  # Ea as the generator-side losses see it (module docstring)
+        self._ea_copy = None  # --faithful: the iteration's deep copy of Ea in its place
+        # The fast order's step is three functions of the networks, each compiled as one graph when compile is on:
+        # the generator pass, D's losses (R1 included) and the G + Ea step's losses; the backwards, the optimizer
+        # steps and the losses' weights run between them. The step waits on the host's launches (the reference's
+        # profile on an H100: 274 ms of GPU time per step, against 542-579 ms of wall time unprofiled), as SA-GAN's
+        # did until its steps compiled whole (1.0x -> 1.75x); a graph per network also compiled Es, G and Ea again
+        # per batch size and per requires_grad of their inputs. --faithful compiles each network on its own,
+        # called once per loader batch as in the original.
+        wrap = run.wrap if self.faithful else (lambda module: module)
+        whole = (lambda fn: fn) if self.faithful else run.compiled
+        self.es, self.dec, self.ea_call, self.dis_call = (wrap(m) for m in (self.gen.encoder, self.gen, self.ea,
+                                                                            self.dis))
+        self.frozen_call = wrap(self.frozen_ea)
+        self.r1_call = run.compiled(self.real_scores_and_r1) if self.faithful else self.real_scores_and_r1
+        self.generator_pass = whole(self._generator_pass)
+        self.discriminator_losses = whole(self._discriminator_losses)
+        self.generator_losses = whole(self._generator_losses)
+        self._teacher_call = (None, None)  # (teacher, its callable), made when first needed
         backbone_lr = cfg["lr"]
         if cfg["ea_init"] not in ("pretrained", "teacher"):
             raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
@@ -193,7 +204,6 @@ class DGNet(Method):
         self.erase = BatchAugment(flip_p=0.0, pad=0, erase_p=cfg["erasing"], mean=(0.0, 0.0, 0.0),
                                   std=(1.0, 1.0, 1.0))
         self.teacher = None  # loaded by configure() (training only), unless already set (benchmarks)
-        self.faithful = bool(cfg["faithful"])
         self.networks = {"ea": self.ea, "gen": self.gen, "dis": self.dis}
         self.optimizers = {"ea": self.opt_ea, "gen": self.opt_gen, "dis": self.opt_dis}
         self.schedulers = {}
@@ -285,26 +295,32 @@ class DGNet(Method):
                 "cycle": ramp(it, start, rate, cfg["cycle_w"]), "prim": prim, "fine": cfg["fine_ratio"] * prim}
 
     # --- Ea as the generator losses see it (no gradient reaches Ea) -------------------------------------------
-    def _frozen_ea(self):
-        """Ea with frozen parameters and BatchNorm in batch-statistics mode, its running statistics untouched:
-        (code, primary_logits) of the frozen view, or in --faithful mode of the original's per-iteration deep
-        copy of Ea."""
-        if self.faithful:
-            copy_ = copy.deepcopy(self.ea)
-            copy_.requires_grad_(False)
-            return copy_.appearance, lambda x: copy_(x)[1]
-        self.frozen_ea.train()
-        return lambda x: self.frozen_call(x)[0], lambda x: self.frozen_call(x)[1]
+    def _code(self, x):
+        """The appearance code of Ea with frozen parameters and BatchNorm in batch-statistics mode, its running
+        statistics untouched: the frozen view's, or under --faithful the iteration's deep copy's."""
+        return self._ea_copy.appearance(x) if self.faithful else self.frozen_call(x)[0]
+
+    def _primary_logits(self, x):
+        return self._ea_copy(x)[1] if self.faithful else self.frozen_call(x)[1]
+
+    def _loader_batches(self, **groups):
+        """Within the block, the split BatchNorm layers of Ea (ea=g) and of its frozen view (frozen=g) treat a
+        batch as g loader batches: the fast order's batched calls. Set around a whole (compiled) step function,
+        whose graph holds each count as a constant; nothing under --faithful (one call per loader batch)."""
+        stack = contextlib.ExitStack()
+        if not self.faithful:
+            for name, count in groups.items():
+                stack.enter_context(batchnorm_groups({"ea": self.ea, "frozen": self.frozen_ea}[name], count))
+        return stack
 
     # --- Es, G, D and Ea over several inputs: one batched call, or one call each (--faithful) -------------
-    def _batched(self, fn, *inputs, split: nn.Module | None = None):
+    def _batched(self, fn, *inputs):
         """fn over several aligned input groups, e.g. _batched(G, [s1, s2], [f1, f2]) -> [G(s1, f1), G(s2, f2)].
-        `split`: the network (Ea or its frozen view) whose BatchNorm takes each group's own statistics."""
+        Ea and its frozen view take each group's own batch statistics under _loader_batches."""
         if self.faithful:
             return [fn(*args) for args in zip(*inputs)]
         sizes = [x.shape[0] for x in inputs[0]]
-        with batchnorm_groups(split, len(sizes)) if split is not None else contextlib.nullcontext():
-            out = fn(*[torch.cat(group) for group in inputs])
+        out = fn(*[torch.cat(group) for group in inputs])
         if isinstance(out, (list, tuple)):  # D: one output per scale; Ea: code, primary and fine logits
             return _per_group(out, sizes)
         return list(out.split(sizes))
@@ -329,20 +345,23 @@ class DGNet(Method):
     def _real_scores(self, reals: list[torch.Tensor], r1: bool):
         """(D's outputs per real image group and scale, as _batched gives them; the R1 penalty or zero)."""
         if not r1:
-            return self._batched(self.train_dis, reals), reals[0].new_zeros((), dtype=torch.float32)
+            return self._batched(self.dis_call, reals), reals[0].new_zeros((), dtype=torch.float32)
         if self.faithful:  # one call per group, as the original
-            parts = [self.train_r1(x, [x.shape[0]]) for x in reals]
+            parts = [self.r1_call(x, [x.shape[0]]) for x in reals]
             return [p[0] for p in parts], sum(p[1] for p in parts)
         sizes = [x.shape[0] for x in reals]
-        scores, penalty = self.train_r1(torch.cat(reals), sizes)
+        scores, penalty = self.r1_call(torch.cat(reals), sizes)
         return _per_group(scores, sizes), penalty
 
     @torch.no_grad()
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
         """The teacher's soft label: its softmax averaged over the image and its mirror."""
-        if self._teacher_call[0] is not self.teacher:  # set by configure(), or directly by benchmarks
-            self._teacher_call = (self.teacher, self.run.wrap(self.teacher))
-        logits, _ = self._teacher_call[1](torch.cat([images, images.flip(3)]))
+        teacher = self.teacher
+        if self.faithful:  # its own compiled callable (made when first needed: configure() or a benchmark sets it)
+            if self._teacher_call[0] is not self.teacher:
+                self._teacher_call = (self.teacher, self.run.wrap(self.teacher))
+            teacher = self._teacher_call[1]
+        logits, _ = teacher(torch.cat([images, images.flip(3)]))
         return logits.float().softmax(1).view(2, images.shape[0], -1).mean(0)
 
     def _split(self, batch):
@@ -357,91 +376,118 @@ class DGNet(Method):
         pids = batch["pid"][:, 0]
         return x[:half, 0], x[:half, 1], x[half:, 0], x[half:, 1], pids[:half], pids[half:]
 
-    def _generate(self, code, x_a, x_p, x_b, x_q):
-        """Codes of the real images and the generator pass: swaps [x_ba, x_ab], self reconstructions
-        [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq]."""
+    def _generator_pass(self, x_a, x_p, x_b, x_q):
+        """Codes of the real images and the generator pass: ((f_a, f_b, f_p, f_q), (s_a, s_b), swaps [x_ba, x_ab],
+        self reconstructions [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq])."""
         with torch.no_grad():  # the appearance code is detached from the generator losses
-            f_a, f_p, f_b, f_q = self._batched(code, [x_a, x_p, x_b, x_q], split=self.frozen_ea)
-        s_a, s_b = self._batched(self.train_es, [x_a, x_b])
-        x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.train_dec, [s_b, s_a, s_a, s_b, s_a, s_b],
+            f_a, f_p, f_b, f_q = self._batched(self._code, [x_a, x_p, x_b, x_q])
+        s_a, s_b = self._batched(self.es, [x_a, x_b])
+        x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.dec, [s_b, s_a, s_a, s_b, s_a, s_b],
                                                            [f_a, f_b, f_a, f_b, f_p, f_q])
-        return (f_a, f_b), (s_a, s_b), (x_ba, x_ab), (x_aa, x_bb, x_ap, x_bq)
+        return (f_a, f_b, f_p, f_q), (s_a, s_b), (x_ba, x_ab), (x_aa, x_bb, x_ap, x_bq)
+
+    def _discriminator_losses(self, x_a, x_b, x_ba, x_ab):
+        """D's step: (LSGAN of x_a vs x_ba and x_b vs x_ab summed over the scales, the R1 penalty on x_a and x_b, or
+        zero when its weight is 0). D has no normalization: its generated and real halves may run as separate calls."""
+        d_fake = self._batched(self.dis_call, [x_ba, x_ab])
+        d_real, r1 = self._real_scores([x_a, x_b], self.run.cfg["r1_w"] > 0)
+        loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean()
+                     for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
+        return loss_d, r1
+
+    def _generator_losses(self, x_a, x_b, y_a, y_b, codes, structures, swaps, recons, erase_draws,
+                          code_on: bool, prim_on: bool):
+        """The G + Ea step's unweighted losses (D frozen by the caller) and Ea's accuracy on the real images.
+        erase_draws: random erasing's draws (BatchAugment.erase_draws) for id_gen's swaps, Ea's real images and,
+        with prim_on, primary learning's swaps, B rows each in that order. code_on: the code and cycle
+        reconstructions are on (their passes skipped while all their weights are 0)."""
+        f_a, f_b = codes[:2]
+        s_a, s_b = structures
+        x_ba, x_ab = swaps
+        x_aa, x_bb, x_ap, x_bq = recons
+        out = {}
+        zero = torch.zeros((), device=x_a.device)
+        draws = erase_draws.split(x_a.shape[0])
+        l1 = lambda a, b: F.l1_loss(a.float(), b.float())  # noqa: E731
+        out["recon_x"] = l1(x_aa, x_a) + l1(x_bb, x_b) + l1(x_ap, x_a) + l1(x_bq, x_b)
+        out["adv"] = sum((o.float() - 1).square().mean() for d in self._batched(self.dis_call, swaps) for o in d)
+        # id_gen's erased swaps, and the swaps for the code reconstruction when it is on: one call of Ea's frozen
+        # view for all of them (the original: one call each)
+        erased = [self.erase.erase_with(x, d) for x, d in zip(swaps, draws[:2])]
+        if self.faithful:
+            logits = [self._primary_logits(x) for x in erased]
+            codes = [self._code(x_ba), self._code(x_ab)] if code_on else []
+        else:
+            groups = erased + ([x_ba, x_ab] if code_on else [])
+            outs = self._batched(self.frozen_call, [x.to(x_a.dtype) for x in groups])
+            logits, codes = [o[1] for o in outs[:2]], [o[0] for o in outs[2:]]
+        out["id_gen"] = F.cross_entropy(logits[0].float(), y_a) + F.cross_entropy(logits[1].float(), y_b)
+        out["recon_f"] = out["recon_s"] = out["cycle"] = zero
+        if code_on:
+            f_a_rec, f_b_rec = codes
+            # generated images are bf16 under AMP and real ones fp32: Es and Ea take the real images' dtype (exact
+            # for bf16), the dtype their other calls see
+            s_b_rec, s_a_rec = self._batched(self.es, [x_ba.to(x_a.dtype), x_ab.to(x_a.dtype)])
+            out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
+            out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
+            x_aba, x_bab = self._batched(self.dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
+            out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
+        # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps; one call
+        # over all of them (the original: one each, in this order, which the running statistics follow)
+        inputs, softs = [self.erase.erase_with(x, d) for x, d in zip((x_a, x_b), draws[2:4])], []
+        if prim_on:
+            # the teacher (eval mode: no batch statistics) labels both swaps in one call
+            softs = self._batched(self.teacher_labels, [x_ba.detach(), x_ab.detach()])
+            inputs += [self.erase.erase_with(swap.detach().to(x_a.dtype), d) for swap, d in zip(swaps, draws[4:])]
+        heads = self._batched(self.ea_call, inputs)
+        out["id"] = zero
+        accuracy = zero
+        for (_, primary, fine), y in zip(heads[:2], (y_a, y_b)):
+            out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
+            accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
+        out["prim"] = out["fine"] = zero
+        # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
+        for (_, primary, fine), soft, structure_donor in zip(heads[2:], softs, (y_b, y_a)):
+            out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
+            out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
+        return out, accuracy
 
     def train_step(self, batch, it):
         run, cfg = self.run, self.run.cfg
         w = self.loss_weights(it)
         x_a, x_p, x_b, x_q, y_a, y_b = self._split(batch)
         code_on = w["recon_f"] > 0 or w["recon_s"] > 0 or w["cycle"] > 0
-        code, primary_logits = self._frozen_ea()
+        prim_on = w["prim"] > 0
+        # random erasing of the identity losses' inputs, drawn here: a compiled graph cannot take the run's generator
+        erase_draws = self.erase.erase_draws((6 if prim_on else 4) * x_a.shape[0], run.generator, x_a.device)
+        if self.faithful:  # the original's per-iteration deep copy of Ea, for the generator-side losses
+            self._ea_copy = copy.deepcopy(self.ea).requires_grad_(False)
+        elif not self.frozen_ea.training:  # in training mode as the copy would be (its heads' dropout on)
+            self.frozen_ea.train()
 
         with run.autocast():
             if self.faithful:  # the original: D's step runs its own generator pass without gradients
                 with torch.no_grad():
-                    swaps = self._generate(code, x_a, x_p, x_b, x_q)[2]
-            else:
-                (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
+                    swaps = self.generator_pass(x_a, x_p, x_b, x_q)[2]
+            else:  # the swaps of this one pass serve both steps
+                with self._loader_batches(frozen=4):
+                    generated = self.generator_pass(x_a, x_p, x_b, x_q)
+                swaps = generated[2]
             # D step: LSGAN on (x_ba vs x_a) and (x_ab vs x_b), R1 on the real images, every scale
             self.dis.requires_grad_(True)
-            # D has no normalization: its generated and real halves may run as separate calls
-            d_fake = self._batched(self.train_dis, [swaps[0].detach(), swaps[1].detach()])
-            d_real, r1 = self._real_scores([x_a.detach(), x_b.detach()], cfg["r1_w"] > 0)
-        loss_d = sum(o.float().square().mean() + (r.float() - 1).square().mean()
-                     for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
+            loss_d, r1 = self.discriminator_losses(x_a, x_b, swaps[0].detach(), swaps[1].detach())
         self.opt_dis.zero_grad(set_to_none=True)
         run.backward(loss_d + cfg["r1_w"] * r1)
         run.step(self.opt_dis)
 
         # G + Ea step
         self.dis.requires_grad_(False)  # G's adversarial loss must not leave gradients in D
-        out = {}
-        zero = torch.zeros((), device=x_a.device)
-        l1 = lambda a, b: F.l1_loss(a.float(), b.float())  # noqa: E731
         with run.autocast():
             if self.faithful:
-                (f_a, f_b), (s_a, s_b), swaps, recons = self._generate(code, x_a, x_p, x_b, x_q)
-            x_ba, x_ab = swaps
-            x_aa, x_bb, x_ap, x_bq = recons
-            out["recon_x"] = l1(x_aa, x_a) + l1(x_bb, x_b) + l1(x_ap, x_a) + l1(x_bq, x_b)
-            out["adv"] = sum((o.float() - 1).square().mean() for d in self._batched(self.train_dis, swaps) for o in d)
-            # id_gen's erased swaps, and the swaps for the code reconstruction when it is on: one call of Ea's frozen
-            # view for all of them (the original: one call each)
-            erased = [self.erase(x_ba, run.generator), self.erase(x_ab, run.generator)]
-            if self.faithful:
-                logits = [primary_logits(x) for x in erased]
-                codes = [code(x_ba), code(x_ab)] if code_on else []
-            else:
-                groups = erased + ([x_ba, x_ab] if code_on else [])
-                outs = self._batched(self.frozen_call, [x.to(x_a.dtype) for x in groups], split=self.frozen_ea)
-                logits, codes = [o[1] for o in outs[:2]], [o[0] for o in outs[2:]]
-            out["id_gen"] = F.cross_entropy(logits[0].float(), y_a) + F.cross_entropy(logits[1].float(), y_b)
-            out["recon_f"] = out["recon_s"] = out["cycle"] = zero
-            if code_on:  # all three weights are 0 during the warm-up: skip these passes
-                f_a_rec, f_b_rec = codes
-                # generated images are bf16 under AMP and real ones fp32: Es and Ea take the real images' dtype
-                # (exact for bf16) so that their compiled graphs are not compiled a second time for the other dtype
-                s_b_rec, s_a_rec = self._batched(self.train_es, [x_ba.to(x_a.dtype), x_ab.to(x_a.dtype)])
-                out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
-                out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
-                x_aba, x_bab = self._batched(self.train_dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
-                out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
-            # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps; one
-            # call over all of them (the original: one each, in this order, which the running statistics follow)
-            inputs, softs = [self.erase(x, run.generator) for x in (x_a, x_b)], []
-            if w["prim"] > 0:
-                # the teacher (eval mode: no batch statistics) labels both swaps in one call
-                softs = self._batched(self.teacher_labels, [x_ba.detach(), x_ab.detach()])
-                inputs += [self.erase(swap.detach().to(x_a.dtype), run.generator) for swap in (x_ba, x_ab)]
-            heads = self._batched(self.train_ea, inputs, split=self.ea)
-            out["id"] = zero
-            accuracy = zero
-            for (_, primary, fine), y in zip(heads[:2], (y_a, y_b)):
-                out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
-                accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
-            out["prim"] = out["fine"] = zero
-            # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
-            for (_, primary, fine), soft, structure_donor in zip(heads[2:], softs, (y_b, y_a)):
-                out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
-                out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
+                generated = self.generator_pass(x_a, x_p, x_b, x_q)
+            with self._loader_batches(frozen=4 if code_on else 2, ea=4 if prim_on else 2):
+                out, accuracy = self.generator_losses(x_a, x_b, y_a, y_b, *generated, erase_draws, code_on, prim_on)
+        self._ea_copy = None
         loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]
                 + w["cycle"] * out["cycle"] + cfg["id_gen_w"] * out["id_gen"] + cfg["adv_w"] * out["adv"]
                 + cfg["id_w"] * out["id"] + w["prim"] * out["prim"] + w["fine"] * out["fine"])

@@ -46,6 +46,20 @@ def test_dgnet_on_the_gpu(tiny_root, tmp_path):
     assert records[-1]["w/prim"] > 0  # the last iterations run with every loss on
 
 
+def test_dgnet_compiled_under_cuda_graphs_on_the_gpu(tiny_root, tmp_path, capsys):
+    # DG-Net's three whole-step graphs compiled with channels_last and bf16 as on a GPU and replayed as CUDA graphs
+    # (bench/train_step.py's cudagraphs configuration): the generator pass's backward waits through D's step, and
+    # the warm-up's end (iteration WARM) makes the G + Ea losses' second graph
+    teacher = tmp_path / "teacher"
+    assert main(on_gpu(tiny_args(tiny_root, teacher, "--iters", "2", "--last-stride", "1"))) == 0
+    args = on_gpu(dgnet_args(tiny_root, tmp_path / "d", "--teacher", str(teacher), "--iters", "5"))
+    assert main(args[:-1] + ["--compile", "--compile-mode", "reduce-overhead"]) == 0
+    assert "compile on (reduce-overhead mode)" in capsys.readouterr().err
+    records = finite_losses(tmp_path / "d")
+    assert records[0]["w/prim"] == 0 and records[-1]["w/prim"] > 0 and records[-1]["cycle"] > 0
+    assert len({r["loss"] for r in records}) == len(records)  # each step's own losses, not a replay's outputs
+
+
 def test_fdgan_on_the_gpu(tiny_root, tmp_path):
     assert main(on_gpu(fdgan_args(tiny_root, tmp_path / "f", "--stage-iters", "2", "2", "2"))) == 0
     for stage in (1, 2, 3):
