@@ -78,6 +78,29 @@ def test_erase_only_augmentation_changes_nothing_outside_the_erased_boxes():
     assert torch.equal(untouched, images) and untouched.data_ptr() != images.data_ptr()
 
 
+def test_erasing_by_draws_made_apart_is_the_augmentations_erasing():
+    # a compiled training step (DG-Net's) erases by draws made outside its graph: the same rectangles, from the same
+    # random stream, as the augmentation erasing on its own; traced whole by torch.compile
+    images = torch.randn(32, 3, 20, 12, generator=torch.Generator().manual_seed(0))
+    augment = BatchAugment(flip_p=0.0, pad=0, erase_p=0.6, erase_value=(1.0, 2.0, 3.0), mean=(0.0,) * 3,
+                           std=(1.0,) * 3)
+    expected = augment(images, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    torch.rand(32, generator=g), torch.rand((32, 2), generator=g)  # the flip and crop draws the augmentation makes
+    draws = augment.erase_draws(32, g)
+    assert draws.shape == (32, 23) and 0 <= draws.min() and draws.max() < 1
+    erased = augment.erase_with(images, draws)
+    assert torch.equal(erased, expected)
+    changed = (erased != images).any(1).flatten(1).any(1)
+    assert 0 < changed.sum() < 32  # erase_p 0.6: some images keep every pixel
+    compiled = torch.compile(augment.erase_with, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(images, draws), expected)
+    with pytest.raises(ValueError, match=r"erase draws must be \(32, 23\)"):
+        augment.erase_with(images, draws[:, :20])
+    with pytest.raises(ValueError, match="erase_value='random'"):
+        BatchAugment(erase_value="random").erase_with(images, draws)
+
+
 def test_aligned_masks_and_keypoints_follow_the_images():
     b, h, w = 8, 16, 8
     images = torch.zeros(b, 3, h, w, dtype=torch.uint8)
