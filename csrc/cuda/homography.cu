@@ -123,6 +123,10 @@ __device__ __forceinline__ DevicePoint<T, Off> resolve_point(const T* __restrict
 template <int kChannels>
 using Channels = std::integral_constant<int, kChannels>;
 
+// Output points per thread of the backward kernel, as a compile-time constant.
+template <int kPoints>
+using Points = std::integral_constant<int, kPoints>;
+
 // A type carried as a value, so that a generic lambda can name it (std::type_identity is C++20; we build as C++17).
 template <typename T>
 struct TypeTag {
@@ -384,21 +388,24 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cuda(const at::Tenso
       dispatch_shape(g.C, narrow_offsets(g), [&](auto channels, auto offset) {
         constexpr int kC = decltype(channels)::value;
         using Off = typename decltype(offset)::type;
+        // variant: (which gradients, points per thread) as compile-time constants
+        auto launch = [&](auto need_img_c, auto need_h_c, auto points_c) {
+          homography_backward_kernel<scalar_t, decltype(need_img_c)::value, decltype(need_h_c)::value, kC, Off,
+                                     decltype(points_c)::value><<<blocks, kThreads, 0, stream>>>(
+              gop, ip, hp, gip, pp, done, gh, g);
+        };
+        using Yes = std::true_type;
+        using No = std::false_type;
         if (need_img && need_h)
-          homography_backward_kernel<scalar_t, true, true, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
-              gop, ip, hp, gip, pp, done, gh, g);
+          launch(Yes{}, Yes{}, Points<1>{});
         else if (need_img)
-          homography_backward_kernel<scalar_t, true, false, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
-              gop, ip, hp, gip, pp, done, gh, g);
+          launch(Yes{}, No{}, Points<1>{});
         else if (points_per_thread == 4)
-          homography_backward_kernel<scalar_t, false, true, kC, Off, 4><<<blocks, kThreads, 0, stream>>>(
-              gop, ip, hp, gip, pp, done, gh, g);
+          launch(No{}, Yes{}, Points<4>{});
         else if (points_per_thread == 2)
-          homography_backward_kernel<scalar_t, false, true, kC, Off, 2><<<blocks, kThreads, 0, stream>>>(
-              gop, ip, hp, gip, pp, done, gh, g);
+          launch(No{}, Yes{}, Points<2>{});
         else
-          homography_backward_kernel<scalar_t, false, true, kC, Off, 1><<<blocks, kThreads, 0, stream>>>(
-              gop, ip, hp, gip, pp, done, gh, g);
+          launch(No{}, Yes{}, Points<1>{});
       });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
