@@ -3,8 +3,9 @@
 # builds the extension, runs the `gpu` tests, runs every benchmark, and writes JSON + a markdown table under
 # bench/results/ named by date and GPU. Measured on H100 and H200 machines (16 cores): build 34 to 52 s, gpu tests 1
 # to 3 min, op benchmarks a few minutes, and per training case 1 to 8 minutes, most of it torch.compile's first step
-# (DG-Net b8: 127 s once, since then more compiled and past 220-230 s three times: give it
-# REIDFAST_TRAIN_CONFIGS=reidfast and REIDFAST_TRAIN_TIMEOUT=500 alone; SA-GAN: 147 s with its two whole-step
+# (DG-Net b8: 127 s once, since then more compiled and past 220-230 s three times; its three whole-step graphs,
+# not yet compiled on a GPU, took 409 s on a 2-core CPU against 380 s for the graphs per network: give it
+# REIDFAST_TRAIN_TIMEOUT=500 alone; SA-GAN: 147 s with its two whole-step
 # graphs, the case 198 s in all; FD-GAN stage III: 184 s, the reference and reidfast rows 230 s): everything at once takes
 # well over 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
@@ -25,7 +26,7 @@
 #                                                     one case its own configurations)
 #   REIDFAST_TRAIN_CONFIGS="reidfast"               the training configurations (default reference,no-compile,
 #                                                     reidfast; the speedups need the reference; also
-#                                                     cudagraphs: reidfast under CUDA graphs, not yet run on a GPU)
+#                                                     cudagraphs: reidfast under CUDA graphs)
 #   REIDFAST_TRAIN_PROFILE=1                          also profile 3 steps of each configuration and write the ops
 #                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
 #   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
