@@ -29,7 +29,9 @@ Faster without changing the mathematics (``--faithful`` runs the original's orde
 and per discriminator input): the two branches of E run as one batched pass, D_id's backbone runs once per step
 on the distinct images [a, t, o, y_a, y_o] (the real a's forward serves both the real and the fake pair) and D_pd
 once on [t, y_a, y_o]; BatchNorm statistics stay per branch (SplitBatchNorm2d), so the losses are those of
-separate calls up to rounding. Plus AMP and torch.compile from the loop.
+separate calls up to rounding. Plus AMP and torch.compile from the loop: in stages II and III four functions
+compile whole, one graph each (the generator pass; D_id's loss; D_pd's loss; the G step's losses), with the backwards
+and optimizer steps between them.
 
 Stages and run folders: ``--stage all`` (default) runs stages 1, 2, 3 into RUN/stage1..3, each initialised from
 the previous stage's final checkpoint; ``--stage 2`` or ``3`` runs one stage from ``--init CHECKPOINT_OR_RUN``
@@ -40,6 +42,7 @@ read. ``--resume`` continues the stage that was running and then the ones after 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -192,7 +195,13 @@ class FDGAN(Method):
         self.e = run.place(ImageEncoder(cfg["backbone_width"], pretrained=cfg["pretrained"] if self.stage == 1
                                         else "none", log=run.log))
         self.v = run.place(Verifier(self.e.out_features))
-        self.train_e, self.train_v = run.wrap(self.e), run.wrap(self.v)
+        # Stages II and III compile four whole-step functions (the generator pass, D_id's loss, D_pd's loss, the G
+        # step's losses), networks and losses in one graph each; stage I and --faithful compile each network on its
+        # own (faithful: called once per Siamese branch and discriminator input, as in the original).
+        per_network = self.stage == 1 or self.faithful
+        wrap = run.wrap if per_network else (lambda module: module)
+        whole = (lambda fn: fn) if per_network else run.compiled
+        self.train_e, self.train_v = wrap(self.e), wrap(self.v)
         self.networks = {"e": self.e, "v": self.v}
         sgd = dict(momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         SGD, Adam = torch.optim.SGD, torch.optim.Adam
@@ -210,8 +219,10 @@ class FDGAN(Method):
             self.g = run.place(PoseGenerator(self.e.out_features, h, w, cfg["gan_width"], cfg["dropout"]))
             self.d_id = run.place(IdentityDiscriminator(cfg["backbone_width"]))
             self.d_pd = run.place(PoseDiscriminator(cfg["gan_width"]))
-            self.train_g, self.train_did = run.wrap(self.g), run.wrap(self.d_id.backbone)
-            self.train_dpd = run.wrap(self.d_pd)
+            self.train_g, self.train_did, self.train_dpd = wrap(self.g), wrap(self.d_id.backbone), wrap(self.d_pd)
+            self.generator_pass = whole(self._generator_pass)
+            self.did_loss, self.dpd_loss = whole(self._did_loss), whole(self._dpd_loss)
+            self.generator_losses = whole(self._generator_losses)
             self.networks.update(g=self.g, d_id=self.d_id, d_pd=self.d_pd)
             adam = dict(betas=(0.5, 0.999))
             if self.stage == 2:
@@ -308,31 +319,38 @@ class FDGAN(Method):
             set_batchnorm_eval(self.e)
 
     # --- one iteration --------------------------------------------------------------------------------------
+    def _groups(self, **counts):
+        """Within the block, the split BatchNorm layers of E (e=g), D_id (d_id=g) and D_pd (d_pd=g) treat a batch as
+        g separate calls: the batched passes. Set around a whole (compiled) step function, whose graph holds each
+        count as a constant; nothing under --faithful (one call per input)."""
+        stack = contextlib.ExitStack()
+        if not self.faithful:
+            for name, count in counts.items():  # the networks' attribute names
+                stack.enter_context(batchnorm_groups(getattr(self, name), count))
+        return stack
+
     def _encode(self, a, o, grad: bool):
-        """f_a, f_o: E's Siamese branches, as one batched pass (BatchNorm per branch) or two calls."""
+        """f_a, f_o: E's Siamese branches, as one batched pass (BatchNorm per branch, under _groups(e=2)) or two
+        calls."""
         with torch.set_grad_enabled(grad):
             if self.faithful:
                 return self.train_e(a), self.train_e(o)
-            with batchnorm_groups(self.e, 2):
-                return self.train_e(torch.cat([a, o])).chunk(2)
+            return self.train_e(torch.cat([a, o])).chunk(2)
 
     def _did_features(self, *groups):
-        """D_id's backbone features of several image groups: one pass with per-group BatchNorm, or a call each."""
-        # Compiled, the D step (5 groups, D_id trainable) and the G step (4 groups, D_id frozen, input needs grad)
-        # fail each other's guards (BatchNorm group count, batch, parameters' and input's requires_grad), so each
-        # gets its own graph. Sharing one would make every G step compute D_id's weight gradients and t's features,
-        # which costs more per step than the one-off second compile. D_pd is compiled twice in the same way.
+        """D_id's backbone features of several image groups: one pass with per-group BatchNorm (under
+        _groups(d_id=len(groups))), or a call each. The D step's pass (5 groups, D_id trainable) and the G step's
+        (4 groups, D_id frozen, input needs grad) belong to different whole-step graphs: one shared pass would make
+        every G step compute D_id's weight gradients and t's features."""
         if self.faithful:
             return [self.train_did(x).mean((2, 3)) for x in groups]
-        with batchnorm_groups(self.d_id, len(groups)):
-            return list(self.train_did(torch.cat(groups)).mean((2, 3)).chunk(len(groups)))
+        return list(self.train_did(torch.cat(groups)).mean((2, 3)).chunk(len(groups)))
 
     def _dpd(self, images, pose):
-        """D_pd's patch logits for several image groups in the same pose map."""
+        """D_pd's patch logits for several image groups in the same pose map (under _groups(d_pd=len(images)))."""
         if self.faithful:
             return [self.train_dpd(x, pose) for x in images]
-        with batchnorm_groups(self.d_pd, len(images)):
-            return list(self.train_dpd(torch.cat(images), pose.repeat(len(images), 1, 1, 1)).chunk(len(images)))
+        return list(self.train_dpd(torch.cat(images), pose.repeat(len(images), 1, 1, 1)).chunk(len(images)))
 
     def train_step(self, batch, it):
         self._set_modes()
@@ -344,7 +362,7 @@ class FDGAN(Method):
         x = run.images(self.augment(images.flatten(0, 1), run.generator))
         x = x.view(images.shape[:2] + x.shape[1:])
         same = (batch["pid"][:, 0] == batch["pid"][:, 1]).long()
-        with run.autocast():
+        with run.autocast(), self._groups(e=2):
             f_a, f_o = self._encode(x[:, 0], x[:, 1], grad=True)
             logits = self.train_v(f_a, f_o)
             if "cls" in self.networks:
@@ -385,6 +403,45 @@ class FDGAN(Method):
                 "id_real": uniform(pairs, 0.7, 1.0), "id_fake": uniform(2 * pairs, 0.0, 0.3),
                 "pd_real": uniform(pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3)}
 
+    # --- stages II and III: the four parts of a step (each one compiled graph) ------------------------------------
+    def _generator_pass(self, a, o, pose, noise):
+        """(V's logits on (f_a, f_o) in stage III, else None; G's images [y_a; y_o] of both branches in the target
+        pose), E with gradient in stage III only."""
+        joint = self.stage == 3
+        f_a, f_o = self._encode(a, o, grad=joint)
+        logits = self.train_v(f_a, f_o) if joint else None
+        fake = self.train_g(torch.cat([f_a, f_o]), pose.repeat(2, 1, 1, 1), noise.repeat(2, 1))
+        return logits, fake
+
+    def _did_loss(self, a, t, o, fake, id_real, id_fake):
+        """D_id's loss: real pair (a, t), fake pairs (a, y_a), (o, y_o) (fake: [y_a; y_o] in generator range)."""
+        h_a, h_t, h_o, h_ya, h_yo = self._did_features(a, t, o, *from_generator_range(fake).chunk(2))
+        real_logit = self.d_id.head(h_a, h_t)
+        fake_logit = torch.cat([self.d_id.head(h_a, h_ya), self.d_id.head(h_o, h_yo)])
+        return _bce(real_logit, id_real) + _bce(fake_logit, id_fake)
+
+    def _dpd_loss(self, t_gen, y_a, y_o, pose, pd_real, pd_fake):
+        """D_pd's loss: real [t, p], fake [y_a, p], [y_o, p]."""
+        real_pd, fake_pd_a, fake_pd_o = self._dpd([t_gen, y_a, y_o], pose)
+        return _bce(real_pd, pd_real) + _bce(torch.cat([fake_pd_a, fake_pd_o]), pd_fake)
+
+    def _generator_losses(self, a, o, fake, t_gen, pose, same, logits):
+        """The G step's unweighted losses (the discriminators frozen by the caller); in stage III also L_v and V's
+        accuracy from the generator pass's logits."""
+        out = {}
+        y_a, y_o = fake.chunk(2)
+        g_a, g_o, g_ya, g_yo = self._did_features(a, o, *from_generator_range(fake).chunk(2))
+        out["id"] = _bce(torch.cat([self.d_id.head(g_a, g_ya), self.d_id.head(g_o, g_yo)]), 1.0)
+        out["pd"] = _bce(torch.cat(self._dpd([y_a, y_o], pose)), 1.0)
+        positive = same.float()
+        rec_a, rec_o = _per_sample_l1(y_a, t_gen), _per_sample_l1(y_o, t_gen)
+        out["r"] = (rec_a.sum() + (rec_o * positive).sum()) / (positive.numel() + positive.sum())
+        out["sp"] = (_per_sample_l1(y_a, y_o) * positive).sum() / positive.sum().clamp(min=1)
+        if logits is not None:
+            out["v"] = F.cross_entropy(logits.float(), same.long())
+            out["acc"] = (logits.detach().argmax(1) == same.long()).float().mean()
+        return out
+
     def _gan_step(self, batch):
         run, w = self.run, self.weights
         images = batch["image"]  # (P, 3, 3, H, W): anchor, other, target
@@ -394,32 +451,23 @@ class FDGAN(Method):
         r = self._draws(pairs, a.device)
         pose = self.pose_maps(batch["keypoints"][:, 2], r["sigma"])
         joint = self.stage == 3
-        out = {}
-        with run.autocast():
-            f_a, f_o = self._encode(a, o, grad=joint)
-            if joint:
-                logits = self.train_v(f_a, f_o)
-            fake = self.train_g(torch.cat([f_a, f_o]), pose.repeat(2, 1, 1, 1), r["noise"].repeat(2, 1))
-            y_a, y_o = fake.chunk(2)
+        with run.autocast(), self._groups(e=2):
+            logits, fake = self.generator_pass(a, o, pose, r["noise"])
+        y_a, y_o = fake.chunk(2)
         t_gen = to_generator_range(t)
 
         # D_id step: real pair (a, t), fake pairs (a, y_a), (o, y_o)
         self.d_id.requires_grad_(True)
-        with run.autocast():
-            fake_n = from_generator_range(fake.detach())
-            h_a, h_t, h_o, h_ya, h_yo = self._did_features(a, t, o, *fake_n.chunk(2))
-            real_logit = self.d_id.head(h_a, h_t)
-            fake_logit = torch.cat([self.d_id.head(h_a, h_ya), self.d_id.head(h_o, h_yo)])
-        loss_did = _bce(real_logit, r["id_real"]) + _bce(fake_logit, r["id_fake"])
+        with run.autocast(), self._groups(d_id=5):
+            loss_did = self.did_loss(a, t, o, fake.detach(), r["id_real"], r["id_fake"])
         self.optimizers["d_id"].zero_grad(set_to_none=True)
         run.backward(loss_did)
         run.step(self.optimizers["d_id"])
 
         # D_pd step: real [t, p], fake [y_a, p], [y_o, p]
         self.d_pd.requires_grad_(True)
-        with run.autocast():
-            real_pd, fake_pd_a, fake_pd_o = self._dpd([t_gen, y_a.detach(), y_o.detach()], pose)
-        loss_dpd = _bce(real_pd, r["pd_real"]) + _bce(torch.cat([fake_pd_a, fake_pd_o]), r["pd_fake"])
+        with run.autocast(), self._groups(d_pd=3):
+            loss_dpd = self.dpd_loss(t_gen, y_a.detach(), y_o.detach(), pose, r["pd_real"], r["pd_fake"])
         self.optimizers["d_pd"].zero_grad(set_to_none=True)
         run.backward(loss_dpd)
         run.step(self.optimizers["d_pd"])
@@ -427,19 +475,11 @@ class FDGAN(Method):
         # G step (+ E and V in stage III); the discriminators keep no gradients
         self.d_id.requires_grad_(False)
         self.d_pd.requires_grad_(False)
-        with run.autocast():
-            g_a, g_o, g_ya, g_yo = self._did_features(a, o, *from_generator_range(fake).chunk(2))
-            out["id"] = _bce(torch.cat([self.d_id.head(g_a, g_ya), self.d_id.head(g_o, g_yo)]), 1.0)
-            out["pd"] = _bce(torch.cat(self._dpd([y_a, y_o], pose)), 1.0)
-        positive = same.float()
-        rec_a, rec_o = _per_sample_l1(y_a, t_gen), _per_sample_l1(y_o, t_gen)
-        out["r"] = (rec_a.sum() + (rec_o * positive).sum()) / (pairs + positive.sum())
-        out["sp"] = (_per_sample_l1(y_a, y_o) * positive).sum() / positive.sum().clamp(min=1)
+        with run.autocast(), self._groups(d_id=4, d_pd=2):
+            out = self.generator_losses(a, o, fake, t_gen, pose, same, logits)
         loss = w["id"] * out["id"] + w["pd"] * out["pd"] + w["r"] * out["r"] + w["sp"] * out["sp"]
         names = ("g",)
         if joint:
-            out["v"] = F.cross_entropy(logits.float(), same.long())
-            out["acc"] = (logits.detach().argmax(1) == same.long()).float().mean()
             loss = loss + w["v"] * out["v"]
             names = ("e", "g", "v")
         for name in names:
