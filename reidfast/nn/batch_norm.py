@@ -103,3 +103,13 @@ def batchnorm_groups(module: nn.Module, groups: int):
     finally:
         for m in layers:
             m.groups = 1
+
+
+@contextlib.contextmanager
+def batchnorm_groups_of(counts):
+    """:func:`batchnorm_groups` of several modules at once; counts: (module, groups) pairs. A trainer's compiled
+    whole-step function holds each count as a constant of its graph: set the counts around its call, not inside."""
+    with contextlib.ExitStack() as stack:
+        for module, groups in counts:
+            stack.enter_context(batchnorm_groups(module, groups))
+        yield

@@ -52,7 +52,7 @@ from torch import nn
 from ..data import BatchAugment, BatchedSampler, SameIdentityPairSampler, normalize
 from ..models.baseline import ReidBaseline
 from ..models.dgnet import AppearanceEncoder, Generator, MultiScaleDiscriminator
-from ..nn import batchnorm_groups, split_batchnorm
+from ..nn import batchnorm_groups_of, split_batchnorm
 from .checkpoint import CheckpointError, LATEST, load_checkpoint, resolve_checkpoint
 from .loop import Method, WarmupStepSchedule
 from .penalties import input_gradient
@@ -307,11 +307,10 @@ class DGNet(Method):
         """Within the block, the split BatchNorm layers of Ea (ea=g) and of its frozen view (frozen=g) treat a
         batch as g loader batches: the fast order's batched calls. Set around a whole (compiled) step function,
         whose graph holds each count as a constant; nothing under --faithful (one call per loader batch)."""
-        stack = contextlib.ExitStack()
-        if not self.faithful:
-            for name, count in groups.items():
-                stack.enter_context(batchnorm_groups({"ea": self.ea, "frozen": self.frozen_ea}[name], count))
-        return stack
+        if self.faithful:
+            return contextlib.nullcontext()
+        return batchnorm_groups_of([({"ea": self.ea, "frozen": self.frozen_ea}[name], count)
+                                    for name, count in groups.items()])
 
     # --- Es, G, D and Ea over several inputs: one batched call, or one call each (--faithful) -------------
     def _batched(self, fn, *inputs):

@@ -54,7 +54,7 @@ from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPair
 from ..models.baseline import ClassBlock
 from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
                             Verifier, from_generator_range, set_batchnorm_eval, to_generator_range)
-from ..nn import batchnorm_groups
+from ..nn import batchnorm_groups_of
 from .checkpoint import (LATEST, CheckpointError, copy_atomically, load_checkpoint, resolve_checkpoint,
                          write_text_atomically)
 from .loop import LinearDecaySchedule, Method, Trainer, WarmupStepSchedule, default_run_dir
@@ -323,11 +323,9 @@ class FDGAN(Method):
         """Within the block, the split BatchNorm layers of E (e=g), D_id (d_id=g) and D_pd (d_pd=g) treat a batch as
         g separate calls: the batched passes. Set around a whole (compiled) step function, whose graph holds each
         count as a constant; nothing under --faithful (one call per input)."""
-        stack = contextlib.ExitStack()
-        if not self.faithful:
-            for name, count in counts.items():  # the networks' attribute names
-                stack.enter_context(batchnorm_groups(getattr(self, name), count))
-        return stack
+        if self.faithful:
+            return contextlib.nullcontext()
+        return batchnorm_groups_of([(getattr(self, name), count) for name, count in counts.items()])
 
     def _encode(self, a, o, grad: bool):
         """f_a, f_o: E's Siamese branches, as one batched pass (BatchNorm per branch, under _groups(e=2)) or two

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from reidfast.models.backbone import ResNet50
-from reidfast.nn import SplitBatchNorm1d, SplitBatchNorm2d, batchnorm_groups, split_batchnorm
+from reidfast.nn import SplitBatchNorm1d, SplitBatchNorm2d, batchnorm_groups, batchnorm_groups_of, split_batchnorm
 
 
 def _randomize(bn):
@@ -180,3 +180,19 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="groups must be >= 1"):
         with batchnorm_groups(bn, 0):
             pass
+
+
+def test_group_counts_of_several_modules_hold_inside_the_block_only():
+    # batchnorm_groups_of sets each module's count around a trainer's compiled step function; every count returns
+    # to 1 after the block, also when the block raises
+    a, b = split_batchnorm(nn.BatchNorm2d(3)), split_batchnorm(nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm1d(2)))
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with batchnorm_groups_of([(a, 3), (b, 2)]):
+        assert a.groups == 3 and [m.groups for m in b] == [2, 2]
+        torch.testing.assert_close(a(x), torch.cat([nn.functional.batch_norm(c, None, None, training=True)
+                                                    for c in x.chunk(3)]))
+    assert a.groups == 1 and [m.groups for m in b] == [1, 1]
+    with pytest.raises(RuntimeError, match="inside"):
+        with batchnorm_groups_of([(a, 2), (b, 3)]):
+            raise RuntimeError("inside")
+    assert a.groups == 1 and [m.groups for m in b] == [1, 1]
