@@ -15,7 +15,7 @@
 #                                                     176 s on an H100, tests/ops 110 s, before the compiled FD-GAN
 #                                                     test, a minute or two more; the slowest 15 are listed in the
 #                                                     log; 420 s at most); none: no tests (a benchmark-only call)
-#   REIDFAST_BENCH_ONLY=adain,rank,homography,train   the benchmark suites (default all)
+#   REIDFAST_BENCH_ONLY=adain,rank,homography,train   the benchmark suites (default all; none: a tests-only call)
 #   REIDFAST_TRAIN_CASES="dgnet fdgan"                the training-iteration cases (default every case of
 #                                                     bench/train_step.py); each runs alone under its own timeout
 #                                                     (REIDFAST_TRAIN_TIMEOUT, 300 s: FD-GAN's first compiled
@@ -60,6 +60,7 @@ if [ "${REIDFAST_GPU_TESTS:-tests}" != none ]; then
 fi
 
 only=${REIDFAST_BENCH_ONLY:-adain,rank,homography,train}
+[ "$only" = none ] && only=""  # a tests-only call
 op_suites=$(echo "$only" | tr ',' '\n' | grep -v '^train$' | paste -sd, -)
 if [ -n "$op_suites" ]; then
   echo "== op benchmarks ($op_suites)"
