@@ -303,17 +303,17 @@ C10_ALWAYS_INLINE void sample_channels(const Tile<T, Off>& t, const scalar_t* __
   }
 }
 
-// sample_channels for 1 to kChannelChunk channels, chosen at run time.
-template <int kChannels = static_cast<int>(kChannelChunk), typename scalar_t, typename T, typename Off>
-C10_ALWAYS_INLINE void sample_channels_of_width(int width, bool guarded, const Tile<T, Off>& t, const scalar_t* s,
-                                                int64_t in_sc, scalar_t* d, int64_t out_sc) {
-  if constexpr (kChannels > 1) {
-    if (width < kChannels) return sample_channels_of_width<kChannels - 1>(width, guarded, t, s, in_sc, d, out_sc);
+// f(Channels<K>{}, Guard<G>{}) with K = width, 1 <= width <= kMax, and G = guarded, both read at run time: the
+// unrolled variants of a channel loop (sample_channels, grad_xy_channels) for the chunk at hand.
+template <int kMax, typename F>
+C10_ALWAYS_INLINE void dispatch_width_and_guard(int width, bool guarded, F&& f) {
+  if constexpr (kMax > 1) {
+    if (width < kMax) return dispatch_width_and_guard<kMax - 1>(width, guarded, f);
   }
   if (guarded)
-    sample_channels<kChannels, true>(t, s, in_sc, d, out_sc);
+    f(std::integral_constant<int, kMax>{}, std::true_type{});
   else
-    sample_channels<kChannels, false>(t, s, in_sc, d, out_sc);
+    f(std::integral_constant<int, kMax>{}, std::false_type{});
 }
 
 // NaN in channels [c0, c1) of the tile's points whose coordinate is NaN (dst: the tile's first output element in
@@ -334,8 +334,10 @@ C10_ALWAYS_INLINE void sample_block_planar_body(const TileBlock<T, Off>& b, cons
     const int width = static_cast<int>(std::min<int64_t>(kChannelChunk, g.C - c));  // RGB: all 3 at once
     const bool guarded = offset_zero_not_finite(src, c, c + width, g.in_sc);
     for (int k = 0; k < b.count; ++k) {
-      sample_channels_of_width(width, guarded, b.tiles[k], src + c * g.in_sc, g.in_sc,
-                               dst + c * g.out_sc + b.out_offset[k], g.out_sc);
+      dispatch_width_and_guard<static_cast<int>(kChannelChunk)>(width, guarded, [&](auto channels, auto guard) {
+        sample_channels<decltype(channels)::value, decltype(guard)::value>(
+            b.tiles[k], src + c * g.in_sc, g.in_sc, dst + c * g.out_sc + b.out_offset[k], g.out_sc);
+      });
       fill_nan_points(b.tiles[k], dst + b.out_offset[k], c, c + width, g);
     }
     c += width;
@@ -543,25 +545,6 @@ template <bool kAvx2, typename scalar_t, typename T, typename Off>
 constexpr bool kGathers = kAvx2 && std::is_same_v<scalar_t, float> && std::is_same_v<T, float> &&
                           std::is_same_v<Off, int32_t>;
 
-// grad_xy_channels for 1 to kChannelChunk channels, chosen at run time.
-template <bool kAvx2, int kChannels = static_cast<int>(kChannelChunk), typename scalar_t, typename T, typename Off>
-C10_ALWAYS_INLINE void grad_xy_channels_of_width(int width, bool guarded, Tile<T, Off>& t, const scalar_t* s,
-                                                 int64_t in_sc, const scalar_t* go, int64_t out_sc) {
-  if constexpr (kChannels > 1) {
-    if (width < kChannels)
-      return grad_xy_channels_of_width<kAvx2, kChannels - 1>(width, guarded, t, s, in_sc, go, out_sc);
-  }
-#ifdef REIDFAST_HOMOGRAPHY_AVX2
-  if constexpr (kGathers<kAvx2, scalar_t, T, Off>) {
-    if (!guarded) return grad_xy_channels_gather<kChannels>(t, s, in_sc, go, out_sc);
-  }
-#endif
-  if (guarded)
-    grad_xy_channels<kChannels, true>(t, s, in_sc, go, out_sc);
-  else
-    grad_xy_channels<kChannels, false>(t, s, in_sc, go, out_sc);
-}
-
 // dL/d(pixel coordinate) of a block's points over channels [c0, c1), a few channel planes at a time across the
 // block (see TileBlock); src, go: the sample's first channel plane in the image and in grad_out.
 template <bool kAvx2, typename scalar_t, typename T, typename Off>
@@ -577,8 +560,18 @@ C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const sca
     const bool guarded = offset_zero_not_finite(src, c, c + width, g.in_sc);
     const scalar_t* s = src + c * g.in_sc;
     for (int k = 0; k < b.count; ++k)
-      grad_xy_channels_of_width<kAvx2>(width, guarded, b.tiles[k], s, g.in_sc, go + c * g.out_sc + b.out_offset[k],
-                                       g.out_sc);
+      dispatch_width_and_guard<kChannels>(width, guarded, [&](auto channels, auto guard) {
+        constexpr int kC = decltype(channels)::value;
+        constexpr bool kGuarded = decltype(guard)::value;
+        const scalar_t* gk = go + c * g.out_sc + b.out_offset[k];
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+        if constexpr (!kGuarded && kGathers<kAvx2, scalar_t, T, Off>) {
+          grad_xy_channels_gather<kC>(b.tiles[k], s, g.in_sc, gk, g.out_sc);
+          return;
+        }
+#endif
+        grad_xy_channels<kC, kGuarded>(b.tiles[k], s, g.in_sc, gk, g.out_sc);
+      });
     c += width;
   }
 }
