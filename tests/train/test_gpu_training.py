@@ -1,6 +1,7 @@
 """Every trainer for a few iterations on a CUDA device with the GPU defaults (bf16 autocast, channels_last, the
-CUDA kernels), at the tiny sizes of the CPU tests. torch.compile is left to bench/train_step.py, which compiles
-every method at full size on the GPU. Skipped without a GPU."""
+CUDA kernels), at the tiny sizes of the CPU tests. A few compile there too (what only a GPU shows: CUDA
+convolutions' layouts, CUDA graphs); bench/train_step.py compiles every method at full size. Skipped without a
+GPU."""
 import json
 import math
 
