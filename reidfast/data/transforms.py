@@ -145,14 +145,13 @@ class BatchAugment:
     def _erase(self, images, generator):
         if self.erase_p == 0:
             return images
-        region = self._erase_region(images, self.erase_draws(images.shape[0], generator, images.device))
-        if isinstance(self.erase_value, str):  # "random": standard normal noise, as torchvision's value="random"
-            rng_device = generator.device if generator is not None else images.device
-            value = torch.randn(images.shape, generator=generator, device=rng_device,
-                                dtype=images.dtype).to(images.device)
-        else:
-            value = channel_values(self.erase_value, images)
-        return torch.where(region, value, images)
+        draws = self.erase_draws(images.shape[0], generator, images.device)
+        if not isinstance(self.erase_value, str):
+            return self.erase_with(images, draws)
+        # "random": standard normal noise, as torchvision's value="random" (drawn after the rectangles)
+        rng_device = generator.device if generator is not None else images.device
+        noise = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(images.device)
+        return torch.where(self._erase_region(images, draws), noise, images)
 
     def erase_draws(self, batch: int, generator: torch.Generator | None = None,
                     device: torch.device | str | None = None) -> torch.Tensor:
