@@ -52,6 +52,13 @@ def _counting_by_search(fn):
     return with_env(fn, "REIDFAST_RANK_COUNT", "search")
 
 
+# csrc/cuda/rank.cu kScanLimit: up to this many Q x G items the CUDA blocks find their matches by reading every
+# gallery id; above it, in the gallery grouped by id (a sort and two searches, a dozen launches).
+_SCAN_LIMIT = 1 << 27
+_GROUPS_NOTE = {"sort": "matches found in the gallery grouped by id, as above kScanLimit (csrc/cuda/rank.cu)",
+                "scan": "matches found by every block reading all gallery ids, as below kScanLimit"}
+
+
 def _numpy_loop(lab, dist):
     arrays = [t.cpu().numpy() for t in lab]
     dist_np = dist.cpu().numpy()
@@ -115,6 +122,19 @@ def cases(device: torch.device, quick: bool):
             "baselines": baselines, "slow_baselines": True, "bytes": nbytes, "note": "; ".join(notes),
             **row_extra,
         }
+        if kind == "distmat" and device.type == "cuda":  # the other way of finding each query's matches
+            other = "sort" if num_q * num_g <= _SCAN_LIMIT else "scan"
+            regrouped = with_env(ours, "REIDFAST_RANK_GROUPS", other)
+            same = regrouped()
+            assert same.mAP == result.mAP and torch.equal(same.first_hit, result.first_hit), \
+                f"REIDFAST_RANK_GROUPS={other} changed the result"
+            yield {
+                "op": "rank_eval", "pass": f"distmat-groups-by-{other}", "shape": shape, "dtype": "float32",
+                "backend": backend, "fn": regrouped, "ref": None, "ref_compiled": None, "baselines": {},
+                "slow_baselines": True, "bytes": nbytes,
+                "note": f"REIDFAST_RANK_GROUPS={other}: " + _GROUPS_NOTE[other], "scale": scale, "input": kind,
+                "precision": precision, "mAP": row_extra["mAP"], "rank1": row_extra["rank1"],
+            }
         if kind == "distmat":  # the same evaluation with the counting pass the buckets replaced
             searched = _counting_by_search(ours)
             same = searched()

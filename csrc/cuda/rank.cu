@@ -1,6 +1,6 @@
-// Ranking on CUDA: one block per query. The query's true matches come from the gallery grouped by id (sorted once
-// per call on the device), so finding them reads a few items, not the row; the block orders them by (distance,
-// index) in shared memory. One pass over the row then checks for NaN and counts, for each kept non-match ordered
+// Ranking on CUDA: one block per query. The block finds the query's true matches from the gallery's ids alone
+// (all of them, or the query's group of the gallery grouped by id when the evaluation is large: groups_by_scan),
+// reading the row only at the matches, and orders them by (distance, index) in shared memory. One pass over the row then checks for NaN and counts, for each kept non-match ordered
 // before the last match, how many matches precede it, from which one thread walks the ranks of the matches to AP
 // (rank_math.h). The count goes through the distance buckets of rank_math.h (MatchBuckets), as on the CPU: an item
 // is a multiply and a table lookup, and lands in one of up to kMaxBuckets shared counters; only the items that share
@@ -21,6 +21,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "reidfast/rank_checks.h"
@@ -63,6 +65,22 @@ __device__ __forceinline__ void for_each_row_item(const scalar_t* __restrict__ r
   }
 }
 
+// How each block finds its query's true matches. Grouping the gallery by id (a stable sort and two searches) is
+// about a dozen launches, which at Market scale the host queues more slowly than the GPU ranks (H100 run 8: 26
+// kernels, 0.26 ms of GPU time in a 0.80 ms call), and which wait for the GPU before the ranking can start. Reading
+// every gallery id instead costs each block 4 bytes per item from L2, Q x G x 4 bytes in all: 214 MB at Market
+// scale, a few tens of microseconds, but 3.8 GB at MSMT17 scale. Below kScanLimit items (Q x G; Market and
+// DukeMTMC are under it, MSMT17 above) blocks scan. REIDFAST_RANK_GROUPS=sort or =scan forces one way, for the
+// benchmark's comparison and the tests of both.
+constexpr int64_t kScanLimit = int64_t(1) << 27;
+
+bool groups_by_scan(int64_t num_q, int64_t num_g) {
+  const char* mode = std::getenv("REIDFAST_RANK_GROUPS");
+  if (mode != nullptr && std::strcmp(mode, "sort") == 0) return false;
+  if (mode != nullptr && std::strcmp(mode, "scan") == 0) return true;
+  return num_q * num_g <= kScanLimit;
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     rank_queries_kernel(const scalar_t* __restrict__ dist, int64_t row_stride, int num_g,
@@ -94,15 +112,30 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) num_matches = 0;
   __syncthreads();
 
-  // The true matches, in any order (sorted below): the same-id group, less the junk of the query's camera.
-  for (int64_t i = group_begin[q] + threadIdx.x; i < group_end[q]; i += kThreads) {
-    const int j = static_cast<int>(by_id_index[i]);
+  // The true matches, in any order (sorted below): the items with the query's id, less the junk of its camera.
+  const auto collect = [&](int j) {
     if (item_kind(g_pids[j], g_cams[j], q_pid, q_cam, ap_mode) == kMatch) {
       const int slot = atomicAdd(&num_matches, 1);
       if (slot < kMaxMatches) {
         match_d[slot] = row[j];
         match_j[slot] = j;
       }
+    }
+  };
+  if (by_id_index != nullptr) {  // the query's group of the gallery grouped by id
+    for (int64_t i = group_begin[q] + threadIdx.x; i < group_end[q]; i += kThreads)
+      collect(static_cast<int>(by_id_index[i]));
+  } else {  // every gallery id read (from L2), kUnroll loads in flight per thread
+    for (int base = threadIdx.x; base < num_g; base += kUnroll * kThreads) {
+      int32_t g[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int j = base + u * kThreads;
+        g[u] = j < num_g ? g_pids[j] : ~q_pid;  // past the end: an id that is not the query's
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (g[u] == q_pid) collect(base + u * kThreads);
     }
   }
   __syncthreads();
@@ -223,19 +256,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
   TORCH_CHECK_VALUE(num_q < (int64_t(1) << 31), "rank_queries: at most 2^31 - 1 queries per call, got ", num_q);
   TORCH_CHECK_VALUE(num_g <= std::numeric_limits<int>::max() - kUnroll * kThreads,
                     "rank_queries: at most 2^31 - 1025 gallery items on CUDA, got ", num_g);
-  // The gallery grouped by id (stable: each group in index order) and each query's group in it, on the device.
-  const auto by_id = at::sort(g_pids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor& sorted_pids = std::get<0>(by_id);
-  const at::Tensor& by_id_index = std::get<1>(by_id);
-  const at::Tensor group_begin = at::searchsorted(sorted_pids, q_pids);
-  const at::Tensor group_end = at::searchsorted(sorted_pids, q_pids, /*out_int32=*/false, /*right=*/true);
+  // Large evaluations group the gallery by id once (stable: each group in index order) and find each query's group
+  // in it, on the device; small ones let every block read all the gallery's ids instead (groups_by_scan).
+  at::Tensor by_id_index, group_begin, group_end;
+  if (!groups_by_scan(num_q, num_g)) {
+    const auto by_id = at::sort(g_pids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    const at::Tensor& sorted_pids = std::get<0>(by_id);
+    by_id_index = std::get<1>(by_id);
+    group_begin = at::searchsorted(sorted_pids, q_pids);
+    group_end = at::searchsorted(sorted_pids, q_pids, /*out_int32=*/false, /*right=*/true);
+  }
+  const auto data_or_null = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<int64_t>() : nullptr; };
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "rank_queries_cuda", [&] {
     rank_queries_kernel<scalar_t><<<static_cast<unsigned>(num_q), kThreads, 0, stream>>>(
         dist.const_data_ptr<scalar_t>(), a.row_stride, static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
         q_camids.const_data_ptr<int32_t>(), g_pids.const_data_ptr<int32_t>(), g_camids.const_data_ptr<int32_t>(),
-        by_id_index.const_data_ptr<int64_t>(), group_begin.const_data_ptr<int64_t>(),
-        group_end.const_data_ptr<int64_t>(), ap_mode, a.allow_buckets, ap.mutable_data_ptr<double>(),
+        data_or_null(by_id_index), data_or_null(group_begin), data_or_null(group_end), ap_mode, a.allow_buckets, ap.mutable_data_ptr<double>(),
         inp.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -117,22 +117,23 @@ class _TiledDistance:
             self.q = query_features / q_norm.clamp_min(1e-12)[:, None]
             gallery = gallery_features / g_norm.clamp_min(1e-12)[:, None]
             self.bias, self.alpha = gallery.new_ones(gallery.shape[0]), -1
-            q_size, g_size = q_norm, g_norm
+            self._sizes = lambda: (q_norm, g_norm)
         else:
             self.q, gallery = query_features, gallery_features
             self.bias, self.alpha = (gallery * gallery).sum(1), -2
-            q_size, g_size = (query_features * query_features).sum(1), self.bias
+            self._sizes = lambda: ((query_features * query_features).sum(1), self.bias)
         if self.bf16:
             self.q, self.gt = _bf16_operands(self.q, gallery, self.alpha, self.bias)
         else:
             self.gt = gallery.t()
-        self._keep_largest_sizes(q_size, g_size)
 
-    def _keep_largest_sizes(self, q_size, g_size):
-        # The largest row size on the query and the gallery side, (2,) float64 on the device, checked with the
-        # summary: not finite when a feature is not (NaN propagates through amax) or a size overflows. An infinite
-        # feature would otherwise rank as if nearest or farthest, silently.
-        self.largest_sizes = torch.stack([q_size.amax(), g_size.amax()]).double()
+    def largest_sizes(self) -> torch.Tensor:
+        """The largest row size on the query and the gallery side, (2,) float64 on the device, checked with the
+        summary: not finite when a feature is not (NaN propagates through amax) or a size overflows. An infinite
+        feature would otherwise rank as if nearest or farthest, silently. Queued on demand: `_rank_with_kernels`
+        asks after the first tile's GEMM, which does not need it."""
+        q_size, g_size = self._sizes()
+        return torch.stack([q_size.amax(), g_size.amax()]).double()
 
     def _fused_bf16_operands(self, fused, query_features, gallery_features, metric):
         """Fast mode's operands by the Triton kernel (one pass over each side's features; the same layout as
@@ -146,10 +147,7 @@ class _TiledDistance:
                                            bias_columns=True)
         self.gt = g_op.t()
         # the sizes the check reads: norms for cosine, squared norms for euclidean, as the plain path's
-        if cosine:
-            self._keep_largest_sizes(q_sumsq.sqrt(), g_sumsq.sqrt())
-        else:
-            self._keep_largest_sizes(q_sumsq, g_sumsq)
+        self._sizes = (lambda: (q_sumsq.sqrt(), g_sumsq.sqrt())) if cosine else (lambda: (q_sumsq, g_sumsq))
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         q = self.q[start:stop]
@@ -322,32 +320,37 @@ def rank_eval(
                                   tile_size, device, precision)
 
 
-def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], dict]:
+def _int32_labels(labels: dict[str, torch.Tensor], device: torch.device):
     """The labels on `device` as int32, which the kernels read (half the bytes per gallery item of every query's
-    pass), and what is left to check of them.
+    pass), and, for labels already on the device, a function that queues their check.
 
     Labels on the host (numpy arrays, lists) are range-checked there and cross in one copy from pinned memory, which
-    does not wait for the device. Labels already on the device are checked there: how many fall outside int32
-    becomes a (1,) float64 count, checked later with the summary in the evaluation's one synchronization. Out-of-range
-    labels wrap meanwhile; the kernels only compare labels, and their results are then discarded.
+    does not wait for the device; the function is then None. Labels already on the device are checked there: the
+    function queues how many fall outside int32 as a (1,) float64 count, checked later with the summary in the
+    evaluation's one synchronization. Out-of-range labels wrap meanwhile; the kernels only compare labels, and their
+    results are then discarded.
     """
     on_host = all(t.device.type == "cpu" for t in labels.values())
     packed = torch.cat([t if on_host else t.to(device) for t in labels.values()])
-    checks = {}
+    count_wrapped = None
     if on_host:
-        _refuse_labels_beyond_int32(labels)
-        packed = packed.to(torch.int32)
+        _refuse_labels_beyond_int32(labels, packed)
+        narrow = packed.to(torch.int32)
         if device.type == "cuda":
-            packed = packed.pin_memory().to(device, non_blocking=True)
+            narrow = narrow.pin_memory().to(device, non_blocking=True)
     else:
         narrow = packed.to(torch.int32)
-        checks["labels"] = (narrow != packed).sum(dtype=torch.float64).view(1)  # labels that wrapped
-        packed = narrow
-    return list(packed.split([t.numel() for t in labels.values()])), checks
+        count_wrapped = lambda: (narrow != packed).sum(dtype=torch.float64).view(1)  # noqa: E731
+    return list(narrow.split([t.numel() for t in labels.values()])), count_wrapped
 
 
-def _refuse_labels_beyond_int32(labels: dict[str, torch.Tensor]) -> None:
-    """Raises, naming them, if any labels fall outside int32 (on the device, this waits for it)."""
+def _refuse_labels_beyond_int32(labels: dict[str, torch.Tensor], packed: torch.Tensor | None = None) -> None:
+    """Raises, naming them, if any labels fall outside int32 (on the device, this waits for it). packed: all of them
+    in one tensor, if the caller has it, to check at once (the usual case, nothing out of range)."""
+    if packed is not None:
+        low, high = packed.aminmax()
+        if int(low) >= -(2**31) and int(high) < 2**31:
+            return
     bad = [name for name, t in labels.items() if int(t.min()) < -(2**31) or int(t.max()) >= 2**31]
     if bad:
         raise ValueError(f"rank_eval: {', '.join(bad)} must fit in int32 for the kernels")
@@ -362,21 +365,33 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
     Few launches in all: at Market scale the ranking kernel takes a fraction of a millisecond, about as long as a
     few dozen small ops take to queue.
     """
-    (qp, qc, gp, gc), checks = _int32_labels(labels, device)  # checks: name -> float64 device values
-    num_q, num_g = qp.numel(), gp.numel()
+    num_q = labels["q_pids"].numel()
+    tiles = None
     if distmat is not None:
         step = num_q if tile_size is None else tile_size  # the matrix is already held: tiles only if asked
         rows = lambda a, b: distmat[a:b]  # noqa: E731
     else:
         tiles = _TiledDistance(query_features, gallery_features, metric, fast=precision == "fast")
-        row_bytes = num_g * (8 if tiles.q.dtype == torch.float64 else 4)  # float64 features give float64 rows
+        row_bytes = labels["g_pids"].numel() * (8 if tiles.q.dtype == torch.float64 else 4)  # float64 rows
         step = tile_size or max(1, DEFAULT_TILE_BYTES.get(device.type, DEFAULT_TILE_BYTES["cpu"]) // row_bytes)
         rows = tiles.rows
-        checks["largest_feature_sizes"] = tiles.largest_sizes
+    # Queued in the order the GPU needs them: the first tile's GEMM, the labels, the first ranking kernel, and only
+    # then the checks (label range, feature sizes), which nothing waits for until the summary. At Market scale the
+    # host takes about as long to queue one small op as the GPU takes to run it, so every op queued ahead of the
+    # GEMM or the ranking kernel without being needed by it is GPU time spent idle.
+    first_tile = rows(0, min(step, num_q))
+    (qp, qc, gp, gc), count_wrapped = _int32_labels(labels, device)
+    checks = {}  # name -> float64 device values, cross to the host with the summary
     parts = []
     for start in range(0, num_q, step):
         stop = min(start + step, num_q)
-        parts.append(_rank_queries_op(rows(start, stop), qp[start:stop], qc[start:stop], gp, gc, ap_mode))
+        tile = first_tile if start == 0 else rows(start, stop)
+        parts.append(_rank_queries_op(tile, qp[start:stop], qc[start:stop], gp, gc, ap_mode))
+        if start == 0:
+            if count_wrapped is not None:
+                checks["labels"] = count_wrapped()
+            if tiles is not None:
+                checks["largest_feature_sizes"] = tiles.largest_sizes()
     ap, inp, first_hit, num_matches = (torch.cat(t) if len(parts) > 1 else t[0] for t in zip(*parts))
 
     summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank)

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reidfast import ops
 from reidfast.ops import reference
@@ -493,7 +494,7 @@ def test_fast_mode_operands_by_the_triton_kernel_match_the_plain_construction(me
         sizes = [(q * q).sum(1).max(), bias.max()]
     assert fused.q.dtype == fused.gt.dtype == torch.bfloat16
     assert fused.q.shape == plain_q.shape == (5, 1040) and fused.gt.shape == plain_gt.shape == (1040, 16)
-    torch.testing.assert_close(fused.largest_sizes, torch.stack(sizes).double(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(fused.largest_sizes(), torch.stack(sizes).double(), rtol=1e-6, atol=0)
     if metric == "cosine":  # x * (1 / |x|) against x / |x|: at most one bf16 step apart
         for got, want in ((fused.q, plain_q), (fused.gt, plain_gt)):
             step = want.float().abs() * 2.0 ** -7 + 1e-30
@@ -611,6 +612,51 @@ def test_op_rejects_mismatched_lengths_in_cpp():
     assert "ValueError" in out.stdout and "g_pids must have shape (3)" in out.stdout
 
 
+class _OpLog(TorchDispatchMode):
+    """The ops an evaluation queues, in order, by name (aten.addmm, reidfast.rank_queries, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(f"{func.namespace}.{func.__name__.split('.')[0]}")
+        return func(*args, **(kwargs or {}))
+
+
+def check_queue_order(device):
+    """On a GPU every op queued ahead of the distance GEMM or the ranking kernel that they do not need leaves the
+    device idle for its launch (at Market scale the launches take about as long as the ranking): the labels are
+    packed after the first GEMM, and the checks (the labels' range, the features' sizes) come after the first
+    ranking."""
+    dist, qp, gp, qc, gc = random_protocol(6, 40, 5, 3, seed=3)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    g = torch.Generator().manual_seed(3)
+    features = dict(query_features=torch.randn(6, 8, generator=g), gallery_features=torch.randn(40, 8, generator=g))
+    backend = "cuda" if device == "cuda" else "cpu"
+    for kw in (dict(distmat=torch.from_numpy(dist)), features):
+        want = evaluate("reference", *labels, **kw)
+        with _OpLog() as log:
+            got = evaluate(backend, *(t.to(device) for t in labels), **{k: v.to(device) for k, v in kw.items()})
+        assert_same_result(got, want)
+        names = log.names
+        ranking = names.index("reidfast.rank_queries")
+        if device == "cuda":  # labels on the device: the count of labels that wrap in int32
+            assert names.index("aten.ne") > ranking, names
+        else:  # labels on the host: range-checked there, before they are packed
+            assert names.index("aten.aminmax") < ranking, names
+        if "query_features" in kw:
+            gemm = names.index("aten.addmm")
+            assert names.index("aten.cat") > gemm, names  # the labels packed into one tensor
+            assert names.index("aten.amax") > ranking, names  # the largest feature sizes
+            assert gemm < ranking
+
+
+@needs_kernels
+def test_the_first_gemm_and_ranking_are_queued_before_the_checks():
+    check_queue_order("cpu")
+
+
 def test_strict_precision_restores_the_global_setting():
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
@@ -642,10 +688,12 @@ def test_cpu_kernel_orders_signed_zeros_negatives_and_infinities(ap_mode):
 # --- CUDA ---
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("groups", ["scan", "sort"])  # how blocks find their matches (csrc/cuda/rank.cu)
 @pytest.mark.parametrize("ap_mode", ["torchreid", "market"])
 @pytest.mark.parametrize("levels", [None, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_kernel_matches_reference(ap_mode, levels, dtype):
+def test_cuda_kernel_matches_reference(ap_mode, levels, dtype, groups, monkeypatch):
+    monkeypatch.setenv("REIDFAST_RANK_GROUPS", groups)
     dist, qp, gp, qc, gc = random_protocol(300, 4099, 60, 6, seed=11, distance_levels=levels)
     labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
     d = torch.from_numpy(dist).to(dtype)
@@ -656,10 +704,12 @@ def test_cuda_kernel_matches_reference(ap_mode, levels, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("groups", ["scan", "sort"])
 @pytest.mark.parametrize("count", ["buckets", "search"])
 @pytest.mark.parametrize("regime", list(BUCKET_REGIMES))
-def test_cuda_kernel_matches_reference_in_every_bucket_regime(regime, count, monkeypatch):
+def test_cuda_kernel_matches_reference_in_every_bucket_regime(regime, count, groups, monkeypatch):
     monkeypatch.setenv("REIDFAST_RANK_COUNT", count)
+    monkeypatch.setenv("REIDFAST_RANK_GROUPS", groups)
     d, labels = bucket_regime_protocol(regime)
     got = evaluate("cuda", *(t.cuda() for t in labels), distmat=d.cuda())
     assert_same_result(got, evaluate("reference", *labels, distmat=d))
@@ -674,7 +724,9 @@ def test_cuda_kernel_orders_signed_zeros_negatives_and_infinities(ap_mode):
 
 
 @pytest.mark.gpu
-def test_cuda_many_matches_fall_back_to_the_reference():
+@pytest.mark.parametrize("groups", ["scan", "sort"])
+def test_cuda_many_matches_fall_back_to_the_reference(groups, monkeypatch):
+    monkeypatch.setenv("REIDFAST_RANK_GROUPS", groups)
     # 3000 true matches per query: more than the kernel's shared-memory list holds.
     g = torch.Generator().manual_seed(0)
     dist = torch.rand(4, 5000, generator=g)
@@ -749,6 +801,11 @@ def test_cuda_evaluation_waits_on_the_device_once():
         # (the first time a process turns the debug mode on, torch also warns that it is a prototype)
         syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
         assert len(syncs) == 1, [str(w.message) for w in caught]
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation_queues_the_first_gemm_and_ranking_before_the_checks():
+    check_queue_order("cuda")
 
 
 @pytest.mark.gpu
