@@ -1,10 +1,11 @@
 // Ranking on CUDA: one block per query. The block finds the query's true matches from the gallery's ids alone
 // (all of them, or the query's group of the gallery grouped by id when the evaluation is large: groups_by_scan),
-// reading the row only at the matches, and orders them by (distance, index) in shared memory. One pass over the row then checks for NaN and counts, for each kept non-match ordered
-// before the last match, how many matches precede it, from which one thread walks the ranks of the matches to AP
-// (rank_math.h). The count goes through the distance buckets of rank_math.h (MatchBuckets), as on the CPU: an item
-// is a multiply and a table lookup, and lands in one of up to kMaxBuckets shared counters; only the items that share
-// a bucket with a match are compared with the matches. Rows whose buckets cannot be used (infinite distances at
+// reading the row only at the matches, and orders them by (distance, index) in shared memory. One pass over the
+// row then checks for NaN and counts, for each kept non-match ordered before the last match, how many matches
+// precede it, from which one thread walks the ranks of the matches to AP (rank_math.h). The count goes through the
+// distance buckets of rank_math.h (MatchBuckets), as on the CPU: an item is a multiply and a table lookup, and lands
+// in one of up to kMaxBuckets shared counters; only the items that share a bucket with a match are compared with
+// the matches. Rows whose buckets cannot be used (infinite distances at
 // the first or last match, all matches at one distance) place every item by binary search into a histogram of the
 // p + 1 ranks, as every row does under REIDFAST_RANK_COUNT=search (rank_checks.h). Each thread keeps kUnroll loads
 // in flight: one outstanding 4-byte load per thread leaves the pass latency-bound, well below memory bandwidth.
@@ -272,8 +273,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_queries_cuda(
     rank_queries_kernel<scalar_t><<<static_cast<unsigned>(num_q), kThreads, 0, stream>>>(
         dist.const_data_ptr<scalar_t>(), a.row_stride, static_cast<int>(num_g), q_pids.const_data_ptr<int32_t>(),
         q_camids.const_data_ptr<int32_t>(), g_pids.const_data_ptr<int32_t>(), g_camids.const_data_ptr<int32_t>(),
-        data_or_null(by_id_index), data_or_null(group_begin), data_or_null(group_end), ap_mode, a.allow_buckets, ap.mutable_data_ptr<double>(),
-        inp.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(), num_matches.mutable_data_ptr<int64_t>());
+        data_or_null(by_id_index), data_or_null(group_begin), data_or_null(group_end), ap_mode, a.allow_buckets,
+        ap.mutable_data_ptr<double>(), inp.mutable_data_ptr<double>(), first_hit.mutable_data_ptr<int64_t>(),
+        num_matches.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return a.outputs();
