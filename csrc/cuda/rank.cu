@@ -22,8 +22,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
 #include "reidfast/rank_checks.h"
@@ -76,10 +74,11 @@ __device__ __forceinline__ void for_each_row_item(const scalar_t* __restrict__ r
 constexpr int64_t kScanLimit = int64_t(1) << 27;
 
 bool groups_by_scan(int64_t num_q, int64_t num_g) {
-  const char* mode = std::getenv("REIDFAST_RANK_GROUPS");
-  if (mode != nullptr && std::strcmp(mode, "sort") == 0) return false;
-  if (mode != nullptr && std::strcmp(mode, "scan") == 0) return true;
-  return num_q * num_g <= kScanLimit;
+  switch (env_switch("REIDFAST_RANK_GROUPS", "sort", "scan")) {
+    case 1: return false;
+    case 2: return true;
+    default: return num_q * num_g <= kScanLimit;
+  }
 }
 
 template <typename scalar_t>

@@ -576,6 +576,21 @@ def test_op_rejects_bad_arguments_in_cpp():
 
 
 @needs_kernels
+def test_a_misspelt_kernel_switch_is_an_error(monkeypatch):
+    # REIDFAST_RANK_COUNT forces one of the counting passes for the benchmark's comparison: a value it does not know
+    # must not silently time the default.
+    dist, qp, gp, qc, gc = random_protocol(4, 30, 3, 2, seed=5)
+    labels = [torch.from_numpy(a) for a in (qp, gp, qc, gc)]
+    want = evaluate("reference", *labels, distmat=torch.from_numpy(dist))
+    for empty_or_default in ("", "buckets"):
+        monkeypatch.setenv("REIDFAST_RANK_COUNT", empty_or_default)
+        assert_same_result(evaluate("cpu", *labels, distmat=torch.from_numpy(dist)), want)
+    monkeypatch.setenv("REIDFAST_RANK_COUNT", "bucket")
+    with pytest.raises(ValueError, match="REIDFAST_RANK_COUNT must be unset, 'buckets' or 'search', got 'bucket'"):
+        evaluate("cpu", *labels, distmat=torch.from_numpy(dist))
+
+
+@needs_kernels
 def test_labels_beyond_int32_are_refused_by_name():
     # The kernels read int32 labels; an id that does not fit must not wrap around into another identity.
     dist = torch.rand(2, 3)
@@ -801,6 +816,15 @@ def test_cuda_evaluation_waits_on_the_device_once():
         # (the first time a process turns the debug mode on, torch also warns that it is a prototype)
         syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
         assert len(syncs) == 1, [str(w.message) for w in caught]
+
+
+@pytest.mark.gpu
+def test_cuda_misspelt_grouping_switch_is_an_error(monkeypatch):
+    dist, qp, gp, qc, gc = random_protocol(4, 30, 3, 2, seed=5)
+    labels = [torch.from_numpy(a).cuda() for a in (qp, gp, qc, gc)]
+    monkeypatch.setenv("REIDFAST_RANK_GROUPS", "sorted")
+    with pytest.raises(ValueError, match="REIDFAST_RANK_GROUPS must be unset, 'sort' or 'scan', got 'sorted'"):
+        evaluate("cuda", *labels, distmat=torch.from_numpy(dist).cuda())
 
 
 @pytest.mark.gpu

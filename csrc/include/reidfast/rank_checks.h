@@ -21,13 +21,23 @@ inline int parse_ap_mode(c10::string_view name) {
   return kTorchreid;
 }
 
-// Whether the counting pass may use the distance buckets (rank_math.h, MatchBuckets). REIDFAST_RANK_COUNT=search
-// sends every row through the binary search that rows without usable buckets take anyway: bench/ops_rank.py times
-// both counting passes in one run, and the tests check both. Read per call (an environment lookup, no allocation).
-inline bool buckets_allowed() {
-  const char* mode = std::getenv("REIDFAST_RANK_COUNT");
-  return mode == nullptr || std::strcmp(mode, "search") != 0;
+// The setting of one of the kernels' switches (environment variables that force one of two ways, for the benchmark's
+// comparisons and the tests of both): 0 when unset or empty, 1 or 2 for the first or second of its values, and an
+// error naming the variable for anything else, rather than a typo silently timing the default. Read per call (an
+// environment lookup, no allocation).
+inline int env_switch(const char* name, const char* first, const char* second) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || value[0] == '\0') return 0;
+  if (std::strcmp(value, first) == 0) return 1;
+  if (std::strcmp(value, second) == 0) return 2;
+  TORCH_CHECK_VALUE(false, name, " must be unset, '", first, "' or '", second, "', got '", value, "'");
+  return 0;
 }
+
+// Whether the counting pass may use the distance buckets (rank_math.h, MatchBuckets). REIDFAST_RANK_COUNT=search
+// sends every row through the binary search that rows without usable buckets take anyway (=buckets: the default):
+// bench/ops_rank.py times both counting passes in one run, and the tests check both.
+inline bool buckets_allowed() { return env_switch("REIDFAST_RANK_COUNT", "buckets", "search") != 2; }
 
 inline void check_label(const at::Tensor& t, const char* name, int64_t length, const at::Tensor& dist) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == length, "rank_queries: ", name, " must have shape (", length,
