@@ -52,11 +52,10 @@ def _counting_by_search(fn):
     return with_env(fn, "REIDFAST_RANK_COUNT", "search")
 
 
-# csrc/cuda/rank.cu kScanLimit: up to this many Q x G items the CUDA blocks find their matches by reading every
-# gallery id; above it, in the gallery grouped by id (a sort and two searches, a dozen launches).
-_SCAN_LIMIT = 1 << 27
-_GROUPS_NOTE = {"sort": "matches found in the gallery grouped by id, as above kScanLimit (csrc/cuda/rank.cu)",
-                "scan": "matches found by every block reading all gallery ids, as below kScanLimit"}
+# The two ways the CUDA blocks find their query's matches (csrc/cuda/rank.cu, groups_by_scan; the default picks by
+# Q x G), each forced in a row of its own: one of them is the default row's again, whichever the limit picks.
+_GROUPS_NOTE = {"sort": "matches found in the gallery grouped by id (a sort and two searches, a dozen launches)",
+                "scan": "matches found by every block reading all gallery ids"}
 
 
 def _numpy_loop(lab, dist):
@@ -122,17 +121,16 @@ def cases(device: torch.device, quick: bool):
             "baselines": baselines, "slow_baselines": True, "bytes": nbytes, "note": "; ".join(notes),
             **row_extra,
         }
-        if kind == "distmat" and device.type == "cuda":  # the other way of finding each query's matches
-            other = "sort" if num_q * num_g <= _SCAN_LIMIT else "scan"
-            regrouped = with_env(ours, "REIDFAST_RANK_GROUPS", other)
+        for groups in _GROUPS_NOTE if kind == "distmat" and device.type == "cuda" else ():
+            regrouped = with_env(ours, "REIDFAST_RANK_GROUPS", groups)
             same = regrouped()
             assert same.mAP == result.mAP and torch.equal(same.first_hit, result.first_hit), \
-                f"REIDFAST_RANK_GROUPS={other} changed the result"
+                f"REIDFAST_RANK_GROUPS={groups} changed the result"
             yield {
-                "op": "rank_eval", "pass": f"distmat-groups-by-{other}", "shape": shape, "dtype": "float32",
+                "op": "rank_eval", "pass": f"distmat-groups-by-{groups}", "shape": shape, "dtype": "float32",
                 "backend": backend, "fn": regrouped, "ref": None, "ref_compiled": None, "baselines": {},
                 "slow_baselines": True, "bytes": nbytes,
-                "note": f"REIDFAST_RANK_GROUPS={other}: " + _GROUPS_NOTE[other], "scale": scale, "input": kind,
+                "note": f"REIDFAST_RANK_GROUPS={groups}: " + _GROUPS_NOTE[groups], "scale": scale, "input": kind,
                 "precision": precision, "mAP": row_extra["mAP"], "rank1": row_extra["rank1"],
             }
         if kind == "distmat":  # the same evaluation with the counting pass the buckets replaced
