@@ -23,8 +23,8 @@ Loading: :class:`ImageDataset` (uint8 tensors decoded in worker processes), :fun
 with :class:`DomainPairDataset`; :class:`BatchAugment` for on-device flip / pad+crop / erasing.
 """
 from .base import DatasetFormatError, DatasetNotFoundError, ReidDataset, Sample, relabel_train
-from .registry import (add_dataset_args, dataset_from_args, default_cache_dir, get_dataset, list_datasets,
-                       reader_options, register_dataset)
+from .registry import (UnknownDatasetError, add_dataset_args, dataset_from_args, default_cache_dir, get_dataset,
+                       list_datasets, reader_options, register_dataset)
 from .datasets import read_cuhk03np, read_dukemtmc, read_market1501, read_msmt17, read_prid2011
 from .synthetic_dataset import generate_synthetic, read_synthetic
 from .pose import (FLIP_PERMUTATION, LEFT_RIGHT_PAIRS, OPENPOSE_18, flip_heatmaps, flip_keypoints,
@@ -39,6 +39,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, de
 __all__ = [
     "Sample", "ReidDataset", "DatasetNotFoundError", "DatasetFormatError", "relabel_train",
     "register_dataset", "get_dataset", "list_datasets", "add_dataset_args", "dataset_from_args", "reader_options",
+    "UnknownDatasetError",
     "default_cache_dir",
     "read_market1501", "read_dukemtmc", "read_msmt17", "read_cuhk03np", "read_prid2011", "read_synthetic",
     "generate_synthetic",

@@ -29,6 +29,10 @@ _ALIASES: dict[str, str] = {}
 SYNTHETIC = "synthetic"
 
 
+class UnknownDatasetError(ValueError):
+    """A dataset name that no reader is registered under."""
+
+
 def _key(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
@@ -85,7 +89,7 @@ def get_dataset(name: str | None = None, root: str | os.PathLike | None = None, 
     key = _key(name)
     key = _ALIASES.get(key, key)
     if key not in _READERS:
-        raise ValueError(f"get_dataset: unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+        raise UnknownDatasetError(f"get_dataset: unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
     if root is None and key != SYNTHETIC:
         raise ValueError(
             f"get_dataset: dataset {name!r} needs a data root (--data-root DIR); "

@@ -124,6 +124,9 @@ def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
     out = flags.get("out", file_values.get("out"))
     run_dir = Path(out) if out else default_run_dir(method.name, {"dataset": flags.get("dataset"),
                                                                    "data_root": flags.get("data_root")})
+    if resume is True and method.continues_without_checkpoint(run_dir):
+        flags.pop("resume", None)
+        return flags, {k: v for k, v in file_values.items() if k != "resume"}
     path = resolve_checkpoint(resume, method.resume_dir(run_dir))
     saved = dict(load_checkpoint(path, method.name)["config"])
     saved.update(file_values)
@@ -139,7 +142,8 @@ def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
         raise ConfigError(f"--resume {resume}: this checkpoint was written by the run in {saved['out']}, not in the "
                           f"folder it is in now; add --out to say where the resumed run writes (e.g. --out "
                           f"{suggestion}). Nothing was written.")
-    merged_flags = {**flags, "resume": str(path), "out": str(out or saved["out"])}
+    given = sorted((set(flags) | set(file_values)) - {"resume", "out"})
+    merged_flags = {**flags, "resume": str(path), "out": str(out or saved["out"]), "resumed_with": given}
     return merged_flags, saved
 
 

@@ -134,6 +134,8 @@ def load_checkpoint(path: str | os.PathLike, method: str | None = None, flag: st
     """Read and validate a checkpoint; any failure is a :class:`CheckpointError` naming the file (and, for a
     corrupted one with an intact previous checkpoint, how to pass that one through `flag`)."""
     path = Path(path)
+    if not _written_by_torch_save(path):
+        raise CheckpointError(f"{flag} {path}: not a checkpoint (not a file that torch.save writes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, unreadable file: all the same to the user
@@ -149,5 +151,17 @@ def load_checkpoint(path: str | os.PathLike, method: str | None = None, flag: st
         raise CheckpointError(f"checkpoint {path} has format version {state.get('format_version')}; this reidfast "
                               f"reads version {FORMAT_VERSION}")
     if method is not None and state.get("method") != method:
-        raise CheckpointError(f"checkpoint {path} was written by method {state.get('method')!r}, not {method!r}")
+        raise CheckpointError(f"{flag} {path}: this checkpoint was written by method {state.get('method')!r}, "
+                              f"not {method!r}")
     return state
+
+
+def _written_by_torch_save(path: Path) -> bool:
+    """Whether the file starts as torch.save's output does: a zip archive, or a pickle (the legacy format). A
+    truncated checkpoint still does; a features file, a config or an image does not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # unreadable: torch.load's own error says why
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"

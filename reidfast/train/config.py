@@ -14,13 +14,17 @@ import tomllib
 from pathlib import Path
 
 from ..data import add_dataset_args
+from ..ops._backend import BACKENDS
 
 # Loop options every method shares. Method defaults (their papers' settings) are merged over these.
 LOOP_DEFAULTS = {
     "dataset": None, "data_root": None, "out": None, "iters": None, "epochs": None, "batch_size": 32,
     "amp": "auto", "compile": None, "compile_mode": "auto", "channels_last": None, "cudnn_benchmark": None,
     "fused_optimizers": None, "backend": "auto",
-    "resume": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000, "log_every": 20,
+    # resumed_with: the options given with the --resume that continues a run (multi-stage methods apply them to
+    # the stage that was running and those after it)
+    "resume": None, "resumed_with": None, "device": "auto", "seed": 0, "eval_every": 0, "ckpt_every": 1000,
+    "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
     "height": 256, "width": 128, "lr": 0.01, "threads": None, "skip_misnamed": False, "overwrite": False,
 }
@@ -241,6 +245,8 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
     cfg["preset"] = preset
     if cfg["amp"] not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
+    if cfg["backend"] not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg['backend']!r}")
     _check_ranges(cfg)
     return cfg
 

@@ -216,8 +216,20 @@ class DGNet(Method):
     def images_per_iteration(self) -> int:
         return 4 * self.run.cfg["batch_size"]  # a, p, b, q
 
+    @classmethod
+    def continues_without_checkpoint(cls, run_dir: Path) -> bool:
+        """A run stopped while training its own teacher (RUN/teacher holds a checkpoint but no metrics yet): it has
+        no checkpoint of its own, and running it again continues the teacher."""
+        teacher = Path(run_dir) / "teacher"
+        return (not (Path(run_dir) / LATEST).is_file() and (teacher / LATEST).is_file()
+                and not (teacher / "metrics.json").is_file())
+
     def configure(self, total_iters: int) -> None:
         cfg = self.run.cfg
+        if total_iters <= cfg["warm_iters"]:
+            self.run.log(f"dgnet: warning: the run ends at iteration {total_iters}, before the warm-up does "
+                         f"(--warm-iters {cfg['warm_iters']}): the code and cycle reconstruction, primary and "
+                         f"fine-grained losses stay off for the whole run")
         milestones = sorted({max(1, round(f * total_iters)) for f in cfg["lr_decay_at"]})
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, WarmupStepSchedule(0, milestones,
                                                                                          cfg["lr_gamma"]))

@@ -566,21 +566,22 @@ class FDGAN(Method):
             raise ValueError(f"--keypoints {cfg['keypoints']}: no such file")
         resume = cfg.get("resume")
         resumed_stage = int(cfg["stage_running"]) if resume and cfg.get("stage_running") else None
+        given = set(cfg.get("resumed_with") or ()) if resume else set()
         if cfg.get("length_request") is None:  # a fresh run: remember the length asked for
             cfg["length_request"] = {"iters": cfg["iters"], "epochs": cfg["epochs"]}
-        root.mkdir(parents=True, exist_ok=True)
-        if resumed_stage is None:
-            (root / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        metrics = None
+        elif given & {"stage_iters", "stage_epochs"}:  # stage lengths given with --resume replace the run's length
+            cfg["length_request"] = {"iters": None, "epochs": None}
+        metrics, config_written = None, resumed_stage is not None
         for stage in stages:
             if resumed_stage is not None and stage < resumed_stage:
                 continue  # finished before the interruption
             stage_cfg = cls.stage_config(cfg, stage, root, resumed=stage == resumed_stage)
+            if not config_written:  # once the first stage's inputs are found (a missing --init writes nothing)
+                root.mkdir(parents=True, exist_ok=True)
+                (root / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+                config_written = True
             folder = Path(stage_cfg["out"])
-            if stage == resumed_stage and _finished(folder):
-                metrics = json.loads((folder / "metrics.json").read_text())
-                publish(folder, root)
-                continue
+            # a resumed stage that had finished trains on only if given a longer length now (the loop says so)
             stage_cfg["resume"] = resume if stage == resumed_stage else None
             metrics = Trainer(cls, stage_cfg, stream).fit()
             publish(folder, root)
@@ -600,7 +601,10 @@ class FDGAN(Method):
     @classmethod
     def stage_config(cls, cfg: dict, stage: int, root: Path, resumed: bool = False) -> dict:
         c = dict(cfg, stage_running=stage, run_root=str(root), out=str(root / f"stage{stage}"))
-        if not resumed:  # a resumed stage keeps its saved length (or the new one given with --resume)
+        # a resumed stage keeps its saved length, unless --resume gives it one: --iters/--epochs (that stage's,
+        # already in cfg) or --stage-iters/--stage-epochs (every stage's)
+        given = set(cfg.get("resumed_with") or ())
+        if not resumed or (given & {"stage_iters", "stage_epochs"} and not given & {"iters", "epochs"}):
             request = cfg["length_request"] or {}
             if request.get("iters") or request.get("epochs"):
                 c["iters"], c["epochs"] = request.get("iters"), request.get("epochs")
@@ -608,6 +612,7 @@ class FDGAN(Method):
                 c["iters"], c["epochs"] = int(cfg["stage_iters"][stage - 1]), None
             else:
                 c["iters"], c["epochs"] = None, int(cfg["stage_epochs"][stage - 1])
+        if not resumed:
             if stage > 1:
                 if str(cfg["stage"]) == "all" or not cfg.get("init"):
                     c["init"] = str(root / f"stage{stage - 1}")
@@ -636,14 +641,6 @@ def run_root(cfg: dict) -> Path:
     if root and stage and out == Path(root) / f"stage{stage}":
         return Path(root)
     return out
-
-
-def _finished(folder: Path) -> bool:
-    """A stage is finished when its metrics.json reports the iteration its latest checkpoint holds."""
-    metrics, checkpoint = folder / "metrics.json", folder / LATEST
-    if not (metrics.is_file() and checkpoint.is_file()):
-        return False
-    return json.loads(metrics.read_text())["iterations"] == load_checkpoint(checkpoint, "fdgan")["iteration"]
 
 
 def publish(stage_dir: Path, root: Path) -> None:

@@ -32,7 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
-from ..data import ImageDataset, ReidDataset, ShuffledBatchSampler, get_dataset, reader_options
+from ..data import (ImageDataset, ReidDataset, ShuffledBatchSampler, UnknownDatasetError, get_dataset,
+                    list_datasets, reader_options)
 from ..device import resolve_device
 from ..ops import _backend as ops_backend
 from ..progress import ProgressBar, format_duration
@@ -91,10 +92,10 @@ class _Progress:
 
 
 # Options that never shape a network: left out when a resume's mismatch lists what differs from the checkpoint.
-_RUN_ONLY_OPTIONS = {"out", "resume", "iters", "epochs", "overwrite", "device", "workers", "threads", "log_every",
-                     "ckpt_every", "eval_every", "compile", "compile_mode", "amp", "channels_last", "cudnn_benchmark",
-                     "backend", "fused_optimizers", "run_folder", "eval_batch_size", "ap_mode", "seed", "lr",
-                     "batch_size", "preset"}
+_RUN_ONLY_OPTIONS = {"out", "resume", "resumed_with", "iters", "epochs", "overwrite", "device", "workers", "threads",
+                     "log_every", "ckpt_every", "eval_every", "compile", "compile_mode", "amp", "channels_last",
+                     "cudnn_benchmark", "backend", "fused_optimizers", "run_folder", "eval_batch_size", "ap_mode",
+                     "seed", "lr", "batch_size", "preset"}
 
 
 def _mismatch_message(network: str, state: dict, cfg: dict, exc: RuntimeError) -> str:
@@ -115,8 +116,11 @@ class _LossWindow:
     """The loss sums since the last log line, kept on the device (read only when logged), and the clock for the
     iterations-per-second rate."""
 
-    def __init__(self, it: int):
+    def __init__(self, it: int, saved: dict | None = None, device: torch.device | None = None):
         self.reset(it)
+        if saved:  # a resumed run's first log line averages the same iterations as an uninterrupted run's
+            self.sums = {k: v.to(device) for k, v in saved["sums"].items()}
+            self.count = saved["count"]
 
     def reset(self, it: int) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -135,6 +139,10 @@ class _LossWindow:
 
     def means(self) -> dict[str, float]:
         return {k: (v / self.count).item() for k, v in self.sums.items()}
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the sums and count of the iterations not yet logged."""
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count}
 
     def rate(self, it: int) -> float:
         elapsed = time.perf_counter() - self.start
@@ -262,6 +270,12 @@ class Method:
         """Where ``--resume`` finds the checkpoint whose config a resumed run starts from (multi-stage methods:
         the folder of the stage that was running)."""
         return run_dir
+
+    @classmethod
+    def continues_without_checkpoint(cls, run_dir: Path) -> bool:
+        """Whether a run stopped before its first checkpoint continues when its command is run again, so that the
+        same command with --resume does that too (DG-Net stopped while training its own teacher)."""
+        return False
 
     def train_items(self, dataset: ReidDataset):
         """The map-style dataset the loader reads with this method's batch sampler."""
@@ -483,8 +497,10 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
         if cfg["synthetic_ids"]:
             options["ids"] = cfg["synthetic_ids"]
         return get_dataset("synthetic", None, **options)
-    # .get: the configs saved by runs from before the option lack it
-    return get_dataset(name, cfg["data_root"], **reader_options(cfg.get("skip_misnamed", False)))
+    try:  # .get: the configs saved by runs from before the option lack it
+        return get_dataset(name, cfg["data_root"], **reader_options(cfg.get("skip_misnamed", False)))
+    except UnknownDatasetError:
+        raise ConfigError(f"--dataset {name!r}: no such dataset; one of {', '.join(list_datasets())}") from None
 
 
 def default_run_dir(method: str, cfg: dict) -> Path:
@@ -494,6 +510,27 @@ def default_run_dir(method: str, cfg: dict) -> Path:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _check_resumed_length(reached: int, total: int, cfg: dict) -> None:
+    """A resumed run's length (--iters, or --epochs times the batches per epoch) cannot end before its checkpoint."""
+    if total >= reached:
+        return
+    asked = f"--iters {cfg['iters']}" if cfg["iters"] is not None else f"--epochs {cfg['epochs']} ({total} iterations)"
+    raise ConfigError(f"{asked} ends before iteration {reached}, which the checkpoint has reached: resume with a "
+                      f"length of at least {reached} iterations, or leave --iters/--epochs out to keep the run's own")
+
+
+# What a run writes besides its checkpoints and config.json: a new run in the folder (--overwrite, or a folder whose
+# earlier run wrote no checkpoint) starts them afresh instead of appending to, or being shown beside, the old run's.
+_RUN_OUTPUTS = ("log.jsonl", "metrics.json", "tensorboard/events.out.tfevents.*", "samples/it*.png")
+
+
+def _clear_run_outputs(run_dir: Path) -> None:
+    for pattern in _RUN_OUTPUTS:
+        for path in run_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
 
 
 class Trainer:
@@ -520,6 +557,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in method.schedulers.items()},
             "scaler": self.run.scaler.state_dict() if self.run.scaler is not None else None,
             "rng": capture_rng_states(self._generators(method)),
+            "loss_window": self._window.state() if self._window is not None else None,
         }
 
     def _generators(self, method) -> dict:
@@ -602,16 +640,13 @@ class Trainer:
                               f" (its BatchNorm layers need two samples per batch), got {cfg['batch_size']}")
         self._last_saved = None  # the iteration of this run folder's latest checkpoint, once known
         self._finite_at = None  # the iteration at which _check_weights_finite last found the weights finite
+        self._window = None  # the loss window of the running _train, which checkpoints keep
         resume_state = self._load_resume_state()
         workers = self._set_threads()
         _seed_everything(cfg["seed"])
         ops.set_backend(cfg["backend"])
         _check_backend(cfg["backend"], self.device)
         self.dataset = self.method_cls.load_dataset(cfg)
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        self.logfile = RunLog(self.run_dir, enabled=self.main)
         self.run = Run(cfg, self.device, self.rank, self.world_size, self.log, self.method_cls)
         self.log(f"{self.method_cls.name}: {self.dataset.summary()}")
         method = self.method_cls(self.run, self.dataset)
@@ -619,23 +654,40 @@ class Trainer:
         batches = ResumableBatches(method.batch_sampler(self.dataset, cfg["seed"]), self.rank, self.world_size)
         iters_per_epoch = len(batches)
         total = cfg["iters"] if cfg["iters"] is not None else cfg["epochs"] * iters_per_epoch
+        if resume_state is not None:
+            _check_resumed_length(resume_state["iteration"], total, cfg)
         method.configure(total)
         loader = DataLoader(
             method.train_items(self.dataset), batch_sampler=batches,
             num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(cfg["seed"]))  # own generator: see the module docstring
-        progress = _Progress()
-        if resume_state is not None:
+        progress, saved_window, resumed = _Progress(), None, resume_state is not None
+        if resumed:
             progress = self._restore(method, resume_state)
+            saved_window = resume_state.get("loss_window")
             del resume_state
-
+            finished = self._finished_metrics(progress.it, total)
+            if finished is not None:
+                self.log(f"{self.method_cls.name}: this run finished at iteration {total}; nothing to train (metrics "
+                         f"in {self.run_dir / 'metrics.json'}). To train longer, resume with a larger --iters or "
+                         f"--epochs.")
+                return finished
+        # Everything a run needs is found by now (dataset, networks, teacher, checkpoint): only now is the folder
+        # written, so that a mistake in the options leaves no half-made run behind
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resumed:
+                _clear_run_outputs(self.run_dir)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        self.logfile = RunLog(self.run_dir, enabled=self.main)
         self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {cfg['batch_size']} "
                  f"images at {cfg['height']}x{cfg['width']} on {self.device}"
                  f"{f' x{self.world_size} processes' if self.world_size > 1 else ''}, amp {self.run.amp}, "
                  f"compile {'on' if self.run.compile else 'off'}, {torch.get_num_threads()} threads, "
                  f"preset {cfg['preset']}, run folder {self.run_dir}")
-        last_batch = self._train(method, loader, batches, total, progress)
-        self._save(method, progress)
+        last_batch = self._train(method, loader, batches, total, progress, saved_window)
+        if self._last_saved != progress.it:  # (a run resumed at its end, stopped in its final evaluation, has it)
+            self._save(method, progress)
         result = self.evaluate(method, progress.it) if method.evaluates else None
         self._save_samples(method, last_batch, progress.it)
         metrics = self._write_metrics(method, result, progress) if self.main else None
@@ -644,6 +696,18 @@ class Trainer:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
         return metrics
+
+    def _finished_metrics(self, it: int, total: int) -> dict | None:
+        """metrics.json's dict when this folder's run already ended at `it` = `total` (a resume of a finished run:
+        nothing to train, evaluate or write), else None."""
+        path = self.run_dir / "metrics.json"
+        if it < total or self._last_saved != it or not path.is_file():
+            return None
+        try:
+            metrics = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return metrics if metrics.get("iterations") == it else None
 
     def _load_resume_state(self) -> dict | None:
         if not self.cfg.get("resume"):
@@ -679,11 +743,11 @@ class Trainer:
         restore_rng_states(state["rng"], self._generators(method))
         return _Progress(state["iteration"], state["epoch"], state["epoch_position"], state["train_seconds"])
 
-    def _train(self, method, loader, batches, total: int, progress: _Progress):
+    def _train(self, method, loader, batches, total: int, progress: _Progress, saved_window: dict | None = None):
         """Iterations until `total`, epoch after epoch, with the periodic logs, checkpoints, evaluations and sample
         grids. Returns the last batch trained on (None when there was none)."""
         bar = ProgressBar(total, progress.it, stream=self.stream) if self.main else None
-        window = _LossWindow(progress.it)
+        window = self._window = _LossWindow(progress.it, saved_window, self.device)
         last_batch = None
         # Compilation is silent and can take minutes: say so, and how long the first iteration took.
         first_step = self.run.compile and progress.it < total

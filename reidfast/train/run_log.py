@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -26,7 +27,8 @@ class RunLog:
     def write(self, record: dict, step: int | None = None, prefix: str = "") -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        # NaN and Inf are not JSON (strict readers such as jq refuse the line): a diverged loss is logged as null
+        self.file.write(json.dumps({k: _json_number(v) for k, v in record.items()}, allow_nan=False) + "\n")
         if self.tensorboard is not None and step is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("it", "epoch"):
@@ -38,3 +40,7 @@ class RunLog:
         self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _json_number(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value

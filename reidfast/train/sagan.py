@@ -57,6 +57,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -68,8 +69,8 @@ from ..data import (BatchedSampler, ImageDataset, MaskReader, ReidDataset, Unpai
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
-from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
-from .loop import LinearDecaySchedule, Method, Trainer, default_run_dir
+from .checkpoint import LATEST, PREVIOUS, copy_atomically, write_text_atomically
+from .loop import LinearDecaySchedule, Method, Trainer, TrainingInterrupted, default_run_dir
 from .penalties import input_gradient
 
 STAGES = ("adapt", "translate", "reid")
@@ -588,6 +589,19 @@ def stages_of(stage: str) -> tuple[str, ...]:
     return (stage,)
 
 
+def resumed_options(cfg: dict) -> dict:
+    """The options given with --resume (cfg: the configuration --resume resolved), for the run's configuration. A
+    new length (--iters or --epochs) replaces both."""
+    given = {k: cfg[k] for k in cfg.get("resumed_with") or () if k in cfg and k not in _STAGE_KEYS}
+    if given.keys() & {"iters", "epochs"}:
+        given.update(iters=cfg["iters"], epochs=cfg["epochs"])
+    return given
+
+
+# what stage_config sets, never one of the run's own options
+_STAGE_KEYS = {"current_stage", "out", "run_folder", "resume", "resumed_with"}
+
+
 def stage_config(top: dict, stage: str, root: Path) -> dict:
     """A stage's configuration: the run's, with the stage's folder; the adaptation stage takes its length, batch
     and lr from the adapt_* options (the loop's own belong to the re-id stage)."""
@@ -755,12 +769,21 @@ class SAGAN(Method):
         record = StageRecord(root)
         if resuming and (root / "config.json").is_file():
             top = json.loads((root / "config.json").read_text())
+            given = resumed_options(cfg)
+            if given:  # the options given with --resume, as if given at the start: saved for a later --resume too
+                top.update(given)
+                write_text_atomically(root / "config.json", json.dumps(top, indent=2) + "\n")
         else:
             top = {**cfg, "current_stage": None, "run_folder": str(root), "out": str(root), "resume": None}
         pipeline = stages_of(top["stage"])
         if top["no_adapt"] and pipeline != ("reid",):
             raise ValueError("sagan: --no-adapt trains the re-id stage on the raw source: use it with --stage reid")
         if not resuming:
+            # the first stage's datasets are found before the run folder is written: a wrong root or name leaves
+            # nothing behind (the later stages' inputs are what the earlier ones write)
+            first = stage_config(top, pipeline[0], root)
+            if pipeline[0] != "translate":
+                (AdaptStage if pipeline[0] == "adapt" else ReidStage).load_dataset(first)
             root.mkdir(parents=True, exist_ok=True)
             (root / "config.json").write_text(json.dumps(top, indent=2) + "\n")
             record.reset(pipeline)
@@ -769,23 +792,24 @@ class SAGAN(Method):
             if resuming and record.status(stage) == "done":
                 log(f"sagan: stage {stage} finished earlier in {root / stage}: skipped")
                 continue
+            # the stage's configuration derives from the run's (the adapt stage's length, batch and lr from the
+            # adapt_* options), resumed or not: flags given with --resume reach every stage they are meant for
             scfg = stage_config(top, stage, root)
             if resuming and record.status(stage) == "running" and (root / stage / LATEST).is_file():
-                # the stage that was running continues from its checkpoint: with the configuration --resume
-                # resolved when that is this stage's (flags given now apply), else with the checkpoint's own
-                if cfg.get("current_stage") == stage:
-                    scfg = {**cfg, "out": str(root / stage), "run_folder": str(root)}
-                else:
-                    saved = load_checkpoint(root / stage / LATEST, cls.name)["config"]
-                    scfg = {**saved, "out": str(root / stage), "run_folder": str(root),
-                            "resume": str(root / stage / LATEST)}
+                scfg["resume"] = str(root / stage / LATEST)  # the stage that was running continues
             else:
                 for name in (LATEST, PREVIOUS):  # a fresh stage never resumes an older run's checkpoint
                     (root / stage / name).unlink(missing_ok=True)
             record.set(stage, "running")
             log(f"sagan: stage {stage} in {root / stage}")
             if stage == "translate":
-                translate(scfg, root / stage, log)
+                try:
+                    translate(scfg, root / stage, log)
+                except KeyboardInterrupt:  # (the loop's own Ctrl-C handling covers the training stages)
+                    raise TrainingInterrupted(
+                        "SIGINT: stopped in the translate stage, which keeps nothing of a partial translation. To "
+                        "continue, run the same command again with --resume: translation starts again.",
+                        signal.SIGINT, 0) from None
             else:
                 metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
                 # the run folder's checkpoint and metrics: the last finished training stage's

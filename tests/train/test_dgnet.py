@@ -104,8 +104,11 @@ def test_without_a_teacher_the_synthetic_run_trains_one_first(tiny_root, tmp_pat
     assert main(dgnet_args(tiny_root, out, "--iters", "1", "--teacher-iters", "2", "--ckpt-every", "0")) == 0
     err = capsys.readouterr().err
     assert "no --teacher given: training a short baseline teacher first (2 iterations)" in err
+    # 1 iteration, warm-up 3: the ramped losses never start, and the run says so
+    assert f"the run ends at iteration 1, before the warm-up does (--warm-iters {WARM})" in err
     assert load_checkpoint(out / "teacher" / "checkpoint.pt", "baseline")["iteration"] == 2
-    assert json.loads((out / "config.json").read_text())["teacher"] is None
+    # the run's settings name the teacher it trained (a resumed run reuses it)
+    assert json.loads((out / "config.json").read_text())["teacher"] == str(out / "teacher")
     assert load_checkpoint(out / "checkpoint.pt")["config"]["teacher"] == str(out / "teacher")
 
 
@@ -129,12 +132,23 @@ def test_an_interrupted_teacher_continues_and_is_not_taken_as_finished(tiny_root
     assert "stopped after iteration 2 of the teacher" in err and "run the same command again" in err
     assert load_checkpoint(out / "teacher" / "checkpoint.pt")["iteration"] == 2
     assert not (out / "checkpoint.pt").exists()
-    # the same command: the teacher continues to its 3 iterations (not used as it was), then DG-Net trains
+    # the same command (with --resume too, as after an interruption of DG-Net's own training): the teacher
+    # continues to its 3 iterations (not used as it was), then DG-Net trains
     monkeypatch.setattr(Baseline, "train_step", real_step)
-    assert main(args) == 0
+    assert main([*args, "--resume"]) == 0
     assert "continuing a short baseline teacher first (3 iterations)" in capsys.readouterr().err
     assert load_checkpoint(out / "teacher" / "checkpoint.pt", "baseline")["iteration"] == 3
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 1
+
+
+def test_a_teacher_of_another_method_is_refused_before_the_run_folder_is_written(short_run, tiny_root, tmp_path,
+                                                                                   capsys):
+    out = tmp_path / "x"
+    assert main(dgnet_args(tiny_root, out, "--iters", "1", "--teacher", str(short_run))) == 2
+    err = capsys.readouterr().err
+    assert f"--teacher {short_run / 'checkpoint.pt'}: this checkpoint was written by method 'dgnet', not " \
+           f"'baseline'" in err
+    assert not out.exists()
 
 
 def test_real_data_without_a_teacher_is_a_clear_error(tiny_root, tmp_path, capsys):

@@ -103,10 +103,24 @@ def test_resume_continues_stage2_then_runs_stage3_exactly(all_run, tmp_path):
     assert [strip(again[i]) for i in (1, 2, 3)] == [strip(full[i]) for i in (1, 2, 3)]
     a, b = networks(all_run / "checkpoint.pt"), networks(copy / "checkpoint.pt")
     assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
-    # resuming a finished run re-trains nothing
+    # resuming a finished run re-trains nothing, and says so; with a longer length, its last stage trains on
     log_size = (copy / "stage3" / "log.jsonl").stat().st_size
     assert main(["fdgan", "--out", str(copy), "--resume"]) == 0
     assert (copy / "stage3" / "log.jsonl").stat().st_size == log_size
+    assert main(["fdgan", "--out", str(copy), "--resume", "--iters", str(ITERS + 1)]) == 0
+    assert sorted(records(copy / "stage3")) == [1, 2, 3, ITERS + 1]
+    assert load_checkpoint(copy / "checkpoint.pt")["iteration"] == ITERS + 1
+
+
+def test_stage_lengths_given_with_resume_apply_to_the_running_stage_and_the_next(all_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(all_run / "stage1", copy / "stage1")
+    (copy / "stage2").mkdir(parents=True)
+    shutil.copy(all_run / "stage2" / "checkpoint.prev.pt", copy / "stage2" / "checkpoint.pt")  # iteration 2
+    assert main(["fdgan", "--out", str(copy), "--resume", "--stage-iters", "3", "4", "2"]) == 0
+    assert load_checkpoint(copy / "stage2" / "checkpoint.pt")["iteration"] == 4
+    assert load_checkpoint(copy / "stage3" / "checkpoint.pt")["iteration"] == 2
+    assert "this run finished" not in capsys.readouterr().err
 
 
 def test_a_stage_is_not_trained_over_unless_asked(all_run, tiny_root, tmp_path, capsys):

@@ -136,6 +136,57 @@ def test_resume_continues_the_adaptation_then_runs_the_remaining_stages(full_run
     assert resumed_metrics["mAP"] == full_metrics["mAP"] and resumed_metrics["rank1"] == full_metrics["rank1"]
 
 
+def test_the_same_command_with_resume_continues_the_adaptation_exactly(full_run, tiny_root, domain_b, tmp_path):
+    # the command's --iters is the re-id stage's: it must not become the adaptation's length
+    resumed = tmp_path / "resumed"
+    _interrupted_copy(full_run, resumed, "adapt")
+    assert main(sagan_args(tiny_root, domain_b, resumed, "--resume")) == 0
+    full, again = adapt_records(full_run / "adapt"), adapt_records(resumed / "adapt")
+    assert sorted(again) == [3, 4]
+    assert [again[i]["cyc"] for i in (3, 4)] == [full[i]["cyc"] for i in (3, 4)]
+    assert _same_networks(full_run / "adapt" / "checkpoint.pt", resumed / "adapt" / "checkpoint.pt")
+    assert load_checkpoint(resumed / "reid" / "checkpoint.pt")["iteration"] == 3
+
+
+def test_lengths_given_with_resume_reach_their_stages(full_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    _interrupted_copy(full_run, resumed, "adapt")
+    assert main(["sagan", "--out", str(resumed), "--resume", "--adapt-iters", "5", "--iters", "4"]) == 0
+    adapt = load_checkpoint(resumed / "adapt" / "checkpoint.pt")
+    assert adapt["iteration"] == 5 and adapt["config"]["batch_size"] == 2  # the adaptation's own batch
+    assert load_checkpoint(resumed / "reid" / "checkpoint.pt")["iteration"] == 4
+    top = json.loads((resumed / "config.json").read_text())
+    assert (top["adapt_iters"], top["iters"]) == (5, 4)  # kept for a later --resume
+
+
+def test_ctrl_c_in_the_translate_stage_says_how_to_continue(full_run, tmp_path, monkeypatch, capsys):
+    from reidfast.train import sagan
+    run = tmp_path / "translating"  # adapted, and translating when Ctrl-C comes
+    shutil.copytree(full_run / "adapt", run / "adapt")
+    shutil.copy(full_run / "config.json", run / "config.json")
+    order = ["adapt", "translate", "reid"]
+    (run / "stages.json").write_text(json.dumps({"stages": order, "status": {"adapt": "done", "translate": "running"},
+                                                 "folders": {s: s for s in order}}))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sagan, "translate", interrupted)
+    assert main(["sagan", "--out", str(run), "--resume"]) == 130
+    err = capsys.readouterr().err
+    assert "stopped in the translate stage" in err and "run the same command again with --resume" in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_source_root_leaves_no_run_folder(domain_b, tmp_path, capsys):
+    out = tmp_path / "never"
+    args = sagan_args(tmp_path / "no-such-source", domain_b, out)
+    args[args.index("synthetic-a")] = "market1501"  # (a synthetic domain's missing root is generated)
+    assert main(args) == 2
+    assert "no-such-source" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_resume_skips_finished_stages(full_run, tmp_path, capsys):
     resumed = tmp_path / "resumed"
     _interrupted_copy(full_run, resumed, "reid")

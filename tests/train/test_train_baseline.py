@@ -194,10 +194,62 @@ def test_a_new_run_does_not_write_over_an_existing_one(short_run, tiny_root, tmp
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
-def test_garbage_checkpoint_names_the_file(tmp_path, capsys):
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(short_run, tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
-    assert f"checkpoint {tmp_path / 'checkpoint.pt'} is corrupted" in capsys.readouterr().err
+    assert f"--resume {tmp_path / 'checkpoint.pt'}: not a checkpoint" in capsys.readouterr().err
+    # a run's config.json given where its checkpoint goes
+    assert main(["baseline", "--resume", str(short_run / "config.json"), "--out", str(tmp_path)]) == 2
+    assert f"--resume {short_run / 'config.json'}: not a checkpoint" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_writes_nothing_and_a_longer_length_trains_on(short_run, tmp_path, capsys):
+    run = tmp_path / "finished"
+    shutil.copytree(short_run, run)
+    files = ("checkpoint.pt", "checkpoint.prev.pt", "log.jsonl", "metrics.json", "config.json")
+    before = {name: (run / name).read_bytes() for name in files}
+    assert main(["baseline", "--out", str(run), "--resume"]) == 0
+    assert "this run finished at iteration 6; nothing to train" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in files} == before
+    # a length below the checkpoint's is refused, before anything is written
+    assert main(["baseline", "--out", str(run), "--resume", "--iters", "4"]) == 2
+    assert "--iters 4 ends before iteration 6, which the checkpoint has reached" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in files} == before
+    # a longer one continues the run
+    assert main(["baseline", "--out", str(run), "--resume", "--iters", "8"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["iterations"] == 8
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_the_first_log_line_after_a_resume_averages_the_same_iterations(tiny_root, tmp_path):
+    # logged every 4 iterations, checkpointed every 3: the checkpoint at 3 holds iterations 1-3 of the window that
+    # ends at 4, and the resumed run's first line must average 1-4 as the uninterrupted run's does
+    full = tmp_path / "full"
+    assert main(tiny_args(tiny_root, full, "--iters", "8", "--ckpt-every", "3", "--log-every", "4")) == 0
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(full / "checkpoint.prev.pt", resumed / "checkpoint.pt")  # iteration 6: window holds 5 and 6
+    assert load_checkpoint(resumed / "checkpoint.pt")["iteration"] == 6
+    assert main(["baseline", "--out", str(resumed), "--resume"]) == 0
+    assert losses(resumed) == {8: losses(full)[8]}
+
+
+def test_a_new_run_over_an_old_one_starts_its_own_log(short_run, tiny_root, tmp_path):
+    run = tmp_path / "overwritten"
+    shutil.copytree(short_run, run)
+    assert main(tiny_args(tiny_root, run, "--iters", "2", "--overwrite")) == 0
+    assert sorted(losses(run)) == [1, 2]
+    assert json.loads((run / "metrics.json").read_text())["iterations"] == 2
+
+
+def test_a_diverged_loss_is_logged_as_strict_json(tmp_path):
+    from reidfast.train.run_log import RunLog
+    log = RunLog(tmp_path, enabled=True)
+    log.write({"it": 1, "loss": float("nan"), "lr": float("inf"), "loss_id": 0.5})
+    log.close()
+    line = (tmp_path / "log.jsonl").read_text().strip()
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert record == {"it": 1, "loss": None, "lr": None, "loss_id": 0.5}
 
 
 def test_log_records_eval_and_checkpoints(short_run):

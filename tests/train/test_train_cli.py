@@ -102,6 +102,16 @@ def test_missing_data_root_names_it(tmp_path, capsys):
     assert str(missing) in err and "market1501" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "market-1502", "--data-root", "."], "--dataset 'market-1502': no such dataset; one of cuhk03, "),
+    (["--backend", "Reference"], "--backend must be one of auto, cuda, triton, cpu, reference, got 'Reference'"),
+])
+def test_an_unknown_name_names_its_option(tmp_path, capsys, argv, message):
+    assert main(["baseline", "--out", str(tmp_path / "r"), "--device", "cpu", *argv]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_without_checkpoint(tmp_path, capsys):
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
     assert f"no checkpoint at {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
