@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from .homography import homography_warp
+from .homography import as_int, check_align_corners, check_has_pixels, check_settings, check_size, homography_warp
 
 
 def _check_homographies(fn: str, name: str, H) -> None:
-    if not isinstance(H, torch.Tensor) or H.dim() < 2 or tuple(H.shape[-2:]) != (3, 3):
-        raise ValueError(f"{fn}: {name} must have shape (..., 3, 3), got {getattr(H, 'shape', type(H).__name__)}")
+    if not isinstance(H, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor of shape (..., 3, 3), got {type(H).__name__}")
+    if H.dim() < 2 or tuple(H.shape[-2:]) != (3, 3):
+        raise ValueError(f"{fn}: {name} must have shape (..., 3, 3), got {tuple(H.shape)}")
     if not H.is_floating_point():
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {H.dtype}")
 
@@ -33,8 +35,10 @@ def homography_from_params(p: torch.Tensor) -> torch.Tensor:
     Zero parameters give the identity, so a localization network whose last layer starts at zero starts at the
     identity warp. Differentiable.
     """
-    if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[1] != 8:
-        raise ValueError(f"homography_from_params: p must have shape (N, 8), got {getattr(p, 'shape', type(p))}")
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"homography_from_params: p must be a torch.Tensor of shape (N, 8), got {type(p).__name__}")
+    if p.dim() != 2 or p.shape[1] != 8:
+        raise ValueError(f"homography_from_params: p must have shape (N, 8), got {tuple(p.shape)}")
     if not p.is_floating_point():
         raise TypeError(f"homography_from_params: p must be a floating-point tensor, got {p.dtype}")
     flat = torch.cat([p, p.new_zeros(p.shape[0], 1)], dim=1).view(-1, 3, 3)
@@ -69,44 +73,79 @@ def compose_warps(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     resampling and borders). Since each H maps output points back to input points, that is first @ second."""
     _check_homographies("compose_warps", "first", first)
     _check_homographies("compose_warps", "second", second)
+    if first.dtype != second.dtype:  # matmul would refuse it; a silent promotion would hide a precision choice
+        raise TypeError(f"compose_warps: first and second must have the same dtype, got {first.dtype} and "
+                        f"{second.dtype}")
+    if first.device != second.device:
+        raise ValueError(f"compose_warps: first is on {first.device} but second is on {second.device}")
+    try:  # batch dimensions broadcast, as in matmul: one warp composes with a batch of them
+        torch.broadcast_shapes(first.shape[:-2], second.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"compose_warps: the batch shapes of first {tuple(first.shape)} and second "
+                         f"{tuple(second.shape)} do not broadcast") from None
     return first @ second
+
+
+def _axis(size: int, align_corners: bool) -> tuple[float, float]:
+    """(scale, offset) of one axis' pixel -> normalized map g = scale * p + offset."""
+    if size == 1:
+        return 1.0, 0.0  # the single pixel's centre is 0; any scale works, 1 keeps the matrix invertible
+    if align_corners:
+        return 2.0 / (size - 1), -1.0
+    return 2.0 / size, 1.0 / size - 1.0
+
+
+def _normalization(size, align_corners: bool, inverse: bool, dtype, device) -> torch.Tensor:
+    """normalization_matrix for checked arguments, or its inverse in closed form (no linalg.inv, which has no
+    half-precision kernels)."""
+    sy, oy = _axis(size[0], align_corners)
+    sx, ox = _axis(size[1], align_corners)
+    if inverse:
+        sx, ox, sy, oy = 1.0 / sx, -ox / sx, 1.0 / sy, -oy / sy
+    return torch.tensor([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
 
 
 def normalization_matrix(height: int, width: int, align_corners: bool, *, dtype=torch.float32,
                          device=None) -> torch.Tensor:
     """(3, 3) matrix taking pixel coordinates (u, v, 1) of a height x width image to normalized ones."""
+    size = []
+    for name, value in (("height", height), ("width", width)):
+        n = as_int(value)
+        if n is None:
+            raise TypeError(f"normalization_matrix: {name} must be an int (Python or numpy integer), got {value!r}")
+        if n < 1:
+            raise ValueError(f"normalization_matrix: {name} must be positive, got {n}")
+        size.append(n)
+    check_align_corners("normalization_matrix", align_corners)
+    return _normalization(size, align_corners, False, dtype, device)
 
-    def axis(size):
-        if size < 1:
-            raise ValueError(f"normalization_matrix: sizes must be positive, got {height} x {width}")
-        if size == 1:
-            return 1.0, 0.0  # the single pixel's centre is 0; any scale works, 1 keeps the matrix invertible
-        if align_corners:
-            return 2.0 / (size - 1), -1.0
-        return 2.0 / size, 1.0 / size - 1.0
 
-    sx, ox = axis(width)
-    sy, oy = axis(height)
-    return torch.tensor([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+def _check_conversion(fn: str, name: str, M, in_size, out_size, align_corners):
+    _check_homographies(fn, name, M)
+    check_align_corners(fn, align_corners)
+    return check_size(fn, "in_size", in_size), check_size(fn, "out_size", out_size)
 
 
 def pixel_to_normalized(M: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int],
                         align_corners: bool) -> torch.Tensor:
     """Converts M, mapping OUTPUT pixel coordinates to INPUT pixel coordinates, into homography_warp's H.
 
-    in_size, out_size: (height, width). H = N_in @ M @ N_out^-1 with N the normalization matrices.
+    M: (..., 3, 3) floating point; in_size, out_size: (height, width). H = N_in @ M @ N_out^-1 with N the
+    normalization matrices.
     """
-    n_in = normalization_matrix(*in_size, align_corners, dtype=M.dtype, device=M.device)
-    n_out = normalization_matrix(*out_size, align_corners, dtype=M.dtype, device=M.device)
-    return n_in @ M @ torch.linalg.inv(n_out)
+    in_size, out_size = _check_conversion("pixel_to_normalized", "M", M, in_size, out_size, align_corners)
+    n_in = _normalization(in_size, align_corners, False, M.dtype, M.device)
+    n_out_inv = _normalization(out_size, align_corners, True, M.dtype, M.device)
+    return n_in @ M @ n_out_inv
 
 
 def normalized_to_pixel(H: torch.Tensor, in_size: tuple[int, int], out_size: tuple[int, int],
                         align_corners: bool) -> torch.Tensor:
     """Inverse of `pixel_to_normalized`: homography_warp's H -> the map from output to input pixel coordinates."""
-    n_in = normalization_matrix(*in_size, align_corners, dtype=H.dtype, device=H.device)
-    n_out = normalization_matrix(*out_size, align_corners, dtype=H.dtype, device=H.device)
-    return torch.linalg.inv(n_in) @ H @ n_out
+    in_size, out_size = _check_conversion("normalized_to_pixel", "H", H, in_size, out_size, align_corners)
+    n_in_inv = _normalization(in_size, align_corners, True, H.dtype, H.device)
+    n_out = _normalization(out_size, align_corners, False, H.dtype, H.device)
+    return n_in_inv @ H @ n_out
 
 
 def warp_perspective(img: torch.Tensor, M: torch.Tensor, dsize: tuple[int, int], padding_mode: str = "zeros",
@@ -120,16 +159,22 @@ def warp_perspective(img: torch.Tensor, M: torch.Tensor, dsize: tuple[int, int],
     exact for both (kornia itself normalizes with the align_corners=True convention whatever the flag).
     Runs the fused homography_warp, so it is differentiable in img and M.
     """
-    if not isinstance(M, torch.Tensor) or M.dim() != 3 or M.shape[-2:] != (3, 3):
-        raise ValueError(f"warp_perspective: M must have shape (N, 3, 3), got {getattr(M, 'shape', type(M))}")
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"warp_perspective: img must be a torch.Tensor, got {type(img).__name__}")
+    if img.dim() != 4:
+        raise ValueError(f"warp_perspective: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
+    check_has_pixels(img, "warp_perspective")
+    if not isinstance(M, torch.Tensor):
+        raise TypeError(f"warp_perspective: M must be a torch.Tensor of shape (N, 3, 3), got {type(M).__name__}")
+    if tuple(M.shape) != (img.shape[0], 3, 3):
+        raise ValueError(f"warp_perspective: M must have shape (N, 3, 3) = ({img.shape[0]}, 3, 3), got "
+                         f"{tuple(M.shape)}")
     if not M.is_floating_point():
         raise TypeError(f"warp_perspective: M must be a floating-point tensor, got {M.dtype}")
-    if not isinstance(img, torch.Tensor) or img.dim() != 4:
-        raise ValueError(f"warp_perspective: img must be 4-D (N, C, H, W), got {getattr(img, 'shape', type(img))}")
-    if (not isinstance(dsize, (tuple, list)) or len(dsize) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in dsize)):
-        raise ValueError(f"warp_perspective: dsize must be (height, width), two positive ints, got {dsize!r}")
-    out_h, out_w = dsize
+    if M.device != img.device:
+        raise ValueError(f"warp_perspective: M is on {M.device} but img is on {img.device}")
+    out_h, out_w = check_size("warp_perspective", "dsize", dsize)
+    check_settings("warp_perspective", None, padding_mode, align_corners)
     Mc = M.to(torch.float64 if img.dtype == torch.float64 else torch.float32)
     try:
         inverse = homography_inverse(Mc)

@@ -3,6 +3,8 @@ spatial transformer). The coordinate convention and the horizon rule are defined
 (and, for the kernels, csrc/include/reidfast/grid_math.h and homography_math.h)."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from . import _backend, _extension, reference
@@ -18,32 +20,55 @@ if _extension.has_cpu_kernels():
     _forward_op = torch.ops.reidfast.homography_warp_forward.default  # looked up once, not per call
 
 
+def as_int(v):
+    """v as a Python int when it is an integer other than a bool (Python's, numpy's, a 0-d tensor's), else None."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
+def check_size(who: str, name: str, size, optional: bool = False) -> tuple[int, int]:
+    """A (height, width) argument: two positive integers, Python's or numpy's (anything `operator.index` takes but a
+    bool), returned as Python ints; traced sizes (SymInt) pass as they are. Errors start with who and name it."""
+    try:
+        pair = tuple(size)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2:
+        raise TypeError(f"{who}: {name} must be {'None or ' if optional else ''}a pair (height, width) of positive "
+                        f"ints, got {size!r}")
+    values = [v if isinstance(v, torch.SymInt) else as_int(v) for v in pair]
+    if any(v is None for v in values):  # a whole float is refused too, as range() refuses it: sizes count pixels
+        raise TypeError(f"{who}: {name} must hold two ints (Python or numpy integers), got {size!r}")
+    if not (values[0] > 0 and values[1] > 0):
+        raise ValueError(f"{who}: {name} must be positive, got ({values[0]}, {values[1]})")
+    return values[0], values[1]
+
+
+def check_align_corners(who: str, align_corners) -> None:
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"{who}: align_corners must be a bool, got {type(align_corners).__name__}")
+
+
 def check_settings(who: str, out_size, padding_mode, align_corners):
     """The warp's non-tensor arguments (also checked by reidfast.nn.HomographyTransformer when it is built); errors
     start with who. Returns out_size as (Hout, Wout), or None."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"{who}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    if not isinstance(align_corners, bool):
-        raise TypeError(f"{who}: align_corners must be a bool, got {type(align_corners).__name__}")
+    check_align_corners(who, align_corners)
     if out_size is None:
         return None
-    try:
-        out_h, out_w = out_size
-    except (TypeError, ValueError):
-        raise TypeError(f"{who}: out_size must be None or a pair (Hout, Wout), got {out_size!r}") from None
-    for v in (out_h, out_w):
-        if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, torch.SymInt)):
-            raise TypeError(f"{who}: out_size must hold two ints, got {out_size!r}")
-    if not (out_h > 0 and out_w > 0):
-        raise ValueError(f"{who}: out_size must be positive, got {tuple(out_size)}")
-    return out_h, out_w
+    return check_size(who, "out_size", out_size, optional=True)
 
 
-def check_has_pixels(img: torch.Tensor) -> None:
+def check_has_pixels(img: torch.Tensor, who: str = "homography_warp") -> None:
     """grid_sample's rule, on every backend (the C++ kernels' twin: homography_checks.h, check_inputs): an image
     without pixels has nothing to sample, not even its padding."""
     if img.shape[2] == 0 or img.shape[3] == 0:
-        raise ValueError(f"homography_warp: img must have a positive height and width, got shape {tuple(img.shape)}")
+        raise ValueError(f"{who}: img must have a positive height and width, got shape {tuple(img.shape)}")
 
 
 def _check(img, H):

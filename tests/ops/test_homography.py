@@ -2,6 +2,7 @@
 conventions, geometry helpers, registration (opcheck, torch.compile), errors."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -459,11 +460,29 @@ def test_warp_perspective_translation_moves_pixels():
 
 def test_warp_perspective_names_its_bad_arguments():
     img, M = torch.randn(1, 1, 5, 6), torch.eye(3)[None]
-    for dsize in (4, None, (4, 4, 4), (0, 6), (4.5, 6), (True, 6)):
-        with pytest.raises(ValueError, match="dsize must be \\(height, width\\)"):
+    # the same rule and error types as homography_warp's out_size: a wrong kind of value is a TypeError
+    for dsize in (4, None, (4, 4, 4)):
+        with pytest.raises(TypeError, match=r"warp_perspective: dsize must be a pair \(height, width\)"):
             ops.warp_perspective(img, M, dsize)
+    for dsize in ((4.5, 6), (4.0, 6), (True, 6), ("4", 6)):
+        with pytest.raises(TypeError, match="warp_perspective: dsize must hold two ints"):
+            ops.warp_perspective(img, M, dsize)
+    with pytest.raises(ValueError, match=r"warp_perspective: dsize must be positive, got \(0, 6\)"):
+        ops.warp_perspective(img, M, (0, 6))
     with pytest.raises(TypeError, match="M must be a floating-point tensor, got torch.int64"):
         ops.warp_perspective(img, torch.eye(3, dtype=torch.int64)[None], (5, 6))
+    with pytest.raises(TypeError, match="warp_perspective: M must be a torch.Tensor of shape \\(N, 3, 3\\), got list"):
+        ops.warp_perspective(img, torch.eye(3)[None].tolist(), (5, 6))
+    with pytest.raises(ValueError, match=r"M must have shape \(N, 3, 3\) = \(2, 3, 3\), got \(1, 3, 3\)"):
+        ops.warp_perspective(img.expand(2, -1, -1, -1), M, (5, 6))
+    with pytest.raises(TypeError, match="warp_perspective: img must be a torch.Tensor"):
+        ops.warp_perspective(img.numpy(), M, (5, 6))
+    with pytest.raises(ValueError, match="warp_perspective: img must have a positive height and width"):
+        ops.warp_perspective(torch.randn(1, 1, 0, 6), M, (5, 6))
+    with pytest.raises(TypeError, match="warp_perspective: align_corners must be a bool, got NoneType"):
+        ops.warp_perspective(img, M, (5, 6), align_corners=None)
+    with pytest.raises(ValueError, match="warp_perspective: padding_mode must be one of"):
+        ops.warp_perspective(img, M, (5, 6), padding_mode="wrap")
     with pytest.raises(ValueError, match="warp_perspective: M has no inverse .*singular"):
         ops.warp_perspective(img, torch.zeros(1, 3, 3), (5, 6))
 
@@ -490,12 +509,78 @@ def test_geometry_helpers_reject_bad_matrices():
     singular[1, 2] = singular[1, 0] + singular[1, 1]  # the third row in the span of the others
     with pytest.raises(ValueError, match=r"homography_inverse: H is singular .* index\(es\) \[1\]"):
         ops.homography_inverse(singular)
-    with pytest.raises(ValueError, match=r"homography_inverse: H must have shape \(\.\.\., 3, 3\), got .*\[3, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"homography_inverse: H must have shape \(\.\.\., 3, 3\), got \(3, 2, 3\)"):
         ops.homography_inverse(H[:, :2])
     with pytest.raises(TypeError, match="homography_adjugate: H must be a floating-point tensor"):
         ops.homography_adjugate(torch.eye(3, dtype=torch.long))
     with pytest.raises(ValueError, match="compose_warps: second must have shape"):
         ops.compose_warps(H, H[0, 0])
+
+
+def test_sizes_accept_numpy_integers_everywhere():
+    img, M = torch.randn(1, 1, 5, 6, dtype=torch.float64), torch.eye(3, dtype=torch.float64)[None]
+    assert ops.homography_warp(img, M, out_size=(np.int64(5), np.int32(7))).shape == (1, 1, 5, 7)
+    assert ops.warp_perspective(img, M, dsize=(np.int64(6), 7)).shape == (1, 1, 6, 7)
+    torch.testing.assert_close(ops.normalization_matrix(np.int64(4), np.int16(6), False),
+                               ops.normalization_matrix(4, 6, False))
+    M = M + 0.1 * torch.randn(3, 3, dtype=torch.float64)
+    for convert in (ops.pixel_to_normalized, ops.normalized_to_pixel):
+        torch.testing.assert_close(convert(M, (np.int64(5), np.int64(6)), (np.int32(4), 3), True),
+                                   convert(M, (5, 6), (4, 3), True))
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda M: ops.pixel_to_normalized(M.tolist(), (4, 5), (4, 5), True), TypeError,
+     r"pixel_to_normalized: M must be a torch.Tensor of shape \(\.\.\., 3, 3\), got list"),
+    (lambda M: ops.pixel_to_normalized(M.long(), (4, 5), (4, 5), True), TypeError,
+     "pixel_to_normalized: M must be a floating-point tensor, got torch.int64"),
+    (lambda M: ops.pixel_to_normalized(M[:2, :2], (4, 5), (4, 5), True), ValueError,
+     r"pixel_to_normalized: M must have shape \(\.\.\., 3, 3\), got \(2, 2\)"),
+    (lambda M: ops.normalized_to_pixel(M[:2], (4, 5), (4, 5), True), ValueError,
+     r"normalized_to_pixel: H must have shape \(\.\.\., 3, 3\), got \(2, 3\)"),
+    (lambda M: ops.pixel_to_normalized(M, (4, 5, 6), (4, 5), True), TypeError,
+     r"pixel_to_normalized: in_size must be a pair \(height, width\)"),
+    (lambda M: ops.normalized_to_pixel(M, (4, 5), 4, True), TypeError,
+     r"normalized_to_pixel: out_size must be a pair \(height, width\)"),
+    (lambda M: ops.pixel_to_normalized(M, (4.5, 5), (4, 5), True), TypeError,
+     "pixel_to_normalized: in_size must hold two ints"),
+    (lambda M: ops.normalized_to_pixel(M, (4, 5), (0, 5), True), ValueError,
+     r"normalized_to_pixel: out_size must be positive, got \(0, 5\)"),
+    (lambda M: ops.pixel_to_normalized(M, (4, 5), (4, 5), None), TypeError,
+     "pixel_to_normalized: align_corners must be a bool, got NoneType"),
+    (lambda M: ops.normalization_matrix(2.5, 3, True), TypeError,
+     "normalization_matrix: height must be an int .*got 2.5"),
+    (lambda M: ops.normalization_matrix(2, -3, True), ValueError, "normalization_matrix: width must be positive"),
+    (lambda M: ops.normalization_matrix(2, 3, 1), TypeError, "normalization_matrix: align_corners must be a bool"),
+    (lambda M: ops.homography_warp(torch.randn(1, 1, 4, 4), M[None].float(), out_size=(4.5, 5)), TypeError,
+     "homography_warp: out_size must hold two ints"),
+    (lambda M: ops.compose_warps(M.expand(2, 3, 3), M.expand(3, 3, 3)), ValueError,
+     r"compose_warps: the batch shapes of first \(2, 3, 3\) and second \(3, 3, 3\) do not broadcast"),
+    (lambda M: ops.compose_warps(M.float(), M), TypeError,
+     "compose_warps: first and second must have the same dtype, got torch.float32 and torch.float64"),
+    (lambda M: ops.compose_warps(M, M.to("meta")), ValueError, "compose_warps: first is on cpu but second is on meta"),
+    (lambda M: ops.homography_from_params([0.0] * 8), TypeError,
+     "homography_from_params: p must be a torch.Tensor of shape \\(N, 8\\), got list"),
+])
+def test_geometry_helpers_name_their_bad_arguments(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call(torch.eye(3, dtype=torch.float64))
+
+
+def test_composition_broadcasts_one_warp_over_a_batch():
+    H = random_homographies(3, "projective")
+    torch.testing.assert_close(ops.compose_warps(H[0], H), H[0] @ H)
+    torch.testing.assert_close(ops.compose_warps(H, H[:1]), H @ H[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pixel_normalized_conversions_take_half_precision(dtype):
+    # the normalization matrices are inverted in closed form: linalg.inv has no half-precision kernels
+    M = torch.tensor([[1.1, 0.1, 2.0], [0.05, 0.9, -1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    for convert in (ops.pixel_to_normalized, ops.normalized_to_pixel):
+        got = convert(M.to(dtype), (6, 9), (4, 7), False)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), convert(M, (6, 9), (4, 7), False), atol=0.02, rtol=0.01)
 
 
 def test_params_inverse_and_composition():
