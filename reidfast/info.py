@@ -38,6 +38,10 @@ def report() -> str:
                 chosen = _backend.resolve(op, device)
             except RuntimeError as exc:
                 chosen = f"error: {exc}"
+            if op in _backend.TORCH_OPS:  # no kernels to refuse: say what runs instead of listing absent ones
+                what = f" ({_backend.TORCH_OPS[op]})" if chosen == "torch" else ""
+                lines.append(f"  {op:<16} on {device.type:<4} -> {chosen}{what}")
+                continue
             refused = [f"{b}: {why}" for b, why in _backend.explain(op, device) if why and b != chosen]
             lines.append(f"  {op:<16} on {device.type:<4} -> {chosen}")
             lines.extend(f"      not {r}" for r in refused)

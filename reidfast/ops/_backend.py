@@ -6,6 +6,9 @@ Triton interpreter is on (TRITON_INTERPRET=1, set before reidfast is imported); 
 
 Set it with `set_backend(name)`, for a block with `with use_backend(name):`, or with the environment variable
 REIDFAST_BACKEND. `explain(op, device)` says why each faster implementation was or was not chosen.
+
+An op without kernels of its own (conv2d) runs the same torch ops under every setting but "reference", on any
+device; `resolve` and `explain` call that implementation "torch".
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ _AUTO_ORDER = ("cuda", "triton", "cpu", "reference")
 
 # Which backends implement each op; ops register themselves here when their module is imported.
 IMPLEMENTED: dict[str, tuple[str, ...]] = {}
+# Ops made of torch ops rather than kernels (module docstring): op -> what those torch ops are, for explanations.
+TORCH_OPS: dict[str, str] = {}
 # (op, device type, setting) -> backend. Every input of the choice but the setting is fixed at import (what was
 # built, whether triton is installed, TRITON_INTERPRET), and ops call resolve on every call: a few microseconds
 # saved per call at the sizes where host overhead is comparable to the kernels.
@@ -62,13 +67,25 @@ def use_backend(name: str):
         _current = previous
 
 
-def register_op(op: str, backends: tuple[str, ...]) -> None:
+def register_op(op: str, backends: tuple[str, ...], *, torch_ops: str | None = None) -> None:
+    """`backends`: the settings with an implementation of their own. `torch_ops`, for an op without kernels: what
+    every setting but "reference" runs instead (then `backends` is just ("reference",))."""
     IMPLEMENTED[op] = tuple(b for b in _AUTO_ORDER if b in backends)
+    if torch_ops is not None:
+        TORCH_OPS[op] = torch_ops
     _RESOLVED.clear()
+
+
+def _check_op(who: str, op) -> None:
+    if op not in IMPLEMENTED:
+        raise ValueError(f"{who}: unknown op {op!r}; known ops: {', '.join(sorted(IMPLEMENTED))}")
 
 
 def _unusable_reason(op: str, backend: str, device: torch.device) -> str:
     """Empty string when `backend` can run `op` on `device`; otherwise why not."""
+    if op in TORCH_OPS and backend != "reference":
+        return (f"{op} has no {backend} kernels: every setting but \"reference\" runs its {TORCH_OPS[op]}, on any "
+                f"device")
     if backend not in IMPLEMENTED.get(op, ()):
         return f"{op} has no {backend} implementation"
     if backend == "reference":
@@ -97,13 +114,19 @@ def _unusable_reason(op: str, backend: str, device: torch.device) -> str:
 
 
 def explain(op: str, device: torch.device | str) -> list[tuple[str, str]]:
-    """(backend, reason it is unusable or "" when usable) for each backend in "auto" order."""
+    """(backend, reason it is unusable or "" when usable) for each backend in "auto" order. For an op made of torch
+    ops, ("torch", "") comes before "reference": what "auto" and every setting but "reference" run."""
+    _check_op("explain_backend", op)
     device = torch.device(device)
-    return [(b, _unusable_reason(op, b, device)) for b in _AUTO_ORDER]
+    reasons = [(b, _unusable_reason(op, b, device)) for b in _AUTO_ORDER]
+    if op in TORCH_OPS:
+        reasons.insert(-1, ("torch", ""))
+    return reasons
 
 
 def resolve(op: str, device: torch.device) -> str:
-    """The concrete backend that runs `op` for tensors on `device` under the current setting."""
+    """The concrete backend that runs `op` for tensors on `device` under the current setting ("torch" for an op made
+    of torch ops, unless the setting is "reference")."""
     if torch.compiler.is_compiling():
         # Traced, the cache would become a guard on its own contents (a recompile the first time each key is
         # added); the plain choice is guarded on the setting alone and costs nothing at run time.
@@ -116,6 +139,9 @@ def resolve(op: str, device: torch.device) -> str:
 
 
 def _resolve_uncached(op: str, device: torch.device) -> str:
+    _check_op("resolve_backend", op)
+    if op in TORCH_OPS:
+        return "reference" if _current == "reference" else "torch"
     if _current == "auto":
         for backend in _AUTO_ORDER:
             if backend == "triton" and device.type != "cuda":

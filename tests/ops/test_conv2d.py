@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reidfast.nn import PenaltyConv2d
-from reidfast.ops import conv2d, reference, use_backend
+from reidfast.ops import conv2d, explain_backend, reference, resolve_backend, use_backend
 
 # (x shape, weight shape, stride, padding, dilation, groups): strided with an input size a strided convolution
 # reaches from two sizes (9), 1x1, dilated, grouped, a 1x1 map
@@ -116,6 +116,28 @@ def test_the_reference_backend_runs_the_reference():
     with _Convolutions() as seen:
         torch.autograd.grad(penalty, (x, w, b))
     assert any(shape[1] == x.shape[0] and shape[0] != x.shape[0] for shape in seen.inputs)
+
+
+@pytest.mark.parametrize("setting", ["auto", "cuda", "cpu", "reference"])
+def test_the_reported_backend_is_the_one_that_runs(setting):
+    # conv2d has no kernels: every setting but "reference" runs its torch ops, on any device, and says so
+    (x, w, b), kw = _inputs(CASES[0], dtype=torch.float32)
+    with use_backend(setting):
+        reported = resolve_backend("conv2d", x.device)
+        penalty = _penalty(conv2d, x, w, b, kw)
+    with _Convolutions() as seen:
+        torch.autograd.grad(penalty, (x, w, b))
+    assert reported == ("reference" if setting == "reference" else "torch")
+    ran_reference = any(shape[1] == x.shape[0] and shape[0] != x.shape[0] for shape in seen.inputs)
+    assert ran_reference == (reported == "reference")
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_explain_backend_lists_the_torch_ops_and_the_reference(device):
+    reasons = explain_backend("conv2d", device)
+    assert [b for b, why in reasons if not why] == ["torch", "reference"]
+    for backend, why in reasons[:3]:
+        assert why.startswith(f"conv2d has no {backend} kernels") and "torch ops" in why, why
 
 
 def test_autocast_computes_in_the_autocast_dtype_like_the_reference():

@@ -1,0 +1,32 @@
+"""The backend registry as users query it: explain_backend and resolve_backend on unknown ops, and
+`python -m reidfast.info` reporting every op."""
+import pytest
+import torch
+
+from reidfast import ops
+
+# the ops of the README's table, each with a backend setting
+OPS = ("adain", "conv2d", "homography_warp", "rank_eval")
+
+
+@pytest.mark.parametrize("query", [ops.explain_backend, ops.resolve_backend])
+def test_an_unknown_op_is_an_error_listing_the_known_ones(query):
+    with pytest.raises(ValueError, match=r"unknown op 'foo'; known ops: adain, conv2d, homography_warp, rank_eval"):
+        query("foo", torch.device("cpu"))
+
+
+def test_every_op_has_a_reference_and_an_explanation():
+    for op in OPS:
+        reasons = dict(ops.explain_backend(op, "cpu"))
+        assert reasons["reference"] == "", op
+        with ops.use_backend("reference"):
+            assert ops.resolve_backend(op, torch.device("cpu")) == "reference"
+
+
+def test_info_reports_the_backend_of_every_op(capsys):
+    from reidfast.info import main
+    main([])
+    lines = capsys.readouterr().out.splitlines()
+    for op in OPS:
+        chosen = [line.split("->")[1].split()[0] for line in lines if line.split()[:3] == [op, "on", "cpu"]]
+        assert chosen == [ops.resolve_backend(op, torch.device("cpu"))], (op, lines)
