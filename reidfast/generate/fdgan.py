@@ -24,6 +24,8 @@ from ..train.fdgan import pose_picture
 from ..train.images import save_image_grid
 from .common import load_images
 
+POSE_FILE_SUFFIXES = (".csv", ".txt")  # --pose as a keypoints file; any other --pose is an image
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--image", nargs="+", required=True, metavar="IMG", help="images of the persons to draw")
@@ -43,11 +45,31 @@ def _image_size(path) -> tuple[int, int]:
         return img.height, img.width
 
 
+def _check_file(argument: str, value: str) -> None:
+    path = Path(value)
+    if not path.exists():
+        raise ValueError(f"{argument} {value}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{argument} {value}: not a file")
+
+
+def check_arguments(args) -> None:
+    """The user's mistakes in --pose-size, --keypoints and --pose that show without the dataset: refused before
+    any image is read."""
+    if args.pose_size is not None and min(args.pose_size) < 1:  # 0 divides by zero, negatives mirror the poses
+        raise ValueError(f"--pose-size: H and W must be positive integers, got {' '.join(map(str, args.pose_size))}")
+    if args.keypoints is not None:  # checked even where --pose does not need it: a wrong path is a mistake anyway
+        _check_file("--keypoints", args.keypoints)
+    if Path(args.pose).suffix.lower() in POSE_FILE_SUFFIXES:  # never an image name: the path must exist
+        _check_file("--pose", args.pose)
+
+
 def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
-    """(label, (18, 2) keypoints in pixels of the run's input size) of every pose --pose names."""
+    """(label, (18, 2) keypoints in pixels of the run's input size) of every pose --pose names (the arguments
+    passed check_arguments)."""
     height, width = cfg["height"], cfg["width"]
     source = Path(args.pose)
-    if source.suffix.lower() in (".csv", ".txt") and source.is_file():
+    if source.suffix.lower() in POSE_FILE_SUFFIXES:
         dataset = None
         if args.pose_size is None:
             dataset = method.load_dataset(cfg)
@@ -59,8 +81,13 @@ def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
         if not poses:
             raise ValueError(f"--pose: {source} holds no pose")
         return [(Path(name).stem, scale_keypoints(kp, width / w0, height / h0)) for name, kp in poses]
-    # an image of the dataset: its keypoints from the dataset's keypoints file
+    # an image of the dataset, as a path or by its file name alone: its keypoints from the dataset's keypoints file
     dataset = method.load_dataset(cfg)
+    by_name = {Path(s.path).name: s.path for split in (dataset.train, dataset.query, dataset.gallery) for s in split}
+    path = source if source.is_file() else Path(by_name.get(source.name, ""))
+    if not path.is_file():
+        raise ValueError(f"--pose {args.pose}: no such file, and {dataset.name} has no image of that name (give an "
+                         f"image of the run's dataset, a keypoints CSV or a .txt pose file)")
     csv = args.keypoints or cfg.get("keypoints") or dataset.keypoints_csv
     if csv is None or not Path(csv).is_file():
         raise ValueError(f"--pose {args.pose}: {dataset.name} has no keypoints file; pass --keypoints CSV, or give "
@@ -69,15 +96,12 @@ def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
     if source.name not in keypoints:
         raise ValueError(f"--pose {args.pose}: no keypoints for {source.name} in {csv} (give an image of the run's "
                          f"dataset, a keypoints CSV or a .txt pose file)")
-    by_name = {Path(s.path).name: s.path for split in (dataset.train, dataset.query, dataset.gallery) for s in split}
-    path = source if source.is_file() else Path(by_name.get(source.name, ""))
-    if not path.is_file():
-        raise ValueError(f"--pose {args.pose}: cannot find that image to read its size")
     h0, w0 = _image_size(path)
     return [(source.stem, scale_keypoints(keypoints[source.name], width / w0, height / h0))]
 
 
 def generate(method, cfg, args, out, device) -> list[Path]:
+    check_arguments(args)
     size = (cfg["height"], cfg["width"])
     images = load_images(args.image, size, device, "--image")
     poses = target_poses(method, cfg, args)

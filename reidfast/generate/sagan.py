@@ -1,9 +1,10 @@
 """adapt --image to the target domain under --codes spatial codes (SA-GAN's S1 then G1)
 
 For each image one PNG grid of three rows: the input; M spatially adapted images S1(x, z_k); M fully adapted
-images G1(S1(x, z_k)); one column per spatial code z_k ~ N(0, I) (--seed fixes them). Without --mask the whole
-box counts as the person. --checkpoint takes the run folder (RUN, whose stages.json names the adaptation stage),
-the adaptation stage's folder (RUN/adapt) or one of its checkpoint files.
+images G1(S1(x, z_k)); one column per spatial code z_k ~ N(0, I) (--seed fixes them). The grid is named
+<stem>_sagan_<M>codes.png after its image (<stem>_<i>_sagan_... for the i-th --image, counted from 0, when two
+share a stem). Without --mask the whole box counts as the person. --checkpoint takes the run folder (RUN, whose
+stages.json names the adaptation stage), the adaptation stage's folder (RUN/adapt) or one of its checkpoint files.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from ..data import decode_mask
 from ..train.images import save_image_grid
-from .common import load_images
+from .common import load_images, output_stems
 
 # One grid column per code: beyond a few hundred the picture is no longer a picture, and every image's M adapted
 # copies are made at once (100000 codes ran out of memory).
@@ -66,11 +67,11 @@ def generate(method, cfg: dict, args, out: Path, device: torch.device) -> list[P
     codes = torch.randn(images.shape[0], args.codes, method.code_dim, generator=g, device=device)
     spatial, adapted = method.adapt(images, masks, codes)
     written = []
-    for i, path in enumerate(args.image):
+    for i, stem in enumerate(output_stems(args.image)):
         rows = [images[i:i + 1].float(), spatial[i], adapted[i]]
         columns = args.codes
         grid = torch.cat([torch.cat([r, r.new_zeros((columns - r.shape[0],) + r.shape[1:])]) if r.shape[0] < columns
                           else r for r in rows])
-        written.append(save_image_grid(grid, Path(out) / f"{Path(path).stem}_sagan_{args.codes}codes.png",
+        written.append(save_image_grid(grid, Path(out) / f"{stem}_sagan_{args.codes}codes.png",
                                        nrow=columns))
     return written

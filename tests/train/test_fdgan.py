@@ -325,3 +325,52 @@ def test_generate_writes_input_pose_and_generated_images(all_run, tiny_root, tmp
     assert generate_main(["fdgan", "--checkpoint", str(all_run / "stage1"), "--image", str(image), "--pose",
                           target.name, "--out", str(tmp_path / "gen3"), "--device", "cpu"]) == 2
     assert "stage I" in capsys.readouterr().err
+
+
+def test_generate_names_the_bad_pose_argument_in_one_error_line(all_run, tiny_root, tmp_path, capsys):
+    from reidfast.generate.__main__ import main as generate_main
+    image = sorted((tiny_root / "query").glob("*.jpg"))[0]
+    target = sorted((tiny_root / "bounding_box_train").glob("*.jpg"))[0]
+    csv = tmp_path / "poses.csv"
+    csv.write_text("\n".join((tiny_root / "annotations.csv").read_text().splitlines()[:2]) + "\n")
+    out = tmp_path / "gen"
+    base = ["fdgan", "--checkpoint", str(all_run), "--image", str(image), "--out", str(out), "--device", "cpu"]
+    missing_csv, missing_txt = tmp_path / "nope.csv", tmp_path / "nope.txt"
+    cases = [
+        (["--pose", str(csv), "--pose-size", "0", "32"], "--pose-size: H and W must be positive integers, got 0 32"),
+        (["--pose", str(csv), "--pose-size", "-64", "32"],
+         "--pose-size: H and W must be positive integers, got -64 32"),
+        # --keypoints given but missing: said so, whether --pose is a dataset image or a keypoints file
+        (["--pose", target.name, "--keypoints", str(missing_csv)], f"--keypoints {missing_csv}: no such file"),
+        (["--pose", str(csv), "--keypoints", str(missing_csv)], f"--keypoints {missing_csv}: no such file"),
+        (["--pose", target.name, "--keypoints", str(tmp_path)], f"--keypoints {tmp_path}: not a file"),
+        (["--pose", str(missing_txt)], f"--pose {missing_txt}: no such file"),
+        (["--pose", str(missing_csv)], f"--pose {missing_csv}: no such file"),
+        (["--pose", "nope.jpg"], "--pose nope.jpg: no such file, and synthetic"),
+    ]
+    for extra, message in cases:
+        assert generate_main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith(f"error: {message}") and "Traceback" not in err, (extra, err)
+    assert not out.exists()
+
+
+def test_generate_takes_a_dataset_image_by_path_and_a_pose_file_at_its_size(all_run, tiny_root, tmp_path, capsys):
+    from reidfast.generate.__main__ import main as generate_main
+    image = sorted((tiny_root / "query").glob("*.jpg"))[0]
+    target = sorted((tiny_root / "bounding_box_train").glob("*.jpg"))[0]
+    base = ["fdgan", "--checkpoint", str(all_run), "--image", str(image), "--device", "cpu"]
+    assert generate_main(base + ["--pose", str(target), "--keypoints", str(tiny_root / "annotations.csv"),
+                                 "--out", str(tmp_path / "by_path")]) == 0
+    # the same pose as an FD-GAN .txt file ("y x" per line) in pixels of an image twice the dataset's size
+    from reidfast.data import read_keypoints_csv
+    keypoints = read_keypoints_csv(tiny_root / "annotations.csv")[target.name]
+    txt = tmp_path / "pose.txt"
+    txt.write_text("".join(f"{2 * y:g} {2 * x:g}\n" if x >= 0 else "-1 -1\n" for x, y in keypoints))
+    with Image.open(target) as img:
+        size = [str(2 * img.height), str(2 * img.width)]
+    assert generate_main(base + ["--pose", str(txt), "--pose-size", *size, "--out", str(tmp_path / "txt")]) == 0
+    capsys.readouterr()
+    for name in ("pose_0.png", "generated_0_0.png"):
+        with Image.open(tmp_path / "by_path" / name) as a, Image.open(tmp_path / "txt" / name) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b)), name

@@ -283,6 +283,43 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path, ca
     assert f"error: {tmp_path / 'taken'}: file exists" in err and "Traceback" not in err
 
 
+def test_generate_writes_one_grid_per_image_when_stems_collide(full_run, tiny_root, tmp_path, capsys):
+    from PIL import Image
+    from reidfast.generate.__main__ import main as generate_main
+    first, second = sorted((tiny_root / "bounding_box_train").glob("*.jpg"))[:2]
+    same = first.parent / ".." / first.parent.name / first.name  # the same file by another path
+    elsewhere = tmp_path / "copy" / first.name  # another file of the same name: the second image's pixels
+    elsewhere.parent.mkdir()
+    shutil.copy(second, elsewhere)
+    out = tmp_path / "generated"
+    assert generate_main(["sagan", "--checkpoint", str(full_run), "--image", str(first), str(same), str(elsewhere),
+                          str(second), "--codes", "2", "--device", "cpu", "--out", str(out)]) == 0
+    written = capsys.readouterr().out.split()
+    stem = first.stem
+    assert [p.split("/")[-1] for p in written] == [f"{stem}_0_sagan_2codes.png", f"{stem}_1_sagan_2codes.png",
+                                                   f"{stem}_2_sagan_2codes.png", f"{second.stem}_sagan_2codes.png"]
+    grids = []
+    for path in written:
+        with Image.open(path) as grid:
+            grids.append(np.asarray(grid))
+    # each file holds its own image's grid: the same input gives the same first cell, another input another one
+    cell = 2 + 16  # the input is the top-left cell, after the 2-pixel padding
+    assert np.array_equal(grids[0][2:2 + 32, 2:cell], grids[1][2:2 + 32, 2:cell])
+    assert np.array_equal(grids[2][2:2 + 32, 2:cell], grids[3][2:2 + 32, 2:cell])
+    assert not np.array_equal(grids[0][2:2 + 32, 2:cell], grids[2][2:2 + 32, 2:cell])
+
+
+@pytest.mark.parametrize("paths, stems", [
+    (["a.jpg", "b.jpg"], ["a", "b"]),
+    (["x/a.jpg", "y/a.png", "b.jpg"], ["a_0", "a_1", "b"]),
+    (["A.jpg", "x/a.jpg"], ["A_0", "a_1"]),  # one file on a case-insensitive file system
+    (["a.jpg", "x/a.jpg", "a_1.jpg"], ["a_0", "a_1", "a_1_2"]),  # a suffix meeting another input's own stem
+])
+def test_output_stems_are_distinct(paths, stems):
+    from reidfast.generate.common import output_stems
+    assert output_stems(paths) == stems
+
+
 # --- the adaptation step in isolation --------------------------------------------------------------------------------
 def _adapt_method(**options):
     from reidfast.train.config import LOOP_DEFAULTS
