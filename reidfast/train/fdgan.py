@@ -192,8 +192,10 @@ class FDGAN(Method):
         if run.world_size > 1:
             raise ValueError("fdgan does not run under torchrun yet: train on one device")
         self.faithful = bool(cfg["faithful"])
-        self.e = run.place(ImageEncoder(cfg["backbone_width"], pretrained=cfg["pretrained"] if self.stage == 1
-                                        else "none", log=run.log))
+        # stages II and III take E from the previous stage (configure() says which): no backbone weights to report
+        first = self.stage == 1
+        self.e = run.place(ImageEncoder(cfg["backbone_width"], pretrained=cfg["pretrained"] if first else "none",
+                                        log=run.log if first else (lambda message: None)))
         self.v = run.place(Verifier(self.e.out_features))
         # Stages II and III compile four whole-step functions (the generator pass, D_id's loss, D_pd's loss, the G
         # step's losses), networks and losses in one graph each; stage I and --faithful compile each network on its
