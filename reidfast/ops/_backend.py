@@ -42,8 +42,10 @@ def _validate(name: str, source: str = "backend") -> str:
     return name
 
 
-_current = _validate(os.environ.get("REIDFAST_BACKEND", "auto").strip() or "auto",
-                     source="the environment variable REIDFAST_BACKEND")
+_ENVIRONMENT = "the environment variable REIDFAST_BACKEND"
+# Read at import but checked when an op first resolves its backend: a misspelt value is then a ValueError that the
+# command lines report in one line, not an import error raised before they can catch anything.
+_current = os.environ.get("REIDFAST_BACKEND", "auto").strip() or "auto"
 
 
 def set_backend(name: str) -> None:
@@ -140,6 +142,7 @@ def resolve(op: str, device: torch.device) -> str:
 
 def _resolve_uncached(op: str, device: torch.device) -> str:
     _check_op("resolve_backend", op)
+    _validate(_current, source=_ENVIRONMENT)  # set_backend and use_backend validate: only the environment's can fail
     if op in TORCH_OPS:
         return "reference" if _current == "reference" else "torch"
     if _current == "auto":

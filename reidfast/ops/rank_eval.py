@@ -15,8 +15,8 @@ import torch
 
 from . import _backend, _extension, reference
 from ._registration import register_rank_ops
-from .rank_result import (AP_MODES, METRICS, NAN_ROW, NAN_ROWS, UNFINISHED_ROW, UNFINISHED_ROWS, RankEvalResult,
-                          result_from_summary)
+from .rank_result import (AP_MODES, METRICS, NAN_ROW, NAN_ROWS, UNFINISHED_ROW, UNFINISHED_ROWS, UNNAMED_DISTMAT,
+                          RankEvalResult, result_from_summary)
 
 PRECISIONS = ("strict", "fast")
 
@@ -47,6 +47,8 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     if type(x).__module__ == "numpy":
         import numpy as np
 
+        if x.dtype.kind not in "biufc":  # strings, objects, dates: torch's own error would not name the argument
+            raise TypeError(f"rank_eval: {name} must hold numbers, got a numpy array of dtype {x.dtype}")
         return torch.from_numpy(np.ascontiguousarray(x)) if x.flags.writeable else torch.as_tensor(x)
     if hasattr(x, "__dlpack__"):
         return torch.from_dlpack(x)
@@ -56,16 +58,31 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         raise TypeError(f"rank_eval: {name} must be a torch tensor, numpy or cupy array, got {type(x).__name__}") from exc
 
 
-def _labels(x, name: str, length: int | None) -> torch.Tensor:
+def _labels(x, name: str) -> torch.Tensor:
     """Checked, as int64, where they are: host labels go to the device packed into one copy (_int32_labels)."""
     t = _as_tensor(x, name)
     if t.dim() != 1:
         raise ValueError(f"rank_eval: {name} must be 1-D, got shape {tuple(t.shape)}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"rank_eval: {name} must hold integers, got {t.dtype}")
-    if length is not None and t.numel() != length:
-        raise ValueError(f"rank_eval: {name} has {t.numel()} entries but {length} were expected")
     return t.to(torch.int64)
+
+
+def _check_sizes(labels: dict[str, torch.Tensor], num_q: int, num_g: int, distmat) -> None:
+    """The ids give the query and gallery counts; the cameras and the distances or features must agree with them."""
+    counts = {"q": labels["q_pids"].numel(), "g": labels["g_pids"].numel()}
+    for side in ("q", "g"):
+        if labels[f"{side}_camids"].numel() != counts[side]:
+            raise ValueError(f"rank_eval: {side}_camids has {labels[f'{side}_camids'].numel()} entries but "
+                             f"{side}_pids has {counts[side]}")
+    if distmat is not None and (num_q, num_g) != (counts["q"], counts["g"]):
+        raise ValueError(f"rank_eval: distmat has shape {tuple(distmat.shape)} but there are {counts['q']} queries "
+                         f"(q_pids) and {counts['g']} gallery items (g_pids)")
+    for rows, side, features, what in ((num_q, "q", "query_features", "queries"),
+                                       (num_g, "g", "gallery_features", "gallery items")):
+        if distmat is None and rows != counts[side]:
+            raise ValueError(f"rank_eval: {features} has {rows} rows but there are {counts[side]} {what} "
+                             f"({side}_pids)")
 
 
 def _floating_2d(x, name: str) -> torch.Tensor:
@@ -74,6 +91,9 @@ def _floating_2d(x, name: str) -> torch.Tensor:
         raise ValueError(f"rank_eval: {name} must be 2-D, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"rank_eval: {name} must be floating point, got {t.dtype}")
+    # Ranks are not differentiable: detached, no output requires grad on any backend (the reference's never did)
+    # and the kernels' ops, which have no autograd, are not called on tensors that require grad.
+    t = t.detach()
     # The kernels work in float32 or float64; half-precision inputs are widened.
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
@@ -237,18 +257,23 @@ def rank_eval(
     distmat=None,
     query_features=None,
     gallery_features=None,
-    metric: str = "euclidean",
+    metric: str | None = None,
     max_rank: int = 50,
     ap_mode: str = "torchreid",
     precision: str = "strict",
     tile_size: int | None = None,
+    distmat_label: str | None = None,
 ) -> RankEvalResult:
     """CMC, mAP and mINP of re-id retrieval (Market-1501 protocol, see `reidfast.ops.reference.rank_eval`).
 
     q_pids, q_camids: (Q,) integer ids and cameras of the queries; g_pids, g_camids: (G,) of the gallery.
     Give either distmat (Q, G), smaller = nearer, or query_features (Q, D) and gallery_features (G, D) with
-      metric "euclidean" (squared L2, |q|^2 + |g|^2 - 2 q.g as torchreid) or "cosine" (1 - cosine similarity).
-      The kernels rank euclidean rows on |g|^2 - 2 q.g: the query's own |q|^2 changes no order in its row.
+      metric "euclidean" (the default: squared L2, |q|^2 + |g|^2 - 2 q.g as torchreid) or "cosine" (1 - cosine
+      similarity). The kernels rank euclidean rows on |g|^2 - 2 q.g: the query's own |q|^2 changes no order in its
+      row.
+      The result's `metric` says what was ranked: the features' metric; for a distmat, `distmat_label` (what its
+      distances are, e.g. "cosine, k-reciprocal re-ranked"), else `metric` if the caller names the distmat's
+      metric, else UNNAMED_DISTMAT: rank_eval cannot know how a distmat was made.
       Inputs may be torch tensors, numpy arrays or cupy arrays (taken without a copy through DLPack); results are
       torch tensors on the device of the distances / features.
     max_rank: length of the CMC curve, clipped to the gallery size.
@@ -262,12 +287,15 @@ def rank_eval(
     tile_size: queries per distance tile when working from features (default: a 1 GB tile on a GPU, 256 MB on the
       CPU). The full Q x G distance matrix is never held at once.
     Returns a `RankEvalResult` (cmc, mAP, mINP, per-query ap, inp, first_hit, num_matches, valid, num_valid and the
-    convention used). Raises ValueError/TypeError naming the bad argument; NaN distances raise ValueError.
+    convention used). Outputs never require grad. Raises ValueError/TypeError naming the bad argument; NaN distances
+    raise ValueError.
     """
     if ap_mode not in AP_MODES:
         raise ValueError(f"rank_eval: ap_mode must be one of {AP_MODES}, got {ap_mode!r}")
-    if metric not in METRICS:
+    if metric is not None and metric not in METRICS:
         raise ValueError(f"rank_eval: metric must be one of {METRICS}, got {metric!r}")
+    if distmat_label is not None and (not isinstance(distmat_label, str) or not distmat_label.strip()):
+        raise ValueError(f"rank_eval: distmat_label must be a non-empty string, got {distmat_label!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"rank_eval: precision must be one of {PRECISIONS}, got {precision!r}")
     if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
@@ -280,11 +308,18 @@ def rank_eval(
         raise ValueError("rank_eval: give either distmat or (query_features and gallery_features), not "
                          + ("both" if distmat is not None else "neither"))
 
+    if distmat_label is not None and distmat is None:
+        raise ValueError("rank_eval: distmat_label describes a distmat; distances from features are labelled by "
+                         "metric")
+
     if distmat is not None:
         distmat = _floating_2d(distmat, "distmat")
         num_q, num_g = distmat.shape
         device = distmat.device
+        # from here on `metric` is only the result's label: a distmat is ranked as given
+        metric = distmat_label or metric or UNNAMED_DISTMAT
     else:
+        metric = metric or "euclidean"
         if query_features is None or gallery_features is None:
             missing = "query_features" if query_features is None else "gallery_features"
             raise ValueError(f"rank_eval: {missing} is missing (features need both query and gallery)")
@@ -306,8 +341,9 @@ def rank_eval(
         device = query_features.device
     if num_q == 0 or num_g == 0:
         raise ValueError(f"rank_eval: needs at least one query and one gallery item, got Q={num_q}, G={num_g}")
-    labels = {"q_pids": _labels(q_pids, "q_pids", num_q), "q_camids": _labels(q_camids, "q_camids", num_q),
-              "g_pids": _labels(g_pids, "g_pids", num_g), "g_camids": _labels(g_camids, "g_camids", num_g)}
+    labels = {"q_pids": _labels(q_pids, "q_pids"), "q_camids": _labels(q_camids, "q_camids"),
+              "g_pids": _labels(g_pids, "g_pids"), "g_camids": _labels(g_camids, "g_camids")}
+    _check_sizes(labels, num_q, num_g, distmat)
     max_rank = min(int(max_rank), num_g)
 
     backend = _backend.resolve("rank_eval", device)
@@ -417,7 +453,8 @@ def _rank_with_kernels(labels, distmat, query_features, gallery_features, metric
                              gallery_features, metric, ap_mode)
         summary = _rank_summary_op(ap, inp, first_hit, num_matches, max_rank).cpu()
         valid = num_matches > 0
-    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric, valid)
+    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric, valid,
+                               gallery_size=labels["g_pids"].numel())
 
 
 def _raise_if_not_finite(largest_sizes, query_features, gallery_features) -> None:

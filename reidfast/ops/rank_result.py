@@ -12,6 +12,8 @@ import torch
 
 AP_MODES = ("torchreid", "market")
 METRICS = ("euclidean", "cosine")
+# The result's `metric` for a distmat ranked without a label: rank_eval cannot tell how its distances were made.
+UNNAMED_DISTMAT = "a given distance matrix (not named)"
 TIE_RULE = "stable: equal distances are ordered by gallery index"
 
 
@@ -28,7 +30,9 @@ class RankEvalResult:
     first_hit: (Q,) int64, 0-based rank of the first true match after junk removal, -1 when the query has none.
     num_matches: (Q,) int64, true matches per query after junk removal.
     valid: (Q,) bool, the query has at least one true match. num_valid: their number.
-    ap_mode, metric, max_rank, tie_rule: the convention that produced the numbers, for reports.
+    ap_mode, metric, max_rank, tie_rule: the convention that produced the numbers, for reports (metric: what was
+      ranked, see `rank_eval`; max_rank: the CMC's length, clipped to the gallery size).
+    gallery_size: G, the gallery items each query ranked (None where unknown).
     """
 
     cmc: torch.Tensor
@@ -44,10 +48,18 @@ class RankEvalResult:
     metric: str
     max_rank: int
     tie_rule: str = TIE_RULE
+    gallery_size: int | None = None
 
     def rank(self, k: int) -> float:
-        """CMC at Rank-k (1-based, as papers write it); NaN when k exceeds the computed max_rank."""
-        return float(self.cmc[k - 1]) if 1 <= k <= self.cmc.numel() else math.nan
+        """CMC at Rank-k (1-based, as papers write it). Past the end of a gallery of G items the CMC is flat (every
+        first match lies within G ranks): Rank-k for k > G is Rank-G. NaN where it was not computed: k < 1, or k
+        beyond a max_rank that stopped short of the gallery's end."""
+        if k < 1 or self.cmc.numel() == 0:
+            return math.nan
+        if k <= self.cmc.numel():
+            return float(self.cmc[k - 1])
+        return float(self.cmc[-1]) if self.gallery_size is not None and self.cmc.numel() >= self.gallery_size \
+            else math.nan
 
     def convention(self) -> str:
         """One line naming how the numbers were computed, to print beside them."""
@@ -87,7 +99,7 @@ def summary_on_device(ap, inp, first_hit, num_matches, max_rank) -> torch.Tensor
 
 
 def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric,
-                        valid=None) -> RankEvalResult:
+                        valid=None, gallery_size=None) -> RankEvalResult:
     """The result, from `summary_on_device`'s vector once on the CPU and the per-query outputs (valid: num_matches > 0,
     if the caller queued it already)."""
     # The divisions happen on the CPU: CUDA divides by a scalar through its reciprocal, which would make the same
@@ -105,11 +117,12 @@ def result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_m
     return RankEvalResult(
         cmc=cmc, mAP=m_ap, mINP=m_inp, ap=ap, inp=inp, first_hit=first_hit, num_matches=num_matches,
         valid=num_matches > 0 if valid is None else valid, num_valid=num_valid, ap_mode=ap_mode, metric=metric,
-        max_rank=max_rank,
+        max_rank=max_rank, gallery_size=gallery_size,
     )
 
 
-def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric) -> RankEvalResult:
+def summarize(ap, inp, first_hit, num_matches, max_rank, ap_mode, metric, gallery_size=None) -> RankEvalResult:
     """Builds the result from per-query outputs: CMC from the first hits, mAP and mINP over the valid queries."""
     summary = summary_on_device(ap, inp, first_hit, num_matches, max_rank).cpu()
-    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric)
+    return result_from_summary(summary, ap, inp, first_hit, num_matches, max_rank, ap_mode, metric,
+                               gallery_size=gallery_size)

@@ -84,12 +84,14 @@ def junk_mask(q_pids, q_camids, g_pids, g_camids, ap_mode: str):
     return junk | (g_pids == -1) if ap_mode == "market" else junk
 
 
-def check_features_finite(query_features: torch.Tensor, gallery_features: torch.Tensor) -> None:
-    """Features must be finite: an infinite value makes its rows' distances infinite or NaN, ranked silently."""
+def check_features_finite(query_features: torch.Tensor, gallery_features: torch.Tensor, who: str = "rank_eval"
+                          ) -> None:
+    """Features must be finite: an infinite value makes its rows' distances infinite or NaN, ranked silently.
+    `who` begins the message (the function the user called)."""
     for name, features in (("query_features", query_features), ("gallery_features", gallery_features)):
         bad_rows = (~features.isfinite()).any(1).nonzero()
         if bad_rows.numel():
-            raise ValueError(f"rank_eval: {name} must be finite, but row {int(bad_rows[0])} holds a non-finite value")
+            raise ValueError(f"{who}: {name} must be finite, but row {int(bad_rows[0])} holds a non-finite value")
 
 
 def rank_eval(
@@ -170,7 +172,7 @@ def rank_eval(
         inp = torch.where(num_matches > 0, num_matches.double() / (last_hit + 1).double(), torch.zeros_like(ap))
         outputs.append((ap, inp, first_hit, num_matches))
     ap, inp, first_hit, num_matches = (torch.cat(t) for t in zip(*outputs))
-    return summarize(ap, inp, first_hit, num_matches, min(max_rank, num_g), ap_mode, metric)
+    return summarize(ap, inp, first_hit, num_matches, min(max_rank, num_g), ap_mode, metric, gallery_size=num_g)
 # ---- homography warp ---------------------------------------------------------------------------------------
 # The rule for points at or near the horizon (denominator w of the projective division near 0), shared with the
 # kernels (csrc/include/reidfast/homography_math.h, triton/homography.py): |w| is raised to at least

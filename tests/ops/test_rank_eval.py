@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from reidfast import ops
 from reidfast.ops import reference
 from reidfast.ops.rank_result import (NAN_ROW, NAN_ROWS, SUMMARY_TAIL, UNFINISHED_ROW, UNFINISHED_ROWS,
-                                      summary_on_device)
+                                      UNNAMED_DISTMAT, summary_on_device)
 
 rank_eval_module = importlib.import_module("reidfast.ops.rank_eval")  # the module; ops.rank_eval is the function
 
@@ -158,7 +158,8 @@ def test_one_gallery_item(backend):
     r = evaluate(backend, [1, 2], [1], [0, 0], [1], distmat=torch.tensor([[3.0], [1.0]]), max_rank=50)
     assert r.cmc.tolist() == [1.0]
     assert r.valid.tolist() == [True, False]
-    assert r.mAP == 1.0 and r.rank(1) == 1.0 and math.isnan(r.rank(5))
+    # past the gallery's end the CMC is flat: every first match lies within its G ranks
+    assert r.mAP == 1.0 and r.rank(1) == 1.0 and r.rank(5) == 1.0
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
@@ -347,8 +348,13 @@ LABELS = ([1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
 
 @pytest.mark.parametrize("backend", cpu_backends())
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(distmat=torch.zeros(2, 4)), ValueError, "g_pids has 3 entries but 4"),
-    (dict(distmat=torch.zeros(3, 3)), ValueError, "q_pids has 2 entries but 3"),
+    (dict(distmat=torch.zeros(2, 4)), ValueError,
+     r"distmat has shape \(2, 4\) but there are 2 queries \(q_pids\) and 3 gallery items \(g_pids\)"),
+    (dict(distmat=torch.zeros(3, 3)), ValueError, r"distmat has shape \(3, 3\) but there are 2 queries"),
+    (dict(query_features=torch.zeros(3, 4), gallery_features=torch.zeros(3, 4)), ValueError,
+     r"query_features has 3 rows but there are 2 queries \(q_pids\)"),
+    (dict(query_features=torch.zeros(2, 4), gallery_features=torch.zeros(4, 4)), ValueError,
+     r"gallery_features has 4 rows but there are 3 gallery items \(g_pids\)"),
     (dict(distmat=torch.zeros(2, 3, 1)), ValueError, "distmat must be 2-D"),
     (dict(distmat=torch.zeros(2, 3, dtype=torch.int64)), TypeError, "distmat must be floating"),
     (dict(query_features=torch.zeros(2, 4), gallery_features=torch.zeros(3, 5)), ValueError, "dimension 4"),
@@ -371,6 +377,70 @@ def test_errors(backend, kwargs, error, match):
         labels = ([], [1, 2, 3], [], [1, 1, 1])
     with pytest.raises(error, match=match):
         evaluate(backend, *labels, **kwargs)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_a_transposed_distmat_is_named(backend):
+    _, qp, gp, qc, gc = random_protocol(7, 23, 4, 2, seed=1)
+    with pytest.raises(ValueError, match=r"distmat has shape \(23, 7\) but there are 7 queries \(q_pids\) and 23 "
+                                         r"gallery items \(g_pids\)"):
+        evaluate(backend, qp, gp, qc, gc, distmat=torch.rand(7, 23).t())
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_cameras_must_match_the_ids(backend):
+    with pytest.raises(ValueError, match="g_camids has 2 entries but g_pids has 3"):
+        evaluate(backend, *LABELS[:3], [1, 1], distmat=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_labels_that_are_not_numbers_are_named(backend):
+    with pytest.raises(TypeError, match="rank_eval: q_pids must hold numbers, got a numpy array of dtype <U1"):
+        evaluate(backend, np.array(["a", "b"]), *LABELS[1:], distmat=torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="gallery_features must hold numbers"):
+        evaluate(backend, *LABELS, query_features=torch.zeros(2, 4), gallery_features=np.full((3, 4), "x"))
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("source", ["features", "distmat"])
+def test_outputs_never_require_grad(backend, source):
+    # Ranks are not differentiable: no output may carry a graph, whatever the inputs require
+    qf, gf = torch.randn(3, 4, requires_grad=True), torch.randn(5, 4)
+    inputs = (dict(query_features=qf, gallery_features=gf) if source == "features"
+              else dict(distmat=reference.pairwise_distance(qf, gf, "euclidean")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when an op without autograd meets a tensor requiring grad
+        r = evaluate(backend, [1, 2, 3], [1, 2, 3, 1, 2], [0, 0, 0], [1] * 5, **inputs)
+    for name in ("cmc", "ap", "inp", "first_hit", "num_matches", "valid"):
+        assert not getattr(r, name).requires_grad, name
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_the_result_says_what_was_ranked(backend):
+    labels = ([1, 2], [1, 2, 1], [0, 0], [1, 1, 1])
+    qf, gf = torch.randn(2, 4), torch.randn(3, 4)
+    dist = reference.pairwise_distance(qf, gf, "cosine")
+    assert evaluate(backend, *labels, query_features=qf, gallery_features=gf).metric == "euclidean"
+    assert evaluate(backend, *labels, query_features=qf, gallery_features=gf, metric="cosine").metric == "cosine"
+    # a distmat's distances are whatever made them: unnamed unless the caller says
+    assert evaluate(backend, *labels, distmat=dist).metric == UNNAMED_DISTMAT
+    assert evaluate(backend, *labels, distmat=dist, metric="cosine").metric == "cosine"
+    named = evaluate(backend, *labels, distmat=dist, distmat_label="cosine, re-scored")
+    assert named.metric == "cosine, re-scored" and named.convention().endswith("distance: cosine, re-scored")
+    with pytest.raises(ValueError, match="distmat_label describes a distmat"):
+        evaluate(backend, *labels, query_features=qf, gallery_features=gf, distmat_label="cosine")
+    with pytest.raises(ValueError, match="distmat_label must be a non-empty string"):
+        evaluate(backend, *labels, distmat=dist, distmat_label=" ")
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_rank_past_the_end_of_the_cmc(backend):
+    dist, qp, gp, qc, gc = random_protocol(20, 12, 4, 2, seed=2)
+    whole = evaluate(backend, qp, gp, qc, gc, distmat=dist)
+    assert whole.cmc.numel() == 12 and whole.rank(20) == whole.rank(12) == float(whole.cmc[-1])
+    # a CMC cut short of the gallery's end by max_rank: the ranks past it were not computed
+    cut = evaluate(backend, qp, gp, qc, gc, distmat=dist, max_rank=3)
+    assert cut.rank(3) == whole.rank(3) and math.isnan(cut.rank(5)) and math.isnan(cut.rank(0))
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
