@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -29,10 +30,10 @@ def evaluate_saved_features(args) -> ops.RankEvalResult:
     common = dict(max_rank=args.max_rank, ap_mode=args.ap_mode or "torchreid")
     metric = args.metric or "euclidean"
     if args.rerank:
-        from .rerank import k_reciprocal_distance
+        from .rerank import k_reciprocal_distance, label
 
         dist = k_reciprocal_distance(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value, metric=metric)
-        return ops.rank_eval(*labels, distmat=dist, **common)
+        return ops.rank_eval(*labels, distmat=dist, distmat_label=label(metric), **common)
     return ops.rank_eval(*labels, query_features=qf, gallery_features=gf, metric=metric, precision=args.precision,
                          **common)
 
@@ -75,29 +76,78 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_flags(parser: argparse.ArgumentParser, args) -> None:
+    """Refuses flags that the chosen mode would ignore: the --checkpoint flags with --features, the re-ranking
+    parameters without --rerank, and fast precision with distances not made from features."""
+    from .trained_run import CHECKPOINT_ONLY
+
+    def given(dests):  # set to other than their defaults, as the user wrote them
+        return [f"--{d.replace('_', '-')}" for d in dests if getattr(args, d) != parser.get_default(d)]
+
+    if args.features:
+        ignored = given(CHECKPOINT_ONLY)
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to --checkpoint "
+                             "runs only")
+    if not args.rerank:
+        ignored = [flag.replace("lambda-value", "lambda") for flag in given(("k1", "k2", "lambda_value"))]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} with --rerank only")
+    if args.precision == "fast" and (args.rerank or args.verifier_topk):
+        raise ValueError("--precision fast: applies to distances computed from features, not to --rerank or "
+                         "--verifier-topk")
+
+
+def check_output_path(flag: str, value: str | None) -> None:
+    """Refuses, before any work, an output path that cannot be a file: a folder, or one under a file."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; name a file")
+    parent = next((p for p in path.parents if p.exists()), None)  # the folders below it are made
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
+def write_json(path: Path, numbers: dict) -> None:
+    # Strict JSON: a number that is not one (Rank-k past a cut-off CMC, or mAP without a valid query) is null,
+    # not the NaN token that JSON parsers other than Python's refuse.
+    numbers = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in numbers.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as --export and --ranked-list do
+        path.write_text(json.dumps(numbers, indent=1, allow_nan=False))
+    except OSError as exc:
+        raise ValueError(f"--json {path}: cannot be written ({(exc.strerror or str(exc)).lower()})") from exc
+
+
 def main(argv=None) -> int:
     """Exit status 0, or 2 with one "error:" line for bad input (a missing or unreadable file, labels that do not
-    match the features, a folder without a checkpoint, a dataset that is not there)."""
+    match the features, a folder without a checkpoint, a dataset that is not there, a path that cannot be
+    written, a flag the mode would ignore)."""
     from ..data import PATH_ERRORS, DatasetNotFoundError, error_message
     from ..train.checkpoint import CheckpointError
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     mode = next(name for name in MODES if getattr(args, name, None))
     try:
-        if args.precision == "fast" and (args.rerank or args.verifier_topk):
-            raise ValueError("--precision fast: applies to distances computed from features, not to --rerank or "
-                             "--verifier-topk")
+        check_flags(parser, args)
+        for flag, value in (("--json", args.json), ("--export", args.export), ("--ranked-list", args.ranked_list)):
+            check_output_path(flag, value)
         result = MODES[mode](args)
         title = f"{args.features or args.checkpoint}" + (" (k-reciprocal re-ranking)" if args.rerank else "")
         if args.checkpoint and args.verifier_topk:
             title += f" (top {args.verifier_topk} re-scored by the verifier)"
         print(format_table(result, title))
         if args.json:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)  # as --export and --ranked-list do
-            path.write_text(json.dumps({**metrics_dict(result), "rerank": bool(args.rerank)}, indent=1))
+            write_json(Path(args.json), {**metrics_dict(result), "rerank": bool(args.rerank)})
     # FeatureFileError is a ValueError; PATH_ERRORS: an output path that names a file where a folder goes, say
     except (CheckpointError, DatasetNotFoundError, ValueError, TypeError, *PATH_ERRORS) as exc:
         print(f"error: {error_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # --export or --ranked-list on a read-only or virtual file system, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{(exc.strerror or str(exc)).lower()}", file=sys.stderr)
         return 2
     return 0
 

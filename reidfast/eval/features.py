@@ -63,25 +63,24 @@ def labels(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
 
 def rank_features(query_features, gallery_features, query: Sequence[Sample], gallery: Sequence[Sample],
                   ap_mode: str = "market", metric: str = "cosine", max_rank: int = 50, distmat=None,
-                  precision: str = "strict"):
+                  precision: str = "strict", distmat_label: str | None = None):
     """rank_eval's result for these features (the Market-1501 protocol), or for `distmat` when given (distances
-    computed otherwise, e.g. re-scored by a verifier; the features and `precision` are then not used)."""
+    computed otherwise, e.g. re-scored by a verifier, which `distmat_label` says for reports; the features and
+    `precision` are then not used)."""
     from ..ops import rank_eval
     q_pids, q_camids = labels(query)
     g_pids, g_camids = labels(gallery)
     if distmat is not None:
-        return rank_eval(q_pids, g_pids, q_camids, g_camids, distmat=distmat, max_rank=max_rank, ap_mode=ap_mode)
+        return rank_eval(q_pids, g_pids, q_camids, g_camids, distmat=distmat, max_rank=max_rank, ap_mode=ap_mode,
+                         distmat_label=distmat_label)
     return rank_eval(q_pids, g_pids, q_camids, g_camids, query_features=query_features,
                      gallery_features=gallery_features, metric=metric, max_rank=max_rank, ap_mode=ap_mode,
                      precision=precision)
 
 
 def summarize(result, ap_mode: str) -> dict:
-    cmc = np.asarray(result.cmc, dtype=np.float64)
-
-    def at(k):  # the gallery can be shorter than k: the CMC is flat after its end
-        return float(cmc[min(k, len(cmc)) - 1])
-
+    """metrics.json's numbers; Rank-k as `RankEvalResult.rank` has it (flat past a gallery shorter than k)."""
+    at = result.rank
     return {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": float(result.mAP), "ap_mode": ap_mode,
             "num_valid": int(result.num_valid)}
 

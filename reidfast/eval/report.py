@@ -1,13 +1,16 @@
 """The evaluation table: Rank-1/5/10/20, mAP and mINP, with the convention that produced them."""
 from __future__ import annotations
 
+import math
+
 from ..ops.rank_result import RankEvalResult
 
 RANKS = (1, 5, 10, 20)
 
 
 def metrics_dict(result: RankEvalResult) -> dict:
-    """Numbers in percent (as papers print them), plus the counts and the convention."""
+    """Numbers in percent (as papers print them), plus the counts and the convention. Rank-k follows
+    `RankEvalResult.rank`: flat past the gallery's end, NaN past a max_rank short of it."""
     out = {f"rank{k}": 100 * result.rank(k) for k in RANKS}
     out.update(mAP=100 * result.mAP, mINP=100 * result.mINP, num_valid=result.num_valid,
                num_queries=int(result.valid.numel()), ap_mode=result.ap_mode, metric=result.metric,
@@ -15,10 +18,16 @@ def metrics_dict(result: RankEvalResult) -> dict:
     return out
 
 
+def _cell(value: float) -> str:
+    # NaN: not computed (Rank-k past a CMC that --max-rank cut short of the gallery's end) or undefined (no valid
+    # query)
+    return f"{value:7.2f}" if math.isfinite(value) else f"{'n/a':>7}"
+
+
 def format_table(result: RankEvalResult, title: str = "") -> str:
     m = metrics_dict(result)
     head = " | ".join(f"Rank-{k:<2}" for k in RANKS) + " | mAP     | mINP"
-    vals = " | ".join(f"{m[f'rank{k}']:7.2f}" for k in RANKS) + f" | {m['mAP']:7.2f} | {m['mINP']:7.2f}"
+    vals = " | ".join(_cell(m[f"rank{k}"]) for k in RANKS) + f" | {_cell(m['mAP'])} | {_cell(m['mINP'])}"
     lines = [title] if title else []
     lines += [head, vals,
               f"valid queries: {m['num_valid']} of {m['num_queries']} (queries without a true match are skipped)",

@@ -8,6 +8,7 @@ The dataset defaults to the one the run trained on (its config.json); the image 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +30,26 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
         raise ValueError(f"--verifier-topk: must be >= 0 (0: off), got {verifier_topk}")
     if verifier_topk and rerank is not None:
         raise ValueError("--rerank and --verifier-topk: choose one way to re-score the distances")
+    if verifier_topk and metric not in (None, "euclidean"):  # verifier_distances' candidates are Euclidean
+        raise ValueError(f"--metric {metric}: --verifier-topk re-scores the nearest by Euclidean distance; omit "
+                         "--metric or give euclidean")
     metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
                   channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize)
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
-    distmat = None
+    distmat = label = None
     if verifier_topk:
         if not hasattr(method, "verifier_distances"):
             raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
         distmat = method.verifier_distances(qf, gf, topk=verifier_topk)
+        label = f"euclidean, top {verifier_topk} re-scored by the verifier"
     elif rerank is not None:
-        from .rerank import k_reciprocal_distance
+        from .rerank import k_reciprocal_distance, label as rerank_label
         distmat = k_reciprocal_distance(qf, gf, metric=metric, **rerank)
+        label = rerank_label(metric)
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric,
-                           max_rank=max_rank, distmat=distmat, precision=precision)
+                           max_rank=max_rank, distmat=distmat, precision=precision, distmat_label=label)
 
     def distance_rows(indices):
         if distmat is not None:
@@ -65,6 +71,10 @@ def export_features(path: str | os.PathLike, qf, gf, dataset) -> Path:
     return path
 
 
+# The argparse dests of the flags below, which only a --checkpoint run reads (--features refuses them).
+CHECKPOINT_ONLY = ("dataset", "data_root", "skip_misnamed", "export", "ranked_list", "ranked_queries", "verifier_topk")
+
+
 def add_checkpoint_arguments(parser) -> None:
     """The flags of ``python -m reidfast.eval --checkpoint RUN_DIR`` besides --checkpoint itself."""
     from ..data import add_dataset_args
@@ -80,6 +90,19 @@ def add_checkpoint_arguments(parser) -> None:
                         "V; the paper's cascade uses 100); 0: off (default)")
 
 
+def _is_feature_file(path: Path) -> bool:
+    """A .npz or .mat (what --features reads), or a zip of .npy arrays under another name: not a checkpoint, whose
+    zip holds a folder (torch.save's layout)."""
+    if path.suffix.lower() in (".npz", ".mat"):
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(name.endswith(".npy") and "/" not in name for name in names)
+
+
 def evaluate_checkpoint(args):
     """The --checkpoint mode of ``python -m reidfast.eval``: features, ranking, export and ranked-list picture."""
     from ..device import resolve_device
@@ -87,10 +110,14 @@ def evaluate_checkpoint(args):
         raise ValueError(f"--ranked-queries: must be >= 1, got {args.ranked_queries}")
     device = resolve_device(args.device)
     run_dir = Path(args.checkpoint)
+    if run_dir.is_file() and _is_feature_file(run_dir):
+        raise ValueError(f"--checkpoint {run_dir}: looks like a features file: use --features {run_dir}")
     method, cfg = load_trained_method(run_dir, device)  # the checkpoint is read once, here
     dataset_cfg = dict(cfg)
-    if args.dataset is not None or args.data_root is not None:
+    if args.dataset is not None:  # another dataset: its root is the one given (none: the synthetic data)
         dataset_cfg.update(dataset=args.dataset, data_root=args.data_root)
+    elif args.data_root is not None:  # the run's own dataset, read from elsewhere
+        dataset_cfg.update(dataset=type(method).test_dataset_name(cfg), data_root=args.data_root)
     if args.skip_misnamed:
         dataset_cfg["skip_misnamed"] = True
     dataset = type(method).load_dataset(dataset_cfg)

@@ -250,6 +250,12 @@ class Method:
         return load_run_dataset(cfg)
 
     @classmethod
+    def test_dataset_name(cls, cfg: dict) -> str:
+        """The name of the dataset a run's config is tested on: what `load_dataset` reads, named, so that an
+        evaluation can read it from another root (``python -m reidfast.eval --checkpoint RUN --data-root DIR``)."""
+        return run_dataset_name(cfg)
+
+    @classmethod
     def run(cls, cfg: dict, stream=None) -> dict | None:
         """Train with a resolved config; metrics.json's dict (None on ranks other than 0)."""
         return Trainer(cls, cfg, stream).fit()
@@ -503,9 +509,14 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
         raise ConfigError(f"--dataset {name!r}: no such dataset; one of {', '.join(list_datasets())}") from None
 
 
+def run_dataset_name(cfg: dict) -> str:
+    """The dataset a run config names: --dataset, else market1501 for a --data-root alone (get_dataset's rule), else
+    the synthetic data."""
+    return cfg["dataset"] or ("market1501" if cfg["data_root"] else "synthetic")
+
+
 def default_run_dir(method: str, cfg: dict) -> Path:
-    dataset = cfg["dataset"] or ("market1501" if cfg["data_root"] else "synthetic")
-    return Path("runs") / f"{method}-{dataset}"
+    return Path("runs") / f"{method}-{run_dataset_name(cfg)}"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -524,6 +524,10 @@ class ReidStage(Baseline):
     eval_l2_normalize = False
 
     @classmethod
+    def test_dataset_name(cls, cfg: dict) -> str:
+        return cfg.get("dataset") or cfg["target"]  # as load_dataset reads it
+
+    @classmethod
     def load_dataset(cls, cfg: dict) -> ReidDataset:
         """Train on the translated (or raw) source; test on the target, or on the dataset that ``--dataset`` /
         ``--data-root`` name (what ``python -m reidfast.eval --checkpoint RUN --dataset ...`` sets)."""
@@ -726,6 +730,10 @@ class SAGAN(Method):
     def load_dataset(cls, cfg: dict) -> ReidDataset:
         stage = cfg.get("current_stage")
         return (AdaptStage if stage == "adapt" else ReidStage).load_dataset(cfg)
+
+    @classmethod
+    def test_dataset_name(cls, cfg: dict) -> str:
+        return ReidStage.test_dataset_name(cfg)  # the adaptation stage is not tested
 
     @classmethod
     def resume_dir(cls, run_dir: Path) -> Path:

@@ -47,3 +47,31 @@ def test_checkpoint_eval_of_a_missing_run(tmp_path, capsys):
     assert err.startswith("error: --checkpoint: no checkpoint at") and "Traceback" not in err
     assert eval_main(["--checkpoint", str(tmp_path / "nothing"), "--ranked-queries", "0"]) == 2
     assert "--ranked-queries: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_checkpoint_eval_with_another_data_root_keeps_the_runs_dataset(trained_run, tmp_path, monkeypatch):
+    # --data-root alone replaces where the run's own dataset (synthetic, here) is read from, not which dataset it is
+    from reidfast.data.synthetic import generate
+    from reidfast.train import loop
+    root = tmp_path / "elsewhere"
+    generate(root, **{**TINY_DATA, "seed": 4})
+    read = []
+    real_get_dataset = loop.get_dataset
+
+    def get_dataset(name=None, data_root=None, **options):
+        read.append((name, data_root))
+        return real_get_dataset(name, data_root, **options)
+
+    monkeypatch.setattr(loop, "get_dataset", get_dataset)
+    assert eval_main(["--checkpoint", str(trained_run), "--data-root", str(root), "--ranked-list",
+                      str(tmp_path / "r.png"), "--json", str(tmp_path / "m.json")]) == 0
+    assert read == [("synthetic", str(root))]
+    evaluated = json.loads((tmp_path / "m.json").read_text())
+    assert evaluated["metric"] == "cosine"  # the baseline's own test protocol, from features
+
+
+def test_checkpoint_eval_reranked_says_so(trained_run, tmp_path, capsys):
+    assert eval_main(["--checkpoint", str(trained_run), "--rerank", "--k1", "4", "--k2", "2", "--ranked-list",
+                      str(tmp_path / "r.png"), "--json", str(tmp_path / "m.json")]) == 0
+    assert "distance: cosine, k-reciprocal re-ranked" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["metric"] == "cosine, k-reciprocal re-ranked"

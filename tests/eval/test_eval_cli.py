@@ -1,5 +1,9 @@
 """reidfast.eval: feature files, the CLI table, and k-reciprocal re-ranking against a direct set-based version."""
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +142,20 @@ def _cli_error(argv, capsys) -> str:
 
 def test_cli_reports_bad_feature_files(tmp_path, capsys):
     assert "no such file" in _cli_error(["--features", str(tmp_path / "missing.npz")], capsys)
-    (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
-    assert "cannot be read as a .npz" in _cli_error(["--features", str(tmp_path / "garbage.npz")], capsys)
-    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    assert "cannot be read as a .pt" in _cli_error(["--features", str(tmp_path / "garbage.pt")], capsys)
-    assert "unknown feature file type '.csv'" in _cli_error(["--features", str(tmp_path / "f.csv")], capsys)
+    (tmp_path / "garbage.npz").write_bytes(b"hello")
+    assert "garbage.npz: is not a .npz archive" in _cli_error(["--features", str(tmp_path / "garbage.npz")], capsys)
+    (tmp_path / "garbage.pt").write_bytes(b"hello")
+    assert "garbage.pt: is not a file torch.save writes" in _cli_error(["--features", str(tmp_path / "garbage.pt")],
+                                                                      capsys)
+    assert "unknown feature file type: type '.csv'" in _cli_error(["--features", str(tmp_path / "f.csv")], capsys)
+    assert "no file type (extension)" in _cli_error(["--features", str(tmp_path / "f")], capsys)
+    for folder in ("features.npz", "run"):
+        (tmp_path / folder).mkdir()
+        assert f"{folder}: is a directory" in _cli_error(["--features", str(tmp_path / folder)], capsys)
+    np.savez(tmp_path / "cut.npz", **saved_arrays())
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:300])
+    assert "cut.npz: is a truncated or damaged .npz archive" in _cli_error(["--features", str(tmp_path / "cut.npz")],
+                                                                         capsys)
     (tmp_path / "cut.mat").write_bytes((MAT_FIXTURES / "features.mat").read_bytes()[:700])
     assert "cannot be read as a .mat" in _cli_error(["--features", str(tmp_path / "cut.mat")], capsys)
     torch.save([1, 2], tmp_path / "list.pt")
@@ -167,8 +180,146 @@ def test_cli_json_into_a_new_folder(tmp_path):
 def test_cli_reports_an_output_path_under_a_file(tmp_path, capsys):
     np.savez(tmp_path / "f.npz", **saved_arrays())
     (tmp_path / "taken").write_text("a file, not a folder")
-    err = _cli_error(["--features", str(tmp_path / "f.npz"), "--json", str(tmp_path / "taken" / "m.json")], capsys)
-    assert str(tmp_path / "taken") in err and ("not a directory" in err or "file exists" in err)
+    for out in (tmp_path / "taken" / "m.json", tmp_path / "taken" / "new" / "m.json"):
+        err = _cli_error(["--features", str(tmp_path / "f.npz"), "--json", str(out)], capsys)
+        assert err == f"error: --json {out}: {tmp_path / 'taken'} is a file, not a folder\n"
+    # refused before the evaluation: nothing printed but the error
+    assert main(["--features", str(tmp_path / "f.npz"), "--json", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: --json {tmp_path}: is a folder; name a file\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_cli_reports_json_that_cannot_be_written(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    err = _cli_error(["--features", str(tmp_path / "f.npz"), "--json", "/proc/reidfast-test.json"], capsys)
+    assert err.startswith("error: --json /proc/reidfast-test.json: cannot be written (") and err.count("\n") == 1
+
+
+def test_cli_reports_a_misspelt_backend_variable(tmp_path):
+    # read when reidfast.ops is imported, reported once an op runs: one error line, not an import traceback
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    env = {**os.environ, "REIDFAST_BACKEND": "Reference", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-m", "reidfast.eval", "--features", str(tmp_path / "f.npz")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("error: the environment variable REIDFAST_BACKEND must be one of auto, cuda, triton, cpu, "
+                           "reference; got 'Reference'\n")
+
+
+@pytest.mark.parametrize("flag", [["--verifier-topk", "5"], ["--export", "x.npz"], ["--ranked-list", "r.png"],
+                                  ["--ranked-queries", "3"], ["--dataset", "market1501"], ["--data-root", "data"],
+                                  ["--skip-misnamed"]])
+def test_cli_refuses_checkpoint_flags_with_features(tmp_path, capsys, flag):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    err = _cli_error(["--features", str(tmp_path / "f.npz"), *flag], capsys)
+    assert err == f"error: {flag[0]} applies to --checkpoint runs only\n"
+
+
+def test_cli_refuses_rerank_parameters_without_rerank(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    err = _cli_error(["--features", str(tmp_path / "f.npz"), "--k1", "4", "--lambda", "0.5"], capsys)
+    assert err == "error: --k1, --lambda apply with --rerank only\n"
+
+
+def test_cli_reports_a_features_file_given_as_a_checkpoint(tmp_path, capsys):
+    np.savez(tmp_path / "hand.npz", **saved_arrays())
+    (tmp_path / "hand.npz").rename(tmp_path / "hand.bin")  # recognized by what it holds, not only by its name
+    for path in (tmp_path / "hand.bin", MAT_FIXTURES / "features.mat"):
+        err = _cli_error(["--checkpoint", str(path)], capsys)
+        assert err == f"error: --checkpoint {path}: looks like a features file: use --features {path}\n"
+
+
+def test_pt_file_of_numpy_arrays(tmp_path):
+    # what torch.save(dict(np.load(...))) writes: numpy arrays, read without unpickling anything else
+    arrays = saved_arrays()
+    np.savez(tmp_path / "f.npz", **arrays)
+    torch.save(dict(np.load(tmp_path / "f.npz")), tmp_path / "f.pt")
+    a, b = load_features(str(tmp_path / "f.npz")), load_features(str(tmp_path / "f.pt"))
+    for name in ("query_f", "gallery_f", "query_label", "gallery_cam"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    # an array of Python objects is still refused, in one plain line that says what to save
+    torch.save({**arrays, "query_label": arrays["query_label"].astype(object)}, tmp_path / "objects.pt")
+    with pytest.raises(FeatureFileError) as caught:
+        load_features(str(tmp_path / "objects.pt"))
+    message = str(caught.value)
+    assert "objects.pt: holds an object of" in message and "save a dict of tensors or numpy arrays" in message
+    assert "\n" not in message and "\x1b" not in message
+
+
+def test_feature_file_values_that_are_not_real_numbers(tmp_path):
+    cases = {"query_label": np.array(["a"] * 12), "gallery_f": saved_arrays()["gallery_f"].astype(np.complex64),
+             "gallery_cam": np.ones(40, bool)}
+    want = {"query_label": "query_label must hold numbers, got an array of <U1",
+            "gallery_f": "gallery_f must hold real numbers, got torch.complex64",
+            "gallery_cam": "gallery_cam must hold whole numbers (ids or camera numbers), got bool"}
+    for key, value in cases.items():
+        np.savez(tmp_path / f"{key}.npz", **{**saved_arrays(), key: value})
+        with pytest.raises(FeatureFileError, match=re.escape(f"{tmp_path / key}.npz: {want[key]}")):
+            load_features(str(tmp_path / f"{key}.npz"))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_cli_labels_rescored_distances(tmp_path, capsys, metric):
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    assert main(["--features", str(tmp_path / "f.npz"), "--metric", metric, "--rerank", "--k1", "4", "--k2", "2",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert f"distance: {metric}, k-reciprocal re-ranked" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["metric"] == f"{metric}, k-reciprocal re-ranked"
+
+
+def test_cli_checks_features_before_reranking(tmp_path, capsys):
+    arrays = saved_arrays()
+    arrays["gallery_f"][1, 0] = np.inf
+    np.savez(tmp_path / "f.npz", **arrays)
+    err = _cli_error(["--features", str(tmp_path / "f.npz"), "--rerank"], capsys)
+    assert err == "error: rerank: gallery_features must be finite, but row 1 holds a non-finite value\n"
+
+
+def test_rerank_refuses_what_rank_eval_refuses():
+    qf, gf = torch.randn(3, 4), torch.randn(5, 4)
+    huge = gf.clone()
+    huge[2] = 1e30  # finite, but its squared norm overflows float32
+    for features, match in [((qf, torch.randn(5, 3)), r"one dimension > 0; got shapes \(3, 4\) and \(5, 3\)"),
+                            ((qf[:0], gf), "at least one query and one gallery item, got Q=0, G=5"),
+                            ((qf, gf.long()), "gallery_features must be floating point"),
+                            ((qf, huge), "euclidean distances overflow float32")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            k_reciprocal_distance(*features, k1=2, k2=1)
+
+
+@pytest.mark.parametrize("k2", [1, 3])
+def test_rerank_of_a_zero_feature_under_cosine(tmp_path, capsys, k2):
+    # plain cosine ranks a zero feature (distance 1 to everything); re-ranking must too
+    arrays = saved_arrays()
+    arrays["query_f"][0] = 0
+    np.savez(tmp_path / "f.npz", **arrays)
+    assert main(["--features", str(tmp_path / "f.npz"), "--metric", "cosine", "--rerank", "--k1", "4", "--k2",
+                 str(k2)]) == 0
+    dist = k_reciprocal_distance(torch.from_numpy(arrays["query_f"]), torch.from_numpy(arrays["gallery_f"]), k1=4,
+                                 k2=k2, metric="cosine")
+    assert dist.isfinite().all()
+
+
+def test_cli_rank_columns_past_the_gallery_and_max_rank(tmp_path, capsys):
+    arrays = saved_arrays(num_q=6, num_g=8)
+    np.savez(tmp_path / "f.npz", **arrays)
+    labels = [arrays[k] for k in ("query_label", "gallery_label", "query_cam", "gallery_cam")]
+    want = ops.rank_eval(*labels, query_features=arrays["query_f"], gallery_features=arrays["gallery_f"])
+
+    def strict(text):  # json.loads accepts NaN and Infinity; JSON does not
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the JSON output"))
+
+    # a gallery of 8: Rank-10 and Rank-20 are Rank-8, as in training's metrics.json
+    assert main(["--features", str(tmp_path / "f.npz"), "--json", str(tmp_path / "all.json")]) == 0
+    numbers = strict((tmp_path / "all.json").read_text())
+    assert numbers["rank10"] == numbers["rank20"] == pytest.approx(100 * float(want.cmc[7]))
+    # a CMC cut at rank 3: the ranks past it are unknown, null in the JSON, n/a in the table
+    capsys.readouterr()
+    assert main(["--features", str(tmp_path / "f.npz"), "--max-rank", "3", "--json", str(tmp_path / "cut.json")]) == 0
+    numbers = strict((tmp_path / "cut.json").read_text())
+    assert numbers["rank1"] == pytest.approx(100 * want.rank(1)) and numbers["rank5"] is None
+    assert "nan" not in capsys.readouterr().out.lower().replace("n/a", "")
 
 
 def test_cli_reports_mismatched_labels(tmp_path, capsys):

@@ -297,6 +297,10 @@ def test_eval_with_verifier_cascade(all_run, tmp_path, capsys):
     assert json.loads(cascade.read_text())["mAP"] == pytest.approx(json.loads(plain.read_text())["mAP"], abs=1e-6)
     assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "100", "--json", str(cascade)]) == 0
     assert "re-scored by the verifier" in capsys.readouterr().out
+    # what was ranked: V's re-scoring of the Euclidean top 100, not a metric of the features
+    assert json.loads(cascade.read_text())["metric"] == "euclidean, top 100 re-scored by the verifier"
+    assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "5", "--metric", "cosine"]) == 2
+    assert "--metric cosine: --verifier-topk re-scores the nearest by Euclidean distance" in capsys.readouterr().err
     assert eval_main(["--checkpoint", str(all_run), "--verifier-topk", "-1"]) == 2
     assert "--verifier-topk: must be >= 0" in capsys.readouterr().err
 

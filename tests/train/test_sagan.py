@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reidfast import ops
-from reidfast.data import read_market1501
+from reidfast.data import get_dataset, read_market1501
 from reidfast.data.synthetic import generate
 from reidfast.train.__main__ import main
 from reidfast.train.checkpoint import load_checkpoint
@@ -237,7 +237,7 @@ def test_reid_stage_without_a_translated_dataset_says_what_to_do(tiny_root, doma
     assert "no translated dataset" in capsys.readouterr().err
 
 
-def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path, capsys):
+def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, domain_b, tmp_path, capsys, monkeypatch):
     from reidfast.eval.__main__ import main as eval_main
     from reidfast.generate.__main__ import main as generate_main
     summary = tmp_path / "summary.json"
@@ -248,6 +248,14 @@ def test_eval_and_generate_take_the_run_folder(full_run, tiny_root, tmp_path, ca
     assert eval_main(["--checkpoint", str(full_run), "--dataset", "synthetic-a", "--data-root", str(tiny_root),
                       "--json", str(summary)]) == 0
     assert json.loads(summary.read_text())["num_queries"] == len(read_market1501(tiny_root).query)
+    # --data-root alone: the run's own target (synthetic-b), read from there
+    from reidfast.train import sagan
+    read = []
+    with monkeypatch.context() as patch:
+        patch.setattr(sagan, "get_dataset", lambda name, root, **options: read.append((name, root, options))
+                      or get_dataset(name, root, **options))
+        assert eval_main(["--checkpoint", str(full_run), "--data-root", str(domain_b), "--json", str(summary)]) == 0
+    assert [(name, root, options.get("domain")) for name, root, options in read] == [("synthetic", str(domain_b), "b")]
     # --rerank re-ranks the run's own distances (euclidean on the pool-5 feature) under the run's AP convention
     features = tmp_path / "features.npz"
     assert eval_main(["--checkpoint", str(full_run), "--rerank", "--k1", "6", "--k2", "3", "--export", str(features),
