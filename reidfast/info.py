@@ -99,6 +99,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", choices=MODELS, help="print a method's parameter count per module instead")
     parser.add_argument("--num-classes", type=int, default=751, help="training identities for --model (751)")
     args = parser.parse_args(argv)
+    if args.num_classes < 1:
+        parser.error(f"--num-classes must be at least 1, got {args.num_classes}")
     print(model_report(args.model, args.num_classes) if args.model else report())
 
 

@@ -59,10 +59,11 @@ class ReidDataset:
             cams = {s.camid for s in samples}
             return f"  {split_name:<8} {len(pids):>6} ids {len(samples):>7} images {len(cams):>3} cameras"
 
-        return "\n".join(
-            [f"{self.name} at {self.root}", row("train", self.train), row("query", self.query),
-             row("gallery", self.gallery)]
-        )
+        lines = [f"{self.name} at {self.root}", row("train", self.train), row("query", self.query),
+                 row("gallery", self.gallery)]
+        if self.info.get("trained_on"):  # a train split from elsewhere (SA-GAN's adapted source) says so
+            lines[1] += f"  (from {self.info['trained_on']})"
+        return "\n".join(lines)
 
 
 def relabel_train(samples: Iterable[Sample]) -> list[Sample]:

@@ -553,6 +553,8 @@ def main(argv=None) -> int:
                         help="replace an existing synthetic dataset at --out (a folder holding synthetic.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file, not a folder")
     replace = out.exists() and any(out.iterdir())
     if replace and not args.force:
         parser.error(f"--out {out} is not empty (pass --force to replace the synthetic dataset there)")

@@ -128,7 +128,9 @@ def explain(op: str, device: torch.device | str) -> list[tuple[str, str]]:
 
 def resolve(op: str, device: torch.device) -> str:
     """The concrete backend that runs `op` for tensors on `device` under the current setting ("torch" for an op made
-    of torch ops, unless the setting is "reference")."""
+    of torch ops, unless the setting is "reference"). `device`: a torch.device or a string such as "cpu"."""
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if torch.compiler.is_compiling():
         # Traced, the cache would become a guard on its own contents (a recompile the first time each key is
         # added); the plain choice is guarded on the setting alone and costs nothing at run time.

@@ -32,8 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
-from ..data import (ImageDataset, ReidDataset, ShuffledBatchSampler, UnknownDatasetError, get_dataset,
-                    list_datasets, reader_options)
+from ..data import (DatasetFormatError, ImageDataset, ReidDataset, ShuffledBatchSampler, UnknownDatasetError,
+                    get_dataset, list_datasets, reader_options)
 from ..device import resolve_device
 from ..ops import _backend as ops_backend
 from ..progress import ProgressBar, format_duration
@@ -507,6 +507,12 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
         return get_dataset(name, cfg["data_root"], **reader_options(cfg.get("skip_misnamed", False)))
     except UnknownDatasetError:
         raise ConfigError(f"--dataset {name!r}: no such dataset; one of {', '.join(list_datasets())}") from None
+    except DatasetFormatError as exc:
+        if name is not None:
+            raise
+        # a --data-root alone is read as Market-1501: another dataset's folder fails on Market's naming
+        raise DatasetFormatError(f"{exc}. (No --dataset was given, so {cfg['data_root']} was read as market1501; "
+                                 f"name its dataset with --dataset: one of {', '.join(list_datasets())})") from None
 
 
 def run_dataset_name(cfg: dict) -> str:
@@ -691,8 +697,10 @@ class Trainer:
                 _clear_run_outputs(self.run_dir)
             (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         self.logfile = RunLog(self.run_dir, enabled=self.main)
-        self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {cfg['batch_size']} "
-                 f"images at {cfg['height']}x{cfg['width']} on {self.device}"
+        per_iteration = method.images_per_iteration()  # (DG-Net's batch counts pairs of pairs, FD-GAN's pairs)
+        batch = f" (batch size {cfg['batch_size']})" if per_iteration != cfg["batch_size"] else ""
+        self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {per_iteration} "
+                 f"images{batch} at {cfg['height']}x{cfg['width']} on {self.device}"
                  f"{f' x{self.world_size} processes' if self.world_size > 1 else ''}, amp {self.run.amp}, "
                  f"compile {'on' if self.run.compile else 'off'}, {torch.get_num_threads()} threads, "
                  f"preset {cfg['preset']}, run folder {self.run_dir}")

@@ -98,6 +98,16 @@ def mask_reader(dataset: ReidDataset, folder, missing: str) -> MaskReader:
     return MaskReader(folder if folder else dataset.masks_dir, missing=missing)
 
 
+def _check_masks(side: str, domain: ReidDataset, masks: MaskReader) -> None:
+    """Every training image of a domain has a mask file (a file test each: a second for Market-1501's)."""
+    missing = [s.path for s in domain.train if masks.find(s.path) is None]
+    if missing:
+        tried = ", ".join(str(p) for p in masks.candidates(missing[0]))
+        raise ValueError(f"sagan: {len(missing)} of {len(domain.train)} {side} training images of {domain.name} have "
+                         f"no mask (the first, {missing[0]}: looked for {tried}). Give the masks' folder with "
+                         f"--{side}-masks DIR, or --missing-masks ones to treat the whole box as the person")
+
+
 class DomainPairItems(Dataset):
     """(source index, target index) -> one flat dict: the source item's keys as they are, the target's prefixed
     with ``target_`` (the loop moves top-level tensors to the device)."""
@@ -169,6 +179,9 @@ class AdaptStage(Method):
         target's query/gallery are carried along (the loop reads them only in evaluating stages)."""
         source = read_domain(cfg["source"], cfg["source_root"], cfg)
         target = read_domain(cfg["target"], cfg["target_root"], cfg)
+        if cfg["missing_masks"] == "error":  # found now, not by a loader worker after the run has started
+            for side, domain in (("source", source), ("target", target)):
+                _check_masks(side, domain, mask_reader(domain, cfg[f"{side}_masks"], "error"))
         return ReidDataset(f"{source.name}->{target.name}", source.root, source.train, target.query, target.gallery,
                            masks_dir=source.masks_dir, info={"source": source, "target": target})
 

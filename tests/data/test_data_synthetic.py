@@ -144,6 +144,10 @@ def test_cli_and_atomic_generation(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["cli"]
     with pytest.raises(ValueError, match="cameras"):
         generate(tmp_path / "x", ids=4, cameras=12)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # a file where the folder goes: a usage error, not a traceback
+        main(["--out", str(out / "synthetic.json"), "--ids", "4"])
+    assert f"--out {out / 'synthetic.json'} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_force_replaces_only_a_synthetic_dataset(tmp_path, capsys):

@@ -23,6 +23,18 @@ def test_every_op_has_a_reference_and_an_explanation():
             assert ops.resolve_backend(op, torch.device("cpu")) == "reference"
 
 
+def test_devices_may_be_named_by_strings():
+    for op in OPS:
+        assert ops.resolve_backend(op, "cpu") == ops.resolve_backend(op, torch.device("cpu"))
+
+
+def test_info_refuses_a_class_count_below_one(capsys):
+    from reidfast.info import main
+    with pytest.raises(SystemExit):
+        main(["--model", "baseline", "--num-classes", "0"])
+    assert "--num-classes must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_info_reports_the_backend_of_every_op(capsys):
     from reidfast.info import main
     main([])

@@ -187,6 +187,17 @@ def test_a_missing_source_root_leaves_no_run_folder(domain_b, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_images_without_masks_are_found_before_the_run_starts(tiny_root, domain_b, tmp_path, capsys):
+    source = tmp_path / "no-masks"
+    shutil.copytree(tiny_root, source)
+    shutil.rmtree(source / "masks")
+    out = tmp_path / "run"
+    assert main(sagan_args(source, domain_b, out)) == 2
+    err = capsys.readouterr().err
+    assert "source training images of synthetic-a have no mask" in err and "--missing-masks ones" in err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_resume_skips_finished_stages(full_run, tmp_path, capsys):
     resumed = tmp_path / "resumed"
     _interrupted_copy(full_run, resumed, "reid")

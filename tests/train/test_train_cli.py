@@ -112,6 +112,18 @@ def test_an_unknown_name_names_its_option(tmp_path, capsys, argv, message):
     assert not (tmp_path / "r").exists()
 
 
+def test_another_datasets_folder_without_dataset_says_to_name_it(tmp_path, capsys):
+    duke = tmp_path / "DukeMTMC-reID"  # Duke's layout, Duke's naming: read as Market-1501 when not named
+    for split, names in (("bounding_box_train", ["0001_c2_f0046182.jpg", "0005_c8_f0000001.jpg"]),
+                         ("query", ["0003_c1_f0000002.jpg"]), ("bounding_box_test", ["0003_c5_f0000003.jpg"])):
+        (duke / split).mkdir(parents=True)
+        for name in names:
+            (duke / split / name).touch()
+    assert main(["baseline", "--data-root", str(duke), "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"No --dataset was given, so {duke} was read as market1501" in err and "dukemtmc" in err
+
+
 def test_resume_without_checkpoint(tmp_path, capsys):
     assert main(["baseline", "--out", str(tmp_path), "--resume"]) == 2
     assert f"no checkpoint at {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
