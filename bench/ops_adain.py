@@ -12,12 +12,17 @@ SHAPES = [(8, 128, 64, 32), (32, 128, 64, 32), (64, 256, 64, 64)]
 QUICK_SHAPES = [(8, 128, 64, 32)]
 
 
+# What every row times: DG-Net's decoder ResBlock form, AdaIN then ReLU then the skip connection added
+ACTIVATION = "relu"
+
+
 def _reference_call(x, w, b, r):
-    return reference.adain(x, w, b, r, activation="relu")
+    return reference.adain(x, w, b, r, activation=ACTIVATION)
 
 
 def cases(device: torch.device, quick: bool):
-    """Yields dicts: name fields, the callables to time for reidfast and the reference, and bytes moved."""
+    """Yields dicts: name fields (activation and residual: what the call computes), the callables to time for
+    reidfast and the reference, and bytes moved."""
     dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
     shapes = QUICK_SHAPES if quick else SHAPES
     if device.type == "cpu":
@@ -54,10 +59,12 @@ def cases(device: torch.device, quick: bool):
                 for backend in backends:
                     def ours(x_, w_, b_, r_, backend=backend):
                         with ops.use_backend(backend):
-                            return ops.adain(x_, w_, b_, r_, activation="relu")
+                            return ops.adain(x_, w_, b_, r_, activation=ACTIVATION)
 
                     yield {
                         "op": "adain", "pass": pass_, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                         "backend": backend, "fn": make(ours), "ref": make(_reference_call),
                         "ref_compiled": make(compiled_reference), "bytes": nbytes,
+                        "activation": ACTIVATION, "residual": True,
+                        "note": f"activation {ACTIVATION}, residual added",
                     }

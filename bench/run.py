@@ -2,18 +2,18 @@
 
     python bench/run.py [--device cpu|cuda] [--only adain,...] [--quick] [--out FILE.json]
 
-Each row times reidfast, the eager reference and the torch.compile'd reference on the same inputs (after warm-up,
-median of repeats) and reports the ratios. On a GPU it also reports achieved GB/s and the percentage of the
-device's copy bandwidth measured in the same run, twice: over the call's time as a caller sees it, and over the
-GPU time of its kernels alone (the profiler's records), which leaves out host overhead. Nothing here is
-asserted; tests check correctness.
+Each row times reidfast, the eager reference and the torch.compile'd reference on the same inputs (3 warm-up
+calls, then the median of 20 calls, 5 with --quick) and reports the ratios. The rank suite's eager reference and
+per-query numpy loop take seconds a call: each is timed by one call without warm-up (each row's "timing" says how
+its columns were timed; in the JSON, "warmup" and "repeats" per column). On a GPU it also reports achieved GB/s and
+the percentage of the device's copy bandwidth measured in the same run, twice: over the call's time as a caller sees
+it, and over the GPU time of its kernels alone (the profiler's records), which leaves out host overhead.
+Nothing here is asserted; tests check correctness.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 
 import torch
@@ -22,7 +22,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)  # the suites beside this file
 sys.path.insert(1, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 
-from timing import call_timeline, copy_bandwidth_gbs, device_time_breakdown, time_ms, write_results  # noqa: E402
+from timing import (call_timeline, copy_bandwidth_gbs, device_time_breakdown, out_path_error, run_meta,  # noqa: E402
+                    time_ms, write_results)
 
 # Every case compiles the reference anew (shapes, dtypes, grad mode): without room for those recompiles dynamo
 # silently falls back to eager and the "compiled" column would time the eager reference.
@@ -46,23 +47,33 @@ def _ratio(base_ms, ms):
     return None if base_ms is None else round(base_ms / ms, 3)
 
 
+WARMUP = 3  # calls before the timed ones; the rank suite's slow baselines get none (run_suite)
+
+
 def run_suite(name, device, quick, peak_gbs, repeats):
     """Times each case's fn, ref and ref_compiled (a case may set ref_compiled None: no such baseline), plus any
-    extra `baselines` {name: fn}; `slow_baselines` times the baselines and ref once without warm-up (seconds each).
-    A suite module with its own run() (train_step) measures and prints its own rows."""
+    extra `baselines` {name: fn}: WARMUP calls, then the median of `repeats`. A case with `slow_baselines` has its
+    ref and baselines timed by one call without warm-up (they take seconds each). Each row's `warmup` and `repeats`
+    ({column: count}) say how each of its columns was timed. A suite module with its own run() (train_step)
+    measures and prints its own rows."""
     module = _suite_module(name)
     if hasattr(module, "run"):
         return module.run(device, quick)
     rows = []
     for case in _suite_module(name).cases(device, quick):
-        slow = dict(warmup=0, repeats=1) if case.get("slow_baselines") else dict(repeats=repeats)
+        usual = dict(warmup=WARMUP, repeats=repeats)
+        slow = dict(warmup=0, repeats=1) if case.get("slow_baselines") else usual
+        warmups, counts = {}, {}
 
-        def timed(fn, **kw):
-            return None if fn is None else round(time_ms(fn, device, **kw), 4)
+        def timed(column, fn, how):
+            if fn is None:
+                return None
+            warmups[column], counts[column] = how["warmup"], how["repeats"]
+            return round(time_ms(fn, device, **how), 4)
 
-        ms = timed(case["fn"], repeats=repeats)
-        ref_ms = timed(case["ref"], **slow)
-        ref_compiled_ms = timed(case["ref_compiled"], repeats=repeats)
+        ms = timed("ms", case["fn"], usual)
+        ref_ms = timed("ref_ms", case["ref"], slow)
+        ref_compiled_ms = timed("ref_compiled_ms", case["ref_compiled"], usual)
         row = {k: v for k, v in case.items()
                if k not in ("fn", "ref", "ref_compiled", "bytes", "baselines", "slow_baselines")}
         row.update(
@@ -70,8 +81,9 @@ def run_suite(name, device, quick, peak_gbs, repeats):
             speedup=_ratio(ref_ms, ms), speedup_vs_compiled=_ratio(ref_compiled_ms, ms),
         )
         for base, fn in case.get("baselines", {}).items():
-            row[f"{base}_ms"] = timed(fn, **slow)
+            row[f"{base}_ms"] = timed(f"{base}_ms", fn, slow)
             row[f"speedup_vs_{base}"] = _ratio(row[f"{base}_ms"], ms)
+        row.update(warmup=warmups, repeats=counts)
         if device.type == "cuda":
             # The kernels' own time (apart from host overhead) and the kernels that take it
             kernel_ms, top_kernels = device_time_breakdown(case["fn"], device)
@@ -94,35 +106,81 @@ def run_suite(name, device, quick, peak_gbs, repeats):
     return rows
 
 
-HEADER = f"{'op':<10} {'pass':<9} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms':>9} {'ref ms':>9} {'cmp ms':>9} " \
+def timing_text(row) -> str:
+    """How the row's columns were timed, in words: "median of 5 after 3 warm-up calls" when all alike, else per
+    group of columns ("ms, ref compiled ms: median of 5 after 3 warm-up calls; ref ms, numpy loop ms: one call,
+    no warm-up")."""
+    groups = {}
+    for column, count in row.get("repeats", {}).items():
+        groups.setdefault((row["warmup"][column], count), []).append(column.replace("_", " "))
+
+    def words(warmup, count):
+        if count == 1:
+            return "one call, " + ("no warm-up" if warmup == 0 else f"after {warmup} warm-up calls")
+        return f"median of {count} after {warmup} warm-up calls"
+
+    if len(groups) == 1:
+        return words(*next(iter(groups)))
+    return "; ".join(f"{', '.join(columns)}: {words(*how)}" for how, columns in groups.items())
+
+
+def _extra_baselines(rows):
+    """The extra baselines' names (numpy_loop) among rows, in order of appearance."""
+    names = []
+    for r in rows:
+        for k in r:
+            base = k[len("speedup_vs_"):]
+            if k.startswith("speedup_vs_") and base != "compiled" and base not in names:
+                names.append(base)
+    return names
+
+
+HEADER = f"{'op':<10} {'pass':<22} {'shape':<20} {'dtype':<9} {'backend':<9} {'ms':>9} {'ref ms':>9} {'cmp ms':>9} " \
          f"{'x ref':>7} {'x cmp':>7} {'GB/s':>7} {'%bw':>6}"
 
 
-def _num(v):
-    return float("nan") if v is None else v
+def _num(v, width, digits):
+    """v right-aligned in width with `digits` decimals; "-" where there is no value (not measured, not on a CPU)."""
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
 
 
 def format_row(r):
     extra = "  ".join(f"{k}={r[k]}" for k in r if k.startswith("speedup_vs_") and k != "speedup_vs_compiled")
-    return (f"{r['op']:<10} {r['pass']:<9} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['backend']:<9} "
-            f"{_num(r['ms']):>9.3f} {_num(r['ref_ms']):>9.3f} {_num(r['ref_compiled_ms']):>9.3f} "
-            f"{_num(r['speedup']):>7.2f} {_num(r['speedup_vs_compiled']):>7.2f} {_num(r.get('gbs')):>7.1f} "
-            f"{_num(r.get('pct_copy_bw')):>6.1f}" + (f"  {extra}" if extra else ""))
+    timing = timing_text(r)
+    # the usual timing is the header's; a row timed otherwise says how
+    if ";" in timing:
+        extra += f"  [{timing}]"
+    return (f"{r['op']:<10} {r['pass']:<22} {'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} "
+            f"{r['backend']:<9} {_num(r['ms'], 9, 3)} {_num(r['ref_ms'], 9, 3)} {_num(r['ref_compiled_ms'], 9, 3)} "
+            f"{_num(r['speedup'], 7, 2)} {_num(r['speedup_vs_compiled'], 7, 2)} {_num(r.get('gbs'), 7, 1)} "
+            f"{_num(r.get('pct_copy_bw'), 6, 1)}" + (f"  {extra.strip()}" if extra.strip() else ""))
+
+
+def _cell(v):
+    return "" if v is None else str(v)
 
 
 def markdown(meta, rows):
+    op_rows = [r for r in rows if "op" in r]
+    copy_bw = f"copy bandwidth {meta['copy_gbs']} GB/s" if "copy_gbs" in meta else "GB/s on a GPU only"
+    timing = f"{'quick, ' if meta.get('quick') else ''}median of {meta['repeats']} after {meta['warmup']} warm-up " \
+             "calls unless a row's timing says otherwise" if "repeats" in meta else "timing per row"
     lines = [f"# reidfast benchmarks: {meta['device_name']}", "",
-             f"{meta['date']}, torch {meta['torch']}, copy bandwidth {meta.get('copy_gbs', 'n/a')} GB/s", "",
-             "| op | pass | shape | dtype | backend | ms | ref ms | compiled ref ms | x ref | x compiled | GB/s | % copy bw "
-             "| kernel ms | kernel GB/s | kernel % copy bw |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "op" not in r:
-            continue
-        lines.append(f"| {r['op']} | {r['pass']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['backend']} | "
-                     f"{r['ms']} | {r['ref_ms']} | {r['ref_compiled_ms']} | {r['speedup']} | "
-                     f"{r['speedup_vs_compiled']} | {r.get('gbs', '')} | {r.get('pct_copy_bw', '')} | "
-                     f"{r.get('kernel_ms', '')} | {r.get('kernel_gbs', '')} | {r.get('kernel_pct_copy_bw', '')} |")
+             f"{meta['date']}, torch {meta['torch']}" + (f", {copy_bw}; {timing}" if op_rows else ""), ""]
+    if op_rows:
+        bases = _extra_baselines(op_rows)
+        columns = ["op", "pass", "shape", "dtype", "backend", "ms", "ref ms", "compiled ref ms"] + \
+            [f"{b.replace('_', ' ')} ms" for b in bases] + ["x ref", "x compiled"] + \
+            [f"x {b.replace('_', ' ')}" for b in bases] + \
+            ["GB/s", "% copy bw", "kernel ms", "kernel GB/s", "kernel % copy bw", "timing", "note"]
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for r in op_rows:
+            cells = [r["op"], r["pass"], "x".join(map(str, r["shape"])), r["dtype"], r["backend"], r["ms"],
+                     r["ref_ms"], r["ref_compiled_ms"]] + [r.get(f"{b}_ms") for b in bases] + \
+                [r["speedup"], r["speedup_vs_compiled"]] + [r.get(f"speedup_vs_{b}") for b in bases] + \
+                [r.get(k) for k in ("gbs", "pct_copy_bw", "kernel_ms", "kernel_gbs", "kernel_pct_copy_bw")] + \
+                [timing_text(r), r.get("note") or None]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     with_kernels = [r for r in rows if r.get("top_kernels")]
     if with_kernels:
         lines += ["", "## Where the GPU time goes", "", "The kernels with the most GPU time per call, in ms.", ""]
@@ -132,7 +190,13 @@ def markdown(meta, rows):
                          f"{kernels}")
     train_rows = [r for r in rows if "op" not in r]
     if train_rows:
-        lines += ["", "## Training iterations", "", _suite_module("train").markdown(train_rows).rstrip("\n")]
+        if op_rows:
+            lines.append("")
+        train = _suite_module("train")
+        # the training suite's own counts, not the op suites'
+        warmup, repeats = train.timing_counts(bool(meta.get("quick")))
+        train_meta = {**meta, "quick": bool(meta.get("quick")), "warmup": warmup, "repeats": repeats}
+        lines += ["## Training iterations", "", train.markdown(train_rows, train_meta).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +205,8 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", default="", help=f"comma-separated suites out of: {', '.join(SUITES)} (default all)")
     p.add_argument("--quick", action="store_true", help="one shape per suite, fewer repeats")
-    p.add_argument("--out", default="", help="write the rows as JSON here (and a .md table beside it)")
+    p.add_argument("--out", default="", metavar="FILE.json",
+                   help="write the rows as JSON here (and a .md table beside it, FILE.md)")
     args = p.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(SUITES)
     unknown = [n for n in names if n not in SUITES]
@@ -149,10 +214,13 @@ def main(argv=None):
         p.error(f"--only: unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
+    if args.out and out_path_error(args.out):
+        p.error(f"--out: {out_path_error(args.out)}")
     device = torch.device(args.device)
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "device": args.device, "host": platform.node(), "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
+    repeats = 5 if args.quick else 20
+    meta = run_meta(device, args.quick, warmup=WARMUP, repeats=repeats)  # the op suites' counts
+    if "train" in names:  # the training suite's own counts (bench/train_step.py)
+        meta["train_warmup"], meta["train_repeats"] = _suite_module("train").timing_counts(args.quick)
     peak = 0.0
     if device.type == "cuda":
         peak = copy_bandwidth_gbs(device)
@@ -162,7 +230,7 @@ def main(argv=None):
         print(HEADER)
     rows = []
     for name in names:
-        rows += run_suite(name, device, args.quick, peak, repeats=5 if args.quick else 20)
+        rows += run_suite(name, device, args.quick, peak, repeats=repeats)
     if args.out:
         write_results(args.out, {"meta": meta, "rows": rows}, markdown(meta, rows))
         print(f"wrote {args.out}")

@@ -2,8 +2,10 @@
 GPU's busy time per call, from the profiler's kernel records; and the results files."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import statistics
 import time
 
@@ -121,6 +123,35 @@ def call_timeline(fn, device: torch.device) -> dict:
             "device_span_ms": round((last - first) / 1e3, 4),
             "device_busy_ms": round(sum(k.time_range.elapsed_us() for k in kernels) / 1e3, 4),
             "after_last_kernel_ms": round((call.end - last) / 1e3, 4)}
+
+
+def run_meta(device: torch.device, quick: bool, **extra) -> dict:
+    """What a results file needs to be read later: when, on what (device, host, CPU threads), which torch, and how
+    it was timed (`quick`, plus the caller's `extra`: repeat counts)."""
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
+            "device": device.type, "host": platform.node(), "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or "cpu", "quick": quick, **extra}
+
+
+def out_path_error(path: str) -> str | None:
+    """Why --out `path` cannot take the results (JSON there, the .md table beside it), or None. Checked before any
+    work, so that a run of minutes does not end in an error at the last step."""
+    if os.path.isdir(path):
+        return f"{path} is a folder; expected a file name ending in .json (the .md table is written beside it)"
+    if not path.endswith(".json"):
+        return f"expected a file name ending in .json (the .md table is written beside it), got {path!r}"
+    table = os.path.splitext(path)[0] + ".md"
+    if os.path.isdir(table):
+        return f"{table}, where the .md table goes, is a folder"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):  # the folders that do not exist yet are created
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder: cannot write {path}"
+    if not os.access(parent, os.W_OK):
+        return f"cannot write in {parent}"
+    return None
 
 
 def write_results(path: str, payload: dict, table: str) -> None:

@@ -1,12 +1,15 @@
 """Training throughput: images/s of full training iterations, reidfast's configuration against the pure-PyTorch
 reference configuration of the same model, in one run, with peak memory.
 
-    python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32] [--device cpu|cuda] [--quick]
-                               [--configs reference,no-compile,reidfast,cudagraphs] [--out FILE.json] [--profile DIR]
+    python bench/train_step.py [--method baseline,dgnet,dgnet-b32,fdgan,fdgan-b128,sagan,sagan-b32]
+                               [--device cpu|cuda] [--quick] [--configs reference,no-compile,reidfast,cudagraphs]
+                               [--out FILE.json] [--profile DIR]
 
 reidfast: fused ops (backend auto), AMP (bf16 where supported), torch.compile (--compile-mode auto: CUDA graphs for
 SA-GAN's adaptation stage, the default mode for the rest), channels_last and fused optimizers on GPU; no-compile:
-the same without torch.compile; cudagraphs (not in the default set): reidfast with --compile-mode reduce-overhead.
+the same without torch.compile; cudagraphs (not in the default set, GPU only): reidfast with --compile-mode
+reduce-overhead. On the CPU torch.compile, AMP, channels_last and the fused optimizers are off by default, so the
+reidfast row there is not compiled (no-compile's settings: its row's compile column and note say so).
 reference: --backend reference --amp off --no-compile --no-fused-optimizers (eager fp32, NCHW, torch.optim's default
 update), as the methods' original code runs;
 both let cuDNN time its convolution algorithms on a GPU (the loop's default; DG-Net's original trainer sets
@@ -20,7 +23,8 @@ and D_pd all training, random initialisation) on B pairs (fdgan: 32, fdgan-b128:
 images per iteration; its reference also runs --faithful (one call per Siamese branch and discriminator input).
 SA-GAN iterations are adaptation-stage
 iterations (both directions, generator and critic steps with the gradient penalty) of B source + B target images
-with masks, 2B images per iteration.
+with masks, 2B images per iteration. The tables give the batch with its unit (images, pairs, pairs per loader,
+source + target images each) and the images per iteration.
 Each iteration is the method's real train_step (augmentation, forward, loss, backward, optimizer and scheduler
 steps) on a fixed random batch already on the device, so data loading is not measured. Peak memory is CUDA's
 max_memory_allocated per configuration, or on the CPU the process's peak RSS so far (monotone across rows).
@@ -45,7 +49,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 sys.path.insert(0, BENCH_DIR)
 
-from timing import kernel_time_ms, time_ms, write_results  # noqa: E402
+from timing import kernel_time_ms, out_path_error, run_meta, time_ms, write_results  # noqa: E402
 
 from reidfast.train.compile_progress import compile_progress  # noqa: E402
 from reidfast.train.config import LOOP_DEFAULTS  # noqa: E402
@@ -98,6 +102,9 @@ CASES = {
                 "ndf": 8, "stm_hidden": 16, "dt_hidden": 32, "sianet_width": 8, "sianet_dim": 32, "num_classes": 60},
     },
 }
+# what a case's batch counts, per method (images_per_iteration gives the images it makes)
+BATCH_UNITS = {"baseline": "images", "dgnet": "pairs per loader", "fdgan": "pairs",
+               "sagan": "source + target images each"}
 # per-method additions to a configuration
 METHOD_CONFIGS = {"dgnet": {"reference": {"faithful": True}}, "fdgan": {"reference": {"faithful": True}},
                   "sagan": {"reference": {"faithful": True}}}
@@ -114,11 +121,24 @@ CONFIGS = {
                    "channels_last": None, "fused_optimizers": None},
 }
 DEFAULT_CONFIGS = ("reference", "no-compile", "reidfast")
+CUDA_GRAPHS_NEED_A_GPU = "CUDA graphs need a GPU (--device cuda); on the CPU the step would run eagerly"
 
 
 class _TrainSet:
     def __init__(self, num_classes):
         self.num_train_pids = num_classes
+
+
+def folder_path_error(path: str) -> str | None:
+    """Why `path` cannot be a folder to write into (--profile), or None."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is a file; expected a folder"
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):  # the folders that do not exist yet are created
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder: cannot create {path}"
+    return None
 
 
 def _peak_memory_mb(device) -> float:
@@ -269,6 +289,11 @@ def prepare(case: str, config_name: str, device: torch.device, shapes: str, **ov
     return run, method, cfg, step
 
 
+def timing_counts(quick: bool, iters: int | None = None) -> tuple[int, int]:
+    """(warm-up steps, timed steps) of a measurement; the median of the timed steps is the row's ms_per_iter."""
+    return (2 if quick else 5), iters or (5 if quick else 20)
+
+
 def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None,
             profile_dir: str = "") -> dict:
     from reidfast import ops
@@ -283,15 +308,21 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     first_s = time.perf_counter() - t0
-    repeats = iters or (5 if quick else 20)
-    ms = time_ms(step, device, warmup=2 if quick else 5, repeats=repeats)
+    warmup, repeats = timing_counts(quick, iters)
+    ms = time_ms(step, device, warmup=warmup, repeats=repeats)
+    method_name = CASES[case].get("method", case)
     row = {"method": case, "config": config_name, "device": str(device), "batch": cfg["batch_size"],
+           "batch_unit": BATCH_UNITS[method_name], "images_per_iter": method.images_per_iteration(),
            "size": f"{cfg['height']}x{cfg['width']}", "amp": run.amp, "compile": run.compile,
            "channels_last": run.channels_last, "cudnn_benchmark": run.cudnn_benchmark,
            "fused_optimizers": run.fused_optimizers, "backend": ops.get_backend(),
            "ms_per_iter": round(ms, 3),
            "images_per_s": round(method.images_per_iteration() / (ms * 1e-3), 1), "first_step_s": round(first_s, 2),
            "peak_mem_mb": round(_peak_memory_mb(device), 1)}
+    if CONFIGS[config_name]["compile"] is None and not run.compile:
+        # the loop compiles by default on a GPU only: on the CPU this row is no-compile's settings under the
+        # reidfast label, which the row must say
+        row["note"] = "not compiled: torch.compile is on by default on a GPU only"
     if profile_dir:
         os.makedirs(profile_dir, exist_ok=True)
         try:
@@ -308,6 +339,8 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", 
     their speedups over the reference (bench/run.py). `configs` selects among them (a GPU session short of time
     skips what it measured before; without the reference there are no speedups). on_row(rows) is called after
     each row, with the rows so far."""
+    if device.type != "cuda" and "cudagraphs" in configs:
+        raise ValueError(f"configuration cudagraphs: {CUDA_GRAPHS_NEED_A_GPU}")
     rows = []
 
     def add(row: dict) -> None:
@@ -352,24 +385,35 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", 
     return rows
 
 
-HEADER = (f"{'method':<10} {'config':<10} {'batch':>5} {'size':>8} {'amp':>5} {'compile':>7} {'ms/iter':>9} "
-          f"{'images/s':>9} {'1st step s':>10} {'peak MB':>9} {'speedup':>8}")
+HEADER = (f"{'method':<10} {'config':<10} {'batch':>5} {'img/it':>6} {'size':>8} {'amp':>5} {'compile':>7} "
+          f"{'ms/iter':>9} {'images/s':>9} {'1st step s':>10} {'peak MB':>9} {'speedup':>8}")
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['method']:<10} {r['config']:<10} {r['batch']:>5} {r['size']:>8} {r['amp']:>5} "
-            f"{str(r['compile']):>7} {r['ms_per_iter']:>9.2f} {r['images_per_s']:>9.1f} {r['first_step_s']:>10.2f} "
-            f"{r['peak_mem_mb']:>9.1f} {r.get('speedup_vs_reference', float('nan')):>8.2f}")
+    speedup = r.get("speedup_vs_reference")
+    return (f"{r['method']:<10} {r['config']:<10} {r['batch']:>5} {r['images_per_iter']:>6} {r['size']:>8} "
+            f"{r['amp']:>5} {str(r['compile']):>7} {r['ms_per_iter']:>9.2f} {r['images_per_s']:>9.1f} "
+            f"{r['first_step_s']:>10.2f} {r['peak_mem_mb']:>9.1f} "
+            f"{'-' if speedup is None else f'{speedup:.2f}':>8}" + (f"  ({r['note']})" if r.get("note") else ""))
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| method | config | batch | size | amp | compile | ms/iter | images/s | peak MB | x reference | "
-             "x ref-again |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown(rows: list[dict], meta: dict | None = None) -> str:
+    """The rows as a markdown table, under a line saying what they are when `meta` is given (bench/run.py puts
+    the table under its own heading)."""
+    lines = []
+    if meta is not None:
+        device = meta["device_name"] + (f" ({meta['device']})" if meta["device_name"] != meta["device"] else "")
+        lines += [f"Training iterations on {device}, {meta['date']}, torch "
+                  f"{meta['torch']}{', quick' if meta['quick'] else ''}: ms/iter is the median of "
+                  f"{meta['repeats']} iterations after {meta['warmup']} warm-up iterations and the first.", ""]
+    lines += ["| method | config | batch | images/iter | size | amp | compile | ms/iter | images/s | peak MB | "
+              "x reference | x ref-again | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['config']} | {r['batch']} | {r['size']} | {r['amp']} | {r['compile']} | "
-                     f"{r['ms_per_iter']} | {r['images_per_s']} | {r['peak_mem_mb']} | "
-                     f"{r.get('speedup_vs_reference', '')} | {r.get('speedup_vs_reference_again', '')} |")
+        lines.append(f"| {r['method']} | {r['config']} | {r['batch']} {r['batch_unit']} | {r['images_per_iter']} | "
+                     f"{r['size']} | {r['amp']} | {r['compile']} | {r['ms_per_iter']} | {r['images_per_s']} | "
+                     f"{r['peak_mem_mb']} | {r.get('speedup_vs_reference', '')} | "
+                     f"{r.get('speedup_vs_reference_again', '')} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -395,11 +439,21 @@ def main(argv=None):
         p.error(f"--method: no benchmark case for {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
+    if args.device == "cpu" and "cudagraphs" in configs:
+        p.error(f"--configs cudagraphs: {CUDA_GRAPHS_NEED_A_GPU}")
+    if args.out and out_path_error(args.out):
+        p.error(f"--out: {out_path_error(args.out)}")
+    if args.profile and folder_path_error(args.profile):
+        p.error(f"--profile: {folder_path_error(args.profile)}")
+    device = torch.device(args.device)
+    warmup, repeats = timing_counts(args.quick)
+    meta = run_meta(device, args.quick, warmup=warmup, repeats=repeats)
     # The files are rewritten after every row: a case whose compiled first step runs past a time limit still leaves
-    # its reference and no-compile rows.
-    write = (lambda rows: write_results(args.out, {"torch": torch.__version__, "rows": rows}, markdown(rows))
+    # its reference and no-compile rows. "torch" at the top as before meta.
+    write = (lambda rows: write_results(args.out, {"torch": torch.__version__, "meta": meta, "rows": rows},
+                                        markdown(rows, meta))
              if args.out else None)
-    rows = run(torch.device(args.device), args.quick, methods, args.profile, on_row=write, configs=configs)
+    rows = run(device, args.quick, methods, args.profile, on_row=write, configs=configs)
     if args.out:
         print(f"wrote {args.out}")
     return rows
