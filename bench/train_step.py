@@ -362,7 +362,8 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", 
         # no-compile before the compiled ones: its row is written even when a compiled first step runs past a time
         # limit
         ours_rows = []
-        for config in (c for c in CONFIGS if c != "reference"):
+        for config in sorted((c for c in CONFIGS if c != "reference"),
+                             key=lambda c: CONFIGS[c]["compile"] is not False):
             if config not in configs:
                 continue
             ours = measure(name, config, device, quick, profile_dir=profile_dir)

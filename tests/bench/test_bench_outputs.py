@@ -211,3 +211,18 @@ def test_training_results_on_the_cpu(train_step, tmp_path):
     assert table[0].startswith("Training iterations on ") and meta["date"] in table[0]
     assert "| batch | images/iter |" in table[2]
     assert any(line.startswith(f"| baseline | reidfast | {rows['reidfast']['batch']} images |") for line in table)
+
+
+def test_no_compile_is_measured_before_the_compiled_configurations(train_step, monkeypatch):
+    # a compiled first step can run past a GPU session's time limit: the rows measured before it are kept
+    order = []
+
+    def measure(case, config, device, quick, iters=None, profile_dir=""):
+        order.append(config)
+        return {"method": case, "config": config, "batch": 1, "images_per_iter": 1, "size": "1x1", "amp": "off",
+                "compile": config != "no-compile", "ms_per_iter": 1.0, "images_per_s": 1.0, "first_step_s": 0.0,
+                "peak_mem_mb": 0.0}
+
+    monkeypatch.setattr(train_step, "measure", measure)
+    train_step.run(CPU, True, ["baseline"], configs=("reidfast", "no-compile", "reference"))
+    assert order == ["reference", "reference", "no-compile", "reidfast", "reference"]
