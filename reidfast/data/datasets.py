@@ -111,12 +111,16 @@ def read_dukemtmc(root, strict: bool = True) -> ReidDataset:
 
 
 @register_dataset("cuhk03", "cuhk03-np", "cuhk03np")
-def read_cuhk03np(root, variant: str = "detected", strict: bool = True) -> ReidDataset:
+def read_cuhk03np(root, variant: str | None = None, strict: bool = True) -> ReidDataset:
     """CUHK03 under the new protocol (CUHK03-NP: 767 train / 700 test ids), ``detected`` or ``labeled`` boxes.
 
     Layout: ``cuhk03-np/{detected,labeled}/{bounding_box_train,bounding_box_test,query}`` with names
-    ``<pid>_c<1|2>_<index>.png``. `root` may be the variant folder, the cuhk03-np folder or its parent.
+    ``<pid>_c<1|2>_<index>.png``. `root` may be the variant folder, the cuhk03-np folder or its parent. `variant`
+    None: the variant folder `root` names (``--data-root .../cuhk03-np/labeled`` reads the labeled boxes), else
+    detected.
     """
+    if variant is None:
+        variant = Path(root).name if root is not None and Path(root).name in ("detected", "labeled") else "detected"
     if variant not in ("detected", "labeled"):
         raise ValueError(f"cuhk03: variant must be 'detected' or 'labeled', got {variant!r}")
     candidates = [f"{base}/{variant}".lstrip("/") for base in ("", "cuhk03-np", "CUHK03-NP", "cuhk03/cuhk03-np",

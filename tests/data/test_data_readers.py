@@ -138,6 +138,9 @@ def test_cuhk03np_variants_and_layouts(touch_files, tmp_path, variant):
         assert ds.train[0].path.startswith(str(tmp_path / "cuhk03-np" / variant))
     with pytest.raises(ValueError, match="variant"):
         get_dataset("cuhk03", tmp_path, variant="both")
+    # no variant given (what --data-root does): the variant folder the root names, else the detected boxes
+    assert get_dataset("cuhk03", tmp_path / "cuhk03-np" / variant).name == f"cuhk03-np-{variant}"
+    assert get_dataset("cuhk03", tmp_path / "cuhk03-np").name == "cuhk03-np-detected"
 
 
 def test_prid2011_split_and_distractors(touch_files, tmp_path):
