@@ -52,30 +52,25 @@ def _bad_outs(tmp_path: Path):
             "a path under a file": (str(a_file / "results.json"), "is a file, not a folder")}
 
 
+# (the script's fixture, the function that would measure, its arguments before --out)
+SCRIPTS = {"bench/run.py": ("bench_run", "run_suite", ["--device", "cpu", "--quick", "--only", "adain"]),
+           "bench/train_step.py": ("train_step", "run", ["--device", "cpu", "--quick", "--method", "baseline"])}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
 @pytest.mark.parametrize("case", ["a folder", "a .md name", "a path under a file"])
-def test_run_refuses_a_bad_out_before_measuring(bench_run, monkeypatch, tmp_path, capsys, case):
+def test_a_bad_out_is_refused_before_measuring(request, monkeypatch, tmp_path, capsys, script, case):
+    fixture, measuring, argv = SCRIPTS[script]
+    module = request.getfixturevalue(fixture)
     out, expected = _bad_outs(tmp_path)[case]
-    monkeypatch.setattr(bench_run, "run_suite", _never)
+    monkeypatch.setattr(module, measuring, _never)
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exc:
-        bench_run.main(["--device", "cpu", "--quick", "--only", "adain", "--out", out])
+        module.main([*argv, "--out", out])
     assert exc.value.code == 2
     message = capsys.readouterr().err
     assert "--out" in message and expected in message
     assert sorted(tmp_path.rglob("*")) == before and not list(tmp_path.parent.glob("*.tmp"))
-
-
-@pytest.mark.parametrize("case", ["a folder", "a .md name", "a path under a file"])
-def test_train_step_refuses_a_bad_out_before_measuring(train_step, monkeypatch, tmp_path, capsys, case):
-    out, expected = _bad_outs(tmp_path)[case]
-    monkeypatch.setattr(train_step, "run", _never)
-    before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(SystemExit) as exc:
-        train_step.main(["--device", "cpu", "--quick", "--method", "baseline", "--out", out])
-    assert exc.value.code == 2
-    message = capsys.readouterr().err
-    assert "--out" in message and expected in message
-    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_train_step_refuses_a_profile_path_under_a_file(train_step, monkeypatch, tmp_path, capsys):
