@@ -33,13 +33,14 @@ from .pose import (FLIP_PERMUTATION, LEFT_RIGHT_PAIRS, OPENPOSE_18, flip_heatmap
 from .masks import MaskNotFoundError, MaskReader, decode_mask
 from .samplers import (BatchedSampler, IdentityBalancedBatchSampler, SameIdentityPairSampler, ShuffledBatchSampler,
                        UnpairedDomainSampler, VerificationPairSampler)
-from .loader import PATH_ERRORS, DomainPairDataset, ImageDataset, decode_image, error_message, make_loader
+from .loader import (PATH_ERRORS, DomainPairDataset, ImageDataset, check_image_headers, decode_image, error_message,
+                     make_loader)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, denormalize, normalize, to_float
 
 __all__ = [
     "Sample", "ReidDataset", "DatasetNotFoundError", "DatasetFormatError", "relabel_train",
     "register_dataset", "get_dataset", "list_datasets", "add_dataset_args", "dataset_from_args", "reader_options",
-    "UnknownDatasetError",
+    "UnknownDatasetError", "check_image_headers",
     "default_cache_dir",
     "read_market1501", "read_dukemtmc", "read_msmt17", "read_cuhk03np", "read_prid2011", "read_synthetic",
     "generate_synthetic",

@@ -42,6 +42,29 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -
 PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+def check_image_headers(samples, split: str, workers: int = 8) -> None:
+    """Open every image of a split far enough to read its format and size (not its pixels), in threads: a file that
+    is not an image (a stray text file, an empty download) is a DatasetFormatError now, naming it, instead of when
+    the split is first read (a test split: after training). A file truncated inside its pixel data still shows
+    only when decoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def unreadable(path: str) -> str | None:
+        try:
+            with Image.open(path) as img:
+                img.size
+        except (OSError, SyntaxError, ValueError) as exc:
+            return f"{path} ({exc})"
+        return None
+
+    paths = [s.path for s in samples]
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
+        bad = [b for b in pool.map(unreadable, paths, chunksize=256) if b is not None]
+    if bad:
+        listed = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DatasetFormatError(f"{len(bad)} {split} image(s) cannot be read as images: {listed}")
+
+
 def error_message(exc: BaseException) -> str:
     """An error's message for a command line's "error:" line. An error raised in a DataLoader worker reaches the
     main process with the worker's traceback in its message; its last line is the original message (e.g. a bad

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import ops
 from ..data import (DatasetFormatError, ImageDataset, ReidDataset, ShuffledBatchSampler, UnknownDatasetError,
-                    get_dataset, list_datasets, reader_options)
+                    check_image_headers, get_dataset, list_datasets, reader_options)
 from ..device import resolve_device
 from ..ops import _backend as ops_backend
 from ..progress import ProgressBar, format_duration
@@ -664,6 +664,9 @@ class Trainer:
         ops.set_backend(cfg["backend"])
         _check_backend(cfg["backend"], self.device)
         self.dataset = self.method_cls.load_dataset(cfg)
+        if self.method_cls.evaluates:  # the test images are read only after training: a bad one is found now
+            for split in ("query", "gallery"):
+                check_image_headers(getattr(self.dataset, split), split)
         self.run = Run(cfg, self.device, self.rank, self.world_size, self.log, self.method_cls)
         self.log(f"{self.method_cls.name}: {self.dataset.summary()}")
         method = self.method_cls(self.run, self.dataset)

@@ -242,6 +242,18 @@ def test_a_new_run_over_an_old_one_starts_its_own_log(short_run, tiny_root, tmp_
     assert json.loads((run / "metrics.json").read_text())["iterations"] == 2
 
 
+def test_a_test_image_that_is_not_an_image_stops_the_run_before_training(tiny_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root, data)
+    bad = sorted((data / "bounding_box_test").glob("*.jpg"))[0]
+    bad.write_text("not a picture")  # a stray file under an image's name
+    out = tmp_path / "run"
+    assert main(tiny_args(data, out, "--iters", "2")) == 2
+    err = capsys.readouterr().err
+    assert f"1 gallery image(s) cannot be read as images: {bad}" in err
+    assert not out.exists()
+
+
 def test_a_diverged_loss_is_logged_as_strict_json(tmp_path):
     from reidfast.train.run_log import RunLog
     log = RunLog(tmp_path, enabled=True)
