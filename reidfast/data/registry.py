@@ -112,16 +112,60 @@ def add_dataset_args(parser: argparse.ArgumentParser, group=None, default=None,
     group.add_argument("--skip-misnamed", action="store_true", default=argparse.SUPPRESS if default is argparse.SUPPRESS
                        else False, help="skip (with a warning) images whose file names do not follow the dataset's "
                                         "naming, instead of stopping with an error")
+    group.add_argument("--dataset-option", nargs="+", default=default, metavar="KEY=VALUE",
+                       help="options of the dataset's reader: variant=labeled (cuhk03), version=V2 use_val=true "
+                            "(msmt17), split_seed=3 num_train_ids=100 (prid)")
     return parser
 
 
-def reader_options(skip_misnamed: bool) -> dict:
-    """The reader keywords that --skip-misnamed stands for (none by default, so readers registered without a
-    `strict` keyword keep working)."""
-    return {"strict": False} if skip_misnamed else {}
+def reader_options(skip_misnamed: bool, dataset_options=None, name: str | None = None) -> dict:
+    """The reader keywords that --skip-misnamed and --dataset-option KEY=VALUE ... stand for, for dataset `name`
+    (none by default, so readers registered without a `strict` keyword keep working)."""
+    options = {"strict": False} if skip_misnamed else {}
+    if dataset_options:
+        options.update(parse_dataset_options(name, dataset_options))
+    return options
+
+
+def parse_dataset_options(name: str | None, items) -> dict:
+    """--dataset-option KEY=VALUE strings -> keywords of the reader of `name` (None: market1501, what a root alone
+    reads). Each value takes the type of the keyword's default (a bool, an int, else a string); a key the reader does
+    not take is an error listing the ones it does."""
+    import inspect
+    _ensure_builtin_readers()
+    name = name or "market1501"
+    reader = _READERS.get(_ALIASES.get(_key(name), _key(name)))
+    if reader is None:
+        raise UnknownDatasetError(f"get_dataset: unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+    params = {k: p for k, p in inspect.signature(reader).parameters.items() if k not in ("root", "strict")
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    options = {}
+    for item in [items] if isinstance(items, str) else items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--dataset-option {item!r}: expected KEY=VALUE")
+        if key not in params:
+            known = ", ".join(params) or "none"
+            raise ValueError(f"--dataset-option {item}: the {name} reader takes no option {key!r} (its options: "
+                             f"{known})")
+        default = params[key].default
+        try:
+            if isinstance(default, bool):
+                if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("expected true or false")
+                options[key] = text.strip().lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                options[key] = int(text)
+            else:
+                options[key] = text.strip()
+        except ValueError as exc:
+            raise ValueError(f"--dataset-option {item}: {exc}") from None
+    return options
 
 
 def dataset_from_args(args: argparse.Namespace, **options) -> ReidDataset:
     """Read the dataset chosen by the arguments :func:`add_dataset_args` added."""
-    options = {**reader_options(getattr(args, "skip_misnamed", False)), **options}
+    options = {**reader_options(getattr(args, "skip_misnamed", False), getattr(args, "dataset_option", None),
+                                args.dataset if args.dataset or args.data_root else None), **options}
     return get_dataset(args.dataset, args.data_root, **options)

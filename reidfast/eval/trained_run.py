@@ -72,7 +72,8 @@ def export_features(path: str | os.PathLike, qf, gf, dataset) -> Path:
 
 
 # The argparse dests of the flags below, which only a --checkpoint run reads (--features refuses them).
-CHECKPOINT_ONLY = ("dataset", "data_root", "skip_misnamed", "export", "ranked_list", "ranked_queries", "verifier_topk")
+CHECKPOINT_ONLY = ("dataset", "data_root", "skip_misnamed", "dataset_option", "export", "ranked_list",
+                   "ranked_queries", "verifier_topk")
 
 
 def add_checkpoint_arguments(parser) -> None:
@@ -114,12 +115,15 @@ def evaluate_checkpoint(args):
         raise ValueError(f"--checkpoint {run_dir}: looks like a features file: use --features {run_dir}")
     method, cfg = load_trained_method(run_dir, device)  # the checkpoint is read once, here
     dataset_cfg = dict(cfg)
-    if args.dataset is not None:  # another dataset: its root is the one given (none: the synthetic data)
-        dataset_cfg.update(dataset=args.dataset, data_root=args.data_root)
+    if args.dataset is not None:  # another dataset: its root is the one given (none: the synthetic data), and
+        # the run's reader options were its own dataset's
+        dataset_cfg.update(dataset=args.dataset, data_root=args.data_root, dataset_option=None)
     elif args.data_root is not None:  # the run's own dataset, read from elsewhere
         dataset_cfg.update(dataset=type(method).test_dataset_name(cfg), data_root=args.data_root)
     if args.skip_misnamed:
         dataset_cfg["skip_misnamed"] = True
+    if args.dataset_option:
+        dataset_cfg["dataset_option"] = args.dataset_option
     dataset = type(method).load_dataset(dataset_cfg)
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")

@@ -27,6 +27,7 @@ LOOP_DEFAULTS = {
     "log_every": 20,
     "workers": None, "preset": "auto", "ap_mode": "market", "eval_batch_size": 128, "synthetic_ids": None,
     "height": 256, "width": 128, "lr": 0.01, "threads": None, "skip_misnamed": False, "overwrite": False,
+    "dataset_option": None,
 }
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PRESETS = ("auto", "paper", "cpu-quick")

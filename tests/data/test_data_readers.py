@@ -1,12 +1,13 @@
 """Readers on tiny hand-made trees with each dataset's real layout and naming."""
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
 from reidfast.data import (DatasetFormatError, DatasetNotFoundError, ReidDataset, Sample, add_dataset_args,
                            dataset_from_args, get_dataset, list_datasets, register_dataset)
-from reidfast.data.registry import _READERS
+from reidfast.data.registry import _READERS, parse_dataset_options
 
 MARKET_TRAIN = ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg", "0007_c3s3_077419_03.jpg", "Thumbs.db"]
 MARKET_QUERY = ["0001_c1s1_001051_00.jpg", "0003_c4s2_010101_00.jpg"]
@@ -157,6 +158,27 @@ def test_prid2011_split_and_distractors(touch_files, tmp_path):
     assert get_dataset("prid", single, num_train_ids=6, split_seed=2).query != ds.query
     with pytest.raises(DatasetFormatError, match="num_train_ids"):
         get_dataset("prid", single, num_train_ids=10)
+
+
+def test_dataset_options_from_the_command_line(touch_files, tmp_path):
+    single = tmp_path / "prid2011" / "prid_2011" / "single_shot"
+    touch_files(single / "cam_a", [f"person_{i:04d}.png" for i in range(1, 11)])
+    touch_files(single / "cam_b", [f"person_{i:04d}.png" for i in range(1, 11)])
+    parser = add_dataset_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--dataset", "prid", "--data-root", str(tmp_path),
+                              "--dataset-option", "num_train_ids=6", "split-seed=2"])
+    assert dataset_from_args(args).query == get_dataset("prid", tmp_path, num_train_ids=6, split_seed=2).query
+    assert parse_dataset_options("msmt17", ["version=V2", "use_val=true"]) == {"version": "V2", "use_val": True}
+    assert parse_dataset_options("CUHK03-NP", ["variant=labeled"]) == {"variant": "labeled"}
+    for items, message in ((["split_seed"], "expected KEY=VALUE"),
+                           (["variant=labeled"], "the prid reader takes no option 'variant' (its options: split_seed, "
+                                                 "num_train_ids)"),
+                           (["split_seed=two"], "--dataset-option split_seed=two: invalid literal"),
+                           (["use_val=maybe"], "the prid reader takes no option 'use_val'")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_dataset_options("prid", items)
+    with pytest.raises(ValueError, match="expected true or false"):
+        parse_dataset_options("msmt17", ["use_val=maybe"])
 
 
 def test_registry_custom_dataset_names_and_cli_args(touch_files, tmp_path):

@@ -112,6 +112,15 @@ def test_an_unknown_name_names_its_option(tmp_path, capsys, argv, message):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_dataset_option_the_reader_does_not_take_is_named(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["baseline", "--data-root", str(tmp_path), "--dataset", "market1501", "--dataset-option",
+                 "variant=labeled", "--out", str(out), "--device", "cpu"]) == 2
+    assert ("error: --dataset-option variant=labeled: the market1501 reader takes no option 'variant'"
+            in capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_another_datasets_folder_without_dataset_says_to_name_it(tmp_path, capsys):
     duke = tmp_path / "DukeMTMC-reID"  # Duke's layout, Duke's naming: read as Market-1501 when not named
     for split, names in (("bounding_box_train", ["0001_c2_f0046182.jpg", "0005_c8_f0000001.jpg"]),
