@@ -83,19 +83,25 @@ def get_dataset(name: str | None = None, root: str | os.PathLike | None = None, 
     fresh machine. A real dataset named without a root is an error rather than a silent switch to synthetic data.
     A root without a name reads it as Market-1501.
     """
-    _ensure_builtin_readers()
-    if name is None:
-        name = SYNTHETIC if root is None else "market1501"
-    key = _key(name)
-    key = _ALIASES.get(key, key)
-    if key not in _READERS:
-        raise UnknownDatasetError(f"get_dataset: unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+    key = _reader_key(name, root)
     if root is None and key != SYNTHETIC:
         raise ValueError(
             f"get_dataset: dataset {name!r} needs a data root (--data-root DIR); "
             f"omit --dataset (or use --dataset {SYNTHETIC}) to use the bundled synthetic data"
         )
     return _READERS[key](root, **options)
+
+
+def _reader_key(name: str | None, root) -> str:
+    """The registry key of the reader that reads `name` from `root` (no name: the synthetic data, or Market-1501
+    for a root alone)."""
+    _ensure_builtin_readers()
+    if name is None:
+        name = SYNTHETIC if root is None else "market1501"
+    key = _ALIASES.get(_key(name), _key(name))
+    if key not in _READERS:
+        raise UnknownDatasetError(f"get_dataset: unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+    return key
 
 
 def add_dataset_args(parser: argparse.ArgumentParser, group=None, default=None,
@@ -118,26 +124,22 @@ def add_dataset_args(parser: argparse.ArgumentParser, group=None, default=None,
     return parser
 
 
-def reader_options(skip_misnamed: bool, dataset_options=None, name: str | None = None) -> dict:
-    """The reader keywords that --skip-misnamed and --dataset-option KEY=VALUE ... stand for, for dataset `name`
-    (none by default, so readers registered without a `strict` keyword keep working)."""
+def reader_options(skip_misnamed: bool, dataset_options=None, name: str | None = None, root=None) -> dict:
+    """The reader keywords that --skip-misnamed and --dataset-option KEY=VALUE ... stand for, for dataset `name` read
+    from `root` (none by default, so readers registered without a `strict` keyword keep working)."""
     options = {"strict": False} if skip_misnamed else {}
     if dataset_options:
-        options.update(parse_dataset_options(name, dataset_options))
+        options.update(parse_dataset_options(name, dataset_options, root))
     return options
 
 
-def parse_dataset_options(name: str | None, items) -> dict:
-    """--dataset-option KEY=VALUE strings -> keywords of the reader of `name` (None: market1501, what a root alone
-    reads). Each value takes the type of the keyword's default (a bool, an int, else a string); a key the reader does
-    not take is an error listing the ones it does."""
+def parse_dataset_options(name: str | None, items, root=None) -> dict:
+    """--dataset-option KEY=VALUE strings -> keywords of the reader that get_dataset(name, root) calls. Each value
+    takes the type of the keyword's default (a bool, an int, else a string); a key the reader does not take is an
+    error listing the ones it does."""
     import inspect
-    _ensure_builtin_readers()
-    name = name or "market1501"
-    reader = _READERS.get(_ALIASES.get(_key(name), _key(name)))
-    if reader is None:
-        raise UnknownDatasetError(f"get_dataset: unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
-    params = {k: p for k, p in inspect.signature(reader).parameters.items() if k not in ("root", "strict")
+    reader = _reader_key(name, root)  # named in the errors by its registered name
+    params = {k: p for k, p in inspect.signature(_READERS[reader]).parameters.items() if k not in ("root", "strict")
               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     options = {}
     for item in [items] if isinstance(items, str) else items:
@@ -147,7 +149,7 @@ def parse_dataset_options(name: str | None, items) -> dict:
             raise ValueError(f"--dataset-option {item!r}: expected KEY=VALUE")
         if key not in params:
             known = ", ".join(params) or "none"
-            raise ValueError(f"--dataset-option {item}: the {name} reader takes no option {key!r} (its options: "
+            raise ValueError(f"--dataset-option {item}: the {reader} reader takes no option {key!r} (its options: "
                              f"{known})")
         default = params[key].default
         try:
@@ -167,5 +169,5 @@ def parse_dataset_options(name: str | None, items) -> dict:
 def dataset_from_args(args: argparse.Namespace, **options) -> ReidDataset:
     """Read the dataset chosen by the arguments :func:`add_dataset_args` added."""
     options = {**reader_options(getattr(args, "skip_misnamed", False), getattr(args, "dataset_option", None),
-                                args.dataset if args.dataset or args.data_root else None), **options}
+                                args.dataset, args.data_root), **options}
     return get_dataset(args.dataset, args.data_root, **options)

@@ -505,7 +505,7 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
         return get_dataset("synthetic", None, **options)
     try:  # .get: the configs saved by runs from before the option lack it
         return get_dataset(name, cfg["data_root"], **reader_options(cfg.get("skip_misnamed", False),
-                                                                    cfg.get("dataset_option"), name))
+                                                                    cfg.get("dataset_option"), name, cfg["data_root"]))
     except UnknownDatasetError:
         raise ConfigError(f"--dataset {name!r}: no such dataset; one of {', '.join(list_datasets())}") from None
     except DatasetFormatError as exc:
