@@ -99,7 +99,7 @@ def mask_reader(dataset: ReidDataset, folder, missing: str) -> MaskReader:
 
 
 def _check_masks(side: str, domain: ReidDataset, masks: MaskReader) -> None:
-    """Every training image of a domain has a mask file (a file test each: a second for Market-1501's)."""
+    """Every training image of a domain has a mask file (one file test per image)."""
     missing = [s.path for s in domain.train if masks.find(s.path) is None]
     if missing:
         tried = ", ".join(str(p) for p in masks.candidates(missing[0]))
