@@ -225,6 +225,11 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
     if unknown:
         raise ConfigError(f"--config: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     explicit = {**file_values, **flags}
+    for side in ("source", "target"):  # SA-GAN's two datasets: a root alone would get the synthetic domain made in it
+        if explicit.get(f"{side}_root") is not None and explicit.get(side) is None:
+            raise ConfigError(f"--{side}-root {explicit[f'{side}_root']}: name the dataset it holds with --{side} "
+                              f"NAME (e.g. market1501, dukemtmc), or --{side} synthetic-{'a' if side == 'source' else 'b'}"
+                              f" to generate the synthetic domain there")
     preset = explicit.get("preset", "auto")
     if preset == "auto":
         synthetic = explicit.get("data_root") is None and explicit.get("dataset") in (None, "synthetic")

@@ -187,6 +187,19 @@ def test_a_missing_source_root_leaves_no_run_folder(domain_b, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_root_without_its_dataset_name_is_refused(tmp_path, capsys):
+    # a forgotten --target would otherwise generate the synthetic domain b inside the user's dataset folder
+    data = tmp_path / "dukemtmc"
+    data.mkdir()
+    out = tmp_path / "never"
+    assert main(["sagan", "--target-root", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--target-root {data}: name the dataset it holds with --target NAME" in err
+    assert list(data.iterdir()) == [] and not out.exists()
+    assert main(["sagan", "--source-root", str(data), "--out", str(out)]) == 2
+    assert "--source synthetic-a to generate" in capsys.readouterr().err
+
+
 def test_images_without_masks_are_found_before_the_run_starts(tiny_root, domain_b, tmp_path, capsys):
     source = tmp_path / "no-masks"
     shutil.copytree(tiny_root, source)
