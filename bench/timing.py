@@ -134,6 +134,19 @@ def run_meta(device: torch.device, quick: bool, **extra) -> dict:
             else platform.processor() or "cpu", "quick": quick, **extra}
 
 
+def folder_path_error(path: str) -> str | None:
+    """Why `path` cannot be a folder to write into (made with the folders above it that do not exist yet), or
+    None."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK):
+        return f"cannot write in {existing}"
+    return None
+
+
 def out_path_error(path: str) -> str | None:
     """Why --out `path` cannot take the results (JSON there, the .md table beside it), or None. Checked before any
     work, so that a run of minutes does not end in an error at the last step."""
@@ -144,14 +157,8 @@ def out_path_error(path: str) -> str | None:
     table = os.path.splitext(path)[0] + ".md"
     if os.path.isdir(table):
         return f"{table}, where the .md table goes, is a folder"
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):  # the folders that do not exist yet are created
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"{parent} is a file, not a folder: cannot write {path}"
-    if not os.access(parent, os.W_OK):
-        return f"cannot write in {parent}"
-    return None
+    error = folder_path_error(os.path.dirname(os.path.abspath(path)))
+    return error and f"{error}: cannot write {path}"
 
 
 def write_results(path: str, payload: dict, table: str) -> None:

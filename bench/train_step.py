@@ -49,7 +49,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 sys.path.insert(0, BENCH_DIR)
 
-from timing import kernel_time_ms, out_path_error, run_meta, time_ms, write_results  # noqa: E402
+from timing import folder_path_error, kernel_time_ms, out_path_error, run_meta, time_ms, write_results  # noqa: E402
 
 from reidfast.train.compile_progress import compile_progress  # noqa: E402
 from reidfast.train.config import LOOP_DEFAULTS  # noqa: E402
@@ -127,18 +127,6 @@ CUDA_GRAPHS_NEED_A_GPU = "CUDA graphs need a GPU (--device cuda); on the CPU the
 class _TrainSet:
     def __init__(self, num_classes):
         self.num_train_pids = num_classes
-
-
-def folder_path_error(path: str) -> str | None:
-    """Why `path` cannot be a folder to write into (--profile), or None."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        return f"{path} is a file; expected a folder"
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):  # the folders that do not exist yet are created
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"{parent} is a file, not a folder: cannot create {path}"
-    return None
 
 
 def _peak_memory_mb(device) -> float:
