@@ -18,32 +18,13 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.rank_eval import feature_pair
 from ..ops.reference import check_features_finite, pairwise_distance
 
 
 def label(metric: str) -> str:
     """What re-ranked distances are, for reports (rank_eval's distmat_label)."""
     return f"{metric}, k-reciprocal re-ranked"
-
-
-def _check_features(query_features, gallery_features) -> None:
-    """What rank_eval refuses in features, refused here by the same names before any distance is made."""
-    for name, x in (("query_features", query_features), ("gallery_features", gallery_features)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            raise ValueError(f"rerank: {name} must be a 2-D tensor (N, D), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"rerank: {name} must be floating point, got {x.dtype}")
-    if query_features.shape[1] != gallery_features.shape[1] or query_features.shape[1] == 0:
-        raise ValueError(f"rerank: the features need one dimension > 0; got shapes {tuple(query_features.shape)} and "
-                         f"{tuple(gallery_features.shape)}")
-    if query_features.shape[0] == 0 or gallery_features.shape[0] == 0:
-        raise ValueError(f"rerank: needs at least one query and one gallery item, got Q={query_features.shape[0]}, "
-                         f"G={gallery_features.shape[0]}")
-    if query_features.device != gallery_features.device:
-        raise ValueError(f"rerank: query_features are on {query_features.device} but gallery_features are on "
-                         f"{gallery_features.device}")
-    check_features_finite(query_features, gallery_features, who="rerank")
 
 
 def _reciprocal(knn: torch.Tensor) -> torch.Tensor:
@@ -58,7 +39,8 @@ def k_reciprocal_distance(query_features: torch.Tensor, gallery_features: torch.
     the original distance d (euclidean: squared L2, or cosine, as rank_eval defines them)."""
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"rerank: need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1; got {k1}, {k2}, {lambda_value}")
-    _check_features(query_features, gallery_features)
+    query_features, gallery_features = feature_pair(query_features, gallery_features, who="rerank")
+    check_features_finite(query_features, gallery_features, who="rerank")
     num_q = query_features.shape[0]
     feats = torch.cat([query_features, gallery_features]).detach().float()
     n = feats.shape[0]

@@ -36,26 +36,26 @@ if _HAS_KERNELS:
     _rank_summary_op = torch.ops.reidfast.rank_summary.default
 
 
-def _as_tensor(x, name: str) -> torch.Tensor:
+def _as_tensor(x, name: str, who: str = "rank_eval") -> torch.Tensor:
     """torch tensors as they are; numpy, cupy and other DLPack / CUDA-array-interface arrays without a copy."""
     if isinstance(x, torch.Tensor):
         return x
     if x is None:
-        raise TypeError(f"rank_eval: {name} is required")
+        raise TypeError(f"{who}: {name} is required")
     if hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("cupy"):
         return torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x, device="cuda")
     if type(x).__module__ == "numpy":
         import numpy as np
 
         if x.dtype.kind not in "biufc":  # strings, objects, dates: torch's own error would not name the argument
-            raise TypeError(f"rank_eval: {name} must hold numbers, got a numpy array of dtype {x.dtype}")
+            raise TypeError(f"{who}: {name} must hold numbers, got a numpy array of dtype {x.dtype}")
         return torch.from_numpy(np.ascontiguousarray(x)) if x.flags.writeable else torch.as_tensor(x)
     if hasattr(x, "__dlpack__"):
         return torch.from_dlpack(x)
     try:
         return torch.as_tensor(x)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"rank_eval: {name} must be a torch tensor, numpy or cupy array, got {type(x).__name__}") from exc
+        raise TypeError(f"{who}: {name} must be a torch tensor, numpy or cupy array, got {type(x).__name__}") from exc
 
 
 def _labels(x, name: str) -> torch.Tensor:
@@ -85,17 +85,44 @@ def _check_sizes(labels: dict[str, torch.Tensor], num_q: int, num_g: int, distma
                              f"({side}_pids)")
 
 
-def _floating_2d(x, name: str) -> torch.Tensor:
-    t = _as_tensor(x, name)
+def _floating_2d(x, name: str, who: str = "rank_eval") -> torch.Tensor:
+    t = _as_tensor(x, name, who)
     if t.dim() != 2:
-        raise ValueError(f"rank_eval: {name} must be 2-D, got shape {tuple(t.shape)}")
+        raise ValueError(f"{who}: {name} must be 2-D, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
-        raise TypeError(f"rank_eval: {name} must be floating point, got {t.dtype}")
+        raise TypeError(f"{who}: {name} must be floating point, got {t.dtype}")
     # Ranks are not differentiable: detached, no output requires grad on any backend (the reference's never did)
     # and the kernels' ops, which have no autograd, are not called on tensors that require grad.
     t = t.detach()
     # The kernels work in float32 or float64; half-precision inputs are widened.
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def feature_pair(query_features, gallery_features, who: str = "rank_eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and gallery features as rank_eval (and re-ranking, `who`) takes them: 2-D floating point of one
+    dimension > 0, on one device, detached, in one dtype (float32 or float64), at least one row each. Finiteness is
+    checked where the distances are made."""
+    if query_features is None or gallery_features is None:
+        missing = "query_features" if query_features is None else "gallery_features"
+        raise ValueError(f"{who}: {missing} is missing (features need both query and gallery)")
+    query_features = _floating_2d(query_features, "query_features", who)
+    gallery_features = _floating_2d(gallery_features, "gallery_features", who)
+    if query_features.shape[1] != gallery_features.shape[1]:
+        raise ValueError(f"{who}: query_features have dimension {query_features.shape[1]} but "
+                         f"gallery_features have {gallery_features.shape[1]}")
+    if query_features.shape[1] == 0:  # every distance would be equal: a ranking of nothing
+        raise ValueError(f"{who}: the features have dimension 0 (shapes "
+                         f"{tuple(query_features.shape)} and {tuple(gallery_features.shape)})")
+    if query_features.device != gallery_features.device:
+        raise ValueError(f"{who}: query_features are on {query_features.device} but gallery_features are "
+                         f"on {gallery_features.device}")
+    if query_features.shape[0] == 0 or gallery_features.shape[0] == 0:
+        raise ValueError(f"{who}: needs at least one query and one gallery item, got Q={query_features.shape[0]}, "
+                         f"G={gallery_features.shape[0]}")
+    if query_features.dtype != gallery_features.dtype:
+        wide = torch.promote_types(query_features.dtype, gallery_features.dtype)
+        query_features, gallery_features = query_features.to(wide), gallery_features.to(wide)
+    return query_features, gallery_features
 
 
 @contextlib.contextmanager
@@ -320,23 +347,7 @@ def rank_eval(
         metric = distmat_label or metric or UNNAMED_DISTMAT
     else:
         metric = metric or "euclidean"
-        if query_features is None or gallery_features is None:
-            missing = "query_features" if query_features is None else "gallery_features"
-            raise ValueError(f"rank_eval: {missing} is missing (features need both query and gallery)")
-        query_features = _floating_2d(query_features, "query_features")
-        gallery_features = _floating_2d(gallery_features, "gallery_features")
-        if query_features.shape[1] != gallery_features.shape[1]:
-            raise ValueError(f"rank_eval: query_features have dimension {query_features.shape[1]} but "
-                             f"gallery_features have {gallery_features.shape[1]}")
-        if query_features.shape[1] == 0:  # every distance would be equal: a ranking of nothing
-            raise ValueError("rank_eval: the features have dimension 0 (shapes "
-                             f"{tuple(query_features.shape)} and {tuple(gallery_features.shape)})")
-        if query_features.device != gallery_features.device:
-            raise ValueError(f"rank_eval: query_features are on {query_features.device} but gallery_features are "
-                             f"on {gallery_features.device}")
-        if query_features.dtype != gallery_features.dtype:
-            wide = torch.promote_types(query_features.dtype, gallery_features.dtype)
-            query_features, gallery_features = query_features.to(wide), gallery_features.to(wide)
+        query_features, gallery_features = feature_pair(query_features, gallery_features)
         num_q, num_g = query_features.shape[0], gallery_features.shape[0]
         device = query_features.device
     if num_q == 0 or num_g == 0:

@@ -280,7 +280,9 @@ def test_rerank_refuses_what_rank_eval_refuses():
     qf, gf = torch.randn(3, 4), torch.randn(5, 4)
     huge = gf.clone()
     huge[2] = 1e30  # finite, but its squared norm overflows float32
-    for features, match in [((qf, torch.randn(5, 3)), r"one dimension > 0; got shapes \(3, 4\) and \(5, 3\)"),
+    for features, match in [((qf, torch.randn(5, 3)), "rerank: query_features have dimension 4 but gallery_features "
+                                                      "have 3"),
+                            ((qf, "features"), "rerank: gallery_features must be a torch tensor, numpy or cupy"),
                             ((qf[:0], gf), "at least one query and one gallery item, got Q=0, G=5"),
                             ((qf, gf.long()), "gallery_features must be floating point"),
                             ((qf, huge), "euclidean distances overflow float32")]:
