@@ -9,10 +9,11 @@ RANKS = (1, 5, 10, 20)
 
 
 def metrics_dict(result: RankEvalResult) -> dict:
-    """Numbers in percent (as papers print them), plus the counts and the convention. Rank-k follows
-    `RankEvalResult.rank`: flat past the gallery's end, NaN past a max_rank short of it."""
-    out = {f"rank{k}": 100 * result.rank(k) for k in RANKS}
-    out.update(mAP=100 * result.mAP, mINP=100 * result.mINP, num_valid=result.num_valid,
+    """Numbers as fractions in [0, 1], as rank_eval and a run's metrics.json give them under the same keys (the table
+    prints percent), plus the counts and the convention. Rank-k follows `RankEvalResult.rank`: flat past the
+    gallery's end, NaN past a max_rank short of it."""
+    out = {f"rank{k}": result.rank(k) for k in RANKS}
+    out.update(mAP=result.mAP, mINP=result.mINP, num_valid=result.num_valid,
                num_queries=int(result.valid.numel()), ap_mode=result.ap_mode, metric=result.metric,
                tie_rule=result.tie_rule)
     return out
@@ -21,7 +22,7 @@ def metrics_dict(result: RankEvalResult) -> dict:
 def _cell(value: float) -> str:
     # NaN: not computed (Rank-k past a CMC that --max-rank cut short of the gallery's end) or undefined (no valid
     # query)
-    return f"{value:7.2f}" if math.isfinite(value) else f"{'n/a':>7}"
+    return f"{100 * value:7.2f}" if math.isfinite(value) else f"{'n/a':>7}"
 
 
 def format_table(result: RankEvalResult, title: str = "") -> str:

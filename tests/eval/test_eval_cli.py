@@ -85,8 +85,10 @@ def test_cli_prints_table_and_convention(tmp_path, capsys):
     numbers = json.loads((tmp_path / "m.json").read_text())
     want = ops.rank_eval(arrays["query_label"], arrays["gallery_label"], arrays["query_cam"], arrays["gallery_cam"],
                          query_features=arrays["query_f"], gallery_features=arrays["gallery_f"], ap_mode="market")
-    assert numbers["mAP"] == pytest.approx(100 * want.mAP)
-    assert numbers["rank1"] == pytest.approx(100 * want.rank(1))
+    # the table in percent, the JSON in fractions (as rank_eval and metrics.json)
+    assert f"{100 * want.mAP:.2f}" in out and f"{100 * want.rank(1):.2f}" in out
+    assert numbers["mAP"] == pytest.approx(want.mAP)
+    assert numbers["rank1"] == pytest.approx(want.rank(1))
 
 
 def test_cli_rerank_runs(tmp_path, capsys):
@@ -105,7 +107,7 @@ def test_cli_rerank_uses_the_chosen_metric(tmp_path, capsys):
         assert main(["--features", str(tmp_path / "f.npz"), "--rerank", "--k1", "6", "--k2", "3", "--metric", metric,
                      "--json", str(summary)]) == 0
         want = ops.rank_eval(*labels, distmat=k_reciprocal_distance(qf, gf, k1=6, k2=3, metric=metric))
-        assert json.loads(summary.read_text())["mAP"] == pytest.approx(100 * want.mAP)
+        assert json.loads(summary.read_text())["mAP"] == pytest.approx(want.mAP)  # a fraction, as in metrics.json
 
 
 def test_cli_refuses_fast_precision_with_rescored_distances(tmp_path, capsys):
@@ -315,12 +317,12 @@ def test_cli_rank_columns_past_the_gallery_and_max_rank(tmp_path, capsys):
     # a gallery of 8: Rank-10 and Rank-20 are Rank-8, as in training's metrics.json
     assert main(["--features", str(tmp_path / "f.npz"), "--json", str(tmp_path / "all.json")]) == 0
     numbers = strict((tmp_path / "all.json").read_text())
-    assert numbers["rank10"] == numbers["rank20"] == pytest.approx(100 * float(want.cmc[7]))
+    assert numbers["rank10"] == numbers["rank20"] == pytest.approx(float(want.cmc[7]))
     # a CMC cut at rank 3: the ranks past it are unknown, null in the JSON, n/a in the table
     capsys.readouterr()
     assert main(["--features", str(tmp_path / "f.npz"), "--max-rank", "3", "--json", str(tmp_path / "cut.json")]) == 0
     numbers = strict((tmp_path / "cut.json").read_text())
-    assert numbers["rank1"] == pytest.approx(100 * want.rank(1)) and numbers["rank5"] is None
+    assert numbers["rank1"] == pytest.approx(want.rank(1)) and numbers["rank5"] is None
     assert "nan" not in capsys.readouterr().out.lower().replace("n/a", "")
 
 
