@@ -37,7 +37,7 @@ def test_the_sdist_holds_every_source_and_header(sdist_members):
 
 
 def test_the_sdist_holds_what_the_quick_start_and_tests_read(sdist_members):
-    for name in ("setup.py", "pyproject.toml", "requirements.txt", "README.md", "tests/conftest.py",
+    for name in ("setup.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE", "tests/conftest.py",
                  "scripts/quickstart.py", "bench/run.py"):
         assert name in sdist_members, name
     assert not [m for m in sdist_members if m.endswith((".so", ".o", ".pyc"))]
