@@ -44,7 +44,8 @@ RUN/{adapt,translate,reid}/, and RUN/checkpoint.pt + RUN/metrics.json: copies of
 stage's (the re-id model's once it is done), replaced atomically, so that ``python -m reidfast.eval --checkpoint
 RUN`` and ``python -m reidfast.generate sagan --checkpoint RUN`` take the run folder. ``--resume`` continues the
 stage that was running exactly (its saved configuration; flags given now override it) and runs the stages after
-it with RUN/config.json; finished stages are skipped.
+it with RUN/config.json; finished stages are skipped, except a finished run's last stage, which trains on
+when --resume gives it a longer length.
 
 ``--faithful`` runs every network once per input (real and generated images through a critic in two calls, each
 direction's warps, each SiaNet pair, each spatial code of the translation separately) as the original code does;
@@ -69,7 +70,7 @@ from ..data import (BatchedSampler, ImageDataset, MaskReader, ReidDataset, Unpai
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
-from .checkpoint import LATEST, PREVIOUS, copy_atomically, write_text_atomically
+from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
 from .loop import LinearDecaySchedule, Method, Trainer, TrainingInterrupted, default_run_dir
 from .penalties import input_gradient
 
@@ -615,6 +616,21 @@ def resumed_options(cfg: dict) -> dict:
     return given
 
 
+def _check_finished_adaptation(top: dict, given: dict, record, root: Path) -> None:
+    """A new --adapt-iters given with --resume cannot reach an adaptation that finished before the stages after it
+    began: refused before anything is written, instead of being saved and silently not applied."""
+    pipeline = stages_of(top["stage"])
+    if ("adapt_iters" not in given or "adapt" not in pipeline or pipeline[-1] == "adapt"
+            or record.status("adapt") != "done" or not (root / "adapt" / LATEST).is_file()):
+        return
+    reached = load_checkpoint(root / "adapt" / LATEST, "sagan")["iteration"]
+    if given["adapt_iters"] != reached:
+        raise ValueError(f"sagan: --adapt-iters {given['adapt_iters']}: this run's adaptation stage finished at "
+                         f"iteration {reached} and the stages after it start from that result; train a new run "
+                         f"(--out DIR) with --adapt-iters {given['adapt_iters']}, or resume without --adapt-iters. "
+                         f"Nothing was written.")
+
+
 # what stage_config sets, never one of the run's own options
 _STAGE_KEYS = {"current_stage", "out", "run_folder", "resume", "resumed_with"}
 
@@ -791,6 +807,7 @@ class SAGAN(Method):
         if resuming and (root / "config.json").is_file():
             top = json.loads((root / "config.json").read_text())
             given = resumed_options(cfg)
+            _check_finished_adaptation(top, given, record, root)
             if given:  # the options given with --resume, as if given at the start: saved for a later --resume too
                 top.update(given)
                 write_text_atomically(root / "config.json", json.dumps(top, indent=2) + "\n")
@@ -811,6 +828,17 @@ class SAGAN(Method):
         metrics = None
         for stage in pipeline:
             if resuming and record.status(stage) == "done":
+                if stage == pipeline[-1] and stage != "translate" and (root / stage / LATEST).is_file():
+                    # the run's last stage, finished: like any finished run, it trains on if a longer length is
+                    # given now, and otherwise says there is nothing to train (the loop decides)
+                    scfg = stage_config(top, stage, root)
+                    scfg["resume"] = str(root / stage / LATEST)
+                    before = (root / stage / LATEST).stat().st_mtime_ns
+                    metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
+                    if (root / stage / LATEST).stat().st_mtime_ns != before:
+                        copy_atomically(root / stage / LATEST, root / LATEST)
+                        copy_atomically(root / stage / "metrics.json", root / "metrics.json")
+                    continue
                 log(f"sagan: stage {stage} finished earlier in {root / stage}: skipped")
                 continue
             # the stage's configuration derives from the run's (the adapt stage's length, batch and lr from the

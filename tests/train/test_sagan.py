@@ -222,6 +222,31 @@ def test_resume_skips_finished_stages(full_run, tmp_path, capsys):
     assert load_checkpoint(resumed / "adapt" / "checkpoint.pt")["iteration"] == 4  # untouched
 
 
+def test_a_finished_run_resumed_with_a_longer_length_trains_its_last_stage_on(full_run, tmp_path, capsys):
+    run = tmp_path / "longer"
+    shutil.copytree(full_run, run)
+    assert main(["sagan", "--out", str(run), "--resume", "--iters", "5"]) == 0
+    assert load_checkpoint(run / "reid" / "checkpoint.pt")["iteration"] == 5
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 5  # the run folder's copy too
+    assert json.loads((run / "metrics.json").read_text())["iterations"] == 5
+    assert load_checkpoint(run / "adapt" / "checkpoint.pt")["iteration"] == 4  # untouched
+    capsys.readouterr()
+    written = {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()}
+    assert main(["sagan", "--out", str(run), "--resume"]) == 0  # finished again: nothing to train or write
+    assert "nothing to train" in capsys.readouterr().err
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file()} == written
+
+
+def test_a_new_length_for_a_finished_adaptation_is_refused(full_run, tmp_path, capsys):
+    run = tmp_path / "adapt-longer"
+    shutil.copytree(full_run, run)
+    config = (run / "config.json").read_bytes()
+    assert main(["sagan", "--out", str(run), "--resume", "--adapt-iters", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapt-iters 6" in err and "finished at iteration 4" in err and "Traceback" not in err
+    assert (run / "config.json").read_bytes() == config  # not saved as if it had been applied
+
+
 def test_a_stage_is_not_trained_over_unless_asked(full_run, tiny_root, domain_b, tmp_path, capsys):
     import shutil
     run = tmp_path / "again"
