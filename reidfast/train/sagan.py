@@ -572,8 +572,8 @@ class ReidStage(Baseline):
 class StageRecord:
     """RUN/stages.json: the stages this run does, each one's folder and status (running / done)."""
 
-    def __init__(self, root: Path):
-        self.path = Path(root) / "stages.json"
+    def __init__(self, root: Path, write: bool = True):
+        self.path, self.write = Path(root) / "stages.json", write  # write: False on torchrun's ranks but 0
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": [], "status": {},
                                                                                     "folders": {}}
 
@@ -595,6 +595,8 @@ class StageRecord:
         self._write()
 
     def _write(self) -> None:
+        if not self.write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
 
@@ -797,20 +799,25 @@ class SAGAN(Method):
     def run(cls, cfg: dict, stream=None) -> dict | None:
         import sys
         stream = stream or sys.stderr
-        log = lambda message: print(message, file=stream, flush=True)
+        # under torchrun (the re-id stage) every rank runs the stages, but only rank 0 writes the run folder's own
+        # files (config.json, stages.json, the copies of the last stage's checkpoint and metrics) and the messages,
+        # as the loop does for a stage's folder: the ranks would race for the same temporary files
+        main = int(os.environ.get("RANK", "0")) == 0
+        log = lambda message: print(message, file=stream, flush=True) if main else None
         resuming = bool(cfg.get("resume"))
         root = cls.run_folder(cfg)
         if resuming:  # the run folder holding the checkpoint (wherever the run folder has been moved since)
             folder = Path(cfg["resume"]).parent
             root = folder.parent if folder.name in STAGES and (folder.parent / "stages.json").is_file() else folder
-        record = StageRecord(root)
+        record = StageRecord(root, write=main)
         if resuming and (root / "config.json").is_file():
             top = json.loads((root / "config.json").read_text())
             given = resumed_options(cfg)
             _check_finished_adaptation(top, given, record, root)
             if given:  # the options given with --resume, as if given at the start: saved for a later --resume too
                 top.update(given)
-                write_text_atomically(root / "config.json", json.dumps(top, indent=2) + "\n")
+                if main:
+                    write_text_atomically(root / "config.json", json.dumps(top, indent=2) + "\n")
         else:
             top = {**cfg, "current_stage": None, "run_folder": str(root), "out": str(root), "resume": None}
         pipeline = stages_of(top["stage"])
@@ -823,7 +830,8 @@ class SAGAN(Method):
             if pipeline[0] != "translate":
                 (AdaptStage if pipeline[0] == "adapt" else ReidStage).load_dataset(first)
             root.mkdir(parents=True, exist_ok=True)
-            (root / "config.json").write_text(json.dumps(top, indent=2) + "\n")
+            if main:
+                (root / "config.json").write_text(json.dumps(top, indent=2) + "\n")
             record.reset(pipeline)
         metrics = None
         for stage in pipeline:
@@ -835,7 +843,7 @@ class SAGAN(Method):
                     scfg["resume"] = str(root / stage / LATEST)
                     before = (root / stage / LATEST).stat().st_mtime_ns
                     metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
-                    if (root / stage / LATEST).stat().st_mtime_ns != before:
+                    if main and (root / stage / LATEST).stat().st_mtime_ns != before:
                         copy_atomically(root / stage / LATEST, root / LATEST)
                         copy_atomically(root / stage / "metrics.json", root / "metrics.json")
                     continue
@@ -862,7 +870,8 @@ class SAGAN(Method):
             else:
                 metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
                 # the run folder's checkpoint and metrics: the last finished training stage's
-                copy_atomically(root / stage / LATEST, root / LATEST)
-                copy_atomically(root / stage / "metrics.json", root / "metrics.json")
+                if main:
+                    copy_atomically(root / stage / LATEST, root / LATEST)
+                    copy_atomically(root / stage / "metrics.json", root / "metrics.json")
             record.set(stage, "done")
         return metrics

@@ -3,7 +3,12 @@ Market-1501 layout, exact resume of a multi-stage run, the ablation switches, fa
 through the evaluation and generation commands."""
 import json
 import math
+import os
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -245,6 +250,27 @@ def test_a_new_length_for_a_finished_adaptation_is_refused(full_run, tmp_path, c
     err = capsys.readouterr().err
     assert "--adapt-iters 6" in err and "finished at iteration 4" in err and "Traceback" not in err
     assert (run / "config.json").read_bytes() == config  # not saved as if it had been applied
+
+
+def test_the_reid_stage_under_torchrun_writes_the_run_folder_once(full_run, tiny_root, domain_b, tmp_path):
+    """The re-id stage runs under torchrun (DDP): both ranks train it, rank 0 alone publishes the run folder's files
+    (both copying to the same temporary file made one rank fail after training)."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1",
+           "REIDFAST_DDP_BACKEND": "gloo"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+           "-m", "reidfast.train",
+           *sagan_args(tiny_root, domain_b, out, "--stage", "reid", "--translated", str(full_run / "translate"))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2 processes" in proc.stderr and proc.stderr.count("sagan: stage reid in") == 1
+    assert json.loads((out / "stages.json").read_text())["status"] == {"reid": "done"}
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 3
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 3
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_a_stage_is_not_trained_over_unless_asked(full_run, tiny_root, domain_b, tmp_path, capsys):
