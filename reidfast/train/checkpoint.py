@@ -93,8 +93,10 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     return _publish(tmp, target)
 
 
-def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
-    """Write `state` as the run's latest checkpoint, keeping the previous one. Returns the path written."""
+def save_checkpoint(state: dict, run_dir: str | os.PathLike, keep_previous: bool = True) -> Path:
+    """Write `state` as the run's latest checkpoint, keeping the previous one (`keep_previous` False: a new run's
+    first checkpoint, which replaces those of the run the folder held before instead of keeping one of them as its
+    fallback). Returns the path written."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     latest, previous, tmp = run_dir / LATEST, run_dir / PREVIOUS, run_dir / f".{LATEST}.tmp"
@@ -110,7 +112,9 @@ def save_checkpoint(state: dict, run_dir: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         kept = f"; {latest} is unchanged" if latest.exists() else ""
         raise CheckpointError(f"could not write a checkpoint in {run_dir} ({exc.strerror or exc}){kept}") from exc
-    if latest.exists():
+    if not keep_previous:
+        previous.unlink(missing_ok=True)
+    elif latest.exists():
         os.replace(latest, previous)
     os.replace(tmp, latest)
     _fsync_dir(run_dir)

@@ -607,7 +607,11 @@ class Trainer:
         self._check_weights_finite(method, it)
         self._last_saved = it
         if self.main:
-            path = save_checkpoint(self._checkpoint_state(method, progress), self.run_dir)
+            # a new run's first checkpoint does not keep an earlier run's (--overwrite) as its previous one, which a
+            # corrupted-checkpoint error would offer to resume from
+            path = save_checkpoint(self._checkpoint_state(method, progress), self.run_dir,
+                                   keep_previous=self._continues_folder)
+            self._continues_folder = True
             self.logfile.write({"it": it, "checkpoint": str(path)})
         if self.world_size > 1:
             torch.distributed.barrier()
@@ -683,6 +687,7 @@ class Trainer:
             num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(cfg["seed"]))  # own generator: see the module docstring
         progress, saved_window, resumed = _Progress(), None, resume_state is not None
+        self._continues_folder = resumed
         if resumed:
             progress = self._restore(method, resume_state)
             saved_window = resume_state.get("loss_window")

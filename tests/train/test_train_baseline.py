@@ -240,6 +240,11 @@ def test_a_new_run_over_an_old_one_starts_its_own_log(short_run, tiny_root, tmp_
     assert main(tiny_args(tiny_root, run, "--iters", "2", "--overwrite")) == 0
     assert sorted(losses(run)) == [1, 2]
     assert json.loads((run / "metrics.json").read_text())["iterations"] == 2
+    # its checkpoints are its own: no earlier run's kept as the fallback a corrupted checkpoint points to
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 2
+    assert not (run / "checkpoint.prev.pt").exists()
+    assert main(["baseline", "--out", str(run), "--resume", "--iters", "3", "--ckpt-every", "1"]) == 0
+    assert load_checkpoint(run / "checkpoint.prev.pt")["iteration"] == 2  # from here on, the previous is kept
 
 
 def test_a_test_image_that_is_not_an_image_stops_the_run_before_training(tiny_root, tmp_path, capsys):
