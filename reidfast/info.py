@@ -7,6 +7,16 @@ import platform
 import torch
 
 
+def setting_error() -> str | None:
+    """Why the backend setting (REIDFAST_BACKEND, read at import) cannot run any op, or None."""
+    from .ops import _backend
+    try:
+        _backend._validate(_backend.get_backend(), _backend._ENVIRONMENT)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def report() -> str:
     from . import __version__
     from .ops import _backend, _extension
@@ -32,6 +42,9 @@ def report() -> str:
     else:
         lines.append("device: no CUDA device visible")
     lines.append(f"backend setting: {_backend.get_backend()}")
+    if setting_error():  # a misspelt REIDFAST_BACKEND: no op would run, so say that instead of each op's choice
+        lines.append(f"error: {setting_error()}")
+        return "\n".join(lines)
     for op in sorted(_backend.IMPLEMENTED):
         for device in devices:
             try:
@@ -102,6 +115,8 @@ def main(argv=None) -> None:
     if args.num_classes < 1:
         parser.error(f"--num-classes must be at least 1, got {args.num_classes}")
     print(model_report(args.model, args.num_classes) if args.model else report())
+    if not args.model and setting_error():
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

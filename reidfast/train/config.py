@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -102,7 +103,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--no-fused-optimizers", dest="fused_optimizers", action="store_false", default=S,
                        help="torch.optim's default (for-each) update")
     speed.add_argument("--backend", default=S,
-                       help="reidfast op backend: auto (default), cuda, triton, cpu or reference (pure PyTorch)")
+                       help="reidfast op backend: auto, cuda, triton, cpu or reference (pure PyTorch); default: the "
+                            "environment variable REIDFAST_BACKEND, else auto")
     speed.add_argument("--workers", type=int, default=S, help="image decoding worker processes (default: cores-1, "
                        "at most 4)")
     speed.add_argument("--threads", type=int, default=S,
@@ -227,9 +229,10 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
     explicit = {**file_values, **flags}
     for side in ("source", "target"):  # SA-GAN's two datasets: a root alone would get the synthetic domain made in it
         if explicit.get(f"{side}_root") is not None and explicit.get(side) is None:
+            synthetic = "synthetic-a" if side == "source" else "synthetic-b"
             raise ConfigError(f"--{side}-root {explicit[f'{side}_root']}: name the dataset it holds with --{side} "
-                              f"NAME (e.g. market1501, dukemtmc), or --{side} synthetic-{'a' if side == 'source' else 'b'}"
-                              f" to generate the synthetic domain there")
+                              f"NAME (e.g. market1501, dukemtmc), or --{side} {synthetic} to generate the synthetic "
+                              f"domain there")
     preset = explicit.get("preset", "auto")
     if preset == "auto":
         synthetic = explicit.get("data_root") is None and explicit.get("dataset") in (None, "synthetic")
@@ -251,6 +254,12 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
     cfg["preset"] = preset
     if cfg["amp"] not in AMP_CHOICES:
         raise ConfigError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg['amp']!r}")
+    environment = os.environ.get("REIDFAST_BACKEND", "").strip()
+    if "backend" not in explicit and environment:  # what the ops would use outside the trainer, unless --backend
+        if environment not in BACKENDS:
+            raise ConfigError(f"the environment variable REIDFAST_BACKEND must be one of {', '.join(BACKENDS)}, got "
+                              f"{environment!r}")
+        cfg["backend"] = environment
     if cfg["backend"] not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg['backend']!r}")
     _check_ranges(cfg)

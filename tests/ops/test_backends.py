@@ -42,3 +42,15 @@ def test_info_reports_the_backend_of_every_op(capsys):
     for op in OPS:
         chosen = [line.split("->")[1].split()[0] for line in lines if line.split()[:3] == [op, "on", "cpu"]]
         assert chosen == [ops.resolve_backend(op, torch.device("cpu"))], (op, lines)
+
+
+def test_info_reports_a_misspelt_backend_variable_in_one_line(monkeypatch, capsys):
+    from reidfast.info import main
+    from reidfast.ops import _backend
+    monkeypatch.setattr(_backend, "_current", "refrence")  # as REIDFAST_BACKEND=refrence leaves it at import
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == ["backend setting: refrence", "error: the environment variable REIDFAST_BACKEND must be one "
+                          "of auto, cuda, triton, cpu, reference; got 'refrence'"]

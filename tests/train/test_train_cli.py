@@ -222,6 +222,21 @@ def test_layers_paper_preset_file_flags():
         resolve_config(base, Baseline.presets, {"iters": 3, "epochs": 3}, {}, True)
 
 
+def test_the_backend_variable_reaches_the_trainers(monkeypatch):
+    # REIDFAST_BACKEND chooses the ops' backend in training as it does outside (it was overridden by --backend's
+    # default); --backend, in a file or on the command line, still wins
+    base = dict(Baseline.defaults)
+    monkeypatch.setenv("REIDFAST_BACKEND", "reference")
+    assert resolve_config(base, Baseline.presets, {}, {}, True)["backend"] == "reference"
+    assert resolve_config(base, Baseline.presets, {"backend": "cpu"}, {}, True)["backend"] == "cpu"
+    assert resolve_config(base, Baseline.presets, {}, {"backend": "auto"}, True)["backend"] == "auto"
+    monkeypatch.setenv("REIDFAST_BACKEND", "refrence")
+    with pytest.raises(ConfigError, match="the environment variable REIDFAST_BACKEND must be one of .* got 'refrence'"):
+        resolve_config(base, Baseline.presets, {}, {}, True)
+    monkeypatch.delenv("REIDFAST_BACKEND")
+    assert resolve_config(base, Baseline.presets, {}, {}, True)["backend"] == "auto"
+
+
 
 @pytest.mark.parametrize("values, message", [
     ({"height": 64.0}, "--height must be an integer >= 1, got 64.0"),
