@@ -189,12 +189,13 @@ def _write_profile(step, device: torch.device, path: str, steps: int = 3) -> Non
     wall_ms = (time.perf_counter() - t0) * 1e3 / steps
     events = prof.key_averages()
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    device_ms = kernel_time_ms(events) / steps if device.type == "cuda" else float("nan")
+    device_time = (f"device self time {kernel_time_ms(events) / steps:.2f} ms/step" if device.type == "cuda"
+                   else "no device time on the CPU: the tables are CPU self time")
     syncs = _host_synchronizations(step) if device.type == "cuda" else None
     convolutions = _convolutions_by_shape(step, activities, sort, steps)
     with open(path, "w") as f:
         f.write(f"{steps} profiled steps: wall {wall_ms:.2f} ms/step (under the profiler), "
-                f"device self time {device_ms:.2f} ms/step\n")
+                f"{device_time}\n")
         if syncs is None:
             f.write("host synchronizations: only counted on a GPU\n")
         else:

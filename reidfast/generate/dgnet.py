@@ -104,8 +104,9 @@ def quality(method, cfg: dict, args, out: Path, device: torch.device) -> list[Pa
     out.mkdir(parents=True, exist_ok=True)
     path = out / "quality.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
+    real = report["ssim_real_same_identity"]
     print(f"Frechet distance {report['frechet_distance']:.2f} ({label}); SSIM generated "
-          f"{report['ssim_generated']:.3f}, real same-identity {report['ssim_real_same_identity']}")
+          f"{report['ssim_generated']:.3f}, real same-identity {'n/a' if real is None else f'{real:.3f}'}")
     return [path]
 
 

@@ -72,8 +72,8 @@ class Baseline(Method):
         g.add_argument("--erasing", type=float, default=S, help="random erasing probability (0)")
         g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
         g.add_argument("--warmup-iters", type=int, default=S, metavar="N",
-                       help="linear lr warm-up over the first N iterations (0; cpu-quick 50: from scratch at "
-                            "lr 0.05 the first steps diverge without it)")
+                       help="linear lr warm-up over the first N iterations (0; cpu-quick 50, for the network "
+                            "trained from scratch)")
 
     def __init__(self, run, dataset):
         self.run = run

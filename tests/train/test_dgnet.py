@@ -423,7 +423,7 @@ def test_generate_swaps_codes_on_any_images(short_run, tiny_root, tmp_path):
                                        atol=0.5 / 255 + 1e-5, rtol=0)
 
 
-def test_generate_quality_reports_frechet_distance_and_ssim(short_run, tmp_path):
+def test_generate_quality_reports_frechet_distance_and_ssim(short_run, tmp_path, capsys):
     from reidfast.generate.__main__ import main as generate_main
     out = tmp_path / "q"
     assert generate_main(["dgnet", "--checkpoint", str(short_run), "--device", "cpu", "--out", str(out),
@@ -432,6 +432,8 @@ def test_generate_quality_reports_frechet_distance_and_ssim(short_run, tmp_path)
     assert math.isfinite(report["frechet_distance"]) and report["frechet_distance"] > 0
     assert "NOT comparable" in report["feature_network"]
     assert -1 <= report["ssim_generated"] <= 1 and -1 <= report["ssim_real_same_identity"] <= 1
+    printed = capsys.readouterr().out
+    assert f"real same-identity {report['ssim_real_same_identity']:.3f}" in printed  # rounded as the others
 
 
 def test_generate_errors_name_the_argument(short_run, teacher, tiny_root, tmp_path, capsys):
