@@ -71,6 +71,7 @@ from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, 
 from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
 from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
+from .config import ConfigError
 from .loop import LinearDecaySchedule, Method, Trainer, TrainingInterrupted, default_run_dir
 from .penalties import input_gradient
 
@@ -810,6 +811,21 @@ class SAGAN(Method):
             folder = Path(cfg["resume"]).parent
             root = folder.parent if folder.name in STAGES and (folder.parent / "stages.json").is_file() else folder
         record = StageRecord(root, write=main)
+        saved = None  # config.json as it was before the options given with --resume were written into it
+
+        def fit(stage: str, scfg: dict) -> dict | None:
+            """The stage's training; options the loop refuses before it trains (a length that ends before the
+            checkpoint) leave config.json as it was, so that the next --resume does not meet them again."""
+            nonlocal saved
+            try:
+                result = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
+            except ConfigError:
+                if saved is not None:
+                    write_text_atomically(root / "config.json", saved)
+                raise
+            saved = None  # trained with them: they stay
+            return result
+
         if resuming and (root / "config.json").is_file():
             top = json.loads((root / "config.json").read_text())
             given = resumed_options(cfg)
@@ -817,6 +833,7 @@ class SAGAN(Method):
             if given:  # the options given with --resume, as if given at the start: saved for a later --resume too
                 top.update(given)
                 if main:
+                    saved = (root / "config.json").read_text()
                     write_text_atomically(root / "config.json", json.dumps(top, indent=2) + "\n")
         else:
             top = {**cfg, "current_stage": None, "run_folder": str(root), "out": str(root), "resume": None}
@@ -842,7 +859,7 @@ class SAGAN(Method):
                     scfg = stage_config(top, stage, root)
                     scfg["resume"] = str(root / stage / LATEST)
                     before = (root / stage / LATEST).stat().st_mtime_ns
-                    metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
+                    metrics = fit(stage, scfg)
                     if main and (root / stage / LATEST).stat().st_mtime_ns != before:
                         copy_atomically(root / stage / LATEST, root / LATEST)
                         copy_atomically(root / stage / "metrics.json", root / "metrics.json")
@@ -868,7 +885,7 @@ class SAGAN(Method):
                         "continue, run the same command again with --resume: translation starts again.",
                         signal.SIGINT, 0) from None
             else:
-                metrics = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
+                metrics = fit(stage, scfg)
                 # the run folder's checkpoint and metrics: the last finished training stage's
                 if main:
                     copy_atomically(root / stage / LATEST, root / LATEST)

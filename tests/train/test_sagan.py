@@ -164,6 +164,20 @@ def test_lengths_given_with_resume_reach_their_stages(full_run, tmp_path):
     assert (top["adapt_iters"], top["iters"]) == (5, 4)  # kept for a later --resume
 
 
+def test_a_refused_length_given_with_resume_is_not_saved(full_run, tmp_path, capsys):
+    # the re-id stage stopped at iteration 2: --iters 1 ends before it and is refused; the run's config.json keeps
+    # its length, so that the plain --resume that follows continues the run instead of meeting --iters 1 again
+    resumed = tmp_path / "resumed"
+    _interrupted_copy(full_run, resumed, "reid")
+    config = (resumed / "config.json").read_bytes()
+    assert main(["sagan", "--out", str(resumed), "--resume", "--iters", "1"]) == 2
+    assert "--iters 1 ends before iteration 2" in capsys.readouterr().err
+    assert (resumed / "config.json").read_bytes() == config
+    assert main(["sagan", "--out", str(resumed), "--resume"]) == 0
+    assert load_checkpoint(resumed / "reid" / "checkpoint.pt")["iteration"] == \
+        load_checkpoint(full_run / "reid" / "checkpoint.pt")["iteration"]
+
+
 def test_ctrl_c_in_the_translate_stage_says_how_to_continue(full_run, tmp_path, monkeypatch, capsys):
     from reidfast.train import sagan
     run = tmp_path / "translating"  # adapted, and translating when Ctrl-C comes
