@@ -838,6 +838,13 @@ class SAGAN(Method):
         else:
             top = {**cfg, "current_stage": None, "run_folder": str(root), "out": str(root), "resume": None}
         pipeline = stages_of(top["stage"])
+        one_process = [s for s in pipeline if s != "reid" and not (resuming and record.status(s) == "done")]
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and one_process:
+            # every rank would translate into the same folder; the adaptation runs G1 and G2 twice per step
+            steps = ", then ".join(f"--stage {stage}" for stage in one_process)
+            raise ValueError(f"sagan: the {' and '.join(one_process)} stage cannot run under torchrun (each runs in "
+                             f"one process): run {steps} without torchrun, then --stage reid under torchrun, with "
+                             f"the same --out")
         if top["no_adapt"] and pipeline != ("reid",):
             raise ValueError("sagan: --no-adapt trains the re-id stage on the raw source: use it with --stage reid")
         if not resuming:

@@ -287,6 +287,21 @@ def test_the_reid_stage_under_torchrun_writes_the_run_folder_once(full_run, tiny
     assert not list(out.glob(".*.tmp"))
 
 
+def test_the_one_process_stages_are_refused_under_torchrun(full_run, tiny_root, domain_b, tmp_path, monkeypatch,
+                                                           capsys):
+    # every rank would translate into the same folder: refused before anything is written, with what to run instead
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "never"
+    assert main(sagan_args(tiny_root, domain_b, out, "--stage", "translate", "--adapt-run",
+                           str(full_run / "adapt"))) == 2
+    err = capsys.readouterr().err
+    assert "the translate stage cannot run under torchrun" in err and "--stage reid under torchrun" in err
+    assert not out.exists()
+    assert main(sagan_args(tiny_root, domain_b, out)) == 2
+    assert "run --stage adapt, then --stage translate without torchrun" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_stage_is_not_trained_over_unless_asked(full_run, tiny_root, domain_b, tmp_path, capsys):
     import shutil
     run = tmp_path / "again"
