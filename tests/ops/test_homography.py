@@ -211,9 +211,19 @@ def test_horizon_rule_gives_finite_values_and_gradients(backend, padding):
     # Sample 1 has w == 0 everywhere: every point maps beyond the image, so zeros padding gives 0 there.
     if padding == "zeros":
         assert y[1].abs().max() == 0
-    if backend != "reference" and padding != "reflection":  # reflection of ~1e6 coordinates is ill-conditioned
+    if backend != "reference":  # reflection too: the floor is 1e-6 in float64 everywhere, so ~1e6 coordinates agree
         y_ref = reference.homography_warp(img, H, (5, 7), padding, False)
         torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
+
+
+def test_horizon_floor_is_in_the_coordinates_dtype():
+    # A w below the floor is replaced by 1e-6 in H's dtype: in float64 the coordinate is u / 1e-6 to the last bits
+    # (a float32-rounded floor moved it by 2.5e-9 of its size, which reflection padding turns into other pixels).
+    H = torch.tensor([[[0.3, 0.0, 0.1], [0.0, 0.2, 0.05], [0.0, 0.0, 0.0]]], dtype=torch.float64)
+    grid = reference.homography_grid(H, (3, 4), False)
+    ys, xs = reference.base_coordinates(3, False, torch.float64), reference.base_coordinates(4, False, torch.float64)
+    expected = torch.stack(torch.broadcast_tensors(0.3 * xs[None, :] + 0.1, 0.2 * ys[:, None] + 0.05), -1) / 1e-6
+    torch.testing.assert_close(grid[0], expected, atol=0, rtol=1e-15)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
