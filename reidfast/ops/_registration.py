@@ -20,6 +20,17 @@ def _row_layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _refuse_double_backward(backward_name: str, op: str) -> None:
+    """Autograd for a Triton backward op that refuses to be differentiated, with the C++ ops' message
+    (csrc/autograd/): gradients are first-order, and a gradient of the gradient must say so rather than fail in
+    torch's words about a missing formula."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{op}: double backward (a gradient of its gradient) is not supported")
+
+    torch.library.register_autograd(backward_name, backward, setup_context=lambda ctx, inputs, output: None)
+
+
 def _adain_forward_fake(x, weight, bias, residual, activation, negative_slope, eps):
     stats = x.new_empty((x.shape[0], x.shape[1]), dtype=opmath_dtype(x.dtype))
     return torch.empty_like(x, memory_format=_row_layout(x)), stats, torch.empty_like(stats)
@@ -57,6 +68,7 @@ def register_adain_op_pair(forward_name: str, backward_name: str, *, python_auto
         return grad_x, grad_weight, grad_bias, grad_residual, None, None, None
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+    _refuse_double_backward(backward_name, "adain")
 
 
 def _rank_queries_fake(dist, q_pids, q_camids, g_pids, g_camids, ap_mode):
@@ -112,3 +124,4 @@ def register_homography_op_pair(forward_name: str, backward_name: str, *, python
         return (grad_img if mask[0] else None, grad_H if mask[1] else None, None, None, None, None)
 
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+    _refuse_double_backward(backward_name, "homography_warp")

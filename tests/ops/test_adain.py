@@ -88,11 +88,12 @@ def test_gradcheck_cpu_kernels(activation, channels_last):
     assert torch.autograd.gradcheck(f, tuple(tensors), eps=1e-6, atol=1e-5)
 
 
-@needs_ext
-def test_double_backward_is_a_clear_error():
-    # The C++ autograd differentiates once; a gradient of the gradient must say so, not return a disconnected zero.
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_double_backward_is_a_clear_error(backend):
+    # The kernels' autograd differentiates once; a gradient of the gradient must say so, not return a disconnected
+    # zero (C++) or fail in torch's words about a formula never registered (Triton).
     x, w, b, _ = make_inputs((2, 3, 4, 5), torch.float64, requires_grad=True)
-    with ops.use_backend("cpu"):
+    with ops.use_backend(backend):
         y = ops.adain(x, w, b, activation="lrelu")
     (g_w,) = torch.autograd.grad(y.square().sum(), w, create_graph=True)
     with pytest.raises(RuntimeError, match="adain: double backward"):

@@ -166,12 +166,13 @@ def test_gradient_in_H_alone_and_in_img_alone():
 
 
 
-@needs_ext
-def test_double_backward_is_a_clear_error():
-    # The C++ autograd differentiates once; a gradient of the gradient must say so, not return a disconnected zero.
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_double_backward_is_a_clear_error(backend):
+    # The kernels' autograd differentiates once; a gradient of the gradient must say so, not return a disconnected
+    # zero (C++) or fail in torch's words about a formula never registered (Triton).
     img = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     H = random_homographies(1, "projective").requires_grad_(True)
-    with ops.use_backend("cpu"):
+    with ops.use_backend(backend):
         y = ops.homography_warp(img, H)
     (g_h,) = torch.autograd.grad(y.square().sum(), H, create_graph=True)
     with pytest.raises(RuntimeError, match="homography_warp: double backward"):
