@@ -113,7 +113,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if _backend.get_backend() == "reference" or isinstance(padding, str) or x.dim() != 4:
         return reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    # A device type without autocast (meta: shape inference, a model built on torch.device("meta")) has nothing to
+    # cast, and torch.is_autocast_enabled would raise on it
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None

@@ -151,6 +151,18 @@ def test_autocast_computes_in_the_autocast_dtype_like_the_reference():
     torch.testing.assert_close(grads, torch.autograd.grad(ref.float().square().sum(), (x, w, b)))
 
 
+def test_meta_tensors_give_the_references_shapes():
+    # Shape inference on the meta device (a discriminator built under torch.device("meta")): as F.conv2d and
+    # nn.Conv2d, no data and no error (a device type without autocast made the autocast check raise).
+    (x, w, b), kw = _inputs(CASES[3])
+    x, w, b = (t.detach().to("meta") for t in (x, w, b))
+    out = conv2d(x, w, b, **kw)
+    assert out.device.type == "meta" and out.shape == reference.conv2d(x, w, b, **kw).shape
+    with torch.device("meta"):
+        net = PenaltyConv2d(3, 4, 3, stride=2, padding=1, padding_mode="reflect")
+        assert net(torch.empty(2, 3, 9, 8)).shape == (2, 4, 5, 4)
+
+
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
 def test_penalty_conv2d_is_a_drop_in_nn_conv2d(padding_mode):
     torch.manual_seed(0)
