@@ -22,6 +22,8 @@ weight gradient (torch 2.14).
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
@@ -101,8 +103,20 @@ def _apply(x, weight, bias, stride, padding, dilation, groups):
     return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
-def _pair(v) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+def _ints(name: str, v) -> list[int]:
+    """stride, padding or dilation as F.conv2d takes it: an int (Python's, numpy's, a 0-d integer tensor's) for both
+    dimensions, or a sequence of them. Anything else (a float, which F.conv2d refuses too) is a TypeError naming
+    the argument, not a silent truncation."""
+    if isinstance(v, int):
+        return [v, v]
+    try:
+        return [operator.index(v)] * 2
+    except TypeError:
+        pass
+    try:
+        return [operator.index(e) for e in v]
+    except TypeError:
+        raise TypeError(f"conv2d: {name} must be an int or a tuple of ints, got {v!r}") from None
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
@@ -119,4 +133,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         dtype = torch.get_autocast_dtype(device_type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    return _apply(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), int(groups))
+    try:
+        groups = operator.index(groups)
+    except TypeError:
+        raise TypeError(f"conv2d: groups must be an int, got {groups!r}") from None
+    return _apply(x, weight, bias, _ints("stride", stride), _ints("padding", padding), _ints("dilation", dilation),
+                  groups)

@@ -1,6 +1,7 @@
 """reidfast.ops.conv2d / reidfast.nn.PenaltyConv2d against reference.conv2d (F.conv2d): values and derivatives
 of every order, under torch.func.grad as the penalties take them, compiled, and under autocast; and the reason the
 op exists, checked: its second derivative runs no convolution with the batch in the channel dimension."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,22 @@ def test_autocast_computes_in_the_autocast_dtype_like_the_reference():
     grads = torch.autograd.grad(out.float().square().sum(), (x, w, b))
     assert [g.dtype for g in grads] == [torch.float32] * 3  # the parameters' own dtype, through the casts
     torch.testing.assert_close(grads, torch.autograd.grad(ref.float().square().sum(), (x, w, b)))
+
+
+def test_arguments_are_taken_as_f_conv2d_takes_them():
+    (x, w, b), kw = _inputs(CASES[3])
+    x, w, b = (t.detach() for t in (x, w, b))
+    # numpy integers and 0-d integer tensors are ints to F.conv2d
+    for stride in (np.int64(2), torch.tensor(2), (np.int32(2), 1)):
+        torch.testing.assert_close(conv2d(x, w, b, stride=stride, groups=np.int64(2)),
+                                   F.conv2d(x, w, b, stride=stride, groups=2))
+    # what F.conv2d refuses is a TypeError that names the argument, never a truncated value
+    for bad in ({"groups": 2.5}, {"groups": 2.0}, {"stride": 2.0}, {"padding": (1.5, 0)}, {"dilation": "2"}):
+        name = next(iter(bad))
+        with pytest.raises(TypeError):
+            F.conv2d(x, w, b, **{"groups": 2, **bad})
+        with pytest.raises(TypeError, match=f"conv2d: {name} must be an int"):
+            conv2d(x, w, b, **{"groups": 2, **bad})
 
 
 def test_meta_tensors_give_the_references_shapes():
