@@ -124,7 +124,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """`F.conv2d(x, weight, bias, stride, padding, dilation, groups)` with a faster second derivative (module
     docstring). Under autocast, x, weight and bias are cast to the autocast dtype first, as F.conv2d's autocast
     rule does. String padding, inputs other than 4-D and the "reference" backend setting run the reference."""
-    if _backend.get_backend() == "reference" or isinstance(padding, str) or x.dim() != 4:
+    # resolve, not the bare setting: a misspelt REIDFAST_BACKEND is the same ValueError here as in the other ops
+    if _backend.resolve("conv2d", x.device) == "reference" or isinstance(padding, str) or x.dim() != 4:
         return reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
     device_type = x.device.type
     # A device type without autocast (meta: shape inference, a model built on torch.device("meta")) has nothing to

@@ -28,6 +28,24 @@ def test_devices_may_be_named_by_strings():
         assert ops.resolve_backend(op, "cpu") == ops.resolve_backend(op, torch.device("cpu"))
 
 
+def _call(op):
+    x = torch.randn(1, 2, 3, 3)
+    return {"adain": lambda: ops.adain(x, torch.ones(1, 2), torch.zeros(1, 2)),
+            "conv2d": lambda: ops.conv2d(x, torch.randn(1, 2, 1, 1)),
+            "homography_warp": lambda: ops.homography_warp(x, torch.eye(3)[None]),
+            "rank_eval": lambda: ops.rank_eval([1], [1, 2], [0], [1, 1], distmat=torch.rand(1, 2))}[op]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_misspelt_environment_setting_is_the_same_error_in_every_op(op, monkeypatch):
+    # REIDFAST_BACKEND is read at import and checked when an op resolves its backend: conv2d, which has no kernels,
+    # must not run on regardless of a setting that every other op refuses (a misspelt "reference" included)
+    monkeypatch.setattr(ops._backend, "_current", "referense")
+    with pytest.raises(ValueError, match="REIDFAST_BACKEND must be one of auto, cuda, triton, cpu, reference; got "
+                                         "'referense'"):
+        _call(op)()
+
+
 def test_info_refuses_a_class_count_below_one(capsys):
     from reidfast.info import main
     with pytest.raises(SystemExit):
