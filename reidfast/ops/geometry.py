@@ -47,8 +47,11 @@ def homography_from_params(p: torch.Tensor) -> torch.Tensor:
 
 def homography_inverse(H: torch.Tensor) -> torch.Tensor:
     """Batched inverse of (..., 3, 3) homographies (the warp that undoes H, up to resampling). A singular H is an
-    error, which on a GPU waits for the device to check; `homography_adjugate` does not wait."""
+    error, which on a GPU waits for the device to check; `homography_adjugate` does not wait. Half-precision H is
+    inverted in float32 (linalg.inv has no half-precision kernels) and returned in its own dtype."""
     _check_homographies("homography_inverse", "H", H)
+    if H.dtype in (torch.float16, torch.bfloat16):
+        return homography_inverse(H.float()).to(H.dtype)
     inverse, info = torch.linalg.inv_ex(H)
     if bool((info != 0).any()):
         singular = (info != 0).flatten().nonzero().flatten().tolist()

@@ -594,6 +594,20 @@ def test_pixel_normalized_conversions_take_half_precision(dtype):
         torch.testing.assert_close(got.double(), convert(M, (6, 9), (4, 7), False), atol=0.02, rtol=0.01)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_inverse_takes_half_precision(dtype):
+    # matrices are any floating-point (..., 3, 3): linalg.inv's refusal of half precision must not reach the user
+    H = random_homographies(2, "near")
+    h = H.to(dtype).requires_grad_(True)
+    inverse = ops.homography_inverse(h)
+    assert inverse.dtype == dtype
+    torch.testing.assert_close(inverse.double(), torch.linalg.inv(H.to(dtype).double()), atol=0.02, rtol=0.01)
+    inverse.sum().backward()
+    assert h.grad.dtype == dtype and torch.isfinite(h.grad).all()
+    with pytest.raises(ValueError, match="H is singular"):
+        ops.homography_inverse(torch.zeros(3, 3, dtype=dtype))
+
+
 def test_params_inverse_and_composition():
     p = torch.zeros(3, 8)
     torch.testing.assert_close(ops.homography_from_params(p), torch.eye(3).expand(3, 3, 3))
