@@ -120,6 +120,8 @@ def normalization_matrix(height: int, width: int, align_corners: bool, *, dtype=
             raise ValueError(f"normalization_matrix: {name} must be positive, got {n}")
         size.append(n)
     check_align_corners("normalization_matrix", align_corners)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:  # an integer matrix would truncate 2 / size
+        raise TypeError(f"normalization_matrix: dtype must be a floating-point torch.dtype, got {dtype!r}")
     return _normalization(size, align_corners, False, dtype, device)
 
 
