@@ -77,7 +77,11 @@ def test_bad_inputs():
     ({"out_size": (64, 0)}, "out_size must be positive"),
     ({"align_corners": "yes"}, "align_corners must be a bool"),
     ({"hidden": 0}, "hidden >= 1"),
+    ({"in_channels": 3.0}, "in_channels must be an int, got 3.0"),
+    ({"code_dim": 1.5}, "code_dim must be an int, got 1.5"),
+    ({"hidden": "32"}, "hidden must be an int, got '32'"),
+    ({"bound": "0.3"}, "bound must be a positive number or None, got '0.3'"),
 ])
 def test_bad_settings_are_refused_when_the_module_is_built(kwargs, words):
     with pytest.raises((ValueError, TypeError), match=words):
-        HomographyTransformer(3, **kwargs)
+        HomographyTransformer(**{"in_channels": 3, **kwargs})
