@@ -71,7 +71,12 @@ class AdaINResBlock(nn.Module):
                     f"AdaINResBlock: style must have shape (N, {self.num_style_params}), got {tuple(style.shape)}"
                 )
             w1, b1, w2, b2 = style.split(self.dim, dim=1)
-        else:
+        elif isinstance(style, (tuple, list)) and len(style) == 4:
             w1, b1, w2, b2 = style
+        else:
+            got = f"{type(style).__name__} of length {len(style)}" if isinstance(style, (tuple, list)) else \
+                type(style).__name__
+            raise TypeError(f"AdaINResBlock: style must be a (N, {self.num_style_params}) tensor or a tuple of four "
+                            f"(N, {self.dim}) tensors (weight1, bias1, weight2, bias2), got a {got}")
         h = self.norm1(self.conv1(x), w1, b1)
         return self.norm2(self.conv2(h), w2, b2, residual=x)

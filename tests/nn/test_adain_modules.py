@@ -29,3 +29,13 @@ def test_adain2d_is_the_op_with_its_settings():
 def test_bad_settings_are_refused_when_the_module_is_built(make, error, words):
     with pytest.raises(error, match=words):
         make()
+
+
+def test_resblock_style_of_the_wrong_kind_is_named():
+    block = AdaINResBlock(3)
+    x, style = torch.randn(2, 3, 4, 4), torch.randn(2, 12)
+    torch.testing.assert_close(block(x, list(style.split(3, dim=1))), block(x, style))
+    for bad, words in (((style[:, :3],) * 3, "tuple of length 3"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=r"AdaINResBlock: style must be a \(N, 12\) tensor or a tuple of four "
+                                            rf"\(N, 3\) tensors .*got a {words}"):
+            block(x, bad)
