@@ -596,6 +596,14 @@ def test_pixel_normalized_conversions_take_half_precision(dtype):
         torch.testing.assert_close(got.double(), convert(M, (6, 9), (4, 7), False), atol=0.02, rtol=0.01)
 
 
+def test_meta_tensors_give_shapes_through_the_helpers():
+    # shape inference on the meta device, as homography_warp itself allows: the singularity check has no values
+    H = torch.empty(2, 3, 3, device="meta")
+    assert ops.homography_inverse(H).shape == (2, 3, 3)
+    out = ops.warp_perspective(torch.empty(2, 3, 6, 8, device="meta"), H, (5, 7))
+    assert out.device.type == "meta" and out.shape == (2, 3, 5, 7)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_inverse_takes_half_precision(dtype):
     # matrices are any floating-point (..., 3, 3): linalg.inv's refusal of half precision must not reach the user
