@@ -3,6 +3,7 @@ each, give (outputs, gradients, running statistics), eagerly (g native calls) an
 graphs take, for single layers and for a whole ResNet-50."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -180,6 +181,12 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="groups must be >= 1"):
         with batchnorm_groups(bn, 0):
             pass
+    for bad in (2.0, True, "2"):  # refused where they are given, not as chunk()'s or a comparison's error later
+        with pytest.raises(TypeError, match=f"batchnorm_groups: groups must be an int, got {bad!r}"):
+            with batchnorm_groups(bn, bad):
+                pass
+    with batchnorm_groups(bn, np.int64(2)):
+        assert bn.groups == 2 and type(bn.groups) is int
 
 
 def test_group_counts_of_several_modules_hold_inside_the_block_only():
