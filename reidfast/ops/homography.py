@@ -50,7 +50,9 @@ def check_size(who: str, name: str, size, optional: bool = False) -> tuple[int, 
 
 def check_align_corners(who: str, align_corners) -> None:
     if not isinstance(align_corners, bool):
-        raise TypeError(f"{who}: align_corners must be a bool, got {type(align_corners).__name__}")
+        kind = type(align_corners)  # qualified beyond builtins: numpy's bool is also called "bool"
+        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise TypeError(f"{who}: align_corners must be a bool, got {name}")
 
 
 def check_settings(who: str, out_size, padding_mode, align_corners):

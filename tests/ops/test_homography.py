@@ -563,6 +563,8 @@ def test_sizes_accept_numpy_integers_everywhere():
      "normalization_matrix: height must be an int .*got 2.5"),
     (lambda M: ops.normalization_matrix(2, -3, True), ValueError, "normalization_matrix: width must be positive"),
     (lambda M: ops.normalization_matrix(2, 3, 1), TypeError, "normalization_matrix: align_corners must be a bool"),
+    (lambda M: ops.normalization_matrix(2, 3, np.bool_(True)), TypeError,
+     "normalization_matrix: align_corners must be a bool, got numpy.bool"),
     (lambda M: ops.normalization_matrix(5, 7, True, dtype=torch.int64), TypeError,
      "normalization_matrix: dtype must be a floating-point torch.dtype, got torch.int64"),
     (lambda M: ops.homography_warp(torch.randn(1, 1, 4, 4), M[None].float(), out_size=(4.5, 5)), TypeError,
