@@ -215,7 +215,7 @@ def homography_grid(H: torch.Tensor, out_size: tuple[int, int], align_corners: b
     eps = HOMOGRAPHY_MIN_DENOMINATOR
     # The floor in w's dtype: torch.where of two Python floats would make it float32 (1e-6 rounded), which moved
     # float64 coordinates near the horizon by 2.5e-9 of their size away from the kernels' (double 1e-6).
-    floor = torch.full_like(w, eps)
+    floor = w.new_tensor(eps)  # 0-d: broadcast by torch.where, nothing of w's size made for it
     w_safe = torch.where(w.abs() < eps, torch.where(w < 0, -floor, floor), w)
     return (uvw[..., :2] / w_safe).clamp(-HOMOGRAPHY_MAX_COORD, HOMOGRAPHY_MAX_COORD)
 
