@@ -3,7 +3,8 @@ Re-identification', CVPR 2019).
 
 - :class:`StructureEncoder` (Es): the channel mean of the normalized image -> structure code s (128 x H/4 x W/4).
 - :class:`Decoder` (G): s and the AdaIN parameters -> an image in ImageNet-normalized space (no tanh).
-- :class:`AdaINParams`: the MLPs that turn the 8192-d appearance code into every AdaIN weight and bias.
+- :class:`AdaINParams`: the MLPs that turn the 8192-d appearance code into every AdaIN weight and bias (ResBlock
+  i's from the code's i-th 2048-d slice).
 - :class:`MultiScaleDiscriminator` (D): PatchGAN at 3 scales, LSGAN outputs.
 - :class:`AppearanceEncoder` (Ea): ResNet-50 (last stride 1), primary and fine-grained ClassBlock heads on global
   max pooling, and the appearance code (4 horizontal parts by adaptive max pooling, concatenated).
@@ -178,24 +179,30 @@ class MLP(nn.Module):
 class AdaINParams(nn.Module):
     """The appearance code (N, 8192) -> per ResBlock the style tensor (N, 4 * dim) [w1, b1, w2, b2].
 
-    Per ResBlock, one MLP gives both AdaIN weights and one both biases (code -> 512 -> 512 -> 2 * dim, with
-    dim = 128: the 256 outputs of the published 2048x4-512-512-256 MLPs). Raw outputs: no 1 + gamma offset.
+    The code is cut into ``blocks`` consecutive slices of code_features / blocks (2048 of the 8192: the code is
+    the (N, 2048, 4, 1) part pooling flattened, so a slice is 512 channels over the 4 parts). ResBlock i reads
+    slice i only: one MLP gives both its AdaIN weights and one both its biases (2048 -> 512 -> 512 -> 2 * dim,
+    with dim = 128: the published 2048-512-512-256 MLPs). Raw outputs: no 1 + gamma offset.
     """
 
     def __init__(self, code_features: int, dim: int, blocks: int = 4, width: float = 1.0, hidden: int = 512):
         super().__init__()
+        if code_features % blocks:
+            raise ValueError(f"AdaINParams: code_features ({code_features}) must be a multiple of blocks ({blocks})")
         h = scaled_channels(hidden, width)
         self.dim, self.code_features = dim, code_features
-        self.weights = nn.ModuleList([MLP([code_features, h, h, 2 * dim]) for _ in range(blocks)])
-        self.biases = nn.ModuleList([MLP([code_features, h, h, 2 * dim]) for _ in range(blocks)])
+        part = code_features // blocks
+        self.part_features = part
+        self.weights = nn.ModuleList([MLP([part, h, h, 2 * dim]) for _ in range(blocks)])
+        self.biases = nn.ModuleList([MLP([part, h, h, 2 * dim]) for _ in range(blocks)])
 
     def forward(self, code: torch.Tensor) -> list[torch.Tensor]:
         if code.dim() != 2 or code.shape[1] != self.code_features:
             raise ValueError(f"AdaINParams: code must be (N, {self.code_features}), got {tuple(code.shape)}")
         styles = []
-        for mlp_w, mlp_b in zip(self.weights, self.biases):
-            w1, w2 = mlp_w(code).split(self.dim, dim=1)
-            b1, b2 = mlp_b(code).split(self.dim, dim=1)
+        for part, mlp_w, mlp_b in zip(code.split(self.part_features, dim=1), self.weights, self.biases):
+            w1, w2 = mlp_w(part).split(self.dim, dim=1)
+            b1, b2 = mlp_b(part).split(self.dim, dim=1)
             styles.append(torch.cat([w1, b1, w2, b2], dim=1))
         return styles
 

@@ -111,6 +111,22 @@ def test_generator_shapes(ea):
         gen.decoder(s, styles[:3])
 
 
+def test_each_adain_block_reads_its_own_quarter_of_the_code():
+    # the published generator: ResBlock i's AdaIN weights and biases come from MLPs over code[:, i*C:(i+1)*C]
+    # (C = 2048 of the 8192-d code), not over the whole code
+    mlp = AdaINParams(64, 8, blocks=4, width=WIDTH)
+    assert [m.net[0].in_features for m in (*mlp.weights, *mlp.biases)] == [16] * 8
+    code = torch.randn(N, 64)
+    styles = mlp(code)
+    for i in range(4):
+        changed = code.clone()
+        changed[:, 16 * i:16 * (i + 1)] += 1.0
+        moved = [not torch.equal(a, b) for a, b in zip(styles, mlp(changed))]
+        assert moved == [j == i for j in range(4)], (i, moved)
+    with pytest.raises(ValueError, match="multiple of blocks"):
+        AdaINParams(66, 8, blocks=4)
+
+
 def test_discriminator_shapes():
     d = MultiScaleDiscriminator(WIDTH)
     outs = d(torch.randn(N, 3, H, W))
@@ -152,8 +168,8 @@ def test_parameter_counts_at_the_published_width(capsys):
     # ResNet-50 trunk without fc: 23,508,032; each ClassBlock 2048*512+512 + 2*512 + 512*751+751
     head = 2048 * 512 + 512 + 2 * 512 + 512 * 751 + 751
     assert counts["Ea (ResNet-50 + 2 heads)"] == 23_508_032 + 2 * head
-    # 8 MLPs of 8192-512-512-256
-    assert counts["AdaIN MLPs"] == 8 * (8192 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256)
+    # 8 MLPs of 2048-512-512-256, each on its 2048-d quarter of the code
+    assert counts["AdaIN MLPs"] == 8 * (2048 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256)
     # one D scale: convs 3-32 (1x1), 3x 32-32 (3x3), 32-64 (3x3), 8 convs 64-64 (3x3), 64-1 (1x1)
     scale = (3 * 32 + 32) + 3 * (32 * 32 * 9 + 32) + (32 * 64 * 9 + 64) + 8 * (64 * 64 * 9 + 64) + (64 + 1)
     assert counts["D (3 scales)"] == 3 * scale
@@ -164,6 +180,6 @@ def test_info_prints_the_parameter_count_per_module(capsys):
     main(["--model", "dgnet"])
     out = capsys.readouterr().out
     assert "23,508,032" in out  # ResNet-50 without fc
-    assert f"{8 * (8192 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256):,}" in out
+    assert f"{8 * (2048 * 512 + 512 + 512 * 512 + 512 + 512 * 256 + 256):,}" in out
     with capsys.disabled():
         print("\n" + out)
