@@ -296,12 +296,13 @@ class AppearanceEncoder(nn.Module):
         return self.code_of(fmap), self.primary(pooled)[0], self.fine(pooled)[0]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Test feature: per head the 512-d bottleneck summed over the image and its flip, L2-normalized; the
-        fine half weighted by 0.5; concatenated (1024-d)."""
+        """Test feature, as the published test script computes it: per head the 512-d bottleneck of the image
+        and of its flip, each L2-normalized, summed and L2-normalized again; the fine half weighted by 0.5;
+        concatenated (1024-d)."""
         # one backbone call for both views (evaluation runs in eval mode: no batch statistics are shared)
         pooled = self.backbone(torch.cat([images, images.flip(3)])).amax(dim=(2, 3))
-        prim = F.normalize(sum(self.primary.embed(pooled).chunk(2)), dim=1)
-        fine = F.normalize(sum(self.fine.embed(pooled).chunk(2)), dim=1)
+        prim = F.normalize(sum(F.normalize(self.primary.embed(pooled), dim=1).chunk(2)), dim=1)
+        fine = F.normalize(sum(F.normalize(self.fine.embed(pooled), dim=1).chunk(2)), dim=1)
         return torch.cat([prim, 0.5 * fine], dim=1)
 
 

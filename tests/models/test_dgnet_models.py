@@ -93,6 +93,24 @@ def test_appearance_encoder_shapes(ea):
     assert torch.allclose(f[:, 512:].norm(dim=1), torch.full((N + 1,), 0.5), atol=1e-5)
 
 
+def test_test_feature_normalizes_each_view_before_the_flip_sum(ea):
+    # per head: normalize(normalize(e(x)) + normalize(e(flip x))), the fine half x0.5 (the published test script);
+    # the two views' bottlenecks have different norms, so summing them before normalizing gives another feature
+    torch.manual_seed(3)
+    images = torch.randn(N, 3, H, W)
+    ea.eval()
+    with torch.no_grad():
+        f = ea.features(images)
+        views = []
+        for x in (images, images.flip(3)):
+            pooled = ea.backbone(x).amax(dim=(2, 3))
+            views.append([F.normalize(head.embed(pooled), dim=1) for head in (ea.primary, ea.fine)])
+    ea.train()
+    expected = torch.cat([F.normalize(views[0][0] + views[1][0], dim=1),
+                          0.5 * F.normalize(views[0][1] + views[1][1], dim=1)], dim=1)
+    torch.testing.assert_close(f, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_generator_shapes(ea):
     gen = Generator(ea.code_features, WIDTH)
     dim = gen.decoder.dim
