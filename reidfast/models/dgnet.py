@@ -32,8 +32,8 @@ def _lrelu() -> nn.Module:
 
 
 def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, norm: bool = True,
-                conv: type[nn.Conv2d] = nn.Conv2d) -> nn.Sequential:
-    """conv -> instance norm (optional) -> LeakyReLU(0.2). Reflect padding, except for dilated convs (ASPP):
+                conv: type[nn.Conv2d] = nn.Conv2d, act: bool = True) -> nn.Sequential:
+    """conv -> instance norm (optional) -> LeakyReLU(0.2) (optional). Reflect padding, except for dilated convs (ASPP):
     zero padding as in DeepLab, which also works on maps smaller than the dilation (the CPU preset's 16x8).
     conv: the convolution class (D's: PenaltyConv2d, for its R1 penalty)."""
     padding = dilation * (kernel - 1) // 2
@@ -41,7 +41,8 @@ def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int
     layers = [conv(cin, cout, kernel, stride, padding, dilation=dilation, padding_mode=mode)]
     if norm:
         layers.append(nn.InstanceNorm2d(cout))
-    layers.append(_lrelu())
+    if act:
+        layers.append(_lrelu())
     return nn.Sequential(*layers)
 
 
@@ -61,17 +62,19 @@ class ResBlock(nn.Module):
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: a 1x1 branch and three dilated 3x3 branches (rates 3, 6, 9), each of
-    dim/2 channels, concatenated (2 * dim channels)."""
+    """Atrous spatial pyramid pooling: a 1x1 branch and three branches of 1x1 -> LReLU -> dilated 3x3 (rates 3,
+    6, 9), each of dim/2 channels with instance norm, concatenated (2 * dim channels). As in the published block,
+    each branch ends in its instance norm without activation."""
 
     RATES = (3, 6, 9)
 
     def __init__(self, dim: int):
         super().__init__()
         part = max(1, dim // 2)
-        self.branches = nn.ModuleList([_conv_block(dim, part, 1)])
+        self.branches = nn.ModuleList([_conv_block(dim, part, 1, act=False)])
         for rate in self.RATES:
-            self.branches.append(nn.Sequential(_conv_block(dim, part, 1), _conv_block(part, part, 3, dilation=rate)))
+            self.branches.append(nn.Sequential(_conv_block(dim, part, 1),
+                                               _conv_block(part, part, 3, dilation=rate, act=False)))
         self.out_channels = part * (1 + len(self.RATES))
 
     def forward(self, x):
@@ -80,7 +83,8 @@ class ASPP(nn.Module):
 
 class StructureEncoder(nn.Module):
     """Es: gray input (the channel mean of the normalized image), convs 1-16-32-32-64 (the 2nd and 4th with
-    stride 2), 4 IN ResBlocks, ASPP, 1x1 conv to the 128-channel structure code (H/4 x W/4)."""
+    stride 2), 4 IN ResBlocks, ASPP, 1x1 conv + instance norm to the 128-channel structure code (H/4 x W/4), with
+    no activation (the published ASPP's fusion layer)."""
 
     def __init__(self, width: float = 1.0, code_channels: int = 128, res_blocks: int = 4):
         super().__init__()
@@ -91,7 +95,7 @@ class StructureEncoder(nn.Module):
             _conv_block(c32, c32, 3), _conv_block(c32, c64, 3, stride=2))
         self.res = nn.Sequential(*[ResBlock(c64) for _ in range(res_blocks)])
         self.aspp = ASPP(c64)
-        self.project = _conv_block(self.aspp.out_channels, self.code_channels, 1)
+        self.project = _conv_block(self.aspp.out_channels, self.code_channels, 1, act=False)
 
     @staticmethod
     def gray(images: torch.Tensor) -> torch.Tensor:

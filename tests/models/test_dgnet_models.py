@@ -38,6 +38,19 @@ def test_aspp_and_layer_norm_shapes():
     assert torch.allclose(y.mean((1, 2, 3)), torch.zeros(N), atol=1e-5)
 
 
+def test_structure_code_and_aspp_branches_end_without_activation():
+    # the published ASPP: each branch ends in instance norm (no activation), and its 1x1 fusion to the structure
+    # code too: s is instance-normalized, with values as negative as positive, not passed through a LeakyReLU
+    es = StructureEncoder(WIDTH)
+    for branch in es.aspp.branches:
+        assert isinstance(list(branch.modules())[-1], torch.nn.InstanceNorm2d)
+    assert isinstance(es.project[-1], torch.nn.InstanceNorm2d)
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in es.project.modules())
+    s = es(torch.randn(N, 3, H, W))
+    assert torch.allclose(s.mean((2, 3)), torch.zeros(N, s.shape[1]), atol=1e-5)
+    assert s.min() < -1
+
+
 def _layer_norm_2d_by_f(x, norm):
     return (F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight.view(1, -1, 1, 1)
             + norm.bias.view(1, -1, 1, 1))
