@@ -1,7 +1,8 @@
 """The ID-classification re-id baseline: ResNet-50, global average pooling, ClassBlock head.
 
 ClassBlock is the head of the widely used PyTorch re-id baseline: Linear(2048 -> 512), BatchNorm1d, Dropout,
-Linear(512 -> num_classes). The 512-d output of the BatchNorm is the test-time feature.
+Linear(512 -> num_classes). The 512-d output of the BatchNorm is the test-time feature. With ``bottleneck=0`` it is
+IDE's head instead: Dropout, then the last FC straight from the pooled feature to the identities.
 """
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from .backbone import ResNet50, resnet50
 class ClassBlock(nn.Module):
     def __init__(self, in_features: int, num_classes: int, bottleneck: int = 512, dropout: float = 0.5):
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(in_features, bottleneck), nn.BatchNorm1d(bottleneck))
+        if bottleneck < 0:
+            raise ValueError(f"ClassBlock: bottleneck must be >= 0 (0: none), got {bottleneck}")
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(bottleneck, num_classes)
-        # the published initialisation: kaiming for the embedding, N(1, 0.02) BN scale, small classifier weights
-        nn.init.kaiming_normal_(self.embed[0].weight, a=0, mode="fan_out")
-        nn.init.zeros_(self.embed[0].bias)
-        nn.init.normal_(self.embed[1].weight, 1.0, 0.02)
-        nn.init.zeros_(self.embed[1].bias)
+        if bottleneck:
+            self.embed = nn.Sequential(nn.Linear(in_features, bottleneck), nn.BatchNorm1d(bottleneck))
+            # the published initialisation: kaiming for the embedding, N(1, 0.02) BN scale, small classifier weights
+            nn.init.kaiming_normal_(self.embed[0].weight, a=0, mode="fan_out")
+            nn.init.zeros_(self.embed[0].bias)
+            nn.init.normal_(self.embed[1].weight, 1.0, 0.02)
+            nn.init.zeros_(self.embed[1].bias)
+        else:  # IDE: the pooled feature itself
+            self.embed = nn.Identity()
+        self.classifier = nn.Linear(bottleneck or in_features, num_classes)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)
 

@@ -42,7 +42,7 @@ class Baseline(Method):
         "epochs": 60, "batch_size": 32, "lr": 0.05, "backbone_lr_mult": "auto", "momentum": 0.9,
         "weight_decay": 5e-4, "lr_decay_at": [2 / 3], "lr_gamma": 0.1, "height": 256, "width": 128,
         "backbone_width": 64, "last_stride": 2, "dropout": 0.5, "label_smoothing": 0.0, "erasing": 0.0,
-        "pad": 10, "pretrained": "auto", "ap_mode": "market", "warmup_iters": 0,
+        "pad": 10, "pretrained": "auto", "ap_mode": "market", "warmup_iters": 0, "bottleneck": 512,
     }
     presets = {
         "cpu-quick": {"epochs": None, "iters": 600, "lr": 0.01, "height": 64, "width": 32, "backbone_width": 16, "pad": 4,
@@ -68,6 +68,9 @@ class Baseline(Method):
                        help="fractions of the run after which the lr is multiplied by --lr-gamma (2/3: epoch 40 of 60)")
         g.add_argument("--lr-gamma", type=float, default=S, help="lr decay factor (0.1)")
         g.add_argument("--dropout", type=float, default=S, help="ClassBlock dropout before the classifier (0.5)")
+        g.add_argument("--bottleneck", type=int, default=S, metavar="D",
+                       help="ClassBlock's Linear + BatchNorm1d bottleneck before the classifier (512); 0: none, the "
+                            "last FC on the pooled feature (IDE)")
         g.add_argument("--label-smoothing", type=float, default=S, help="cross-entropy label smoothing (0)")
         g.add_argument("--erasing", type=float, default=S, help="random erasing probability (0)")
         g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
@@ -80,7 +83,8 @@ class Baseline(Method):
         cfg = run.cfg
         self.num_classes = dataset.num_train_pids
         model = ReidBaseline(self.num_classes, last_stride=cfg["last_stride"], width=cfg["backbone_width"],
-                             dropout=cfg["dropout"], pretrained=cfg["pretrained"], log=run.log)
+                             dropout=cfg["dropout"], pretrained=cfg["pretrained"], log=run.log,
+                             bottleneck=cfg.get("bottleneck", 512))  # runs saved before the option: 512
         self.model = run.place(model)
         self.train_model = run.wrap(self.model)
         mult = cfg["backbone_lr_mult"]

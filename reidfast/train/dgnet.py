@@ -292,7 +292,8 @@ class DGNet(Method):
                                   f"this run has {self.num_classes} (train the teacher on the same dataset)")
         tcfg = state["config"]
         teacher = ReidBaseline(self.num_classes, last_stride=tcfg["last_stride"], width=tcfg["backbone_width"],
-                               dropout=tcfg["dropout"], pretrained="none", log=lambda message: None)
+                               dropout=tcfg["dropout"], pretrained="none", log=lambda message: None,
+                               bottleneck=tcfg.get("bottleneck", 512))
         teacher.load_state_dict(state["networks"]["model"])
         teacher.requires_grad_(False)
         self.run.log(f"dgnet: teacher {path} (baseline, iteration {state['iteration']})")

@@ -619,3 +619,31 @@ def test_the_trainer_gives_the_adaptation_stage_cuda_graphs_on_a_gpu(tiny_root, 
     # first the adaptation stage's trainer, last the re-id stage's (the translation between them loads the adapted
     # networks uncompiled)
     assert asked[0] == ("adapt", "reduce-overhead") and asked[-1] == ("reid", "default")
+
+
+def _reid_method(**options):
+    from reidfast.train.config import LOOP_DEFAULTS
+    from reidfast.train.loop import Run
+    from reidfast.train.sagan import SAGAN
+    cfg = {**LOOP_DEFAULTS, **SAGAN.defaults, "current_stage": "reid", "height": 32, "width": 16,
+           "backbone_width": 4, "pretrained": "none", "amp": "off", "compile": False, "channels_last": False,
+           "device": "cpu", **options}
+    run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
+    torch.manual_seed(0)
+    return SAGAN(run, SimpleNamespace(num_train_pids=5))
+
+
+def test_the_reid_stage_is_ide_its_last_fc_on_the_pool5_feature():
+    # IDE: ResNet-50 whose last FC maps the pool-5 feature to the source identities (dropout before it), no
+    # 512-d bottleneck between them
+    method = _reid_method()
+    head, pool5 = method.model.head, method.model.backbone.out_channels
+    assert (head.classifier.in_features, head.classifier.out_features) == (pool5, 5)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())
+    logits, feature = method.model(torch.randn(2, 3, 32, 16))
+    assert logits.shape == (2, 5) and feature.shape == (2, pool5)
+    # the baseline itself keeps its ClassBlock bottleneck
+    from reidfast.train.config import resolve_config
+    from reidfast.train.sagan import SAGAN
+    assert method.run.cfg["bottleneck"] == 0 and SAGAN.presets["cpu-quick"]["bottleneck"] == 512
+    assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {}, True)["bottleneck"] == 512
