@@ -16,8 +16,8 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
 2. D step: LSGAN on real [a, b] vs the swaps, per scale, plus R1 (weight 0.01 per scale) on the real images.
 3. G + Ea step (one backward, both optimizers step):
    - image reconstruction L1 (self and same-identity), weight 5;
-   - code reconstruction L1 of s (Es of the swaps) and f (Ea of the swaps), and cycle reconstruction
-     G(Es(x_ab), Ea(x_ba)) = x_a, ramped in after the warm-up to 1, 1 and 2;
+   - code reconstruction L1 of s (Es of the swaps) and f (Ea of the swaps) to the codes as encoded (detached
+     targets), and cycle reconstruction G(Es(x_ab), Ea(x_ba)) = x_a, ramped in after the warm-up to 1, 1 and 2;
    - identity loss of the swaps (cross-entropy of the primary head to the appearance donor's id), weight 0.5;
    - adversarial (LSGAN), weight 2 per scale;
    - Ea: cross-entropy on real images (both heads); primary feature learning: KL divergence of the primary
@@ -60,6 +60,13 @@ from .penalties import input_gradient
 GRID_COLUMNS = 8  # what the loop's save_image_grid puts in a row
 CPU_QUICK_ITERS = 200
 PAPER_ITERS = 100_000
+
+
+def code_l1(reconstructed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The code reconstruction loss: L1 to the code as encoded, a fixed target (detached, as the published code's
+    reconstruction criterion has it). Only the reconstruction is pulled: Es is not also trained to move the
+    structure code toward what the swap gives back."""
+    return F.l1_loss(reconstructed.float(), target.detach().float())
 
 
 def ramp(it: int, start: int, per_iter: float, maximum: float) -> float:
@@ -440,8 +447,8 @@ class DGNet(Method):
             # generated images are bf16 under AMP and real ones fp32: Es and Ea take the real images' dtype (exact
             # for bf16), the dtype their other calls see
             s_b_rec, s_a_rec = self._batched(self.es, [x_ba.to(x_a.dtype), x_ab.to(x_a.dtype)])
-            out["recon_f"] = l1(f_a_rec, f_a) + l1(f_b_rec, f_b)
-            out["recon_s"] = l1(s_a_rec, s_a) + l1(s_b_rec, s_b)
+            out["recon_f"] = code_l1(f_a_rec, f_a) + code_l1(f_b_rec, f_b)
+            out["recon_s"] = code_l1(s_a_rec, s_a) + code_l1(s_b_rec, s_b)
             x_aba, x_bab = self._batched(self.dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
             out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
         # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps; one call

@@ -42,6 +42,16 @@ def records(run_dir):
     return {r["it"]: r for r in read_log(run_dir) if "recon_x" in r}
 
 
+def test_code_reconstruction_pulls_the_reconstruction_only():
+    # the target code is fixed (the published criterion detaches it): Es is not trained toward the swap's code
+    from reidfast.train.dgnet import code_l1
+    code, rec = torch.randn(2, 8, 4, 2, requires_grad=True), torch.randn(2, 8, 4, 2, requires_grad=True)
+    loss = code_l1(rec, code)
+    assert loss.item() == pytest.approx((rec - code).abs().mean().item())
+    grad_rec, grad_code = torch.autograd.grad(loss, [rec, code], allow_unused=True)
+    assert grad_code is None and torch.equal(grad_rec, torch.sign(rec - code).detach() / rec.numel())
+
+
 def test_ramp_schedule():
     assert [ramp(i, 3, 0.5, 2.0) for i in range(8)] == [0, 0, 0, 0.5, 1.0, 1.5, 2.0, 2.0]
     # the paper's: off until 30k, 0.0005 per iteration, full weight 1 after 2000 more
