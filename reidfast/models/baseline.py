@@ -17,18 +17,18 @@ class ClassBlock(nn.Module):
         super().__init__()
         if bottleneck < 0:
             raise ValueError(f"ClassBlock: bottleneck must be >= 0 (0: none), got {bottleneck}")
+        # (the modules are made and initialized in this order whatever the bottleneck: the random draws, and with
+        # them every run of the 512-d head, stay those of the head before the option existed)
+        self.embed = (nn.Sequential(nn.Linear(in_features, bottleneck), nn.BatchNorm1d(bottleneck)) if bottleneck
+                      else nn.Identity())  # IDE: the pooled feature itself
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        if bottleneck:
-            self.embed = nn.Sequential(nn.Linear(in_features, bottleneck), nn.BatchNorm1d(bottleneck))
-            # the published initialisation: kaiming for the embedding, N(1, 0.02) BN scale, small classifier weights
+        self.classifier = nn.Linear(bottleneck or in_features, num_classes)
+        if bottleneck:  # the published initialisation: kaiming for the embedding, N(1, 0.02) BN scale
             nn.init.kaiming_normal_(self.embed[0].weight, a=0, mode="fan_out")
             nn.init.zeros_(self.embed[0].bias)
             nn.init.normal_(self.embed[1].weight, 1.0, 0.02)
             nn.init.zeros_(self.embed[1].bias)
-        else:  # IDE: the pooled feature itself
-            self.embed = nn.Identity()
-        self.classifier = nn.Linear(bottleneck or in_features, num_classes)
-        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.normal_(self.classifier.weight, std=0.001)  # small classifier weights, as published
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x):
