@@ -20,7 +20,8 @@ noise z ~ N(0, I_256), so positive pairs share target pose and noise.
   1e-2; constant for half the stage, then linear decay to 0 (50 + 50 epochs).
 - Stage III: everything jointly, E's BatchNorm frozen (statistics and affine parameters): L_v + the stage II
   losses train E, V and G; Adam for E, G, V at 1e-6, 1e-6, 1e-5, SGD for D_id, D_pd at 1e-4; 25 + 25 epochs.
-  (Adam's betas are (0.5, 0.999) throughout; SGD has weight decay 5e-4.)
+  (Adam's betas are (0.5, 0.999) throughout; SGD has weight decay 5e-4 in stage I, 1e-4 for D_id and D_pd as
+  in the published configuration.)
 
 Image range: G's output is in [-1, 1] (generator range, pixel = (y + 1) / 2); L_r, L_sp and D_pd compare in that
 range, D_id reads ImageNet-normalized images like E (see :mod:`reidfast.models.fdgan`).
@@ -98,7 +99,7 @@ class FDGAN(Method):
         "stage": "all", "init": None, "iters": None, "epochs": None,
         "stage_epochs": [80, 100, 50], "stage_iters": None, "batch_size": 128, "num_negatives": 3,
         "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0, "pretrained": "auto",
-        "lr": 0.01, "v_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4, "lr_gamma": 0.1,
+        "lr": 0.01, "v_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 5e-4, "d_weight_decay": 1e-4, "lr_gamma": 0.1,
         "stage1_decay_at": 0.5, "decay_from": 0.5, "stage1_id_w": 0.0, "warmup_iters": 0,
         "g_lr": 1e-3, "did_lr": 1e-4, "dpd_lr": 1e-2,
         "e_lr3": 1e-6, "g_lr3": 1e-6, "v_lr3": 1e-5, "did_lr3": 1e-4, "dpd_lr3": 1e-4,
@@ -163,6 +164,9 @@ class FDGAN(Method):
         for net, label, value in (("e", "E (Adam)", "1e-6"), ("g", "G (Adam)", "1e-6"), ("v", "V (Adam)", "1e-5"),
                                   ("did", "D_id (SGD)", "1e-4"), ("dpd", "D_pd (SGD)", "1e-4")):
             g.add_argument(f"--{net}-lr3", type=float, default=S, help=f"stage III: lr of {label} ({value})")
+        g.add_argument("--d-weight-decay", type=float, default=S,
+                       help="stages II, III: weight decay of D_id's and D_pd's SGD (1e-4, the published "
+                            "configuration's; stage I's SGD has --weight-decay, 5e-4)")
         g.add_argument("--stage1-decay-at", type=float, default=S, metavar="FRAC",
                        help="stage I: the lr is multiplied by --lr-gamma after this fraction of the stage (0.5)")
         g.add_argument("--lr-gamma", type=float, default=S, help="stage I: lr decay factor (0.1)")
@@ -206,6 +210,7 @@ class FDGAN(Method):
         self.train_e, self.train_v = wrap(self.e), wrap(self.v)
         self.networks = {"e": self.e, "v": self.v}
         sgd = dict(momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        d_sgd = dict(momentum=cfg["momentum"], weight_decay=cfg.get("d_weight_decay", 5e-4))  # (runs saved before it)
         SGD, Adam = torch.optim.SGD, torch.optim.Adam
         if self.stage == 1:
             self.optimizers = {
@@ -232,8 +237,8 @@ class FDGAN(Method):
                 self.v.requires_grad_(False)
                 self.optimizers = {
                     "g": run.optimizer(Adam, self.g.parameters(), lr=cfg["g_lr"], **adam),
-                    "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr"], **sgd),
-                    "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr"], **sgd)}
+                    "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr"], **d_sgd),
+                    "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr"], **d_sgd)}
             else:  # E's BatchNorm frozen: statistics (eval mode, see _set_modes) and affine parameters
                 for m in self.e.modules():
                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -243,8 +248,8 @@ class FDGAN(Method):
                                        **adam),
                     "g": run.optimizer(Adam, self.g.parameters(), lr=cfg["g_lr3"], **adam),
                     "v": run.optimizer(Adam, self.v.parameters(), lr=cfg["v_lr3"], **adam),
-                    "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr3"], **sgd),
-                    "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr3"], **sgd)}
+                    "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr3"], **d_sgd),
+                    "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr3"], **d_sgd)}
         default_r, default_sp = LOSS_WEIGHTS[cfg["loss_weights"]]
         self.weights = {"v": cfg["v_w"], "id": cfg["id_w"], "pd": cfg["pd_w"],
                         "r": default_r if cfg["r_w"] is None else cfg["r_w"],

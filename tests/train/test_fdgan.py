@@ -238,6 +238,20 @@ def test_stage1_compiles_e_and_v_once_each(compiled_graphs):
     assert sorted(compiled_graphs) == ["ImageEncoder", "Verifier"]
 
 
+def test_optimizers_follow_the_published_configuration():
+    # stage I's SGD (E, V) decays weights by 5e-4, the discriminators' SGD by 1e-4 in stages II and III
+    one = _method(1, False).optimizers
+    assert {k: o.param_groups[0]["weight_decay"] for k, o in one.items()} == {"e": 5e-4, "v": 5e-4}
+    assert one["v"].param_groups[0]["lr"] == 10 * one["e"].param_groups[0]["lr"] == 0.1
+    for stage, lrs in ((2, {"g": 1e-3, "d_id": 1e-4, "d_pd": 1e-2}),
+                       (3, {"e": 1e-3, "g": 1e-3, "v": 1e-5, "d_id": 1e-4, "d_pd": 1e-4})):
+        optimizers = _method(stage, False).optimizers  # (_method sets e_lr3 and g_lr3 to 1e-3)
+        assert {k: o.param_groups[0]["lr"] for k, o in optimizers.items()} == lrs
+        assert optimizers["d_id"].param_groups[0]["weight_decay"] == optimizers["d_pd"].param_groups[0][
+            "weight_decay"] == 1e-4
+        assert all(o.param_groups[0]["betas"] == (0.5, 0.999) for k, o in optimizers.items() if k in ("e", "g", "v"))
+
+
 def test_loss_weight_configurations():
     paper, published = _method(2, False).weights, _method(2, False, loss_weights="published").weights
     assert (paper["v"], paper["id"], paper["pd"], paper["r"], paper["sp"]) == (1.0, 0.1, 0.1, 10.0, 1.0)
