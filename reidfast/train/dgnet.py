@@ -6,11 +6,13 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
 
 1. Generator pass: x_ba, x_ab (swaps), x_aa, x_bb (self reconstruction), x_ap, x_bq (same-identity
    reconstruction, G(s_a, f_p)). Es, G and D have no batch-dependent normalization, so their several passes run
-   as one batched call each, which changes nothing but the speed (the teacher, in eval mode, labels both swaps in
-   one call too). Ea's passes batch as well: its BatchNorm layers are split (reidfast.nn.SplitBatchNorm1d/2d), so
-   a call over several loader batches normalizes each by its own statistics and steps the running statistics
-   once per batch, in order, as the original's one call per batch does (3 calls of Ea an iteration, where the
-   original makes 16 on batches of B).
+   as one batched call each, which changes nothing but the speed. Ea's passes batch as well: its BatchNorm layers
+   are split (reidfast.nn.SplitBatchNorm1d/2d), so a call over several loader batches normalizes each by its own
+   statistics and steps the running statistics once per batch, in order, as the original's one call per batch
+   does (3 calls of Ea an iteration: the frozen view's codes of a, p, b, q; its code and primary logits of the
+   two swaps; the identity losses on a, b, p, q and the two swaps; where the original makes 16 on batches of B).
+   The teacher's view is split the same way: it labels both swaps and their mirrors in one call (4 in the
+   original).
    The swaps of this one pass serve both steps below. ``--faithful`` reproduces the original's order instead: a
    gradient-free generator pass for D's step and a second one for G's, one call per pass, a deep copy of Ea.
 2. D step: LSGAN on real [a, b] vs the swaps, per scale, plus R1 (weight 0.01 per scale) on the real images.
@@ -18,17 +20,27 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
    - image reconstruction L1 (self and same-identity), weight 5;
    - code reconstruction L1 of s (Es of the swaps) and f (Ea of the swaps) to the codes as encoded (detached
      targets), and cycle reconstruction G(Es(x_ab), Ea(x_ba)) = x_a, ramped in after the warm-up to 1, 1 and 2;
-   - identity loss of the swaps (cross-entropy of the primary head to the appearance donor's id), weight 0.5;
+   - identity loss of the swaps (cross-entropy of the primary head of Ea's frozen view to the appearance
+     donor's id), weight 0.5;
    - adversarial (LSGAN), weight 2 per scale;
-   - Ea: cross-entropy on real images (both heads); primary feature learning: KL divergence of the primary
-     head to the teacher's soft label (the mean of its softmax over the swap and its mirror), lambda_prim ramped
-     0 -> 2 after the warm-up; fine-grained mining: cross-entropy of the fine head to the structure donor's id,
-     lambda_fine = 0.2 lambda_prim.
+   - Ea on real images (the published configuration's): L_id = CE(primary(a), y_a) + CE(primary(b), y_b)
+     + lambda_fine [CE(fine(a), y_a) + CE(fine(b), y_b)], weight 1 (logged as id; the fine head learns nothing
+     from real images before the warm-up ends), and L_pid = CE(primary(p), y_a) + CE(primary(q), y_b) of the
+     same-identity partners, weight 1 (--pid-w; logged as pid);
+   - Ea on the swaps: primary feature learning: KL divergence of the primary head to the teacher's soft label
+     (the mean of its softmax over the swap and its mirror), lambda_prim ramped 0 -> 2 after the warm-up;
+     fine-grained mining: cross-entropy of the fine head to the structure donor's id, lambda_fine = 0.2
+     lambda_prim. The teacher normalizes by the statistics of the batch it is given (the published
+     configuration's train_bn: the swap batch, or its mirror, as one call each) through a frozen view of it
+     without running statistics (made when first needed): no gradient reaches it, and its running statistics
+     stay as trained.
    The appearance code is detached from the generator losses: the generator-side losses see Ea through a
    frozen view made once (Ea's parameter storage, detached, so it follows every update; its own BatchNorm
    buffers, batch statistics in training mode, Ea's running statistics untouched) instead of a per-iteration
    deep copy, so only the identity losses train Ea.
-   Random erasing (p 0.5) is applied to the inputs of the identity losses only.
+   Random erasing (p 0.5) is applied to the inputs of the real-image identity losses only (a, b, p, q); the
+   generator, D, the teacher and the generated-image losses (identity of the swaps, primary, fine-grained) see
+   images unerased.
 
 With compile on, the fast order compiles three functions whole: the generator pass (1), D's losses (2) and the
 G + Ea step's losses (3), each one graph; the backwards and optimizer steps run between them.
@@ -106,7 +118,8 @@ class DGNet(Method):
         "lr_gamma": 0.1, "height": 256, "width": 128, "backbone_width": 64, "gan_width": 1.0, "pretrained": "auto",
         "pad": 10, "erasing": 0.5, "teacher": None, "teacher_iters": 600,
         "warm_iters": 30_000, "ramp_per_iter": 0.0005,
-        "recon_x_w": 5.0, "recon_f_w": 1.0, "recon_s_w": 1.0, "cycle_w": 2.0, "id_w": 1.0, "id_gen_w": 0.5,
+        "recon_x_w": 5.0, "recon_f_w": 1.0, "recon_s_w": 1.0, "cycle_w": 2.0, "id_w": 1.0, "pid_w": 1.0,
+        "id_gen_w": 0.5,
         "prim_w": 2.0, "fine_ratio": 0.2, "adv_w": 2.0, "r1_w": 0.01, "ap_mode": "market",
         "faithful": False, "ea_init": "pretrained",
     }
@@ -152,11 +165,14 @@ class DGNet(Method):
         g.add_argument("--ea-init", choices=("pretrained", "teacher"), default=S,
                        help="Ea's ResNet-50 starts from --pretrained (the paper: ImageNet), or from the teacher's "
                             "backbone (cpu-quick: no ImageNet weights exist at its reduced width)")
-        g.add_argument("--erasing", type=float, default=S, help="random erasing probability on id-loss inputs")
+        g.add_argument("--erasing", type=float, default=S,
+                       help="random erasing probability on the inputs of the real-image identity losses (a, b, p, q)")
         g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
         for name, text in (("recon-x-w", "image reconstruction (5)"), ("recon-f-w", "appearance code recon (1)"),
                            ("recon-s-w", "structure code recon (1)"), ("cycle-w", "cycle reconstruction (2)"),
-                           ("id-w", "identity loss on real images (1)"), ("id-gen-w", "identity loss on swaps (0.5)"),
+                           ("id-w", "identity loss on real images a, b (1)"),
+                           ("pid-w", "identity loss of the same-identity partners p, q (1)"),
+                           ("id-gen-w", "identity loss on swaps (0.5)"),
                            ("prim-w", "lambda_prim, primary feature learning (2)"),
                            ("fine-ratio", "lambda_fine / lambda_prim (0.2)"), ("adv-w", "G adversarial, per scale (2)"),
                            ("r1-w", "R1 penalty, per scale (0.01)")):
@@ -193,7 +209,7 @@ class DGNet(Method):
         self.generator_pass = whole(self._generator_pass)
         self.discriminator_losses = whole(self._discriminator_losses)
         self.generator_losses = whole(self._generator_losses)
-        self._teacher_call = (None, None)  # (teacher, its callable), made when first needed
+        self._teacher_view = (None, None, None)  # (teacher, its batch-statistics view, its callable): _teacher_labeler
         backbone_lr = cfg["lr"]
         if cfg["ea_init"] not in ("pretrained", "teacher"):
             raise ValueError(f"dgnet: ea_init must be 'pretrained' or 'teacher', got {cfg['ea_init']!r}")
@@ -320,17 +336,15 @@ class DGNet(Method):
         statistics untouched: the frozen view's, or under --faithful the iteration's deep copy's."""
         return self._ea_copy.appearance(x) if self.faithful else self.frozen_call(x)[0]
 
-    def _primary_logits(self, x):
-        return self._ea_copy(x)[1] if self.faithful else self.frozen_call(x)[1]
-
     def _loader_batches(self, **groups):
-        """Within the block, the split BatchNorm layers of Ea (ea=g) and of its frozen view (frozen=g) treat a
-        batch as g loader batches: the fast order's batched calls. Set around a whole (compiled) step function,
-        whose graph holds each count as a constant; nothing under --faithful (one call per loader batch)."""
+        """Within the block, the split BatchNorm layers of Ea (ea=g), of its frozen view (frozen=g) and of the
+        teacher's view (teacher=g) treat a batch as g loader batches: the fast order's batched calls. Set around a
+        whole (compiled) step function, whose graph holds each count as a constant; nothing under --faithful (one
+        call per loader batch)."""
         if self.faithful:
             return contextlib.nullcontext()
-        return batchnorm_groups_of([({"ea": self.ea, "frozen": self.frozen_ea}[name], count)
-                                    for name, count in groups.items()])
+        modules = {"ea": self.ea, "frozen": self.frozen_ea, "teacher": self._teacher_view[1]}
+        return batchnorm_groups_of([(modules[name], count) for name, count in groups.items()])
 
     # --- Es, G, D and Ea over several inputs: one batched call, or one call each (--faithful) -------------
     def _batched(self, fn, *inputs):
@@ -372,15 +386,30 @@ class DGNet(Method):
         scores, penalty = self.r1_call(torch.cat(reals), sizes)
         return _per_group(scores, sizes), penalty
 
+    def _teacher_labeler(self):
+        """The teacher as it labels the swaps, made when first needed (configure() or a benchmark sets the teacher)
+        and again if the teacher is replaced: a frozen view of it (its parameters detached, no gradient) in eval
+        mode (dropout off) whose BatchNorm layers keep no running statistics and so normalize by the statistics
+        of the batch they are given, as the published configuration's teacher does (train_bn: true), while the
+        teacher's own running statistics stay as trained. Its BatchNorm layers are split, so that the fast order
+        labels several loader batches and their mirrors in one call, each normalized by its own statistics.
+        Returns the callable (under --faithful the run's compiled module, as every network there)."""
+        if self._teacher_view[0] is not self.teacher:
+            view = split_batchnorm(frozen_view(self.teacher)).eval()
+            self._teacher_view = (self.teacher, view, self.run.wrap(view) if self.faithful else view)
+        return self._teacher_view[2]
+
     @torch.no_grad()
     def teacher_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's soft label: its softmax averaged over the image and its mirror."""
-        teacher = self.teacher
-        if self.faithful:  # its own compiled callable (made when first needed: configure() or a benchmark sets it)
-            if self._teacher_call[0] is not self.teacher:
-                self._teacher_call = (self.teacher, self.run.wrap(self.teacher))
-            teacher = self._teacher_call[1]
-        logits, _ = teacher(torch.cat([images, images.flip(3)]))
+        """The teacher's soft label: its softmax averaged over the image and its mirror, each normalized by its
+        own batch statistics (see _teacher_labeler): under --faithful one call each, as the original; in the fast
+        order one call over the images and their mirrors, whose loader batches the caller sets
+        (_loader_batches(teacher=2 * batches))."""
+        teacher = self._teacher_labeler()
+        if self.faithful:
+            logits = torch.cat([teacher(images)[0], teacher(images.flip(3))[0]])
+        else:
+            logits, _ = teacher(torch.cat([images, images.flip(3)]))
         return logits.float().softmax(1).view(2, images.shape[0], -1).mean(0)
 
     def _split(self, batch):
@@ -414,61 +443,61 @@ class DGNet(Method):
                      for fake, real in zip(d_fake, d_real) for o, r in zip(fake, real))
         return loss_d, r1
 
-    def _generator_losses(self, x_a, x_b, y_a, y_b, codes, structures, swaps, recons, erase_draws,
-                          code_on: bool, prim_on: bool):
-        """The G + Ea step's unweighted losses (D frozen by the caller) and Ea's accuracy on the real images.
-        erase_draws: random erasing's draws (BatchAugment.erase_draws) for id_gen's swaps, Ea's real images and,
-        with prim_on, primary learning's swaps, B rows each in that order. code_on: the code and cycle
-        reconstructions are on (their passes skipped while all their weights are 0)."""
+    def _generator_losses(self, x_a, x_p, x_b, x_q, y_a, y_b, codes, structures, swaps, recons, erase_draws,
+                          fine_w, code_on: bool, prim_on: bool):
+        """The G + Ea step's unweighted losses (D frozen by the caller; "id" carries its fine-head term weighted by
+        the tensor fine_w, lambda_fine) and Ea's accuracy on the real images. erase_draws: random erasing's draws
+        (BatchAugment.erase_draws) for a, b, p and q, B rows each in that order: the inputs of the real-image
+        identity losses, the only erased images. code_on: the code and cycle reconstructions are on (their passes
+        skipped while all their weights are 0); prim_on: primary and fine-grained learning on the swaps are on."""
         f_a, f_b = codes[:2]
         s_a, s_b = structures
         x_ba, x_ab = swaps
         x_aa, x_bb, x_ap, x_bq = recons
         out = {}
         zero = torch.zeros((), device=x_a.device)
-        draws = erase_draws.split(x_a.shape[0])
+        ce = lambda logits, y: F.cross_entropy(logits.float(), y)  # noqa: E731
         l1 = lambda a, b: F.l1_loss(a.float(), b.float())  # noqa: E731
         out["recon_x"] = l1(x_aa, x_a) + l1(x_bb, x_b) + l1(x_ap, x_a) + l1(x_bq, x_b)
         out["adv"] = sum((o.float() - 1).square().mean() for d in self._batched(self.dis_call, swaps) for o in d)
-        # id_gen's erased swaps, and the swaps for the code reconstruction when it is on: one call of Ea's frozen
-        # view for all of them (the original: one call each)
-        erased = [self.erase.erase_with(x, d) for x, d in zip(swaps, draws[:2])]
+        # The generated-image losses see the swaps as generated (not erased). Ea's frozen view gives the code (for
+        # the code reconstruction) and the primary logits (for id_gen) of each swap in one call (the original: one
+        # call per swap); the fast order runs both swaps in one. Generated images are bf16 under AMP and real ones
+        # fp32: Es and Ea take the real images' dtype (exact for bf16), the dtype their other calls see.
+        generated = [x.to(x_a.dtype) for x in swaps]
         if self.faithful:
-            logits = [self._primary_logits(x) for x in erased]
-            codes = [self._code(x_ba), self._code(x_ab)] if code_on else []
+            frozen = [self._ea_copy(x)[:2] for x in generated]
         else:
-            groups = erased + ([x_ba, x_ab] if code_on else [])
-            outs = self._batched(self.frozen_call, [x.to(x_a.dtype) for x in groups])
-            logits, codes = [o[1] for o in outs[:2]], [o[0] for o in outs[2:]]
-        out["id_gen"] = F.cross_entropy(logits[0].float(), y_a) + F.cross_entropy(logits[1].float(), y_b)
+            frozen = [o[:2] for o in self._batched(self.frozen_call, generated)]
+        (f_a_rec, logits_ba), (f_b_rec, logits_ab) = frozen
+        out["id_gen"] = ce(logits_ba, y_a) + ce(logits_ab, y_b)  # x_ba shows a's identity, x_ab b's
         out["recon_f"] = out["recon_s"] = out["cycle"] = zero
         if code_on:
-            f_a_rec, f_b_rec = codes
-            # generated images are bf16 under AMP and real ones fp32: Es and Ea take the real images' dtype (exact
-            # for bf16), the dtype their other calls see
-            s_b_rec, s_a_rec = self._batched(self.es, [x_ba.to(x_a.dtype), x_ab.to(x_a.dtype)])
+            s_b_rec, s_a_rec = self._batched(self.es, generated)
             out["recon_f"] = code_l1(f_a_rec, f_a) + code_l1(f_b_rec, f_b)
             out["recon_s"] = code_l1(s_a_rec, s_a) + code_l1(s_b_rec, s_b)
             x_aba, x_bab = self._batched(self.dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
             out["cycle"] = l1(x_aba, x_a) + l1(x_bab, x_b)
-        # Ea: identity on real images (both heads), then primary and fine-grained learning on the swaps; one call
-        # over all of them (the original: one each, in this order, which the running statistics follow)
-        inputs, softs = [self.erase.erase_with(x, d) for x, d in zip((x_a, x_b), draws[2:4])], []
+        # Ea: identity on the real images a, b, p, q (erased: the only inputs that are), then primary and
+        # fine-grained learning on the swaps (not erased); one call over all of them (the original: one each, in
+        # this order, which the running statistics follow)
+        inputs, softs = [self.erase.erase_with(x, d) for x, d in zip((x_a, x_b, x_p, x_q),
+                                                                     erase_draws.split(x_a.shape[0]))], []
         if prim_on:
-            # the teacher (eval mode: no batch statistics) labels both swaps in one call
+            # the teacher (BatchNorm by batch statistics, running statistics untouched) labels both swaps
             softs = self._batched(self.teacher_labels, [x_ba.detach(), x_ab.detach()])
-            inputs += [self.erase.erase_with(swap.detach().to(x_a.dtype), d) for swap, d in zip(swaps, draws[4:])]
+            inputs += [swap.detach() for swap in generated]
         heads = self._batched(self.ea_call, inputs)
-        out["id"] = zero
-        accuracy = zero
-        for (_, primary, fine), y in zip(heads[:2], (y_a, y_b)):
-            out["id"] = out["id"] + F.cross_entropy(primary.float(), y) + F.cross_entropy(fine.float(), y)
-            accuracy = accuracy + (primary.detach().argmax(1) == y).float().mean() / 2
+        (_, primary_a, fine_a), (_, primary_b, fine_b), (_, primary_p, _), (_, primary_q, _) = heads[:4]
+        out["id"] = ce(primary_a, y_a) + ce(primary_b, y_b) + fine_w * (ce(fine_a, y_a) + ce(fine_b, y_b))
+        out["pid"] = ce(primary_p, y_a) + ce(primary_q, y_b)  # the same-identity partners: p is a's, q is b's
+        accuracy = sum((primary.detach().argmax(1) == y).float().mean() for primary, y in
+                       ((primary_a, y_a), (primary_b, y_b))) / 2
         out["prim"] = out["fine"] = zero
         # x_ba shows a's identity in b's structure: fine-grained mining targets the structure donor
-        for (_, primary, fine), soft, structure_donor in zip(heads[2:], softs, (y_b, y_a)):
+        for (_, primary, fine), soft, structure_donor in zip(heads[4:], softs, (y_b, y_a)):
             out["prim"] = out["prim"] + F.kl_div(primary.float().log_softmax(1), soft, reduction="batchmean")
-            out["fine"] = out["fine"] + F.cross_entropy(fine.float(), structure_donor)
+            out["fine"] = out["fine"] + ce(fine, structure_donor)
         return out, accuracy
 
     def train_step(self, batch, it):
@@ -477,8 +506,13 @@ class DGNet(Method):
         x_a, x_p, x_b, x_q, y_a, y_b = self._split(batch)
         code_on = w["recon_f"] > 0 or w["recon_s"] > 0 or w["cycle"] > 0
         prim_on = w["prim"] > 0
-        # random erasing of the identity losses' inputs, drawn here: a compiled graph cannot take the run's generator
-        erase_draws = self.erase.erase_draws((6 if prim_on else 4) * x_a.shape[0], run.generator, x_a.device)
+        # random erasing of the real-image identity losses' inputs (a, b, p, q), drawn here: a compiled graph cannot
+        # take the run's generator
+        erase_draws = self.erase.erase_draws(4 * x_a.shape[0], run.generator, x_a.device)
+        # lambda_fine as a tensor: a graph input, where a float would be a constant compiled again at every value
+        fine_w = torch.tensor(w["fine"], dtype=torch.float32, device=x_a.device)
+        if prim_on:
+            self._teacher_labeler()  # made here, outside the compiled function that calls it
         if self.faithful:  # the original's per-iteration deep copy of Ea, for the generator-side losses
             self._ea_copy = copy.deepcopy(self.ea).requires_grad_(False)
         elif not self.frozen_ea.training:  # in training mode as the copy would be (its heads' dropout on)
@@ -504,12 +538,16 @@ class DGNet(Method):
         with run.autocast():
             if self.faithful:
                 generated = self.generator_pass(x_a, x_p, x_b, x_q)
-            with self._loader_batches(frozen=4 if code_on else 2, ea=4 if prim_on else 2):
-                out, accuracy = self.generator_losses(x_a, x_b, y_a, y_b, *generated, erase_draws, code_on, prim_on)
+            # Ea: a, b, p, q (+ the two swaps); its frozen view: the two swaps; the teacher: the swaps and mirrors
+            groups = dict(frozen=2, ea=6, teacher=4) if prim_on else dict(frozen=2, ea=4)
+            with self._loader_batches(**groups):
+                out, accuracy = self.generator_losses(x_a, x_p, x_b, x_q, y_a, y_b, *generated, erase_draws, fine_w,
+                                                      code_on, prim_on)
         self._ea_copy = None
         loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]
                 + w["cycle"] * out["cycle"] + cfg["id_gen_w"] * out["id_gen"] + cfg["adv_w"] * out["adv"]
-                + cfg["id_w"] * out["id"] + w["prim"] * out["prim"] + w["fine"] * out["fine"])
+                + cfg["id_w"] * out["id"] + cfg["pid_w"] * out["pid"] + w["prim"] * out["prim"]
+                + w["fine"] * out["fine"])
         self.opt_gen.zero_grad(set_to_none=True)
         self.opt_ea.zero_grad(set_to_none=True)
         run.backward(loss)

@@ -74,6 +74,8 @@ def test_a_few_iterations_write_a_complete_run(short_run):
     for r in logged.values():
         assert all(math.isfinite(v) for k, v in r.items() if isinstance(v, float)), r
         assert r["recon_x"] > 0 and r["d"] > 0 and r["r1"] >= 0 and r["adv"] > 0 and r["id"] > 0 and r["id_gen"] > 0
+        assert r["pid"] > 0  # the same-identity partners' identity loss
+    assert json.loads((short_run / "config.json").read_text())["pid_w"] == 1.0
     state = load_checkpoint(short_run / "checkpoint.pt")
     assert set(state["networks"]) == {"ea", "gen", "dis"} and set(state["optimizers"]) == {"ea", "gen", "dis"}
 
@@ -259,12 +261,137 @@ def test_fast_order_computes_the_original_gradients_at_fp64():
         expected = original_state[key]
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-9 * expected.abs().max().item() + 1e-12,
                                    msg=key)
-    # fast: the frozen view's codes of a, p, b, q in one call, its id_gen and code-reconstruction inputs in a
-    # second, Ea's identity losses in a third. The original runs Ea once per loader batch: 4 codes in each of its
-    # two generator passes, 2 + 2 inputs of the generator losses (its per-iteration deep copy carries the hook),
-    # 4 identity batches.
-    assert fast_calls == [("frozen", 32), ("frozen", 32), ("ea", 32)]
+    # fast: the frozen view's codes of a, p, b, q in one call, its code and primary logits of the two (unerased)
+    # swaps for the code reconstruction and id_gen in a second, Ea's identity losses (a, b, p, q and the two swaps)
+    # in a third. The original runs Ea once per loader batch: 4 codes in each of its two generator passes, one per
+    # swap for the generator losses (its per-iteration deep copy carries the hook), 6 identity batches.
+    assert fast_calls == [("frozen", 32), ("frozen", 16), ("ea", 48)]
     assert original_calls == [("ea", 8)] * 16
+
+
+def _small_batch(seed: int, pairs: int = 4):
+    """2 + 2 (image, same-identity image) pairs of 64x32: a's identities 0, 1, b's 2, 3."""
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randint(0, 256, (pairs, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
+            "pid": torch.tensor([[i % 4] * 2 for i in range(pairs)])}
+
+
+def _teacher_state():
+    from reidfast.models.baseline import ReidBaseline
+    torch.manual_seed(0)
+    return ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_real_image_identity_losses_follow_the_published_configuration(faithful):
+    # L_id = CE(primary(a), y_a) + CE(primary(b), y_b) + lambda_fine [CE(fine(a), y_a) + CE(fine(b), y_b)] and
+    # L_pid = CE(primary(p), y_a) + CE(primary(q), y_b), by hand from the logits Ea's heads gave in the step:
+    # before the warm-up ends (lambda_fine 0: the fine head learns nothing yet) and after it
+    import torch.nn.functional as F
+    method = _method(faithful, _teacher_state(), warm_iters=2, pid_w=0.7)
+    outputs = []
+    method.ea.register_forward_hook(  # Ea itself (under --faithful its deep copy carries the hook: left out)
+        lambda m, args, out: outputs.append(out) if m is method.ea else None)
+    method.run.step = lambda optimizer: None  # gradients without updates: the fine head's are looked at below
+    cfg = method.run.cfg
+    for it, fine_w in ((0, 0.0), (3, 0.2 * 1.0)):  # warm-up 2, ramp 0.5 per iteration: lambda_prim 1.0 at it 3
+        outputs.clear()
+        losses = method.train_step(_small_batch(7), it)
+        assert losses["w/fine"].item() == pytest.approx(fine_w)
+        primary = torch.cat([out[1] for out in outputs]).split(2)  # a, b, p, q (then the swaps after the warm-up)
+        fine = torch.cat([out[2] for out in outputs]).split(2)
+        assert len(primary) == (6 if it == 3 else 4)
+        y_a, y_b = torch.tensor([0, 1]), torch.tensor([2, 3])
+        ce = F.cross_entropy
+        expected_id = (ce(primary[0], y_a) + ce(primary[1], y_b)
+                       + fine_w * (ce(fine[0], y_a) + ce(fine[1], y_b)))
+        expected_pid = ce(primary[2], y_a) + ce(primary[3], y_b)
+        torch.testing.assert_close(losses["id"], expected_id.detach())
+        torch.testing.assert_close(losses["pid"], expected_pid.detach())
+        assert expected_pid > 0
+        w = {k[2:]: v.item() for k, v in losses.items() if k.startswith("w/")}
+        total = (cfg["recon_x_w"] * losses["recon_x"] + cfg["id_gen_w"] * losses["id_gen"]
+                 + cfg["adv_w"] * losses["adv"] + cfg["id_w"] * losses["id"] + 0.7 * losses["pid"]
+                 + sum(w[k] * losses[k] for k in ("recon_f", "recon_s", "cycle", "prim", "fine")))
+        torch.testing.assert_close(losses["loss"], total)
+        fine_grads = [p.grad for p in method.ea.fine.parameters()]
+        if it == 0:  # nothing else trains the fine head before the warm-up ends
+            assert all(g is None or not g.any() for g in fine_grads)
+        else:
+            assert any(g is not None and g.any() for g in fine_grads)
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_random_erasing_reaches_only_the_real_identity_inputs(faithful):
+    # erase probability 1 and a fill no image has (7 in normalized space): Ea's identity inputs a, b, p, q are
+    # erased, and nothing else is: not the swaps Ea learns from, not what its frozen view (or --faithful's copy),
+    # the teacher, Es or D see
+    method = _method(faithful, _teacher_state(), warm_iters=0, erasing=1.0)  # every loss on
+    method.erase.erase_value = 7.0
+    seen = {"ea": [], "frozen": [], "teacher": [], "es": [], "dis": []}
+    watched = [(method.ea.backbone, "ea"), (method.gen.encoder, "es"), *[(scale, "dis") for scale in method.dis.scales]]
+
+    def record(module, args):
+        name = next((n for m, n in watched if m is module), "frozen")  # the frozen view or the copy of Ea
+        seen[name].append(args[0].detach().clone())
+
+    for module in (method.ea.backbone, method.frozen_ea.backbone, *[m for m, _ in watched[1:]]):
+        module.register_forward_pre_hook(record)
+    teacher_labels = method.teacher_labels
+    method.teacher_labels = lambda images: seen["teacher"].append(images.detach().clone()) or teacher_labels(images)
+    method.train_step(_small_batch(8), 0)
+    fills = {name: [(x == 7.0).flatten(1).sum(1) for x in inputs] for name, inputs in seen.items()}
+    assert all(fills[name] for name in fills), {name: len(f) for name, f in fills.items()}
+    for name in ("frozen", "teacher", "es", "dis"):
+        assert all(not f.any() for f in fills[name]), name
+    ea_inputs = torch.cat(seen["ea"]).split(2)  # a, b, p, q, x_ba, x_ab
+    assert len(ea_inputs) == 6
+    erased = torch.cat(fills["ea"]).split(2)
+    assert all(e.min() > 0 for e in erased[:4]) and not any(e.any() for e in erased[4:])
+    # outside the erased rectangles, the images the generator pass encoded (x_a, x_p, x_b, x_q: the first 4
+    # batches Ea's frozen view saw); the swaps, as the frozen view saw them in the generator losses (its last 2)
+    frozen = torch.cat(seen["frozen"]).split(2)
+    x_a, x_p, x_b, x_q = frozen[:4]
+    for got, real in zip(ea_inputs[:4], (x_a, x_b, x_p, x_q)):
+        assert torch.equal(torch.where(got == 7.0, real, got), real)
+    assert torch.equal(torch.cat(ea_inputs[4:]), torch.cat(frozen[-2:]))
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_teacher_labels_by_batch_statistics_and_keeps_its_running_statistics(faithful):
+    # the published configuration's teacher normalizes by the statistics of the batch it is given (train_bn): each
+    # swap batch and its mirror as a call of its own, dropout off; its running statistics and parameters untouched
+    import copy
+    method = _method(faithful, _teacher_state(), warm_iters=0)
+    teacher = method.teacher
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    labelled = []
+    real_labels = method.teacher_labels
+
+    def recorded(images):
+        soft = real_labels(images)
+        labelled.append((images.detach().clone(), soft))
+        return soft
+
+    method.teacher_labels = recorded
+    method.train_step(_small_batch(9), 0)
+    images = torch.cat([x for x, _ in labelled])
+    soft = torch.cat([y for _, y in labelled])
+    assert images.shape[0] == 4  # x_ba and x_ab, 2 each
+    reference = copy.deepcopy(teacher).eval()  # BatchNorm alone in training mode, on a copy (its statistics move)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    with torch.no_grad():
+        expected = torch.cat([(reference(x)[0].softmax(1) + reference(x.flip(3))[0].softmax(1)) / 2
+                              for x in images.split(2)])
+        running = torch.cat([(teacher(x)[0].softmax(1) + teacher(x.flip(3))[0].softmax(1)) / 2
+                             for x in images.split(2)])
+    torch.testing.assert_close(soft, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(soft, running, atol=1e-3)  # not what the running statistics give
+    after = teacher.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # running statistics and counters included
+    assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
 
 
 def test_r1_penalty_equals_the_double_backward_of_autograd():
