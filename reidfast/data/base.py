@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# A person mask kept beside its image is ``<image stem>_mask.png`` (see reidfast.data.masks): not an image of the set.
+MASK_SIBLING_SUFFIX = "_mask"
 
 
 class Sample(NamedTuple):
@@ -109,10 +111,13 @@ def find_dataset_dir(root: str | os.PathLike, candidates: Sequence[str], require
 
 
 def image_files(folder: Path, dataset: str, split: str) -> list[Path]:
-    """Image files of a split folder, sorted by name; other files (Thumbs.db, readme) are ignored."""
+    """Image files of a split folder, sorted by name; other files (Thumbs.db, readme) and the person masks kept
+    beside the images (``<stem>_mask.png``, SA-GAN's sibling layout) are ignored."""
     if not folder.is_dir():
         raise DatasetNotFoundError(f"{dataset}: {split} folder {folder} is missing ({list_entries(folder.parent)})")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    mask_ending = MASK_SIBLING_SUFFIX + ".png"
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and not p.name.lower().endswith(mask_ending))
     if not files:
         raise DatasetFormatError(
             f"{dataset}: {split} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "

@@ -6,7 +6,8 @@ Every reader accepts the dataset folder itself or the parent layouts torchreid u
 Malformed file names: an image whose name does not follow the dataset's naming raises
 :class:`DatasetFormatError` listing the offending names (silently dropping images would change the evaluation
 protocol); ``strict=False`` (``--skip-misnamed`` on the command line) skips them with a logged warning instead.
-Files that are not images (``Thumbs.db``, readme files) are always ignored.
+Files that are not images (``Thumbs.db``, readme files) and person masks kept beside the images
+(``<image stem>_mask.png``) are always ignored.
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .base import MASK_SIBLING_SUFFIX
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class MaskReader:
     all-ones mask (the whole box is foreground) and logs a warning the first time it happens.
     """
 
-    def __init__(self, masks_dir: str | os.PathLike | None = None, sibling_suffix: str = "_mask",
+    def __init__(self, masks_dir: str | os.PathLike | None = None, sibling_suffix: str = MASK_SIBLING_SUFFIX,
                  missing: str = "error"):
         if missing not in ("error", "ones"):
             raise ValueError(f"MaskReader: missing must be 'error' or 'ones', got {missing!r}")

@@ -200,3 +200,24 @@ def test_registry_custom_dataset_names_and_cli_args(touch_files, tmp_path):
         get_dataset("nope", tmp_path)
     with pytest.raises(ValueError, match="needs a data root"):
         get_dataset("market1501")
+
+
+def test_person_masks_kept_beside_the_images_are_not_read_as_images(touch_files, tmp_path):
+    """SA-GAN's sibling mask layout (<image stem>_mask.png in the split folder) leaves the splits as they were:
+    Market-1501's names reject the masks as misnamed, and CUHK03-NP's pattern would take them for images."""
+    from reidfast.data import MaskReader
+    market = make_market(touch_files, tmp_path / "Market-1501-v15.09.15")
+    for split, names in (("bounding_box_train", MARKET_TRAIN), ("query", MARKET_QUERY)):
+        touch_files(market / split, [Path(n).stem + "_mask.png" for n in names if n.endswith(".jpg")])
+    ds = get_dataset("market1501", market)
+    assert len(ds.train) == 3 and len(ds.query) == 2
+    assert MaskReader().find(ds.train[0].path) == Path(ds.train[0].path).with_name(
+        Path(ds.train[0].path).stem + "_mask.png")
+    folder = tmp_path / "cuhk03-np" / "detected"
+    touch_files(folder / "bounding_box_train", ["0001_c1_1.png", "0001_c1_1_mask.png", "0009_c2_3.png",
+                                                "0009_c2_3_mask.png"])
+    touch_files(folder / "query", ["0002_c1_1.png", "0002_c1_1_mask.png"])
+    touch_files(folder / "bounding_box_test", ["0002_c2_4.png", "0002_c2_4_mask.png"])
+    ds = get_dataset("cuhk03", tmp_path / "cuhk03-np")
+    assert triples(ds.train) == [("0001_c1_1.png", 0, 0), ("0009_c2_3.png", 1, 1)]
+    assert [Path(s.path).name for s in ds.query + ds.gallery] == ["0002_c1_1.png", "0002_c2_4.png"]
