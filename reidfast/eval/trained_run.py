@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import DatasetNotFoundError
 from ..train.methods import load_trained_method
 from .features import extract_features, labels, rank_features
 
@@ -124,7 +125,13 @@ def evaluate_checkpoint(args):
         dataset_cfg["skip_misnamed"] = True
     if args.dataset_option:
         dataset_cfg["dataset_option"] = args.dataset_option
-    dataset = type(method).load_dataset(dataset_cfg)
+    try:
+        dataset = type(method).load_dataset(dataset_cfg)
+    except DatasetNotFoundError as exc:
+        if args.data_root is not None or args.dataset is not None:
+            raise
+        raise DatasetNotFoundError(f"{exc}; the run's config.json names that data root: give --data-root DIR with "
+                                   f"the folder where the run's dataset is now") from None
     # Unless asked otherwise, use the run's own AP convention so the numbers match its metrics.json.
     ap_mode = args.ap_mode or cfg.get("ap_mode", "market")
     rerank = dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None

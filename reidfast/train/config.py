@@ -219,6 +219,10 @@ def _check_ranges(cfg: dict) -> None:
                 raise ConfigError(f"--{key.replace('_', '-')} must be {text}, got {value!r}")
 
 
+# Options naming the data a run reads (the methods that lack one leave it out of their configs).
+DATA_PATH_OPTIONS = ("data_root", "source_root", "target_root", "keypoints", "source_masks", "target_masks")
+
+
 def resolve_config(method_defaults: dict, method_presets: dict, file_values: dict, flags: dict,
                    device_is_cpu: bool) -> dict:
     """Merge the layers; checks that every key in the file is a known option."""
@@ -262,6 +266,9 @@ def resolve_config(method_defaults: dict, method_presets: dict, file_values: dic
         cfg["backend"] = environment
     if cfg["backend"] not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg['backend']!r}")
+    for key in DATA_PATH_OPTIONS:  # saved absolute: eval --checkpoint and --resume may run from another folder
+        if isinstance(cfg.get(key), str) and cfg[key].strip():
+            cfg[key] = os.path.abspath(os.path.expanduser(cfg[key]))
     _check_ranges(cfg)
     return cfg
 

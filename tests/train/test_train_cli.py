@@ -305,3 +305,24 @@ def test_fused_optimizers_on_the_cpu_when_asked_with_the_same_update():
             torch.testing.assert_close(p.detach(), q.detach())
     assert build_parser().parse_args(["--no-fused-optimizers"]).fused_optimizers is False
     assert build_parser().parse_args(["--fused-optimizers"]).fused_optimizers is True
+
+
+def test_a_relative_data_root_is_saved_absolute_for_eval_elsewhere(tiny_copy, tmp_path, monkeypatch, capsys):
+    """A run trained with a --data-root relative to the working directory is evaluated from another one."""
+    from reidfast.eval.__main__ import main as eval_main
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "r"
+    args = tiny_args(Path("data"), Path("r"), "--iters", "1")
+    args[args.index("synthetic")] = "market1501"  # (a synthetic root that is missing would be generated anew)
+    assert main(args) == 0
+    assert json.loads((run / "config.json").read_text())["data_root"] == str(tiny_copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(run), "--device", "cpu"]) == 0
+    # the saved root gone (moved): the error says which flag gives the new place
+    tiny_copy.rename(tmp_path / "moved")
+    assert eval_main(["--checkpoint", str(run), "--device", "cpu"]) == 2
+    assert "give --data-root DIR" in capsys.readouterr().err
+    assert eval_main(["--checkpoint", str(run), "--device", "cpu", "--data-root", str(tmp_path / "moved")]) == 0
