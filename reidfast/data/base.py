@@ -106,8 +106,35 @@ def find_dataset_dir(root: str | os.PathLike, candidates: Sequence[str], require
             return folder
     tried = ", ".join(str(root / rel) if rel else str(root) for rel in candidates)
     raise DatasetNotFoundError(
-        f"{dataset}: expected a folder holding {', '.join(required)}; tried {tried}. {list_entries(root)}"
+        f"{dataset}: expected a folder holding {', '.join(required)}; tried {tried}. {list_entries(root)}. "
+        + _what_to_do(root, candidates, required)
     )
+
+
+ARCHIVE_ENDINGS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+
+
+def _what_to_do(root: Path, candidates: Sequence[str], required: Sequence[str]) -> str:
+    """The likely mistake behind a data root in which no candidate holds the dataset, and its fix."""
+    flag = "the data root (--data-root, or SA-GAN's --source-root / --target-root)"
+    archives = sorted(p.name for p in root.iterdir() if p.name.lower().endswith(ARCHIVE_ENDINGS)
+                      and p.is_file())
+    if archives:
+        return f"{archives[0]} is an archive that has not been extracted: extract it and give as {flag} the folder " \
+               f"it makes (or its parent)"
+    inside = next((p for p in (root, *root.parents) if p.name in required
+                   and all((p.parent / name).exists() for name in required)), None)
+    if inside is not None:
+        return f"{root} is inside the dataset folder: give as {flag} {inside.parent} (the folder holding " \
+               f"{', '.join(required)}) or a folder above it"
+    for rel in candidates:
+        folder = root / rel if rel else root
+        have = [name for name in required if (folder / name).exists()]
+        if have:
+            missing = [name for name in required if name not in have]
+            return f"{folder} holds {', '.join(have)} but not {', '.join(missing)}: the dataset is incomplete " \
+                   f"(an interrupted download or extraction?)"
+    return f"Give as {flag} the dataset folder itself or a folder above it in one of the layouts tried"
 
 
 def image_files(folder: Path, dataset: str, split: str) -> list[Path]:

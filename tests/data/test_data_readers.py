@@ -221,3 +221,33 @@ def test_person_masks_kept_beside_the_images_are_not_read_as_images(touch_files,
     ds = get_dataset("cuhk03", tmp_path / "cuhk03-np")
     assert triples(ds.train) == [("0001_c1_1.png", 0, 0), ("0009_c2_3.png", 1, 1)]
     assert [Path(s.path).name for s in ds.query + ds.gallery] == ["0002_c1_1.png", "0002_c2_4.png"]
+
+
+def test_wrong_data_root_errors_say_what_to_do(touch_files, tmp_path):
+    """The usual mistakes with a data root: an archive not extracted, a split folder given instead of the dataset
+    folder, a split folder missing. Each error names the flag and the fix."""
+    downloads = tmp_path / "downloads"
+    touch_files(downloads, ["Market-1501-v15.09.15.zip"])
+    with pytest.raises(DatasetNotFoundError, match=r"Market-1501-v15\.09\.15\.zip is an archive that has not been "
+                                                   r"extracted: extract it and give as the data root \(--data-root"):
+        get_dataset("market1501", downloads)
+    market = make_market(touch_files, tmp_path / "Market-1501-v15.09.15")
+    inside = f"is inside the dataset folder: give as the data root (--data-root, or SA-GAN's --source-root / " \
+             f"--target-root) {market} (the folder holding"
+    with pytest.raises(DatasetNotFoundError, match=re.escape(inside)):
+        get_dataset("market1501", market / "bounding_box_train")
+    single = tmp_path / "prid_2011" / "single_shot"
+    touch_files(single / "cam_a", ["person_0001.png"])
+    touch_files(single / "cam_b", ["person_0001.png"])
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"give as the data root (--data-root, or SA-GAN's "
+                                                             f"--source-root / --target-root) {single} ")):
+        get_dataset("prid", single / "cam_b")
+    for child in (market / "query").iterdir():
+        child.unlink()
+    (market / "query").rmdir()
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{market} holds bounding_box_train, bounding_box_test "
+                                                             f"but not query: the dataset is incomplete")):
+        get_dataset("market1501", tmp_path)
+    touch_files(tmp_path / "elsewhere", ["notes.txt"])
+    with pytest.raises(DatasetNotFoundError, match=r"--data-root.*the dataset folder itself or a folder above it"):
+        get_dataset("dukemtmc", tmp_path / "elsewhere")
