@@ -133,6 +133,19 @@ def reader_options(skip_misnamed: bool, dataset_options=None, name: str | None =
     return options
 
 
+def reader_option_names(name: str | None, root=None) -> tuple[str, ...]:
+    """The keywords --dataset-option may set for the reader that get_dataset(name, root) calls."""
+    import inspect
+    params = inspect.signature(_READERS[_reader_key(name, root)]).parameters
+    return tuple(k for k, p in params.items() if k not in ("root", "strict")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def dataset_option_key(item) -> str:
+    """The keyword a --dataset-option KEY=VALUE string sets."""
+    return str(item).partition("=")[0].strip().replace("-", "_")
+
+
 def parse_dataset_options(name: str | None, items, root=None) -> dict:
     """--dataset-option KEY=VALUE strings -> keywords of the reader that get_dataset(name, root) calls. Each value
     takes the type of the keyword's default (a bool, an int, else a string); a key the reader does not take is an

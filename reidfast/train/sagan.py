@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import (BatchedSampler, ImageDataset, MaskReader, ReidDataset, UnpairedDomainSampler,
                     denormalize, get_dataset, normalize, read_market1501, reader_options)
+from ..data.registry import dataset_option_key, reader_option_names
 from ..models.sagan import Critic, ResnetGenerator, SiaNet, SpatialTransformer, TransformCritic, homography_vector
 from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
@@ -95,7 +96,21 @@ def read_domain(name: str | None, root, cfg: dict) -> ReidDataset:
         return get_dataset("synthetic", root, **options)
     if root is None:
         raise ValueError(f"sagan: dataset {name!r} needs a root (--source-root / --target-root DIR)")
-    return get_dataset(name, root, **reader_options(cfg.get("skip_misnamed", False)))
+    known = reader_option_names(name, root)  # each --dataset-option goes to the readers that take it
+    items = [item for item in cfg.get("dataset_option") or () if dataset_option_key(item) in known]
+    return get_dataset(name, root, **reader_options(cfg.get("skip_misnamed", False), items, name, root))
+
+
+def _check_dataset_options(cfg: dict) -> None:
+    """Every --dataset-option is taken by the source's or the target's reader (else it would be ignored)."""
+    names = [cfg[side] for side in ("source", "target")
+             if cfg.get(f"{side}_root") is not None and not str(cfg[side]).lower().startswith("synthetic")]
+    known = {key for name in names for key in reader_option_names(name, "root")}
+    for item in cfg.get("dataset_option") or ():
+        if "=" not in str(item) or dataset_option_key(item) not in known:
+            readers = " and ".join(f"{n} ({', '.join(reader_option_names(n, 'root')) or 'none'})" for n in names)
+            raise ConfigError(f"--dataset-option {item}: expected KEY=VALUE with a KEY that the source's or the "
+                              f"target's reader takes; their options: {readers or 'none (synthetic data)'}")
 
 
 def mask_reader(dataset: ReidDataset, folder, missing: str) -> MaskReader:
@@ -181,6 +196,7 @@ class AdaptStage(Method):
     def load_dataset(cls, cfg: dict) -> ReidDataset:
         """Source train (with masks) for training; the target's train for the unpaired target batches; the
         target's query/gallery are carried along (the loop reads them only in evaluating stages)."""
+        _check_dataset_options(cfg)
         source = read_domain(cfg["source"], cfg["source_root"], cfg)
         target = read_domain(cfg["target"], cfg["target_root"], cfg)
         if cfg["missing_masks"] == "error":  # found now, not by a loader worker after the run has started

@@ -647,3 +647,25 @@ def test_the_reid_stage_is_ide_its_last_fc_on_the_pool5_feature():
     from reidfast.train.sagan import SAGAN
     assert method.run.cfg["bottleneck"] == 0 and SAGAN.presets["cpu-quick"]["bottleneck"] == 512
     assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {}, True)["bottleneck"] == 512
+
+
+def test_dataset_options_reach_the_reader_that_takes_them(tiny_root, domain_b, tmp_path, capsys):
+    """--dataset-option applies to the source's or the target's reader (e.g. CUHK03-NP's labeled boxes as the
+    target); one that neither reader takes is refused before the run starts, not ignored."""
+    from reidfast.train.sagan import _check_dataset_options, read_domain
+    for variant, cam in (("detected", 1), ("labeled", 2)):
+        for split, name in (("bounding_box_train", f"0001_c{cam}_1.png"), ("query", "0002_c1_1.png"),
+                            ("bounding_box_test", "0002_c2_4.png")):
+            (tmp_path / "cuhk03-np" / variant / split).mkdir(parents=True)
+            (tmp_path / "cuhk03-np" / variant / split / name).touch()
+    cfg = {"source": "market1501", "source_root": str(tiny_root), "target": "cuhk03", "target_root": str(tmp_path),
+           "dataset_option": ["variant=labeled"]}
+    _check_dataset_options(cfg)
+    assert read_domain("cuhk03", tmp_path, cfg).name == "cuhk03-np-labeled"
+    assert read_domain("market1501", tiny_root, cfg).name == "market1501"
+    out = tmp_path / "never"
+    assert main(sagan_args(tiny_root, domain_b, out, "--dataset-option", "variant=labeled")) == 2
+    err = capsys.readouterr().err
+    assert "--dataset-option variant=labeled: expected KEY=VALUE with a KEY that the source's or the target's " \
+           "reader takes" in err
+    assert "Traceback" not in err and not out.exists()
