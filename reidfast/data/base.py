@@ -143,8 +143,14 @@ def image_files(folder: Path, dataset: str, split: str) -> list[Path]:
     if not folder.is_dir():
         raise DatasetNotFoundError(f"{dataset}: {split} folder {folder} is missing ({list_entries(folder.parent)})")
     mask_ending = MASK_SIBLING_SUFFIX + ".png"
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and not p.name.lower().endswith(mask_ending))
+    named = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+             and not p.name.lower().endswith(mask_ending)]
+    broken = sorted(p.name for p in named if p.is_symlink() and not p.exists())
+    if broken:  # skipping them would change the split silently
+        shown = ", ".join(broken[:5]) + (f" ... ({len(broken) - 5} more)" if len(broken) > 5 else "")
+        raise DatasetFormatError(f"{dataset}: {len(broken)} image(s) in {split} folder {folder} are symbolic links to "
+                                 f"files that do not exist: {shown} (e.g. {os.readlink(folder / broken[0])})")
+    files = sorted(p for p in named if p.is_file())
     if not files:
         raise DatasetFormatError(
             f"{dataset}: {split} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "

@@ -251,3 +251,12 @@ def test_wrong_data_root_errors_say_what_to_do(touch_files, tmp_path):
     touch_files(tmp_path / "elsewhere", ["notes.txt"])
     with pytest.raises(DatasetNotFoundError, match=r"--data-root.*the dataset folder itself or a folder above it"):
         get_dataset("dukemtmc", tmp_path / "elsewhere")
+
+
+def test_an_image_link_to_a_missing_file_is_an_error_naming_it(touch_files, tmp_path):
+    """A dataset assembled from symbolic links: a dangling one is not silently left out of its split."""
+    market = make_market(touch_files, tmp_path / "Market-1501-v15.09.15")
+    (market / "bounding_box_test" / "0005_c2s1_000101_01.jpg").symlink_to(tmp_path / "gone" / "x.jpg")
+    with pytest.raises(DatasetFormatError, match=r"1 image\(s\) in gallery folder .*bounding_box_test are symbolic "
+                                                 r"links to files that do not exist: 0005_c2s1_000101_01\.jpg"):
+        get_dataset("market1501", market)
