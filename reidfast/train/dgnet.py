@@ -19,7 +19,16 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
 3. G + Ea step (one backward, both optimizers step):
    - image reconstruction L1 (self and same-identity), weight 5;
    - code reconstruction L1 of s (Es of the swaps) and f (Ea of the swaps) to the codes as encoded (detached
-     targets), and cycle reconstruction G(Es(x_ab), Ea(x_ba)) = x_a, ramped in after the warm-up to 1, 1 and 2;
+     targets), and cycle reconstruction G(Es(x_ab), Ea(x_ba)) = x_a, ramped in after the warm-up to 1, 1 and 2.
+     Es's pass over the swaps, whose codes both reconstructions use, follows the published use_encoder_again
+     (--encoder-again P, 0.5): a coin per iteration, for both swaps. Up (probability P), Es encodes the swaps
+     detached and its parameters are trained (the encoder tuned, the input fixed); down, a frozen Es encodes the
+     live swaps and the gradient reaches G through them, not Es's parameters (the encoder fixed, the input tuned).
+     The coin is drawn from the run's generator outside compiled code (so a resumed run draws the same coins) and
+     enters the G + Ea losses as a tensor: the fast order runs one Es pass whose parameters and input pass their
+     gradients times the coin and times 1 - coin (exact for 1 and 0; one compiled graph for both values);
+     --faithful runs the original's branches (Es on detached swaps, or a deep copy of Es). Logged as es_tuned
+     (per logged window, the fraction of iterations with the coin up);
    - identity loss of the swaps (cross-entropy of the primary head of Ea's frozen view to the appearance
      donor's id), weight 0.5;
    - adversarial (LSGAN), weight 2 per scale;
@@ -43,7 +52,8 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
    images unerased.
 
 With compile on, the fast order compiles three functions whole: the generator pass (1), D's losses (2) and the
-G + Ea step's losses (3), each one graph; the backwards and optimizer steps run between them.
+G + Ea step's losses (3), each one graph; the backwards and optimizer steps run between them. Their random draws
+(random erasing's, Es's coin) are made from the run's generator before them and enter as tensors.
 
 The paper's settings are the defaults (256x128, 100k iterations, SGD for Ea at 0.002 / heads 0.02, Adam 1e-4 for
 Es, G, the MLPs and D, x0.1 at 60k and 90k, warm-up 30k, ramps of 0.0005 per iteration). The cpu-quick preset
@@ -79,6 +89,14 @@ def code_l1(reconstructed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     reconstruction criterion has it). Only the reconstruction is pulled: Es is not also trained to move the
     structure code toward what the swap gives back."""
     return F.l1_loss(reconstructed.float(), target.detach().float())
+
+
+def routed(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """x's value, with its gradient multiplied by `keep`, a 0-dim tensor of 1 (passed on) or 0 (stopped):
+    x.detach() + keep * (x - x.detach()). Exact at both: the forward adds an exact 0 to x, the backward multiplies
+    by exactly 1 or 0. A tensor, where an `if` on a number would make a compiled graph per value."""
+    fixed = x.detach()
+    return fixed + keep * (x - fixed)
 
 
 def ramp(it: int, start: int, per_iter: float, maximum: float) -> float:
@@ -121,7 +139,7 @@ class DGNet(Method):
         "recon_x_w": 5.0, "recon_f_w": 1.0, "recon_s_w": 1.0, "cycle_w": 2.0, "id_w": 1.0, "pid_w": 1.0,
         "id_gen_w": 0.5,
         "prim_w": 2.0, "fine_ratio": 0.2, "adv_w": 2.0, "r1_w": 0.01, "ap_mode": "market",
-        "faithful": False, "ea_init": "pretrained",
+        "faithful": False, "ea_init": "pretrained", "encoder_again": 0.5,
     }
     # 200 iterations with the schedule's fractions kept: warm-up at 30%, ramps 500x faster (full weight
     # 2000 / 500 = 4 iterations after it, as 2000 iterations are after 30k in the paper), decay at 60% and 90%.
@@ -165,6 +183,10 @@ class DGNet(Method):
         g.add_argument("--ea-init", choices=("pretrained", "teacher"), default=S,
                        help="Ea's ResNet-50 starts from --pretrained (the paper: ImageNet), or from the teacher's "
                             "backbone (cpu-quick: no ImageNet weights exist at its reduced width)")
+        g.add_argument("--encoder-again", type=float, default=S, metavar="P",
+                       help="probability per iteration that Es is trained on the detached swaps for the structure "
+                            "code and cycle reconstructions; otherwise a frozen Es encodes the live swaps and the "
+                            "gradient reaches G (0.5, the published use_encoder_again; 1: always the first, 0: never)")
         g.add_argument("--erasing", type=float, default=S,
                        help="random erasing probability on the inputs of the real-image identity losses (a, b, p, q)")
         g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
@@ -444,11 +466,12 @@ class DGNet(Method):
         return loss_d, r1
 
     def _generator_losses(self, x_a, x_p, x_b, x_q, y_a, y_b, codes, structures, swaps, recons, erase_draws,
-                          fine_w, code_on: bool, prim_on: bool):
+                          fine_w, tune_es, code_on: bool, prim_on: bool):
         """The G + Ea step's unweighted losses (D frozen by the caller; "id" carries its fine-head term weighted by
         the tensor fine_w, lambda_fine) and Ea's accuracy on the real images. erase_draws: random erasing's draws
         (BatchAugment.erase_draws) for a, b, p and q, B rows each in that order: the inputs of the real-image
-        identity losses, the only erased images. code_on: the code and cycle reconstructions are on (their passes
+        identity losses, the only erased images. tune_es: the iteration's coin for Es's second pass
+        (_structure_again), a 0-dim tensor. code_on: the code and cycle reconstructions are on (their passes
         skipped while all their weights are 0); prim_on: primary and fine-grained learning on the swaps are on."""
         f_a, f_b = codes[:2]
         s_a, s_b = structures
@@ -473,7 +496,7 @@ class DGNet(Method):
         out["id_gen"] = ce(logits_ba, y_a) + ce(logits_ab, y_b)  # x_ba shows a's identity, x_ab b's
         out["recon_f"] = out["recon_s"] = out["cycle"] = zero
         if code_on:
-            s_b_rec, s_a_rec = self._batched(self.es, generated)
+            s_b_rec, s_a_rec = self._structure_again(generated, tune_es)
             out["recon_f"] = code_l1(f_a_rec, f_a) + code_l1(f_b_rec, f_b)
             out["recon_s"] = code_l1(s_a_rec, s_a) + code_l1(s_b_rec, s_b)
             x_aba, x_bab = self._batched(self.dec, [s_a_rec, s_b_rec], [f_a_rec, f_b_rec])
@@ -500,6 +523,25 @@ class DGNet(Method):
             out["fine"] = out["fine"] + ce(fine, structure_donor)
         return out, accuracy
 
+    def _structure_again(self, swaps, tune_es):
+        """Es of the swaps [x_ba, x_ab], for the structure code and the cycle reconstructions (the published
+        use_encoder_again): with tune_es 1 Es encodes the swaps detached, its parameters trained (the encoder tuned,
+        the input fixed); with 0 a frozen Es encodes the live swaps, the gradient reaching G through them and not
+        Es's parameters (the encoder fixed, the input tuned). Es has instance norm only: no mode or statistics to
+        mind. --faithful: the original's two branches, Es on detached copies of the swaps or a deep copy of Es.
+        The fast order: one batched pass that routes the gradient by the tensor (`routed`), so that the compiled
+        step is one graph for both values: Es's parameters pass tune_es times their gradient, the swaps
+        1 - tune_es times theirs; each branch's gradients are exactly the original's."""
+        if self.faithful:
+            if bool(tune_es):
+                return [self.es(x.detach()) for x in swaps]
+            frozen = copy.deepcopy(self.gen.encoder).requires_grad_(False)
+            return [frozen(x) for x in swaps]
+        es = self.gen.encoder
+        params = {name: routed(p, tune_es) for name, p in es.named_parameters()}
+        codes = torch.func.functional_call(es, params, (routed(torch.cat(swaps), 1 - tune_es),))
+        return list(codes.split([x.shape[0] for x in swaps]))
+
     def train_step(self, batch, it):
         run, cfg = self.run, self.run.cfg
         w = self.loss_weights(it)
@@ -511,6 +553,11 @@ class DGNet(Method):
         erase_draws = self.erase.erase_draws(4 * x_a.shape[0], run.generator, x_a.device)
         # lambda_fine as a tensor: a graph input, where a float would be a constant compiled again at every value
         fine_w = torch.tensor(w["fine"], dtype=torch.float32, device=x_a.device)
+        # the coin of Es's second pass (_structure_again): 1 with probability --encoder-again, every iteration
+        # (whether or not the reconstructions are on yet), from the run's generator (checkpointed, so a resumed
+        # run draws the same coins); a tensor, a graph input as fine_w
+        draw = torch.rand((), generator=run.generator, device=run.generator.device)
+        tune_es = (draw < cfg["encoder_again"]).to(device=x_a.device, dtype=torch.float32)
         if prim_on:
             self._teacher_labeler()  # made here, outside the compiled function that calls it
         if self.faithful:  # the original's per-iteration deep copy of Ea, for the generator-side losses
@@ -542,7 +589,7 @@ class DGNet(Method):
             groups = dict(frozen=2, ea=6, teacher=4) if prim_on else dict(frozen=2, ea=4)
             with self._loader_batches(**groups):
                 out, accuracy = self.generator_losses(x_a, x_p, x_b, x_q, y_a, y_b, *generated, erase_draws, fine_w,
-                                                      code_on, prim_on)
+                                                      tune_es, code_on, prim_on)
         self._ea_copy = None
         loss = (cfg["recon_x_w"] * out["recon_x"] + w["recon_f"] * out["recon_f"] + w["recon_s"] * out["recon_s"]
                 + w["cycle"] * out["cycle"] + cfg["id_gen_w"] * out["id_gen"] + cfg["adv_w"] * out["adv"]
@@ -555,7 +602,8 @@ class DGNet(Method):
         run.step(self.opt_ea)
         self.dis.requires_grad_(True)
         return {"d": loss_d.detach(), "r1": r1.detach(), **{k: v.detach() for k, v in out.items()},
-                "loss": loss.detach(), "acc": accuracy, **{f"w/{k}": torch.tensor(v) for k, v in w.items()}}
+                "loss": loss.detach(), "acc": accuracy, "es_tuned": tune_es,
+                **{f"w/{k}": torch.tensor(v) for k, v in w.items()}}
 
     @torch.no_grad()
     def embed(self, images):

@@ -103,9 +103,12 @@ def test_resume_continues_the_schedule(short_run, tmp_path):
     assert main(["dgnet", "--out", str(resumed), "--resume"]) == 0
     full, again = records(short_run), records(resumed)
     assert sorted(again) == [4, 5, 6]
-    for it in (4, 5, 6):  # weights, lrs and losses: bit for bit (data order, dropout, erasing, optimizers)
+    for it in (4, 5, 6):  # weights, lrs and losses: bit for bit (data order, dropout, erasing, optimizers, and
+        # Es's coin, logged as es_tuned)
         assert {k: v for k, v in again[it].items() if k != "images_per_s"} == \
                {k: v for k, v in full[it].items() if k != "images_per_s"}
+    # the coins of the resumed iterations fall both ways (this seed's draws: a run's generator state decides them)
+    assert {again[it]["es_tuned"] for it in (4, 5, 6)} == {0.0, 1.0}
     a = load_checkpoint(short_run / "checkpoint.pt")["networks"]
     b = load_checkpoint(resumed / "checkpoint.pt")["networks"]
     assert all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
@@ -190,12 +193,13 @@ def _method(faithful: bool, teacher_state, num_classes=4, compile=False, **optio
     return method
 
 
-def _both_orders(dtype: torch.dtype, steps: bool):
+def _both_orders(dtype: torch.dtype, steps: bool, encoder_again: float):
     """One iteration with every loss on, from the same state on the same batch (8 pairs per loader), in the fast
-    order and in the original's (--faithful): per order, the losses, then either the networks' states after the
-    updates (steps) or their gradients and buffers without updates, and the calls of Ea's backbone (its name,
-    batch size). Dropout off: the orders draw dropout masks in different sequences (the fast one computes the
-    frozen view's heads along with every appearance code)."""
+    order and in the original's (--faithful), with Es's second pass on the detached swaps (encoder_again 1) or
+    frozen on the live ones (0): per order, the losses, then either the networks' states after the updates (steps)
+    or their gradients and buffers without updates, and the calls of Ea's backbone (its name, batch size). Dropout
+    off: the orders draw dropout masks in different sequences (the fast one computes the frozen view's heads along
+    with every appearance code)."""
     from reidfast.models.baseline import ReidBaseline
     threads, default_dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
@@ -209,7 +213,7 @@ def _both_orders(dtype: torch.dtype, steps: bool):
                  "pid": torch.tensor([[i % 4] * 2 for i in range(16)])}
         results = {}
         for faithful in (False, True):
-            method = _method(faithful, teacher_state)
+            method = _method(faithful, teacher_state, encoder_again=encoder_again)
             for module in (*method.ea.modules(), *method.frozen_ea.modules()):
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
@@ -234,12 +238,15 @@ def _both_orders(dtype: torch.dtype, steps: bool):
     return results[False], results[True]
 
 
-def test_faithful_order_gives_the_same_losses_at_fp32():
+@pytest.mark.parametrize("encoder_again", [1.0, 0.0])
+def test_faithful_order_gives_the_same_losses_at_fp32(encoder_again):
     # The fast order's Ea runs one call over several loaders' batches (SplitBatchNorm), the original's one call
     # each. At 8 pairs per loader: with fewer, the BatchNorm of this width-4 Ea amplifies fp32 rounding (at 4, its
-    # codes are 6e-5 from their fp64 values in either order).
-    (fast, fast_state, _), (original, original_state, _) = _both_orders(torch.float32, steps=True)
+    # codes are 6e-5 from their fp64 values in either order). Es's second pass: one pass routed by the coin against
+    # the original's two branches, each coin.
+    (fast, fast_state, _), (original, original_state, _) = _both_orders(torch.float32, True, encoder_again)
     assert fast["w/cycle"] > 0 and fast["prim"] > 0 and fast["recon_f"] > 0  # every loss is on
+    assert fast["es_tuned"] == original["es_tuned"] == encoder_again
     for key in fast:
         torch.testing.assert_close(fast[key], original[key], rtol=1e-4, atol=1e-6, msg=key)
     # D's step (the first update) saw the same swaps and real images
@@ -248,11 +255,15 @@ def test_faithful_order_gives_the_same_losses_at_fp32():
             torch.testing.assert_close(value, original_state[key], rtol=0, atol=1e-6)
 
 
-def test_fast_order_computes_the_original_gradients_at_fp64():
+@pytest.mark.parametrize("encoder_again", [1.0, 0.0])
+def test_fast_order_computes_the_original_gradients_at_fp64(encoder_again):
     # the batched calls change nothing but the rounding: in fp64 every network's gradients and Ea's running
     # statistics (stepped once per loader batch, in order) agree to 1e-9, which fp32 cannot show for this
-    # ill-conditioned tiny Ea (a few of its gradients differ by percents between orders there, as before Ea batched)
-    (fast, fast_state, fast_calls), (original, original_state, original_calls) = _both_orders(torch.float64, False)
+    # ill-conditioned tiny Ea (a few of its gradients differ by percents between orders there, as before Ea batched).
+    # Es's second pass: the fast order's one pass routed by the coin gives the gradients of the original's branch
+    (fast, fast_state, fast_calls), (original, original_state, original_calls) = _both_orders(torch.float64, False,
+                                                                                             encoder_again)
+    assert fast["es_tuned"] == original["es_tuned"] == encoder_again
     for key in fast:
         torch.testing.assert_close(fast[key], original[key], rtol=1e-6, atol=1e-9, msg=key)  # fp32 loss terms
     assert set(fast_state) == set(original_state)
@@ -267,6 +278,63 @@ def test_fast_order_computes_the_original_gradients_at_fp64():
     # swap for the generator losses (its per-iteration deep copy carries the hook), 6 identity batches.
     assert fast_calls == [("frozen", 32), ("frozen", 16), ("ea", 48)]
     assert original_calls == [("ea", 8)] * 16
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (a few steps: two threads on a shared 2-core machine spin on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+@pytest.mark.parametrize("encoder_again", [1.0, 0.0])
+def test_structure_reconstruction_trains_es_or_g_by_the_coin(faithful, encoder_again, one_thread):
+    # the published use_encoder_again: with the coin up (always, at 1) Es encodes the swaps detached and the
+    # structure code reconstruction trains Es's parameters, no gradient reaching G through the swaps; down (always,
+    # at 0) a frozen Es encodes the live swaps: the gradient reaches the swaps and G, not Es's parameters.
+    # recon_s alone, by autograd.grad, in the step itself: G's gradient from it as the step computes it, and Es's
+    # and the swaps' from it on leaf copies of the swaps (Es also gets G's gradient back through s_a = Es(x_a))
+    method = _method(faithful, _teacher_state(), warm_iters=0, encoder_again=encoder_again)
+    es = list(method.gen.encoder.parameters())
+    g = [*method.gen.decoder.parameters(), *method.gen.mlp.parameters()]
+    real, seen = method.generator_losses, {}
+
+    def isolated(*args):
+        swaps = args[8]
+        out = real(*args)
+        seen["g"] = torch.autograd.grad(out[0]["recon_s"], g, retain_graph=True, allow_unused=True)
+        leaves = [x.detach().requires_grad_(True) for x in swaps]
+        alone = real(*args[:8], leaves, *args[9:])[0]["recon_s"]
+        grads = torch.autograd.grad(alone, leaves + es, allow_unused=True)
+        seen["swaps"], seen["es"] = grads[:len(leaves)], grads[len(leaves):]
+        return out
+
+    method.generator_losses = isolated
+    losses = method.train_step(_small_batch(5), 0)
+    some = lambda grads: any(x is not None and x.any() for x in grads)  # noqa: E731
+    assert some(seen["es"]) == (encoder_again == 1) and some(seen["swaps"]) == (encoder_again == 0)
+    assert some(seen["g"]) == (encoder_again == 0)
+    assert losses["recon_s"] > 0 and losses["es_tuned"] == encoder_again
+
+
+def test_the_structure_coin_is_drawn_each_iteration_from_the_run_generator(one_thread):
+    # the default, the published 0.5: a coin every iteration (the reconstructions off here: cheap steps), both
+    # values within a few iterations of two seeds; drawn from the run's generator (checkpointed, so a resumed run
+    # draws the same: test_resume_continues_the_schedule compares the logged coins), not torch's global one
+    coins = []
+    for seed in (0, 1):
+        method = _method(False, _teacher_state(), seed=seed, warm_iters=100)
+        assert method.run.cfg["encoder_again"] == 0.5
+        state = method.run.generator.get_state()
+        drawn = [method.train_step(_small_batch(9), it)["es_tuned"].item() for it in range(3)]
+        method.run.generator.set_state(state)
+        torch.manual_seed(seed + 7)
+        assert [method.train_step(_small_batch(9), it)["es_tuned"].item() for it in range(3)] == drawn
+        coins += drawn
+    assert set(coins) == {0.0, 1.0}, coins
 
 
 def _small_batch(seed: int, pairs: int = 4):
@@ -486,7 +554,8 @@ def test_the_compiled_step_is_three_graphs_made_once(compiled_graphs):
     # the fast order's step is three whole functions (the generator pass, D's losses with R1, the G + Ea step's
     # losses), each one graph (a graph break would add another) made in the first iteration and reused after (a
     # recompile per step would make compile slower than eager); the warm-up's end turns on the code and cycle
-    # reconstructions and primary learning, which the G + Ea losses' graph is made once more for
+    # reconstructions and primary learning, which the G + Ea losses' graph is made once more for; Es's coin is a
+    # tensor in that graph: both of its values (Es tuned on the detached swaps, then frozen on the live ones) in one
     from reidfast.models.baseline import ReidBaseline
     graphs = compiled_graphs
     teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
@@ -499,9 +568,11 @@ def test_the_compiled_step_is_three_graphs_made_once(compiled_graphs):
     whole_step = ["_generator_pass", "_discriminator_losses", "_generator_losses"]
     for it, expected in ((0, whole_step), (1, whole_step), (2, whole_step + ["_generator_losses"]),
                          (3, whole_step + ["_generator_losses"])):
+        method.run.cfg["encoder_again"] = float(it % 2 == 0)  # the coin: up at iterations 0 and 2, down at 1 and 3
         losses = method.train_step(batch, it)
         assert graphs == expected, f"after iteration {it}: {graphs}"
         assert (losses["cycle"] > 0) == (it >= 2) and (losses["prim"] > 0) == (it >= 2)
+        assert losses["es_tuned"] == float(it % 2 == 0)
 
 
 def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):

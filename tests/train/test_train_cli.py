@@ -168,6 +168,8 @@ def test_config_values_get_the_checks_of_their_flags(tmp_path, capsys, line, mes
     (["sagan", "--stm-lr-mult", "-1"], "--stm-lr-mult must be >= 0"),
     (["fdgan", "--stage-iters", "-1", "1", "1"], "--stage-iters must be >= 1"),
     (["dgnet", "--recon-x-w", "-5"], "--recon-x-w must be >= 0"),
+    (["dgnet", "--encoder-again", "1.5"], "--encoder-again must be a probability, in [0, 1], got 1.5"),
+    (["dgnet", "--encoder-again", "-0.1"], "--encoder-again must be a probability, in [0, 1], got -0.1"),
 ])
 def test_out_of_range_options_are_refused_before_training(tmp_path, capsys, argv, message):
     assert main(argv + ["--out", str(tmp_path / "r")]) == 2
