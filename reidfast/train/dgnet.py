@@ -552,7 +552,8 @@ class DGNet(Method):
         # take the run's generator
         erase_draws = self.erase.erase_draws(4 * x_a.shape[0], run.generator, x_a.device)
         # lambda_fine as a tensor: a graph input, where a float would be a constant compiled again at every value
-        fine_w = torch.tensor(w["fine"], dtype=torch.float32, device=x_a.device)
+        # (torch.full: a fill on the device, where torch.tensor would copy from the host and wait for the GPU)
+        fine_w = torch.full((), w["fine"], dtype=torch.float32, device=x_a.device)
         # the coin of Es's second pass (_structure_again): 1 with probability --encoder-again, every iteration
         # (whether or not the reconstructions are on yet), from the run's generator (checkpointed, so a resumed
         # run draws the same coins); a tensor, a graph input as fine_w
