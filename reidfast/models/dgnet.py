@@ -82,8 +82,8 @@ class ASPP(nn.Module):
 
 
 class StructureEncoder(nn.Module):
-    """Es: gray input (the channel mean of the normalized image), convs 1-16-32-32-64 (the 2nd and 4th with
-    stride 2), 4 IN ResBlocks, ASPP, 1x1 conv + instance norm to the 128-channel structure code (H/4 x W/4), with
+    """Es: gray input (the channel mean of the normalized image), convs 1-16-32-32-64 (the 1st and 4th with
+    stride 2, as in the published encoder), 4 IN ResBlocks, ASPP, 1x1 conv + instance norm to the 128-channel structure code (H/4 x W/4), with
     no activation (the published ASPP's fusion layer)."""
 
     def __init__(self, width: float = 1.0, code_channels: int = 128, res_blocks: int = 4):
@@ -91,7 +91,7 @@ class StructureEncoder(nn.Module):
         c16, c32, c64 = (scaled_channels(c, width) for c in (16, 32, 64))
         self.code_channels = scaled_channels(code_channels, width)
         self.stem = nn.Sequential(
-            _conv_block(1, c16, 3), _conv_block(c16, c32, 3, stride=2),
+            _conv_block(1, c16, 3, stride=2), _conv_block(c16, c32, 3),
             _conv_block(c32, c32, 3), _conv_block(c32, c64, 3, stride=2))
         self.res = nn.Sequential(*[ResBlock(c64) for _ in range(res_blocks)])
         self.aspp = ASPP(c64)

@@ -51,6 +51,13 @@ def test_structure_code_and_aspp_branches_end_without_activation():
     assert s.min() < -1
 
 
+def test_structure_encoder_downsamples_at_its_first_and_fourth_conv():
+    # the published encoder: 1-16 stride 2, 16-32, 32-32, 32-64 stride 2 (H/4 x W/4 either way; the strides
+    # decide at which resolution the 32-channel convs run)
+    convs = [m for m in StructureEncoder(WIDTH).stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1), (2, 2)]
+
+
 def _layer_norm_2d_by_f(x, norm):
     return (F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight.view(1, -1, 1, 1)
             + norm.bias.view(1, -1, 1, 1))
