@@ -568,9 +568,11 @@ class FDGAN(Method):
     def run(cls, cfg, stream=None):
         root = run_root(cfg)
         stages = list(STAGES) if str(cfg["stage"]) == "all" else [int(cfg["stage"])]
-        if cfg["keypoints"] is not None and not Path(cfg["keypoints"]).expanduser().is_file():
-            # found now, not after stage I has trained
-            raise ValueError(f"--keypoints {cfg['keypoints']}: no such file")
+        keypoints = Path(cfg["keypoints"]).expanduser() if cfg["keypoints"] is not None else None
+        if keypoints is not None and not keypoints.is_file():  # found now, not after stage I has trained
+            raise ValueError(f"--keypoints {cfg['keypoints']}: " + (
+                "is a folder; expected the 18-point OpenPose CSV file (name:keypoints_y:keypoints_x)"
+                if keypoints.is_dir() else "no such file"))
         resume = cfg.get("resume")
         resumed_stage = int(cfg["stage_running"]) if resume and cfg.get("stage_running") else None
         given = set(cfg.get("resumed_with") or ()) if resume else set()

@@ -143,6 +143,10 @@ def test_a_single_stage_needs_the_previous_one(tiny_root, tmp_path, capsys):
 def test_a_missing_keypoints_file_is_an_error_before_stage_one(tiny_root, tmp_path, capsys):
     assert main(fdgan_args(tiny_root, tmp_path / "r", "--keypoints", str(tmp_path / "none.csv"))) == 2
     assert f"--keypoints {tmp_path / 'none.csv'}: no such file" in capsys.readouterr().err
+    # a folder (of FD-GAN's per-image pose files, say) is not the CSV the trainer reads
+    assert main(fdgan_args(tiny_root, tmp_path / "r", "--keypoints", str(tmp_path))) == 2
+    assert f"--keypoints {tmp_path}: is a folder; expected the 18-point OpenPose CSV file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
     assert not (tmp_path / "r").exists()
 
 
