@@ -477,12 +477,18 @@ class Run:
             optimizer.step()
 
 
-def _init_distributed() -> tuple[int, int, int]:
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) of this process as torchrun sets them in the environment; (0, 1) without torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world_size) if world_size > 1 else (0, 1)
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    rank, world_size = torchrun_rank()
     if world_size <= 1:
         return 0, 1, 0
     import torch.distributed as dist
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("REIDFAST_DDP_BACKEND") != "gloo" else "gloo"
         dist.init_process_group(backend)

@@ -75,7 +75,7 @@ from ..ops import homography_adjugate, homography_warp
 from .baseline import Baseline
 from .checkpoint import LATEST, PREVIOUS, copy_atomically, load_checkpoint, write_text_atomically
 from .config import ConfigError
-from .loop import LinearDecaySchedule, Method, Trainer, TrainingInterrupted, default_run_dir
+from .loop import LinearDecaySchedule, Method, Trainer, TrainingInterrupted, default_run_dir, torchrun_rank
 from .penalties import input_gradient
 
 STAGES = ("adapt", "translate", "reid")
@@ -825,7 +825,8 @@ class SAGAN(Method):
         # under torchrun (the re-id stage) every rank runs the stages, but only rank 0 writes the run folder's own
         # files (config.json, stages.json, the copies of the last stage's checkpoint and metrics) and the messages,
         # as the loop does for a stage's folder: the ranks would race for the same temporary files
-        main = int(os.environ.get("RANK", "0")) == 0
+        rank, world_size = torchrun_rank()
+        main = rank == 0
         log = lambda message: print(message, file=stream, flush=True) if main else None
         resuming = bool(cfg.get("resume"))
         root = cls.run_folder(cfg)
@@ -848,6 +849,12 @@ class SAGAN(Method):
             saved = None  # trained with them: they stay
             return result
 
+        def publish(stage: str) -> None:
+            """The run folder's checkpoint and metrics: the last finished training stage's."""
+            if main:
+                copy_atomically(root / stage / LATEST, root / LATEST)
+                copy_atomically(root / stage / "metrics.json", root / "metrics.json")
+
         if resuming and (root / "config.json").is_file():
             top = json.loads((root / "config.json").read_text())
             given = resumed_options(cfg)
@@ -861,7 +868,7 @@ class SAGAN(Method):
             top = {**cfg, "current_stage": None, "run_folder": str(root), "out": str(root), "resume": None}
         pipeline = stages_of(top["stage"])
         one_process = [s for s in pipeline if s != "reid" and not (resuming and record.status(s) == "done")]
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and one_process:
+        if world_size > 1 and one_process:
             # every rank would translate into the same folder; the adaptation runs G1 and G2 twice per step
             steps = ", then ".join(f"--stage {stage}" for stage in one_process)
             raise ValueError(f"sagan: the {' and '.join(one_process)} stage cannot run under torchrun (each runs in "
@@ -889,9 +896,8 @@ class SAGAN(Method):
                     scfg["resume"] = str(root / stage / LATEST)
                     before = (root / stage / LATEST).stat().st_mtime_ns
                     metrics = fit(stage, scfg)
-                    if main and (root / stage / LATEST).stat().st_mtime_ns != before:
-                        copy_atomically(root / stage / LATEST, root / LATEST)
-                        copy_atomically(root / stage / "metrics.json", root / "metrics.json")
+                    if (root / stage / LATEST).stat().st_mtime_ns != before:  # (trained on: else nothing written)
+                        publish(stage)
                     continue
                 log(f"sagan: stage {stage} finished earlier in {root / stage}: skipped")
                 continue
@@ -915,9 +921,6 @@ class SAGAN(Method):
                         signal.SIGINT, 0) from None
             else:
                 metrics = fit(stage, scfg)
-                # the run folder's checkpoint and metrics: the last finished training stage's
-                if main:
-                    copy_atomically(root / stage / LATEST, root / LATEST)
-                    copy_atomically(root / stage / "metrics.json", root / "metrics.json")
+                publish(stage)
             record.set(stage, "done")
         return metrics
