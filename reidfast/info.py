@@ -42,8 +42,9 @@ def report() -> str:
     else:
         lines.append("device: no CUDA device visible")
     lines.append(f"backend setting: {_backend.get_backend()}")
-    if setting_error():  # a misspelt REIDFAST_BACKEND: no op would run, so say that instead of each op's choice
-        lines.append(f"error: {setting_error()}")
+    error = setting_error()
+    if error:  # a misspelt REIDFAST_BACKEND: no op would run, so say that instead of each op's choice
+        lines.append(f"error: {error}")
         return "\n".join(lines)
     for op in sorted(_backend.IMPLEMENTED):
         for device in devices:
