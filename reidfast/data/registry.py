@@ -133,12 +133,16 @@ def reader_options(skip_misnamed: bool, dataset_options=None, name: str | None =
     return options
 
 
+def _reader_parameters(reader: str) -> dict:
+    """The keyword parameters of a registered reader that --dataset-option may set (all but root and strict)."""
+    import inspect
+    return {k: p for k, p in inspect.signature(_READERS[reader]).parameters.items() if k not in ("root", "strict")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def reader_option_names(name: str | None, root=None) -> tuple[str, ...]:
     """The keywords --dataset-option may set for the reader that get_dataset(name, root) calls."""
-    import inspect
-    params = inspect.signature(_READERS[_reader_key(name, root)]).parameters
-    return tuple(k for k, p in params.items() if k not in ("root", "strict")
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return tuple(_reader_parameters(_reader_key(name, root)))
 
 
 def dataset_option_key(item) -> str:
@@ -150,14 +154,12 @@ def parse_dataset_options(name: str | None, items, root=None) -> dict:
     """--dataset-option KEY=VALUE strings -> keywords of the reader that get_dataset(name, root) calls. Each value
     takes the type of the keyword's default (a bool, an int, else a string); a key the reader does not take is an
     error listing the ones it does."""
-    import inspect
     reader = _reader_key(name, root)  # named in the errors by its registered name
-    params = {k: p for k, p in inspect.signature(_READERS[reader]).parameters.items() if k not in ("root", "strict")
-              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    params = _reader_parameters(reader)
     options = {}
     for item in [items] if isinstance(items, str) else items:
-        key, sep, text = str(item).partition("=")
-        key = key.strip().replace("-", "_")
+        _, sep, text = str(item).partition("=")
+        key = dataset_option_key(item)
         if not sep or not key:
             raise ValueError(f"--dataset-option {item!r}: expected KEY=VALUE")
         if key not in params:
