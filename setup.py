@@ -89,6 +89,7 @@ def extensions():
 setup(
     name="reidfast",
     version="0.1.0",
+    license="BSD-3-Clause",  # declared dynamic in pyproject.toml
     packages=find_packages(include=["reidfast", "reidfast.*"]),
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

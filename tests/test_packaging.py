@@ -16,16 +16,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def sdist_members(tmp_path_factory):
+def sdist(tmp_path_factory):
+    """(member names, PKG-INFO text, what the build printed on stderr)."""
     if not (ROOT / "setup.py").is_file():
         pytest.skip("needs a source checkout")
     out = tmp_path_factory.mktemp("sdist")
     env = {**os.environ, "REIDFAST_CUDA": "0"}  # what a CPU-only machine making the sdist would build
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(out)], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    built = subprocess.run([sys.executable, "-W", "always", "setup.py", "-q", "sdist", "-d", str(out)], cwd=ROOT,
+                           env=env, check=True, capture_output=True, text=True)
     (archive,) = out.glob("reidfast-*.tar.gz")
     with tarfile.open(archive) as tar:
-        return {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+        members = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+        pkg_info = tar.extractfile(next(n for n in tar.getnames() if n.endswith("/PKG-INFO"))).read().decode()
+    return members, pkg_info, built.stderr
+
+
+@pytest.fixture(scope="module")
+def sdist_members(sdist):
+    return sdist[0]
+
+
+def test_the_metadata_names_the_licence_without_a_deprecated_form(sdist):
+    _, pkg_info, stderr = sdist
+    assert "License: BSD-3-Clause" in pkg_info.splitlines()
+    assert "License-File: LICENSE" in pkg_info.splitlines()
+    # setuptools >= 77 deprecates pyproject's `license = {text = ...}` (an error from 2027-02-18 on).
+    assert not [line for line in stderr.splitlines() if "license" in line.lower() and "deprecat" in line.lower()]
 
 
 def test_the_sdist_holds_every_source_and_header(sdist_members):
