@@ -110,22 +110,26 @@ class StructureEncoder(nn.Module):
 
 
 class LayerNorm2d(nn.Module):
-    """Layer norm over (C, H, W) of each sample, with a per-channel affine (MUNIT's decoder norm): the statistics
-    of F.layer_norm (biased variance, eps inside the root, float32 for half inputs), computed differently."""
+    """Layer norm over (C, H, W) of each sample with a per-channel affine, as the published decoder (MUNIT's) has
+    it: y = (x - mean) / (std + eps) * weight + bias, std the unbiased standard deviation (eps outside the root,
+    not F.layer_norm's sqrt(biased var + eps)), statistics in float32 for half inputs, weight initialized
+    uniform in [0, 1) and bias at 0."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
+        self.weight = nn.Parameter(torch.empty(channels).uniform_())
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
-        # Not F.layer_norm: its CUDA kernels give each row to one thread block, and here a row is a whole sample
-        # (C*H*W of 0.5M-1M at 256x128), so a batch of 8 kept 8 blocks busy: 1.15 ms a call on an H100 in the
-        # eager reference profile of DG-Net, about 40 GB/s. var_mean's reduction splits long rows over the device.
+        # Not F.layer_norm (another formula, and its CUDA kernels give each row to one thread block: here a row is
+        # a whole sample, C*H*W of 0.5M-1M at 256x128, so a batch of 8 kept 8 blocks busy, 1.15 ms a call on an
+        # H100 in the eager reference profile of DG-Net, about 40 GB/s). var_mean splits long rows over the device.
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        var, mean = torch.var_mean(xf.flatten(1), dim=1, correction=0)
-        y = (xf - mean.view(-1, 1, 1, 1)) * torch.rsqrt(var + self.eps).view(-1, 1, 1, 1)
+        var, mean = torch.var_mean(xf.flatten(1), dim=1, correction=1)
+        # The floor only matters for a constant sample (x - mean = 0 there), whose sqrt would give a NaN gradient.
+        std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+        y = (xf - mean.view(-1, 1, 1, 1)) / (std + self.eps).view(-1, 1, 1, 1)
         return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
