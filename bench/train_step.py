@@ -143,14 +143,14 @@ def _batch(method_name: str, cfg: dict, num_classes: int, device: torch.device) 
         pairs = 2 * cfg["batch_size"]
         pids = torch.randint(0, num_classes, (pairs, 1), generator=g).expand(pairs, 2)
         images = torch.randint(0, 256, (pairs, 2, *size), generator=g, dtype=torch.uint8)
-    elif method_name == "fdgan":  # B (anchor, other, target) triples, 1 positive : 3 negative pairs, keypoints
+    elif method_name == "fdgan":  # B pairs, 1 positive : 3 negative, with both targets (keypoints for all four)
         pairs = cfg["batch_size"]
         anchor = torch.randint(0, num_classes, (pairs, 1), generator=g)
         other = torch.where(torch.arange(pairs).unsqueeze(1) % 4 == 0, anchor, (anchor + 1) % num_classes)
-        pids = torch.cat([anchor, other, anchor], dim=1)
-        images = torch.randint(0, 256, (pairs, 3, *size), generator=g, dtype=torch.uint8)
+        pids = torch.cat([anchor, other, anchor, other], dim=1)
+        images = torch.randint(0, 256, (pairs, 4, *size), generator=g, dtype=torch.uint8)
         scale = torch.tensor([cfg["width"] - 1, cfg["height"] - 1], dtype=torch.float32)
-        keypoints = torch.rand(pairs, 3, 18, 2, generator=g) * scale
+        keypoints = torch.rand(pairs, 4, 18, 2, generator=g) * scale
         return {"image": images.to(device), "pid": pids.to(device), "keypoints": keypoints.to(device)}
     elif method_name == "sagan":  # B source and B target images with their masks
         batch = {}

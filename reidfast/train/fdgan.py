@@ -1,23 +1,26 @@
 """FD-GAN ('FD-GAN: Pose-guided Feature Distilling GAN for Robust Person Re-identification', NeurIPS 2018): its
 losses, stages and update order only; the networks are in :mod:`reidfast.models.fdgan`, the rest in the shared loop.
 
-A batch is P pairs (a, o) from :class:`VerificationPairSampler` (per anchor a: one positive, three negatives), each
-with a target t: another image of a's identity (the positive partner of that anchor). The target's keypoints
-become an 18-channel Gaussian pose map p on the device (peak 1, bandwidth drawn per pair from {4, 5, 6} pixels at
-height 256, scaled with the image height: online pose map augmentation). Both branches of a pair share p and the
-noise z ~ N(0, I_256), so positive pairs share target pose and noise.
+A batch is P pairs (a, o) from :class:`VerificationPairSampler` (per anchor a: one positive, three negatives). Each
+image has a target, another image of its identity (:class:`TargetPoseSampler`): t_a, the anchor's positive partner;
+t_o, the same as t_a in a positive pair and another image of o's identity in a negative one (the published
+configuration). A target's keypoints become an 18-channel Gaussian pose map on the device (peak 1, bandwidth drawn
+per image from {4, 5, 6} pixels at height 256, scaled with the image height: online pose map augmentation): p_a,
+p_o, with p_o = p_a in a positive pair. Both branches of a pair share the noise z ~ N(0, I_256), so positive pairs
+share target pose and noise. Below, x = [a; o], t = [t_a; t_o], p = [p_a; p_o] and y = [y_a; y_o] stack the two
+branches as the original does.
 
 - Stage I (Siamese baseline): E on a and o, V on (f_a - f_o)^2, cross-entropy on same/different (L_v). SGD, E at
   lr, V at 10x (0.01 / 0.1), momentum 0.9, x0.1 half-way (80 epochs, x0.1 after 40). Flip + pad/crop augmentation.
-- Stage II: E and V frozen (requires_grad False, BatchNorm in eval mode). y_a = G(f_a, p, z), y_o = G(f_o, p, z).
-  Each iteration: D_id step, D_pd step, then G step.
-  D_id (Siamese, initialised from stage I's E and V): real pair (a, t), fake pairs (a, y_a) and (o, y_o).
-  D_pd: real [t, p], fake [y_a, p] and [y_o, p]. Sigmoid/BCE with smoothed labels for the discriminators (real
-  ~ U(0.7, 1), fake ~ U(0, 0.3), one draw per sample). G: L_id and L_pd (BCE towards 1 on the fakes), L_r =
-  L1(y_a, t) on every pair and L1(y_o, t) on positive pairs (o shares t's identity), L_sp = L1(y_a, y_o) on
-  positive pairs. Loss 0.1 L_id + 0.1 L_pd + w_r L_r + w_sp L_sp; ``--loss-weights paper`` gives w_r, w_sp =
-  10, 1 (the paper), ``published`` 100, 10 (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD
-  1e-2; constant for half the stage, then linear decay to 0 (50 + 50 epochs).
+- Stage II: E and V frozen (requires_grad False, BatchNorm in eval mode). y_a = G(f_a, p_a, z), y_o = G(f_o, p_o,
+  z). Each iteration: D_id step, D_pd step, then G step.
+  D_id (Siamese, initialised from stage I's E and V): real pairs (x, t), fake pairs (x, y). D_pd: real [t, p],
+  fake [y, p]. Sigmoid/BCE with smoothed labels for the discriminators (real ~ U(0.7, 1), fake ~ U(0, 0.3), one
+  draw per sample). G: L_id and L_pd (BCE towards 1 on the fakes), L_r = L1(y, t) on every image, L_sp =
+  L1(y_a, y_o) on positive pairs. Loss w_id L_id + w_pd L_pd + w_r L_r + w_sp L_sp (+ w_v L_v in stage III);
+  ``--loss-weights paper`` gives (w_v, w_id, w_pd, w_r, w_sp) = (1, 0.1, 0.1, 10, 1), ``published`` ten times
+  those (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD 1e-2; constant for half the stage,
+  then linear decay to 0 (50 + 50 epochs).
 - Stage III: everything jointly, E's BatchNorm frozen (statistics and affine parameters): L_v + the stage II
   losses train E, V and G; Adam for E, G, V at 1e-6, 1e-6, 1e-5, SGD for D_id, D_pd at 1e-4; 25 + 25 epochs.
   (Adam's betas are (0.5, 0.999) throughout; SGD has weight decay 5e-4 in stage I, 1e-4 for D_id and D_pd as
@@ -28,9 +31,9 @@ range, D_id reads ImageNet-normalized images like E (see :mod:`reidfast.models.f
 
 Faster without changing the mathematics (``--faithful`` runs the original's order: one call per Siamese branch
 and per discriminator input): the two branches of E run as one batched pass, D_id's backbone runs once per step
-on the distinct images [a, t, o, y_a, y_o] (the real a's forward serves both the real and the fake pair) and D_pd
-once on [t, y_a, y_o]; BatchNorm statistics stay per branch (SplitBatchNorm2d), so the losses are those of
-separate calls up to rounding. Plus AMP and torch.compile from the loop: in stages II and III four functions
+on the distinct inputs [x, t, y] (x's forward serves both the real and the fake pairs) and D_pd once on [t, y];
+BatchNorm statistics stay per call of the original (SplitBatchNorm2d), so the losses are those of separate calls
+up to rounding. Plus AMP and torch.compile from the loop: in stages II and III four functions
 compile whole, one graph each (the generator pass; D_id's loss; D_pd's loss; the G step's losses), with the backwards
 and optimizer steps between them.
 
@@ -47,6 +50,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,20 +65,30 @@ from .checkpoint import (LATEST, CheckpointError, copy_atomically, load_checkpoi
 from .loop import LinearDecaySchedule, Method, Trainer, WarmupStepSchedule, default_run_dir
 
 GRID_COLUMNS = 8
-LOSS_WEIGHTS = {"paper": (10.0, 1.0), "published": (100.0, 10.0)}  # (reconstruction, same pose)
+# Loss weights of stages II and III. The published configuration's are the paper's times 10 (its commands give
+# L_r 100, L_sp 10, L_v 10 in stage III, and its code weighs both adversarial terms 1): the same mixture of terms,
+# and with Adam training E, G and V, the same updates up to Adam's eps.
+LOSS_WEIGHTS = {"paper": {"v": 1.0, "id": 0.1, "pd": 0.1, "r": 10.0, "sp": 1.0},
+                "published": {"v": 10.0, "id": 1.0, "pd": 1.0, "r": 100.0, "sp": 10.0}}
 STAGES = (1, 2, 3)
 
 
 class TargetPoseSampler(VerificationPairSampler):
-    """:class:`VerificationPairSampler`'s (anchor, other) pairs with a third index: the target, the anchor's
-    positive partner (the same for the anchor's positive and negative pairs). Yields (anchor, other, target)."""
+    """:class:`VerificationPairSampler`'s (anchor, other) pairs with each image's target: another image of its
+    identity, whose pose and pixels the generator is asked for. The anchor's target is its positive partner (the
+    same for all of the anchor's pairs); in the positive pair the other image takes the anchor's target (positive
+    pairs share target pose and noise), in a negative pair it gets its own, drawn per pair, as in the published
+    configuration. Yields (anchor, other, anchor's target, other's target)."""
 
     def __iter__(self):
+        targets = np.random.default_rng([self.seed, self.epoch, 1])  # a stream of its own: the pairs stay the same
         current = target = None
         for anchor, other in super().__iter__():
             if anchor != current:  # every anchor's first pair is its positive one
                 current, target = anchor, other
-            yield anchor, other, target
+                yield anchor, other, target, target
+            else:
+                yield anchor, other, target, self._positives.partner(other, targets)
 
 
 def _bce(logits: torch.Tensor, target) -> torch.Tensor:
@@ -103,7 +117,7 @@ class FDGAN(Method):
         "stage1_decay_at": 0.5, "decay_from": 0.5, "stage1_id_w": 0.0, "warmup_iters": 0,
         "g_lr": 1e-3, "did_lr": 1e-4, "dpd_lr": 1e-2,
         "e_lr3": 1e-6, "g_lr3": 1e-6, "v_lr3": 1e-5, "did_lr3": 1e-4, "dpd_lr3": 1e-4,
-        "loss_weights": "paper", "v_w": 1.0, "id_w": 0.1, "pd_w": 0.1, "r_w": None, "sp_w": None,
+        "loss_weights": "paper", "v_w": None, "id_w": None, "pd_w": None, "r_w": None, "sp_w": None,
         "pose_sigmas": [4.0, 5.0, 6.0], "pad": 10, "dropout": 0.2, "keypoints": None, "faithful": False,
         "ap_mode": "torchreid",
         # set by the run itself (saved with every stage's checkpoint): the stage a folder holds, the top-level
@@ -141,13 +155,13 @@ class FDGAN(Method):
         g.add_argument("--stage-iters", type=int, nargs=3, default=S, metavar=("I", "II", "III"),
                        help="iterations of each stage instead of --stage-epochs (cpu-quick: 600 80 30)")
         g.add_argument("--loss-weights", choices=tuple(LOSS_WEIGHTS), default=S,
-                       help="reconstruction / same-pose weights: paper (10 / 1, default) or published (100 / 10, "
-                            "the published configuration); --r-w / --sp-w override either")
-        for name, text in (("v-w", "verification loss L_v (1)"), ("id-w", "identity adversarial loss L_id (0.1)"),
-                           ("pd-w", "pose adversarial L_pd (0.1)"),
-                           ("r-w", "reconstruction L_r (from --loss-weights)"),
-                           ("sp-w", "same-pose L_sp (from --loss-weights)")):
-            g.add_argument(f"--{name}", type=float, default=S, help=f"weight: {text}")
+                       help="weights of L_v, L_id, L_pd, L_r, L_sp: paper (1, 0.1, 0.1, 10, 1; default) or "
+                            "published (10, 1, 1, 100, 10: the published configuration, the paper's times 10); "
+                            "--v-w, --id-w, --pd-w, --r-w, --sp-w override each")
+        for name, text in (("v-w", "verification loss L_v"), ("id-w", "identity adversarial loss L_id"),
+                           ("pd-w", "pose adversarial L_pd"), ("r-w", "reconstruction L_r"),
+                           ("sp-w", "same-pose L_sp")):
+            g.add_argument(f"--{name}", type=float, default=S, help=f"weight: {text} (from --loss-weights)")
         g.add_argument("--backbone-width", type=int, default=S, help="E's and D_id's ResNet-50 base width (64)")
         g.add_argument("--gan-width", type=float, default=S, help="channel multiplier of G and D_pd (1: the paper's)")
         g.add_argument("--pretrained", default=S, metavar="PATH",
@@ -250,10 +264,10 @@ class FDGAN(Method):
                     "v": run.optimizer(Adam, self.v.parameters(), lr=cfg["v_lr3"], **adam),
                     "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr3"], **d_sgd),
                     "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr3"], **d_sgd)}
-        default_r, default_sp = LOSS_WEIGHTS[cfg["loss_weights"]]
-        self.weights = {"v": cfg["v_w"], "id": cfg["id_w"], "pd": cfg["pd_w"],
-                        "r": default_r if cfg["r_w"] is None else cfg["r_w"],
-                        "sp": default_sp if cfg["sp_w"] is None else cfg["sp_w"]}
+        self.weights = {name: weight if cfg[f"{name}_w"] is None else float(cfg[f"{name}_w"])
+                        for name, weight in LOSS_WEIGHTS[cfg["loss_weights"]].items()}
+        if self.stage == 1 and cfg["v_w"] is None:  # the presets weigh stages II and III; stage I is L_v alone
+            self.weights["v"] = 1.0
         if not cfg["pose_sigmas"] or any(not float(s) > 0 for s in cfg["pose_sigmas"]):
             raise ValueError(f"fdgan: --pose-sigmas must be positive pixel bandwidths, got {cfg['pose_sigmas']}")
         self.sigmas = torch.tensor([float(s) * cfg["height"] / 256 for s in cfg["pose_sigmas"]], device=run.device)
@@ -261,7 +275,8 @@ class FDGAN(Method):
 
     # --- data -----------------------------------------------------------------------------------------------
     def batch_sampler(self, dataset, seed):
-        """P (anchor, other, target) triples per iteration, 1 positive : num_negatives negative pairs."""
+        """P (anchor, other, anchor's target, other's target) per iteration, 1 positive : num_negatives negative
+        pairs."""
         return BatchedSampler(TargetPoseSampler(dataset.train, self.run.cfg["num_negatives"], seed),
                               self.run.cfg["batch_size"])
 
@@ -343,16 +358,17 @@ class FDGAN(Method):
             return self.train_e(torch.cat([a, o])).chunk(2)
 
     def _did_features(self, *groups):
-        """D_id's backbone features of several image groups: one pass with per-group BatchNorm (under
-        _groups(d_id=len(groups))), or a call each. The D step's pass (5 groups, D_id trainable) and the G step's
-        (4 groups, D_id frozen, input needs grad) belong to different whole-step graphs: one shared pass would make
-        every G step compute D_id's weight gradients and t's features."""
+        """D_id's backbone features of several image groups, each a call of the original (both branches' inputs,
+        their targets, their generated images): one pass with per-group BatchNorm (under
+        _groups(d_id=len(groups))), or a call each. The D step's pass (3 groups, D_id trainable) and the G step's
+        (2 groups, D_id frozen, input needs grad) belong to different whole-step graphs: one shared pass would make
+        every G step compute D_id's weight gradients and the targets' features."""
         if self.faithful:
             return [self.train_did(x).mean((2, 3)) for x in groups]
         return list(self.train_did(torch.cat(groups)).mean((2, 3)).chunk(len(groups)))
 
     def _dpd(self, images, pose):
-        """D_pd's patch logits for several image groups in the same pose map (under _groups(d_pd=len(images)))."""
+        """D_pd's patch logits for several image groups in the same pose maps (under _groups(d_pd=len(images)))."""
         if self.faithful:
             return [self.train_dpd(x, pose) for x in images]
         return list(self.train_dpd(torch.cat(images), pose.repeat(len(images), 1, 1, 1)).chunk(len(images)))
@@ -396,51 +412,61 @@ class FDGAN(Method):
 
     def _draws(self, pairs: int, device) -> dict:
         """Every random number of a stage II/III step, in one fixed order (so both orders of operations and a
-        resumed run draw the same): bandwidths, noise, label smoothing for D_id and D_pd."""
+        resumed run draw the same): the bandwidths of both branches' pose maps ([anchor's; other's]), the noise
+        (one per pair, both branches), label smoothing for D_id and D_pd (both branches' real and fake inputs)."""
         g = self.run.generator
 
         def uniform(n, lo, hi):
             return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device).to(device)
 
-        sigma = self.sigmas[torch.randint(len(self.sigmas), (pairs,), generator=g, device=g.device).to(device)]
+        sigma = self.sigmas[torch.randint(len(self.sigmas), (2 * pairs,), generator=g, device=g.device).to(device)]
         noise = torch.randn(pairs, NOISE_FEATURE, generator=g, device=g.device).to(device)
         return {"sigma": sigma, "noise": noise,
-                "id_real": uniform(pairs, 0.7, 1.0), "id_fake": uniform(2 * pairs, 0.0, 0.3),
-                "pd_real": uniform(pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3)}
+                "id_real": uniform(2 * pairs, 0.7, 1.0), "id_fake": uniform(2 * pairs, 0.0, 0.3),
+                "pd_real": uniform(2 * pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3)}
+
+    def target_poses(self, keypoints: torch.Tensor, same: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """[p_a; p_o] (2P, 18, H, W): the pose maps of both targets from (P, 4, 18, 2) keypoints (anchor, other,
+        anchor's target, other's target) and (2P,) bandwidths. A positive pair's other branch takes the anchor's
+        map (its target's keypoints and bandwidth)."""
+        sigma_a, sigma_o = sigma.chunk(2)
+        sigma = torch.cat([sigma_a, torch.where(same, sigma_a, sigma_o)])
+        keypoints_o = torch.where(same.view(-1, 1, 1), keypoints[:, 2], keypoints[:, 3])
+        return self.pose_maps(torch.cat([keypoints[:, 2], keypoints_o]), sigma)
 
     # --- stages II and III: the four parts of a step (each one compiled graph) ------------------------------------
     def _generator_pass(self, a, o, pose, noise):
-        """(V's logits on (f_a, f_o) in stage III, else None; G's images [y_a; y_o] of both branches in the target
-        pose), E with gradient in stage III only."""
+        """(V's logits on (f_a, f_o) in stage III, else None; G's images [y_a; y_o] of both branches, each in its
+        target's pose, pose = [p_a; p_o]), E with gradient in stage III only."""
         joint = self.stage == 3
         f_a, f_o = self._encode(a, o, grad=joint)
         logits = self.train_v(f_a, f_o) if joint else None
-        fake = self.train_g(torch.cat([f_a, f_o]), pose.repeat(2, 1, 1, 1), noise.repeat(2, 1))
+        fake = self.train_g(torch.cat([f_a, f_o]), pose, noise.repeat(2, 1))
         return logits, fake
 
-    def _did_loss(self, a, t, o, fake, id_real, id_fake):
-        """D_id's loss: real pair (a, t), fake pairs (a, y_a), (o, y_o) (fake: [y_a; y_o] in generator range)."""
-        h_a, h_t, h_o, h_ya, h_yo = self._did_features(a, t, o, *from_generator_range(fake).chunk(2))
-        real_logit = self.d_id.head(h_a, h_t)
-        fake_logit = torch.cat([self.d_id.head(h_a, h_ya), self.d_id.head(h_o, h_yo)])
-        return _bce(real_logit, id_real) + _bce(fake_logit, id_fake)
+    def _did_loss(self, x, t, fake, id_real, id_fake):
+        """D_id's loss: real pairs (x, t), fake pairs (x, y); x = [a; o], t = [t_a; t_o], fake = [y_a; y_o] in
+        generator range."""
+        h_x, h_t, h_y = self._did_features(x, t, from_generator_range(fake))
+        return _bce(self.d_id.head(h_x, h_t), id_real) + _bce(self.d_id.head(h_x, h_y), id_fake)
 
-    def _dpd_loss(self, t_gen, y_a, y_o, pose, pd_real, pd_fake):
-        """D_pd's loss: real [t, p], fake [y_a, p], [y_o, p]."""
-        real_pd, fake_pd_a, fake_pd_o = self._dpd([t_gen, y_a, y_o], pose)
-        return _bce(real_pd, pd_real) + _bce(torch.cat([fake_pd_a, fake_pd_o]), pd_fake)
+    def _dpd_loss(self, t_gen, fake, pose, pd_real, pd_fake):
+        """D_pd's loss: real [t, p], fake [y, p] (t_gen, fake and pose of both branches stacked)."""
+        real_pd, fake_pd = self._dpd([t_gen, fake], pose)
+        return _bce(real_pd, pd_real) + _bce(fake_pd, pd_fake)
 
-    def _generator_losses(self, a, o, fake, t_gen, pose, same, logits):
+    def _generator_losses(self, x, fake, t_gen, pose, same, logits):
         """The G step's unweighted losses (the discriminators frozen by the caller); in stage III also L_v and V's
-        accuracy from the generator pass's logits."""
+        accuracy from the generator pass's logits. x = [a; o], fake = [y_a; y_o], t_gen = [t_a; t_o] in generator
+        range, pose = [p_a; p_o]."""
         out = {}
+        g_x, g_y = self._did_features(x, from_generator_range(fake))
+        out["id"] = _bce(self.d_id.head(g_x, g_y), 1.0)
+        (fake_pd,) = self._dpd([fake], pose)
+        out["pd"] = _bce(fake_pd, 1.0)
+        out["r"] = _per_sample_l1(fake, t_gen).mean()  # every generated image has its target
         y_a, y_o = fake.chunk(2)
-        g_a, g_o, g_ya, g_yo = self._did_features(a, o, *from_generator_range(fake).chunk(2))
-        out["id"] = _bce(torch.cat([self.d_id.head(g_a, g_ya), self.d_id.head(g_o, g_yo)]), 1.0)
-        out["pd"] = _bce(torch.cat(self._dpd([y_a, y_o], pose)), 1.0)
         positive = same.float()
-        rec_a, rec_o = _per_sample_l1(y_a, t_gen), _per_sample_l1(y_o, t_gen)
-        out["r"] = (rec_a.sum() + (rec_o * positive).sum()) / (positive.numel() + positive.sum())
         out["sp"] = (_per_sample_l1(y_a, y_o) * positive).sum() / positive.sum().clamp(min=1)
         if logits is not None:
             out["v"] = F.cross_entropy(logits.float(), same.long())
@@ -449,30 +475,31 @@ class FDGAN(Method):
 
     def _gan_step(self, batch):
         run, w = self.run, self.weights
-        images = batch["image"]  # (P, 3, 3, H, W): anchor, other, target
+        images = batch["image"]  # (P, 4, 3, H, W): anchor, other, anchor's target, other's target
         pairs = images.shape[0]
-        a, o, t = (run.images(normalize(images[:, i])) for i in range(3))
         same = (batch["pid"][:, 0] == batch["pid"][:, 1])
+        a, o, t_a, t_o = (run.images(normalize(images[:, i])) for i in range(4))
+        t_o = torch.where(same.view(-1, 1, 1, 1), t_a, t_o)  # a positive pair's branches share the target
+        x, t = torch.cat([a, o]), torch.cat([t_a, t_o])  # both branches, as the original stacks them
         r = self._draws(pairs, a.device)
-        pose = self.pose_maps(batch["keypoints"][:, 2], r["sigma"])
+        pose = self.target_poses(batch["keypoints"], same, r["sigma"])
         joint = self.stage == 3
         with run.autocast(), self._groups(e=2):
             logits, fake = self.generator_pass(a, o, pose, r["noise"])
-        y_a, y_o = fake.chunk(2)
         t_gen = to_generator_range(t)
 
-        # D_id step: real pair (a, t), fake pairs (a, y_a), (o, y_o)
+        # D_id step: real pairs (x, t), fake pairs (x, y)
         self.d_id.requires_grad_(True)
-        with run.autocast(), self._groups(d_id=5):
-            loss_did = self.did_loss(a, t, o, fake.detach(), r["id_real"], r["id_fake"])
+        with run.autocast(), self._groups(d_id=3):
+            loss_did = self.did_loss(x, t, fake.detach(), r["id_real"], r["id_fake"])
         self.optimizers["d_id"].zero_grad(set_to_none=True)
         run.backward(loss_did)
         run.step(self.optimizers["d_id"])
 
-        # D_pd step: real [t, p], fake [y_a, p], [y_o, p]
+        # D_pd step: real [t, p], fake [y, p]
         self.d_pd.requires_grad_(True)
-        with run.autocast(), self._groups(d_pd=3):
-            loss_dpd = self.dpd_loss(t_gen, y_a.detach(), y_o.detach(), pose, r["pd_real"], r["pd_fake"])
+        with run.autocast(), self._groups(d_pd=2):
+            loss_dpd = self.dpd_loss(t_gen, fake.detach(), pose, r["pd_real"], r["pd_fake"])
         self.optimizers["d_pd"].zero_grad(set_to_none=True)
         run.backward(loss_dpd)
         run.step(self.optimizers["d_pd"])
@@ -480,8 +507,8 @@ class FDGAN(Method):
         # G step (+ E and V in stage III); the discriminators keep no gradients
         self.d_id.requires_grad_(False)
         self.d_pd.requires_grad_(False)
-        with run.autocast(), self._groups(d_id=4, d_pd=2):
-            out = self.generator_losses(a, o, fake, t_gen, pose, same, logits)
+        with run.autocast(), self._groups(d_id=2, d_pd=1):
+            out = self.generator_losses(x, fake, t_gen, pose, same, logits)
         loss = w["id"] * out["id"] + w["pd"] * out["pd"] + w["r"] * out["r"] + w["sp"] * out["sp"]
         names = ("g",)
         if joint:

@@ -188,9 +188,9 @@ def _batch(pairs=8):
     g = torch.Generator().manual_seed(1)
     anchor = torch.randint(0, 4, (pairs, 1), generator=g)
     other = torch.where(torch.arange(pairs).unsqueeze(1) % 4 == 0, anchor, (anchor + 1) % 4)
-    return {"image": torch.randint(0, 256, (pairs, 3, 3, 64, 32), generator=g, dtype=torch.uint8),
-            "pid": torch.cat([anchor, other, anchor], 1),
-            "keypoints": torch.rand(pairs, 3, 18, 2, generator=g) * torch.tensor([31.0, 63.0])}
+    return {"image": torch.randint(0, 256, (pairs, 4, 3, 64, 32), generator=g, dtype=torch.uint8),
+            "pid": torch.cat([anchor, other, anchor, other], 1),
+            "keypoints": torch.rand(pairs, 4, 18, 2, generator=g) * torch.tensor([31.0, 63.0])}
 
 
 @pytest.mark.parametrize("stage", [1, 3])
@@ -258,9 +258,62 @@ def test_optimizers_follow_the_published_configuration():
 
 def test_loss_weight_configurations():
     paper, published = _method(2, False).weights, _method(2, False, loss_weights="published").weights
-    assert (paper["v"], paper["id"], paper["pd"], paper["r"], paper["sp"]) == (1.0, 0.1, 0.1, 10.0, 1.0)
-    assert (published["r"], published["sp"]) == (100.0, 10.0) and published["id"] == 0.1
-    assert _method(2, False, loss_weights="published", r_w=5.0).weights["r"] == 5.0
+    assert paper == {"v": 1.0, "id": 0.1, "pd": 0.1, "r": 10.0, "sp": 1.0}
+    # the published commands (L_r 100, L_sp 10, L_v 10) with its adversarial terms at weight 1: the paper's x 10
+    assert published == {"v": 10.0, "id": 1.0, "pd": 1.0, "r": 100.0, "sp": 10.0}
+    assert _method(2, False, loss_weights="published", r_w=5.0, id_w=0.5).weights == {**published, "r": 5.0,
+                                                                                       "id": 0.5}
+    # stage I is L_v alone, at weight 1 whichever preset weighs stages II and III, unless --v-w is given
+    assert _method(1, False, loss_weights="published").weights["v"] == 1.0
+    assert _method(1, False, v_w=2.0).weights["v"] == 2.0
+
+
+def test_each_image_of_a_pair_has_a_target_of_its_identity():
+    from reidfast.data import VerificationPairSampler
+    from reidfast.train.fdgan import TargetPoseSampler
+    pids = np.repeat(np.arange(6), 4)
+    quads = list(TargetPoseSampler(pids.tolist(), num_negatives=3, seed=3))
+    # the pairs are VerificationPairSampler's, unchanged by the targets' draws
+    assert [q[:2] for q in quads] == list(VerificationPairSampler(pids.tolist(), num_negatives=3, seed=3))
+    drawn_for_negatives = set()
+    for anchor, other, t_a, t_o in quads:
+        assert pids[t_a] == pids[anchor] and t_a != anchor
+        if pids[other] == pids[anchor]:  # the positive pair: the other image takes the anchor's target
+            assert t_o == t_a == other
+        else:  # a negative pair: a target of the other's identity, not the other image itself
+            assert pids[t_o] == pids[other] and t_o != other
+            drawn_for_negatives.add((other, t_o))
+    assert len({o for o, _ in drawn_for_negatives}) < len(drawn_for_negatives)  # drawn per pair, not fixed
+
+
+def test_the_gan_step_asks_each_branch_for_its_own_target():
+    method = _method(2, False)
+    batch = _batch()
+    same = batch["pid"][:, 0] == batch["pid"][:, 1]
+    assert same.any() and not same.all()
+    sigma = method._draws(8, torch.device("cpu"))["sigma"]
+    pose = method.target_poses(batch["keypoints"], same, sigma)
+    p_a, p_o = pose.chunk(2)
+    torch.testing.assert_close(p_a, method.pose_maps(batch["keypoints"][:, 2], sigma[:8]))
+    torch.testing.assert_close(p_o[same], p_a[same])  # positive pairs: the anchor's pose map
+    torch.testing.assert_close(p_o[~same], method.pose_maps(batch["keypoints"][~same, 3], sigma[8:][~same]))
+    # L_r compares every generated image with its own target: G asked for t_o on negative pairs is judged by t_o
+    seen = {}
+    real = method.generator_losses
+
+    def spy(x, fake, t_gen, pose, same, logits):
+        out = real(x, fake, t_gen, pose, same, logits)
+        seen.update(fake=fake.detach(), t_gen=t_gen, r=out["r"].detach())
+        return out
+
+    method.generator_losses = spy
+    method.train_step(batch, 0)
+    from reidfast.data import normalize
+    from reidfast.models.fdgan import to_generator_range
+    t_a, t_o = normalize(batch["image"][:, 2]), normalize(batch["image"][:, 3])
+    targets = torch.cat([t_a, torch.where(same.view(-1, 1, 1, 1), t_a, t_o)])  # positives: the anchor's target
+    torch.testing.assert_close(seen["t_gen"], to_generator_range(targets))
+    torch.testing.assert_close(seen["r"], (seen["fake"] - seen["t_gen"]).abs().mean())
 
 
 def test_pose_maps_draw_bandwidths_from_the_scaled_set():
