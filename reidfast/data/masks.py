@@ -1,9 +1,13 @@
 """Binary person masks stored as PNG files, for methods that need the foreground (SA-GAN).
 
-Two places are searched for the mask of ``<split>/<stem>.jpg``, in this order:
+Two places are searched for the mask of an image, in this order:
 
-1. a parallel folder: ``<masks_dir>/<split>/<stem>.png`` (the synthetic dataset's ``masks/`` layout);
-2. next to the image: ``<split>/<stem><suffix>.png`` (default suffix ``_mask``).
+1. a parallel folder: ``<masks_dir>/<the image's path under the dataset folder, suffix .png>``, e.g.
+   ``<masks_dir>/bounding_box_train/<stem>.png`` for Market-1501 (the synthetic dataset's ``masks/`` layout) and
+   ``<masks_dir>/train/0000/<stem>.png`` for MSMT17, whose images lie in identity folders. Without the dataset
+   folder (`root`), or for an image outside it, the image's own folder name stands for the path:
+   ``<masks_dir>/<split>/<stem>.png``, the same place for datasets with flat split folders;
+2. next to the image: ``<stem><suffix>.png`` in the image's folder (default suffix ``_mask``).
 
 A mask's foreground is every pixel above 127, or above 0 when the file only holds 0/1 values.
 """
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import MASK_SIBLING_SUFFIX
+from .base import MASK_SIBLING_SUFFIX, ReidDataset
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +32,41 @@ class MaskNotFoundError(FileNotFoundError):
 class MaskReader:
     """Find and decode the mask of an image.
 
-    ``missing="error"`` raises :class:`MaskNotFoundError` naming the paths tried; ``missing="ones"`` returns an
-    all-ones mask (the whole box is foreground) and logs a warning the first time it happens.
+    `root` is the dataset folder the images' paths are taken under in `masks_dir` (the module docstring);
+    :meth:`for_dataset` sets it. ``missing="error"`` raises :class:`MaskNotFoundError` naming the paths tried;
+    ``missing="ones"`` returns an all-ones mask (the whole box is foreground) and logs a warning the first time it
+    happens.
     """
 
     def __init__(self, masks_dir: str | os.PathLike | None = None, sibling_suffix: str = MASK_SIBLING_SUFFIX,
-                 missing: str = "error"):
+                 missing: str = "error", root: str | os.PathLike | None = None):
         if missing not in ("error", "ones"):
             raise ValueError(f"MaskReader: missing must be 'error' or 'ones', got {missing!r}")
         self.masks_dir = Path(masks_dir) if masks_dir is not None else None
+        self.root = Path(root) if root is not None else None
         self.sibling_suffix = sibling_suffix
         self.missing = missing
         self._warned = False
+
+    @classmethod
+    def for_dataset(cls, dataset: ReidDataset, masks_dir: str | os.PathLike | None = None,
+                    missing: str = "error") -> MaskReader:
+        """The reader of a dataset's masks: the parallel folder is `masks_dir`, else the dataset's own masks folder
+        (the synthetic dataset's ``masks/``), with the images' paths taken under the dataset's folder."""
+        return cls(masks_dir if masks_dir else dataset.masks_dir, missing=missing, root=dataset.root)
+
+    def relative_path(self, image_path: str | os.PathLike) -> Path:
+        """Where an image's mask lies under `masks_dir`: its path under `root`, with the suffix ``.png``."""
+        image_path = Path(image_path)
+        if self.root is not None and image_path.is_relative_to(self.root):
+            return image_path.relative_to(self.root).with_suffix(".png")
+        return Path(image_path.parent.name, image_path.name).with_suffix(".png")
 
     def candidates(self, image_path: str | os.PathLike) -> list[Path]:
         image_path = Path(image_path)
         found = []
         if self.masks_dir is not None:
-            found.append(self.masks_dir / image_path.parent.name / (image_path.stem + ".png"))
+            found.append(self.masks_dir / self.relative_path(image_path))
         found.append(image_path.with_name(image_path.stem + self.sibling_suffix + ".png"))
         return found
 

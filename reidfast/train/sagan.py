@@ -113,10 +113,6 @@ def _check_dataset_options(cfg: dict) -> None:
                               f"target's reader takes; their options: {readers or 'none (synthetic data)'}")
 
 
-def mask_reader(dataset: ReidDataset, folder, missing: str) -> MaskReader:
-    return MaskReader(folder if folder else dataset.masks_dir, missing=missing)
-
-
 def _check_masks(side: str, domain: ReidDataset, masks: MaskReader) -> None:
     """Every training image of a domain has a mask file (one file test per image)."""
     missing = [s.path for s in domain.train if masks.find(s.path) is None]
@@ -201,7 +197,7 @@ class AdaptStage(Method):
         target = read_domain(cfg["target"], cfg["target_root"], cfg)
         if cfg["missing_masks"] == "error":  # found now, not by a loader worker after the run has started
             for side, domain in (("source", source), ("target", target)):
-                _check_masks(side, domain, mask_reader(domain, cfg[f"{side}_masks"], "error"))
+                _check_masks(side, domain, MaskReader.for_dataset(domain, cfg[f"{side}_masks"], "error"))
         return ReidDataset(f"{source.name}->{target.name}", source.root, source.train, target.query, target.gallery,
                            masks_dir=source.masks_dir, info={"source": source, "target": target})
 
@@ -250,9 +246,9 @@ class AdaptStage(Method):
         cfg = self.run.cfg
         size = (cfg["height"], cfg["width"])
         source, target = dataset.info["source"], dataset.info["target"]
-        return DomainPairItems(
-            ImageDataset(source.train, size, masks=mask_reader(source, cfg["source_masks"], cfg["missing_masks"])),
-            ImageDataset(target.train, size, masks=mask_reader(target, cfg["target_masks"], cfg["missing_masks"])))
+        masks = lambda side, domain: MaskReader.for_dataset(domain, cfg[f"{side}_masks"], cfg["missing_masks"])
+        return DomainPairItems(ImageDataset(source.train, size, masks=masks("source", source)),
+                               ImageDataset(target.train, size, masks=masks("target", target)))
 
     def batch_sampler(self, dataset, seed):
         target = dataset.info["target"]
@@ -497,7 +493,8 @@ def translate(cfg: dict, out: Path, log=print) -> dict:
     source = read_domain(acfg["source"], acfg["source_root"], acfg)
     size = (acfg["height"], acfg["width"])
     m = int(cfg["codes"])
-    items = ImageDataset(source.train, size, masks=mask_reader(source, acfg["source_masks"], acfg["missing_masks"]))
+    masks = MaskReader.for_dataset(source, acfg["source_masks"], acfg["missing_masks"])
+    items = ImageDataset(source.train, size, masks=masks)
     loader = DataLoader(items, batch_size=cfg["eval_batch_size"], shuffle=False, num_workers=0)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     out = Path(out)
@@ -732,8 +729,9 @@ class SAGAN(Method):
                        help="unlabelled target dataset (default synthetic-b: the synthetic generator's domain b)")
         g.add_argument("--target-root", default=S, metavar="DIR", help="folder of the target dataset")
         g.add_argument("--source-masks", default=S, metavar="DIR",
-                       help="binary human masks of the source (<DIR>/<split>/<image stem>.png); default: the "
-                            "dataset's masks/ folder, else <image>_mask.png beside each image")
+                       help="binary human masks of the source: DIR/<the image's path under the dataset folder, "
+                            "suffix .png> (DIR/bounding_box_train/<stem>.png; MSMT17: DIR/train/<pid>/<stem>.png); "
+                            "default: the dataset's masks/ folder, else <image>_mask.png beside each image")
         g.add_argument("--target-masks", default=S, metavar="DIR", help="the same for the target")
         g.add_argument("--missing-masks", choices=("error", "ones"), default=S,
                        help="an image without a mask: error (default) or an all-foreground mask")

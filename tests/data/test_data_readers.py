@@ -223,6 +223,24 @@ def test_person_masks_kept_beside_the_images_are_not_read_as_images(touch_files,
     assert [Path(s.path).name for s in ds.query + ds.gallery] == ["0002_c1_1.png", "0002_c2_4.png"]
 
 
+def test_masks_in_a_parallel_folder_mirror_the_image_paths_under_the_dataset_folder(touch_files, tmp_path):
+    """SA-GAN's --source-masks DIR: an image's mask is DIR/<its path under the dataset folder>.png, so MSMT17's
+    identity folders are kept (train/0000/...), and flat layouts keep DIR/<split>/<stem>.png."""
+    from reidfast.data import MaskReader
+    msmt = get_dataset("msmt17", make_msmt(touch_files, tmp_path / "data", "V1"))
+    masks = tmp_path / "msmt-masks"
+    for split in (msmt.train, msmt.query):
+        for sample in split:
+            touch_files(masks / Path(sample.path).parent.relative_to(msmt.root), [Path(sample.path).stem + ".png"])
+    reader = MaskReader.for_dataset(msmt, masks)
+    assert reader.find(msmt.train[1].path) == masks / "train" / "0001" / "0001_000_15_0303morning_0100_0.png"
+    assert all(reader.find(s.path) is not None for s in msmt.train + msmt.query)
+    market = get_dataset("market1501", make_market(touch_files, tmp_path / "Market-1501-v15.09.15"))
+    touch_files(tmp_path / "market-masks" / "query", [Path(n).stem + ".png" for n in MARKET_QUERY])
+    assert MaskReader.for_dataset(market, tmp_path / "market-masks").find(market.query[0].path) == \
+        tmp_path / "market-masks" / "query" / "0001_c1s1_001051_00.png"
+
+
 def test_wrong_data_root_errors_say_what_to_do(touch_files, tmp_path):
     """The usual mistakes with a data root: an archive not extracted, a split folder given instead of the dataset
     folder, a split folder missing. Each error names the flag and the fix."""
