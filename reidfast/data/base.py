@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # A person mask kept beside its image is ``<image stem>_mask.png`` (see reidfast.data.masks): not an image of the set.
@@ -95,45 +95,65 @@ def find_dataset_dir(root: str | os.PathLike, candidates: Sequence[str], require
     `candidates` are paths relative to root ("" is root itself), so a reader accepts both the dataset folder and
     the parent layouts other libraries use. The error names every folder tried and lists what root holds.
     """
+    return find_dataset_layout(root, {"": (candidates, required)}, dataset)[1]
+
+
+# (candidate folders relative to the data root, the names a dataset folder of this layout holds)
+Layout = tuple[Sequence[str], Sequence[str]]
+
+
+def find_dataset_layout(root: str | os.PathLike, layouts: Mapping[str, Layout], dataset: str) -> tuple[str, Path]:
+    """(name, folder) of the first layout, in order, of which a root/candidate folder holds every required name:
+    :func:`find_dataset_dir` for a dataset published in several layouts (MSMT17's V1 and V2 folders).
+
+    None found: one error naming what each layout's folder holds, every folder tried once, what root holds and the
+    likely fix. A layout named "" is not named in the message.
+    """
     if root is None:
         raise DatasetNotFoundError(f"{dataset}: no data root given (pass --data-root DIR)")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(f"{dataset}: data root {root} is not a folder ({list_entries(root)})")
-    for rel in candidates:
-        folder = root / rel if rel else root
-        if all((folder / name).exists() for name in required):
-            return folder
-    tried = ", ".join(str(root / rel) if rel else str(root) for rel in candidates)
-    raise DatasetNotFoundError(
-        f"{dataset}: expected a folder holding {', '.join(required)}; tried {tried}. {list_entries(root)}. "
-        + _what_to_do(root, candidates, required)
-    )
+    for name, (candidates, required) in layouts.items():
+        for rel in candidates:
+            folder = root / rel if rel else root
+            if all((folder / item).exists() for item in required):
+                return name, folder
+    holding = " or ".join(", ".join(required) + (f" ({name})" if name else "")
+                          for name, (_, required) in layouts.items())
+    tried = ", ".join(str(root / rel) if rel else str(root)
+                      for rel in dict.fromkeys(rel for candidates, _ in layouts.values() for rel in candidates))
+    raise DatasetNotFoundError(f"{dataset}: expected a folder holding {holding}; tried {tried}. {list_entries(root)}. "
+                               + _what_to_do(root, list(layouts.values())))
 
 
 ARCHIVE_ENDINGS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 
 
-def _what_to_do(root: Path, candidates: Sequence[str], required: Sequence[str]) -> str:
-    """The likely mistake behind a data root in which no candidate holds the dataset, and its fix."""
+def _what_to_do(root: Path, layouts: Sequence[Layout]) -> str:
+    """The likely mistake behind a data root in which no candidate of any layout holds the dataset, and its fix."""
     flag = "the data root (--data-root, or SA-GAN's --source-root / --target-root)"
     archives = sorted(p.name for p in root.iterdir() if p.name.lower().endswith(ARCHIVE_ENDINGS)
                       and p.is_file())
     if archives:
         return f"{archives[0]} is an archive that has not been extracted: extract it and give as {flag} the folder " \
                f"it makes (or its parent)"
-    inside = next((p for p in (root, *root.parents) if p.name in required
-                   and all((p.parent / name).exists() for name in required)), None)
-    if inside is not None:
-        return f"{root} is inside the dataset folder: give as {flag} {inside.parent} (the folder holding " \
-               f"{', '.join(required)}) or a folder above it"
-    for rel in candidates:
-        folder = root / rel if rel else root
-        have = [name for name in required if (folder / name).exists()]
-        if have:
-            missing = [name for name in required if name not in have]
-            return f"{folder} holds {', '.join(have)} but not {', '.join(missing)}: the dataset is incomplete " \
-                   f"(an interrupted download or extraction?)"
+    for _, required in layouts:
+        inside = next((p for p in (root, *root.parents) if p.name in required
+                       and all((p.parent / name).exists() for name in required)), None)
+        if inside is not None:
+            return f"{root} is inside the dataset folder: give as {flag} {inside.parent} (the folder holding " \
+                   f"{', '.join(required)}) or a folder above it"
+    # the folder holding most of a layout's names (max keeps the first on a tie): with several layouts, a folder
+    # holding only the names they share would otherwise be reported as an incomplete copy of the wrong one
+    present = lambda folder, required: [name for name in required if (folder / name).exists()]
+    folder, required = max(((root / rel if rel else root, required) for candidates, required in layouts
+                            for rel in candidates), key=lambda pair: len(present(*pair)))
+    have = present(folder, required)
+    if have:
+        missing = [name for name in required if name not in have]
+        return f"{folder} holds {', '.join(have)} but not {', '.join(missing)}: the dataset is incomplete " \
+               f"(an interrupted download or extraction?)"
     return f"Give as {flag} the dataset folder itself or a folder above it in one of the layouts tried"
 
 

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from .base import (DatasetFormatError, DatasetNotFoundError, ReidDataset, Sample, find_dataset_dir, image_files,
-                   list_entries, relabel_train)
+from .base import (DatasetFormatError, DatasetNotFoundError, ReidDataset, Sample, find_dataset_dir,
+                   find_dataset_layout, image_files, list_entries, relabel_train)
 from .registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -174,24 +174,17 @@ def read_msmt17(root, version: str | None = None, use_val: bool = False, strict:
     for v in versions:
         if v not in _MSMT_DIRS:
             raise ValueError(f"msmt17: version must be 'V1' or 'V2', got {version!r}")
-    errors = []
-    for v in versions:
-        train_dir, test_dir = _MSMT_DIRS[v]
-        try:
-            folder = find_dataset_dir(root, ["", f"MSMT17_{v}", f"msmt17/MSMT17_{v}", "MSMT17", "msmt17"],
-                                      [train_dir, test_dir, "list_train.txt", "list_query.txt",
-                                       "list_gallery.txt"], f"msmt17 ({v})")
-        except DatasetNotFoundError as error:
-            errors.append(str(error))
-            continue
-        train = _read_msmt_list(folder / "list_train.txt", folder / train_dir, strict)
-        if use_val:
-            train += _read_msmt_list(folder / "list_val.txt", folder / train_dir, strict)
-        return ReidDataset(f"msmt17-{v.lower()}", folder, relabel_train(train),
-                           _read_msmt_list(folder / "list_query.txt", folder / test_dir, strict),
-                           _read_msmt_list(folder / "list_gallery.txt", folder / test_dir, strict),
-                           info={"version": v})
-    raise DatasetNotFoundError(" | ".join(errors))
+    layouts = {v: (["", f"MSMT17_{v}", f"msmt17/MSMT17_{v}", "MSMT17", "msmt17"],
+                   [*_MSMT_DIRS[v], "list_train.txt", "list_query.txt", "list_gallery.txt"]) for v in versions}
+    v, folder = find_dataset_layout(root, layouts, "msmt17")
+    train_dir, test_dir = _MSMT_DIRS[v]
+    train = _read_msmt_list(folder / "list_train.txt", folder / train_dir, strict)
+    if use_val:
+        train += _read_msmt_list(folder / "list_val.txt", folder / train_dir, strict)
+    return ReidDataset(f"msmt17-{v.lower()}", folder, relabel_train(train),
+                       _read_msmt_list(folder / "list_query.txt", folder / test_dir, strict),
+                       _read_msmt_list(folder / "list_gallery.txt", folder / test_dir, strict),
+                       info={"version": v})
 
 
 _PRID_NAME = re.compile(r"^person_(\d{4})\.png$")

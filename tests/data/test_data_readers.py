@@ -125,6 +125,27 @@ def test_msmt17_errors(touch_files, tmp_path):
         get_dataset("msmt17", tmp_path)
 
 
+def test_msmt17_not_found_is_one_message_naming_both_versions(touch_files, tmp_path):
+    """Without a version both layouts are looked for; their error is one sentence in the other readers' words,
+    each folder tried named once, not the two versions' errors joined."""
+    touch_files(tmp_path / "downloads", ["notes.txt"])
+    with pytest.raises(DatasetNotFoundError) as info:
+        get_dataset("msmt17", tmp_path)
+    message = str(info.value)
+    lists = "list_train.txt, list_query.txt, list_gallery.txt"
+    assert message.startswith(f"msmt17: expected a folder holding train, test, {lists} (V1) or mask_train_v2, "
+                              f"mask_test_v2, {lists} (V2); tried {tmp_path}, {tmp_path / 'MSMT17_V1'}, ")
+    assert message.count(f"{tmp_path / 'msmt17'},") == 1 and str(tmp_path / "msmt17" / "MSMT17_V2") in message
+    assert message.count(f"{tmp_path} holds: downloads.") == 1 and "|" not in message
+    # a V2 folder that lacks a list: the fix names V2's missing file, not V1's folders, which it also lacks
+    folder = make_msmt(touch_files, tmp_path, "V2")
+    (folder / "list_gallery.txt").unlink()
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{folder} holds mask_train_v2, mask_test_v2, "
+                                                             f"list_train.txt, list_query.txt but not "
+                                                             f"list_gallery.txt: the dataset is incomplete")):
+        get_dataset("msmt17", folder)
+
+
 @pytest.mark.parametrize("variant", ["detected", "labeled"])
 def test_cuhk03np_variants_and_layouts(touch_files, tmp_path, variant):
     for v, cam in (("detected", 1), ("labeled", 2)):
