@@ -558,8 +558,11 @@ def _clear_run_outputs(run_dir: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, method_cls: type[Method], cfg: dict, stream=None):
+    def __init__(self, method_cls: type[Method], cfg: dict, stream=None, dataset: ReidDataset | None = None):
+        """`dataset`: what ``method_cls.load_dataset(cfg)`` returned, when the caller has read it already (a
+        multi-stage run reads its first stage's before it makes the run folder); None: fit reads it."""
         self.method_cls, self.cfg = method_cls, cfg
+        self._given_dataset = dataset
         self.stream = stream or sys.stderr
         self.rank, self.world_size, local_rank = _init_distributed()
         self.main = self.rank == 0
@@ -674,7 +677,7 @@ class Trainer:
         _seed_everything(cfg["seed"])
         ops.set_backend(cfg["backend"])
         _check_backend(cfg["backend"], self.device)
-        self.dataset = self.method_cls.load_dataset(cfg)
+        self.dataset = self._given_dataset if self._given_dataset is not None else self.method_cls.load_dataset(cfg)
         if self.method_cls.evaluates:  # the test images are read only after training: a bad one is found now
             for split in ("query", "gallery"):
                 check_image_headers(getattr(self.dataset, split), split)

@@ -834,12 +834,13 @@ class SAGAN(Method):
         record = StageRecord(root, write=main)
         saved = None  # config.json as it was before the options given with --resume were written into it
 
-        def fit(stage: str, scfg: dict) -> dict | None:
-            """The stage's training; options the loop refuses before it trains (a length that ends before the
-            checkpoint) leave config.json as it was, so that the next --resume does not meet them again."""
+        def fit(stage: str, scfg: dict, dataset: ReidDataset | None = None) -> dict | None:
+            """The stage's training (on `dataset` when it has been read already); options the loop refuses before
+            it trains (a length that ends before the checkpoint) leave config.json as it was, so that the next
+            --resume does not meet them again."""
             nonlocal saved
             try:
-                result = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream).fit()
+                result = Trainer(AdaptStage if stage == "adapt" else ReidStage, scfg, stream, dataset).fit()
             except ConfigError:
                 if saved is not None:
                     write_text_atomically(root / "config.json", saved)
@@ -874,12 +875,13 @@ class SAGAN(Method):
                              f"the same --out")
         if top["no_adapt"] and pipeline != ("reid",):
             raise ValueError("sagan: --no-adapt trains the re-id stage on the raw source: use it with --stage reid")
+        first_dataset = None
         if not resuming:
             # the first stage's datasets are found before the run folder is written: a wrong root or name leaves
-            # nothing behind (the later stages' inputs are what the earlier ones write)
+            # nothing behind (the later stages' inputs are what the earlier ones write); the stage trains on them
             first = stage_config(top, pipeline[0], root)
             if pipeline[0] != "translate":
-                (AdaptStage if pipeline[0] == "adapt" else ReidStage).load_dataset(first)
+                first_dataset = (AdaptStage if pipeline[0] == "adapt" else ReidStage).load_dataset(first)
             root.mkdir(parents=True, exist_ok=True)
             if main:
                 (root / "config.json").write_text(json.dumps(top, indent=2) + "\n")
@@ -918,7 +920,7 @@ class SAGAN(Method):
                         "continue, run the same command again with --resume: translation starts again.",
                         signal.SIGINT, 0) from None
             else:
-                metrics = fit(stage, scfg)
+                metrics = fit(stage, scfg, first_dataset if stage == pipeline[0] else None)
                 publish(stage)
             record.set(stage, "done")
         return metrics

@@ -230,6 +230,22 @@ def test_images_without_masks_are_found_before_the_run_starts(tiny_root, domain_
     assert "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("stage, reads", [(["--stage", "adapt"], ["synthetic-a", "synthetic-b"]),
+                                          (["--stage", "reid", "--no-adapt"], ["synthetic-b", "synthetic-a"])])
+def test_the_first_stage_reads_its_datasets_once(tiny_root, domain_b, tmp_path, monkeypatch, stage, reads):
+    # read before the run folder is made (to refuse a wrong root), then trained on: not read a second time
+    from reidfast.train import sagan
+    read, names = sagan.read_domain, []
+
+    def counted(name, root, cfg):
+        names.append(name)
+        return read(name, root, cfg)
+
+    monkeypatch.setattr(sagan, "read_domain", counted)
+    assert main(sagan_args(tiny_root, domain_b, tmp_path / "run", *stage, "--adapt-iters", "1", "--iters", "1")) == 0
+    assert names == reads
+
+
 def test_resume_skips_finished_stages(full_run, tmp_path, capsys):
     resumed = tmp_path / "resumed"
     _interrupted_copy(full_run, resumed, "reid")
