@@ -4,8 +4,9 @@ Every reader accepts the dataset folder itself or the parent layouts torchreid u
 ``root/market1501/Market-1501-v15.09.15``) and returns a :class:`ReidDataset`.
 
 Malformed file names: an image whose name does not follow the dataset's naming raises
-:class:`DatasetFormatError` listing the offending names (silently dropping images would change the evaluation
-protocol); ``strict=False`` (``--skip-misnamed`` on the command line) skips them with a logged warning instead.
+:class:`DatasetFormatError` listing the offending names of every split at once (silently dropping images would
+change the evaluation protocol); ``strict=False`` (``--skip-misnamed`` on the command line) skips them with a
+logged warning instead.
 Files that are not images (``Thumbs.db``, readme files) and person masks kept beside the images
 (``<image stem>_mask.png``) are always ignored.
 """
@@ -46,20 +47,30 @@ parse_duke_name = _regex_parser(_DUKE_NAME)
 parse_cuhk03np_name = _regex_parser(_CUHK03NP_NAME)
 
 
-def _reject_or_skip(bad: list[str], folder: Path, dataset: str, naming: str, strict: bool) -> None:
+def _reject_or_skip(bad: dict[Path, list[str]], dataset: str, naming: str, strict: bool) -> None:
+    """Misnamed images (or list lines) of every split of a dataset (split folder or list file -> names), in one
+    error: reported split by split, a user would fix one folder, rerun and meet the next."""
+    bad = {where: names for where, names in bad.items() if names}
     if not bad:
         return
-    shown = ", ".join(bad[:5]) + (f" ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
-    message = f"{dataset}: {len(bad)} image(s) in {folder} do not follow the naming {naming}: {shown}"
+    shown = lambda names: ", ".join(names[:5]) + (f" ... ({len(names) - 5} more)" if len(names) > 5 else "")
+    total = sum(len(names) for names in bad.values())
+    if len(bad) == 1:
+        (where, names), = bad.items()
+        message = f"{dataset}: {total} image(s) in {where} do not follow the naming {naming}: {shown(names)}"
+    else:
+        listing = "; ".join(f"{len(names)} in {where}: {shown(names)}" for where, names in bad.items())
+        message = f"{dataset}: {total} image(s) in {len(bad)} splits do not follow the naming {naming}: {listing}"
     if strict:
         raise DatasetFormatError(message + " (--skip-misnamed, or strict=False in get_dataset, skips them with a "
                                            "warning)")
     log.warning("%s; skipped", message)
 
 
-def read_split_folder(folder: Path, dataset: str, split: str, parse: NameParser, naming: str,
-                      num_cameras: int, strict: bool = True) -> list[Sample]:
-    """Samples of one Market-style split folder: pid and camera come from each file's name."""
+def parse_split_folder(folder: Path, dataset: str, split: str, parse: NameParser,
+                       num_cameras: int) -> tuple[list[Sample], list[str]]:
+    """Samples of one Market-style split folder (pid and camera come from each file's name), and the names of the
+    files that do not follow the naming, for :func:`_reject_or_skip`."""
     samples, bad = [], []
     for path in image_files(folder, dataset, split):
         parsed = parse(path.name)
@@ -68,10 +79,7 @@ def read_split_folder(folder: Path, dataset: str, split: str, parse: NameParser,
             continue
         pid, cam = parsed
         samples.append(Sample(str(path), pid, cam - 1))
-    _reject_or_skip(bad, folder, dataset, naming + f" with cameras 1..{num_cameras}", strict)
-    if not samples:
-        raise DatasetFormatError(f"{dataset}: {split} folder {folder} holds no usable images")
-    return samples
+    return samples, bad
 
 
 def read_market_style(folder: Path, dataset: str, parse: NameParser, naming: str, num_cameras: int,
@@ -81,12 +89,18 @@ def read_market_style(folder: Path, dataset: str, parse: NameParser, naming: str
     Train images labelled -1 (junk) or 0 (distractor) are not identities and are left out of train; Market-1501's
     own train folder has none. Query and gallery keep every label.
     """
-    read = lambda sub, split: read_split_folder(folder / sub, dataset, split, parse, naming, num_cameras, strict)
-    train = [s for s in read("bounding_box_train", "train") if s.pid > 0]
+    splits = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+    parsed = {split: parse_split_folder(folder / sub, dataset, split, parse, num_cameras)
+              for split, sub in splits.items()}
+    _reject_or_skip({folder / splits[split]: bad for split, (_, bad) in parsed.items()}, dataset,
+                    naming + f" with cameras 1..{num_cameras}", strict)
+    for split, (samples, _) in parsed.items():
+        if not samples:
+            raise DatasetFormatError(f"{dataset}: {split} folder {folder / splits[split]} holds no usable images")
+    train = [s for s in parsed["train"][0] if s.pid > 0]
     if not train:
         raise DatasetFormatError(f"{dataset}: {folder / 'bounding_box_train'} holds no identity (pid > 0) images")
-    return ReidDataset(name or dataset, folder, relabel_train(train), read("query", "query"),
-                       read("bounding_box_test", "gallery"))
+    return ReidDataset(name or dataset, folder, relabel_train(train), parsed["query"][0], parsed["gallery"][0])
 
 
 _MARKET_SPLITS = ("bounding_box_train", "bounding_box_test", "query")
@@ -137,8 +151,12 @@ def read_cuhk03np(root, variant: str | None = None, strict: bool = True) -> Reid
 _MSMT_DIRS = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
 
 
-def _read_msmt_list(list_file: Path, image_dir: Path, strict: bool) -> list[Sample]:
-    """Lines ``<pid folder>/<pid>_<index>_<camera>_<date+time>_<frame>_<n>.jpg <pid>``; camera is the third field."""
+_MSMT_NAMING = "'<pid>/<pid>_<idx>_<cam 1-15>_<...>.jpg <pid>'"
+
+
+def _parse_msmt_list(list_file: Path, image_dir: Path) -> tuple[list[Sample], list[str]]:
+    """Lines ``<pid folder>/<pid>_<index>_<camera>_<date+time>_<frame>_<n>.jpg <pid>`` (camera is the third field)
+    as samples, and the lines that do not parse, for :func:`_reject_or_skip`."""
     if not list_file.is_file():
         raise DatasetNotFoundError(f"msmt17: list file {list_file} is missing ({list_entries(list_file.parent)})")
     samples, bad = [], []
@@ -155,12 +173,7 @@ def _read_msmt_list(list_file: Path, image_dir: Path, strict: bool) -> list[Samp
             bad.append(f"line {number}: {line.strip()!r}")
             continue
         samples.append(Sample(str(image_dir / rel), pid, cam - 1))
-    _reject_or_skip(bad, list_file, "msmt17", "'<pid>/<pid>_<idx>_<cam 1-15>_<...>.jpg <pid>'", strict)
-    if not samples:
-        raise DatasetFormatError(f"msmt17: list file {list_file} holds no samples")
-    if not Path(samples[0].path).is_file():
-        raise DatasetNotFoundError(f"msmt17: {list_file} names {samples[0].path}, which does not exist")
-    return samples
+    return samples, bad
 
 
 @register_dataset("msmt17", "msmt")
@@ -178,13 +191,19 @@ def read_msmt17(root, version: str | None = None, use_val: bool = False, strict:
                    [*_MSMT_DIRS[v], "list_train.txt", "list_query.txt", "list_gallery.txt"]) for v in versions}
     v, folder = find_dataset_layout(root, layouts, "msmt17")
     train_dir, test_dir = _MSMT_DIRS[v]
-    train = _read_msmt_list(folder / "list_train.txt", folder / train_dir, strict)
-    if use_val:
-        train += _read_msmt_list(folder / "list_val.txt", folder / train_dir, strict)
-    return ReidDataset(f"msmt17-{v.lower()}", folder, relabel_train(train),
-                       _read_msmt_list(folder / "list_query.txt", folder / test_dir, strict),
-                       _read_msmt_list(folder / "list_gallery.txt", folder / test_dir, strict),
-                       info={"version": v})
+    lists = {"list_train.txt": train_dir, **({"list_val.txt": train_dir} if use_val else {}),
+             "list_query.txt": test_dir, "list_gallery.txt": test_dir}
+    parsed = {name: _parse_msmt_list(folder / name, folder / images) for name, images in lists.items()}
+    _reject_or_skip({folder / name: bad for name, (_, bad) in parsed.items()}, "msmt17", _MSMT_NAMING, strict)
+    samples = {name: found for name, (found, _) in parsed.items()}
+    for name, found in samples.items():
+        if not found:
+            raise DatasetFormatError(f"msmt17: list file {folder / name} holds no samples")
+        if not Path(found[0].path).is_file():
+            raise DatasetNotFoundError(f"msmt17: {folder / name} names {found[0].path}, which does not exist")
+    train = samples["list_train.txt"] + samples.get("list_val.txt", [])
+    return ReidDataset(f"msmt17-{v.lower()}", folder, relabel_train(train), samples["list_query.txt"],
+                       samples["list_gallery.txt"], info={"version": v})
 
 
 _PRID_NAME = re.compile(r"^person_(\d{4})\.png$")
@@ -201,17 +220,17 @@ def read_prid2011(root, split_seed: int = 0, num_train_ids: int = 100, strict: b
     """
     folder = find_dataset_dir(root, ["", "single_shot", "prid_2011/single_shot", "prid2011/prid_2011/single_shot",
                                      "prid2011/single_shot"], ["cam_a", "cam_b"], "prid2011")
-    cams = {}
+    cams, bad = {}, {}
     for cam_index, cam in enumerate(("cam_a", "cam_b")):
-        by_pid, bad = {}, []
+        by_pid, misnamed = {}, []
         for path in image_files(folder / cam, "prid2011", cam):
             m = _PRID_NAME.match(path.name)
             if m is None:
-                bad.append(path.name)
+                misnamed.append(path.name)
             else:
                 by_pid[int(m.group(1))] = Sample(str(path), int(m.group(1)), cam_index)
-        _reject_or_skip(bad, folder / cam, "prid2011", "person_0001.png", strict)
-        cams[cam] = by_pid
+        cams[cam], bad[folder / cam] = by_pid, misnamed
+    _reject_or_skip(bad, "prid2011", "person_0001.png", strict)
     shared = sorted(p for p in cams["cam_a"] if p in cams["cam_b"] and p <= PRID_SHARED_IDS)
     if len(shared) < 2 or not 0 < num_train_ids < len(shared):
         raise DatasetFormatError(

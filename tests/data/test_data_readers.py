@@ -77,6 +77,30 @@ def test_malformed_names_raise_listing_them_or_are_skipped_when_not_strict(touch
     assert len(dataset_from_args(args).gallery) == len(MARKET_GALLERY)
 
 
+def test_misnamed_images_of_every_split_are_reported_in_one_error(touch_files, tmp_path, caplog):
+    """Two bad split folders: one error names both (else a user fixes one, reruns, and meets the other)."""
+    make_market(touch_files, tmp_path, gallery=MARKET_GALLERY + ["copy of 0001.jpg"])
+    touch_files(tmp_path / "bounding_box_train", ["0002_c7s1_000001_01.jpg", "IMG_0001.jpg"])
+    with pytest.raises(DatasetFormatError) as info:
+        get_dataset("market1501", tmp_path)
+    assert str(info.value).startswith(
+        f"market1501: 3 image(s) in 2 splits do not follow the naming 0002_c1s1_000451_03.jpg with cameras 1..6: "
+        f"2 in {tmp_path / 'bounding_box_train'}: 0002_c7s1_000001_01.jpg, IMG_0001.jpg; "
+        f"1 in {tmp_path / 'bounding_box_test'}: copy of 0001.jpg (--skip-misnamed")
+    with caplog.at_level("WARNING"):
+        ds = get_dataset("market1501", tmp_path, strict=False)
+    assert (len(ds.train), len(ds.gallery)) == (3, len(MARKET_GALLERY))
+    assert caplog.text.count("skipped") == 1 and "IMG_0001.jpg" in caplog.text and "copy of 0001.jpg" in caplog.text
+    # MSMT17's list files are its splits
+    folder = make_msmt(touch_files, tmp_path / "msmt", "V1")
+    (folder / "list_query.txt").write_text("0000/0000_000_02_0113morning_0001_0.jpg\n")  # pid missing
+    (folder / "list_gallery.txt").write_text("0000/0000_003_99_0113noon_0009_0.jpg 0\n")  # camera 99
+    with pytest.raises(DatasetFormatError, match=re.escape("2 image(s) in 2 splits") + ".*"
+                       + re.escape(f"1 in {folder / 'list_query.txt'}: line 1: ") + ".*"
+                       + re.escape(f"1 in {folder / 'list_gallery.txt'}: line 1: ")):
+        get_dataset("msmt17", folder)
+
+
 def test_dukemtmc(touch_files, tmp_path):
     folder = tmp_path / "dukemtmc-reid" / "DukeMTMC-reID"
     touch_files(folder / "bounding_box_train", ["0001_c2_f0046182.jpg", "0005_c8_f0000001.jpg"])
