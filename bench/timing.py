@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from reidfast.paths import folder_path_error
+
 # A profiling session leaves NVIDIA's CUPTI attached to the process unless Kineto is told to tear it down
 # (TEARDOWN_CUPTI=1, read at the end of each session), and later kernel launches can then pay for its callbacks:
 # the rows timed after a profiled row may read slower than they are, launch-bound calls most (H100 run 8: SA-GAN's
@@ -132,19 +134,6 @@ def run_meta(device: torch.device, quick: bool, **extra) -> dict:
             "device": device.type, "host": platform.node(), "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or "cpu", "quick": quick, **extra}
-
-
-def folder_path_error(path: str) -> str | None:
-    """Why `path` cannot be a folder to write into (made with the folders above it that do not exist yet), or
-    None."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK):
-        return f"cannot write in {existing}"
-    return None
 
 
 def out_path_error(path: str) -> str | None:

@@ -49,8 +49,9 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # a source checkout works without installing
 sys.path.insert(0, BENCH_DIR)
 
-from timing import folder_path_error, kernel_time_ms, out_path_error, run_meta, time_ms, write_results  # noqa: E402
+from timing import kernel_time_ms, out_path_error, run_meta, time_ms, write_results  # noqa: E402
 
+from reidfast.paths import folder_path_error  # noqa: E402
 from reidfast.train.compile_progress import compile_progress  # noqa: E402
 from reidfast.train.config import LOOP_DEFAULTS  # noqa: E402
 from reidfast.train.loop import Run  # noqa: E402
@@ -433,8 +434,9 @@ def main(argv=None):
         p.error(f"--configs cudagraphs: {CUDA_GRAPHS_NEED_A_GPU}")
     if args.out and out_path_error(args.out):
         p.error(f"--out: {out_path_error(args.out)}")
-    if args.profile and folder_path_error(args.profile):
-        p.error(f"--profile: {folder_path_error(args.profile)}")
+    profile_error = args.profile and folder_path_error(os.path.abspath(args.profile))
+    if profile_error:
+        p.error(f"--profile: {profile_error}")
     device = torch.device(args.device)
     warmup, repeats = timing_counts(args.quick)
     meta = run_meta(device, args.quick, warmup=warmup, repeats=repeats)

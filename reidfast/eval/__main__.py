@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .. import ops
 from ..ops.rank_result import AP_MODES, METRICS
+from ..paths import folder_path_error
 from .io import load_features
 from .report import format_table, metrics_dict
 
@@ -99,15 +100,16 @@ def check_flags(parser: argparse.ArgumentParser, args) -> None:
 
 
 def check_output_path(flag: str, value: str | None) -> None:
-    """Refuses, before any work, an output path that cannot be a file: a folder, or one under a file."""
+    """Refuses, before any work, an output path that cannot be a file: a folder, one under a file, or one in a
+    folder that cannot be written."""
     if value is None:
         return
     path = Path(value)
     if path.is_dir():
         raise ValueError(f"{flag} {path}: is a folder; name a file")
-    parent = next((p for p in path.parents if p.exists()), None)  # the folders below it are made
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
+    error = folder_path_error(path.parent)  # the folders below it are made
+    if error:
+        raise ValueError(f"{flag} {path}: {error}")
 
 
 def write_json(path: Path, numbers: dict) -> None:

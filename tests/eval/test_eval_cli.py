@@ -191,11 +191,27 @@ def test_cli_reports_an_output_path_under_a_file(tmp_path, capsys):
     assert out == "" and err == f"error: --json {tmp_path}: is a folder; name a file\n"
 
 
+def test_cli_refuses_an_output_folder_it_cannot_write_in_before_the_evaluation(tmp_path, monkeypatch, capsys):
+    # the output path check is the one the benchmarks make (reidfast.paths), which also asks for write permission
+    np.savez(tmp_path / "f.npz", **saved_arrays())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and access(path, mode))
+    for out in (locked / "m.json", locked / "new" / "m.json"):
+        assert main(["--features", str(tmp_path / "f.npz"), "--json", str(out)]) == 2
+        printed, err = capsys.readouterr()
+        assert printed == "" and err == f"error: --json {out}: cannot write in {locked}\n"
+    assert list(locked.iterdir()) == []
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
 def test_cli_reports_json_that_cannot_be_written(tmp_path, capsys):
     np.savez(tmp_path / "f.npz", **saved_arrays())
     err = _cli_error(["--features", str(tmp_path / "f.npz"), "--json", "/proc/reidfast-test.json"], capsys)
-    assert err.startswith("error: --json /proc/reidfast-test.json: cannot be written (") and err.count("\n") == 1
+    # refused before the evaluation where the process may not write in /proc; found by the write itself as root
+    assert (err.startswith("error: --json /proc/reidfast-test.json: cannot be written (")
+            or err == "error: --json /proc/reidfast-test.json: cannot write in /proc\n") and err.count("\n") == 1
 
 
 def test_cli_reports_a_misspelt_backend_variable(tmp_path):
