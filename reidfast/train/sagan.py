@@ -202,13 +202,11 @@ class AdaptStage(Method):
                            masks_dir=source.masks_dir, info={"source": source, "target": target})
 
     def __init__(self, run, dataset):
+        refuse_under_torchrun(("adapt",), run.world_size)
         self.run = run
         cfg = run.cfg
         self.spatial, self.pixel = not cfg["no_spatial"], not cfg["no_pixel"]
         self.disentangled, self.faithful = not cfg["no_disentangled_cycle"], bool(cfg["faithful"])
-        if run.world_size > 1:  # G1 and G2 run twice per step (translation and cycle)
-            raise ValueError("sagan: the adaptation stage does not run under torchrun yet: train it on one device "
-                             "(--stage adapt), then the re-id stage under torchrun (--stage reid)")
         if not (self.spatial or self.pixel):
             raise ValueError("sagan: --no-spatial and --no-pixel together leave nothing to adapt")
         if cfg["codes"] < 1:
@@ -617,6 +615,17 @@ class StageRecord:
         write_text_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
+def refuse_under_torchrun(stages, world_size: int) -> None:
+    """The adapt and translate stages run in one process: under torchrun (world_size > 1) they are refused, with
+    the commands to run instead. Every rank would translate into the same folder, and the adaptation runs G1 and
+    G2 twice per step (translation and cycle)."""
+    if world_size > 1 and stages:
+        steps = ", then ".join(f"--stage {stage}" for stage in stages)
+        raise ValueError(f"sagan: the {' and '.join(stages)} stage cannot run under torchrun "
+                         f"({'each runs' if len(stages) > 1 else 'it runs'} in one process): run {steps} without "
+                         f"torchrun, then --stage reid under torchrun, with the same --out")
+
+
 def stages_of(stage: str) -> tuple[str, ...]:
     if stage == "all":
         return STAGES
@@ -867,12 +876,7 @@ class SAGAN(Method):
             top = {**cfg, "current_stage": None, "run_folder": str(root), "out": str(root), "resume": None}
         pipeline = stages_of(top["stage"])
         one_process = [s for s in pipeline if s != "reid" and not (resuming and record.status(s) == "done")]
-        if world_size > 1 and one_process:
-            # every rank would translate into the same folder; the adaptation runs G1 and G2 twice per step
-            steps = ", then ".join(f"--stage {stage}" for stage in one_process)
-            raise ValueError(f"sagan: the {' and '.join(one_process)} stage cannot run under torchrun (each runs in "
-                             f"one process): run {steps} without torchrun, then --stage reid under torchrun, with "
-                             f"the same --out")
+        refuse_under_torchrun(one_process, world_size)
         if top["no_adapt"] and pipeline != ("reid",):
             raise ValueError("sagan: --no-adapt trains the re-id stage on the raw source: use it with --stage reid")
         first_dataset = None

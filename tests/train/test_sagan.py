@@ -318,6 +318,16 @@ def test_the_one_process_stages_are_refused_under_torchrun(full_run, tiny_root, 
     assert not out.exists()
 
 
+def test_the_adaptation_method_refuses_torchrun_as_the_run_does():
+    # the stage's loop method, built without SAGAN.run (e.g. by a script), gives the run's refusal and advice
+    from reidfast.train.sagan import SAGAN, AdaptStage
+    with pytest.raises(ValueError) as refused:
+        AdaptStage(SimpleNamespace(world_size=2, cfg={**SAGAN.defaults, "current_stage": "adapt"}), None)
+    assert str(refused.value) == ("sagan: the adapt stage cannot run under torchrun (it runs in one process): run "
+                                  "--stage adapt without torchrun, then --stage reid under torchrun, with the same "
+                                  "--out")
+
+
 def test_a_stage_is_not_trained_over_unless_asked(full_run, tiny_root, domain_b, tmp_path, capsys):
     import shutil
     run = tmp_path / "again"
