@@ -5,18 +5,19 @@ each forward; that mutation breaks DataParallel replicas and CUDA graphs. Here t
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from ..ops import adain
+from ..ops._args import as_int
 from ..ops.adain import check_settings
 
 
-def _check_count(module: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+def _check_count(module: str, name: str, value) -> int:
+    count = as_int(value)
+    if count is None or count < 1:
         raise ValueError(f"{module}: {name} must be a positive integer, got {value!r}")
+    return count
 
 
 class AdaIN2d(nn.Module):
@@ -25,7 +26,7 @@ class AdaIN2d(nn.Module):
     def __init__(self, num_features: int, activation: str = "none", negative_slope: float = 0.2, eps: float = 1e-5):
         super().__init__()
         # Checked here, not at the first forward deep inside a network
-        _check_count("AdaIN2d", "num_features", num_features)
+        num_features = _check_count("AdaIN2d", "num_features", num_features)
         check_settings("AdaIN2d", activation, negative_slope, eps)
         self.num_features = num_features
         self.activation = activation
@@ -51,7 +52,7 @@ class AdaINResBlock(nn.Module):
 
     def __init__(self, dim: int, activation: str = "relu", pad_mode: str = "reflect", eps: float = 1e-5):
         super().__init__()
-        _check_count("AdaINResBlock", "dim", dim)
+        dim = _check_count("AdaINResBlock", "dim", dim)
         if pad_mode not in ("reflect", "zeros", "replicate"):
             raise ValueError(f"AdaINResBlock: pad_mode must be 'reflect', 'zeros' or 'replicate', got {pad_mode!r}")
         self.dim = dim

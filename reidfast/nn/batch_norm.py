@@ -12,10 +12,11 @@ convolutions running once, at g times the batch.
 from __future__ import annotations
 
 import contextlib
-import numbers
 
 import torch
 from torch import nn
+
+from ..ops._args import as_int
 
 
 class _SplitBatchNorm:
@@ -94,9 +95,10 @@ def split_batchnorm(module: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def batchnorm_groups(module: nn.Module, groups: int):
     """Within the block, the split BatchNorm layers of `module` treat a batch as `groups` separate calls."""
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):  # chunk() would refuse it in forward
+    count = as_int(groups)
+    if count is None:  # chunk() would refuse it in forward
         raise TypeError(f"batchnorm_groups: groups must be an int, got {groups!r}")
-    groups = int(groups)
+    groups = count
     if groups < 1:
         raise ValueError(f"batchnorm_groups: groups must be >= 1, got {groups}")
     layers = [m for m in module.modules() if isinstance(m, _SplitBatchNorm)]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..ops import homography_from_params, homography_warp
+from ..ops._args import as_int
 from ..ops.homography import check_settings
 
 
@@ -29,12 +30,14 @@ class HomographyTransformer(nn.Module):
     def __init__(self, in_channels: int = 3, code_dim: int = 0, hidden: int = 32, out_size=None,
                  padding_mode: str = "zeros", align_corners: bool = False, bound: float | None = None):
         super().__init__()
+        counts = []
         for name, value in (("in_channels", in_channels), ("code_dim", code_dim), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            counts.append(as_int(value))
+            if counts[-1] is None:
                 raise TypeError(f"HomographyTransformer: {name} must be an int, got {value!r}")
         if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)):
             raise TypeError(f"HomographyTransformer: bound must be a positive number or None, got {bound!r}")
-        in_channels, code_dim, hidden = int(in_channels), int(code_dim), int(hidden)
+        in_channels, code_dim, hidden = counts
         if in_channels < 1 or code_dim < 0 or hidden < 1:
             raise ValueError(f"HomographyTransformer: need in_channels >= 1, code_dim >= 0, hidden >= 1; got "
                              f"{in_channels}, {code_dim}, {hidden}")

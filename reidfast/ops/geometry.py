@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .homography import as_int, check_align_corners, check_has_pixels, check_settings, check_size, homography_warp
+from ._args import as_int
+from .homography import check_align_corners, check_has_pixels, check_settings, check_size, homography_warp
 
 
 def _check_homographies(fn: str, name: str, H) -> None:

@@ -3,11 +3,10 @@ spatial transformer). The coordinate convention and the horizon rule are defined
 (and, for the kernels, csrc/include/reidfast/grid_math.h and homography_math.h)."""
 from __future__ import annotations
 
-import operator
-
 import torch
 
 from . import _backend, _extension, reference
+from ._args import as_int
 from ._registration import register_homography_op_pair
 from .reference import PADDING_MODES
 
@@ -18,16 +17,6 @@ if _extension.has_cpu_kernels():
     register_homography_op_pair("reidfast::homography_warp_forward", "reidfast::homography_warp_backward",
                                 python_autograd=False)
     _forward_op = torch.ops.reidfast.homography_warp_forward.default  # looked up once, not per call
-
-
-def as_int(v):
-    """v as a Python int when it is an integer other than a bool (Python's, numpy's, a 0-d tensor's), else None."""
-    if isinstance(v, bool):
-        return None
-    try:
-        return operator.index(v)
-    except TypeError:
-        return None
 
 
 def check_size(who: str, name: str, size, optional: bool = False) -> tuple[int, int]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 
 import torch
 
 from . import _backend, _extension, reference
+from ._args import as_int
 from ._registration import register_rank_ops
 from .rank_result import (AP_MODES, METRICS, NAN_ROW, NAN_ROWS, UNFINISHED_ROW, UNFINISHED_ROWS, UNNAMED_DISTMAT,
                           RankEvalResult, result_from_summary)
@@ -325,11 +325,15 @@ def rank_eval(
         raise ValueError(f"rank_eval: distmat_label must be a non-empty string, got {distmat_label!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"rank_eval: precision must be one of {PRECISIONS}, got {precision!r}")
-    if isinstance(max_rank, bool) or not isinstance(max_rank, numbers.Integral) or max_rank < 1:
+    count = as_int(max_rank)
+    if count is None or count < 1:
         raise ValueError(f"rank_eval: max_rank must be an integer >= 1, got {max_rank!r}")
-    if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, numbers.Integral)
-                                  or tile_size < 1):
-        raise ValueError(f"rank_eval: tile_size must be an integer >= 1 or None, got {tile_size!r}")
+    max_rank = count
+    if tile_size is not None:
+        count = as_int(tile_size)
+        if count is None or count < 1:
+            raise ValueError(f"rank_eval: tile_size must be an integer >= 1 or None, got {tile_size!r}")
+        tile_size = count
     have_features = query_features is not None or gallery_features is not None
     if (distmat is None) == (not have_features):
         raise ValueError("rank_eval: give either distmat or (query_features and gallery_features), not "

@@ -1,4 +1,7 @@
 """reidfast.nn's AdaIN modules: what they compute against the op, and the settings they refuse when built."""
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -39,3 +42,16 @@ def test_resblock_style_of_the_wrong_kind_is_named():
         with pytest.raises(TypeError, match=r"AdaINResBlock: style must be a \(N, 12\) tensor or a tuple of four "
                                             rf"\(N, 3\) tensors .*got a {words}"):
             block(x, bad)
+
+
+def test_counts_are_the_integers_the_ops_take():
+    # one reading of integer arguments for the ops and the modules: numpy and 0-d integer tensors are counts, kept
+    # as Python ints; a bool (Python's, numpy's or torch's) or a tensor of one element is not
+    for count in (np.int64(3), torch.tensor(3)):
+        assert type(AdaIN2d(count).num_features) is int and type(AdaINResBlock(count).dim) is int
+    for bad in (True, np.True_, torch.tensor(True), torch.tensor([3]), torch.tensor(3.0)):
+        message = f"AdaIN2d: num_features must be a positive integer, got {bad!r}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            AdaIN2d(bad)
+        with pytest.raises(ValueError, match="AdaINResBlock: dim must be a positive integer"):
+            AdaINResBlock(bad)

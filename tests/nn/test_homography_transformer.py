@@ -81,7 +81,16 @@ def test_bad_inputs():
     ({"code_dim": 1.5}, "code_dim must be an int, got 1.5"),
     ({"hidden": "32"}, "hidden must be an int, got '32'"),
     ({"bound": "0.3"}, "bound must be a positive number or None, got '0.3'"),
+    ({"in_channels": True}, "in_channels must be an int, got True"),
+    ({"code_dim": torch.tensor(True)}, "code_dim must be an int, got tensor\\(True\\)"),
+    ({"hidden": torch.tensor([32])}, "hidden must be an int, got tensor\\(\\[32\\]\\)"),
 ])
 def test_bad_settings_are_refused_when_the_module_is_built(kwargs, words):
     with pytest.raises((ValueError, TypeError), match=words):
         HomographyTransformer(**{"in_channels": 3, **kwargs})
+
+
+def test_sizes_are_the_integers_the_ops_take():
+    import numpy as np
+    net = HomographyTransformer(torch.tensor(3), code_dim=np.int64(2), hidden=torch.tensor(8, dtype=torch.int32))
+    assert (net.in_channels, net.code_dim) == (3, 2) and type(net.in_channels) is int and type(net.code_dim) is int

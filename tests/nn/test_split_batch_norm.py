@@ -2,6 +2,7 @@
 each, give (outputs, gradients, running statistics), eagerly (g native calls) and in the one-pass form compiled
 graphs take, for single layers and for a whole ResNet-50."""
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -181,12 +182,13 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="groups must be >= 1"):
         with batchnorm_groups(bn, 0):
             pass
-    for bad in (2.0, True, "2"):  # refused where they are given, not as chunk()'s or a comparison's error later
-        with pytest.raises(TypeError, match=f"batchnorm_groups: groups must be an int, got {bad!r}"):
+    for bad in (2.0, True, "2", torch.tensor(True), torch.tensor([2])):  # refused where given, not by chunk() later
+        with pytest.raises(TypeError, match=re.escape(f"batchnorm_groups: groups must be an int, got {bad!r}")):
             with batchnorm_groups(bn, bad):
                 pass
-    with batchnorm_groups(bn, np.int64(2)):
-        assert bn.groups == 2 and type(bn.groups) is int
+    for count in (np.int64(2), torch.tensor(2)):  # the integers the ops take
+        with batchnorm_groups(bn, count):
+            assert bn.groups == 2 and type(bn.groups) is int
 
 
 def test_group_counts_of_several_modules_hold_inside_the_block_only():

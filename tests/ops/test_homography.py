@@ -538,6 +538,10 @@ def test_sizes_accept_numpy_integers_everywhere():
     for convert in (ops.pixel_to_normalized, ops.normalized_to_pixel):
         torch.testing.assert_close(convert(M, (np.int64(5), np.int64(6)), (np.int32(4), 3), True),
                                    convert(M, (5, 6), (4, 3), True))
+    assert ops.homography_warp(img, M, out_size=(torch.tensor(5), 7)).shape == (1, 1, 5, 7)  # a 0-d tensor's too
+    for bad in (torch.tensor(True), torch.tensor([5]), np.True_):  # but not a bool, nor a tensor of one element
+        with pytest.raises(TypeError, match="out_size must hold two ints"):
+            ops.homography_warp(img, M, out_size=(bad, 7))
 
 
 @pytest.mark.parametrize("call, exc, words", [

@@ -368,6 +368,9 @@ LABELS = ([1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
     (dict(distmat=torch.zeros(2, 3), max_rank=0), ValueError, "max_rank"),
     (dict(distmat=torch.zeros(2, 3), precision="tf32"), ValueError, "precision"),
     (dict(distmat=torch.zeros(2, 3), tile_size=0), ValueError, "tile_size"),
+    (dict(distmat=torch.zeros(2, 3), max_rank=True), ValueError, "max_rank must be an integer >= 1, got True"),
+    (dict(distmat=torch.zeros(2, 3), max_rank=torch.tensor(True)), ValueError, "max_rank must be an integer"),
+    (dict(distmat=torch.zeros(2, 3), tile_size=2.0), ValueError, "tile_size must be an integer >= 1 or None"),
     (dict(query_features=torch.zeros(2, 0), gallery_features=torch.zeros(3, 0)), ValueError, "dimension 0"),
     (dict(distmat=torch.zeros(0, 3)), ValueError, "at least one query"),
 ])
@@ -377,6 +380,16 @@ def test_errors(backend, kwargs, error, match):
         labels = ([], [1, 2, 3], [], [1, 1, 1])
     with pytest.raises(error, match=match):
         evaluate(backend, *labels, **kwargs)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_counts_are_the_integers_the_other_ops_take(backend):
+    # max_rank and tile_size read as the warp's sizes are: numpy and 0-d tensor integers too
+    dist = torch.rand(2, 3, generator=torch.Generator().manual_seed(0))
+    want = evaluate(backend, *LABELS, distmat=dist, max_rank=2, tile_size=1)
+    got = evaluate(backend, *LABELS, distmat=dist, max_rank=torch.tensor(2), tile_size=np.int64(1))
+    torch.testing.assert_close(got.cmc, want.cmc)
+    assert got.mAP == want.mAP and got.cmc.shape == (2,)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
