@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -536,6 +537,23 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+# The test image lists whose headers this process has read (a digest of each list's paths): a run of several
+# stages (FD-GAN's --stage all, DG-Net with the teacher it trains first) builds a Trainer per stage on the same
+# query and gallery, and opening their images once is enough.
+_CHECKED_TEST_IMAGES: set[str] = set()
+
+
+def _check_test_images(dataset: ReidDataset) -> None:
+    """Opens the query and gallery images far enough to read their headers, once per process for the same files:
+    they are read only after training, so a file that is not an image is found now (check_image_headers)."""
+    for split in ("query", "gallery"):
+        samples = getattr(dataset, split)
+        key = hashlib.sha256("\0".join(str(s.path) for s in samples).encode()).hexdigest()
+        if key not in _CHECKED_TEST_IMAGES:
+            check_image_headers(samples, split)
+            _CHECKED_TEST_IMAGES.add(key)
+
+
 def _check_resumed_length(reached: int, total: int, cfg: dict) -> None:
     """A resumed run's length (--iters, or --epochs times the batches per epoch) cannot end before its checkpoint."""
     if total >= reached:
@@ -678,9 +696,8 @@ class Trainer:
         ops.set_backend(cfg["backend"])
         _check_backend(cfg["backend"], self.device)
         self.dataset = self._given_dataset if self._given_dataset is not None else self.method_cls.load_dataset(cfg)
-        if self.method_cls.evaluates:  # the test images are read only after training: a bad one is found now
-            for split in ("query", "gallery"):
-                check_image_headers(getattr(self.dataset, split), split)
+        if self.method_cls.evaluates:
+            _check_test_images(self.dataset)
         self.run = Run(cfg, self.device, self.rank, self.world_size, self.log, self.method_cls)
         self.log(f"{self.method_cls.name}: {self.dataset.summary()}")
         method = self.method_cls(self.run, self.dataset)

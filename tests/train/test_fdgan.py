@@ -135,6 +135,23 @@ def test_a_stage_is_not_trained_over_unless_asked(all_run, tiny_root, tmp_path, 
     assert main(fdgan_args(tiny_root, run, "--stage", "2", "--iters", "1", "--overwrite")) == 0
 
 
+def test_the_test_images_are_opened_once_for_all_stages(tiny_root, tmp_path, monkeypatch):
+    # every stage evaluates on the same query and gallery: their headers are read before stage I only
+    from reidfast.train import loop
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root, data)  # files that no earlier run of this process has opened
+    opened, check = [], loop.check_image_headers
+
+    def counted(samples, split):
+        opened.append(split)
+        return check(samples, split)
+
+    monkeypatch.setattr(loop, "check_image_headers", counted)
+    assert main(fdgan_args(data, tmp_path / "run", "--stage-iters", "1", "1", "1")) == 0
+    assert opened == ["query", "gallery"]
+    assert all((tmp_path / "run" / f"stage{stage}" / "metrics.json").is_file() for stage in (1, 2, 3))
+
+
 def test_a_single_stage_needs_the_previous_one(tiny_root, tmp_path, capsys):
     assert main(fdgan_args(tiny_root, tmp_path / "lonely", "--stage", "2", "--iters", "1")) == 2
     assert "--init" in capsys.readouterr().err
