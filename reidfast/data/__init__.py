@@ -48,7 +48,8 @@ __all__ = [
     "read_fdgan_pose", "read_fdgan_poses", "scale_keypoints", "keypoints_to_heatmaps", "flip_keypoints",
     "flip_heatmaps",
     "MaskReader", "MaskNotFoundError", "decode_mask",
-    "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler", "VerificationPairSampler", "UnpairedDomainSampler",
+    "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler",
+    "VerificationPairSampler", "UnpairedDomainSampler",
     "ImageDataset", "DomainPairDataset", "decode_image", "error_message", "make_loader", "PATH_ERRORS",
     "BatchAugment", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN", "IMAGENET_STD",
 ]

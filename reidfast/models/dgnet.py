@@ -83,8 +83,8 @@ class ASPP(nn.Module):
 
 class StructureEncoder(nn.Module):
     """Es: gray input (the channel mean of the normalized image), convs 1-16-32-32-64 (the 1st and 4th with
-    stride 2, as in the published encoder), 4 IN ResBlocks, ASPP, 1x1 conv + instance norm to the 128-channel structure code (H/4 x W/4), with
-    no activation (the published ASPP's fusion layer)."""
+    stride 2, as in the published encoder), 4 IN ResBlocks, ASPP, 1x1 conv + instance norm to the 128-channel
+    structure code (H/4 x W/4), with no activation (the published ASPP's fusion layer)."""
 
     def __init__(self, width: float = 1.0, code_channels: int = 128, res_blocks: int = 4):
         super().__init__()

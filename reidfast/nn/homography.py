@@ -65,7 +65,8 @@ class HomographyTransformer(nn.Module):
     def localize(self, img: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
         """The (N, 3, 3) homography the module would apply to img."""
         if img.dim() != 4 or img.shape[1] != self.in_channels:
-            raise ValueError(f"HomographyTransformer: img must be (N, {self.in_channels}, H, W), got {tuple(img.shape)}")
+            raise ValueError(f"HomographyTransformer: img must be (N, {self.in_channels}, H, W), "
+                             f"got {tuple(img.shape)}")
         x = img
         if self.code_dim:
             if code is None:

@@ -33,7 +33,7 @@ examples:
   python -m reidfast.train baseline --data-root ~/data --dataset market1501 --last-stride 1
   python -m reidfast.train baseline --out runs/b1 --resume   # continue runs/b1 exactly where it stopped
   python -m reidfast.eval --checkpoint runs/baseline-synthetic
-  python -m reidfast.train fdgan                             # FD-GAN stages I, II, III (RUN/stage1..3), quick CPU preset
+  python -m reidfast.train fdgan                             # FD-GAN stages I, II, III (RUN/stage1..3), CPU preset
   python -m reidfast.train fdgan --stage 2 --out runs/f1     # one stage, from runs/f1/stage1 (or --init CHECKPOINT)
   python -m reidfast.train sagan                             # SA-GAN: synthetic domain a -> b, all three stages
   python -m reidfast.train sagan --source market1501 --source-root ~/data --target dukemtmc --target-root ~/data

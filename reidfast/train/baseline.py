@@ -45,8 +45,8 @@ class Baseline(Method):
         "pad": 10, "pretrained": "auto", "ap_mode": "market", "warmup_iters": 0, "bottleneck": 512,
     }
     presets = {
-        "cpu-quick": {"epochs": None, "iters": 600, "lr": 0.01, "height": 64, "width": 32, "backbone_width": 16, "pad": 4,
-                      "synthetic_ids": 120, "ckpt_every": 200, "log_every": 20, "warmup_iters": 50},
+        "cpu-quick": {"epochs": None, "iters": 600, "lr": 0.01, "height": 64, "width": 32, "backbone_width": 16,
+                      "pad": 4, "synthetic_ids": 120, "ckpt_every": 200, "log_every": 20, "warmup_iters": 50},
     }
 
     @classmethod

@@ -309,7 +309,8 @@ class Method:
 
 
 class WarmupStepSchedule:
-    """lr factor at iteration i (for LambdaLR, stepped once per iteration): linear warm-up over `warmup` iterations, times gamma per milestone passed."""
+    """lr factor at iteration i (for LambdaLR, stepped once per iteration): linear warm-up over `warmup`
+    iterations, times gamma per milestone passed."""
 
     def __init__(self, warmup: int, milestones, gamma: float):
         self.warmup, self.milestones, self.gamma = warmup, list(milestones), gamma

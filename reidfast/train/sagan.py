@@ -345,7 +345,8 @@ class AdaptStage(Method):
             out["adv_t"] = real_t.float().mean() - fake_t.float().mean()
         out["mask"] = zero
         if self.pixel:
-            out["mask"] = ((xa.float() - xs.float()) * mxs).abs().mean() + ((ya.float() - ys.float()) * mys).abs().mean()
+            out["mask"] = (((xa.float() - xs.float()) * mxs).abs().mean()
+                           + ((ya.float() - ys.float()) * mys).abs().mean())
         positives, negatives = self._sia(x, xs, xa, ys, y)
         out["con"] = sum(contrastive(a.float(), b.float(), True, cfg["margin"]) for a, b in positives) / 2 + \
             sum(contrastive(a.float(), b.float(), False, cfg["margin"]) for a, b in negatives) / 2
@@ -484,7 +485,8 @@ def _adapt_method(folder: Path, device: torch.device):
 def translate(cfg: dict, out: Path, log=print) -> dict:
     """Write the adapted source training set (M variants per image) as a Market-1501 layout dataset into `out`
     (atomically: built in a temporary sibling folder, then renamed). Returns translation.json's dict."""
-    device = torch.device(cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(cfg["device"] if cfg["device"] != "auto" else auto)
     adapt_dir = Path(cfg["adapt_run"]) if cfg.get("adapt_run") else Path(cfg["run_folder"]) / "adapt"
     method, acfg = _adapt_method(adapt_dir, device)
     method.faithful = bool(cfg["faithful"])
@@ -692,7 +694,8 @@ class SAGAN(Method):
         # the adaptation stage
         "adapt_iters": 50_000, "adapt_batch_size": 8, "gen_lr": 2e-4, "dis_lr": 2e-4, "adam_beta1": 0.5,
         "adam_beta2": 0.999, "adapt_decay_from": 0.5, "ngf": 64, "gen_blocks": 9, "ndf": 64, "stm_hidden": 32,
-        "stm_bound": 0.3, "stm_lr_mult": 0.1, "code_dim": 8, "dt_hidden": 64, "sianet_width": 64, "sianet_dim": 128, "codes": 10,
+        "stm_bound": 0.3, "stm_lr_mult": 0.1, "code_dim": 8, "dt_hidden": 64, "sianet_width": 64, "sianet_dim": 128,
+        "codes": 10,
         "adv_w": 1.0, "spatial_adv_w": 1.0, "cyc_w": 10.0, "pcl_w": 1.0, "mask_w": 5.0, "con_w": 2.0, "margin": 2.0,
         "gp_w": 10.0, "no_spatial": False, "no_pixel": False, "no_disentangled_cycle": False, "faithful": False,
     }
