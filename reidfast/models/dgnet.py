@@ -31,14 +31,28 @@ def _lrelu() -> nn.Module:
     return nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
 
 
+class DilatedConv2d(nn.Conv2d):
+    """The ASPP's dilated convolution with the published encoder's reflect padding where the map allows it (a
+    reflection needs a pad smaller than each side) and zero padding on smaller maps (the CPU preset's 16x8 at rate 9).
+    The same parameters and state dict as nn.Conv2d; the padding is chosen by the input's size."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        pad_h, pad_w = self.padding
+        mode = "reflect" if pad_h < input.shape[-2] and pad_w < input.shape[-1] else "constant"
+        input = F.pad(input, (pad_w, pad_w, pad_h, pad_h), mode=mode)
+        return F.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
 def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, norm: bool = True,
                 conv: type[nn.Conv2d] = nn.Conv2d, act: bool = True) -> nn.Sequential:
-    """conv -> instance norm (optional) -> LeakyReLU(0.2) (optional). Reflect padding, except for dilated convs (ASPP):
-    zero padding as in DeepLab, which also works on maps smaller than the dilation (the CPU preset's 16x8).
-    conv: the convolution class (D's: PenaltyConv2d, for its R1 penalty)."""
+    """conv -> instance norm (optional) -> LeakyReLU(0.2) (optional), reflect padding (dilated convs:
+    DilatedConv2d, which falls back to zeros on maps too small to reflect). conv: the convolution class (D's:
+    PenaltyConv2d, for its R1 penalty)."""
     padding = dilation * (kernel - 1) // 2
-    mode = "reflect" if padding and dilation == 1 else "zeros"
-    layers = [conv(cin, cout, kernel, stride, padding, dilation=dilation, padding_mode=mode)]
+    if dilation > 1:
+        layers = [DilatedConv2d(cin, cout, kernel, stride, padding, dilation=dilation)]
+    else:
+        layers = [conv(cin, cout, kernel, stride, padding, padding_mode="reflect" if padding else "zeros")]
     if norm:
         layers.append(nn.InstanceNorm2d(cout))
     if act:
@@ -63,8 +77,9 @@ class ResBlock(nn.Module):
 
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: a 1x1 branch and three branches of 1x1 -> LReLU -> dilated 3x3 (rates 3,
-    6, 9), each of dim/2 channels with instance norm, concatenated (2 * dim channels). As in the published block,
-    each branch ends in its instance norm without activation."""
+    6, 9; reflect padding where the map allows, see DilatedConv2d), each of dim/2 channels with instance norm,
+    concatenated (2 * dim channels). As in the published block, each branch ends in its instance norm without
+    activation."""
 
     RATES = (3, 6, 9)
 

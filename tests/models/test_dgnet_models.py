@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import ops
-from reidfast.models.dgnet import (ASPP, AdaINParams, AppearanceEncoder, Decoder, Generator, LayerNorm2d,
+from reidfast.models.dgnet import (ASPP, DilatedConv2d, AdaINParams, AppearanceEncoder, Decoder, Generator, LayerNorm2d,
                                    MultiScaleDiscriminator, PatchDiscriminator, StructureEncoder, parameter_counts)
 from reidfast.ops import _extension
 
@@ -34,6 +34,20 @@ def test_structure_encoder_shapes():
 def test_aspp_and_layer_norm_shapes():
     assert ASPP(8)(torch.randn(N, 8, 16, 8)).shape == (N, 16, 16, 8)
     assert LayerNorm2d(6)(torch.randn(N, 6, 4, 3) * 3 + 1).shape == (N, 6, 4, 3)
+
+
+def test_aspp_pads_by_reflection_where_the_map_allows_and_by_zeros_below():
+    # the published ASPP reflects at every rate (its 64x32 maps at 256x128); a reflection needs a pad smaller than
+    # each side, so on smaller maps (the CPU preset's 16x8 at rate 9) the padding is zeros
+    torch.manual_seed(0)
+    conv = DilatedConv2d(3, 4, 3, padding=6, dilation=6)
+    assert set(conv.state_dict()) == set(torch.nn.Conv2d(3, 4, 3).state_dict())
+    for size, mode in (((12, 7), "reflect"), ((12, 6), "constant"), ((6, 12), "constant")):
+        x = torch.randn(2, 3, *size)
+        want = F.conv2d(F.pad(x, (6, 6, 6, 6), mode=mode), conv.weight, conv.bias, dilation=6)
+        torch.testing.assert_close(conv(x), want, msg=f"{size}")
+    rates = [m.dilation for m in ASPP(8).modules() if isinstance(m, DilatedConv2d)]
+    assert rates == [(3, 3), (6, 6), (9, 9)]
 
 
 def test_structure_code_and_aspp_branches_end_without_activation():
