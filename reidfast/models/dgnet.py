@@ -183,6 +183,23 @@ class Decoder(nn.Module):
         return self.out(self.up(x))
 
 
+def init_weights(network: nn.Module, scheme: str) -> nn.Module:
+    """The published configuration's initialization of every convolution and linear layer (weights only; biases
+    0): "kaiming" (normal, fan_in, gain sqrt(2)) for the generator side, Es, the MLPs and G; "gaussian" (N(0,
+    0.02)) for D. The other layers (the decoder's layer norm) keep their own."""
+    for m in network.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if scheme == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            elif scheme == "gaussian":
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            else:
+                raise ValueError(f"init_weights: scheme must be 'kaiming' or 'gaussian', got {scheme!r}")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return network
+
+
 class MLP(nn.Module):
     """Linear layers with LeakyReLU(0.2) between them; the last output is raw."""
 
@@ -231,14 +248,16 @@ class AdaINParams(nn.Module):
 
 
 class Generator(nn.Module):
-    """Es + the AdaIN MLPs + G: the generator-side networks (one optimizer). ``forward(s, f)`` decodes;
-    ``encoder`` is Es (a module of its own, so that each can be wrapped or compiled separately)."""
+    """Es + the AdaIN MLPs + G: the generator-side networks (one optimizer), initialized as the published
+    configuration (init_weights "kaiming"). ``forward(s, f)`` decodes; ``encoder`` is Es (a module of its own, so
+    that each can be wrapped or compiled separately)."""
 
     def __init__(self, code_features: int, width: float = 1.0):
         super().__init__()
         self.encoder = StructureEncoder(width)
         self.decoder = Decoder(width)
         self.mlp = AdaINParams(code_features, self.decoder.dim, len(self.decoder.blocks), width)
+        init_weights(self, "kaiming")
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(images)
@@ -269,11 +288,12 @@ class PatchDiscriminator(nn.Module):
 
 
 class MultiScaleDiscriminator(nn.Module):
-    """D at 3 scales (full, 1/2, 1/4 by 3x3 average pooling, stride 2); returns one score map per scale."""
+    """D at 3 scales (full, 1/2, 1/4 by 3x3 average pooling, stride 2); returns one score map per scale. Each
+    scale's network is initialized as the published configuration (init_weights "gaussian")."""
 
     def __init__(self, width: float = 1.0, scales: int = 3):
         super().__init__()
-        self.scales = nn.ModuleList([PatchDiscriminator(width) for _ in range(scales)])
+        self.scales = nn.ModuleList([init_weights(PatchDiscriminator(width), "gaussian") for _ in range(scales)])
 
     @staticmethod
     def downsample(images: torch.Tensor) -> torch.Tensor:

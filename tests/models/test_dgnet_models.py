@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from reidfast import ops
-from reidfast.models.dgnet import (ASPP, DilatedConv2d, AdaINParams, AppearanceEncoder, Decoder, Generator, LayerNorm2d,
-                                   MultiScaleDiscriminator, PatchDiscriminator, StructureEncoder, parameter_counts)
+from reidfast.models.dgnet import (ASPP, AdaINParams, AppearanceEncoder, Decoder, DilatedConv2d, Generator,
+                                   LayerNorm2d, MultiScaleDiscriminator, PatchDiscriminator, StructureEncoder,
+                                   parameter_counts)
 from reidfast.ops import _extension
 
 H, W, N, K = 64, 32, 2, 5
@@ -34,6 +35,22 @@ def test_structure_encoder_shapes():
 def test_aspp_and_layer_norm_shapes():
     assert ASPP(8)(torch.randn(N, 8, 16, 8)).shape == (N, 16, 16, 8)
     assert LayerNorm2d(6)(torch.randn(N, 6, 4, 3) * 3 + 1).shape == (N, 6, 4, 3)
+
+
+def test_generator_and_discriminator_start_from_the_published_initialization():
+    torch.manual_seed(0)
+    gen, dis = Generator(code_features=4 * 64, width=0.5), MultiScaleDiscriminator(width=0.5)
+    layers = lambda net: [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]  # noqa
+    for m in layers(gen):  # kaiming normal, fan_in, gain sqrt(2); biases 0
+        fan_in = m.weight[0].numel()
+        if m.weight.numel() >= 2000:
+            assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1), m
+        assert m.bias is None or not m.bias.any()
+    # every convolution of Es counts, its dilated ones included
+    assert sum(isinstance(m, DilatedConv2d) for m in gen.encoder.modules()) == 3
+    weights = torch.cat([m.weight.flatten() for m in layers(dis)])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05) and abs(weights.mean().item()) < 1e-3
+    assert not any(m.bias.any() for m in layers(dis) if m.bias is not None)
 
 
 def test_aspp_pads_by_reflection_where_the_map_allows_and_by_zeros_below():
