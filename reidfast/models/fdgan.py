@@ -51,7 +51,8 @@ def from_generator_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def set_batchnorm_eval(module: nn.Module) -> None:
-    """BatchNorm layers in eval mode (running statistics used and left unchanged): stage III's frozen BN."""
+    """BatchNorm layers in eval mode (running statistics used and left unchanged; affine parameters still train):
+    the frozen statistics of stages II and III."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()

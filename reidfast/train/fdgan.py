@@ -2,9 +2,9 @@
 losses, stages and update order only; the networks are in :mod:`reidfast.models.fdgan`, the rest in the shared loop.
 
 A batch is P pairs (a, o) from :class:`VerificationPairSampler` (per anchor a: one positive, three negatives). Each
-image has a target, another image of its identity (:class:`TargetPoseSampler`): t_a, the anchor's positive partner;
-t_o, the same as t_a in a positive pair and another image of o's identity in a negative one (the published
-configuration). A target's keypoints become an 18-channel Gaussian pose map on the device (peak 1, bandwidth drawn
+image has a target, another image of its identity drawn per pair (:class:`TargetPoseSampler`, as the published
+configuration): t_a for the anchor; t_o, the same as t_a in a positive pair and an image of o's identity in a
+negative one. A target's keypoints become an 18-channel Gaussian pose map on the device (peak 1, bandwidth drawn
 per image from {4, 5, 6} pixels at height 256, scaled with the image height: online pose map augmentation): p_a,
 p_o, with p_o = p_a in a positive pair. Both branches of a pair share the noise z ~ N(0, I_256), so positive pairs
 share target pose and noise. Below, x = [a; o], t = [t_a; t_o], p = [p_a; p_o] and y = [y_a; y_o] stack the two
@@ -21,7 +21,10 @@ branches as the original does.
   ``--loss-weights paper`` gives (w_v, w_id, w_pd, w_r, w_sp) = (1, 0.1, 0.1, 10, 1), ``published`` ten times
   those (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD 1e-2; constant for half the stage,
   then linear decay to 0 (50 + 50 epochs).
-- Stage III: everything jointly, E's BatchNorm frozen (statistics and affine parameters): L_v + the stage II
+- BatchNorm: D_id's layers (backbone and head) keep stage I's running statistics in stages II and III (eval
+  mode, their affine parameters training), and in stage III E's and V's too, as the published configuration fixes
+  them (its set_bn_fix).
+- Stage III: everything jointly, E's BatchNorm statistics frozen (above): L_v + the stage II
   losses train E, V and G; Adam for E, G, V at 1e-6, 1e-6, 1e-5, SGD for D_id, D_pd at 1e-4; 25 + 25 epochs.
   (Adam's betas are (0.5, 0.999) throughout; SGD has weight decay 5e-4 in stage I, 1e-4 for D_id and D_pd as
   in the published configuration.)
@@ -75,20 +78,18 @@ STAGES = (1, 2, 3)
 
 class TargetPoseSampler(VerificationPairSampler):
     """:class:`VerificationPairSampler`'s (anchor, other) pairs with each image's target: another image of its
-    identity, whose pose and pixels the generator is asked for. The anchor's target is its positive partner (the
-    same for all of the anchor's pairs); in the positive pair the other image takes the anchor's target (positive
-    pairs share target pose and noise), in a negative pair it gets its own, drawn per pair, as in the published
-    configuration. Yields (anchor, other, anchor's target, other's target)."""
+    identity (itself only if it has none), whose pose and pixels the generator is asked for, drawn per pair as the
+    published configuration draws one per loaded image. In the positive pair the other image takes the anchor's
+    target (positive pairs share target pose and noise); in a negative pair it has its own. Yields (anchor, other,
+    anchor's target, other's target)."""
 
     def __iter__(self):
         targets = np.random.default_rng([self.seed, self.epoch, 1])  # a stream of its own: the pairs stay the same
-        current = target = None
+        partner = self._positives.partner
         for anchor, other in super().__iter__():
-            if anchor != current:  # every anchor's first pair is its positive one
-                current, target = anchor, other
-                yield anchor, other, target, target
-            else:
-                yield anchor, other, target, self._positives.partner(other, targets)
+            target = partner(anchor, targets)
+            positive = self.pids[other] == self.pids[anchor]
+            yield anchor, other, target, target if positive else partner(other, targets)
 
 
 def _bce(logits: torch.Tensor, target) -> torch.Tensor:
@@ -146,7 +147,7 @@ class FDGAN(Method):
         g.add_argument("--stage", choices=("1", "2", "3", "all"), default=S,
                        help="all (default): stages I, II, III in RUN/stage1..3, each starting from the previous "
                             "one's result; 1: the Siamese baseline E + V; 2: G, D_id, D_pd with E, V frozen; "
-                            "3: everything jointly (E's BatchNorm frozen)")
+                            "3: everything jointly (E's BatchNorm statistics frozen)")
         g.add_argument("--init", default=S, metavar="CHECKPOINT_OR_RUN",
                        help="--stage 2|3 only: the previous stage's checkpoint or run folder (default "
                             "RUN/stage<k-1>)")
@@ -253,13 +254,9 @@ class FDGAN(Method):
                     "g": run.optimizer(Adam, self.g.parameters(), lr=cfg["g_lr"], **adam),
                     "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr"], **d_sgd),
                     "d_pd": run.optimizer(SGD, self.d_pd.parameters(), lr=cfg["dpd_lr"], **d_sgd)}
-            else:  # E's BatchNorm frozen: statistics (eval mode, see _set_modes) and affine parameters
-                for m in self.e.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                        m.requires_grad_(False)
+            else:  # E's BatchNorm statistics frozen (eval mode, _set_modes); its affine parameters train
                 self.optimizers = {
-                    "e": run.optimizer(Adam, [p for p in self.e.parameters() if p.requires_grad], lr=cfg["e_lr3"],
-                                       **adam),
+                    "e": run.optimizer(Adam, self.e.parameters(), lr=cfg["e_lr3"], **adam),
                     "g": run.optimizer(Adam, self.g.parameters(), lr=cfg["g_lr3"], **adam),
                     "v": run.optimizer(Adam, self.v.parameters(), lr=cfg["v_lr3"], **adam),
                     "d_id": run.optimizer(SGD, self.d_id.parameters(), lr=cfg["did_lr3"], **d_sgd),
@@ -332,13 +329,18 @@ class FDGAN(Method):
         self.run.log(f"fdgan: stage {self.stage} starts from {path} (stage {previous}, iteration {state['iteration']})")
 
     def _set_modes(self) -> None:
-        """Frozen parts: stage II's E and V entirely (eval mode), stage III's BatchNorm of E. Re-applied every
-        step because the loop's evaluation puts every network back into training mode."""
+        """Frozen parts: stage II's E and V entirely (eval mode); the BatchNorm statistics of D_id in stages II and
+        III and of E and V in stage III (eval mode BatchNorm: running statistics used and kept), as the published
+        configuration's set_bn_fix. Re-applied every step because the loop's evaluation puts every network back
+        into training mode."""
         if self.stage == 2:
             self.e.eval()
             self.v.eval()
         elif self.stage == 3:
             set_batchnorm_eval(self.e)
+            set_batchnorm_eval(self.v)
+        if self.stage > 1:
+            set_batchnorm_eval(self.d_id)
 
     # --- one iteration --------------------------------------------------------------------------------------
     def _groups(self, **counts):
