@@ -1,6 +1,7 @@
 """Training augmentation done on the device, on whole (B, C, H, W) batches, with a torch.Generator.
 
-Random horizontal flip, zero padding + random crop back to the input size, normalization, random erasing: the
+Random horizontal flip, padding (zeros, or the edge pixels repeated) + random crop back to the input size,
+normalization, random erasing: the
 usual re-id recipe, with per-sample random parameters drawn as tensors and applied with one gather and a few
 broadcast comparisons instead of a Python loop over samples. Erasing follows torchvision's RandomErasing: it
 acts on the normalized image, draws the rectangle's area fraction and log aspect ratio uniformly, and tries up
@@ -70,19 +71,22 @@ class BatchAugment:
 
     def __init__(self, flip_p: float = 0.5, pad: int = 10, erase_p: float = 0.5,
                  erase_area: tuple[float, float] = (0.02, 0.4), erase_ratio: tuple[float, float] = (0.3, 3.3),
-                 erase_value: float | Sequence[float] | str = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 erase_value: float | Sequence[float] | str = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 pad_mode: str = "zeros"):
         for name, p in (("flip_p", flip_p), ("erase_p", erase_p)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"BatchAugment: {name} must be in [0, 1], got {p}")
         if pad < 0:
             raise ValueError(f"BatchAugment: pad must be >= 0, got {pad}")
+        if pad_mode not in ("zeros", "edge"):
+            raise ValueError(f"BatchAugment: pad_mode must be 'zeros' or 'edge', got {pad_mode!r}")
         if not (0 < erase_area[0] <= erase_area[1] <= 1 and 0 < erase_ratio[0] <= erase_ratio[1]):
             raise ValueError(f"BatchAugment: erase_area must satisfy 0 < lo <= hi <= 1 and erase_ratio 0 < lo <= hi; "
                              f"got {erase_area} and {erase_ratio}")
         if isinstance(erase_value, str) and erase_value != "random":
             raise ValueError(f"BatchAugment: erase_value must be a number, per-channel numbers or 'random', "
                              f"got {erase_value!r}")
-        self.flip_p, self.pad, self.erase_p = flip_p, pad, erase_p
+        self.flip_p, self.pad, self.erase_p, self.pad_mode = flip_p, pad, erase_p, pad_mode
         self.erase_area, self.erase_ratio, self.erase_value = erase_area, erase_ratio, erase_value
         self.mean, self.std = mean, std
         # mean 0 and std 1 (DG-Net's erasing of images already normalized): normalization is the identity
@@ -128,16 +132,22 @@ class BatchAugment:
         return Augmented(out, aligned_out, flipped, offsets)
 
     def _gather_index(self, flipped, offsets, height, width):
-        """Flat index into the padded image of every output pixel: flip, then crop at the offset."""
+        """Flat index of every output pixel: flip, then crop at the offset in the padded image. Zero padding
+        indexes the padded image; edge padding the image itself, the padded frame's pixel being the nearest
+        image pixel (no padded copy, and any dtype)."""
         padded_w = width + 2 * self.pad
         cols = torch.arange(width, device=flipped.device).unsqueeze(0) + offsets[:, :1]        # (B, W)
         cols = torch.where(flipped.unsqueeze(1), padded_w - 1 - cols, cols)
         rows = torch.arange(height, device=flipped.device).unsqueeze(0) + offsets[:, 1:]        # (B, H)
+        if self.pad_mode == "edge":
+            cols, rows = (cols - self.pad).clamp(0, width - 1), (rows - self.pad).clamp(0, height - 1)
+            padded_w = width
         return (rows.unsqueeze(2) * padded_w + cols.unsqueeze(1)).flatten(1)                    # (B, H*W)
 
     def _flip_crop(self, tensor, index):
         batch, channels, height, width = tensor.shape
-        padded = torch.nn.functional.pad(tensor, (self.pad,) * 4) if self.pad else tensor
+        zeros = self.pad and self.pad_mode == "zeros"
+        padded = torch.nn.functional.pad(tensor, (self.pad,) * 4) if zeros else tensor
         flat = padded.flatten(2)
         out = flat.gather(2, index.unsqueeze(1).expand(batch, channels, -1))
         return out.view(batch, channels, height, width)

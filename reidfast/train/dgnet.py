@@ -44,9 +44,10 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
      without running statistics (made when first needed): no gradient reaches it, and its running statistics
      stay as trained.
    The appearance code is detached from the generator losses: the generator-side losses see Ea through a
-   frozen view made once (Ea's parameter storage, detached, so it follows every update; its own BatchNorm
-   buffers, batch statistics in training mode, Ea's running statistics untouched) instead of a per-iteration
-   deep copy, so only the identity losses train Ea.
+   frozen view made once (Ea's parameter storage, detached, so it follows every update; its BatchNorm layers
+   normalize by the batch's statistics and keep none, Ea's running statistics untouched; its heads' dropout off,
+   as the published copy in eval mode with BatchNorm in training mode) instead of a per-iteration deep copy, so
+   only the identity losses train Ea.
    Random erasing (p 0.5) is applied to the inputs of the real-image identity losses only (a, b, p, q); the
    generator, D, the teacher and the generated-image losses (identity of the swaps, primary, fine-grained) see
    images unerased.
@@ -189,7 +190,8 @@ class DGNet(Method):
                             "gradient reaches G (0.5, the published use_encoder_again; 1: always the first, 0: never)")
         g.add_argument("--erasing", type=float, default=S,
                        help="random erasing probability on the inputs of the real-image identity losses (a, b, p, q)")
-        g.add_argument("--pad", type=int, default=S, help="zero padding before the random crop, pixels (10)")
+        g.add_argument("--pad", type=int, default=S,
+                       help="edge padding (the border pixels repeated) before the random crop, pixels (10)")
         for name, text in (("recon-x-w", "image reconstruction (5)"), ("recon-f-w", "appearance code recon (1)"),
                            ("recon-s-w", "structure code recon (1)"), ("cycle-w", "cycle reconstruction (2)"),
                            ("id-w", "identity loss on real images a, b (1)"),
@@ -244,7 +246,7 @@ class DGNet(Method):
         adam = dict(betas=(0.0, 0.999), weight_decay=cfg["weight_decay"])
         self.opt_gen = run.optimizer(torch.optim.Adam, self.gen.parameters(), lr=cfg["gen_lr"], **adam)
         self.opt_dis = run.optimizer(torch.optim.Adam, self.dis.parameters(), lr=cfg["dis_lr"], **adam)
-        self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
+        self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0, pad_mode="edge")  # the published edge padding
         # erasing alone, on images that are already normalized (identity mean/std: no second normalization)
         self.erase = BatchAugment(flip_p=0.0, pad=0, erase_p=cfg["erasing"], mean=(0.0, 0.0, 0.0),
                                   std=(1.0, 1.0, 1.0))
@@ -561,10 +563,14 @@ class DGNet(Method):
         tune_es = (draw < cfg["encoder_again"]).to(device=x_a.device, dtype=torch.float32)
         if prim_on:
             self._teacher_labeler()  # made here, outside the compiled function that calls it
-        if self.faithful:  # the original's per-iteration deep copy of Ea, for the generator-side losses
-            self._ea_copy = copy.deepcopy(self.ea).requires_grad_(False)
-        elif not self.frozen_ea.training:  # in training mode as the copy would be (its heads' dropout on)
-            self.frozen_ea.train()
+        if self.faithful:  # the original's per-iteration deep copy of Ea, for the generator-side losses: in eval
+            # mode (its heads' dropout off) with its BatchNorm layers in training mode (the published train_bn)
+            self._ea_copy = copy.deepcopy(self.ea).requires_grad_(False).eval()
+            for m in self._ea_copy.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+        elif self.frozen_ea.training:  # in eval mode as the copy: dropout off; its BatchNorm keeps batch statistics
+            self.frozen_ea.eval()
 
         with run.autocast():
             if self.faithful:  # the original: D's step runs its own generator pass without gradients

@@ -25,17 +25,22 @@ def test_flip_only_and_identity():
     torch.testing.assert_close(BatchAugment(flip_p=0.0, pad=0, erase_p=0.0)(images), normalize(images))
 
 
-def test_pad_and_crop_match_a_per_sample_reference():
+@pytest.mark.parametrize("pad_mode, torch_mode", [("zeros", "constant"), ("edge", "replicate")])
+def test_pad_and_crop_match_a_per_sample_reference(pad_mode, torch_mode):
     images = batch()
-    augment = BatchAugment(flip_p=0.5, pad=3, erase_p=0.0)
-    result = augment.apply(images, generator=torch.Generator().manual_seed(1))
+    augment = BatchAugment(flip_p=0.5, pad=3, erase_p=0.0, pad_mode=pad_mode)
+    result = augment.apply(images, [images[:, :1]], generator=torch.Generator().manual_seed(1))
     assert result.flipped.any() and not result.flipped.all()
-    padded = torch.nn.functional.pad(images.float() / 255, (3, 3, 3, 3))
-    for i in range(images.shape[0]):
-        x, y = result.offsets[i].tolist()
+    assert (result.offsets != 3).any()  # crops reaching into the padding
+    padded = torch.nn.functional.pad(images.float() / 255, (3, 3, 3, 3), mode=torch_mode)
+    crops = []
+    for i, (x, y) in enumerate(result.offsets.tolist()):
         src = padded[i].flip(-1) if result.flipped[i] else padded[i]
-        crop = src[:, y:y + 16, x:x + 8]
-        torch.testing.assert_close(result.images[i:i + 1], normalize(crop.unsqueeze(0)))
+        crops.append(src[:, y:y + 16, x:x + 8])
+    torch.testing.assert_close(result.images, normalize(torch.stack(crops)))
+    # an aligned tensor (a mask) of an integer dtype is padded and cropped the same way
+    assert result.aligned[0].dtype == torch.uint8
+    torch.testing.assert_close(result.aligned[0].float() / 255, torch.stack(crops)[:, :1])
 
 
 def test_erasing_writes_one_rectangle_of_the_value_within_the_area_bounds():
