@@ -1,11 +1,11 @@
 """Training augmentation done on the device, on whole (B, C, H, W) batches, with a torch.Generator.
 
 Random horizontal flip, padding (zeros, or the edge pixels repeated) + random crop back to the input size,
-normalization, random erasing: the
-usual re-id recipe, with per-sample random parameters drawn as tensors and applied with one gather and a few
-broadcast comparisons instead of a Python loop over samples. Erasing follows torchvision's RandomErasing: it
-acts on the normalized image, draws the rectangle's area fraction and log aspect ratio uniformly, and tries up
-to 10 draws per sample for one that fits.
+normalization, random erasing: the usual re-id recipe, with per-sample random parameters drawn as tensors and
+applied with one gather and a few broadcast comparisons instead of a Python loop over samples. Erasing follows
+torchvision's RandomErasing: it acts on the normalized image, draws the rectangle's area fraction and log aspect
+ratio uniformly (or the ratio itself, erase_ratio_scale="linear", as the original random erasing), and tries up
+to 10 draws per sample for one that fits; it fills with a value, noise, or one random colour per image.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class BatchAugment:
     def __init__(self, flip_p: float = 0.5, pad: int = 10, erase_p: float = 0.5,
                  erase_area: tuple[float, float] = (0.02, 0.4), erase_ratio: tuple[float, float] = (0.3, 3.3),
                  erase_value: float | Sequence[float] | str = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 pad_mode: str = "zeros"):
+                 pad_mode: str = "zeros", erase_ratio_scale: str = "log"):
         for name, p in (("flip_p", flip_p), ("erase_p", erase_p)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"BatchAugment: {name} must be in [0, 1], got {p}")
@@ -83,11 +83,14 @@ class BatchAugment:
         if not (0 < erase_area[0] <= erase_area[1] <= 1 and 0 < erase_ratio[0] <= erase_ratio[1]):
             raise ValueError(f"BatchAugment: erase_area must satisfy 0 < lo <= hi <= 1 and erase_ratio 0 < lo <= hi; "
                              f"got {erase_area} and {erase_ratio}")
-        if isinstance(erase_value, str) and erase_value != "random":
-            raise ValueError(f"BatchAugment: erase_value must be a number, per-channel numbers or 'random', "
-                             f"got {erase_value!r}")
+        if isinstance(erase_value, str) and erase_value not in ("random", "colour"):
+            raise ValueError(f"BatchAugment: erase_value must be a number, per-channel numbers, 'random' or "
+                             f"'colour', got {erase_value!r}")
+        if erase_ratio_scale not in ("log", "linear"):
+            raise ValueError(f"BatchAugment: erase_ratio_scale must be 'log' or 'linear', got {erase_ratio_scale!r}")
         self.flip_p, self.pad, self.erase_p, self.pad_mode = flip_p, pad, erase_p, pad_mode
         self.erase_area, self.erase_ratio, self.erase_value = erase_area, erase_ratio, erase_value
+        self.erase_ratio_scale = erase_ratio_scale
         self.mean, self.std = mean, std
         # mean 0 and std 1 (DG-Net's erasing of images already normalized): normalization is the identity
         self._normalizes = bool((torch.as_tensor(mean, dtype=torch.float64) != 0).any()
@@ -158,8 +161,15 @@ class BatchAugment:
         draws = self.erase_draws(images.shape[0], generator, images.device)
         if not isinstance(self.erase_value, str):
             return self.erase_with(images, draws)
-        # "random": standard normal noise, as torchvision's value="random" (drawn after the rectangles)
         rng_device = generator.device if generator is not None else images.device
+        if self.erase_value == "colour":
+            # one colour per image, each channel a uniform integer 0-255, normalized as the image (FD-GAN's eraser)
+            colour = torch.randint(0, 256, (images.shape[0], images.shape[1], 1, 1), generator=generator,
+                                   device=rng_device).to(images.device, images.dtype) / 255
+            if self._normalizes:
+                colour = normalize(colour, self.mean, self.std)
+            return torch.where(self._erase_region(images, draws), colour, images)
+        # "random": standard normal noise, as torchvision's value="random" (drawn after the rectangles)
         noise = torch.randn(images.shape, generator=generator, device=rng_device, dtype=images.dtype).to(images.device)
         return torch.where(self._erase_region(images, draws), noise, images)
 
@@ -178,8 +188,8 @@ class BatchAugment:
         """Random erasing of (B, C, H, W) `images` by :meth:`erase_draws`' (B, 23) `draws`, with the erase value
         (a number or one per channel; "random" noise needs a generator: use the augmentation itself)."""
         if isinstance(self.erase_value, str):
-            raise ValueError("BatchAugment.erase_with: erase_value='random' draws noise from a generator; call the "
-                             "augmentation instead")
+            raise ValueError(f"BatchAugment.erase_with: erase_value={self.erase_value!r} draws from a generator; "
+                             "call the augmentation instead")
         if self.erase_p == 0:
             return images
         return torch.where(self._erase_region(images, draws), channel_values(self.erase_value, images), images)
@@ -195,8 +205,11 @@ class BatchAugment:
                              f"{batch} images (erase_draws), got {tuple(draws.shape)}")
         u_area, u_ratio, u_apply, u_top, u_left = draws.split([ERASE_ATTEMPTS, ERASE_ATTEMPTS, 1, 1, 1], 1)
         area = height * width * (self.erase_area[0] + (self.erase_area[1] - self.erase_area[0]) * u_area)
-        log_lo, log_hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
-        ratio = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        if self.erase_ratio_scale == "log":  # torchvision's: uniform in log(ratio), as likely wide as tall
+            log_lo, log_hi = math.log(self.erase_ratio[0]), math.log(self.erase_ratio[1])
+            ratio = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        else:  # uniform in the ratio itself (the original random erasing's and FD-GAN's): mostly tall rectangles
+            ratio = self.erase_ratio[0] + (self.erase_ratio[1] - self.erase_ratio[0]) * u_ratio
         h = torch.sqrt(area * ratio).round().long()
         w = torch.sqrt(area / ratio).round().long()
         fits = (h < height) & (w < width) & (h > 0) & (w > 0)

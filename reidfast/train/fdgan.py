@@ -12,6 +12,9 @@ branches as the original does.
 
 - Stage I (Siamese baseline): E on a and o, V on (f_a - f_o)^2, cross-entropy on same/different (L_v). SGD, E at
   lr, V at 10x (0.01 / 0.1), momentum 0.9, x0.1 half-way (80 epochs, x0.1 after 40). Flip + pad/crop augmentation.
+- Stages II and III augment as the published configuration: the inputs a and o are flipped and erased (p 0.75,
+  one random colour), each target is flipped (p 0.5) with its pose map (its channels mirrored in place, not
+  swapped left for right).
 - Stage II: E and V frozen (requires_grad False, BatchNorm in eval mode). y_a = G(f_a, p_a, z), y_o = G(f_o, p_o,
   z). Each iteration: D_id step, D_pd step, then G step.
   D_id (Siamese, initialised from stage I's E and V): real pairs (x, t), fake pairs (x, y). D_pd: real [t, p],
@@ -57,8 +60,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPairSampler, keypoints_to_heatmaps,
-                    normalize, read_keypoints_csv)
+from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPairSampler, flip_keypoints,
+                    keypoints_to_heatmaps, normalize, read_keypoints_csv)
 from ..models.baseline import ClassBlock
 from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
                             Verifier, from_generator_range, set_batchnorm_eval, to_generator_range)
@@ -237,6 +240,12 @@ class FDGAN(Method):
                 self.optimizers["cls"] = run.optimizer(SGD, self.cls.parameters(), lr=cfg["lr"], **sgd)
             self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
         else:
+            # the published stages' input images: its eraser (p 0.75; area 0.02-0.2 of the image, aspect ratio
+            # uniform in [0.3, 1/0.3], one random colour; placed at random, where its code pastes the box at an
+            # offset equal to the box's own size) and a flip. The targets flip with their pose maps (_gan_step).
+            self.input_augment = BatchAugment(flip_p=0.5, pad=0, erase_p=0.75, erase_area=(0.02, 0.2),
+                                              erase_ratio=(0.3, 1 / 0.3), erase_ratio_scale="linear",
+                                              erase_value="colour")
             h, w = cfg["height"], cfg["width"]
             self.g = run.place(PoseGenerator(self.e.out_features, h, w, cfg["gan_width"], cfg["dropout"]))
             self.d_id = run.place(IdentityDiscriminator(cfg["backbone_width"]))
@@ -415,7 +424,8 @@ class FDGAN(Method):
     def _draws(self, pairs: int, device) -> dict:
         """Every random number of a stage II/III step, in one fixed order (so both orders of operations and a
         resumed run draw the same): the bandwidths of both branches' pose maps ([anchor's; other's]), the noise
-        (one per pair, both branches), label smoothing for D_id and D_pd (both branches' real and fake inputs)."""
+        (one per pair, both branches), label smoothing for D_id and D_pd (both branches' real and fake inputs),
+        the targets' flips ([anchor's; other's])."""
         g = self.run.generator
 
         def uniform(n, lo, hi):
@@ -425,16 +435,27 @@ class FDGAN(Method):
         noise = torch.randn(pairs, NOISE_FEATURE, generator=g, device=g.device).to(device)
         return {"sigma": sigma, "noise": noise,
                 "id_real": uniform(2 * pairs, 0.7, 1.0), "id_fake": uniform(2 * pairs, 0.0, 0.3),
-                "pd_real": uniform(2 * pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3)}
+                "pd_real": uniform(2 * pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3),
+                "target_flip": uniform(2 * pairs, 0.0, 1.0) < 0.5}
 
-    def target_poses(self, keypoints: torch.Tensor, same: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _share(same: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
+        """[v_a; v_o] with a positive pair's v_o replaced by its v_a (the other branch takes the anchor's target)."""
+        v_a, v_o = both.chunk(2)
+        return torch.cat([v_a, torch.where(same.view(-1, *[1] * (v_a.dim() - 1)), v_a, v_o)])
+
+    def target_poses(self, keypoints: torch.Tensor, same: torch.Tensor, sigma: torch.Tensor,
+                     flip: torch.Tensor | None = None) -> torch.Tensor:
         """[p_a; p_o] (2P, 18, H, W): the pose maps of both targets from (P, 4, 18, 2) keypoints (anchor, other,
-        anchor's target, other's target) and (2P,) bandwidths. A positive pair's other branch takes the anchor's
-        map (its target's keypoints and bandwidth)."""
-        sigma_a, sigma_o = sigma.chunk(2)
-        sigma = torch.cat([sigma_a, torch.where(same, sigma_a, sigma_o)])
-        keypoints_o = torch.where(same.view(-1, 1, 1), keypoints[:, 2], keypoints[:, 3])
-        return self.pose_maps(torch.cat([keypoints[:, 2], keypoints_o]), sigma)
+        anchor's target, other's target), (2P,) bandwidths and (2P,) flips (None: none). A positive pair's other
+        branch takes the anchor's map (its target's keypoints, bandwidth and flip). A flipped map is mirrored
+        without swapping the left and right channels, as the published code flips its maps with its targets."""
+        sigma, points = self._share(same, sigma), self._share(same, torch.cat([keypoints[:, 2], keypoints[:, 3]]))
+        if flip is not None:
+            flip = self._share(same, flip)
+            mirrored = flip_keypoints(points, self.run.cfg["width"], swap_left_right=False)
+            points = torch.where(flip.view(-1, 1, 1), mirrored, points)
+        return self.pose_maps(points, sigma)
 
     # --- stages II and III: the four parts of a step (each one compiled graph) ------------------------------------
     def _generator_pass(self, a, o, pose, noise):
@@ -480,11 +501,15 @@ class FDGAN(Method):
         images = batch["image"]  # (P, 4, 3, H, W): anchor, other, anchor's target, other's target
         pairs = images.shape[0]
         same = (batch["pid"][:, 0] == batch["pid"][:, 1])
-        a, o, t_a, t_o = (run.images(normalize(images[:, i])) for i in range(4))
-        t_o = torch.where(same.view(-1, 1, 1, 1), t_a, t_o)  # a positive pair's branches share the target
-        x, t = torch.cat([a, o]), torch.cat([t_a, t_o])  # both branches, as the original stacks them
-        r = self._draws(pairs, a.device)
-        pose = self.target_poses(batch["keypoints"], same, r["sigma"])
+        r = self._draws(pairs, images.device)
+        # both branches stacked as the original does: x = [a; o] (erased and flipped), t = [t_a; t_o] (a positive
+        # pair's branches share the target), each target flipped with its pose map
+        x = run.images(self.input_augment(images[:, :2].transpose(0, 1).flatten(0, 1), run.generator))
+        a, o = x.chunk(2)
+        flip = self._share(same, r["target_flip"]).view(-1, 1, 1, 1)
+        t = self._share(same, torch.cat([images[:, 2], images[:, 3]]))
+        t = run.images(normalize(torch.where(flip, t.flip(-1), t)))
+        pose = self.target_poses(batch["keypoints"], same, r["sigma"], r["target_flip"])
         joint = self.stage == 3
         with run.autocast(), self._groups(e=2):
             logits, fake = self.generator_pass(a, o, pose, r["noise"])

@@ -159,3 +159,19 @@ def test_normalizing_a_gpu_batch_does_not_wait_for_the_gpu(no_gpu_wait):
     with no_gpu_wait():
         normalize(images)
         BatchAugment(erase_p=1.0)(images, generator)
+
+
+def test_erasing_aspect_ratio_is_log_uniform_by_default_and_linear_on_request():
+    # torchvision's RandomErasing draws log(ratio) uniformly (as many wide boxes as tall ones); the original random
+    # erasing, and FD-GAN's eraser, draw the ratio itself: mostly tall boxes (h / w > 1 about 77% of the time)
+    images = torch.zeros((2000, 1, 64, 64), dtype=torch.uint8)
+    tall = {}
+    for scale in ("log", "linear"):
+        augment = BatchAugment(flip_p=0.0, pad=0, erase_p=1.0, erase_area=(0.02, 0.2), erase_ratio=(0.3, 1 / 0.3),
+                               erase_value=5.0, erase_ratio_scale=scale, mean=(0.0,), std=(1.0,))
+        erased = augment(images, torch.Generator().manual_seed(0))[:, 0] == 5.0
+        h, w = erased.any(2).sum(1), erased.any(1).sum(1)
+        tall[scale] = (h > w).float().mean().item()
+    assert 0.42 < tall["log"] < 0.58 and 0.7 < tall["linear"] < 0.84
+    with pytest.raises(ValueError, match="erase_ratio_scale must be 'log' or 'linear'"):
+        BatchAugment(erase_ratio_scale="uniform")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from reidfast.data import normalize
 from reidfast.train.__main__ import main
 from reidfast.train.checkpoint import load_checkpoint
 
@@ -326,7 +327,13 @@ def test_the_gan_step_asks_each_branch_for_its_own_target():
     torch.testing.assert_close(p_o[~same], method.pose_maps(batch["keypoints"][~same, 3], sigma[8:][~same]))
     # L_r compares every generated image with its own target: G asked for t_o on negative pairs is judged by t_o
     seen = {}
-    real = method.generator_losses
+    real, real_draws = method.generator_losses, method._draws
+
+    def draws(*args):
+        seen["draws"] = real_draws(*args)
+        return seen["draws"]
+
+    method._draws = draws
 
     def spy(x, fake, t_gen, pose, same, logits):
         out = real(x, fake, t_gen, pose, same, logits)
@@ -338,9 +345,39 @@ def test_the_gan_step_asks_each_branch_for_its_own_target():
     from reidfast.data import normalize
     from reidfast.models.fdgan import to_generator_range
     t_a, t_o = normalize(batch["image"][:, 2]), normalize(batch["image"][:, 3])
-    targets = torch.cat([t_a, torch.where(same.view(-1, 1, 1, 1), t_a, t_o)])  # positives: the anchor's target
-    torch.testing.assert_close(seen["t_gen"], to_generator_range(targets))
+    flip_a, flip_o = seen["draws"]["target_flip"].chunk(2)
+    same4 = same.view(-1, 1, 1, 1)
+    flip = torch.cat([flip_a, torch.where(same, flip_a, flip_o)]).view(-1, 1, 1, 1)
+    assert flip.any() and not flip.all()
+    targets = torch.cat([t_a, torch.where(same4, t_a, t_o)])  # positives: the anchor's target, and its flip
+    torch.testing.assert_close(seen["t_gen"], to_generator_range(torch.where(flip, targets.flip(-1), targets)))
     torch.testing.assert_close(seen["r"], (seen["fake"] - seen["t_gen"]).abs().mean())
+
+
+def test_stages_two_and_three_augment_inputs_and_flip_targets_with_their_pose_maps():
+    method = _method(2, False)
+    batch = _batch()
+    same = batch["pid"][:, 0] == batch["pid"][:, 1]
+    sigma = method._draws(8, torch.device("cpu"))["sigma"]
+    flip = torch.arange(16) % 3 == 0
+    plain = method.target_poses(batch["keypoints"], same, sigma)
+    flipped = method.target_poses(batch["keypoints"], same, sigma, flip)
+    shared = torch.cat([flip[:8], torch.where(same, flip[:8], flip[8:])])  # positives: the anchor's flip
+    # a flipped target's map is the mirror image of its map, channel by channel (no left/right swap)
+    torch.testing.assert_close(flipped[shared], plain[shared].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flipped[~shared], plain[~shared])
+    # the inputs: the published eraser's settings (p 0.75, one colour per image, mostly tall boxes) and a flip
+    augment = method.input_augment
+    assert (augment.erase_p, augment.erase_area, augment.erase_value, augment.erase_ratio_scale, augment.flip_p,
+            augment.pad) == (0.75, (0.02, 0.2), "colour", "linear", 0.5, 0)
+    images = torch.full((400, 3, 64, 32), 128, dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(0))
+    erased = (out != normalize(images[:1])).any(1)  # (B, H, W) pixels changed
+    rate = erased.flatten(1).any(1).float().mean().item()
+    assert 0.68 < rate < 0.82
+    colours = [out[i][:, erased[i]] for i in range(40) if erased[i].any()]
+    assert all((c == c[:, :1]).all() for c in colours)  # one colour per box
+    assert len({tuple(c[:, 0].tolist()) for c in colours}) == len(colours)  # drawn per image
 
 
 def test_pose_maps_draw_bandwidths_from_the_scaled_set():
