@@ -19,7 +19,7 @@ branches as the original does.
   z). Each iteration: D_id step, D_pd step, then G step.
   D_id (Siamese, initialised from stage I's E and V): real pairs (x, t), fake pairs (x, y). D_pd: real [t, p],
   fake [y, p]. Sigmoid/BCE with smoothed labels for the discriminators (real ~ U(0.7, 1), fake ~ U(0, 0.3), one
-  draw per sample). G: L_id and L_pd (BCE towards 1 on the fakes), L_r = L1(y, t) on every image, L_sp =
+  draw per discriminator call, as the published GAN loss). G: L_id and L_pd (BCE towards 1 on the fakes), L_r = L1(y, t) on every image, L_sp =
   L1(y_a, y_o) on positive pairs. Loss w_id L_id + w_pd L_pd + w_r L_r + w_sp L_sp (+ w_v L_v in stage III);
   ``--loss-weights paper`` gives (w_v, w_id, w_pd, w_r, w_sp) = (1, 0.1, 0.1, 10, 1), ``published`` ten times
   those (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD 1e-2; constant for half the stage,
@@ -424,7 +424,8 @@ class FDGAN(Method):
     def _draws(self, pairs: int, device) -> dict:
         """Every random number of a stage II/III step, in one fixed order (so both orders of operations and a
         resumed run draw the same): the bandwidths of both branches' pose maps ([anchor's; other's]), the noise
-        (one per pair, both branches), label smoothing for D_id and D_pd (both branches' real and fake inputs),
+        (one per pair, both branches), label smoothing for D_id and D_pd (one label per call, expanded to both
+        branches' real or fake inputs),
         the targets' flips ([anchor's; other's])."""
         g = self.run.generator
 
@@ -434,8 +435,9 @@ class FDGAN(Method):
         sigma = self.sigmas[torch.randint(len(self.sigmas), (2 * pairs,), generator=g, device=g.device).to(device)]
         noise = torch.randn(pairs, NOISE_FEATURE, generator=g, device=g.device).to(device)
         return {"sigma": sigma, "noise": noise,
-                "id_real": uniform(2 * pairs, 0.7, 1.0), "id_fake": uniform(2 * pairs, 0.0, 0.3),
-                "pd_real": uniform(2 * pairs, 0.7, 1.0), "pd_fake": uniform(2 * pairs, 0.0, 0.3),
+                # one smoothed label per discriminator call, real or fake, as the published GAN loss draws them
+                **{name: uniform(1, lo, hi).expand(2 * pairs) for name, lo, hi in (
+                    ("id_real", 0.7, 1.0), ("id_fake", 0.0, 0.3), ("pd_real", 0.7, 1.0), ("pd_fake", 0.0, 0.3))},
                 "target_flip": uniform(2 * pairs, 0.0, 1.0) < 0.5}
 
     @staticmethod

@@ -387,6 +387,10 @@ def test_pose_maps_draw_bandwidths_from_the_scaled_set():
     draws = method._draws(200, torch.device("cpu"))
     assert {round(s, 6) for s in draws["sigma"].tolist()} == sigmas
     assert ((draws["id_real"] >= 0.7) & (draws["id_real"] <= 1)).all() and (draws["pd_fake"] <= 0.3).all()
+    # one smoothed label per discriminator call (the published GAN loss), for both branches' 400 inputs
+    for name in ("id_real", "id_fake", "pd_real", "pd_fake"):
+        assert draws[name].shape == (400,) and (draws[name] == draws[name][0]).all(), name
+    assert len({draws[name][0].item() for name in ("id_real", "id_fake", "pd_real", "pd_fake")}) == 4
     kp = torch.tensor([[[10.0, 20.0]] + [[-1.0, -1.0]] * 17])
     maps = method.pose_maps(kp, torch.tensor([1.25]))
     assert maps.shape == (1, 18, 64, 32)
