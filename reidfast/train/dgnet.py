@@ -247,9 +247,10 @@ class DGNet(Method):
         self.opt_gen = run.optimizer(torch.optim.Adam, self.gen.parameters(), lr=cfg["gen_lr"], **adam)
         self.opt_dis = run.optimizer(torch.optim.Adam, self.dis.parameters(), lr=cfg["dis_lr"], **adam)
         self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0, pad_mode="edge")  # the published edge padding
-        # erasing alone, on images that are already normalized (identity mean/std: no second normalization)
+        # erasing alone, on images that are already normalized (identity mean/std: no second normalization), as
+        # the published random erasing: area 0.02-0.4, aspect ratio uniform in [0.3, 3.33], filled with 0
         self.erase = BatchAugment(flip_p=0.0, pad=0, erase_p=cfg["erasing"], mean=(0.0, 0.0, 0.0),
-                                  std=(1.0, 1.0, 1.0))
+                                  std=(1.0, 1.0, 1.0), erase_ratio=(0.3, 1 / 0.3), erase_ratio_scale="linear")
         self.teacher = None  # loaded by configure() (training only), unless already set (benchmarks)
         self.networks = {"ea": self.ea, "gen": self.gen, "dis": self.dis}
         self.optimizers = {"ea": self.opt_ea, "gen": self.opt_gen, "dis": self.opt_dis}

@@ -693,3 +693,16 @@ def test_generate_errors_name_the_argument(short_run, teacher, tiny_root, tmp_pa
     assert f"error: --appearance: {tmp_path / 'broken.jpg'}: cannot be read as an image (" in capsys.readouterr().err
     assert generate_main(["dgnet", "--checkpoint", str(teacher), "--quality", "--out", str(tmp_path)]) == 2
     assert "is a baseline run, not dgnet" in capsys.readouterr().err
+
+
+def test_augmentation_follows_the_published_pipeline():
+    # the crop pads by repeating the border pixels; random erasing (identity-loss inputs only) draws the box's area
+    # in 0.02-0.4 of the image and its aspect ratio uniformly in [0.3, 3.33], and fills it with 0
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state)
+    assert (method.augment.pad_mode, method.augment.pad, method.augment.erase_p) == ("edge", 2, 0.0)
+    erase = method.erase
+    assert (erase.erase_area, erase.erase_ratio_scale, erase.erase_value, erase.erase_p, erase.flip_p, erase.pad) \
+        == ((0.02, 0.4), "linear", 0.0, 0.5, 0.0, 0)
+    assert erase.erase_ratio == pytest.approx((0.3, 1 / 0.3))
