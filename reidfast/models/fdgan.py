@@ -120,8 +120,8 @@ class IdentityDiscriminator(nn.Module):
         self.head.fc.bias.copy_(verifier.fc.bias[1:2] - verifier.fc.bias[0:1])
 
 
-def _down(cin: int, cout: int, norm: bool = True) -> list[nn.Module]:
-    layers = [nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=not norm)]
+def _down(cin: int, cout: int, norm: bool = True, bias: bool | None = None) -> list[nn.Module]:
+    layers = [nn.Conv2d(cin, cout, 4, stride=2, padding=1, bias=not norm if bias is None else bias)]
     if norm:
         layers.append(nn.BatchNorm2d(cout))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
@@ -136,8 +136,9 @@ def _check_size(height: int, width: int, who: str) -> None:
 
 class PoseEncoder(nn.Module):
     """18-channel pose map (B, 18, H, W) -> (B, 128): 5 conv(4x4, stride 2)-BN-LeakyReLU blocks
-    (64-128-256-512-512 channels at gan_width 1) to H/32 x W/32, then a conv over that whole map to 128-d (a fully
-    connected layer), BN, LeakyReLU."""
+    (64-128-256-512-512 channels at gan_width 1; the first without BN, and without bias as the published encoder)
+    to H/32 x W/32, then a conv over that whole map to 128-d (a fully connected layer) and BN: the published
+    encoder's pose feature, with no activation of its own (the generator's ReLU on the whole code follows)."""
 
     def __init__(self, height: int, width: int, gan_width: float = 1.0):
         super().__init__()
@@ -145,12 +146,11 @@ class PoseEncoder(nn.Module):
         channels = [scaled_channels(c, gan_width) for c in (64, 128, 256, 512, 512)]
         layers, cin = [], POSE_CHANNELS
         for i, c in enumerate(channels):
-            layers += _down(cin, c, norm=i > 0)  # no norm on the first block (pix2pix convention)
+            layers += _down(cin, c, norm=i > 0, bias=False)  # no norm on the first block (pix2pix convention)
             cin = c
         # The conv over the whole H/32 x W/32 map is the fully connected layer it is written as (see PoseGenerator).
         cells = (height // DOWNSAMPLING) * (width // DOWNSAMPLING)
-        layers += [nn.Flatten(), nn.Linear(cin * cells, POSE_FEATURE), nn.BatchNorm1d(POSE_FEATURE),
-                   nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Flatten(), nn.Linear(cin * cells, POSE_FEATURE, bias=False), nn.BatchNorm1d(POSE_FEATURE)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, pose):
@@ -160,8 +160,10 @@ class PoseEncoder(nn.Module):
 class PoseGenerator(nn.Module):
     """G: ``forward(visual (B, C), pose map (B, 18, H, W), noise (B, 256))`` -> (B, 3, H, W) in generator range.
 
-    [visual, pose feature, noise] (C + 128 + 256) -> fully connected layer to H/32 x W/32 (512 ch) -> 5 transposed
-    conv(4x4, stride 2) blocks (512-256-128-64 ch, BN, dropout 0.2, ReLU) -> 3 channels, tanh.
+    ReLU([visual, pose feature, noise]) (C + 128 + 256; the published decoder rectifies the code it starts from,
+    the noise's and the pose feature's negative halves included) -> fully connected layer to H/32 x W/32 (512 ch)
+    -> 5 transposed conv(4x4, stride 2) blocks (512-256-128-64 ch, BN, dropout 0.2, ReLU) -> 3 channels (no bias),
+    tanh.
     """
 
     def __init__(self, visual_features: int, height: int = 256, width: int = 128, gan_width: float = 1.0,
@@ -183,7 +185,7 @@ class PoseGenerator(nn.Module):
         for cin, cout in zip(channels[:-1], channels[1:]):
             layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
                        nn.Dropout(dropout), nn.ReLU(inplace=True)]
-        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1, bias=False), nn.Tanh()]
         self.decoder = nn.Sequential(*layers)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -195,7 +197,7 @@ class PoseGenerator(nn.Module):
     def forward(self, visual, pose, noise):
         code = torch.cat([visual.reshape(visual.shape[0], -1), self.pose_encoder(pose).to(visual.dtype),
                           noise.reshape(noise.shape[0], -1).to(visual.dtype)], dim=1)
-        return self.decoder(code)
+        return self.decoder(torch.relu(code))
 
 
 class PoseDiscriminator(nn.Module):

@@ -34,6 +34,22 @@ def test_shapes_of_every_network():
     assert patches.shape[:2] == (3, 1) and patches.dim() == 4
 
 
+def test_generator_follows_the_published_pre_activation_layout():
+    # the published decoder starts with a ReLU on [visual, pose feature, noise]: negative noise (and pose feature)
+    # values do not reach it; the pose feature is the encoder's BatchNorm output, with no activation of its own
+    torch.manual_seed(0)
+    g = PoseGenerator(128, H, W, gan_width=0.125).eval()
+    assert isinstance(list(g.pose_encoder.net)[-1], torch.nn.BatchNorm1d)
+    visual, pose, noise = torch.rand(3, 128), torch.rand(3, 18, H, W), torch.randn(3, 256)
+    with torch.no_grad():
+        assert (g.pose_encoder(pose) < 0).any()
+        torch.testing.assert_close(g(visual, pose, noise), g(visual, pose, noise.clamp(min=0)))
+        assert not torch.allclose(g(visual, pose, noise), g(visual, pose, noise.abs()))
+    # no bias where the published layers have none: the encoder's convolutions and G's last transposed conv
+    convs = [m for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert convs and all(m.bias is None for m in convs)
+
+
 def test_image_sides_must_be_multiples_of_32():
     with pytest.raises(ValueError, match="multiples of 32"):
         PoseGenerator(128, 48, 32)
