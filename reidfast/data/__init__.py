@@ -20,7 +20,8 @@ Poses: :func:`read_keypoints_csv`, :func:`read_fdgan_pose`, :func:`keypoints_to_
 Loading: :class:`ImageDataset` (uint8 tensors decoded in worker processes), :func:`make_loader`, samplers
 :class:`IdentityBalancedBatchSampler` (PK), :class:`SameIdentityPairSampler` (DG-Net),
 :class:`VerificationPairSampler` (FD-GAN, 1 positive : 3 negatives), :class:`UnpairedDomainSampler` (SA-GAN)
-with :class:`DomainPairDataset`; :class:`BatchAugment` for on-device flip / pad+crop / erasing.
+with :class:`DomainPairDataset`; :class:`BatchAugment` for on-device flip / pad+crop / erasing,
+:class:`RandomResizedRectCrop` for a resized random box.
 """
 from .base import DatasetFormatError, DatasetNotFoundError, ReidDataset, Sample, relabel_train
 from .registry import (UnknownDatasetError, add_dataset_args, dataset_from_args, default_cache_dir, get_dataset,
@@ -35,7 +36,8 @@ from .samplers import (BatchedSampler, IdentityBalancedBatchSampler, SameIdentit
                        UnpairedDomainSampler, VerificationPairSampler)
 from .loader import (PATH_ERRORS, DomainPairDataset, ImageDataset, check_image_headers, decode_image, error_message,
                      make_loader)
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, denormalize, normalize, to_float
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Augmented, BatchAugment, RandomResizedRectCrop, denormalize,
+                         normalize, to_float)
 
 __all__ = [
     "Sample", "ReidDataset", "DatasetNotFoundError", "DatasetFormatError", "relabel_train",
@@ -51,5 +53,6 @@ __all__ = [
     "BatchedSampler", "IdentityBalancedBatchSampler", "ShuffledBatchSampler", "SameIdentityPairSampler",
     "VerificationPairSampler", "UnpairedDomainSampler",
     "ImageDataset", "DomainPairDataset", "decode_image", "error_message", "make_loader", "PATH_ERRORS",
-    "BatchAugment", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN", "IMAGENET_STD",
+    "BatchAugment", "RandomResizedRectCrop", "Augmented", "normalize", "denormalize", "to_float", "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]

@@ -246,3 +246,46 @@ class BatchAugment:
         if height is not None:
             outside |= kp[..., 1] > height - 1
         return torch.where((missing | outside).unsqueeze(-1), torch.full_like(kp, -1.0), kp)
+
+
+class RandomResizedRectCrop:
+    """A random box of each image, resized back to the image's size (FD-GAN's stage I crop, its
+    RandomSizedRectCrop): up to 10 draws per image of a box of area U(area) of the image and aspect ratio
+    height / width U(ratio); the first that fits is cut out and resized bilinearly (pixel centres aligned, as an
+    image resize); an image none of whose draws fits stays whole. ``crop(images, generator)`` takes a (B, C, H, W)
+    batch (uint8 or float in [0, 1]) and returns floats."""
+
+    ATTEMPTS = 10
+
+    def __init__(self, area: tuple[float, float] = (0.64, 1.0), ratio: tuple[float, float] = (2.0, 3.0)):
+        if not (0 < area[0] <= area[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"RandomResizedRectCrop: area must satisfy 0 < lo <= hi <= 1 and ratio 0 < lo <= hi; "
+                             f"got {area} and {ratio}")
+        self.area, self.ratio = area, ratio
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"RandomResizedRectCrop: images must be (B, C, H, W), got {tuple(images.shape)}")
+        batch, _, height, width = images.shape
+        rng_device = generator.device if generator is not None else images.device
+        u = torch.rand((batch, 2 * self.ATTEMPTS + 2), generator=generator, device=rng_device)
+        u = u.to(images.device, torch.float64)
+        u_area, u_ratio, u_x, u_y = u.split([self.ATTEMPTS, self.ATTEMPTS, 1, 1], 1)
+        area = height * width * (self.area[0] + (self.area[1] - self.area[0]) * u_area)
+        ratio = self.ratio[0] + (self.ratio[1] - self.ratio[0]) * u_ratio
+        h, w = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
+        fits = (h <= height) & (w <= width)
+        first = fits.long().argmax(1, keepdim=True)
+        found = fits.any(1, keepdim=True)
+        h = torch.where(found, h.gather(1, first), torch.full_like(found, height, dtype=h.dtype))
+        w = torch.where(found, w.gather(1, first), torch.full_like(found, width, dtype=w.dtype))
+        left, top = (u_x * (width - w + 1)).floor(), (u_y * (height - h + 1)).floor()
+        # the box [left, left + w) x [top, top + h) in normalized coordinates (align_corners=False: -1 and 1 are
+        # the image's outer edges) onto the whole output
+        theta = torch.zeros(batch, 2, 3, dtype=torch.float64, device=images.device)
+        theta[:, 0, 0], theta[:, 1, 1] = (w / width).squeeze(1), (h / height).squeeze(1)
+        theta[:, 0, 2] = ((2 * left + w) / width - 1).squeeze(1)
+        theta[:, 1, 2] = ((2 * top + h) / height - 1).squeeze(1)
+        x = to_float(images)
+        grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

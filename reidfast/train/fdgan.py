@@ -11,7 +11,8 @@ share target pose and noise. Below, x = [a; o], t = [t_a; t_o], p = [p_a; p_o] a
 branches as the original does.
 
 - Stage I (Siamese baseline): E on a and o, V on (f_a - f_o)^2, cross-entropy on same/different (L_v). SGD, E at
-  lr, V at 10x (0.01 / 0.1), momentum 0.9, x0.1 half-way (80 epochs, x0.1 after 40). Flip + pad/crop augmentation.
+  lr, V at 10x (0.01 / 0.1), momentum 0.9, x0.1 half-way (80 epochs, x0.1 after 40). The published
+  baseline's augmentation: a random box of 0.64-1 of the image (height / width 2-3) resized back, erasing, flip.
 - Stages II and III augment as the published configuration: the inputs a and o are flipped and erased (p 0.75,
   one random colour), each target is flipped (p 0.5) with its pose map (its channels mirrored in place, not
   swapped left for right).
@@ -60,8 +61,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import (BatchAugment, BatchedSampler, ImageDataset, VerificationPairSampler, flip_keypoints,
-                    keypoints_to_heatmaps, normalize, read_keypoints_csv)
+from ..data import (BatchAugment, BatchedSampler, ImageDataset, RandomResizedRectCrop, VerificationPairSampler,
+                    flip_keypoints, keypoints_to_heatmaps, normalize, read_keypoints_csv)
 from ..models.baseline import ClassBlock
 from ..models.fdgan import (NOISE_FEATURE, IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseGenerator,
                             Verifier, from_generator_range, set_batchnorm_eval, to_generator_range)
@@ -122,7 +123,7 @@ class FDGAN(Method):
         "g_lr": 1e-3, "did_lr": 1e-4, "dpd_lr": 1e-2,
         "e_lr3": 1e-6, "g_lr3": 1e-6, "v_lr3": 1e-5, "did_lr3": 1e-4, "dpd_lr3": 1e-4,
         "loss_weights": "paper", "v_w": None, "id_w": None, "pd_w": None, "r_w": None, "sp_w": None,
-        "pose_sigmas": [4.0, 5.0, 6.0], "pad": 10, "dropout": 0.2, "keypoints": None, "faithful": False,
+        "pose_sigmas": [4.0, 5.0, 6.0], "dropout": 0.2, "keypoints": None, "faithful": False,
         "ap_mode": "torchreid",
         # set by the run itself (saved with every stage's checkpoint): the stage a folder holds, the top-level
         # run folder, and the run length the user asked for (every stage's, unless one stage is resumed)
@@ -137,7 +138,7 @@ class FDGAN(Method):
     # fine-tuning rates so that its 30 iterations move anything.
     presets = {
         "cpu-quick": {"stage_iters": [600, 80, 30], "stage_epochs": None, "batch_size": 16, "height": 64,
-                      "width": 32, "backbone_width": 16, "gan_width": 0.25, "pad": 4, "synthetic_ids": 120,
+                      "width": 32, "backbone_width": 16, "gan_width": 0.25, "synthetic_ids": 120,
                       "stage1_id_w": 1.0, "warmup_iters": 50, "v_lr_mult": 1.0,
                       "e_lr3": 1e-5, "g_lr3": 1e-5, "v_lr3": 1e-4, "did_lr3": 1e-3, "dpd_lr3": 1e-3,
                       "ckpt_every": 100, "log_every": 10},
@@ -196,7 +197,6 @@ class FDGAN(Method):
         g.add_argument("--keypoints", default=S, metavar="CSV",
                        help="keypoints of the training images (name:keypoints_y:keypoints_x, in the pixels of the "
                             "dataset's images); default: the dataset's own (the synthetic data has them)")
-        g.add_argument("--pad", type=int, default=S, help="stage I: zero padding before the random crop (10)")
         g.add_argument("--faithful", action="store_true", default=S,
                        help="the original's order of operations (one call per Siamese branch and per "
                             "discriminator input): same losses, slower; for comparison")
@@ -227,6 +227,13 @@ class FDGAN(Method):
         whole = (lambda fn: fn) if per_network else run.compiled
         self.train_e, self.train_v = wrap(self.e), wrap(self.v)
         self.networks = {"e": self.e, "v": self.v}
+        # the published input augmentation of every stage: its eraser (p 0.75; area 0.02-0.2 of the image, aspect
+        # ratio uniform in [0.3, 1/0.3], one random colour; placed at random, where its code pastes the box at an
+        # offset equal to the box's own size) and a flip; stage I crops first, stages II and III flip each target
+        # with its pose map (_gan_step)
+        self.input_augment = BatchAugment(flip_p=0.5, pad=0, erase_p=0.75, erase_area=(0.02, 0.2),
+                                          erase_ratio=(0.3, 1 / 0.3), erase_ratio_scale="linear",
+                                          erase_value="colour")
         sgd = dict(momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         d_sgd = dict(momentum=cfg["momentum"], weight_decay=cfg.get("d_weight_decay", 5e-4))  # (runs saved before it)
         SGD, Adam = torch.optim.SGD, torch.optim.Adam
@@ -238,14 +245,8 @@ class FDGAN(Method):
                 self.cls = run.place(ClassBlock(self.e.out_features, dataset.num_train_pids))
                 self.networks["cls"] = self.cls
                 self.optimizers["cls"] = run.optimizer(SGD, self.cls.parameters(), lr=cfg["lr"], **sgd)
-            self.augment = BatchAugment(pad=cfg["pad"], erase_p=0.0)
+            self.crop = RandomResizedRectCrop()  # the published baseline's box of 0.64-1 of the image, h / w 2-3
         else:
-            # the published stages' input images: its eraser (p 0.75; area 0.02-0.2 of the image, aspect ratio
-            # uniform in [0.3, 1/0.3], one random colour; placed at random, where its code pastes the box at an
-            # offset equal to the box's own size) and a flip. The targets flip with their pose maps (_gan_step).
-            self.input_augment = BatchAugment(flip_p=0.5, pad=0, erase_p=0.75, erase_area=(0.02, 0.2),
-                                              erase_ratio=(0.3, 1 / 0.3), erase_ratio_scale="linear",
-                                              erase_value="colour")
             h, w = cfg["height"], cfg["width"]
             self.g = run.place(PoseGenerator(self.e.out_features, h, w, cfg["gan_width"], cfg["dropout"]))
             self.d_id = run.place(IdentityDiscriminator(cfg["backbone_width"]))
@@ -391,7 +392,7 @@ class FDGAN(Method):
     def _stage1_step(self, batch):
         run = self.run
         images = batch["image"][:, :2]  # (P, 2, 3, H, W): anchor, other
-        x = run.images(self.augment(images.flatten(0, 1), run.generator))
+        x = run.images(self.input_augment(self.crop(images.flatten(0, 1), run.generator), run.generator))
         x = x.view(images.shape[:2] + x.shape[1:])
         same = (batch["pid"][:, 0] == batch["pid"][:, 1]).long()
         with run.autocast(), self._groups(e=2):

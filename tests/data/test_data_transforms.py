@@ -175,3 +175,26 @@ def test_erasing_aspect_ratio_is_log_uniform_by_default_and_linear_on_request():
     assert 0.42 < tall["log"] < 0.58 and 0.7 < tall["linear"] < 0.84
     with pytest.raises(ValueError, match="erase_ratio_scale must be 'log' or 'linear'"):
         BatchAugment(erase_ratio_scale="uniform")
+
+
+def test_random_resized_rect_crop_cuts_a_box_and_resizes_it():
+    from reidfast.data import RandomResizedRectCrop
+    crop = RandomResizedRectCrop()
+    # a horizontal ramp: a box of it, resized, is again a ramp, from the box's left edge to its right
+    ramp = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).expand(64, 1, 64, 32) / 31
+    out = crop(ramp, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, out[:, :, :1].expand_as(out))  # each output row: the same columns of the ramp
+    widths = out[:, 0, 0, -1] - out[:, 0, 0, 0]
+    assert (widths <= 1 + 1e-6).all() and (widths < 0.99).any()  # boxes narrower than the image
+    assert not torch.allclose(out, ramp)
+    # every box: area at least 0.64 of the image and aspect ratio 2-3, else the image stays whole (here a 64x32
+    # image: ratio 2 at full area fits, larger ratios need a smaller width)
+    box = torch.rand(8, 3, 64, 32)
+    torch.testing.assert_close(RandomResizedRectCrop(area=(1.0, 1.0), ratio=(2.0, 2.0))(box), box)
+    # uint8 in, floats in [0, 1] out
+    images = torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8)
+    cropped = crop(images, torch.Generator().manual_seed(1))
+    assert cropped.dtype == torch.float32 and 0 <= cropped.min() and cropped.max() <= 1
+    with pytest.raises(ValueError, match="area must satisfy"):
+        RandomResizedRectCrop(area=(0.0, 1.0))

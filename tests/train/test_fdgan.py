@@ -22,7 +22,7 @@ def fdgan_args(root, out, *extra):
     """64x32 (G's 5 stride-2 stages need multiples of 32), width-4 ResNet-50s, G/D_pd at 1/8 width, 8 pairs."""
     return ["fdgan", "--dataset", "synthetic", "--data-root", str(root), "--out", str(out), "--device", "cpu",
             "--height", "64", "--width", "32", "--backbone-width", "4", "--gan-width", "0.125", "--batch-size", "8",
-            "--workers", "0", "--threads", "1", "--pad", "2", "--pretrained", "none", "--log-every", "1",
+            "--workers", "0", "--threads", "1", "--pretrained", "none", "--log-every", "1",
             "--eval-batch-size", "64", "--ckpt-every", "2", *extra]
 
 
@@ -200,7 +200,7 @@ def _method(stage, faithful, pairs=8, **overrides):
     from reidfast.train.config import LOOP_DEFAULTS
     from reidfast.train.loop import Run
     cfg = {**LOOP_DEFAULTS, **FDGAN.defaults, "height": 64, "width": 32, "backbone_width": 4,
-           "gan_width": 0.125, "pretrained": "none", "pad": 2, "amp": "off", "compile": False, "device": "cpu",
+           "gan_width": 0.125, "pretrained": "none", "amp": "off", "compile": False, "device": "cpu",
            "stage": str(stage), "faithful": faithful, "batch_size": pairs, "e_lr3": 1e-3, "g_lr3": 1e-3, **overrides}
     run = Run(cfg, torch.device("cpu"), 0, 1, log=lambda message: None)
     torch.manual_seed(0)
