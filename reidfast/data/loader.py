@@ -19,8 +19,15 @@ from .masks import MaskReader
 from .pose import NUM_KEYPOINTS, scale_keypoints
 
 
-def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple]:
-    """(3, H, W) uint8 RGB tensor of an image file, resized (bilinear) to `size` = (height, width) if given.
+# The resize filters a method may ask for (``Method.resize_filter``): torchreid resizes bilinearly, DG-Net's
+# published pipeline (and the baseline it takes its teacher from) bicubically.
+RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None,
+                 resize_filter: str = "bilinear") -> tuple[torch.Tensor, tuple]:
+    """(3, H, W) uint8 RGB tensor of an image file, resized to `size` = (height, width) if given, with
+    `resize_filter` (a key of RESIZE_FILTERS).
 
     Also returns the file's own (height, width), which keypoints need to follow a resize. A file that is not a
     readable image (truncated download, wrong format) is a DatasetFormatError naming it.
@@ -30,7 +37,7 @@ def decode_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -
             original = (img.height, img.width)
             img = img.convert("RGB")
             if size is not None and original != tuple(size):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), RESIZE_FILTERS[resize_filter])
             array = np.asarray(img)
     except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for unreadable and truncated files
         raise DatasetFormatError(f"{path}: cannot be read as an image ({exc})") from exc
@@ -87,11 +94,15 @@ class ImageDataset(Dataset):
     ``dataset[(i, j, ...)]`` (what the pair samplers yield) stacks those items along a new first dimension.
     `size` = (height, width) resizes every image; without it all images must already share one size to batch.
     ``missing_keypoints="empty"`` gives all-missing keypoints to images the mapping lacks instead of an error.
+    `resize_filter`: "bilinear" or "bicubic" (RESIZE_FILTERS).
     """
 
     def __init__(self, samples: Sequence[Sample], size: tuple[int, int] | None = (128, 64),
                  keypoints: Mapping[str, np.ndarray] | None = None, masks: MaskReader | None = None,
-                 missing_keypoints: str = "error"):
+                 missing_keypoints: str = "error", resize_filter: str = "bilinear"):
+        if resize_filter not in RESIZE_FILTERS:
+            raise ValueError(f"ImageDataset: resize_filter must be one of {', '.join(RESIZE_FILTERS)}, "
+                             f"got {resize_filter!r}")
         if missing_keypoints not in ("error", "empty"):
             raise ValueError(f"ImageDataset: missing_keypoints must be 'error' or 'empty', got {missing_keypoints!r}")
         if size is not None and (len(size) != 2 or min(size) < 1):
@@ -101,13 +112,14 @@ class ImageDataset(Dataset):
         self.keypoints = keypoints
         self.masks = masks
         self.missing_keypoints = missing_keypoints
+        self.resize_filter = resize_filter
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def _item(self, index: int) -> dict:
         path, pid, camid = self.samples[index]
-        image, (h0, w0) = decode_image(path, self.size)
+        image, (h0, w0) = decode_image(path, self.size, self.resize_filter)
         item = {"image": image, "pid": torch.tensor(pid), "camid": torch.tensor(camid), "index": torch.tensor(index)}
         height, width = image.shape[1:]
         if self.keypoints is not None:

@@ -21,16 +21,18 @@ Embed = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, int], device: torch.device,
                      batch_size: int = 128, flip: bool = True, workers: int | None = None,
-                     channels_last: bool = False, l2_normalize: bool = True) -> torch.Tensor:
+                     channels_last: bool = False, l2_normalize: bool = True,
+                     resize_filter: str = "bilinear") -> torch.Tensor:
     """(N, D) float32 features of `samples` on the CPU: flip-averaged (the mean of the two), L2-normalized
-    unless `l2_normalize` is False.
+    unless `l2_normalize` is False; images resized with `resize_filter` (the method's, as in training).
 
     Decoding the images is most of the time of an evaluation (a Market-1501 test set is 19k JPEGs): `workers`
     loader processes decode them while the network runs: by default the cores less one (at most 8), and none
     for a set that fits one batch, where starting them would cost more than they save."""
     if workers is None:
         workers = default_num_workers() if len(samples) > batch_size else 0
-    loader = DataLoader(ImageDataset(samples, size=size), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageDataset(samples, size=size, resize_filter=resize_filter), batch_size=batch_size,
+                        shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG alone
     chunks = []
@@ -87,12 +89,13 @@ def summarize(result, ap_mode: str) -> dict:
 
 def evaluate_method(embed: Embed, dataset: ReidDataset, cfg: dict, device: torch.device,
                     ap_mode: str = "market", return_features: bool = False, metric: str = "cosine",
-                    l2_normalize: bool = True):
+                    l2_normalize: bool = True, resize_filter: str = "bilinear"):
     """Features of the dataset's query and gallery with `embed`, ranked; a dict of Rank-1/5/10 and mAP under
     `ap_mode`, plus ``mAP_by_ap_mode`` (the mAP under each AP convention, since papers use both) and the metric."""
     size = (cfg["height"], cfg["width"])
     common = dict(size=size, device=device, batch_size=cfg.get("eval_batch_size", 128),
-                  channels_last=device.type == "cuda", l2_normalize=l2_normalize, workers=cfg.get("workers"))
+                  channels_last=device.type == "cuda", l2_normalize=l2_normalize, workers=cfg.get("workers"),
+                  resize_filter=resize_filter)
     qf = extract_features(embed, dataset.query, **common)
     gf = extract_features(embed, dataset.gallery, **common)
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric)

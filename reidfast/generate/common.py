@@ -10,9 +10,10 @@ import torch
 from ..data import DatasetFormatError, decode_image, normalize
 
 
-def load_images(paths: Sequence[str], size: tuple[int, int], device: torch.device, argument: str) -> torch.Tensor:
-    """(N, 3, H, W) ImageNet-normalized images read from `paths` and resized to `size` (the run's (H, W)).
-    `argument` names the command-line flag in errors."""
+def load_images(paths: Sequence[str], size: tuple[int, int], device: torch.device, argument: str,
+                resize_filter: str = "bilinear") -> torch.Tensor:
+    """(N, 3, H, W) ImageNet-normalized images read from `paths` and resized to `size` (the run's (H, W)) with
+    `resize_filter` (the method's). `argument` names the command-line flag in errors."""
     if not paths:
         raise ValueError(f"{argument}: give at least one image file")
     images = []
@@ -20,7 +21,7 @@ def load_images(paths: Sequence[str], size: tuple[int, int], device: torch.devic
         if not Path(path).is_file():
             raise ValueError(f"{argument}: {path} is not a file")
         try:
-            image, _ = decode_image(path, size)
+            image, _ = decode_image(path, size, resize_filter)
         except DatasetFormatError as exc:  # decode_image's error names the file and the reason
             raise ValueError(f"{argument}: {exc}") from exc
         images.append(image)

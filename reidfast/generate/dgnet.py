@@ -56,7 +56,7 @@ def quality(method, cfg: dict, args, out: Path, device: torch.device) -> list[Pa
         raise ValueError(f"--num-images: need at least 2, got {args.num_images}")
     dataset = type(method).load_dataset(cfg)
     samples = list(dataset.query) + list(dataset.gallery)
-    items = ImageDataset(samples, size=(cfg["height"], cfg["width"]))
+    items = ImageDataset(samples, size=(cfg["height"], cfg["width"]), resize_filter=method.resize_filter)
     rng = torch.Generator().manual_seed(args.seed)
 
     def load(indices) -> torch.Tensor:
@@ -118,8 +118,8 @@ def generate(method, cfg: dict, args, out: Path, device: torch.device) -> list[P
     written = []
     if args.appearance is not None:
         size = (cfg["height"], cfg["width"])
-        appearance = load_images(args.appearance, size, device, "--appearance")
-        structure = load_images(args.structure, size, device, "--structure")
+        appearance = load_images(args.appearance, size, device, "--appearance", method.resize_filter)
+        structure = load_images(args.structure, size, device, "--structure", method.resize_filter)
         written += swap(method, appearance, structure, out)
     if args.quality:
         written += quality(method, cfg, args, out, device)

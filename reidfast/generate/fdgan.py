@@ -103,7 +103,7 @@ def target_poses(method, cfg, args) -> list[tuple[str, np.ndarray]]:
 def generate(method, cfg, args, out, device) -> list[Path]:
     check_arguments(args)
     size = (cfg["height"], cfg["width"])
-    images = load_images(args.image, size, device, "--image")
+    images = load_images(args.image, size, device, "--image", method.resize_filter)
     poses = target_poses(method, cfg, args)
     keypoints = torch.from_numpy(np.stack([kp for _, kp in poses]).astype(np.float32)).to(device)
     maps = method.pose_maps(keypoints)

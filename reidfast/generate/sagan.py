@@ -61,7 +61,7 @@ def generate(method, cfg: dict, args, out: Path, device: torch.device) -> list[P
                              f"this run trained only the re-id stage")
         method, cfg = _adapt_method(folder / "adapt", device)
     size = (cfg["height"], cfg["width"])
-    images = load_images(args.image, size, device, "--image")
+    images = load_images(args.image, size, device, "--image", method.resize_filter)
     masks = _masks(args.mask, images.shape[0], size, device)
     g = torch.Generator(device=device).manual_seed(args.seed)
     codes = torch.randn(images.shape[0], args.codes, method.code_dim, generator=g, device=device)

@@ -211,8 +211,9 @@ class Method:
     Hooks with defaults: ``load_dataset(cfg)`` (the run's dataset; a method that trains on one dataset and tests
     on another returns a ReidDataset combining them), ``train_items(dataset)`` (what the loader indexes with the
     batch sampler's indices: images only by default; keypoints, masks or a second domain on request),
-    ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), ``evaluates`` (False for a
-    stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
+    ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), ``resize_filter`` (how the
+    loader resizes training and test images: "bilinear", or "bicubic" where the method's pipeline does),
+    ``evaluates`` (False for a stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by default; multi-stage methods
     run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
     ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
     ``cuda_compile_mode(cfg)``: the torch.compile mode ``--compile-mode auto`` (the default) gives on a GPU.
@@ -236,6 +237,8 @@ class Method:
     # test-time features: flip-averaged, L2-normalized, cosine distance (the re-id baseline's protocol)
     eval_metric = "cosine"
     eval_l2_normalize = True
+    # how the loader resizes the images, for training and test alike (reidfast.data.RESIZE_FILTERS)
+    resize_filter = "bilinear"
     # False for a stage with no re-id model (e.g. a GAN adaptation stage): the loop then skips evaluation and its
     # metrics.json has no rank numbers
     evaluates = True
@@ -286,7 +289,8 @@ class Method:
 
     def train_items(self, dataset: ReidDataset):
         """The map-style dataset the loader reads with this method's batch sampler."""
-        return ImageDataset(dataset.train, size=(self.run.cfg["height"], self.run.cfg["width"]))
+        return ImageDataset(dataset.train, size=(self.run.cfg["height"], self.run.cfg["width"]),
+                            resize_filter=self.resize_filter)
 
     def batch_sampler(self, dataset: ReidDataset, seed: int) -> Sampler:
         """Global batches of train indices, deterministic for (seed, epoch); a plain shuffle by default."""
@@ -672,7 +676,8 @@ class Trainer:
             with ops.use_backend(backend):
                 result = evaluate_method(method.embed, self.dataset, self.cfg, self.device,
                                          ap_mode=self.cfg["ap_mode"], metric=method.eval_metric,
-                                         l2_normalize=method.eval_l2_normalize)
+                                         l2_normalize=method.eval_l2_normalize,
+                                         resize_filter=method.resize_filter)
         finally:
             for m in method.networks.values():
                 m.train()

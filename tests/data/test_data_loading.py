@@ -29,6 +29,27 @@ def test_items_are_uint8_with_labels_keypoints_and_masks(tiny, synthetic_root):
         ImageDataset(tiny.train, keypoints={})[0]
 
 
+def test_images_resize_with_the_filter_asked_for(tiny):
+    # DG-Net's published pipeline resizes bicubically, torchreid's bilinearly: the method chooses, for training
+    # and test images alike (Method.resize_filter)
+    import numpy as np
+    from PIL import Image
+
+    from reidfast.train.dgnet import DGNet
+    from reidfast.train.loop import Method
+    path = tiny.train[0].path
+    with Image.open(path) as img:
+        want = {name: np.asarray(img.convert("RGB").resize((64, 128), f))
+                for name, f in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC))}
+    got = {name: ImageDataset(tiny.train, size=(128, 64), resize_filter=name)[0]["image"].permute(1, 2, 0).numpy()
+           for name in want}
+    assert all((got[name] == want[name]).all() for name in want)
+    assert not (got["bilinear"] == got["bicubic"]).all()
+    assert (Method.resize_filter, DGNet.resize_filter) == ("bilinear", "bicubic")
+    with pytest.raises(ValueError, match="resize_filter must be one of bilinear, bicubic, got 'nearest'"):
+        ImageDataset(tiny.train, resize_filter="nearest")
+
+
 @pytest.mark.parametrize("content", [b"not an image", b"\xff\xd8\xff\xe0 truncated jpeg"])
 def test_unreadable_image_names_the_file(tmp_path, content):
     path = tmp_path / "0001_c1s1_000001_00.jpg"

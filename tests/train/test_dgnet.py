@@ -656,8 +656,9 @@ def test_generate_swaps_codes_on_any_images(short_run, tiny_root, tmp_path):
     grid = Image.open(out / "swap_grid.png")
     assert grid.size == (4 * (32 + 2) + 2, 3 * (64 + 2) + 2)  # (1 + 3 structures) x (1 + 2 appearances)
     method, cfg = load_trained_method(short_run, torch.device("cpu"), log=lambda m: None)
-    expected = method.swap_codes(load_images(appearance, (64, 32), torch.device("cpu"), "a"),
-                                 load_images(structure, (64, 32), torch.device("cpu"), "s"))
+    # the images are read as the run reads its own: resized bicubically (DG-Net's resize_filter)
+    expected = method.swap_codes(load_images(appearance, (64, 32), torch.device("cpu"), "a", "bicubic"),
+                                 load_images(structure, (64, 32), torch.device("cpu"), "s", "bicubic"))
     for i in range(2):
         for j in range(3):  # each PNG holds its generated image up to 8-bit rounding
             saved = torch.from_numpy(np.array(Image.open(out / f"a{i}_s{j}.png"))).permute(2, 0, 1).float() / 255
