@@ -83,10 +83,18 @@ class ResNet50(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+# torchvision's original ImageNet weights of ResNet-50 (IMAGENET1K_V1, under its current and its older file name):
+# the ones the published DG-Net, FD-GAN and re-id baselines start from. Its IMAGENET1K_V2 weights (another training
+# recipe, 80.9% instead of 76.1% top-1) give other re-id results.
+RESNET50_V1_FILES = ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth")
+
+
 def hub_cache_resnet50() -> Path | None:
-    """The torchvision ResNet-50 weights in the torch hub cache, if a download left them there (newest first)."""
+    """The torchvision ResNet-50 weights in the torch hub cache, if a download left them there: the original (V1)
+    weights when present, else the newest other file."""
     hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser() / "hub" / "checkpoints"
     found = sorted(glob.glob(str(hub / "resnet50-*.pth")), key=os.path.getmtime, reverse=True)
+    found.sort(key=lambda path: Path(path).name not in RESNET50_V1_FILES)  # stable: V1 first, then newest first
     return Path(found[0]) if found else None
 
 

@@ -25,3 +25,21 @@ def test_ide_head_classifies_the_pooled_feature_itself():
     logits, feature = block(pooled)
     assert torch.equal(feature, pooled) and logits.shape == (3, 5)
     assert torch.allclose(logits, block.classifier(pooled))
+
+
+def test_auto_weights_prefer_torchvisions_original_resnet50_file(tmp_path, monkeypatch):
+    # the published methods start from the original (V1) ImageNet weights; a newer V2 file in the same cache, or
+    # a copy of other weights downloaded later, does not replace them
+    import os
+
+    from reidfast.models.backbone import hub_cache_resnet50
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert hub_cache_resnet50() is None
+    for age, name in enumerate(["resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth", "resnet50-other.pth"]):
+        (hub / name).write_bytes(b"")
+        os.utime(hub / name, (1000 - age, 1000 - age))  # the V2 file newest
+    assert hub_cache_resnet50() == hub / "resnet50-0676ba61.pth"
+    (hub / "resnet50-0676ba61.pth").unlink()
+    assert hub_cache_resnet50() == hub / "resnet50-11ad3fa6.pth"  # no V1: the newest
