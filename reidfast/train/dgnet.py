@@ -9,8 +9,10 @@ loaders of B = 8). Es encodes structure s, Ea appearance f; G(s_b, f_a) = x_ba h
    as one batched call each, which changes nothing but the speed. Ea's passes batch as well: its BatchNorm layers
    are split (reidfast.nn.SplitBatchNorm1d/2d), so a call over several loader batches normalizes each by its own
    statistics and steps the running statistics once per batch, in order, as the original's one call per batch
-   does (3 calls of Ea an iteration: the frozen view's codes of a, p, b, q; its code and primary logits of the
-   two swaps; the identity losses on a, b, p, q and the two swaps; where the original makes 16 on batches of B).
+   does (3 calls of Ea an iteration: its codes of a, p, b, q, without gradient; the frozen view's code and primary
+   logits of the two swaps; the identity losses on a, b, p, q and the two swaps; where the original makes 16 on
+   batches of B). The clean real images step Ea's running statistics as the original's calls do (4 of its 6
+   such updates: its D step encodes a and b once more, which the shared pass does not repeat).
    The teacher's view is split the same way: it labels both swaps and their mirrors in one call (4 in the
    original).
    The swaps of this one pass serve both steps below. ``--faithful`` reproduces the original's order instead: a
@@ -230,6 +232,7 @@ class DGNet(Method):
         self.es, self.dec, self.ea_call, self.dis_call = (wrap(m) for m in (self.gen.encoder, self.gen, self.ea,
                                                                             self.dis))
         self.frozen_call = wrap(self.frozen_ea)
+        self._live_codes = True  # _code: Ea's own codes of the real images (False: --faithful's D-step pass)
         self.r1_call = run.compiled(self.real_scores_and_r1) if self.faithful else self.real_scores_and_r1
         self.generator_pass = whole(self._generator_pass)
         self.discriminator_losses = whole(self._discriminator_losses)
@@ -358,9 +361,14 @@ class DGNet(Method):
 
     # --- Ea as the generator losses see it (no gradient reaches Ea) -------------------------------------------
     def _code(self, x):
-        """The appearance code of Ea with frozen parameters and BatchNorm in batch-statistics mode, its running
-        statistics untouched: the frozen view's, or under --faithful the iteration's deep copy's."""
-        return self._ea_copy.appearance(x) if self.faithful else self.frozen_call(x)[0]
+        """The appearance code of a real image: Ea's own in training mode, without gradient, as the original
+        encodes the real images, so that they also step Ea's running statistics (batch statistics either way: the
+        same code as the frozen view's). Under --faithful, D's own gradient-free pass (_live_codes False) takes
+        them from the iteration's deep copy, whose statistics are thrown away: the running statistics then see the
+        same updates, in the same order, as in the fast order."""
+        if self.faithful and not self._live_codes:
+            return self._ea_copy.appearance(x)
+        return self.ea_call(x)[0]
 
     def _loader_batches(self, **groups):
         """Within the block, the split BatchNorm layers of Ea (ea=g), of its frozen view (frozen=g) and of the
@@ -576,10 +584,14 @@ class DGNet(Method):
 
         with run.autocast():
             if self.faithful:  # the original: D's step runs its own generator pass without gradients
-                with torch.no_grad():
-                    swaps = self.generator_pass(x_a, x_p, x_b, x_q)[2]
+                self._live_codes = False
+                try:
+                    with torch.no_grad():
+                        swaps = self.generator_pass(x_a, x_p, x_b, x_q)[2]
+                finally:
+                    self._live_codes = True
             else:  # the swaps of this one pass serve both steps
-                with self._loader_batches(frozen=4):
+                with self._loader_batches(ea=4):
                     generated = self.generator_pass(x_a, x_p, x_b, x_q)
                 swaps = generated[2]
             # D step: LSGAN on (x_ba vs x_a) and (x_ab vs x_b), R1 on the real images, every scale

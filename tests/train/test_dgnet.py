@@ -305,12 +305,28 @@ def test_fast_order_computes_the_original_gradients_at_fp64(encoder_again):
         expected = original_state[key]
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-9 * expected.abs().max().item() + 1e-12,
                                    msg=key)
-    # fast: the frozen view's codes of a, p, b, q in one call, its code and primary logits of the two (unerased)
+    # fast: Ea's own codes of a, p, b, q in one call (without gradient; stepping its running statistics as the
+    # original's calls on the clean images do), the frozen view's code and primary logits of the two (unerased)
     # swaps for the code reconstruction and id_gen in a second, Ea's identity losses (a, b, p, q and the two swaps)
     # in a third. The original runs Ea once per loader batch: 4 codes in each of its two generator passes, one per
     # swap for the generator losses (its per-iteration deep copy carries the hook), 6 identity batches.
-    assert fast_calls == [("frozen", 32), ("frozen", 16), ("ea", 48)]
+    assert fast_calls == [("ea", 32), ("frozen", 16), ("ea", 48)]
     assert original_calls == [("ea", 8)] * 16
+
+
+def test_clean_real_images_step_eas_running_statistics():
+    # the original encodes the clean real images with Ea in training mode: they enter its running statistics
+    # (evaluation normalizes by them), besides the erased identity-loss inputs and the swaps
+    from reidfast.models.baseline import ReidBaseline
+    teacher_state = ReidBaseline(4, last_stride=1, width=4, pretrained="none", log=lambda m: None).state_dict()
+    method = _method(False, teacher_state, erasing=0.0)
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randint(0, 256, (16, 2, 3, 64, 32), generator=g, dtype=torch.uint8),
+             "pid": torch.tensor([[i % 4] * 2 for i in range(16)])}
+    bn = method.ea.backbone.bn1
+    before = bn.num_batches_tracked.item()
+    method.train_step(batch, 1)  # every loss on (warm_iters 0): codes 4, identity losses 4 + the 2 swaps
+    assert bn.num_batches_tracked.item() - before == 10
 
 
 @pytest.fixture
@@ -391,8 +407,9 @@ def test_real_image_identity_losses_follow_the_published_configuration(faithful)
     import torch.nn.functional as F
     method = _method(faithful, _teacher_state(), warm_iters=2, pid_w=0.7)
     outputs = []
-    method.ea.register_forward_hook(  # Ea itself (under --faithful its deep copy carries the hook: left out)
-        lambda m, args, out: outputs.append(out) if m is method.ea else None)
+    method.ea.register_forward_hook(  # Ea itself (under --faithful its deep copy carries the hook: left out),
+        # with gradient (its gradient-free codes of the real images are not the identity losses' calls)
+        lambda m, args, out: outputs.append(out) if m is method.ea and torch.is_grad_enabled() else None)
     method.run.step = lambda optimizer: None  # gradients without updates: the fine head's are looked at below
     cfg = method.run.cfg
     for it, fine_w in ((0, 0.0), (3, 0.2 * 1.0)):  # warm-up 2, ramp 0.5 per iteration: lambda_prim 1.0 at it 3
@@ -429,11 +446,13 @@ def test_random_erasing_reaches_only_the_real_identity_inputs(faithful):
     # the teacher, Es or D see
     method = _method(faithful, _teacher_state(), warm_iters=0, erasing=1.0)  # every loss on
     method.erase.erase_value = 7.0
-    seen = {"ea": [], "frozen": [], "teacher": [], "es": [], "dis": []}
+    seen = {"ea": [], "codes": [], "frozen": [], "teacher": [], "es": [], "dis": []}
     watched = [(method.ea.backbone, "ea"), (method.gen.encoder, "es"), *[(scale, "dis") for scale in method.dis.scales]]
 
     def record(module, args):
         name = next((n for m, n in watched if m is module), "frozen")  # the frozen view or the copy of Ea
+        if name == "ea" and not torch.is_grad_enabled():  # Ea's gradient-free codes of the real images
+            name = "codes"
         seen[name].append(args[0].detach().clone())
 
     for module in (method.ea.backbone, method.frozen_ea.backbone, *[m for m, _ in watched[1:]]):
@@ -443,16 +462,16 @@ def test_random_erasing_reaches_only_the_real_identity_inputs(faithful):
     method.train_step(_small_batch(8), 0)
     fills = {name: [(x == 7.0).flatten(1).sum(1) for x in inputs] for name, inputs in seen.items()}
     assert all(fills[name] for name in fills), {name: len(f) for name, f in fills.items()}
-    for name in ("frozen", "teacher", "es", "dis"):
+    for name in ("codes", "frozen", "teacher", "es", "dis"):
         assert all(not f.any() for f in fills[name]), name
     ea_inputs = torch.cat(seen["ea"]).split(2)  # a, b, p, q, x_ba, x_ab
     assert len(ea_inputs) == 6
     erased = torch.cat(fills["ea"]).split(2)
     assert all(e.min() > 0 for e in erased[:4]) and not any(e.any() for e in erased[4:])
-    # outside the erased rectangles, the images the generator pass encoded (x_a, x_p, x_b, x_q: the first 4
-    # batches Ea's frozen view saw); the swaps, as the frozen view saw them in the generator losses (its last 2)
+    # outside the erased rectangles, the images the generator pass encoded (x_a, x_p, x_b, x_q: the 4 batches of
+    # Ea's gradient-free codes); the swaps, as the frozen view saw them in the generator losses (its last 2)
     frozen = torch.cat(seen["frozen"]).split(2)
-    x_a, x_p, x_b, x_q = frozen[:4]
+    x_a, x_p, x_b, x_q = torch.cat(seen["codes"]).split(2)
     for got, real in zip(ea_inputs[:4], (x_a, x_b, x_p, x_q)):
         assert torch.equal(torch.where(got == 7.0, real, got), real)
     assert torch.equal(torch.cat(ea_inputs[4:]), torch.cat(frozen[-2:]))
