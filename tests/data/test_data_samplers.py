@@ -2,8 +2,8 @@ from collections import Counter
 
 import pytest
 
-from reidfast.data import (BatchedSampler, IdentityBalancedBatchSampler, Sample, SameIdentityPairSampler, UnpairedDomainSampler,
-                           VerificationPairSampler)
+from reidfast.data import (BatchedSampler, IdentityBalancedBatchSampler, Sample, SameIdentityPairSampler,
+                           UnpairedDomainSampler, VerificationPairSampler)
 
 # 8 ids with 1..8 images each (id 0 has a single image), pids not contiguous
 PIDS = [pid * 10 for pid in range(8) for _ in range(pid + 1)]
