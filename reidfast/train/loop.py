@@ -214,7 +214,8 @@ class Method:
     ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), ``resize_filter`` (how the
     loader resizes training and test images: "bilinear", or "bicubic" where the method's pipeline does),
     ``evaluates`` (False for a stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by
-    default; multi-stage methods run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume`` finds the stage that was running).
+    default; multi-stage methods run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume``
+    finds the stage that was running).
     ``min_batch_size``: the smallest batch_size the method trains with (2 where BatchNorm sees the batch).
     ``cuda_compile_mode(cfg)``: the torch.compile mode ``--compile-mode auto`` (the default) gives on a GPU.
     ``run_folder(cfg)``: the run's top folder; ``existing_checkpoints(cfg)``: the checkpoints a new run with this
