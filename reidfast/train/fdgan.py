@@ -23,8 +23,8 @@ branches as the original does.
   draw per discriminator call, as the published GAN loss). G: L_id and L_pd (BCE towards 1 on the fakes), L_r =
   L1(y, t) on every image, L_sp = L1(y_a, y_o) on positive pairs. Loss w_id L_id + w_pd L_pd + w_r L_r + w_sp L_sp
   (+ w_v L_v in stage III); ``--loss-weights paper`` gives (w_v, w_id, w_pd, w_r, w_sp) = (1, 0.1, 0.1, 10, 1),
-  ``published`` ten times those (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD 1e-2; constant for half the stage,
-  then linear decay to 0 (50 + 50 epochs).
+  ``published`` ten times those (the published configuration). G Adam 1e-3, D_id SGD 1e-4, D_pd SGD 1e-2;
+  constant for half the stage, then linear decay to 0 (50 + 50 epochs).
 - BatchNorm: D_id's layers (backbone and head) keep stage I's running statistics in stages II and III (eval
   mode, their affine parameters training), and in stage III E's and V's too, as the published configuration fixes
   them (its set_bn_fix).
