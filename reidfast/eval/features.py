@@ -89,13 +89,13 @@ def summarize(result, ap_mode: str) -> dict:
 
 def evaluate_method(embed: Embed, dataset: ReidDataset, cfg: dict, device: torch.device,
                     ap_mode: str = "market", return_features: bool = False, metric: str = "cosine",
-                    l2_normalize: bool = True, resize_filter: str = "bilinear"):
+                    l2_normalize: bool = True, resize_filter: str = "bilinear", flip: bool = True):
     """Features of the dataset's query and gallery with `embed`, ranked; a dict of Rank-1/5/10 and mAP under
     `ap_mode`, plus ``mAP_by_ap_mode`` (the mAP under each AP convention, since papers use both) and the metric."""
     size = (cfg["height"], cfg["width"])
     common = dict(size=size, device=device, batch_size=cfg.get("eval_batch_size", 128),
                   channels_last=device.type == "cuda", l2_normalize=l2_normalize, workers=cfg.get("workers"),
-                  resize_filter=resize_filter)
+                  resize_filter=resize_filter, flip=flip)
     qf = extract_features(embed, dataset.query, **common)
     gf = extract_features(embed, dataset.gallery, **common)
     result = rank_features(qf, gf, dataset.query, dataset.gallery, ap_mode=ap_mode, metric=metric)

@@ -134,6 +134,7 @@ class DGNet(Method):
     name = "dgnet"
     min_batch_size = 2
     resize_filter = "bicubic"  # the published pipeline resizes training and test images bicubically
+    eval_flip = False  # Ea.features sums the image's and its mirror's views itself (the published test feature)
     defaults = {
         "iters": PAPER_ITERS, "epochs": None, "batch_size": 8, "lr": 0.002, "head_lr_mult": 10.0,
         "gen_lr": 1e-4, "dis_lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "lr_decay_at": [0.6, 0.9],

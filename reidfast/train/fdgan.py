@@ -114,6 +114,7 @@ class FDGAN(Method):
     min_batch_size = 2
     eval_metric = "euclidean"  # E's 2048-d pooled feature, Euclidean distance, no normalization
     eval_l2_normalize = False
+    eval_flip = False  # the published evaluation: E's feature of the image alone, no mirror
     defaults = {
         "stage": "all", "init": None, "iters": None, "epochs": None,
         "stage_epochs": [80, 100, 50], "stage_iters": None, "batch_size": 128, "num_negatives": 3,

@@ -211,8 +211,9 @@ class Method:
     Hooks with defaults: ``load_dataset(cfg)`` (the run's dataset; a method that trains on one dataset and tests
     on another returns a ReidDataset combining them), ``train_items(dataset)`` (what the loader indexes with the
     batch sampler's indices: images only by default; keypoints, masks or a second domain on request),
-    ``eval_metric`` / ``eval_l2_normalize`` (the test protocol of the method's paper), ``resize_filter`` (how the
-    loader resizes training and test images: "bilinear", or "bicubic" where the method's pipeline does),
+    ``eval_metric`` / ``eval_l2_normalize`` / ``eval_flip`` (the test protocol of the method's paper),
+    ``resize_filter`` (how the loader resizes training and test images: "bilinear", or "bicubic" where the
+    method's pipeline does),
     ``evaluates`` (False for a stage with no re-id model), ``run(cfg)`` (the whole run: one call of the loop by
     default; multi-stage methods run the loop once per stage) and ``resume_dir(run_dir)`` (where ``--resume``
     finds the stage that was running).
@@ -238,6 +239,7 @@ class Method:
     # test-time features: flip-averaged, L2-normalized, cosine distance (the re-id baseline's protocol)
     eval_metric = "cosine"
     eval_l2_normalize = True
+    eval_flip = True  # False: embed's feature of the image alone (a method whose embed combines the views itself)
     # how the loader resizes the images, for training and test alike (reidfast.data.RESIZE_FILTERS)
     resize_filter = "bilinear"
     # False for a stage with no re-id model (e.g. a GAN adaptation stage): the loop then skips evaluation and its
@@ -678,7 +680,7 @@ class Trainer:
                 result = evaluate_method(method.embed, self.dataset, self.cfg, self.device,
                                          ap_mode=self.cfg["ap_mode"], metric=method.eval_metric,
                                          l2_normalize=method.eval_l2_normalize,
-                                         resize_filter=method.resize_filter)
+                                         resize_filter=method.resize_filter, flip=method.eval_flip)
         finally:
             for m in method.networks.values():
                 m.train()

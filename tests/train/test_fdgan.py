@@ -517,3 +517,34 @@ def test_generate_takes_a_dataset_image_by_path_and_a_pose_file_at_its_size(all_
     for name in ("pose_0.png", "generated_0_0.png"):
         with Image.open(tmp_path / "by_path" / name) as a, Image.open(tmp_path / "txt" / name) as b:
             assert np.array_equal(np.asarray(a), np.asarray(b)), name
+
+
+def test_evaluation_takes_the_image_alone_as_the_published_evaluation(tmp_path):
+    # FD-GAN's published evaluation embeds the image alone; DG-Net's test feature combines the image and its
+    # mirror itself (a second, outer mirror would double the work for the same feature); the rest flip-average
+    from PIL import Image
+
+    from reidfast.data import Sample
+    from reidfast.eval.features import extract_features
+    from reidfast.train.dgnet import DGNet
+    from reidfast.train.fdgan import FDGAN
+    from reidfast.train.loop import Method
+    assert (Method.eval_flip, FDGAN.eval_flip, DGNet.eval_flip) == (True, False, False)
+    samples = []
+    for i in range(3):
+        path = tmp_path / f"{i:04d}_c1s1_000001_00.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 4, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(str(path), i, 0))
+    calls = []
+
+    def left_half(images):  # a feature that tells an image from its mirror
+        calls.append(images.shape[0])
+        return images[..., :2].mean((2, 3))
+
+    common = dict(size=(8, 4), device=torch.device("cpu"), workers=0, l2_normalize=False)
+    alone = extract_features(left_half, samples, flip=False, **common)
+    assert calls == [3]
+    both = extract_features(left_half, samples, flip=True, **common)
+    images = normalize(torch.stack([torch.from_numpy(np.array(Image.open(s.path))).permute(2, 0, 1) for s in samples]))
+    torch.testing.assert_close(alone, images[..., :2].mean((2, 3)))
+    torch.testing.assert_close(both, 0.5 * (images[..., :2].mean((2, 3)) + images.flip(3)[..., :2].mean((2, 3))))
