@@ -36,8 +36,7 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
                          "--metric or give euclidean")
     metric = metric or method.eval_metric
     common = dict(size=(cfg["height"], cfg["width"]), device=device, batch_size=batch_size,
-                  channels_last=device.type == "cuda", l2_normalize=method.eval_l2_normalize,
-                  resize_filter=method.resize_filter, flip=method.eval_flip)
+                  channels_last=device.type == "cuda", **method.feature_options())
     qf = extract_features(method.embed, dataset.query, **common)
     gf = extract_features(method.embed, dataset.gallery, **common)
     distmat = label = None
