@@ -233,7 +233,6 @@ class DGNet(Method):
         self.es, self.dec, self.ea_call, self.dis_call = (wrap(m) for m in (self.gen.encoder, self.gen, self.ea,
                                                                             self.dis))
         self.frozen_call = wrap(self.frozen_ea)
-        self._live_codes = True  # _code: Ea's own codes of the real images (False: --faithful's D-step pass)
         self.r1_call = run.compiled(self.real_scores_and_r1) if self.faithful else self.real_scores_and_r1
         self.generator_pass = whole(self._generator_pass)
         self.discriminator_losses = whole(self._discriminator_losses)
@@ -361,15 +360,13 @@ class DGNet(Method):
                 "cycle": ramp(it, start, rate, cfg["cycle_w"]), "prim": prim, "fine": cfg["fine_ratio"] * prim}
 
     # --- Ea as the generator losses see it (no gradient reaches Ea) -------------------------------------------
-    def _code(self, x):
+    def _code(self, x, live: bool = True):
         """The appearance code of a real image: Ea's own in training mode, without gradient, as the original
         encodes the real images, so that they also step Ea's running statistics (batch statistics either way: the
-        same code as the frozen view's). Under --faithful, D's own gradient-free pass (_live_codes False) takes
-        them from the iteration's deep copy, whose statistics are thrown away: the running statistics then see the
-        same updates, in the same order, as in the fast order."""
-        if self.faithful and not self._live_codes:
-            return self._ea_copy.appearance(x)
-        return self.ea_call(x)[0]
+        same code as the frozen view's). live=False (--faithful's D-step pass) takes it from the iteration's deep
+        copy, whose statistics are thrown away: the running statistics then see the same updates, in the same
+        order, as in the fast order."""
+        return self.ea_call(x)[0] if live else self._ea_copy.appearance(x)
 
     def _loader_batches(self, **groups):
         """Within the block, the split BatchNorm layers of Ea (ea=g), of its frozen view (frozen=g) and of the
@@ -459,11 +456,12 @@ class DGNet(Method):
         pids = batch["pid"][:, 0]
         return x[:half, 0], x[:half, 1], x[half:, 0], x[half:, 1], pids[:half], pids[half:]
 
-    def _generator_pass(self, x_a, x_p, x_b, x_q):
-        """Codes of the real images and the generator pass: ((f_a, f_b, f_p, f_q), (s_a, s_b), swaps [x_ba, x_ab],
-        self reconstructions [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq])."""
+    def _generator_pass(self, x_a, x_p, x_b, x_q, live_codes: bool = True):
+        """Codes of the real images (_code, live or not) and the generator pass: ((f_a, f_b, f_p, f_q), (s_a, s_b),
+        swaps [x_ba, x_ab], self reconstructions [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq])."""
         with torch.no_grad():  # the appearance code is detached from the generator losses
-            f_a, f_p, f_b, f_q = self._batched(self._code, [x_a, x_p, x_b, x_q])
+            code = self._code if live_codes else (lambda x: self._code(x, live=False))
+            f_a, f_p, f_b, f_q = self._batched(code, [x_a, x_p, x_b, x_q])
         s_a, s_b = self._batched(self.es, [x_a, x_b])
         x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.dec, [s_b, s_a, s_a, s_b, s_a, s_b],
                                                            [f_a, f_b, f_a, f_b, f_p, f_q])
@@ -585,12 +583,8 @@ class DGNet(Method):
 
         with run.autocast():
             if self.faithful:  # the original: D's step runs its own generator pass without gradients
-                self._live_codes = False
-                try:
-                    with torch.no_grad():
-                        swaps = self.generator_pass(x_a, x_p, x_b, x_q)[2]
-                finally:
-                    self._live_codes = True
+                with torch.no_grad():
+                    swaps = self.generator_pass(x_a, x_p, x_b, x_q, live_codes=False)[2]
             else:  # the swaps of this one pass serve both steps
                 with self._loader_batches(ea=4):
                     generated = self.generator_pass(x_a, x_p, x_b, x_q)
