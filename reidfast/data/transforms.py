@@ -53,6 +53,13 @@ def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, clam
     return images.clamp(0, 1) if clamp else images
 
 
+def _first_fit(fits: torch.Tensor, h: torch.Tensor, w: torch.Tensor):
+    """(h, w, found), each (B, 1): the sizes of each row's first attempt whose box fits (as torchvision's loops take
+    it) from (B, attempts) tensors, and whether any did (where none did, h and w are the first attempt's)."""
+    first = fits.long().argmax(1, keepdim=True)
+    return h.gather(1, first), w.gather(1, first), fits.any(1, keepdim=True)
+
+
 class Augmented(NamedTuple):
     images: torch.Tensor          # (B, C, H, W) float, normalized
     aligned: list[torch.Tensor]   # the extra tensors, flipped and cropped like the images
@@ -213,9 +220,8 @@ class BatchAugment:
         h = torch.sqrt(area * ratio).round().long()
         w = torch.sqrt(area / ratio).round().long()
         fits = (h < height) & (w < width) & (h > 0) & (w > 0)
-        first = fits.long().argmax(1, keepdim=True)  # the first attempt that fits (as torchvision's loop does)
-        h, w = h.gather(1, first), w.gather(1, first)  # (B, 1)
-        apply = fits.any(1, keepdim=True) & (u_apply < self.erase_p)
+        h, w, found = _first_fit(fits, h, w)
+        apply = found & (u_apply < self.erase_p)
         top = (u_top * (height - h + 1)).long()
         left = (u_left * (width - w + 1)).long()
         rows = torch.arange(height, device=images.device).view(1, -1, 1)
@@ -275,10 +281,9 @@ class RandomResizedRectCrop:
         ratio = self.ratio[0] + (self.ratio[1] - self.ratio[0]) * u_ratio
         h, w = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
         fits = (h <= height) & (w <= width)
-        first = fits.long().argmax(1, keepdim=True)
-        found = fits.any(1, keepdim=True)
-        h = torch.where(found, h.gather(1, first), torch.full_like(found, height, dtype=h.dtype))
-        w = torch.where(found, w.gather(1, first), torch.full_like(found, width, dtype=w.dtype))
+        h, w, found = _first_fit(fits, h, w)
+        h = torch.where(found, h, torch.full_like(found, height, dtype=h.dtype))
+        w = torch.where(found, w, torch.full_like(found, width, dtype=w.dtype))
         left, top = (u_x * (width - w + 1)).floor(), (u_y * (height - h + 1)).floor()
         # the box [left, left + w) x [top, top + h) in normalized coordinates (align_corners=False: -1 and 1 are
         # the image's outer edges) onto the whole output
