@@ -21,6 +21,7 @@ from torch import nn
 from ..nn import AdaINResBlock, PenaltyConv2d
 from .backbone import resnet50
 from .baseline import ClassBlock
+from .init import init_weights
 from .width import scaled_channels
 
 NEGATIVE_SLOPE = 0.2
@@ -181,23 +182,6 @@ class Decoder(nn.Module):
         for block, style in zip(self.blocks, styles):
             x = block(x, style)
         return self.out(self.up(x))
-
-
-def init_weights(network: nn.Module, scheme: str) -> nn.Module:
-    """The published configuration's initialization of every convolution and linear layer (weights only; biases
-    0): "kaiming" (normal, fan_in, gain sqrt(2)) for the generator side, Es, the MLPs and G; "gaussian" (N(0,
-    0.02)) for D. The other layers (the decoder's layer norm) keep their own."""
-    for m in network.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if scheme == "kaiming":
-                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
-            elif scheme == "gaussian":
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            else:
-                raise ValueError(f"init_weights: scheme must be 'kaiming' or 'gaussian', got {scheme!r}")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return network
 
 
 class MLP(nn.Module):

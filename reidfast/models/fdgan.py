@@ -32,6 +32,7 @@ from torch import nn
 from ..data.transforms import denormalize, normalize
 from ..nn.batch_norm import split_batchnorm
 from .backbone import resnet50
+from .init import init_weights
 from .width import scaled_channels
 
 POSE_CHANNELS = 18
@@ -187,12 +188,7 @@ class PoseGenerator(nn.Module):
                        nn.Dropout(dropout), nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1, bias=False), nn.Tanh()]
         self.decoder = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        init_weights(self, "gaussian", zero_bias=False, batchnorm=True)
 
     def forward(self, visual, pose, noise):
         code = torch.cat([visual.reshape(visual.shape[0], -1), self.pose_encoder(pose).to(visual.dtype),
@@ -213,12 +209,7 @@ class PoseDiscriminator(nn.Module):
         layers += [nn.Conv2d(c[2], c[3], 4, stride=1, padding=1, bias=False), nn.BatchNorm2d(c[3]),
                    nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(c[3], 1, 4, stride=1, padding=1)]
         self.net = split_batchnorm(nn.Sequential(*layers))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        init_weights(self, "gaussian", zero_bias=False, batchnorm=True)
 
     def forward(self, images, pose):
         return self.net(torch.cat([images, pose.to(images.dtype)], dim=1))

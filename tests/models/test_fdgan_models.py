@@ -6,6 +6,7 @@ import torch
 from reidfast.data import normalize
 from reidfast.models.fdgan import (IdentityDiscriminator, ImageEncoder, PoseDiscriminator, PoseEncoder,
                                    PoseGenerator, Verifier, from_generator_range, to_generator_range)
+from reidfast.models.init import init_weights
 from reidfast.nn import SplitBatchNorm2d, batchnorm_groups
 
 H, W = 64, 32
@@ -32,6 +33,25 @@ def test_shapes_of_every_network():
     assert d_pd.net[0].in_channels == 21
     patches = d_pd(y, pose)
     assert patches.shape[:2] == (3, 1) and patches.dim() == 4
+
+
+def test_generator_and_pose_discriminator_start_from_the_published_initialization():
+    # weights N(0, 0.02) (linear, conv and transposed conv), BatchNorm scales N(1, 0.02) and shifts 0; biases keep
+    # PyTorch's default, which the published initialization does not touch
+    torch.manual_seed(0)
+    for net in (PoseGenerator(128, H, W, gan_width=0.5), PoseDiscriminator(0.5)):
+        weighted = [m for m in net.modules()
+                    if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+        weights = torch.cat([m.weight.flatten() for m in weighted])
+        assert weights.std().item() == pytest.approx(0.02, rel=0.05) and abs(weights.mean().item()) < 1e-3
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        scales = torch.cat([m.weight for m in norms])
+        assert scales.mean().item() == pytest.approx(1.0, abs=0.01)
+        assert scales.std().item() == pytest.approx(0.02, rel=0.3)
+        assert not torch.cat([m.bias for m in norms]).any()
+    assert PoseDiscriminator(0.5).net[-1].bias.abs().sum() > 0  # the patch logit's bias: PyTorch's default
+    with pytest.raises(ValueError, match="scheme must be 'kaiming' or 'gaussian'"):
+        init_weights(PoseDiscriminator(0.5), "xavier")
 
 
 def test_generator_follows_the_published_pre_activation_layout():
