@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import AdaINResBlock, PenaltyConv2d
+from ..nn import AdaINResBlock, PaddedConv2d, PenaltyConv2d
+from ..ops import reflection_pad2d
 from .backbone import resnet50
 from .baseline import ClassBlock
 from .init import init_weights
@@ -32,20 +33,20 @@ def _lrelu() -> nn.Module:
     return nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
 
 
-class DilatedConv2d(nn.Conv2d):
+class DilatedConv2d(PaddedConv2d):
     """The ASPP's dilated convolution with the published encoder's reflect padding where the map allows it (a
     reflection needs a pad smaller than each side) and zero padding on smaller maps (the CPU preset's 16x8 at rate 9).
     The same parameters and state dict as nn.Conv2d; the padding is chosen by the input's size."""
 
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _padded(self, input: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         pad_h, pad_w = self.padding
-        mode = "reflect" if pad_h < input.shape[-2] and pad_w < input.shape[-1] else "constant"
-        input = F.pad(input, (pad_w, pad_w, pad_h, pad_h), mode=mode)
-        return F.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        if pad_h < input.shape[-2] and pad_w < input.shape[-1]:
+            return reflection_pad2d(input, (pad_w, pad_w, pad_h, pad_h)), (0, 0)
+        return input, self.padding
 
 
 def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, norm: bool = True,
-                conv: type[nn.Conv2d] = nn.Conv2d, act: bool = True) -> nn.Sequential:
+                conv: type[nn.Conv2d] = PaddedConv2d, act: bool = True) -> nn.Sequential:
     """conv -> instance norm (optional) -> LeakyReLU(0.2) (optional), reflect padding (dilated convs:
     DilatedConv2d, which falls back to zeros on maps too small to reflect). conv: the convolution class (D's:
     PenaltyConv2d, for its R1 penalty)."""
@@ -64,7 +65,7 @@ def _conv_block(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int
 class ResBlock(nn.Module):
     """conv3x3 -> [IN] -> LReLU -> conv3x3 -> [IN] -> + x (no activation after the add)."""
 
-    def __init__(self, dim: int, norm: bool = True, conv: type[nn.Conv2d] = nn.Conv2d):
+    def __init__(self, dim: int, norm: bool = True, conv: type[nn.Conv2d] = PaddedConv2d):
         super().__init__()
         self.body = nn.Sequential(
             conv(dim, dim, 3, padding=1, padding_mode="reflect"),
@@ -163,7 +164,7 @@ class Decoder(nn.Module):
         for _ in range(2):
             half = max(1, dim // 2)  # at least one channel at the narrowest test widths
             up += [nn.Upsample(scale_factor=2, mode="nearest"),
-                   nn.Conv2d(dim, half, 5, padding=2, padding_mode="reflect"), LayerNorm2d(half), _lrelu()]
+                   PaddedConv2d(dim, half, 5, padding=2, padding_mode="reflect"), LayerNorm2d(half), _lrelu()]
             dim = half
         self.up = nn.Sequential(*up)
         self.out = nn.Sequential(_conv_block(dim, dim, 3, norm=False), _conv_block(dim, dim, 3, norm=False),

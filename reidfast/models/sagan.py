@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import HomographyTransformer, PenaltyConv2d
+from ..nn import HomographyTransformer, PaddedConv2d, PenaltyConv2d
 
 
 def homography_vector(H: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,8 @@ class _Residual(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(dim), nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(dim))
+            PaddedConv2d(dim, dim, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(dim), nn.ReLU(inplace=True),
+            PaddedConv2d(dim, dim, 3, padding=1, padding_mode="reflect"), nn.InstanceNorm2d(dim))
 
     def forward(self, x):
         return x + self.body(x)
@@ -71,7 +71,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         if ngf < 1 or blocks < 0:
             raise ValueError(f"ResnetGenerator: need ngf >= 1 and blocks >= 0, got {ngf}, {blocks}")
-        layers = [nn.Conv2d(channels, ngf, 7, padding=3, padding_mode="reflect"), nn.InstanceNorm2d(ngf),
+        layers = [PaddedConv2d(channels, ngf, 7, padding=3, padding_mode="reflect"), nn.InstanceNorm2d(ngf),
                   nn.ReLU(inplace=True)]
         for i in range(2):
             layers += [nn.Conv2d(ngf * 2 ** i, ngf * 2 ** (i + 1), 3, stride=2, padding=1),
@@ -81,7 +81,7 @@ class ResnetGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(ngf * 2 ** i, ngf * 2 ** (i - 1), 3, stride=2, padding=1, output_padding=1),
                        nn.InstanceNorm2d(ngf * 2 ** (i - 1)), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
-        self.out = nn.Conv2d(ngf, channels, 7, padding=3, padding_mode="reflect")
+        self.out = PaddedConv2d(ngf, channels, 7, padding=3, padding_mode="reflect")
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

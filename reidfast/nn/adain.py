@@ -11,6 +11,7 @@ from torch import nn
 from ..ops import adain
 from ..ops._args import as_int
 from ..ops.adain import check_settings
+from .conv import PaddedConv2d
 
 
 def _check_count(module: str, name: str, value) -> int:
@@ -56,8 +57,8 @@ class AdaINResBlock(nn.Module):
         if pad_mode not in ("reflect", "zeros", "replicate"):
             raise ValueError(f"AdaINResBlock: pad_mode must be 'reflect', 'zeros' or 'replicate', got {pad_mode!r}")
         self.dim = dim
-        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1, padding_mode=pad_mode)
-        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1, padding_mode=pad_mode)
+        self.conv1 = PaddedConv2d(dim, dim, 3, padding=1, padding_mode=pad_mode)
+        self.conv2 = PaddedConv2d(dim, dim, 3, padding=1, padding_mode=pad_mode)
         self.norm1 = AdaIN2d(dim, activation=activation, eps=eps)
         self.norm2 = AdaIN2d(dim, activation="none", eps=eps)
 

@@ -21,6 +21,7 @@ from .geometry import (
     warp_perspective,
 )
 from .homography import homography_warp
+from .pad import reflection_pad2d
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +32,7 @@ __all__ = [
     "explain_backend",
     "get_backend",
     "rank_eval",
+    "reflection_pad2d",
     "homography_adjugate",
     "homography_from_params",
     "homography_inverse",

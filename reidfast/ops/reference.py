@@ -59,6 +59,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> t
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# reflection_pad2d: the reflect padding of the GANs' convolutions.
+
+def reflection_pad2d(x, padding) -> torch.Tensor:
+    """`reidfast.ops.reflection_pad2d`'s reference: F.pad in reflect mode, with autograd's own derivatives."""
+    return F.pad(x, padding, mode="reflect")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # rank_eval: re-id ranking under the Market-1501 protocol.
 
 def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tensor, metric: str) -> torch.Tensor:

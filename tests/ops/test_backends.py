@@ -6,12 +6,13 @@ import torch
 from reidfast import ops
 
 # the ops of the README's table, each with a backend setting
-OPS = ("adain", "conv2d", "homography_warp", "rank_eval")
+OPS = ("adain", "conv2d", "homography_warp", "rank_eval", "reflection_pad2d")
 
 
 @pytest.mark.parametrize("query", [ops.explain_backend, ops.resolve_backend])
 def test_an_unknown_op_is_an_error_listing_the_known_ones(query):
-    with pytest.raises(ValueError, match=r"unknown op 'foo'; known ops: adain, conv2d, homography_warp, rank_eval"):
+    with pytest.raises(ValueError, match=r"unknown op 'foo'; known ops: adain, conv2d, homography_warp, rank_eval, "
+                                         r"reflection_pad2d"):
         query("foo", torch.device("cpu"))
 
 
@@ -33,7 +34,8 @@ def _call(op):
     return {"adain": lambda: ops.adain(x, torch.ones(1, 2), torch.zeros(1, 2)),
             "conv2d": lambda: ops.conv2d(x, torch.randn(1, 2, 1, 1)),
             "homography_warp": lambda: ops.homography_warp(x, torch.eye(3)[None]),
-            "rank_eval": lambda: ops.rank_eval([1], [1, 2], [0], [1, 1], distmat=torch.rand(1, 2))}[op]
+            "rank_eval": lambda: ops.rank_eval([1], [1, 2], [0], [1, 1], distmat=torch.rand(1, 2)),
+            "reflection_pad2d": lambda: ops.reflection_pad2d(x, (1, 1, 1, 1))}[op]
 
 
 @pytest.mark.parametrize("op", OPS)
