@@ -173,3 +173,15 @@ def test_padded_convolutions_are_drop_in_nn_conv2d(cls, padding_mode):
     torch.testing.assert_close(torch.autograd.grad(out, [x, *conv.parameters()], grad_out),
                                torch.autograd.grad(want, [x, *ref.parameters()], grad_out))
     assert _runs_the_op(conv._padded(x)[0]) == (padding_mode == "reflect")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compiled_penalty_gradients_match_eager_on_cuda(channels_last):
+    x = _input(CASES[1], torch.float32, channels_last).detach().cuda().requires_grad_()  # .cuda() keeps the layout
+    w = _weight(x).cuda().requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, w: _penalty(reflection_pad2d, x, CASES[1][1], w), fullgraph=True)
+    got = torch.autograd.grad(compiled(x, w), (x, w))
+    want = torch.autograd.grad(_penalty(reference.reflection_pad2d, x, CASES[1][1], w), (x, w))
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)  # TF32 may differ between the two
