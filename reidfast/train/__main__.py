@@ -69,10 +69,13 @@ def main(argv=None) -> int:
         file_values = read_config_file(args.config) if getattr(args, "config", None) else {}
         if file_values:
             check_file_values(parser, file_values, args.config, {**LOOP_DEFAULTS, **method.defaults})
+        given = set(flags) | set(file_values)
         if flags.get("resume") or file_values.get("resume"):
             flags, file_values = _resume_layers(method, flags, file_values)
         device = flags.get("device", file_values.get("device", "auto"))
         cfg = resolve_config(method.defaults, method.presets, file_values, flags, _runs_on_cpu(device))
+        for line in method.unused_options(given, cfg):
+            print(f"warning: {line}", file=sys.stderr)
         _check_run_folder(method, cfg)
         from .loop import train
         train(method, cfg)

@@ -269,6 +269,12 @@ class Method:
         return run_dataset_name(cfg)
 
     @classmethod
+    def unused_options(cls, given: set[str], cfg: dict) -> list[str]:
+        """Warnings (one line each) about options given on the command line or in --config (`given`: their names,
+        cfg's keys) that the resolved config `cfg` trains without; the command prints them before it starts."""
+        return []
+
+    @classmethod
     def run(cls, cfg: dict, stream=None) -> dict | None:
         """Train with a resolved config; metrics.json's dict (None on ranks other than 0)."""
         return Trainer(cls, cfg, stream).fit()

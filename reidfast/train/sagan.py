@@ -721,6 +721,19 @@ class SAGAN(Method):
         """The mode of the stage's method (the loop runs AdaptStage or ReidStage; this class stands for both)."""
         return (AdaptStage if cfg.get("current_stage") == "adapt" else ReidStage).cuda_compile_mode(cfg)
 
+    @classmethod
+    def unused_options(cls, given: set[str], cfg: dict) -> list[str]:
+        """The loop's run-length, batch and lr options are the re-id stage's: with --stage adapt or translate they
+        set nothing (a warning, not an error: one command line may serve every stage run separately)."""
+        unused = [f"--{k.replace('_', '-')}" for k in ("iters", "epochs", "batch_size", "lr") if k in given]
+        if not unused or "reid" in stages_of(cfg["stage"]):
+            return []
+        verb = "is an option" if len(unused) == 1 else "are options"
+        return [f"sagan: {', '.join(unused)} {verb} of the re-id stage, which --stage {cfg['stage']} does not run "
+                f"(ignored); the adaptation stage's length, batch and learning rates are --adapt-iters "
+                f"({cfg['adapt_iters']}), --adapt-batch-size ({cfg['adapt_batch_size']}), --gen-lr ({cfg['gen_lr']:g}) "
+                f"and --dis-lr ({cfg['dis_lr']:g})"]
+
     def __new__(cls, run, dataset):
         stage = run.cfg.get("current_stage")
         if stage not in ("adapt", "reid"):

@@ -219,6 +219,23 @@ def test_a_root_without_its_dataset_name_is_refused(tmp_path, capsys):
     assert "--source synthetic-a to generate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage, flags", [
+    ("adapt", ["--iters", "2"]), ("translate", ["--batch-size", "4", "--lr", "0.1"]), ("all", ["--iters", "2"])])
+def test_reid_stage_options_without_the_reid_stage_are_named_as_ignored(tmp_path, capsys, stage, flags):
+    # --iters & co. are the re-id stage's: with --stage adapt the adaptation trains at its own length, which the
+    # user is told before it starts (the run itself is stopped by the missing --adapt-run of translate, or by the
+    # unwritable --out: it is the message that is checked here)
+    out = tmp_path / "file"
+    out.write_text("")
+    assert main(["sagan", "--stage", stage, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    named = ", ".join(f for f in flags if f.startswith("--"))
+    warning = (f"warning: sagan: {named} {'is an option' if len(flags) == 2 else 'are options'} of the re-id stage, "
+               f"which --stage {stage} does not run (ignored); the adaptation stage's length, batch and learning "
+               f"rates are --adapt-iters (400)")
+    assert (warning in err) == (stage != "all"), err
+
+
 def test_images_without_masks_are_found_before_the_run_starts(tiny_root, domain_b, tmp_path, capsys):
     source = tmp_path / "no-masks"
     shutil.copytree(tiny_root, source)
