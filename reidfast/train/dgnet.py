@@ -161,6 +161,13 @@ class DGNet(Method):
     }
 
     @classmethod
+    def unused_options(cls, given: set[str], cfg: dict) -> list[str]:
+        if "teacher_iters" in given and cfg["teacher"]:
+            return [f"dgnet: --teacher-iters sets the length of the teacher trained when no --teacher is given; "
+                    f"this run uses the teacher {cfg['teacher']} (ignored)"]
+        return []
+
+    @classmethod
     def add_arguments(cls, parser) -> None:
         S = argparse.SUPPRESS
         g = parser.add_argument_group("dgnet")

@@ -166,6 +166,16 @@ def test_a_teacher_of_another_method_is_refused_before_the_run_folder_is_written
     assert not out.exists()
 
 
+def test_teacher_iters_with_a_teacher_is_named_as_ignored(teacher, tiny_root, tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("")  # stops the run before it trains: the message is what is checked
+    assert main(dgnet_args(tiny_root, out, "--iters", "1", "--teacher", str(teacher), "--teacher-iters", "5")) == 2
+    assert (f"warning: dgnet: --teacher-iters sets the length of the teacher trained when no --teacher is given; "
+            f"this run uses the teacher {teacher} (ignored)") in capsys.readouterr().err
+    assert main(dgnet_args(tiny_root, out, "--iters", "1", "--teacher", str(teacher))) == 2
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_real_data_without_a_teacher_is_a_clear_error(tiny_root, tmp_path, capsys):
     args = dgnet_args(tiny_root, tmp_path / "x", "--iters", "1")
     args[args.index("synthetic")] = "market1501"
