@@ -659,6 +659,16 @@ class FDGAN(Method):
         return run_root(cfg)
 
     @classmethod
+    def unused_options(cls, given: set[str], cfg: dict) -> list[str]:
+        """--init starts a single stage II or III; --stage 1 has no checkpoint to start from, and --stage all starts
+        each stage from the one before it."""
+        if "init" in given and cfg.get("init") and str(cfg["stage"]) in ("1", "all"):
+            then = "starts from no checkpoint" if str(cfg["stage"]) == "1" else \
+                "starts stages II and III from its own stages I and II"
+            return [f"fdgan: --init starts --stage 2 or 3 on its own; --stage {cfg['stage']} {then} (ignored)"]
+        return []
+
+    @classmethod
     def existing_checkpoints(cls, cfg: dict) -> list[Path]:
         """Those of the stages this run trains (--stage 2 after --stage 1 in the same folder is not in the way)."""
         stages = list(STAGES) if str(cfg["stage"]) == "all" else [int(cfg["stage"])]

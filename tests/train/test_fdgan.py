@@ -182,6 +182,14 @@ def test_single_stage_from_init(all_run, tiny_root, tmp_path):
     assert not (out / "stage1").exists() and (out / "checkpoint.pt").is_file()
 
 
+@pytest.mark.parametrize("stage", ["1", "all"])
+def test_init_without_a_single_later_stage_is_named_as_ignored(all_run, tiny_root, tmp_path, capsys, stage):
+    out = tmp_path / "file"
+    out.write_text("")  # stops the run before it trains: the message is what is checked
+    assert main(fdgan_args(tiny_root, out, "--stage", stage, "--init", str(all_run / "stage2"))) == 2
+    assert f"warning: fdgan: --init starts --stage 2 or 3 on its own; --stage {stage} " in capsys.readouterr().err
+
+
 def test_stage1_identification_loss_option(tiny_root, tmp_path):
     # the cpu-quick preset's addition to stage I: a ClassBlock head, checkpointed, not needed at test time
     out = tmp_path / "s1"
