@@ -4,8 +4,8 @@ every order; what differs is what torch.compile makes of its backward.
 Inductor decomposes a reflection pad's backward into nine masked gathers per call (the centre and the eight
 reflected border regions), and a penalty on a discriminator's input gradient (DG-Net's R1) differentiates every
 pad of the network twice: the graphs of a DG-Net step then hold hundreds of them, a sixth of its compile time
-(on the 2-core CPU, 359 s against 301 s for the first compiled iteration of `python -m reidfast.train dgnet
---compile`, at the cpu-quick preset's size, empty cache). Here the backward is a custom op
+(on the 2-core CPU, the first compiled iteration of `python -m reidfast.train dgnet --compile` at the cpu-quick
+preset's size, empty cache, took 297 s with this op against 359 s without). Here the backward is a custom op
 (`torch.ops.reidfast.reflection_pad2d_backward`) that the compiled graph calls as one ATen kernel, and its own
 derivative is the pad again. The pad is an autograd.Function kept whole in the graph (allow_in_graph), so that its
 backward also holds inside a first derivative taken in the compiled region (torch.func.grad), as
