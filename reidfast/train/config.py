@@ -193,7 +193,8 @@ _RANGES = [
     (re.compile(r"^(lr_gamma|gan_width|stm_bound|pose_sigmas)$"), False, lambda v: v > 0, "> 0"),
     (re.compile(r"^(dropout|label_smoothing|adam_beta1|adam_beta2)$"), False, lambda v: 0 <= v < 1, "in [0, 1)"),
     (re.compile(r"(decay_from|decay_at)$"), False, lambda v: 0 <= v <= 1, "a fraction of the run, in [0, 1]"),
-    (re.compile(r"^encoder_again$"), False, lambda v: 0 <= v <= 1, "a probability, in [0, 1]"),
+    (re.compile(r"^(encoder_again|erasing)$"), False, lambda v: 0 <= v <= 1, "a probability, in [0, 1]"),
+    (re.compile(r"^crop_area$"), False, lambda v: 0 < v <= 1, "a fraction of the image, in (0, 1]"),
     # lr, gen_lr, e_lr3, ...: learning rates (lr_gamma and head_lr_mult matched above)
     (re.compile(r"(^|_)lr\d*$"), False, lambda v: v >= 0, ">= 0 (a learning rate)"),
     (re.compile(r"^(warmup_iters|warm_iters|workers|eval_every|ckpt_every|log_every)$"), True, lambda v: v >= 0,

@@ -226,6 +226,35 @@ def _batch(pairs=8):
             "keypoints": torch.rand(pairs, 4, 18, 2, generator=g) * torch.tensor([31.0, 63.0])}
 
 
+def test_erasing_and_crop_area_set_the_augmentation():
+    from reidfast.data import normalize
+    # the defaults: the published eraser (p 0.75) in every stage and stage I's crop of 0.64-1 of the image
+    published = _method(1, False)
+    assert published.input_augment.erase_p == 0.75 and published.crop.area == (0.64, 1.0)
+    # --erasing 0 --crop-area 1 (the cpu-quick preset's): stage I's inputs are the images or their mirrors
+    light = _method(1, False, erasing=0.0, crop_area=1.0)
+    assert light.crop is None
+    images = _batch()["image"][:, :2].flatten(0, 1)
+    out = light.input_augment(images, torch.Generator().manual_seed(0))
+    plain = normalize(images.float() / 255)
+    mirrored = [torch.allclose(o, p.flip(-1), atol=1e-5) for o, p in zip(out, plain)]
+    as_is = [torch.allclose(o, p, atol=1e-5) for o, p in zip(out, plain)]
+    assert all(m or a for m, a in zip(mirrored, as_is)) and any(mirrored) and any(as_is)
+
+
+@pytest.mark.parametrize("flag, value, message", [("--erasing", "1.5", "--erasing must be a probability, in [0, 1]"),
+                                                  ("--crop-area", "0", "--crop-area must be a fraction of the image")])
+def test_augmentation_options_out_of_range_are_refused(tiny_root, tmp_path, capsys, flag, value, message):
+    assert main(fdgan_args(tiny_root, tmp_path / "x", flag, value)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_cpu_quick_preset_augments_by_a_flip_only():
+    from reidfast.train.fdgan import FDGAN
+    assert FDGAN.presets["cpu-quick"]["erasing"] == 0 and FDGAN.presets["cpu-quick"]["crop_area"] == 1
+    assert (FDGAN.defaults["erasing"], FDGAN.defaults["crop_area"]) == (0.75, 0.64)  # the paper settings
+
+
 @pytest.mark.parametrize("stage", [1, 3])
 def test_faithful_order_gives_the_same_losses_at_fp32(stage):
     # one iteration from the same state on the same batch: one batched pass per network (BatchNorm per branch)
