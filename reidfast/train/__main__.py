@@ -131,7 +131,7 @@ def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
         flags.pop("resume", None)
         return flags, {k: v for k, v in file_values.items() if k != "resume"}
     path = resolve_checkpoint(resume, method.resume_dir(run_dir))
-    saved = dict(load_checkpoint(path, method.name)["config"])
+    saved = {**method.options_of_older_runs, **load_checkpoint(path, method.name)["config"]}
     saved.update(file_values)
     saved.pop("resume", None)
     if "iters" in flags or "epochs" in flags:  # a new run length replaces the saved one

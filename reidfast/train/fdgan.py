@@ -140,6 +140,7 @@ class FDGAN(Method):
     # fine-tuning rates so that its 30 iterations move anything. No erasing and no resized crop (a flip only, as
     # the baseline's preset has no erasing): in 600 iterations from scratch the published augmentation costs more
     # than it regularizes (stage I's mAP 10.6% with it, 19.5% without the erasing, 25.4% without either; 11-28).
+    options_of_older_runs = {"erasing": 0.75, "crop_area": 0.64}  # the published augmentation, before its options
     presets = {
         "cpu-quick": {"stage_iters": [600, 80, 30], "stage_epochs": None, "batch_size": 16, "height": 64,
                       "width": 32, "backbone_width": 16, "gan_width": 0.25, "synthetic_ids": 120,

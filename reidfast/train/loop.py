@@ -268,6 +268,10 @@ class Method:
         evaluation can read it from another root (``python -m reidfast.eval --checkpoint RUN --data-root DIR``)."""
         return run_dataset_name(cfg)
 
+    # The values that runs saved before an option existed trained with: --resume fills them into such a run's saved
+    # configuration, so that it continues as it was, whatever the method's defaults and presets say now.
+    options_of_older_runs: dict = {}
+
     @classmethod
     def unused_options(cls, given: set[str], cfg: dict) -> list[str]:
         """Warnings (one line each) about options given on the command line or in --config (`given`: their names,

@@ -120,6 +120,23 @@ def test_resume_continues_stage2_then_runs_stage3_exactly(all_run, tmp_path):
     assert load_checkpoint(copy / "checkpoint.pt")["iteration"] == ITERS + 1
 
 
+def test_a_run_saved_before_the_augmentation_options_resumes_with_the_published_augmentation(all_run, tmp_path):
+    # checkpoints written before --erasing and --crop-area existed trained with the published values; the preset's
+    # values (a flip only) must not replace them when such a run is resumed
+    copy = tmp_path / "copy"
+    shutil.copytree(all_run / "stage1", copy / "stage1")
+    (copy / "stage2").mkdir(parents=True)
+    state = torch.load(all_run / "stage2" / "checkpoint.prev.pt", weights_only=True)
+    for key in ("erasing", "crop_area"):
+        del state["config"][key]
+    state["config"]["preset"] = "cpu-quick"  # a run of that preset: every option saved but the two
+    torch.save(state, copy / "stage2" / "checkpoint.pt")
+    assert main(["fdgan", "--out", str(copy), "--resume", "--stage-iters", "3", "3", "1"]) == 0
+    for stage in (2, 3):
+        config = load_checkpoint(copy / f"stage{stage}" / "checkpoint.pt")["config"]
+        assert (config["erasing"], config["crop_area"]) == (0.75, 0.64), stage
+
+
 def test_stage_lengths_given_with_resume_apply_to_the_running_stage_and_the_next(all_run, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(all_run / "stage1", copy / "stage1")
