@@ -10,7 +10,7 @@ from ..data import PATH_ERRORS, DatasetNotFoundError, error_message
 from .checkpoint import CheckpointError
 from .config import (LOOP_DEFAULTS, ConfigError, add_loop_arguments, check_file_values, read_config_file,
                      resolve_config)
-from .loop import TrainingDivergedError, TrainingInterrupted
+from .loop import TrainingDivergedError, TrainingInterrupted, torchrun_rank
 from .methods import ALL_METHODS, get_method
 
 DESCRIPTION = """\
@@ -74,8 +74,9 @@ def main(argv=None) -> int:
             flags, file_values = _resume_layers(method, flags, file_values)
         device = flags.get("device", file_values.get("device", "auto"))
         cfg = resolve_config(method.defaults, method.presets, file_values, flags, _runs_on_cpu(device))
-        for line in method.unused_options(given, cfg):
-            print(f"warning: {line}", file=sys.stderr)
+        if torchrun_rank()[0] == 0:  # once, not once per process
+            for line in method.unused_options(given, cfg):
+                print(f"warning: {line}", file=sys.stderr)
         _check_run_folder(method, cfg)
         from .loop import train
         train(method, cfg)

@@ -236,6 +236,16 @@ def test_reid_stage_options_without_the_reid_stage_are_named_as_ignored(tmp_path
     assert (warning in err) == (stage != "all"), err
 
 
+def test_the_ignored_options_warning_comes_from_rank_0_only(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "file"
+    out.write_text("")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, warned in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["sagan", "--stage", "adapt", "--iters", "2", "--out", str(out)]) == 2
+        assert ("warning: sagan: --iters is an option of the re-id stage" in capsys.readouterr().err) == warned
+
+
 def test_images_without_masks_are_found_before_the_run_starts(tiny_root, domain_b, tmp_path, capsys):
     source = tmp_path / "no-masks"
     shutil.copytree(tiny_root, source)
