@@ -32,8 +32,7 @@ def extract_features(embed: Embed, samples: Sequence[Sample], size: tuple[int, i
     if workers is None:
         workers = default_num_workers() if len(samples) > batch_size else 0
     loader = DataLoader(ImageDataset(samples, size=size, resize_filter=resize_filter), batch_size=batch_size,
-                        shuffle=False,
-                        num_workers=workers, pin_memory=device.type == "cuda",
+                        shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leaves the global RNG alone
     chunks = []
     bar = None

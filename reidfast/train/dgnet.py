@@ -467,8 +467,7 @@ class DGNet(Method):
         """Codes of the real images (_code, live or not) and the generator pass: ((f_a, f_b, f_p, f_q), (s_a, s_b),
         swaps [x_ba, x_ab], self reconstructions [x_aa, x_bb], same-identity reconstructions [x_ap, x_bq])."""
         with torch.no_grad():  # the appearance code is detached from the generator losses
-            code = self._code if live_codes else (lambda x: self._code(x, live=False))
-            f_a, f_p, f_b, f_q = self._batched(code, [x_a, x_p, x_b, x_q])
+            f_a, f_p, f_b, f_q = self._batched(lambda x: self._code(x, live=live_codes), [x_a, x_p, x_b, x_q])
         s_a, s_b = self._batched(self.es, [x_a, x_b])
         x_ba, x_ab, x_aa, x_bb, x_ap, x_bq = self._batched(self.dec, [s_b, s_a, s_a, s_b, s_a, s_b],
                                                            [f_a, f_b, f_a, f_b, f_p, f_q])

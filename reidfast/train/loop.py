@@ -240,14 +240,15 @@ class Method:
     eval_metric = "cosine"
     eval_l2_normalize = True
     eval_flip = True  # False: embed's feature of the image alone (a method whose embed combines the views itself)
+    # how the loader resizes the images, for training and test alike (reidfast.data.RESIZE_FILTERS)
+    resize_filter = "bilinear"
 
     @classmethod
     def feature_options(cls) -> dict:
         """extract_features' options of the method's test protocol (the metric aside): what the loop's evaluation
         and a trained run's evaluation both pass."""
         return {"l2_normalize": cls.eval_l2_normalize, "resize_filter": cls.resize_filter, "flip": cls.eval_flip}
-    # how the loader resizes the images, for training and test alike (reidfast.data.RESIZE_FILTERS)
-    resize_filter = "bilinear"
+
     # False for a stage with no re-id model (e.g. a GAN adaptation stage): the loop then skips evaluation and its
     # metrics.json has no rank numbers
     evaluates = True
