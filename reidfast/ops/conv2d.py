@@ -107,12 +107,13 @@ def _ints(name: str, v) -> list[int]:
     """stride, padding or dilation as F.conv2d takes it: an int (Python's, numpy's, a 0-d integer tensor's) for both
     dimensions, or a sequence of them. Anything else (a float, which F.conv2d refuses too) is a TypeError naming
     the argument, not a silent truncation."""
-    if isinstance(v, int):
-        return [v, v]
-    try:
-        return [operator.index(v)] * 2
-    except TypeError:
-        pass
+    # Sequences are told apart by type, not by operator.index raising: Dynamo (torch 2.11) turned that TypeError,
+    # raised while tracing a resumed frame, into an internal error instead of passing it to the except clause
+    if not isinstance(v, (tuple, list)):
+        try:
+            return [operator.index(v)] * 2
+        except TypeError:
+            pass  # another sequence type (a numpy array), read below
     try:
         return [operator.index(e) for e in v]
     except TypeError:
@@ -129,8 +130,11 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
     device_type = x.device.type
     # A device type without autocast (meta: shape inference, a model built on torch.device("meta")) has nothing to
-    # cast, and torch.is_autocast_enabled would raise on it
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    # cast, and torch.is_autocast_enabled would raise on it. Compiled code does not ask: Dynamo (torch 2.11) cannot
+    # trace is_autocast_available, and breaking the graph at every convolution is what compiling is meant to avoid;
+    # the tensors a compiled graph runs on are on devices with autocast.
+    if ((torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type))
+            and torch.is_autocast_enabled(device_type)):
         dtype = torch.get_autocast_dtype(device_type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None

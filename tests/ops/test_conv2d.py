@@ -152,6 +152,18 @@ def test_autocast_computes_in_the_autocast_dtype_like_the_reference():
     torch.testing.assert_close(grads, torch.autograd.grad(ref.float().square().sum(), (x, w, b)))
 
 
+def test_compiled_under_autocast_casts_as_eager_does():
+    # In a compiled graph the op takes the autocast dtype without asking whether the device type has autocast: the
+    # Dynamo of torch 2.11 cannot trace that question and broke the graph at every convolution (fullgraph=True
+    # fails on such a break)
+    (x, w, b), kw = _inputs(CASES[0], dtype=torch.float32)
+    compiled = torch.compile(lambda x, w, b: conv2d(x, w, b, **kw), backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, want = compiled(x, w, b), conv2d(x, w, b, **kw)
+    assert out.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want)
+
+
 def test_arguments_are_taken_as_f_conv2d_takes_them():
     (x, w, b), kw = _inputs(CASES[3])
     x, w, b = (t.detach() for t in (x, w, b))
