@@ -18,8 +18,8 @@
 // (channel_base), and the backward's 9 sums use a warp reduce-scatter. Counted the same way: forward 329 -> 260,
 // backward 495 -> 365 instructions per point up to the block sum's barrier (about 515 -> 380 in all).
 // Measured with them (H100, bench/results/*.run8.md, fp32): forward kernel 0.044 ms (77% of copy bandwidth), grad_H
-// forward + backward 0.138 ms (49%), 0.117 ms (58%) with the backward's two points per thread, its default for 1
-// and 3 channels (grad_h_points_per_thread).
+// forward + backward 0.138 ms (49%), 0.117 ms (58%) with the backward's two points per thread; four are the
+// default for 1 and 3 channels now (grad_h_points_per_thread).
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
@@ -320,15 +320,15 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
 // Two halve the per-thread work that is not per point (H's loads, the block sum: 365 -> 324 instructions per point
 // in the fp32 RGB kernel's SASS) but double the registers. Measured on an H100 (bench/results/*.run8*): two are
 // faster for RGB (128x3x256x128 backward kernel 0.072 ms against 0.093 ms, fp32 and bf16; 16x3x256x128 13-15%),
-// one for many channels (two took 25% longer at 64 channels, 44% at 256), so two for 1 or 3 channels (the
-// unrolled counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark
-// times each). Four are not yet measured. Expected for fp32 RGB: a backward kernel of 0.061-0.063 ms, so grad_H's
-// forward + backward near 0.106 ms (63% of copy bandwidth). That is the 1 -> 2 step scaled by the SASS instruction
-// counts (1368, 1080 and 920 per point for 1, 2 and 4, which put 2 at 0.79x of 1 against the 0.77x measured),
-// at the same occupancy (64 registers against 56: four blocks of 256 threads per SM either way; no spills).
+// one for many channels (two took 25% longer at 64 channels, 44% at 256). Four, expected for fp32 RGB from the
+// SASS instruction counts (1368, 1080 and 920 per point for 1, 2 and 4, which put 2 at 0.79x of 1 against the
+// 0.77x measured) at the same occupancy (64 registers against 56; no spills) at a backward kernel of 0.061-0.063 ms
+// on an H100, measured 0.065 ms on an H200 (same SM count; 0.070 at two points, 0.090 at one; bf16 0.067 against
+// 0.071; bench/results/2026-11-28_NVIDIA-H200.run9.md). So four for 1 or 3 channels (the unrolled counts), else one.
+// REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark times each).
 int grad_h_points_per_thread(int64_t channels) {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
-  if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 2 : 1;
+  if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 4 : 1;
   TORCH_CHECK_VALUE(std::strcmp(points, "1") == 0 || std::strcmp(points, "2") == 0 || std::strcmp(points, "4") == 0,
                     "REIDFAST_HOMOGRAPHY_POINTS must be 1, 2 or 4 (output points per thread of the grad_H kernel), "
                     "got '", points, "'");
