@@ -34,6 +34,9 @@ _RESOLVED: dict[tuple[str, str, str], str] = {}
 
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _TRITON_FOUND = importlib.util.find_spec("triton") is not None
+# Whether the Triton kernels can run on CPU tensors: under the interpreter, and with triton installed (a CPU-only
+# torch wheel does not bring it)
+TRITON_ON_CPU = TRITON_INTERPRET and _TRITON_FOUND
 
 
 def _validate(name: str, source: str = "backend") -> str:

@@ -12,7 +12,8 @@ from reidfast.ops import _backend, _extension, reference
 
 HAS_CUDA = torch.cuda.is_available()
 needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
-needs_interp = pytest.mark.skipif(not _backend.TRITON_INTERPRET, reason="Triton on CPU needs TRITON_INTERPRET=1")
+needs_interp = pytest.mark.skipif(not _backend.TRITON_ON_CPU,
+                                  reason="Triton on CPU needs triton and TRITON_INTERPRET=1")
 
 PADDINGS = ["zeros", "border", "reflection"]
 # (N, C, Hin, Win, out_size): odd sizes, out_size larger and smaller than the input, a 1-pixel-wide output, and
@@ -40,7 +41,7 @@ def cpu_backends():
     out = []
     if _extension.has_cpu_kernels():
         out.append("cpu")
-    if _backend.TRITON_INTERPRET:
+    if _backend.TRITON_ON_CPU:
         out.append("triton")
     return out
 

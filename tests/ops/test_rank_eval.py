@@ -550,8 +550,8 @@ def test_fast_mode_operands_fold_the_gallery_term_into_the_gemm():
 
 
 needs_triton_interpreter = pytest.mark.skipif(
-    not ops._backend.TRITON_INTERPRET or not ops._backend._TRITON_FOUND,
-    reason="the Triton kernels run on CPU tensors only under TRITON_INTERPRET=1")
+    not ops._backend.TRITON_ON_CPU,
+    reason="the Triton kernels run on CPU tensors only with triton installed and TRITON_INTERPRET=1")
 
 
 @needs_triton_interpreter
