@@ -18,7 +18,8 @@ weight and bias gradients are autograd's own. (A conv_transpose2d for the input 
 torch.compile has mispredicted the output layout of transposed convolutions with output padding on CUDA.) Under
 torch.compile the function stays whole in the graph (allow_in_graph), so that its backward also holds inside a
 first derivative taken in the compiled region (torch.func.grad): inlined, it lost the penalty's share of the
-weight gradient (torch 2.14).
+weight gradient (torch 2.14). The functions also have forward-mode derivatives (jvp) and vmap rules generated from
+their bodies, so torch.func's vmap, jacrev, jacfwd and hessian work on the op as on F.conv2d.
 """
 from __future__ import annotations
 
@@ -38,24 +39,33 @@ def _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups
                                                groups, mask)
 
 
+# The Functions take stride, padding and dilation as six int arguments, not lists: torch.func builds their vmap
+# rules (generate_vmap_rule) by flattening the arguments, and forward-mode AD under vmap (jacfwd, hessian) failed to
+# match a list's leaves to one argument (torch 2.14). conf rebuilds what aten's convolutions take.
+def _conf(sh, sw, ph, pw, dh, dw, groups):
+    return [sh, sw], [ph, pw], [dh, dw], groups
+
+
 class _InputGrad(Function):
     """grad_x of conv2d(x, weight) for grad_out, by autograd's own kernel; x gives only the input's size and layout
     (a strided convolution's input size is not a function of its output size)."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad_out, x, weight, stride, padding, dilation, groups):
-        return _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups, [True, False, False])[0]
+    def forward(grad_out, x, weight, *ints):
+        return _convolution_backward(grad_out, x, weight, *_conf(*ints), [True, False, False])[0]
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_out, x, weight, stride, padding, dilation, groups = inputs
+        grad_out, x, weight, *ints = inputs
         ctx.save_for_backward(grad_out, weight)
-        ctx.conf = (stride, padding, dilation, groups)
+        ctx.save_for_forward(grad_out, x, weight)
+        ctx.ints = ints
 
     @staticmethod
     def backward(ctx, grad_grad_x):
         grad_out, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
+        stride, padding, dilation, groups = _conf(*ctx.ints)
         d_grad_out = d_weight = None
         # grad_x is linear in grad_out and in weight: <grad_grad_x, grad_x> = <grad_out, conv2d(grad_grad_x, weight)>,
         # so its derivatives are a forward convolution and a weight gradient with grad_grad_x as the input
@@ -64,29 +74,44 @@ class _InputGrad(Function):
         if ctx.needs_input_grad[2]:
             d_weight = _convolution_backward(grad_out, grad_grad_x, weight, stride, padding, dilation, groups,
                                              [False, True, False])[1]
-        return d_grad_out, None, d_weight, None, None, None, None
+        return (d_grad_out, None, d_weight) + (None,) * 7
+
+    @staticmethod
+    def jvp(ctx, grad_out_tangent, x_tangent, weight_tangent, *_):
+        # bilinear in (grad_out, weight); x gives only a size
+        grad_out, x, weight = ctx.saved_tensors
+        terms = []
+        if grad_out_tangent is not None:
+            terms.append(_InputGrad.apply(grad_out_tangent, x, weight, *ctx.ints))
+        if weight_tangent is not None:
+            terms.append(_InputGrad.apply(grad_out, x, weight_tangent, *ctx.ints))
+        return sum(terms[1:], terms[0]) if terms else None
 
 
 class _Conv2d(Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(x, weight, bias, stride, padding, dilation, groups):
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    def forward(x, weight, bias, *ints):
+        return F.conv2d(x, weight, bias, *_conf(*ints))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, stride, padding, dilation, groups = inputs
+        x, weight, bias, *ints = inputs
         ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation, groups)
+        ctx.save_for_forward(x, weight)
+        ctx.ints = ints
+        ctx.output_shape = output.shape
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conf
+        stride, padding, dilation, groups = _conf(*ctx.ints)
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_x = grad_weight = grad_bias = None
         if torch.is_grad_enabled():  # a backward that builds a graph (a penalty's input gradient): grad_x by
             if need_x:                # _InputGrad, whose own derivative is the point of this op
-                grad_x = _InputGrad.apply(grad_out, x, weight, stride, padding, dilation, groups)
+                grad_x = _InputGrad.apply(grad_out, x, weight, *ctx.ints)
             if need_weight:  # autograd's own op, differentiated in turn by autograd's formula
                 grad_weight = _convolution_backward(grad_out, x, weight, stride, padding, dilation, groups,
                                                     [False, True, False])[1]
@@ -95,12 +120,27 @@ class _Conv2d(Function):
                                                            [need_x, need_weight, False])
         if need_bias:
             grad_bias = grad_out.sum((0, 2, 3))
-        return grad_x, grad_weight, grad_bias, None, None, None, None
+        return (grad_x, grad_weight, grad_bias) + (None,) * 7
+
+    @staticmethod
+    def jvp(ctx, x_tangent, weight_tangent, bias_tangent, *_):
+        # bilinear in (x, weight), plus the bias
+        x, weight = ctx.saved_tensors
+        terms = []
+        if x_tangent is not None:
+            terms.append(_Conv2d.apply(x_tangent, weight, None, *ctx.ints))
+        if weight_tangent is not None:
+            terms.append(_Conv2d.apply(x, weight_tangent, None, *ctx.ints))
+        out = sum(terms[1:], terms[0]) if terms else None
+        if bias_tangent is not None:
+            bias_term = bias_tangent.view(1, -1, 1, 1)
+            out = bias_term.expand(ctx.output_shape) if out is None else out + bias_term
+        return out
 
 
 @torch.compiler.allow_in_graph
 def _apply(x, weight, bias, stride, padding, dilation, groups):
-    return _Conv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+    return _Conv2d.apply(x, weight, bias, *stride, *padding, *dilation, groups)
 
 
 def _ints(name: str, v) -> list[int]:

@@ -9,7 +9,8 @@ preset's size, empty cache, took 297 s with this op against 359 s without). Here
 (`torch.ops.reidfast.reflection_pad2d_backward`) that the compiled graph calls as one ATen kernel, and its own
 derivative is the pad again. The pad is an autograd.Function kept whole in the graph (allow_in_graph), so that its
 backward also holds inside a first derivative taken in the compiled region (torch.func.grad), as
-`reidfast.ops.conv2d`'s does.
+`reidfast.ops.conv2d`'s does; forward-mode derivatives and vmap rules (the backward op's own, registered below)
+make torch.func's other transforms work on it as on F.pad.
 
 ATen's CUDA kernel for that backward accumulates with atomics (nondeterministic); under
 `torch.use_deterministic_algorithms(True)` the op runs `F.pad` itself, whose compiled backward (the gathers) is
@@ -39,41 +40,63 @@ def _(grad_out, height, width, padding):
     return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], height, width))
 
 
+@torch.library.register_vmap("reidfast::reflection_pad2d_backward")
+def _(info, in_dims, grad_out, height, width, padding):
+    """Under torch.func.vmap: the vmapped dimension joins the batch."""
+    grad_out = grad_out.movedim(in_dims[0], 0)
+    size = grad_out.shape[0]
+    return _pad_backward(grad_out.flatten(0, 1), height, width, padding).unflatten(0, (size, -1)), 0
+
+
+# The two Functions take the padding as four int arguments, not a list: torch.func builds their vmap rules
+# (generate_vmap_rule) by flattening the arguments, and forward-mode AD under vmap (jacfwd, hessian) failed to
+# match a list's four leaves to one argument (torch 2.14).
 class _PadBackward(Function):
-    """reflection_pad2d's input gradient, linear in grad_out: its derivative is the pad of grad_grad_x."""
+    """reflection_pad2d's input gradient, linear in grad_out: its derivative is the pad of grad_grad_x, and its
+    forward-mode derivative is itself applied to the tangent."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad_out, height, width, padding):
-        return _pad_backward(grad_out, height, width, padding)
+    def forward(grad_out, height, width, left, right, top, bottom):
+        return _pad_backward(grad_out, height, width, [left, right, top, bottom])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.padding = inputs[3]
+        ctx.size, ctx.padding = inputs[1:3], inputs[3:]
 
     @staticmethod
     def backward(ctx, grad_grad_x):
-        return _ReflectionPad.apply(grad_grad_x, ctx.padding), None, None, None
+        return _ReflectionPad.apply(grad_grad_x, *ctx.padding), None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_out_tangent, *_):
+        return _PadBackward.apply(grad_out_tangent, *ctx.size, *ctx.padding)
 
 
 class _ReflectionPad(Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(x, padding):
-        return F.pad(x, padding, mode="reflect")
+    def forward(x, left, right, top, bottom):
+        return F.pad(x, (left, right, top, bottom), mode="reflect")
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, padding = inputs
-        ctx.size = (x.shape[-2], x.shape[-1])
-        ctx.padding = padding
+        ctx.size = (inputs[0].shape[-2], inputs[0].shape[-1])
+        ctx.padding = inputs[1:]
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _PadBackward.apply(grad_out, ctx.size[0], ctx.size[1], ctx.padding), None
+        return _PadBackward.apply(grad_out, *ctx.size, *ctx.padding), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _ReflectionPad.apply(x_tangent, *ctx.padding)
 
 
 @torch.compiler.allow_in_graph
 def _apply(x, padding):
-    return _ReflectionPad.apply(x, padding)
+    return _ReflectionPad.apply(x, *padding)
 
 
 def reflection_pad2d(x: torch.Tensor, padding) -> torch.Tensor:

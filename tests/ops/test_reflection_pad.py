@@ -62,8 +62,33 @@ def test_values_and_first_derivatives_match_the_reference(case, channels_last, d
 def test_gradcheck_and_gradgradcheck_in_float64(case):
     x = _input(case)
     fn = lambda x: reflection_pad2d(x, case[1])  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x,))
+    # forward-mode derivatives too (torch.func.jvp, jacfwd; forward over reverse by the hessians below)
+    assert torch.autograd.gradcheck(fn, (x,), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("case", CASES[:2])
+def test_torch_func_transforms_give_the_references_results(case):
+    # what torch.func does with F.pad works the same on the op: a per-sample call under vmap (its backward op has a
+    # vmap rule), Jacobians by reverse and forward mode, Hessians, per-sample gradients of an input-gradient penalty
+    x, padding = _input(case).detach(), case[1]
+    weight = _weight(x)
+    ours = lambda x: reflection_pad2d(x, padding)  # noqa: E731
+    ref = lambda x: reference.reflection_pad2d(x, padding)  # noqa: E731
+    per_sample = x.unsqueeze(1)
+    torch.testing.assert_close(torch.func.vmap(ours)(per_sample), torch.func.vmap(ref)(per_sample))
+    one = x[:1]
+    for jacobian in (torch.func.jacrev, torch.func.jacfwd):
+        torch.testing.assert_close(jacobian(ours)(one), jacobian(ref)(one))
+
+    def energy(pad):
+        return lambda x: F.leaky_relu(F.conv2d(pad(x), weight), 0.2).square().sum()
+    torch.testing.assert_close(torch.func.hessian(energy(ours))(one), torch.func.hessian(energy(ref))(one))
+
+    def penalty_gradients(pad):
+        penalty = lambda w, sample: _penalty(pad, sample, padding, w)  # noqa: E731
+        return torch.func.vmap(torch.func.grad(penalty), (None, 0))(weight, per_sample)
+    torch.testing.assert_close(penalty_gradients(reflection_pad2d), penalty_gradients(reference.reflection_pad2d))
 
 
 @pytest.mark.parametrize("case", CASES[:2])
