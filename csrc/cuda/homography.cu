@@ -320,12 +320,12 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
 // Two halve the per-thread work that is not per point (H's loads, the block sum: 365 -> 324 instructions per point
 // in the fp32 RGB kernel's SASS) but double the registers. Measured on an H100 (bench/results/*.run8*): two are
 // faster for RGB (128x3x256x128 backward kernel 0.072 ms against 0.093 ms, fp32 and bf16; 16x3x256x128 13-15%),
-// one for many channels (two took 25% longer at 64 channels, 44% at 256). Four, expected for fp32 RGB from the
-// SASS instruction counts (1368, 1080 and 920 per point for 1, 2 and 4, which put 2 at 0.79x of 1 against the
-// 0.77x measured) at the same occupancy (64 registers against 56; no spills) at a backward kernel of 0.061-0.063 ms
-// on an H100, measured 0.065 ms on an H200 (same SM count; 0.070 at two points, 0.090 at one; bf16 0.067 against
-// 0.071; bench/results/2026-11-28_NVIDIA-H200.run9.md). So four for 1 or 3 channels (the unrolled counts), else one.
-// REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark times each).
+// one for many channels (two took 25% longer at 64 channels, 44% at 256). Four were expected to take the fp32 RGB
+// backward kernel to 0.061-0.063 ms on an H100, from the SASS instruction counts (1368, 1080 and 920 per point for
+// 1, 2 and 4, which put 2 at 0.79x of 1 against the 0.77x measured) at the same occupancy (64 registers against 56;
+// no spills); an H200 (the same SM count) measured 0.065 ms, against 0.070 at two points and 0.090 at one (bf16
+// 0.067 against 0.071; bench/results/2026-11-28_NVIDIA-H200.run9.md). So four for 1 or 3 channels (the unrolled
+// counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark times each).
 int grad_h_points_per_thread(int64_t channels) {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
   if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 4 : 1;
