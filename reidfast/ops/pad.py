@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from . import _backend, reference
+from ._args import as_int
 
 _backend.register_op("reflection_pad2d", ("reference",), torch_ops="ATen kernels, with an opaque backward")
 
@@ -107,8 +108,10 @@ def reflection_pad2d(x: torch.Tensor, padding) -> torch.Tensor:
     if (_backend.resolve("reflection_pad2d", x.device) == "reference" or x.dim() != 4
             or torch.are_deterministic_algorithms_enabled()):
         return reference.reflection_pad2d(x, padding)
-    padding = [int(p) for p in padding]
-    if len(padding) != 4:
+    ints = [as_int(p) for p in padding]
+    if any(p is None for p in ints):  # F.pad refuses a float too; int() would truncate it
+        raise TypeError(f"reflection_pad2d: padding must hold ints, got {padding!r}")
+    if len(ints) != 4:
         raise ValueError(f"reflection_pad2d: padding must be 4 ints (left, right, top, bottom) for a 4-D input, "
-                         f"got {padding}")
-    return _apply(x, padding)
+                         f"got {ints}")
+    return _apply(x, ints)

@@ -175,6 +175,11 @@ def test_bad_padding_is_refused_as_f_pad_refuses_it():
     x = _input(CASES[0], torch.float32)
     with pytest.raises(ValueError, match="reflection_pad2d: padding must be 4 ints"):
         reflection_pad2d(x, (1, 1))
+    # a float is refused, as F.pad refuses it, not truncated
+    with pytest.raises(TypeError):
+        F.pad(x, (1.5, 1, 1, 1), mode="reflect")
+    with pytest.raises(TypeError, match="reflection_pad2d: padding must hold ints"):
+        reflection_pad2d(x, (1.5, 1, 1, 1))
     # a pad as large as the side: F.pad's own message, for the op as for the reference
     for pad in (reflection_pad2d, reference.reflection_pad2d):
         with pytest.raises(RuntimeError, match="Padding size should be less than"):
