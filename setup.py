@@ -5,6 +5,7 @@ Environment:
   CUDA_HOME              defaults to /usr/local/cuda when unset and present (a wrapper nvcc on PATH misleads torch).
   TORCH_CUDA_ARCH_LIST   defaults to the visible GPU's arch, else "8.0;9.0" (A100, H100/H200; 8.x GPUs run 8.0).
   MAX_JOBS               parallel compile jobs (ninja).
+`python setup.py --print-sources-hash` prints the digest of the sources that a build records (reidfast._C.sources_hash).
 """
 import glob
 import os
@@ -56,6 +57,40 @@ def cuda_arch_list():
     return os.environ["TORCH_CUDA_ARCH_LIST"]
 
 
+GENERATED = os.path.join(ROOT, "csrc", "generated")
+
+
+def sources_hash():
+    """A digest of everything the extension is compiled from (csrc/ but its generated header, and this file)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    paths = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True)) + [os.path.abspath(__file__)]
+    for path in paths:
+        if os.path.isfile(path) and not path.startswith(GENERATED + os.sep):
+            digest.update(os.path.relpath(path, ROOT).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def write_build_info():
+    """csrc/generated/reidfast_build_info.h: the torch the extension is compiled against and sources_hash(), which
+    reidfast._C exposes (torch_version, sources_hash) so that scripts/gpu_check.sh reuses a build carried to the GPU
+    machine only when both match. A header that only python_module.cpp includes, rewritten only when it changes:
+    a define on the command line would make every edit rebuild every file."""
+    text = (f'#define REIDFAST_TORCH_VERSION "{torch.__version__}"\n'
+            f'#define REIDFAST_SOURCES_HASH "{sources_hash()}"\n')
+    path = os.path.join(GENERATED, "reidfast_build_info.h")
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    os.makedirs(GENERATED, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def extensions():
     sources = (["csrc/ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
                + sorted(glob.glob("csrc/autograd/*.cpp")))
@@ -63,7 +98,8 @@ def extensions():
     # kernels' comparisons into vector selects (nothing here reads floating-point exception flags).
     cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
     define = []
-    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    write_build_info()
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), GENERATED]
     if want_cuda():
         archs = cuda_arch_list()
         log(f"CUDA kernels: building with CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST={archs}")
@@ -85,6 +121,10 @@ def extensions():
         )
     ]
 
+
+if sys.argv[1:] == ["--print-sources-hash"]:
+    print(sources_hash())
+    sys.exit(0)
 
 setup(
     name="reidfast",

@@ -5,6 +5,13 @@
 #ifndef REIDFAST_CUDA_ARCHS
 #define REIDFAST_CUDA_ARCHS ""
 #endif
+// Written by setup.py (torch version and sources digest); absent in builds that do not go through it.
+#if __has_include("reidfast_build_info.h")
+#include "reidfast_build_info.h"
+#else
+#define REIDFAST_TORCH_VERSION ""
+#define REIDFAST_SOURCES_HASH ""
+#endif
 
 static struct PyModuleDef reidfast_module = {PyModuleDef_HEAD_INIT, "_C",
                                              "reidfast compiled kernels (ops live in torch.ops.reidfast)", -1,
@@ -19,5 +26,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyModule_AddIntConstant(module, "with_cuda", 0);
 #endif
   PyModule_AddStringConstant(module, "cuda_archs", REIDFAST_CUDA_ARCHS);
+  PyModule_AddStringConstant(module, "torch_version", REIDFAST_TORCH_VERSION);
+  PyModule_AddStringConstant(module, "sources_hash", REIDFAST_SOURCES_HASH);
   return module;
 }

@@ -31,7 +31,8 @@ def report() -> str:
         lines.append("triton: not installed")
     if _extension.has_cpu_kernels():
         cuda = f"yes, archs {_extension.cuda_archs()}" if _extension.has_cuda_kernels() else "no"
-        lines.append(f"reidfast._C: CPU kernels yes; CUDA kernels {cuda}")
+        lines.append(f"reidfast._C: CPU kernels yes; CUDA kernels {cuda}; built against torch "
+                     f"{_extension.built_against() or 'unknown'}")
     else:
         lines.append(f"reidfast._C: not loaded: {_extension.LOAD_ERROR}")
     devices = [torch.device("cpu")]

@@ -10,7 +10,9 @@
 # well over 15 minutes, so select suites, cases and configurations with the variables below to fit a time budget.
 # Usage: scripts/gpu_check.sh [RESULTS_DIR]
 #   (A session's device tool brings back at most 8 files: write RESULTS_DIR outside its $OUT and archive it there,
-#   scripts/gpu_check.sh /tmp/r; tar czf $OUT/r.tgz -C /tmp r. Profiles alone are a file per configuration.)
+#   scripts/gpu_check.sh /tmp/r; tar czf $OUT/r.tgz -C /tmp r. Profiles alone are a file per configuration.
+#   To skip the build there (95 s on a fresh H200), build here with that machine's Python and torch, 3.12 and
+#   2.11.0+cu130 in 2026-11, and name the .so in the tool's carry: the script checks that it matches.)
 #   REIDFAST_GPU_TESTS="tests/ops"                   the test paths whose `gpu` tests run (default tests; took
 #                                                     176 s on an H100, tests/ops 110 s, before the compiled FD-GAN
 #                                                     test, a minute or two more; the slowest 15 are listed in the
@@ -44,11 +46,24 @@ gpu=$(python -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "
 stem="$results/$(date +%Y-%m-%d)_${gpu}"
 status=0
 
-echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
-SECONDS=0
-python setup.py build_ext --inplace > "$stem.build.log" 2>&1 || { tail -50 "$stem.build.log"; echo "BUILD FAILED"; exit 1; }
-echo "   built in ${SECONDS}s"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+SECONDS=0
+# A build carried from the developer's machine (the device tool's carry: reidfast/_C*.so) is reused when it was
+# compiled from these sources, against this torch, with this GPU's arch; anything else is built here.
+sources=$(python setup.py --print-sources-hash 2>/dev/null)
+if python -c '
+import sys, torch
+from reidfast.ops import _extension as ext
+cap = "%d.%d" % torch.cuda.get_device_capability()
+archs = [a.replace("+PTX", "") for a in ext.cuda_archs().split(";")]
+ok = ext.has_cuda_kernels() and ext.built_against() == torch.__version__ and ext.sources_hash() == sys.argv[1]
+sys.exit(0 if ok and cap in archs else 1)' "$sources" 2>/dev/null; then
+  echo "== build: reusing the carried reidfast._C (sources $sources, torch $(python -c 'import torch; print(torch.__version__)'))"
+else
+  echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+  python setup.py build_ext --inplace > "$stem.build.log" 2>&1 || { tail -50 "$stem.build.log"; echo "BUILD FAILED"; exit 1; }
+  echo "   built in ${SECONDS}s"
+fi
 python -m reidfast.info | tee "$stem.info.txt"
 
 if [ "${REIDFAST_GPU_TESTS:-tests}" != none ]; then

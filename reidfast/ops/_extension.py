@@ -23,6 +23,16 @@ def cuda_archs() -> str:
     return getattr(_C, "cuda_archs", "") if _C is not None else ""
 
 
+def built_against() -> str:
+    """The torch version the extension was compiled against ("" for builds older than this field)."""
+    return getattr(_C, "torch_version", "") if _C is not None else ""
+
+
+def sources_hash() -> str:
+    """The digest of the C++/CUDA sources the extension was built from (setup.py's sources_hash)."""
+    return getattr(_C, "sources_hash", "") if _C is not None else ""
+
+
 def why_not_built() -> str:
     return (
         f"reidfast._C did not load ({LOAD_ERROR}); build it with `pip install --no-build-isolation -e .`"
