@@ -13,6 +13,7 @@ device; `resolve` and `explain` call that implementation "torch".
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 
@@ -34,9 +35,37 @@ _RESOLVED: dict[tuple[str, str, str], str] = {}
 
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _TRITON_FOUND = importlib.util.find_spec("triton") is not None
-# Whether the Triton kernels can run on CPU tensors: under the interpreter, and with triton installed (a CPU-only
-# torch wheel does not bring it)
-TRITON_ON_CPU = TRITON_INTERPRET and _TRITON_FOUND
+
+
+def _version(package: str) -> tuple[int, ...]:
+    try:
+        text = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+def _triton_interpreter_problem() -> str:
+    """Why Triton's interpreter cannot run the kernels here, or "". triton 3.6 and older hand a kernel's int
+    arguments to it as 1-element arrays, which a loop bound converts with int(): numpy 2.5 refuses that ("only
+    0-dimensional arrays can be converted to Python scalars"). triton 3.7 passes them as scalars (both seen
+    here, with numpy 2.5.5); torch 2.11 brings triton 3.6."""
+    triton_version, numpy_version = _version("triton"), _version("numpy")
+    if triton_version and triton_version < (3, 7) and numpy_version >= (2, 5):
+        return (f"the Triton interpreter of triton {'.'.join(map(str, triton_version))} cannot run with numpy "
+                f"{'.'.join(map(str, numpy_version))} (int arguments as loop bounds): triton>=3.7 or numpy<2.5")
+    return ""
+
+
+# Whether the Triton kernels can run on CPU tensors, and if not why: under the interpreter, with triton installed
+# (a CPU-only torch wheel does not bring it) and an interpreter that works with this numpy.
+if not _TRITON_FOUND:
+    TRITON_ON_CPU_WHY_NOT = "triton is not installed"
+elif not TRITON_INTERPRET:
+    TRITON_ON_CPU_WHY_NOT = "Triton kernels run on CPU tensors only under TRITON_INTERPRET=1"
+else:
+    TRITON_ON_CPU_WHY_NOT = _triton_interpreter_problem()
+TRITON_ON_CPU = not TRITON_ON_CPU_WHY_NOT
 
 
 def _validate(name: str, source: str = "backend") -> str:
@@ -113,7 +142,7 @@ def _unusable_reason(op: str, backend: str, device: torch.device) -> str:
         if device.type == "cuda":
             return ""
         if device.type == "cpu" and TRITON_INTERPRET:
-            return ""
+            return TRITON_ON_CPU_WHY_NOT
         return f"Triton kernels need a CUDA device (or TRITON_INTERPRET=1 for CPU tensors); tensors are on {device}"
     return f"unknown backend {backend!r}"
 

@@ -100,7 +100,7 @@ def test_double_backward_is_a_clear_error(backend):
         g_w.sum().backward()
 
 
-@pytest.mark.skipif(not _backend.TRITON_ON_CPU, reason="Triton on CPU needs triton and TRITON_INTERPRET=1")
+@pytest.mark.skipif(not _backend.TRITON_ON_CPU, reason=_backend.TRITON_ON_CPU_WHY_NOT)
 def test_gradcheck_triton_kernels():
     tensors = make_inputs((1, 2, 3, 5), torch.float64, requires_grad=True)
 
@@ -139,7 +139,7 @@ def test_opcheck_cpu_op(residual, channels_last):
     )
 
 
-@pytest.mark.skipif(not _backend.TRITON_ON_CPU, reason="Triton on CPU needs triton and TRITON_INTERPRET=1")
+@pytest.mark.skipif(not _backend.TRITON_ON_CPU, reason=_backend.TRITON_ON_CPU_WHY_NOT)
 def test_opcheck_triton_op():
     from reidfast.ops.triton import adain as triton_adain
 

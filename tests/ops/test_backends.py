@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reidfast import ops
+from reidfast.ops import _backend
 
 # the ops of the README's table, each with a backend setting
 OPS = ("adain", "conv2d", "homography_warp", "rank_eval", "reflection_pad2d")
@@ -74,3 +75,17 @@ def test_info_reports_a_misspelt_backend_variable_in_one_line(monkeypatch, capsy
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2:] == ["backend setting: refrence", "error: the environment variable REIDFAST_BACKEND must be one "
                           "of auto, cuda, triton, cpu, reference; got 'refrence'"]
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, broken", [
+    ((3, 6), (2, 5), True), ((3, 5), (2, 6), True),  # the interpreter's loop bounds fail under numpy 2.5
+    ((3, 6), (2, 4), False), ((3, 7), (2, 5), False), ((3, 8), (2, 5), False), ((), (2, 5), False)])
+def test_the_triton_interpreter_is_refused_with_the_numpy_it_cannot_run_with(triton_version, numpy_version, broken,
+                                                                              monkeypatch):
+    versions = {"triton": triton_version, "numpy": numpy_version}
+    monkeypatch.setattr(_backend, "_version", versions.__getitem__)
+    problem = _backend._triton_interpreter_problem()
+    assert bool(problem) == broken
+    if broken:  # the message names both versions and the two ways out
+        assert ".".join(map(str, triton_version)) in problem and ".".join(map(str, numpy_version)) in problem
+        assert "triton>=3.7" in problem and "numpy<2.5" in problem

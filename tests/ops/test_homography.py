@@ -12,8 +12,7 @@ from reidfast.ops import _backend, _extension, reference
 
 HAS_CUDA = torch.cuda.is_available()
 needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
-needs_interp = pytest.mark.skipif(not _backend.TRITON_ON_CPU,
-                                  reason="Triton on CPU needs triton and TRITON_INTERPRET=1")
+needs_interp = pytest.mark.skipif(not _backend.TRITON_ON_CPU, reason=_backend.TRITON_ON_CPU_WHY_NOT)
 
 PADDINGS = ["zeros", "border", "reflection"]
 # (N, C, Hin, Win, out_size): odd sizes, out_size larger and smaller than the input, a 1-pixel-wide output, and

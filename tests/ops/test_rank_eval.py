@@ -549,9 +549,8 @@ def test_fast_mode_operands_fold_the_gallery_term_into_the_gemm():
     assert torch.equal(product[:, 11:], torch.zeros(5, 5, dtype=torch.float64))  # padded rows, never ranked
 
 
-needs_triton_interpreter = pytest.mark.skipif(
-    not ops._backend.TRITON_ON_CPU,
-    reason="the Triton kernels run on CPU tensors only with triton installed and TRITON_INTERPRET=1")
+needs_triton_interpreter = pytest.mark.skipif(not ops._backend.TRITON_ON_CPU,
+                                              reason=ops._backend.TRITON_ON_CPU_WHY_NOT)
 
 
 @needs_triton_interpreter
