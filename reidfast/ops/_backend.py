@@ -47,13 +47,13 @@ def _version(package: str) -> tuple[int, ...]:
 
 def _triton_interpreter_problem() -> str:
     """Why Triton's interpreter cannot run the kernels here, or "". triton 3.6 and older hand a kernel's int
-    arguments to it as 1-element arrays, which a loop bound converts with int(): numpy 2.5 refuses that ("only
-    0-dimensional arrays can be converted to Python scalars"). triton 3.7 passes them as scalars (both seen
-    here, with numpy 2.5.5); torch 2.11 brings triton 3.6."""
+    arguments to it as 1-element arrays, which a loop bound converts with int(): numpy 2.4 refuses that ("only
+    0-dimensional arrays can be converted to Python scalars"; 2.3 only warned). triton 3.7 passes them as scalars.
+    Seen with triton 3.6.0 (what torch 2.11 brings) under numpy 2.4.6 and 2.5.5, not 2.3.5; 3.7.1 and 3.8.0 ran."""
     triton_version, numpy_version = _version("triton"), _version("numpy")
-    if triton_version and triton_version < (3, 7) and numpy_version >= (2, 5):
+    if triton_version and triton_version < (3, 7) and numpy_version >= (2, 4):
         return (f"the Triton interpreter of triton {'.'.join(map(str, triton_version))} cannot run with numpy "
-                f"{'.'.join(map(str, numpy_version))} (int arguments as loop bounds): triton>=3.7 or numpy<2.5")
+                f"{'.'.join(map(str, numpy_version))} (int arguments as loop bounds): triton>=3.7 or numpy<2.4")
     return ""
 
 

@@ -78,8 +78,8 @@ def test_info_reports_a_misspelt_backend_variable_in_one_line(monkeypatch, capsy
 
 
 @pytest.mark.parametrize("triton_version, numpy_version, broken", [
-    ((3, 6), (2, 5), True), ((3, 5), (2, 6), True),  # the interpreter's loop bounds fail under numpy 2.5
-    ((3, 6), (2, 4), False), ((3, 7), (2, 5), False), ((3, 8), (2, 5), False), ((), (2, 5), False)])
+    ((3, 6), (2, 4), True), ((3, 5), (2, 5), True),  # the interpreter's loop bounds fail under numpy 2.4
+    ((3, 6), (2, 3), False), ((3, 7), (2, 5), False), ((3, 8), (2, 4), False), ((), (2, 5), False)])
 def test_the_triton_interpreter_is_refused_with_the_numpy_it_cannot_run_with(triton_version, numpy_version, broken,
                                                                               monkeypatch):
     versions = {"triton": triton_version, "numpy": numpy_version}
@@ -88,4 +88,4 @@ def test_the_triton_interpreter_is_refused_with_the_numpy_it_cannot_run_with(tri
     assert bool(problem) == broken
     if broken:  # the message names both versions and the two ways out
         assert ".".join(map(str, triton_version)) in problem and ".".join(map(str, numpy_version)) in problem
-        assert "triton>=3.7" in problem and "numpy<2.5" in problem
+        assert "triton>=3.7" in problem and "numpy<2.4" in problem
