@@ -58,10 +58,11 @@ cap = "%d.%d" % torch.cuda.get_device_capability()
 archs = [a.replace("+PTX", "") for a in ext.cuda_archs().split(";")]
 ok = ext.has_cuda_kernels() and ext.built_against() == torch.__version__ and ext.sources_hash() == sys.argv[1]
 sys.exit(0 if ok and cap in archs else 1)' "$sources" 2>/dev/null; then
-  echo "== build: reusing the carried reidfast._C (sources $sources, torch $(python -c 'import torch; print(torch.__version__)'))"
+  echo "== build: reusing the carried reidfast._C (sources $sources)"
 else
   echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
-  python setup.py build_ext --inplace > "$stem.build.log" 2>&1 || { tail -50 "$stem.build.log"; echo "BUILD FAILED"; exit 1; }
+  python setup.py build_ext --inplace > "$stem.build.log" 2>&1 \
+    || { tail -50 "$stem.build.log"; echo "BUILD FAILED"; exit 1; }
   echo "   built in ${SECONDS}s"
 fi
 python -m reidfast.info | tee "$stem.info.txt"
