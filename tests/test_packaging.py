@@ -58,3 +58,17 @@ def test_the_sdist_holds_what_the_quick_start_and_tests_read(sdist_members):
                  "scripts/quickstart.py", "bench/run.py"):
         assert name in sdist_members, name
     assert not [m for m in sdist_members if m.endswith((".so", ".o", ".pyc")) or m.startswith("csrc/generated/")]
+
+
+def test_the_extension_records_the_torch_and_the_sources_it_was_built_from():
+    # scripts/gpu_check.sh reuses a build carried to a GPU machine only when both match; a build from other sources
+    # (csrc/ edited since) or against another torch must not pass for this one.
+    from reidfast.ops import _extension
+    if not _extension.has_cpu_kernels() or not (ROOT / "setup.py").is_file():
+        pytest.skip("needs a source checkout with reidfast._C built")
+    import torch
+    printed = subprocess.run([sys.executable, "setup.py", "--print-sources-hash"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.strip()
+    assert len(printed) == 16 and int(printed, 16) >= 0
+    assert _extension.sources_hash() == printed, "reidfast._C is older than csrc/: rebuild it"
+    assert _extension.built_against() == torch.__version__
