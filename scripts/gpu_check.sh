@@ -56,8 +56,8 @@ import sys, torch
 from reidfast.ops import _extension as ext
 cap = "%d.%d" % torch.cuda.get_device_capability()
 archs = [a.replace("+PTX", "") for a in ext.cuda_archs().split(";")]
-ok = ext.has_cuda_kernels() and ext.built_against() == torch.__version__ and ext.sources_hash() == sys.argv[1]
-sys.exit(0 if ok and cap in archs else 1)' "$sources" 2>/dev/null; then
+ok = ext.has_cuda_kernels() and ext.built_against() == torch.__version__ and ext.sources_hash() in sys.argv[1:]
+sys.exit(0 if ok and cap in archs else 1)' $sources 2>/dev/null; then  # (no digest printed: no argument, a build)
   echo "== build: reusing the carried reidfast._C (sources $sources)"
 else
   echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
