@@ -84,13 +84,18 @@ def copy_atomically(source: str | os.PathLike, target: str | os.PathLike) -> Pat
     return _publish(tmp, target)
 
 
+def write_bytes_atomically(target: str | os.PathLike, data: bytes) -> Path:
+    """Write a file so that it is always either its old or its new content."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp"
+    tmp.write_bytes(data)
+    return _publish(tmp, target)
+
+
 def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     """Write a small text file (a run folder's JSON records) so that it is always either its old or its new
     content."""
-    target = Path(target)
-    tmp = target.parent / f".{target.name}.tmp"
-    tmp.write_text(text)
-    return _publish(tmp, target)
+    return write_bytes_atomically(target, text.encode())
 
 
 def save_checkpoint(state: dict, run_dir: str | os.PathLike, keep_previous: bool = True) -> Path:

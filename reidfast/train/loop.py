@@ -40,6 +40,7 @@ from ..ops import _backend as ops_backend
 from ..progress import ProgressBar, format_duration
 from .checkpoint import (LATEST, CheckpointError, capture_rng_states, load_checkpoint, resolve_checkpoint,
                          restore_rng_states, save_checkpoint)
+from .compile_cache import CompiledCodeCache
 from .compile_progress import compile_progress
 from .config import ConfigError
 from .images import save_image_grid
@@ -612,6 +613,7 @@ class Trainer:
         self.device = resolve_device(cfg["device"], local_rank)
         self.run_dir = Path(cfg["out"]) if cfg["out"] else default_run_dir(method_cls.name, cfg)
         cfg["out"] = str(self.run_dir)
+        self.compiled_code: CompiledCodeCache | None = None  # set by fit when compile is on
 
     def log(self, message: str) -> None:
         if self.main:
@@ -665,6 +667,8 @@ class Trainer:
                                    keep_previous=self._continues_folder)
             self._continues_folder = True
             self.logfile.write({"it": it, "checkpoint": str(path)})
+            if self.compiled_code is not None:
+                self.compiled_code.save()
         if self.world_size > 1:
             torch.distributed.barrier()
 
@@ -757,6 +761,10 @@ class Trainer:
                 _clear_run_outputs(self.run_dir)
             (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         self.logfile = RunLog(self.run_dir, enabled=self.main)
+        # compiled code from an earlier run of this folder, perhaps on another machine (compile_cache.py)
+        self.compiled_code = CompiledCodeCache(self.run_dir, self.log, writes=self.main) if self.run.compile else None
+        if self.compiled_code is not None:
+            self.compiled_code.load()
         per_iteration = method.images_per_iteration()  # (DG-Net's batch counts pairs of pairs, FD-GAN's pairs)
         batch = f" (batch size {cfg['batch_size']})" if per_iteration != cfg["batch_size"] else ""
         self.log(f"{self.method_cls.name}: {total} iterations ({iters_per_epoch} per epoch) of {per_iteration} "
@@ -834,7 +842,8 @@ class Trainer:
             self.log(f"compile on ({self.run.compile_mode} mode): the first iteration compiles the networks "
                      "(minutes for the GAN methods on a GPU; later ones may compile more, e.g. DG-Net's when its "
                      "warm-up ends); the compiled code is cached under TORCHINDUCTOR_CACHE_DIR (default in /tmp), so "
-                     "the next run on this machine starts sooner")
+                     "the next run on this machine starts sooner, and in the run folder, so that a resumed run "
+                     "reuses it on another machine too")
         # Ctrl-C / SIGTERM: finish the running iteration, write a checkpoint there, stop (TrainingInterrupted)
         progress_lines = compile_progress(self.log) if self.run.compile else contextlib.nullcontext()
         with _stop_requests(self.world_size == 1) as stop_requests, progress_lines:
@@ -848,6 +857,7 @@ class Trainer:
                         if first_step:
                             self.log(f"first iteration, compilation included: {time.perf_counter() - started:.1f} s")
                             first_step = False
+                            self.compiled_code.save()
                         if self._after_step(method, last_batch, total, progress, window, bar, stop_requests):
                             break
                     else:  # the epoch ran out (a resumed run at an epoch's end gets here at once, with no batch)
