@@ -24,9 +24,9 @@ _COMPILE = textwrap.dedent("""
     cache = CompiledCodeCache(sys.argv[1], print)
     if sys.argv[2] == "load":
         cache.load()
-    f = torch.compile(lambda x: (x.sin() * 2 + x).sum(dim=1))
-    torch.testing.assert_close(f(torch.arange(6.0).view(2, 3)), (torch.arange(6.0).view(2, 3).sin() * 2
-                                                                   + torch.arange(6.0).view(2, 3)).sum(dim=1))
+    g = lambda x: (x.sin() * 2 + x).sum(dim=1)
+    x = torch.arange(6.0).view(2, 3)
+    torch.testing.assert_close(torch.compile(g)(x), g(x))
     print("written" if cache.save() else "not written")
     print("hits", counters["inductor"]["fxgraph_cache_hit"], "misses", counters["inductor"]["fxgraph_cache_miss"])
 """)
