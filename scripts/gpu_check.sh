@@ -36,6 +36,17 @@
 #                                                     on an H100); the rank suite keeps both scales
 #   TEARDOWN_CUPTI=0                                  keep CUPTI attached after each profile (bench/timing.py sets 1,
 #                                                     so that later rows' launches do not pay its callbacks)
+#   REIDFAST_INDUCTOR_CACHE_IN=DIR                    before anything compiles, restore torch.compile's graphs from
+#                                                     the parts in DIR (an earlier run's _OUT, carried: name DIR in
+#                                                     the device tool's carry), so that the graphs that match are
+#                                                     loaded instead of compiled (scripts/inductor_cache.py)
+#   REIDFAST_INDUCTOR_CACHE_OUT=DIR                   at the end, write the graphs compiled or restored here as parts
+#                                                     of at most 15 MiB (56 MiB in all; $OUT/DIR brings them back),
+#                                                     also after a case that ran out of time: each graph is cached
+#                                                     when it finishes. Either variable sets TORCHINDUCTOR_CACHE_DIR
+#                                                     to a folder of its own unless it is set. (The carried .so fits
+#                                                     beside them once stripped: strip --strip-debug, 30 -> 5.6 MB,
+#                                                     its digest kept.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
@@ -47,6 +58,13 @@ stem="$results/$(date +%Y-%m-%d)_${gpu}"
 status=0
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${REIDFAST_INDUCTOR_CACHE_IN:-}${REIDFAST_INDUCTOR_CACHE_OUT:-}" ]; then
+  export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/reidfast-inductor-cache}
+  if [ -n "${REIDFAST_INDUCTOR_CACHE_IN:-}" ]; then
+    python scripts/inductor_cache.py unpack "$REIDFAST_INDUCTOR_CACHE_IN" "$TORCHINDUCTOR_CACHE_DIR" \
+      || echo "   (compiling from nothing)"
+  fi
+fi
 SECONDS=0
 # A build carried from the developer's machine (the device tool's carry: reidfast/_C*.so) is reused when it was
 # compiled from these sources, against this torch, with this GPU's arch; anything else is built here.
@@ -109,6 +127,9 @@ if echo "$only" | tr ',' '\n' | grep -qx train; then
     fi
     echo "   $case in ${SECONDS}s"
   done
+fi
+if [ -n "${REIDFAST_INDUCTOR_CACHE_OUT:-}" ]; then
+  python scripts/inductor_cache.py pack "$TORCHINDUCTOR_CACHE_DIR" "$REIDFAST_INDUCTOR_CACHE_OUT"
 fi
 echo "results: $stem.*"
 exit $status
