@@ -47,7 +47,25 @@
 #                                                     to a folder of its own unless it is set. (The carried .so fits
 #                                                     beside them once stripped: strip --strip-debug, 30 -> 5.6 MB,
 #                                                     its digest kept.)
+#   REIDFAST_GPU_CHECK_BUDGET=540                     the script's wall-clock seconds (say, the device call's limit
+#                                                     less a minute for archiving the results): each step after the
+#                                                     build runs under a timeout cut to end 30 s before the budget
+#                                                     does (time to pack the compiled graphs), and a step left with
+#                                                     under 60 s is skipped and named, so that a list of cases takes
+#                                                     what fits instead of being killed mid-way by the caller
 set -uo pipefail
+budget_end=""
+if [ -n "${REIDFAST_GPU_CHECK_BUDGET:-}" ]; then
+  [[ "$REIDFAST_GPU_CHECK_BUDGET" =~ ^[0-9]+$ ]] \
+    || { echo "REIDFAST_GPU_CHECK_BUDGET: expected whole seconds, got '$REIDFAST_GPU_CHECK_BUDGET'"; exit 2; }
+  budget_end=$(( $(date +%s) + REIDFAST_GPU_CHECK_BUDGET ))
+fi
+# step_limit SECONDS: the timeout a step gets, SECONDS cut to what the budget leaves; 0 when under 60 s are left
+step_limit() {
+  [ -z "$budget_end" ] && { echo "$1"; return; }
+  local left=$(( budget_end - $(date +%s) - 30 ))
+  if [ "$left" -lt 60 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
 cd "$(dirname "$0")/.."
 results=${1:-bench/results}
 mkdir -p "$results"
@@ -85,10 +103,13 @@ else
 fi
 python -m reidfast.info | tee "$stem.info.txt"
 
-if [ "${REIDFAST_GPU_TESTS:-tests}" != none ]; then
+limit=$(step_limit 420)
+if [ "${REIDFAST_GPU_TESTS:-tests}" != none ] && [ "$limit" -eq 0 ]; then
+  echo "== gpu tests: SKIPPED, the time budget is spent"
+elif [ "${REIDFAST_GPU_TESTS:-tests}" != none ]; then
   echo "== gpu tests"
   SECONDS=0
-  timeout 420 python -m pytest -q -m gpu -p no:cacheprovider --durations=15 ${REIDFAST_GPU_TESTS:-tests} 2>&1 | tee "$stem.tests.log" | tail -40
+  timeout "$limit" python -m pytest -q -m gpu -p no:cacheprovider --durations=15 ${REIDFAST_GPU_TESTS:-tests} 2>&1 | tee "$stem.tests.log" | tail -40
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU TESTS FAILED"; status=1; }
   echo "   tests in ${SECONDS}s"
 fi
@@ -96,12 +117,15 @@ fi
 only=${REIDFAST_BENCH_ONLY:-adain,rank,homography,train}
 [ "$only" = none ] && only=""  # a tests-only call
 op_suites=$(echo "$only" | tr ',' '\n' | grep -v '^train$' | paste -sd, -)
-if [ -n "$op_suites" ]; then
+limit=$(step_limit 300)
+if [ -n "$op_suites" ] && [ "$limit" -eq 0 ]; then
+  echo "== op benchmarks ($op_suites): SKIPPED, the time budget is spent"
+elif [ -n "$op_suites" ]; then
   echo "== op benchmarks ($op_suites)"
   SECONDS=0
   quick=()
   [ "${REIDFAST_BENCH_QUICK:-0}" = 1 ] && quick=(--quick)
-  timeout 300 python bench/run.py --device cuda --only "$op_suites" "${quick[@]}" --out "$stem.json" 2>&1 | tee "$stem.bench.log"
+  timeout "$limit" python bench/run.py --device cuda --only "$op_suites" "${quick[@]}" --out "$stem.json" 2>&1 | tee "$stem.bench.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "OP BENCHMARKS FAILED"; status=1; }
   echo "   op benchmarks in ${SECONDS}s"
 fi
@@ -111,11 +135,16 @@ if echo "$only" | tr ',' '\n' | grep -qx train; then
     case=${entry%%:*}  # CASE or CASE:CONFIGS (this case's configurations)
     configs=${REIDFAST_TRAIN_CONFIGS:-reference,no-compile,reidfast}
     [ "$entry" != "$case" ] && configs=${entry#*:}
-    echo "== training iterations: $case ($configs)"
+    limit=$(step_limit "${REIDFAST_TRAIN_TIMEOUT:-300}")
+    if [ "$limit" -eq 0 ]; then
+      echo "== training iterations: $case ($configs): SKIPPED, the time budget is spent"
+      continue
+    fi
+    echo "== training iterations: $case ($configs), at most ${limit}s"
     SECONDS=0
     profile=()
     [ "${REIDFAST_TRAIN_PROFILE:-0}" = 1 ] && profile=(--profile "$stem.profile")
-    timeout "${REIDFAST_TRAIN_TIMEOUT:-300}" python bench/train_step.py --device cuda --method "$case" \
+    timeout "$limit" python bench/train_step.py --device cuda --method "$case" \
       --configs "$configs" --out "$stem.train-$case.json" "${profile[@]}" 2>&1 | tee "$stem.train-$case.log"
     rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ] && [ -s "$stem.train-$case.json" ]; then
