@@ -41,7 +41,7 @@
 #                                                     the device tool's carry), so that the graphs that match are
 #                                                     loaded instead of compiled (scripts/inductor_cache.py)
 #   REIDFAST_INDUCTOR_CACHE_OUT=DIR                   at the end, write the graphs compiled or restored here as parts
-#                                                     of at most 15 MiB (56 MiB in all; $OUT/DIR brings them back),
+#                                                     of at most 15 MiB (52 MiB in all; $OUT/DIR brings them back),
 #                                                     also after a case that ran out of time: each graph is cached
 #                                                     when it finishes. Either variable sets TORCHINDUCTOR_CACHE_DIR
 #                                                     to a folder of its own unless it is set. (The carried .so fits

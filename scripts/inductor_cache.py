@@ -11,7 +11,7 @@ Triton, device and Inductor settings; anything else is a miss and compiles as us
 - aotautograd/: the forward/backward split, so that AOTAutograd's trace is skipped too.
 The rest of the cache (kernel sources, Triton's intermediate files, the CPU's C++ builds) is made again from these.
 
-    python scripts/inductor_cache.py pack CACHE_DIR OUT_DIR [--part-mib 15] [--max-mib 56]
+    python scripts/inductor_cache.py pack CACHE_DIR OUT_DIR [--part-mib 15] [--max-mib 52]
     python scripts/inductor_cache.py unpack PARTS_DIR CACHE_DIR
 
 pack writes OUT_DIR/inductor-cache.tgz.000, .001, ... (each at most --part-mib), or nothing when the archive would
@@ -105,7 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("cache_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--part-mib", type=float, default=15.0, help="largest part, MiB (default 15)")
-    p.add_argument("--max-mib", type=float, default=56.0, help="write nothing above this many MiB (default 56)")
+    p.add_argument("--max-mib", type=float, default=52.0,
+                   help="write nothing above this many MiB (default 52: what a device call can carry beside the "
+                        "working tree and a stripped build)")
     u = commands.add_parser("unpack", help="extract the parts in PARTS_DIR into CACHE_DIR")
     u.add_argument("parts_dir", type=Path)
     u.add_argument("cache_dir", type=Path)
