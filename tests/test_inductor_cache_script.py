@@ -13,15 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "inductor_cache.py"
 
-# A fresh process compiles one function (forward and backward) with the Inductor cache folder it is given, and
-# prints what Inductor's and AOTAutograd's caches did.
+# A fresh process compiles one function with the Inductor cache folder it is given, and prints what Inductor's and
+# AOTAutograd's caches did. (Forward only: a backward graph is cached the same way and doubles the CPU's C++ builds.)
 _COMPILE = textwrap.dedent("""
     import torch
     from torch._dynamo.utils import counters
     f = lambda x: (x.sin() * 2 + x).sum(dim=1)
-    x = torch.arange(6.0).view(2, 3).requires_grad_()
-    torch.compile(f)(x).sum().backward()
-    torch.testing.assert_close(x.grad, 2 * x.detach().cos() + 1)
+    x = torch.arange(6.0).view(2, 3)
+    torch.testing.assert_close(torch.compile(f)(x), f(x))
     print("fx hits", counters["inductor"]["fxgraph_cache_hit"], "misses", counters["inductor"]["fxgraph_cache_miss"],
           "aot hits", counters["aot_autograd"]["autograd_cache_hit"])
 """)
@@ -42,7 +41,7 @@ def _compile_with_cache(cache_dir):
 
 def test_graphs_packed_on_one_machine_are_loaded_not_compiled_on_the_next(tmp_path):
     first = _compile_with_cache(tmp_path / "machine-a")
-    assert "fx hits 0 misses 2 aot hits 0" in first  # forward and backward graphs, compiled
+    assert "fx hits 0 misses 1 aot hits 0" in first
     # parts far smaller than the archive: the join must restore it byte for byte
     packed = _script("pack", tmp_path / "machine-a", tmp_path / "parts", "--part-mib", "0.002")
     assert packed.returncode == 0, packed.stderr
@@ -57,7 +56,7 @@ def test_graphs_packed_on_one_machine_are_loaded_not_compiled_on_the_next(tmp_pa
     assert unpacked.returncode == 0, unpacked.stderr
     assert "restored" in unpacked.stdout
     second = _compile_with_cache(tmp_path / "machine-b")
-    assert "fx hits 2 misses 0 aot hits 1" in second
+    assert "fx hits 1 misses 0 aot hits 1" in second
 
 
 def _cache_with_entries(root: Path, sizes: dict) -> Path:
