@@ -285,7 +285,9 @@ def timing_counts(quick: bool, iters: int | None = None) -> tuple[int, int]:
 
 
 def measure(case: str, config_name: str, device: torch.device, quick: bool, iters: int | None = None,
-            profile_dir: str = "") -> dict:
+            profile_dir: str = "", on_measured=None) -> dict:
+    """One configuration's row; on_measured(row) is called as soon as it is timed, before the profile (which a time
+    limit can cut short: the row is kept either way)."""
     from reidfast import ops
     run, method, cfg, step = prepare(case, config_name, device, "cpu" if device.type == "cpu" or quick else "gpu")
     t0 = time.perf_counter()
@@ -313,6 +315,8 @@ def measure(case: str, config_name: str, device: torch.device, quick: bool, iter
         # the loop compiles by default on a GPU only: on the CPU this row is no-compile's settings under the
         # reidfast label, which the row must say
         row["note"] = "not compiled: torch.compile is on by default on a GPU only"
+    if on_measured is not None:
+        on_measured(row)
     if profile_dir:
         os.makedirs(profile_dir, exist_ok=True)
         try:
@@ -347,20 +351,21 @@ def run(device: torch.device, quick: bool, methods=None, profile_dir: str = "", 
     for name in names:
         ref = None
         if "reference" in configs:
-            ref = measure(name, "reference", device, quick, profile_dir=profile_dir)
-            add(ref)
+            ref = measure(name, "reference", device, quick, profile_dir=profile_dir, on_measured=add)
+
+        def add_with_speedup(ours: dict, ref=ref) -> None:
+            if ref is not None:
+                ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
+            add(ours)
+
         # no-compile before the compiled ones: its row is written even when a compiled first step runs past a time
         # limit
         ours_rows = []
         for config in sorted((c for c in CONFIGS if c != "reference"),
                              key=lambda c: CONFIGS[c]["compile"] is not False):
-            if config not in configs:
-                continue
-            ours = measure(name, config, device, quick, profile_dir=profile_dir)
-            if ref is not None:
-                ours["speedup_vs_reference"] = round(ours["images_per_s"] / ref["images_per_s"], 3)
-            add(ours)
-            ours_rows.append(ours)
+            if config in configs:
+                ours_rows.append(measure(name, config, device, quick, profile_dir=profile_dir,
+                                         on_measured=add_with_speedup))
         if ref is not None and ours_rows:
             # The reference once more, after the others: on H100 machines one case's reference read 177.6, 191.1
             # and 228.9 ms/iter in three runs, so a ratio is quoted against both readings of its own run.

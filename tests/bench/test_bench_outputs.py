@@ -208,15 +208,40 @@ def test_training_results_on_the_cpu(train_step, tmp_path):
     assert any(line.startswith(f"| baseline | reidfast | {rows['reidfast']['batch']} images |") for line in table)
 
 
+def test_each_row_is_written_before_its_profile(train_step, monkeypatch, tmp_path):
+    # a time limit that stops the process while it profiles a configuration must not cost the row just measured
+    # (on a GPU the compiled configuration's, after minutes of compiling)
+    out = tmp_path / "t.json"
+    profiled = []
+
+    def profile(step, device, path, steps=3):
+        config = Path(path).stem.split("-", 2)[2]
+        written = [r["config"] for r in json.loads(out.read_text())["rows"]]
+        profiled.append((config, written))
+        if config == "reidfast":
+            raise SystemExit("time limit")
+
+    monkeypatch.setattr(train_step, "_write_profile", profile)
+    with pytest.raises(SystemExit, match="time limit"):
+        train_step.main(["--device", "cpu", "--quick", "--method", "baseline", "--configs", "reference,reidfast",
+                         "--out", str(out), "--profile", str(tmp_path / "profiles")])
+    assert profiled == [("reference", ["reference"]), ("reidfast", ["reference", "reidfast"])]
+    rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["reidfast"]["speedup_vs_reference"] > 0
+
+
 def test_no_compile_is_measured_before_the_compiled_configurations(train_step, monkeypatch):
     # a compiled first step can run past a GPU session's time limit: the rows measured before it are kept
     order = []
 
-    def measure(case, config, device, quick, iters=None, profile_dir=""):
+    def measure(case, config, device, quick, iters=None, profile_dir="", on_measured=None):
         order.append(config)
-        return {"method": case, "config": config, "batch": 1, "images_per_iter": 1, "size": "1x1", "amp": "off",
-                "compile": config != "no-compile", "ms_per_iter": 1.0, "images_per_s": 1.0, "first_step_s": 0.0,
-                "peak_mem_mb": 0.0}
+        row = {"method": case, "config": config, "batch": 1, "images_per_iter": 1, "size": "1x1", "amp": "off",
+               "compile": config != "no-compile", "ms_per_iter": 1.0, "images_per_s": 1.0, "first_step_s": 0.0,
+               "peak_mem_mb": 0.0}
+        if on_measured is not None:
+            on_measured(row)
+        return row
 
     monkeypatch.setattr(train_step, "measure", measure)
     train_step.run(CPU, True, ["baseline"], configs=("reidfast", "no-compile", "reference"))
