@@ -50,15 +50,18 @@ def _ratio(base_ms, ms):
 WARMUP = 3  # calls before the timed ones; the rank suite's slow baselines get none (run_suite)
 
 
-def run_suite(name, device, quick, peak_gbs, repeats):
+def run_suite(name, device, quick, peak_gbs, repeats, on_row=None):
     """Times each case's fn, ref and ref_compiled (a case may set ref_compiled None: no such baseline), plus any
     extra `baselines` {name: fn}: WARMUP calls, then the median of `repeats`. A case with `slow_baselines` has its
     ref and baselines timed by one call without warm-up (they take seconds each). Each row's `warmup` and `repeats`
     ({column: count}) say how each of its columns was timed. A suite module with its own run() (train_step)
-    measures and prints its own rows."""
+    measures and prints its own rows. on_row(row) is called with each row as soon as it is measured."""
     module = _suite_module(name)
     if hasattr(module, "run"):
-        return module.run(device, quick)
+        rows = module.run(device, quick)
+        for row in rows if on_row is not None else ():
+            on_row(row)
+        return rows
     rows = []
     for case in _suite_module(name).cases(device, quick):
         usual = dict(warmup=WARMUP, repeats=repeats)
@@ -103,6 +106,8 @@ def run_suite(name, device, quick, peak_gbs, repeats):
                     row["kernel_pct_copy_bw"] = round(100 * row["kernel_gbs"] / peak_gbs, 1)
         rows.append(row)
         print(format_row(row), flush=True)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
@@ -229,8 +234,15 @@ def main(argv=None):
     if any(n != "train" for n in names):
         print(HEADER)
     rows = []
+
+    def keep(row: dict) -> None:
+        # the files are rewritten after every row: a run stopped by a time limit keeps the rows it measured
+        rows.append(row)
+        if args.out:
+            write_results(args.out, {"meta": meta, "rows": rows}, markdown(meta, rows))
+
     for name in names:
-        rows += run_suite(name, device, args.quick, peak, repeats=repeats)
+        run_suite(name, device, args.quick, peak, repeats=repeats, on_row=keep)
     if args.out:
         write_results(args.out, {"meta": meta, "rows": rows}, markdown(meta, rows))
         print(f"wrote {args.out}")

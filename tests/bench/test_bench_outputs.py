@@ -154,6 +154,24 @@ def test_op_tables_show_every_baseline_and_note_and_no_placeholders(bench_run, m
     assert "## Training iterations" not in table
 
 
+def test_op_rows_are_written_as_they_are_measured(bench_run, monkeypatch, tmp_path):
+    # a time limit that stops the op benchmarks mid-suite keeps the rows measured before it
+    out = tmp_path / "r.json"
+    real_time_ms = bench_run.time_ms
+
+    def time_ms(fn, device, **how):
+        if out.exists():  # the first case's row is written: stop inside the second case
+            raise SystemExit("time limit")
+        return real_time_ms(fn, device, **how)
+
+    monkeypatch.setattr(bench_run, "time_ms", time_ms)
+    with pytest.raises(SystemExit, match="time limit"):
+        bench_run.main(["--device", "cpu", "--quick", "--only", "adain", "--out", str(out)])
+    payload = json.loads(out.read_text())
+    assert [r["op"] for r in payload["rows"]] == ["adain"] and payload["meta"]["quick"] is True
+    assert out.with_suffix(".md").read_text().count("| adain |") == 1
+
+
 def test_run_meta_records_quick_and_repeats(bench_run, monkeypatch, tmp_path):
     monkeypatch.setattr(bench_run, "run_suite", lambda *args, **kwargs: [])
     out = tmp_path / "r.json"
