@@ -1,5 +1,7 @@
 import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 HAS_CUDA = torch.cuda.is_available()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_with_inductor_cache(code: str, inductor_dir, *args) -> str:
+    """Runs `code` (python -c, with `args`) in a fresh process whose Inductor cache is the folder `inductor_dir`, with
+    torch's caches on (another machine, as far as those caches can tell); returns what it printed."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "PYTHONPATH": REPO}
+    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import run_with_inductor_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "inductor_cache.py"
 
@@ -31,16 +33,8 @@ def _script(*args):
                           timeout=300)
 
 
-def _compile_with_cache(cache_dir):
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
-    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
-    done = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_graphs_packed_on_one_machine_are_loaded_not_compiled_on_the_next(tmp_path):
-    first = _compile_with_cache(tmp_path / "machine-a")
+    first = run_with_inductor_cache(_COMPILE, tmp_path / "machine-a")
     assert "fx hits 0 misses 1 aot hits 0" in first
     # parts far smaller than the archive: the join must restore it byte for byte
     packed = _script("pack", tmp_path / "machine-a", tmp_path / "parts", "--part-mib", "0.002")
@@ -55,7 +49,7 @@ def test_graphs_packed_on_one_machine_are_loaded_not_compiled_on_the_next(tmp_pa
     unpacked = _script("unpack", tmp_path / "parts", tmp_path / "machine-b")
     assert unpacked.returncode == 0, unpacked.stderr
     assert "restored" in unpacked.stdout
-    second = _compile_with_cache(tmp_path / "machine-b")
+    second = run_with_inductor_cache(_COMPILE, tmp_path / "machine-b")
     assert "fx hits 1 misses 0 aot hits 1" in second
 
 

@@ -1,8 +1,5 @@
 """The run folder's copy of torch.compile's compiled code (reidfast/train/compile_cache.py): a resumed run on another
 machine reuses it instead of compiling again."""
-import os
-import subprocess
-import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -11,9 +8,8 @@ import torch
 from reidfast.train.__main__ import main
 from reidfast.train.compile_cache import CompiledCodeCache, cache_path
 
+from ..conftest import run_with_inductor_cache
 from .conftest import tiny_args
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # One process compiles and saves, or loads and compiles the same function, each with an Inductor cache folder of its
 # own (another machine, as far as torch's caches can tell); it prints what Inductor's cache did.
@@ -33,12 +29,7 @@ _COMPILE = textwrap.dedent("""
 
 
 def _compile_in_a_fresh_process(run_dir, action, inductor_dir):
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "PYTHONPATH": REPO}
-    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
-    done = subprocess.run([sys.executable, "-c", _COMPILE, str(run_dir), action], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_with_inductor_cache(_COMPILE, inductor_dir, run_dir, action)
 
 
 def test_a_fresh_process_compiles_from_the_run_folders_code_instead_of_compiling_again(tmp_path):
