@@ -13,11 +13,12 @@ from reidfast import ops
 from reidfast.ops import reference
 from timing import with_env
 
-# (N, C, Hin, Win): SA-GAN warps every 256x128 re-id image (batch 16 in the paper's setting; 128 to measure
-# bandwidth away from launch overhead) and also feature maps of the generator.
-SHAPES = [(128, 3, 256, 128), (16, 3, 256, 128), (16, 64, 128, 64), (16, 256, 64, 32)]
+# (N, C, Hin, Win): 256x128 re-id images, RGB at batch 128 (bandwidth away from launch overhead) and 16; SA-GAN's
+# own call, RGB with its mask (or with a channel of ones when a warp is undone) for both directions at batch 8
+# (reidfast/train/sagan.py); and feature maps, for many channels.
+SHAPES = [(128, 3, 256, 128), (16, 3, 256, 128), (16, 4, 256, 128), (16, 64, 128, 64), (16, 256, 64, 32)]
 QUICK_SHAPES = [(128, 3, 256, 128)]
-CPU_SHAPES = [(16, 3, 256, 128), (8, 64, 64, 32)]
+CPU_SHAPES = [(16, 3, 256, 128), (16, 4, 256, 128), (8, 64, 64, 32)]
 CPU_QUICK_SHAPES = [(16, 3, 256, 128)]
 PASSES = ("fwd", "fwdbwd_H", "fwdbwd")
 
@@ -90,7 +91,7 @@ def cases(device: torch.device, quick: bool):
                     yield row
                     if backend == "cuda" and pass_ == "fwdbwd_H":
                         # the grad_H kernel at each forced points-per-thread count (the row above: the default,
-                        # 2 for 1 or 3 channels, else 1); their reference columns are the row above's
+                        # 4 for 1, 3 or 4 channels, else 1); their reference columns are the row above's
                         for points in ("1", "2", "4"):
                             yield {**row, "pass": f"fwdbwd_H-{points}pt", "ref": None, "ref_compiled": None,
                                    "fn": with_env(row["fn"], "REIDFAST_HOMOGRAPHY_POINTS", points)}

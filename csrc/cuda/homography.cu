@@ -5,8 +5,9 @@
 // (bench/results/2026-11-27_NVIDIA-H100-80GB-HBM3.run3.md against .run2.md, which also predates the NaN check).
 // Likely cause: the early exit and the stores between points keep the compiler from issuing the next point's
 // loads early, so the unrolling bought little overlap and cost three quarters of the threads. Each thread computes
-// a point's coordinates and taps once and loops over channels; for 1 and 3 channels (masks, RGB: what SA-GAN
-// warps) the loop is unrolled at compile time so that all of a point's tap loads are issued together.
+// a point's coordinates and taps once and loops over channels; for 1, 3 and 4 channels (a mask, RGB, and RGB with
+// its mask or a channel of ones: what SA-GAN warps) the loop is unrolled at compile time so that all of a point's
+// tap loads are issued together.
 //
 // Both kernels are bound by instruction issue more than by memory: the instructions one point takes through the
 // fp32 RGB kernels (counted in their SASS, zeros padding), times the 4.2M points, over an H100's issue rate (132
@@ -19,7 +20,7 @@
 // backward 495 -> 365 instructions per point up to the block sum's barrier (about 515 -> 380 in all).
 // Measured with them (H100, bench/results/*.run8.md, fp32): forward kernel 0.044 ms (77% of copy bandwidth), grad_H
 // forward + backward 0.138 ms (49%), 0.117 ms (58%) with the backward's two points per thread; four are the
-// default for 1 and 3 channels now (grad_h_points_per_thread).
+// default for the unrolled channel counts now (grad_h_points_per_thread).
 // Backward:
 //   grad_img: atomicAdd of the four weighted taps into a buffer in the coordinate dtype (float32 for half/bfloat16
 //             images, cast at the end). Nondeterministic; with torch.use_deterministic_algorithms(True) the op
@@ -142,6 +143,8 @@ void dispatch_shape(int64_t C, bool narrow_offsets, F&& f) {
     f(Channels<0>{}, TypeTag<int64_t>{});
   else if (C == 3)
     f(Channels<3>{}, TypeTag<int>{});
+  else if (C == 4)
+    f(Channels<4>{}, TypeTag<int>{});
   else if (C == 1)
     f(Channels<1>{}, TypeTag<int>{});
   else
@@ -324,11 +327,14 @@ dim3 launch_grid(int64_t N, int64_t points, int points_per_thread = kPointsPerTh
 // backward kernel to 0.061-0.063 ms on an H100, from the SASS instruction counts (1368, 1080 and 920 per point for
 // 1, 2 and 4, which put 2 at 0.79x of 1 against the 0.77x measured) at the same occupancy (64 registers against 56;
 // no spills); an H200 (the same SM count) measured 0.065 ms, against 0.070 at two points and 0.090 at one (bf16
-// 0.067 against 0.071; bench/results/2026-11-28_NVIDIA-H200.run9.md). So four for 1 or 3 channels (the unrolled
-// counts), else one. REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark times each).
+// 0.067 against 0.071; bench/results/2026-11-28_NVIDIA-H200.run9.md). So four for the unrolled counts (1, 3 and 4
+// channels), else one. Four channels (SA-GAN's image with its mask) came later, not yet measured: their four-point
+// kernel has RGB's 64 registers and 944 static instructions a point (917 for RGB) where the run-time count's
+// one-point kernel they took before has about 1,510, so the backward kernel is expected at 0.6-0.75x of that one's
+// time. REIDFAST_HOMOGRAPHY_POINTS=1, 2 or 4 forces a count (read per call: the benchmark times each).
 int grad_h_points_per_thread(int64_t channels) {
   const char* points = std::getenv("REIDFAST_HOMOGRAPHY_POINTS");
-  if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 ? 4 : 1;
+  if (points == nullptr || points[0] == '\0') return channels == 1 || channels == 3 || channels == 4 ? 4 : 1;
   TORCH_CHECK_VALUE(std::strcmp(points, "1") == 0 || std::strcmp(points, "2") == 0 || std::strcmp(points, "4") == 0,
                     "REIDFAST_HOMOGRAPHY_POINTS must be 1, 2 or 4 (output points per thread of the grad_H kernel), "
                     "got '", points, "'");

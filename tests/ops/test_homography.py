@@ -707,6 +707,7 @@ def test_unavailable_backend_is_explained():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape, out_size, kind", [((16, 3, 256, 128), None, "near"),
                                                     ((3, 5, 37, 29), (41, 23), "projective"),
+                                                    ((6, 4, 45, 23), (40, 20), "projective"),
                                                     ((2, 64, 64, 32), (32, 16), "projective"),
                                                     ((4, 1, 33, 17), (20, 40), "projective")])
 def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, padding, channels_last, shape,
