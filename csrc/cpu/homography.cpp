@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -499,10 +500,10 @@ C10_ALWAYS_INLINE void grad_xy_channels(Tile<T, Off>& t, const scalar_t* __restr
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
 // AVX2 gathers for the common case (fp32 image, 32-bit offsets, finite pixel at offset 0): 8 points at a time,
 // their taps loaded once for the kChannels channels; the sums in the generic loop's order, the last n % 8 points
-// by the generic loop. GCC leaves these loops scalar. Measured against the scalar loop (2 threads): grad_H
-// backward 0.74 -> 0.64 ms at 8x64x64x32 and 2.37 -> 2.13 ms at 16x3x256x128; the same gathers in the forward's
-// sampling, which has less arithmetic per tap, were slower (0.44 -> 0.52 ms and 1.22 -> 1.35 ms), so the forward
-// stays scalar.
+// by the generic loop. GCC leaves these loops scalar. Whether they pay off depends on the processor's gathers
+// (gathers_pay_off). Measured against the scalar loop (2 threads) on an AMD EPYC with AVX-512: grad_H backward
+// 0.74 -> 0.64 ms at 8x64x64x32 and 2.37 -> 2.13 ms at 16x3x256x128; the same gathers in the forward's sampling,
+// which has less arithmetic per tap, were slower (0.44 -> 0.52 ms and 1.22 -> 1.35 ms), so the forward stays scalar.
 template <int kChannels>
 __attribute__((target("avx2"))) inline void grad_xy_channels_gather(Tile<float, int32_t>& t, const float* s,
                                                                     int64_t in_sc, const float* go, int64_t out_sc) {
@@ -540,14 +541,38 @@ __attribute__((target("avx2"))) inline void grad_xy_channels_gather(Tile<float, 
 }
 #endif
 
-// Whether grad_xy_channels takes the AVX2 gathers: in the AVX2 build, for fp32 images with 32-bit offsets.
-template <bool kAvx2, typename scalar_t, typename T, typename Off>
-constexpr bool kGathers = kAvx2 && std::is_same_v<scalar_t, float> && std::is_same_v<T, float> &&
+// Whether grad_xy_channels takes the AVX2 gathers: in their build (kUseGathers: the AVX2 clone where
+// gathers_pay_off), for fp32 images with 32-bit offsets.
+template <bool kUseGathers, typename scalar_t, typename T, typename Off>
+constexpr bool kGathers = kUseGathers && std::is_same_v<scalar_t, float> && std::is_same_v<T, float> &&
                           std::is_same_v<Off, int32_t>;
+
+// Whether the grad_H loop on this processor takes the AVX2 gathers (grad_xy_channels_gather). Their speed varies
+// across processors more than the scalar loop's. On 2-core VMs (fp32, 2 threads, grad_H backward), gathers took an
+// AMD EPYC with AVX-512 (Zen 4 or later) from 2.37 to 2.13 ms at 16x3x256x128, but an AMD Zen 3 (AVX2 alone) from
+// 7.5-8.1 to 9.1-10.7 ms there and from 8.4-9.0 to 12.0-13.9 ms at 16x4x256x128. So on where the processor has
+// AVX-512F and off elsewhere (not measured on Intel processors); REIDFAST_CPU_GATHERS=1 or 0 forces the choice where
+// the processor has AVX2 (the tests run both). Read once; the backward asks before its parallel loop, so that a bad
+// value raises there.
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+bool gathers_pay_off() {
+  static const bool use = [] {
+    const char* v = std::getenv("REIDFAST_CPU_GATHERS");
+    if (v == nullptr || v[0] == '\0') return have_avx2() && __builtin_cpu_supports("avx512f") != 0;
+    TORCH_CHECK_VALUE(std::strcmp(v, "0") == 0 || std::strcmp(v, "1") == 0,
+                      "REIDFAST_CPU_GATHERS must be 0 or 1 (whether the CPU grad_H loop of homography_warp uses "
+                      "AVX2 gathers), got '", v, "'");
+    return v[0] == '1' && have_avx2();
+  }();
+  return use;
+}
+#else
+bool gathers_pay_off() { return false; }
+#endif
 
 // dL/d(pixel coordinate) of a block's points over channels [c0, c1), a few channel planes at a time across the
 // block (see TileBlock); src, go: the sample's first channel plane in the image and in grad_out.
-template <bool kAvx2, typename scalar_t, typename T, typename Off>
+template <bool kUseGathers, typename scalar_t, typename T, typename Off>
 C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const scalar_t* src, const scalar_t* go,
                                                  int64_t c0, int64_t c1, const Geometry& g) {
   constexpr int kChannels = static_cast<int>(kChannelChunk);
@@ -565,7 +590,7 @@ C10_ALWAYS_INLINE void grad_xy_block_planar_body(TileBlock<T, Off>& b, const sca
         constexpr bool kGuarded = decltype(guard)::value;
         const scalar_t* gk = go + c * g.out_sc + b.out_offset[k];
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
-        if constexpr (!kGuarded && kGathers<kAvx2, scalar_t, T, Off>) {
+        if constexpr (!kGuarded && kGathers<kUseGathers, scalar_t, T, Off>) {
           grad_xy_channels_gather<kC>(b.tiles[k], s, g.in_sc, gk, g.out_sc);
           return;
         }
@@ -583,11 +608,12 @@ void grad_xy_block_planar(TileBlock<T, Off>& b, const scalar_t* src, const scala
 }
 
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
-template <typename scalar_t, typename T, typename Off>
+// The AVX2 clone, with the gathers (kUseGathers) or with the scalar loop of the baseline build
+template <typename scalar_t, typename T, typename Off, bool kUseGathers>
 __attribute__((target("avx2"))) void grad_xy_block_planar_avx2(TileBlock<T, Off>& b, const scalar_t* src,
                                                                const scalar_t* go, int64_t c0, int64_t c1,
                                                                const Geometry& g) {
-  grad_xy_block_planar_body<true>(b, src, go, c0, c1, g);
+  grad_xy_block_planar_body<kUseGathers>(b, src, go, c0, c1, g);
 }
 #endif
 
@@ -597,8 +623,12 @@ using GradXYBlock = void (*)(TileBlock<T, Off>&, const scalar_t*, const scalar_t
 
 template <typename scalar_t, typename T, typename Off>
 GradXYBlock<scalar_t, T, Off> grad_xy_block_planar_for_this_cpu() {
-  return for_this_cpu<GradXYBlock<scalar_t, T, Off>>(grad_xy_block_planar<scalar_t, T, Off>,
-                                                     REIDFAST_AVX2_CLONE(grad_xy_block_planar)<scalar_t, T, Off>);
+#ifdef REIDFAST_HOMOGRAPHY_AVX2
+  if (have_avx2())
+    return gathers_pay_off() ? grad_xy_block_planar_avx2<scalar_t, T, Off, true>
+                             : grad_xy_block_planar_avx2<scalar_t, T, Off, false>;
+#endif
+  return grad_xy_block_planar<scalar_t, T, Off>;
 }
 
 // Backward over one task: sample n, channels [c0, c1), output rows [r0, r1). Adds this task's grad_H part to
@@ -722,6 +752,7 @@ std::tuple<at::Tensor, at::Tensor> homography_warp_backward_cpu(const at::Tensor
   BackwardArgs a = prepare_backward(grad_out_in, img_in, H_in, padding_mode, output_mask, c10::DeviceType::CPU);
   at::Tensor grad_H = a.need_h ? at::zeros({a.img.size(0), 3, 3}, a.H.options()) : at::empty({0}, a.H.options());
   if (a.empty) return {finish_grad_img(a), grad_H};
+  gathers_pay_off();  // reads REIDFAST_CPU_GATHERS here, outside the parallel loop
   const Geometry g = make_geometry(a.img, a.grad_out, a.padding, align_corners);
   const bool narrow = plane_fits_int32(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.img.scalar_type(), "homography_warp_backward_cpu", [&] {

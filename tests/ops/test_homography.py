@@ -91,13 +91,23 @@ def test_cpu_matches_reference(padding, align, kind, dtype, channels_last):
             assert y.is_contiguous(memory_format=torch.channels_last), "output must keep channels_last"
 
 
-@needs_ext
-def test_cpu_baseline_build_matches_reference():
-    # the CPU kernel's per-point loops are also compiled for AVX2 and chosen at run time; the process above uses
-    # whichever this processor takes, and REIDFAST_CPU_BASELINE=1 in a fresh process forces the other one
+def _run_in_fresh_process(code, env):
     import os
     import subprocess
     import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, **env, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+# The CPU kernel's per-point loops are also compiled for AVX2 and chosen at run time, and its grad_H loop takes AVX2
+# gathers or not by the processor (csrc/cpu/homography.cpp, gathers_pay_off). The tests above use what this
+# processor takes; each variable below, in a fresh process, forces one build (on a processor without AVX2 the
+# last two run the baseline build again).
+@needs_ext
+@pytest.mark.parametrize("env", [{"REIDFAST_CPU_BASELINE": "1"}, {"REIDFAST_CPU_GATHERS": "1"},
+                                 {"REIDFAST_CPU_GATHERS": "0"}], ids=["baseline", "avx2-gathers", "avx2-scalar"])
+def test_cpu_builds_match_reference(env):
     code = """
 import torch
 from tests.ops import test_homography as t
@@ -110,11 +120,21 @@ for padding in t.PADDINGS:
                                      padding, align, 5e-5)
 print("ok")
 """
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "REIDFAST_CPU_BASELINE": "1",
-           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    done = _run_in_fresh_process(code, env)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@needs_ext
+def test_cpu_gathers_setting_is_checked():
+    code = """
+import torch
+from reidfast import ops
+H = torch.eye(3)[None].requires_grad_(True)
+ops.homography_warp(torch.randn(1, 3, 8, 8), H).sum().backward()
+"""
+    done = _run_in_fresh_process(code, {"REIDFAST_CPU_GATHERS": "yes"})
+    assert done.returncode != 0
+    assert "REIDFAST_CPU_GATHERS must be 0 or 1" in done.stderr and "got 'yes'" in done.stderr, done.stderr[-3000:]
 
 
 @needs_interp
