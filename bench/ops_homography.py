@@ -17,7 +17,7 @@ from timing import with_env
 # own call, RGB with its mask (or with a channel of ones when a warp is undone) for both directions at batch 8
 # (reidfast/train/sagan.py); and feature maps, for many channels.
 SHAPES = [(128, 3, 256, 128), (16, 3, 256, 128), (16, 4, 256, 128), (16, 64, 128, 64), (16, 256, 64, 32)]
-QUICK_SHAPES = [(128, 3, 256, 128)]
+QUICK_SHAPES = [(128, 3, 256, 128), (16, 4, 256, 128)]  # the GPU target's shape, SA-GAN's call
 CPU_SHAPES = [(16, 3, 256, 128), (16, 4, 256, 128), (8, 64, 64, 32)]
 CPU_QUICK_SHAPES = [(16, 3, 256, 128)]
 PASSES = ("fwd", "fwdbwd_H", "fwdbwd")

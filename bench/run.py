@@ -209,7 +209,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", default="", help=f"comma-separated suites out of: {', '.join(SUITES)} (default all)")
-    p.add_argument("--quick", action="store_true", help="one shape per suite, fewer repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="the suites' headline shapes only (one or two each), fewer repeats")
     p.add_argument("--out", default="", metavar="FILE.json",
                    help="write the rows as JSON here (and a .md table beside it, FILE.md)")
     args = p.parse_args(argv)

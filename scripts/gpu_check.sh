@@ -33,7 +33,8 @@
 #                                                     and kernels by self time under RESULTS_DIR/DATE_GPU.profile/
 #   REIDFAST_BENCH_QUICK=1                            op benchmarks with bench/run.py --quick: one shape per suite
 #                                                     and 5 repeats (homography and rank took 52 s instead of 156 s
-#                                                     on an H100); the rank suite keeps both scales
+#                                                     on an H100); the rank suite keeps both scales, homography
+#                                                     adds SA-GAN's call (16x4x256x128) since 11-28
 #   TEARDOWN_CUPTI=0                                  keep CUPTI attached after each profile (bench/timing.py sets 1,
 #                                                     so that later rows' launches do not pay its callbacks)
 #   REIDFAST_INDUCTOR_CACHE_IN=DIR                    before anything compiles, restore torch.compile's graphs from
