@@ -15,13 +15,25 @@ HAS_CUDA = torch.cuda.is_available()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_in_fresh_process(code: str, *args, env: dict | None = None, timeout: float = 600):
+    """Runs `code` (python -c, with `args`) in a fresh Python process that imports this checkout, with this process's
+    environment changed by `env` (a None value removes the variable); returns the CompletedProcess (text output).
+    For what a process decides once (a setting read at first use, a compile cache) or may crash on."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    for name, value in (env or {}).items():
+        if value is None:
+            full_env.pop(name, None)
+        else:
+            full_env[name] = value
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def run_with_inductor_cache(code: str, inductor_dir, *args) -> str:
     """Runs `code` (python -c, with `args`) in a fresh process whose Inductor cache is the folder `inductor_dir`, with
     torch's caches on (another machine, as far as those caches can tell); returns what it printed."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "PYTHONPATH": REPO}
-    env.pop("TORCHINDUCTOR_FORCE_DISABLE_CACHES", None)
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = run_in_fresh_process(code, *args, env={"TORCHINDUCTOR_CACHE_DIR": str(inductor_dir),
+                                                  "TORCHINDUCTOR_FORCE_DISABLE_CACHES": None})
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

@@ -1,6 +1,7 @@
 """homography_warp: every backend against reference.homography_warp (values and gradients), the horizon rule,
 conventions, geometry helpers, registration (opcheck, torch.compile), errors."""
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 
 from reidfast import ops
 from reidfast.ops import _backend, _extension, reference
+
+from ..conftest import run_in_fresh_process
 
 HAS_CUDA = torch.cuda.is_available()
 needs_ext = pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="reidfast._C not built")
@@ -91,15 +94,6 @@ def test_cpu_matches_reference(padding, align, kind, dtype, channels_last):
             assert y.is_contiguous(memory_format=torch.channels_last), "output must keep channels_last"
 
 
-def _run_in_fresh_process(code, env):
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, **env, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-
-
 # The CPU kernel's per-point loops are also compiled for AVX2 and chosen at run time, and its grad_H loop takes AVX2
 # gathers or not by the processor (csrc/cpu/homography.cpp, gathers_pay_off). The tests above use what this
 # processor takes; each variable below, in a fresh process, forces one build (on a processor without AVX2 the
@@ -120,11 +114,12 @@ for padding in t.PADDINGS:
                                      padding, align, 5e-5)
 print("ok")
 """
-    done = _run_in_fresh_process(code, env)
+    done = run_in_fresh_process(code, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 @needs_ext
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX2 builds are x86-64 only")
 def test_cpu_gathers_setting_is_checked():
     code = """
 import torch
@@ -132,7 +127,7 @@ from reidfast import ops
 H = torch.eye(3)[None].requires_grad_(True)
 ops.homography_warp(torch.randn(1, 3, 8, 8), H).sum().backward()
 """
-    done = _run_in_fresh_process(code, {"REIDFAST_CPU_GATHERS": "yes"})
+    done = run_in_fresh_process(code, env={"REIDFAST_CPU_GATHERS": "yes"}, timeout=300)
     assert done.returncode != 0
     assert "REIDFAST_CPU_GATHERS must be 0 or 1" in done.stderr and "got 'yes'" in done.stderr, done.stderr[-3000:]
 

@@ -2,9 +2,6 @@
 per-query evaluator written here, input kinds, tiling, errors, and opcheck of the C++ op."""
 import importlib
 import math
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -16,6 +13,8 @@ from reidfast import ops
 from reidfast.ops import reference
 from reidfast.ops.rank_result import (NAN_ROW, NAN_ROWS, SUMMARY_TAIL, UNFINISHED_ROW, UNFINISHED_ROWS,
                                       UNNAMED_DISTMAT, summary_on_device)
+
+from ..conftest import run_in_fresh_process
 
 rank_eval_module = importlib.import_module("reidfast.ops.rank_eval")  # the module; ops.rank_eval is the function
 
@@ -703,8 +702,7 @@ def test_op_rejects_mismatched_lengths_in_cpp():
         "except ValueError as e:\n"
         "    print('ValueError', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    out = run_in_fresh_process(code, timeout=120)
     assert out.returncode == 0, f"child exited with {out.returncode}: {out.stderr[-500:]}"
     assert "ValueError" in out.stdout and "g_pids must have shape (3)" in out.stdout
 
