@@ -1,6 +1,8 @@
 """Benchmark cases for reidfast.ops.adain against the reference (eager and torch.compile'd)."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from reidfast import ops
@@ -14,6 +16,10 @@ QUICK_SHAPES = [(8, 128, 64, 32)]
 
 # What every row times: DG-Net's decoder ResBlock form, AdaIN then ReLU then the skip connection added
 ACTIVATION = "relu"
+
+# Memory layouts timed: on a GPU the trainers run their networks channels_last (reidfast/train/loop.py), so that is
+# what DG-Net's decoder hands AdaIN there; rows in it say so in their pass ("fwd channels_last").
+LAYOUTS = {"cpu": ["contiguous"], "cuda": ["contiguous", "channels_last"]}
 
 
 def _reference_call(x, w, b, r):
@@ -29,42 +35,43 @@ def cases(device: torch.device, quick: bool):
         shapes = shapes[:2]
     compiled_reference = torch.compile(_reference_call)
     backends = ["cpu"] if device.type == "cpu" else ["cuda", "triton"]
-    for shape in shapes:
-        for dtype in dtypes:
-            N, C = shape[:2]
-            x = torch.randn(shape, device=device, dtype=dtype)
-            r = torch.randn(shape, device=device, dtype=dtype)
-            w = torch.randn(N, C, device=device) + 1
-            b = torch.randn(N, C, device=device)
-            elem = x.element_size() * x.numel()
-            for pass_ in ("fwd", "fwdbwd"):
-                grad = pass_ == "fwdbwd"
-                xs = [t.detach().clone().requires_grad_(grad) for t in (x, w, b, r)]
-                gy = torch.randn_like(x)
-                # fwd: read x and residual, write y. bwd: read grad_y and x, write grad_x (grad_residual is grad_y).
-                nbytes = 3 * elem + (3 * elem if grad else 0)
+    for shape, dtype, layout in itertools.product(shapes, dtypes, LAYOUTS[device.type]):
+        N, C = shape[:2]
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        r = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        w = torch.randn(N, C, device=device) + 1
+        b = torch.randn(N, C, device=device)
+        elem = x.element_size() * x.numel()
+        for pass_ in ("fwd", "fwdbwd"):
+            grad = pass_ == "fwdbwd"
+            xs = [t.detach().clone().requires_grad_(grad) for t in (x, w, b, r)]
+            gy = torch.randn_like(x)
+            # fwd: read x and residual, write y. bwd: read grad_y and x, write grad_x (grad_residual is grad_y).
+            nbytes = 3 * elem + (3 * elem if grad else 0)
 
-                def make(fn, xs=xs, gy=gy, grad=grad):
-                    if not grad:
-                        def call():
-                            with torch.no_grad():
-                                fn(*xs)
-                        return call
+            def make(fn, xs=xs, gy=gy, grad=grad):
+                if not grad:
+                    def call():
+                        with torch.no_grad():
+                            fn(*xs)
+                    return call
 
-                    def call_bwd():
-                        y = fn(*xs)
-                        torch.autograd.grad(y, xs, gy)
-                    return call_bwd
+                def call_bwd():
+                    y = fn(*xs)
+                    torch.autograd.grad(y, xs, gy)
+                return call_bwd
 
-                for backend in backends:
-                    def ours(x_, w_, b_, r_, backend=backend):
-                        with ops.use_backend(backend):
-                            return ops.adain(x_, w_, b_, r_, activation=ACTIVATION)
+            for backend in backends:
+                def ours(x_, w_, b_, r_, backend=backend):
+                    with ops.use_backend(backend):
+                        return ops.adain(x_, w_, b_, r_, activation=ACTIVATION)
 
-                    yield {
-                        "op": "adain", "pass": pass_, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
-                        "backend": backend, "fn": make(ours), "ref": make(_reference_call),
-                        "ref_compiled": make(compiled_reference), "bytes": nbytes,
-                        "activation": ACTIVATION, "residual": True,
-                        "note": f"activation {ACTIVATION}, residual added",
-                    }
+                yield {
+                    "op": "adain", "pass": pass_ if layout == "contiguous" else f"{pass_} {layout}",
+                    "shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "layout": layout,
+                    "backend": backend, "fn": make(ours), "ref": make(_reference_call),
+                    "ref_compiled": make(compiled_reference), "bytes": nbytes,
+                    "activation": ACTIVATION, "residual": True,
+                    "note": f"activation {ACTIVATION}, residual added, {layout}",
+                }
