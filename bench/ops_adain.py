@@ -7,6 +7,7 @@ import torch
 
 from reidfast import ops
 from reidfast.ops import reference
+from timing import with_env
 
 # DG-Net's decoder ResBlocks run AdaIN at 128 channels x 64 x 32 (batch 8 in the paper's setting), and a larger one
 # to measure bandwidth away from launch overhead.
@@ -18,7 +19,7 @@ QUICK_SHAPES = [(8, 128, 64, 32)]
 ACTIVATION = "relu"
 
 # Memory layouts timed: on a GPU the trainers run their networks channels_last (reidfast/train/loop.py), so that is
-# what DG-Net's decoder hands AdaIN there; rows in it say so in their pass ("fwd channels_last").
+# what DG-Net's decoder hands AdaIN there; rows in it say so in their pass ("fwd-cl") and note.
 LAYOUTS = {"cpu": ["contiguous"], "cuda": ["contiguous", "channels_last"]}
 
 
@@ -67,11 +68,19 @@ def cases(device: torch.device, quick: bool):
                     with ops.use_backend(backend):
                         return ops.adain(x_, w_, b_, r_, activation=ACTIVATION)
 
-                yield {
-                    "op": "adain", "pass": pass_ if layout == "contiguous" else f"{pass_} {layout}",
+                row = {
+                    "op": "adain", "pass": pass_ if layout == "contiguous" else f"{pass_}-cl",
                     "shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "layout": layout,
                     "backend": backend, "fn": make(ours), "ref": make(_reference_call),
                     "ref_compiled": make(compiled_reference), "bytes": nbytes,
                     "activation": ACTIVATION, "residual": True,
                     "note": f"activation {ACTIVATION}, residual added, {layout}",
                 }
+                yield row
+                if backend == "cuda" and layout == "channels_last":
+                    # the channels_last kernels at each other forced count of threads per channel (the row above:
+                    # the default, 8; csrc/cuda/adain.cu); their reference columns are the row above's
+                    for threads in ("16", "32"):
+                        yield {**row, "pass": f"{row['pass']}-{threads}t", "ref": None, "ref_compiled": None,
+                               "fn": with_env(row["fn"], "REIDFAST_ADAIN_CL_THREADS", threads),
+                               "note": f"{row['note']}, {threads} threads per channel"}

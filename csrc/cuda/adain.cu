@@ -2,7 +2,8 @@
 // thread block:
 //   contiguous    : a block owns one row (n, c); its 256 threads stride along the H*W contiguous elements.
 //   channels_last : a block owns 32 channels of one sample; threadIdx.x walks the contiguous channel axis (so a
-//                   warp reads 32 neighbouring channels at once) and 8 threads per channel stride along H*W.
+//                   warp reads 32 neighbouring channels at once) and 8 threads per channel (16 or 32 on request,
+//                   cl_threads_per_channel) stride along H*W.
 // Statistics use shifted sums (K = the row's first element): sum(x-K) and sum((x-K)^2) are one FMA each per
 // element and merge by addition, and the shift keeps the variance free of the cancellation of raw sums.
 // The second pass needs the row again. Contiguous rows that fit (kCache, up to 48 KiB of shared memory per block)
@@ -16,6 +17,10 @@
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
 #include "reidfast/adain_checks.h"
 #include "reidfast/adain_math.h"
 
@@ -23,10 +28,12 @@ namespace reidfast {
 namespace adain {
 namespace {
 
-template <bool kChannelsLast>
+// kRowThreads: threads per row; 256 for contiguous rows, 8, 16 or 32 for channels_last (cl_threads_per_channel).
+template <bool kChannelsLast, int kRowThreads>
 struct BlockShape {
-  static constexpr int kRows = kChannelsLast ? 32 : 1;      // rows (channels) per block
-  static constexpr int kThreads = kChannelsLast ? 8 : 256;  // threads per row
+  static constexpr int kRows = kChannelsLast ? 32 : 1;  // rows (channels) per block
+  static constexpr int kThreads = kRowThreads;          // threads per row
+  static constexpr int kBlock = kRows * kThreads;
 };
 
 // Where this thread's row lives and how to index its elements.
@@ -61,9 +68,9 @@ struct RowIndex {
 };
 
 // Sums two values over the threads that share a row; every thread gets the totals.
-template <bool kChannelsLast, typename acc_t>
+template <bool kChannelsLast, int kRowThreads, typename acc_t>
 __device__ void reduce_pair(acc_t& a, acc_t& b, int lane_row, int lane_i) {
-  using S = BlockShape<kChannelsLast>;
+  using S = BlockShape<kChannelsLast, kRowThreads>;
   __shared__ acc_t buf_a[S::kThreads][S::kRows];
   __shared__ acc_t buf_b[S::kThreads][S::kRows];
   buf_a[lane_i][lane_row] = a;
@@ -80,15 +87,15 @@ __device__ void reduce_pair(acc_t& a, acc_t& b, int lane_row, int lane_i) {
   b = buf_b[0][lane_row];
 }
 
-template <typename scalar_t, bool kChannelsLast, bool kCache>
-__global__ void adain_forward_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ w,
-                                     const at::opmath_type<scalar_t>* __restrict__ b,
-                                     const scalar_t* __restrict__ res, scalar_t* __restrict__ y,
-                                     at::opmath_type<scalar_t>* __restrict__ mean_out,
-                                     at::opmath_type<scalar_t>* __restrict__ rstd_out, int64_t C, int64_t HW,
-                                     int act, at::opmath_type<scalar_t> slope, at::opmath_type<scalar_t> eps) {
+template <typename scalar_t, bool kChannelsLast, bool kCache, int kRowThreads>
+__global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock)
+    adain_forward_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ w,
+                         const at::opmath_type<scalar_t>* __restrict__ b, const scalar_t* __restrict__ res,
+                         scalar_t* __restrict__ y, at::opmath_type<scalar_t>* __restrict__ mean_out,
+                         at::opmath_type<scalar_t>* __restrict__ rstd_out, int64_t C, int64_t HW, int act,
+                         at::opmath_type<scalar_t> slope, at::opmath_type<scalar_t> eps) {
   using acc_t = at::opmath_type<scalar_t>;
-  using S = BlockShape<kChannelsLast>;
+  using S = BlockShape<kChannelsLast, kRowThreads>;
   static_assert(!(kCache && kChannelsLast), "the row cache serves contiguous rows only");
   extern __shared__ unsigned char smem[];
   scalar_t* x_cache = reinterpret_cast<scalar_t*>(smem);  // HW elements when kCache
@@ -104,7 +111,7 @@ __global__ void adain_forward_kernel(const scalar_t* __restrict__ x, const at::o
       s2 += d * d;
     }
   }
-  reduce_pair<kChannelsLast>(s1, s2, ix.lane_row, ix.lane_i);
+  reduce_pair<kChannelsLast, kRowThreads>(s1, s2, ix.lane_row, ix.lane_i);
   if (!ix.valid) return;
   const acc_t m1 = s1 / HW;
   const acc_t var = max(s2 / HW - m1 * m1, acc_t(0));
@@ -123,17 +130,17 @@ __global__ void adain_forward_kernel(const scalar_t* __restrict__ x, const at::o
   }
 }
 
-template <typename scalar_t, bool kChannelsLast, bool kCache>
-__global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ x,
-                                      const at::opmath_type<scalar_t>* __restrict__ w,
-                                      const at::opmath_type<scalar_t>* __restrict__ b,
-                                      const at::opmath_type<scalar_t>* __restrict__ mean,
-                                      const at::opmath_type<scalar_t>* __restrict__ rstd, scalar_t* __restrict__ gx,
-                                      at::opmath_type<scalar_t>* __restrict__ gw,
-                                      at::opmath_type<scalar_t>* __restrict__ gb, int64_t C, int64_t HW, int act,
-                                      at::opmath_type<scalar_t> slope) {
+template <typename scalar_t, bool kChannelsLast, bool kCache, int kRowThreads>
+__global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock)
+    adain_backward_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ x,
+                          const at::opmath_type<scalar_t>* __restrict__ w,
+                          const at::opmath_type<scalar_t>* __restrict__ b,
+                          const at::opmath_type<scalar_t>* __restrict__ mean,
+                          const at::opmath_type<scalar_t>* __restrict__ rstd, scalar_t* __restrict__ gx,
+                          at::opmath_type<scalar_t>* __restrict__ gw, at::opmath_type<scalar_t>* __restrict__ gb,
+                          int64_t C, int64_t HW, int act, at::opmath_type<scalar_t> slope) {
   using acc_t = at::opmath_type<scalar_t>;
-  using S = BlockShape<kChannelsLast>;
+  using S = BlockShape<kChannelsLast, kRowThreads>;
   static_assert(!(kCache && kChannelsLast), "the row cache serves contiguous rows only");
   extern __shared__ unsigned char smem[];
   scalar_t* x_cache = reinterpret_cast<scalar_t*>(smem);  // HW elements of x, then HW of grad_y, when kCache
@@ -159,7 +166,7 @@ __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const sca
       sum_gx += g * xh;
     }
   }
-  reduce_pair<kChannelsLast>(sum_g, sum_gx, ix.lane_row, ix.lane_i);
+  reduce_pair<kChannelsLast, kRowThreads>(sum_g, sum_gx, ix.lane_row, ix.lane_i);
   if (!ix.valid) return;
   if (ix.lane_i == 0) {
     gb[ix.row] = sum_g;
@@ -179,21 +186,49 @@ __global__ void adain_backward_kernel(const scalar_t* __restrict__ gy, const sca
 // Shared memory a block may take without opting in to more; rows whose cache would exceed it are re-read.
 constexpr int64_t kMaxRowCacheBytes = 48 * 1024;
 
-// Calls launch(channels_last, cache) with the kernel variant for this layout and row size (as compile-time types).
-template <typename Launch>
-void launch_variant(at::MemoryFormat layout, int64_t cache_bytes, Launch&& launch) {
-  if (layout == at::MemoryFormat::ChannelsLast)
-    launch(std::true_type{}, std::false_type{});
-  else if (cache_bytes <= kMaxRowCacheBytes)
-    launch(std::false_type{}, std::true_type{});
-  else
-    launch(std::false_type{}, std::false_type{});
+// Threads per channel of the channels_last kernels, whose block takes 32 channels of one sample: N * C / 32 blocks,
+// 128 for DG-Net's decoder at 32x128x64x32, about one per SM, so the threads of a block are all the loads an SM has
+// in flight. 8 (256-thread blocks) as first written; 16 and 32 (512 and 1024) are there to be measured against it
+// (the adain GPU benchmark's rows "fwd-cl-16t", "fwd-cl-32t", "fwdbwd-cl-..."; not yet measured) and take the same
+// registers (sm_90: 32 for half and bfloat16, at most 54 for double, within the 64 of a 1024-thread block).
+// REIDFAST_ADAIN_CL_THREADS=8, 16 or 32 forces a count (read per call).
+int cl_threads_per_channel() {
+  const char* threads = std::getenv("REIDFAST_ADAIN_CL_THREADS");
+  if (threads == nullptr || threads[0] == '\0') return 8;
+  TORCH_CHECK_VALUE(std::strcmp(threads, "8") == 0 || std::strcmp(threads, "16") == 0 ||
+                        std::strcmp(threads, "32") == 0,
+                    "REIDFAST_ADAIN_CL_THREADS must be 8, 16 or 32 (threads per channel of adain's channels_last "
+                    "CUDA kernels), got '", threads, "'");
+  return std::atoi(threads);
 }
 
-template <bool kChannelsLast>
+template <int kRowThreads>
+using RowThreads = std::integral_constant<int, kRowThreads>;
+
+// Calls launch(channels_last, cache, row_threads) with the kernel variant for this layout and row size (as
+// compile-time types).
+template <typename Launch>
+void launch_variant(at::MemoryFormat layout, int64_t cache_bytes, Launch&& launch) {
+  if (layout == at::MemoryFormat::ChannelsLast) {
+    const int threads = cl_threads_per_channel();
+    if (threads == 32)
+      launch(std::true_type{}, std::false_type{}, RowThreads<32>{});
+    else if (threads == 16)
+      launch(std::true_type{}, std::false_type{}, RowThreads<16>{});
+    else
+      launch(std::true_type{}, std::false_type{}, RowThreads<8>{});
+  } else if (cache_bytes <= kMaxRowCacheBytes) {
+    launch(std::false_type{}, std::true_type{}, RowThreads<256>{});
+  } else {
+    launch(std::false_type{}, std::false_type{}, RowThreads<256>{});
+  }
+}
+
+template <bool kChannelsLast, int kRowThreads>
 std::pair<dim3, dim3> launch_shape(int64_t N, int64_t C) {
-  if (kChannelsLast) return {dim3(static_cast<unsigned>(N * ((C + 31) / 32))), dim3(32, 8)};
-  return {dim3(static_cast<unsigned>(N * C)), dim3(256)};
+  using S = BlockShape<kChannelsLast, kRowThreads>;
+  if (kChannelsLast) return {dim3(static_cast<unsigned>(N * ((C + 31) / 32))), dim3(S::kRows, S::kThreads)};
+  return {dim3(static_cast<unsigned>(N * C)), dim3(S::kThreads)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -214,10 +249,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_forward_cuda(const at::Tens
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
     const int64_t cache_bytes = HW * static_cast<int64_t>(sizeof(scalar_t));
-    auto launch = [&](auto channels_last, auto cache) {
+    auto launch = [&](auto channels_last, auto cache, auto row_threads) {
       constexpr bool kCL = decltype(channels_last)::value, kCache = decltype(cache)::value;
-      const auto shape = launch_shape<kCL>(N, C);
-      adain_forward_kernel<scalar_t, kCL, kCache><<<shape.first, shape.second, kCache ? cache_bytes : 0, stream>>>(
+      constexpr int kT = decltype(row_threads)::value;
+      const auto shape = launch_shape<kCL, kT>(N, C);
+      const int64_t smem = kCache ? cache_bytes : 0;
+      adain_forward_kernel<scalar_t, kCL, kCache, kT><<<shape.first, shape.second, smem, stream>>>(
           x.const_data_ptr<scalar_t>(), weight.const_data_ptr<acc_t>(), bias.const_data_ptr<acc_t>(), res,
           y.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<acc_t>(), rstd.mutable_data_ptr<acc_t>(), C, HW,
           act, static_cast<acc_t>(negative_slope), static_cast<acc_t>(eps));
@@ -244,10 +281,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adain_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t cache_bytes = 2 * HW * static_cast<int64_t>(sizeof(scalar_t));
-    auto launch = [&](auto channels_last, auto cache) {
+    auto launch = [&](auto channels_last, auto cache, auto row_threads) {
       constexpr bool kCL = decltype(channels_last)::value, kCache = decltype(cache)::value;
-      const auto shape = launch_shape<kCL>(N, C);
-      adain_backward_kernel<scalar_t, kCL, kCache><<<shape.first, shape.second, kCache ? cache_bytes : 0, stream>>>(
+      constexpr int kT = decltype(row_threads)::value;
+      const auto shape = launch_shape<kCL, kT>(N, C);
+      const int64_t smem = kCache ? cache_bytes : 0;
+      adain_backward_kernel<scalar_t, kCL, kCache, kT><<<shape.first, shape.second, smem, stream>>>(
           gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), weight.const_data_ptr<acc_t>(),
           bias.const_data_ptr<acc_t>(), mean.const_data_ptr<acc_t>(), rstd.const_data_ptr<acc_t>(),
           gx.mutable_data_ptr<scalar_t>(), gw.mutable_data_ptr<acc_t>(), gb.mutable_data_ptr<acc_t>(), C, HW, act,

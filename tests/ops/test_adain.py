@@ -304,5 +304,27 @@ def test_gpu_matches_reference_within_pytorch_same_dtype_error(backend, dtype, c
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("threads", ["8", "16", "32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(8, 128, 64, 32), (3, 5, 7, 9), (2, 40, 9, 7)])
+def test_gpu_channels_last_threads_per_channel(threads, dtype, shape, monkeypatch):
+    # each forced count of the channels_last kernels' threads per channel (csrc/cuda/adain.cu), against the reference
+    monkeypatch.setenv("REIDFAST_ADAIN_CL_THREADS", threads)
+    if dtype == torch.float64:
+        tensors = make_inputs(shape, dtype, device="cuda", channels_last=True, requires_grad=True)
+        got = run("cuda", tensors, "lrelu")
+        want = run("reference", tensors, "lrelu")
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        gy = torch.randn_like(got)
+        for g, w in zip(torch.autograd.grad(got, tensors, gy), torch.autograd.grad(want, tensors, gy)):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    else:
+        assert_within_pytorch_same_dtype_error("cuda", shape, dtype, "cuda", True)
+    monkeypatch.setenv("REIDFAST_ADAIN_CL_THREADS", "64")
+    with pytest.raises(ValueError, match="REIDFAST_ADAIN_CL_THREADS must be 8, 16 or 32"):
+        run("cuda", make_inputs(shape, dtype, device="cuda", channels_last=True), "lrelu")
+
+
+@pytest.mark.gpu
 def test_gpu_auto_picks_cuda_kernels():
     assert ops.resolve_backend("adain", torch.device("cuda")) == "cuda"
