@@ -47,7 +47,7 @@
 #                                                     when it finishes. Either variable sets TORCHINDUCTOR_CACHE_DIR
 #                                                     to a folder of its own unless it is set. (The carried .so fits
 #                                                     beside them once stripped: strip --strip-debug, 30 -> 5.6 MB,
-#                                                     its digest kept.)
+#                                                     its digest kept; 7.1 MB since 11-28's added kernels.)
 #   REIDFAST_GPU_CHECK_BUDGET=540                     the script's wall-clock seconds (say, the device call's limit
 #                                                     less a minute for archiving the results): each step after the
 #                                                     build runs under a timeout cut to end 30 s before the budget
