@@ -189,9 +189,11 @@ constexpr int64_t kMaxRowCacheBytes = 48 * 1024;
 // Threads per channel of the channels_last kernels, whose block takes 32 channels of one sample: N * C / 32 blocks,
 // 128 for DG-Net's decoder at 32x128x64x32, about one per SM, so the threads of a block are all the loads an SM has
 // in flight. 8 (256-thread blocks) as first written; 16 and 32 (512 and 1024) are there to be measured against it
-// (the adain GPU benchmark's rows "fwd-cl-16t", "fwd-cl-32t", "fwdbwd-cl-..."; not yet measured) and take the same
-// registers (sm_90: 32 for half and bfloat16, at most 54 for double, within the 64 of a 1024-thread block).
-// REIDFAST_ADAIN_CL_THREADS=8, 16 or 32 forces a count (read per call).
+// (the adain GPU benchmark's rows "fwd-cl-16t", "fwd-cl-32t", "fwdbwd-cl-..."; not yet measured) at about the same
+// registers (sm_90: 32 for half and bfloat16 at every count, 40-42 for the float backward, at most 54 for double,
+// within the 64 of a 1024-thread block). The kernels' __launch_bounds__ (their block size) left the half, bfloat16
+// and float kernels of the default counts at the registers they had; the double ones moved by a few (one 8-byte
+// spill). REIDFAST_ADAIN_CL_THREADS=8, 16 or 32 forces a count (read per call).
 int cl_threads_per_channel() {
   const char* threads = std::getenv("REIDFAST_ADAIN_CL_THREADS");
   if (threads == nullptr || threads[0] == '\0') return 8;
