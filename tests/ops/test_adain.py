@@ -60,7 +60,12 @@ BACKEND_SHAPES = [(b, s) for b in cpu_backends() for s in SHAPES if b != "triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_forward_backward_match_reference(backend, shape, activation, dtype, channels_last):
-    tensors = make_inputs(shape, dtype, channels_last=channels_last, requires_grad=True)
+    assert_matches_reference(backend, shape, activation, dtype, channels_last)
+
+
+def assert_matches_reference(backend, shape, activation, dtype, channels_last, device="cpu"):
+    """Values and gradients of the backend against the reference on the same inputs, float32 or float64."""
+    tensors = make_inputs(shape, dtype, device=device, channels_last=channels_last, requires_grad=True)
     ref_tensors = [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
     y = run(backend, tensors, activation)
     y_ref = run("reference", ref_tensors, activation)
@@ -311,13 +316,7 @@ def test_gpu_channels_last_threads_per_channel(threads, dtype, shape, monkeypatc
     # each forced count of the channels_last kernels' threads per channel (csrc/cuda/adain.cu), against the reference
     monkeypatch.setenv("REIDFAST_ADAIN_CL_THREADS", threads)
     if dtype == torch.float64:
-        tensors = make_inputs(shape, dtype, device="cuda", channels_last=True, requires_grad=True)
-        got = run("cuda", tensors, "lrelu")
-        want = run("reference", tensors, "lrelu")
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-        gy = torch.randn_like(got)
-        for g, w in zip(torch.autograd.grad(got, tensors, gy), torch.autograd.grad(want, tensors, gy)):
-            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+        assert_matches_reference("cuda", shape, "lrelu", dtype, True, device="cuda")
     else:
         assert_within_pytorch_same_dtype_error("cuda", shape, dtype, "cuda", True)
     monkeypatch.setenv("REIDFAST_ADAIN_CL_THREADS", "64")
