@@ -78,9 +78,9 @@ def cases(device: torch.device, quick: bool):
                 }
                 yield row
                 if backend == "cuda" and layout == "channels_last":
-                    # the channels_last kernels at each other forced count of threads per channel (the row above:
-                    # the default, 8; csrc/cuda/adain.cu); their reference columns are the row above's
-                    for threads in ("16", "32"):
-                        yield {**row, "pass": f"{row['pass']}-{threads}t", "ref": None, "ref_compiled": None,
-                               "fn": with_env(row["fn"], "REIDFAST_ADAIN_CL_THREADS", threads),
-                               "note": f"{row['note']}, {threads} threads per channel"}
+                    # the channels_last kernels with each channel's H*W in slices, as many as fill the device (the
+                    # row above: the default, one block per 32 channels; csrc/cuda/adain.cu, cl_slices); its
+                    # reference columns are the row above's
+                    yield {**row, "pass": f"{row['pass']}-sliced", "ref": None, "ref_compiled": None,
+                           "fn": with_env(row["fn"], "REIDFAST_ADAIN_CL_SLICES", "auto"),
+                           "note": f"{row['note']}, H*W in slices"}
