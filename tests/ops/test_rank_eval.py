@@ -18,7 +18,6 @@ from ..conftest import run_in_fresh_process
 
 rank_eval_module = importlib.import_module("reidfast.ops.rank_eval")  # the module; ops.rank_eval is the function
 
-HAS_CUDA = torch.cuda.is_available()
 HAS_KERNELS = rank_eval_module._HAS_KERNELS
 needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="reidfast._C not built with rank_queries")
 
@@ -327,10 +326,10 @@ def test_features_from_numpy(backend):
                        want)
 
 
+@pytest.mark.gpu
 def test_cupy_input_without_copy():
+    # cupy is an optional input type: where it is installed, its arrays are read in place
     cupy = pytest.importorskip("cupy")
-    if not HAS_CUDA:
-        pytest.skip("cupy needs a CUDA device")
     dist, qp, gp, qc, gc = random_protocol(20, 60, 8, 3, seed=9)
     d = cupy.asarray(dist)
     got = ops.rank_eval(cupy.asarray(qp), cupy.asarray(gp), cupy.asarray(qc), cupy.asarray(gc), distmat=d)
@@ -453,6 +452,10 @@ def test_rank_past_the_end_of_the_cmc(backend):
     # a CMC cut short of the gallery's end by max_rank: the ranks past it were not computed
     cut = evaluate(backend, qp, gp, qc, gc, distmat=dist, max_rank=3)
     assert cut.rank(3) == whole.rank(3) and math.isnan(cut.rank(5)) and math.isnan(cut.rank(0))
+    assert whole.rank(np.int64(3)) == whole.rank(torch.tensor(3)) == whole.rank(3)
+    for bad in (1.5, "1", None):
+        with pytest.raises(TypeError, match=r"RankEvalResult.rank: k must be an int \(a 1-based rank\), got"):
+            whole.rank(bad)
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -236,12 +236,11 @@ def test_the_generator_side_sees_ea_without_dropout_and_with_batch_statistics(fa
         torch.testing.assert_close(seen(x)[1], seen(x)[1])  # no dropout draw: the same logits twice
 
 
-def _both_orders(dtype: torch.dtype, steps: bool, encoder_again: float):
-    """One iteration with every loss on, from the same state on the same batch (8 pairs per loader), in the fast
-    order and in the original's (--faithful), with Es's second pass on the detached swaps (encoder_again 1) or
-    frozen on the live ones (0): per order, the losses, then either the networks' states after the updates (steps)
-    or their gradients and buffers without updates, and the calls of Ea's backbone (its name, batch size). Dropout
-    off: the orders draw dropout masks in different sequences (the fast one computes the frozen view's heads along
+def _one_step(dtype: torch.dtype, steps: bool, **options):
+    """One iteration with every loss on, from the same state on the same batch (8 pairs per loader), of the method
+    made with `options`: the losses, then either the networks' states after the updates (steps) or their gradients
+    and buffers without updates, and the calls of Ea's backbone (its name, batch size). Dropout off: orders and
+    compiled graphs draw dropout masks in different sequences (the fast order computes the frozen view's heads along
     with every appearance code)."""
     from reidfast.models.baseline import ReidBaseline
     threads, default_dtype = torch.get_num_threads(), torch.get_default_dtype()
@@ -254,31 +253,42 @@ def _both_orders(dtype: torch.dtype, steps: bool, encoder_again: float):
         images = torch.randint(0, 256, (16, 2, 3, 64, 32), generator=g, dtype=torch.uint8)
         batch = {"image": images if dtype == torch.float32 else images.to(dtype) / 255,
                  "pid": torch.tensor([[i % 4] * 2 for i in range(16)])}
-        results = {}
-        for faithful in (False, True):
-            method = _method(faithful, teacher_state, encoder_again=encoder_again)
-            for module in (*method.ea.modules(), *method.frozen_ea.modules()):
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
-            calls = []
-            method.ea.backbone.register_forward_hook(lambda m, args, out: calls.append(("ea", args[0].shape[0])))
-            method.frozen_ea.backbone.register_forward_hook(
-                lambda m, args, out: calls.append(("frozen", args[0].shape[0])))
-            if not steps:
-                method.run.step = lambda optimizer: None
-            losses = method.train_step(batch, 1)
-            state = {}
-            for name, net in method.networks.items():
-                if steps:
-                    state.update({f"{name}.{k}": v for k, v in net.state_dict().items()})
-                else:
-                    state.update({f"{name}.{k}.grad": p.grad for k, p in net.named_parameters() if p.grad is not None})
-                    state.update({f"{name}.{k}": b for k, b in net.named_buffers()})
-            results[faithful] = losses, state, calls
+        method = _method(options.pop("faithful", False), teacher_state, **options)
+        for module in (*method.ea.modules(), *method.frozen_ea.modules()):
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        calls = []
+        method.ea.backbone.register_forward_hook(lambda m, args, out: calls.append(("ea", args[0].shape[0])))
+        method.frozen_ea.backbone.register_forward_hook(
+            lambda m, args, out: calls.append(("frozen", args[0].shape[0])))
+        if not steps:
+            method.run.step = lambda optimizer: None
+        losses = method.train_step(batch, 1)
+        state = {}
+        for name, net in method.networks.items():
+            if steps:
+                state.update({f"{name}.{k}": v for k, v in net.state_dict().items()})
+            else:
+                state.update({f"{name}.{k}.grad": p.grad for k, p in net.named_parameters() if p.grad is not None})
+                state.update({f"{name}.{k}": b for k, b in net.named_buffers()})
     finally:
         torch.set_num_threads(threads)
         torch.set_default_dtype(default_dtype)
-    return results[False], results[True]
+    return losses, state, calls
+
+
+def _both_orders(dtype: torch.dtype, steps: bool, encoder_again: float):
+    """_one_step in the fast order and in the original's (--faithful), with Es's second pass on the detached swaps
+    (encoder_again 1) or frozen on the live ones (0)."""
+    return tuple(_one_step(dtype, steps, faithful=faithful, encoder_again=encoder_again) for faithful in (False, True))
+
+
+def assert_same_state(state, expected_state, rel):
+    """Every tensor of `state` within `rel` of its expected tensor's largest value (some are 0 but for rounding)."""
+    assert set(state) == set(expected_state)
+    for key, value in state.items():
+        expected = expected_state[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=rel * expected.abs().max().item() + 1e-12, msg=key)
 
 
 @pytest.mark.parametrize("encoder_again", [1.0, 0.0])
@@ -309,12 +319,8 @@ def test_fast_order_computes_the_original_gradients_at_fp64(encoder_again):
     assert fast["es_tuned"] == original["es_tuned"] == encoder_again
     for key in fast:
         torch.testing.assert_close(fast[key], original[key], rtol=1e-6, atol=1e-9, msg=key)  # fp32 loss terms
-    assert set(fast_state) == set(original_state)
     assert any(key.startswith("ea.") and key.endswith("running_var") for key in fast_state)
-    for key, value in fast_state.items():  # to 1e-9 of each tensor's largest value (some are 0 but for rounding)
-        expected = original_state[key]
-        torch.testing.assert_close(value, expected, rtol=0, atol=1e-9 * expected.abs().max().item() + 1e-12,
-                                   msg=key)
+    assert_same_state(fast_state, original_state, 1e-9)
     # fast: Ea's own codes of a, p, b, q in one call (without gradient; stepping its running statistics as the
     # original's calls on the clean images do), the frozen view's code and primary logits of the two (unerased)
     # swaps for the code reconstruction and id_gen in a second, Ea's identity losses (a, b, p, q and the two swaps)
@@ -635,6 +641,25 @@ def test_the_compiled_step_is_three_graphs_made_once(compiled_graphs):
         assert graphs == expected, f"after iteration {it}: {graphs}"
         assert (losses["cycle"] > 0) == (it >= 2) and (losses["prim"] > 0) == (it >= 2)
         assert losses["es_tuned"] == float(it % 2 == 0)
+
+
+def test_the_compiled_step_computes_the_eager_gradients_at_fp64(monkeypatch):
+    # the GPU's default: the step's three functions compiled. Through dynamo's capture and aot_autograd's joint
+    # graphs (aot_eager: inductor's code generation, minutes on a CPU, is torch's to get right), one iteration with
+    # every loss on gives the eager losses, every network's gradients and Ea's running statistics
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, **{**kwargs, "backend": "aot_eager"}))
+    torch._dynamo.reset()
+    try:
+        eager, eager_state, _ = _one_step(torch.float64, False, encoder_again=1.0)
+        compiled, compiled_state, _ = _one_step(torch.float64, False, encoder_again=1.0, compile=True)
+    finally:
+        torch._dynamo.reset()
+    assert compiled["w/cycle"] > 0 and compiled["prim"] > 0  # every loss is on
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-6, atol=1e-9, msg=key)
+    assert any(key.startswith("gen.") and key.endswith(".grad") for key in compiled_state)
+    assert_same_state(compiled_state, eager_state, 1e-9)
 
 
 def test_eval_checkpoint_rebuilds_the_run_without_its_teacher(short_run, tmp_path):
