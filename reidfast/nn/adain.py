@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..ops import adain
-from ..ops._args import as_int
+from ..ops._args import as_int, check_tensor
 from ..ops.adain import check_settings
 from .conv import PaddedConv2d
 
@@ -35,6 +35,7 @@ class AdaIN2d(nn.Module):
         self.eps = eps
 
     def forward(self, x, weight, bias, residual=None):
+        check_tensor("AdaIN2d", "x", x)
         if x.dim() == 4 and x.shape[1] != self.num_features:
             raise ValueError(f"AdaIN2d: x has {x.shape[1]} channels, the module was built for {self.num_features}")
         return adain(x, weight, bias, residual, self.activation, self.negative_slope, self.eps)

@@ -6,13 +6,14 @@ so a fresh module warps by the identity.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 from torch import nn
 
 from ..ops import homography_from_params, homography_warp
-from ..ops._args import as_int
+from ..ops._args import as_int, check_tensor
 from ..ops.homography import check_settings
 
 
@@ -41,8 +42,8 @@ class HomographyTransformer(nn.Module):
         if in_channels < 1 or code_dim < 0 or hidden < 1:
             raise ValueError(f"HomographyTransformer: need in_channels >= 1, code_dim >= 0, hidden >= 1; got "
                              f"{in_channels}, {code_dim}, {hidden}")
-        if bound is not None and not bound > 0:
-            raise ValueError(f"HomographyTransformer: bound must be positive or None, got {bound}")
+        if bound is not None and not 0 < bound < math.inf:  # inf * tanh(p / inf) is NaN: no bound is None
+            raise ValueError(f"HomographyTransformer: bound must be positive and finite, or None, got {bound}")
         # Checked here, not at the first warp deep inside a training step
         out_size = check_settings("HomographyTransformer", out_size, padding_mode, align_corners)
         self.bound = bound
@@ -64,6 +65,9 @@ class HomographyTransformer(nn.Module):
 
     def localize(self, img: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
         """The (N, 3, 3) homography the module would apply to img."""
+        check_tensor("HomographyTransformer", "img", img)
+        if code is not None:
+            check_tensor("HomographyTransformer", "code", code, "a torch.Tensor or None")
         if img.dim() != 4 or img.shape[1] != self.in_channels:
             raise ValueError(f"HomographyTransformer: img must be (N, {self.in_channels}, H, W), "
                              f"got {tuple(img.shape)}")

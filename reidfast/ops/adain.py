@@ -1,6 +1,7 @@
 """`adain`: adaptive instance normalization + activation + skip connection, fused (DG-Net's decoder ResBlocks)."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -55,6 +56,8 @@ def check_settings(who: str, activation, negative_slope, eps) -> None:
             raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__} {value!r}")
     if not eps >= 0:
         raise ValueError(f"{who}: eps must be >= 0, got {eps}")
+    if not math.isfinite(negative_slope):
+        raise ValueError(f"{who}: negative_slope must be finite, got {negative_slope}")
 
 
 def adain(

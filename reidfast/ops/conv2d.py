@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from . import _backend, reference
+from ._args import check_tensor
 
 _backend.register_op("conv2d", ("reference",), torch_ops="torch ops with a rewritten second derivative")
 
@@ -155,9 +156,14 @@ def _ints(name: str, v) -> list[int]:
         except TypeError:
             pass  # another sequence type (a numpy array), read below
     try:
-        return [operator.index(e) for e in v]
+        ints = [operator.index(e) for e in v]
     except TypeError:
         raise TypeError(f"conv2d: {name} must be an int or a tuple of ints, got {v!r}") from None
+    if len(ints) == 1:  # F.conv2d's rule: one value serves both dimensions
+        return ints * 2
+    if len(ints) != 2:
+        raise ValueError(f"conv2d: {name} must be an int or 2 ints (height, width), got {v!r}")
+    return ints
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
@@ -165,6 +171,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """`F.conv2d(x, weight, bias, stride, padding, dilation, groups)` with a faster second derivative (module
     docstring). Under autocast, x, weight and bias are cast to the autocast dtype first, as F.conv2d's autocast
     rule does. String padding, inputs other than 4-D and the "reference" backend setting run the reference."""
+    check_tensor("conv2d", "x", x)
+    check_tensor("conv2d", "weight", weight)
     # resolve, not the bare setting: a misspelt REIDFAST_BACKEND is the same ValueError here as in the other ops
     if _backend.resolve("conv2d", x.device) == "reference" or isinstance(padding, str) or x.dim() != 4:
         return reference.conv2d(x, weight, bias, stride, padding, dilation, groups)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ._args import as_int
-from .homography import check_align_corners, check_has_pixels, check_settings, check_size, homography_warp
+from .homography import check_align_corners, check_image, check_settings, check_size, homography_warp
 
 
 def _check_homographies(fn: str, name: str, H) -> None:
@@ -46,6 +46,10 @@ def homography_from_params(p: torch.Tensor) -> torch.Tensor:
     return flat + torch.eye(3, dtype=p.dtype, device=p.device)
 
 
+# |det H| / (product of H's rows' norms), in units of the dtype's eps, under which homography_inverse refuses H
+SINGULAR_RATIO = 64
+
+
 def homography_inverse(H: torch.Tensor) -> torch.Tensor:
     """Batched inverse of (..., 3, 3) homographies (the warp that undoes H, up to resampling). A singular H is an
     error, which on a GPU waits for the device to check; `homography_adjugate` does not wait. Half-precision H is
@@ -54,10 +58,18 @@ def homography_inverse(H: torch.Tensor) -> torch.Tensor:
     if H.dtype in (torch.float16, torch.bfloat16):
         return homography_inverse(H.float()).to(H.dtype)
     inverse, info = torch.linalg.inv_ex(H)
-    if H.device.type != "meta" and bool((info != 0).any()):  # meta tensors (shape inference) hold nothing to check
-        singular = (info != 0).flatten().nonzero().flatten().tolist()
-        raise ValueError(f"homography_inverse: H is singular (no inverse) at flattened batch index(es) "
-                         f"{singular[:10]}{' ...' if len(singular) > 10 else ''}")
+    if H.device.type == "meta":  # meta tensors (shape inference) hold nothing to check
+        return inverse
+    # Singular to working precision too, not only where the factorization meets an exact zero: by Hadamard's
+    # inequality |det H| <= the product of its rows' norms, a ratio that no row's scale changes and that is about
+    # 1 / cond(H); below 64 eps the inverse has lost nearly all its digits (and a warp by it samples garbage).
+    with torch.no_grad():
+        ratio = torch.linalg.det(H).abs() / torch.linalg.vector_norm(H, dim=-1).prod(-1)
+    singular = (info != 0) | ~(ratio >= SINGULAR_RATIO * torch.finfo(H.dtype).eps)  # NaN and Inf entries too
+    if bool(singular.any()):
+        at = singular.flatten().nonzero().flatten().tolist()
+        raise ValueError(f"homography_inverse: H is singular (no inverse: exactly, to working precision, or not "
+                         f"finite) at flattened batch index(es) {at[:10]}{' ...' if len(at) > 10 else ''}")
     return inverse
 
 
@@ -165,11 +177,7 @@ def warp_perspective(img: torch.Tensor, M: torch.Tensor, dsize: tuple[int, int],
     exact for both (kornia itself normalizes with the align_corners=True convention whatever the flag).
     Runs the fused homography_warp, so it is differentiable in img and M.
     """
-    if not isinstance(img, torch.Tensor):
-        raise TypeError(f"warp_perspective: img must be a torch.Tensor, got {type(img).__name__}")
-    if img.dim() != 4:
-        raise ValueError(f"warp_perspective: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
-    check_has_pixels(img, "warp_perspective")
+    check_image(img, "warp_perspective")
     if not isinstance(M, torch.Tensor):
         raise TypeError(f"warp_perspective: M must be a torch.Tensor of shape (N, 3, 3), got {type(M).__name__}")
     if tuple(M.shape) != (img.shape[0], 3, 3):

@@ -62,14 +62,19 @@ def check_has_pixels(img: torch.Tensor, who: str = "homography_warp") -> None:
         raise ValueError(f"{who}: img must have a positive height and width, got shape {tuple(img.shape)}")
 
 
-def _check(img, H):
+def check_image(img, who: str = "homography_warp") -> None:
+    """The image argument of a warp: a 4-D tensor of a sampled dtype with pixels."""
     if not isinstance(img, torch.Tensor):
-        raise TypeError(f"homography_warp: img must be a torch.Tensor, got {type(img).__name__}")
+        raise TypeError(f"{who}: img must be a torch.Tensor, got {type(img).__name__}")
     if img.dim() != 4:
-        raise ValueError(f"homography_warp: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
+        raise ValueError(f"{who}: img must be 4-D (N, C, H, W), got shape {tuple(img.shape)}")
     if img.dtype not in _IMG_DTYPES:
-        raise TypeError(f"homography_warp: img must be float32, float64, float16 or bfloat16, got {img.dtype}")
-    check_has_pixels(img)
+        raise TypeError(f"{who}: img must be float32, float64, float16 or bfloat16, got {img.dtype}")
+    check_has_pixels(img, who)
+
+
+def _check(img, H):
+    check_image(img)
     if not isinstance(H, torch.Tensor):
         raise TypeError(f"homography_warp: H must be a torch.Tensor of shape (N, 3, 3), got {type(H).__name__}")
     N = img.shape[0]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from . import _backend, reference
-from ._args import as_int
+from ._args import as_int, check_tensor
 
 _backend.register_op("reflection_pad2d", ("reference",), torch_ops="ATen kernels, with an opaque backward")
 
@@ -104,6 +104,10 @@ def reflection_pad2d(x: torch.Tensor, padding) -> torch.Tensor:
     """`F.pad(x, padding, mode="reflect")` (padding: (left, right, top, bottom), each smaller than the side it
     pads) with an opaque backward under torch.compile (module docstring). Inputs other than 4-D, the "reference"
     backend setting and deterministic mode run the reference; F.pad's own checks and messages apply to all."""
+    check_tensor("reflection_pad2d", "x", x)
+    if not isinstance(padding, (tuple, list)):
+        raise TypeError(f"reflection_pad2d: padding must be a tuple of 4 ints (left, right, top, bottom), got "
+                        f"{type(padding).__name__} {padding!r}")
     # resolve first: a misspelt REIDFAST_BACKEND is the same ValueError here as in the other ops
     if (_backend.resolve("reflection_pad2d", x.device) == "reference" or x.dim() != 4
             or torch.are_deterministic_algorithms_enabled()):

@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from ._args import as_int
+
 AP_MODES = ("torchreid", "market")
 METRICS = ("euclidean", "cosine")
 # The result's `metric` for a distmat ranked without a label: rank_eval cannot tell how its distances were made.
@@ -54,6 +56,10 @@ class RankEvalResult:
         """CMC at Rank-k (1-based, as papers write it). Past the end of a gallery of G items the CMC is flat (every
         first match lies within G ranks): Rank-k for k > G is Rank-G. NaN where it was not computed: k < 1, or k
         beyond a max_rank that stopped short of the gallery's end."""
+        k_int = as_int(k)
+        if k_int is None:
+            raise TypeError(f"RankEvalResult.rank: k must be an int (a 1-based rank), got {type(k).__name__} {k!r}")
+        k = k_int
         if k < 1 or self.cmc.numel() == 0:
             return math.nan
         if k <= self.cmc.numel():

@@ -17,6 +17,8 @@ def test_adain2d_is_the_op_with_its_settings():
     torch.testing.assert_close(module(x, w, b, residual=r), want)
     with pytest.raises(ValueError, match="x has 4 channels, the module was built for 3"):
         module(torch.randn(2, 4, 5, 4), w, b)
+    with pytest.raises(TypeError, match="AdaIN2d: x must be a torch.Tensor, got ndarray"):
+        module(x.numpy(), w, b)
 
 
 @pytest.mark.parametrize("make, error, words", [
@@ -25,6 +27,7 @@ def test_adain2d_is_the_op_with_its_settings():
     (lambda: AdaIN2d(4, activation="gelu"), ValueError, "activation must be one of"),
     (lambda: AdaIN2d(4, eps=-1.0), ValueError, "eps must be >= 0"),
     (lambda: AdaIN2d(4, eps="1e-5"), TypeError, "eps must be a real number"),
+    (lambda: AdaIN2d(4, activation="lrelu", negative_slope=float("inf")), ValueError, "negative_slope must be finite"),
     (lambda: AdaINResBlock(0), ValueError, "dim must be a positive integer"),
     (lambda: AdaINResBlock(4, activation="tanh"), ValueError, "activation must be one of"),
     (lambda: AdaINResBlock(4, pad_mode="circular"), ValueError, "pad_mode must be"),

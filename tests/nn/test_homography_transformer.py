@@ -69,6 +69,10 @@ def test_bad_inputs():
         net(torch.randn(2, 3, 8, 8), torch.randn(2, 3))
     with pytest.raises(ValueError, match="code_dim=0"):
         HomographyTransformer(3)(torch.randn(1, 3, 8, 8), torch.randn(1, 2))
+    with pytest.raises(TypeError, match="HomographyTransformer: img must be a torch.Tensor, got ndarray"):
+        net(torch.randn(2, 3, 8, 8).numpy())
+    with pytest.raises(TypeError, match="HomographyTransformer: code must be a torch.Tensor or None, got list"):
+        net(torch.randn(2, 3, 8, 8), [[0.0, 0.0], [0.0, 0.0]])
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -81,6 +85,8 @@ def test_bad_inputs():
     ({"code_dim": 1.5}, "code_dim must be an int, got 1.5"),
     ({"hidden": "32"}, "hidden must be an int, got '32'"),
     ({"bound": "0.3"}, "bound must be a positive number or None, got '0.3'"),
+    ({"bound": float("inf")}, "bound must be positive and finite, or None, got inf"),
+    ({"bound": 0.0}, "bound must be positive and finite, or None, got 0.0"),
     ({"in_channels": True}, "in_channels must be an int, got True"),
     ({"code_dim": torch.tensor(True)}, "code_dim must be an int, got tensor\\(True\\)"),
     ({"hidden": torch.tensor([32])}, "hidden must be an int, got tensor\\(\\[32\\]\\)"),

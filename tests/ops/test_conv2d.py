@@ -207,6 +207,18 @@ def test_arguments_are_taken_as_f_conv2d_takes_them():
             F.conv2d(x, w, b, **{"groups": 2, **bad})
         with pytest.raises(TypeError, match=f"conv2d: {name} must be an int"):
             conv2d(x, w, b, **{"groups": 2, **bad})
+    # one value in a sequence serves both dimensions, as in F.conv2d; three are refused, not spread over the others
+    one = {"stride": (2,), "padding": [1], "dilation": (2,)}
+    torch.testing.assert_close(conv2d(x, w, b, groups=2, **one), F.conv2d(x, w, b, groups=2, **one))
+    for bad in ({"stride": (2,), "padding": (1, 1, 1)}, {"stride": (1, 2, 1)}, {"dilation": ()}):
+        name = next(k for k, v in bad.items() if len(v) != 1)
+        with pytest.raises(RuntimeError):
+            F.conv2d(x, w, b, groups=2, **bad)
+        with pytest.raises(ValueError, match=rf"conv2d: {name} must be an int or 2 ints \(height, width\), got"):
+            conv2d(x, w, b, groups=2, **bad)
+    for name, args in (("x", (x.numpy(), w)), ("weight", (x, w.tolist()))):
+        with pytest.raises(TypeError, match=f"conv2d: {name} must be a torch.Tensor, got"):
+            conv2d(*args)
 
 
 def test_meta_tensors_give_the_references_shapes():

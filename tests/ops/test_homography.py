@@ -503,6 +503,8 @@ def test_warp_perspective_names_its_bad_arguments():
         ops.warp_perspective(img.expand(2, -1, -1, -1), M, (5, 6))
     with pytest.raises(TypeError, match="warp_perspective: img must be a torch.Tensor"):
         ops.warp_perspective(img.numpy(), M, (5, 6))
+    with pytest.raises(TypeError, match="warp_perspective: img must be float32, float64, float16 or bfloat16"):
+        ops.warp_perspective(img.to(torch.uint8), M, (5, 6))
     with pytest.raises(ValueError, match="warp_perspective: img must have a positive height and width"):
         ops.warp_perspective(torch.randn(1, 1, 0, 6), M, (5, 6))
     with pytest.raises(TypeError, match="warp_perspective: align_corners must be a bool, got NoneType"):
@@ -535,6 +537,15 @@ def test_geometry_helpers_reject_bad_matrices():
     singular[1, 2] = singular[1, 0] + singular[1, 1]  # the third row in the span of the others
     with pytest.raises(ValueError, match=r"homography_inverse: H is singular .* index\(es\) \[1\]"):
         ops.homography_inverse(singular)
+    # singular to working precision: linalg.inv meets no exact zero and returns entries of 1e8 (float32)
+    rank_two = torch.tensor([[0.1, 0.2, 0.0], [0.3, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    assert torch.linalg.inv_ex(rank_two).info == 0
+    for bad in (rank_two, torch.eye(3).index_put((torch.tensor(0), torch.tensor(1)), torch.tensor(float("nan")))):
+        with pytest.raises(ValueError, match=r"homography_inverse: H is singular .* index\(es\) \[2\]"):
+            ops.homography_inverse(torch.stack([H[0].float(), H[1].float(), bad]))
+    # far from singular, however differently its rows are scaled: no refusal
+    scaled = torch.diag(torch.tensor([1e4, 1e-4, 1.0], dtype=torch.float64)) @ H
+    torch.testing.assert_close(ops.homography_inverse(scaled) @ scaled, torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
     with pytest.raises(ValueError, match=r"homography_inverse: H must have shape \(\.\.\., 3, 3\), got \(3, 2, 3\)"):
         ops.homography_inverse(H[:, :2])
     with pytest.raises(TypeError, match="homography_adjugate: H must be a floating-point tensor"):

@@ -180,6 +180,10 @@ def test_bad_padding_is_refused_as_f_pad_refuses_it():
         F.pad(x, (1.5, 1, 1, 1), mode="reflect")
     with pytest.raises(TypeError, match="reflection_pad2d: padding must hold ints"):
         reflection_pad2d(x, (1.5, 1, 1, 1))
+    with pytest.raises(TypeError, match=r"reflection_pad2d: padding must be a tuple of 4 ints .*got int 1"):
+        reflection_pad2d(x, 1)
+    with pytest.raises(TypeError, match="reflection_pad2d: x must be a torch.Tensor, got ndarray"):
+        reflection_pad2d(x.detach().numpy(), (1, 1, 1, 1))
     # a pad as large as the side: F.pad's own message, for the op as for the reference
     for pad in (reflection_pad2d, reference.reflection_pad2d):
         with pytest.raises(RuntimeError, match="Padding size should be less than"):
