@@ -55,10 +55,15 @@ def test_gradients_reach_the_localization_network_and_match_reference_backend():
 def test_compiles_fullgraph():
     torch._dynamo.reset()
     net = HomographyTransformer(3, code_dim=2, hidden=8)
+    with torch.no_grad():  # a trained-looking network: a fresh one is the identity, which would hide a skipped warp
+        net.params.weight.normal_(0, 0.05)
     img, code = torch.randn(2, 3, 12, 8), torch.randn(2, 2)
     with ops.use_backend("cpu"):
         warped, H = torch.compile(net, fullgraph=True, backend="aot_eager")(img, code)
-    torch.testing.assert_close(warped, img, atol=1e-5, rtol=1e-5)
+        want, want_H = net(img, code)
+    assert not torch.allclose(want, img, atol=1e-3)
+    torch.testing.assert_close(H, want_H)
+    torch.testing.assert_close(warped, want, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_inputs():

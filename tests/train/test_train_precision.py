@@ -12,13 +12,24 @@ from .conftest import read_log, tiny_args
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_autocast_runs_train_under_the_requested_precision(amp, tiny_root, tmp_path, capsys):
+def test_autocast_runs_train_under_the_requested_precision(amp, tiny_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / amp
+    # what the training steps' convolutions compute in (not only what the log says)
+    computed_in, conv_forward = set(), torch.nn.Conv2d.forward
+
+    def recording_forward(self, x):
+        y = conv_forward(self, x)
+        if torch.is_grad_enabled():
+            computed_in.add(y.dtype)
+        return y
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording_forward)
     # 64x32 images: at the tiny default of 32x16, layer4's first 3x3 convolution sees a 2x1 map, and the CPU's bf16
     # convolution backward then gave NaN in some weight gradients in about half of the runs (torch 2.14, oneDNN)
     assert main(tiny_args(tiny_root, out, "--iters", "3", "--ckpt-every", "0", "--amp", amp, "--height", "64",
                           "--width", "32")) == 0
     assert f"amp {amp}" in capsys.readouterr().err
+    assert computed_in == {{"bf16": torch.bfloat16, "fp16": torch.float16}[amp]}
     records = [r for r in read_log(out) if "loss" in r]
     assert len(records) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     state = load_checkpoint(out / "checkpoint.pt")
