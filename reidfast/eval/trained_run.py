@@ -114,6 +114,10 @@ def evaluate_checkpoint(args):
     run_dir = Path(args.checkpoint)
     if run_dir.is_file() and _is_feature_file(run_dir):
         raise ValueError(f"--checkpoint {run_dir}: looks like a features file: use --features {run_dir}")
+    # evaluation reads a dataset: a missing folder is a mistyped path (the synthetic reader would generate a new
+    # dataset there, of its default size and ids, not the run's)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise DatasetNotFoundError(f"--data-root {args.data_root}: no such folder")
     method, cfg = load_trained_method(run_dir, device)  # the checkpoint is read once, here
     dataset_cfg = dict(cfg)
     if args.dataset is not None:  # another dataset: its root is the one given (none: the synthetic data), and

@@ -103,8 +103,8 @@ def load_imagenet_weights(model: ResNet50, path: str | os.PathLike) -> None:
     path = Path(path).expanduser()
     if model.width != 64:
         raise ValueError(f"--pretrained needs the full ResNet-50 (width 64); this model has width {model.width}")
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {path} not found")
+    if not path.is_file():  # a ValueError: the training CLI's one-line error for a mistyped path
+        raise ValueError(f"--pretrained {path}: no such file (a torchvision resnet50 .pth)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

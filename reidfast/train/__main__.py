@@ -51,10 +51,34 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _option_values() -> dict:
+    """How many values each flag of any method takes (0, an int, or argparse's "?", "*", "+")."""
+    counts = {}
+    for name in ALL_METHODS:
+        for action in build_parser(name)._actions:
+            for option in action.option_strings:
+                counts[option] = 1 if action.nargs is None else action.nargs
+    return counts
+
+
 def _method_name(argv) -> str:
-    for token in argv:
+    """The method the command line names, wherever it stands among the flags (train --out R dgnet ... too): the
+    first token that is neither a flag nor a flag's value, as argparse reads it; baseline if there is none."""
+    counts, i = _option_values(), 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return argv[i + 1] if i + 1 < len(argv) else "baseline"
         if not token.startswith("-"):
             return token
+        count = 0 if "=" in token else counts.get(token, 0)
+        i += 1
+        if isinstance(count, int):
+            i += count
+        else:  # "?", "*", "+": the values up to the next flag ("?": at most one)
+            limit = 1 if count == "?" else len(argv)
+            while i < len(argv) and limit and not argv[i].startswith("-"):
+                i, limit = i + 1, limit - 1
     return "baseline"
 
 
@@ -138,17 +162,33 @@ def _resume_layers(method, flags: dict, file_values: dict) -> tuple[dict, dict]:
     if "iters" in flags or "epochs" in flags:  # a new run length replaces the saved one
         saved.pop("iters", None)
         saved.pop("epochs", None)
-    if not out and not _inside(path, Path(saved["out"])):
-        # The checkpoint was copied or moved (or the saved folder is relative to another working directory):
-        # continuing in the saved folder would write over whatever is there now.
+    saved_run_dir = _saved_run_dir(path, saved["out"])
+    if not out and saved_run_dir is None:
+        # The checkpoint was copied or moved: continuing in the saved folder would write over whatever is there now.
         given = Path(resume) if isinstance(resume, str) else path
         suggestion = given if given.is_dir() else given.parent
         raise ConfigError(f"--resume {resume}: this checkpoint was written by the run in {saved['out']}, not in the "
                           f"folder it is in now; add --out to say where the resumed run writes (e.g. --out "
                           f"{suggestion}). Nothing was written.")
     given = sorted((set(flags) | set(file_values)) - {"resume", "out"})
-    merged_flags = {**flags, "resume": str(path), "out": str(out or saved["out"]), "resumed_with": given}
+    merged_flags = {**flags, "resume": str(path), "out": str(out or saved_run_dir), "resumed_with": given}
     return merged_flags, saved
+
+
+def _saved_run_dir(path, saved_out: str):
+    """The folder of the run that wrote the checkpoint at `path`, if the checkpoint is still in it: the saved folder,
+    or, when that was relative to the run's working directory, the ancestor of `path` that ends with it. None if the
+    checkpoint was copied or moved."""
+    from pathlib import Path
+    saved = Path(saved_out)
+    if _inside(path, saved):
+        return saved
+    if saved.is_absolute() or ".." in saved.parts:
+        return None
+    for folder in path.resolve().parents:
+        if folder.parts[-len(saved.parts):] == saved.parts:
+            return folder
+    return None
 
 
 def _inside(path, folder) -> bool:

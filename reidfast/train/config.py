@@ -190,7 +190,8 @@ def check_file_values(parser: argparse.ArgumentParser, values: dict, source: str
 # term reversed).
 _RANGES = [
     (re.compile(r"(_w|_mult|^margin|weight_decay|^momentum|^ramp_per_iter)$"), False, lambda v: v >= 0, ">= 0"),
-    (re.compile(r"^(lr_gamma|gan_width|stm_bound|pose_sigmas)$"), False, lambda v: v > 0, "> 0"),
+    (re.compile(r"^stm_bound$"), False, lambda v: v >= 0, ">= 0 (0: unbounded)"),
+    (re.compile(r"^(lr_gamma|gan_width|pose_sigmas)$"), False, lambda v: v > 0, "> 0"),
     (re.compile(r"^(dropout|label_smoothing|adam_beta1|adam_beta2)$"), False, lambda v: 0 <= v < 1, "in [0, 1)"),
     (re.compile(r"(decay_from|decay_at)$"), False, lambda v: 0 <= v <= 1, "a fraction of the run, in [0, 1]"),
     (re.compile(r"^(encoder_again|erasing)$"), False, lambda v: 0 <= v <= 1, "a probability, in [0, 1]"),

@@ -339,12 +339,8 @@ class FDGAN(Method):
     def initialize_from(self, source) -> None:
         """Start this stage from the previous stage's checkpoint: stage II takes E and V (and initialises D_id
         from them), stage III takes every network of stage II."""
-        path = resolve_checkpoint(source, source, flag="--init")
-        state = load_checkpoint(path, "fdgan", flag="--init")
-        previous = state["config"].get("stage_running")
-        if previous != self.stage - 1:
-            raise CheckpointError(f"fdgan stage {self.stage} starts from a stage {self.stage - 1} checkpoint; "
-                                  f"{path} holds stage {previous}")
+        path, state = init_checkpoint(source, self.stage)
+        previous = state["config"]["stage_running"]
         for name in (("e", "v") if self.stage == 2 else tuple(self.networks)):
             self.networks[name].load_state_dict(state["networks"][name])
         if self.stage == 2:
@@ -709,6 +705,8 @@ class FDGAN(Method):
                 if not (Path(c["init"]).is_file() or (Path(c["init"]) / LATEST).is_file()):
                     raise ValueError(f"fdgan stage {stage} starts from stage {stage - 1}'s checkpoint: none at "
                                      f"{c['init']} (run --stage {stage - 1} first, or pass --init CHECKPOINT_OR_RUN)")
+                if str(cfg["stage"]) != "all":  # a single stage: its start checked before the run folder is written
+                    init_checkpoint(c["init"], stage)
             else:
                 c["init"] = None
         return c
@@ -722,6 +720,18 @@ class FDGAN(Method):
             if (folder / LATEST).is_file():
                 return folder
         return run_dir
+
+
+def init_checkpoint(source, stage: int) -> tuple[Path, dict]:
+    """The checkpoint that --init (or the previous stage's folder) names for `stage`, and its contents: an error
+    unless it is an FD-GAN checkpoint of the stage before."""
+    path = resolve_checkpoint(source, source, flag="--init")
+    state = load_checkpoint(path, "fdgan", flag="--init")
+    previous = state["config"].get("stage_running")
+    if previous != stage - 1:
+        raise CheckpointError(f"--init: fdgan stage {stage} starts from a stage {stage - 1} checkpoint; {path} "
+                              f"holds stage {previous}")
+    return path, state
 
 
 def run_root(cfg: dict) -> Path:

@@ -532,6 +532,11 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
     """The dataset a run config names; the synthetic one generated at the run's image size and id count."""
     name = cfg["dataset"]
     if cfg["data_root"] is None and name in (None, "synthetic", "synthetic-market"):
+        if cfg.get("dataset_option"):  # not dropped silently: the reader's options belong to the run's settings here
+            raise ConfigError(f"--dataset-option {' '.join(map(str, cfg['dataset_option']))}: the built-in synthetic "
+                              f"data takes no reader options (its image size follows --height and --width, its "
+                              f"identities --synthetic-ids); a synthetic dataset written with python -m "
+                              f"reidfast.data.synthetic is read with --data-root")
         options = {"height": cfg["height"], "width": cfg["width"]}
         if cfg["synthetic_ids"]:
             options["ids"] = cfg["synthetic_ids"]

@@ -20,12 +20,13 @@ def get_method(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=print):
-    """(method, cfg) of a run folder's latest checkpoint (or a checkpoint file), networks in eval mode."""
+def load_trained_method(run_dir: str | os.PathLike, device: torch.device, log=print, flag: str = "--checkpoint"):
+    """(method, cfg) of a run folder's latest checkpoint (or a checkpoint file), networks in eval mode. `flag`: the
+    option that named the run, for the errors."""
     from .checkpoint import load_checkpoint, resolve_checkpoint
     from .loop import Run
-    path = resolve_checkpoint(run_dir, run_dir, flag="--checkpoint")
-    state = load_checkpoint(path, flag="--checkpoint")
+    path = resolve_checkpoint(run_dir, run_dir, flag=flag)
+    state = load_checkpoint(path, flag=flag)
     method_cls = get_method(state["method"])
     cfg = dict(state["config"])
     cfg.update(compile=False, channels_last=device.type == "cuda", pretrained="none", device=str(device))

@@ -466,18 +466,19 @@ def _link_or_copy(src: str, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _adapt_method(folder: Path, device: torch.device):
+def _adapt_method(folder: Path, device: torch.device, flag: str = "--checkpoint"):
     """The adaptation stage's method from a run folder: RUN/adapt, RUN (stages.json names the adapt folder) or a
-    checkpoint file of the adapt stage."""
+    checkpoint file of the adapt stage. `flag`: the option that named it, for the errors."""
     from .methods import load_trained_method
     folder = Path(folder)
     record = folder / "stages.json" if folder.is_dir() else None
     if record is not None and record.is_file() and (folder / "adapt" / LATEST).is_file():
         folder = folder / "adapt"
-    method, cfg = load_trained_method(folder, device, log=lambda message: None)
+    method, cfg = load_trained_method(folder, device, log=lambda message: None, flag=flag)
     if not isinstance(method, AdaptStage):
-        raise ValueError(f"{folder}: not an SA-GAN adaptation stage (its checkpoint is the "
-                         f"{cfg.get('current_stage')} stage)")
+        what = f"the SA-GAN {cfg.get('current_stage')} stage's" if type(method).name == "sagan" else \
+            f"a {type(method).name} run's"
+        raise ValueError(f"{flag} {folder}: not an SA-GAN adaptation stage (its checkpoint is {what})")
     return method, cfg
 
 
@@ -487,8 +488,9 @@ def translate(cfg: dict, out: Path, log=print) -> dict:
     (atomically: built in a temporary sibling folder, then renamed). Returns translation.json's dict."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(cfg["device"] if cfg["device"] != "auto" else auto)
-    adapt_dir = Path(cfg["adapt_run"]) if cfg.get("adapt_run") else Path(cfg["run_folder"]) / "adapt"
-    method, acfg = _adapt_method(adapt_dir, device)
+    adapt_run = cfg.get("adapt_run")
+    adapt_dir = Path(adapt_run) if adapt_run else Path(cfg["run_folder"]) / "adapt"
+    method, acfg = _adapt_method(adapt_dir, device, "--adapt-run" if adapt_run else "--checkpoint")
     method.faithful = bool(cfg["faithful"])
     source = read_domain(acfg["source"], acfg["source_root"], acfg)
     size = (acfg["height"], acfg["width"])
@@ -902,6 +904,8 @@ class SAGAN(Method):
             first = stage_config(top, pipeline[0], root)
             if pipeline[0] != "translate":
                 first_dataset = (AdaptStage if pipeline[0] == "adapt" else ReidStage).load_dataset(first)
+            elif first.get("adapt_run"):  # what translate reads, found before anything is written
+                _adapt_method(Path(first["adapt_run"]), torch.device("cpu"), "--adapt-run")
             root.mkdir(parents=True, exist_ok=True)
             if main:
                 (root / "config.json").write_text(json.dumps(top, indent=2) + "\n")

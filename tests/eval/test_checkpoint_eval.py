@@ -72,6 +72,14 @@ def test_checkpoint_eval_with_another_data_root_keeps_the_runs_dataset(trained_r
     assert evaluated["metric"] == "cosine"  # the baseline's own test protocol, from features
 
 
+def test_checkpoint_eval_refuses_a_data_root_that_does_not_exist(trained_run, tmp_path, capsys):
+    # a mistyped path is an error, not a place to generate a new synthetic dataset (of other ids and size) to score
+    missing = tmp_path / "typo"
+    assert eval_main(["--checkpoint", str(trained_run), "--data-root", str(missing)]) == 2
+    assert f"--data-root {missing}: no such folder" in capsys.readouterr().err
+    assert not missing.exists()
+
+
 def test_checkpoint_eval_reranked_says_so(trained_run, tmp_path, capsys):
     assert eval_main(["--checkpoint", str(trained_run), "--rerank", "--k1", "4", "--k2", "2", "--ranked-list",
                       str(tmp_path / "r.png"), "--json", str(tmp_path / "m.json")]) == 0

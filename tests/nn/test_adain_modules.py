@@ -37,6 +37,27 @@ def test_bad_settings_are_refused_when_the_module_is_built(make, error, words):
         make()
 
 
+@pytest.mark.parametrize("pad_mode", ["reflect", "zeros"])
+def test_resblock_is_the_published_composition(pad_mode):
+    # written out from its definition with torch's own functions: padded 3x3 conv -> AdaIN (style weight1, bias1) ->
+    # ReLU -> padded 3x3 conv -> AdaIN (weight2, bias2) -> + x, style laid out [weight1, bias1, weight2, bias2]
+    import torch.nn.functional as F
+
+    from reidfast.ops import reference
+    torch.manual_seed(0)
+    block = AdaINResBlock(3, pad_mode=pad_mode).double()
+    x, style = torch.randn(2, 3, 6, 5, dtype=torch.float64), torch.randn(2, 12, dtype=torch.float64)
+    w1, b1, w2, b2 = style.split(3, dim=1)
+
+    def conv(conv_module, h):
+        padded = F.pad(h, (1, 1, 1, 1), mode="reflect") if pad_mode == "reflect" else F.pad(h, (1, 1, 1, 1))
+        return F.conv2d(padded, conv_module.weight, conv_module.bias)
+
+    h = torch.relu(reference.adain(conv(block.conv1, x), w1, b1))
+    want = reference.adain(conv(block.conv2, h), w2, b2) + x
+    torch.testing.assert_close(block(x, style), want)
+
+
 def test_resblock_style_of_the_wrong_kind_is_named():
     block = AdaINResBlock(3)
     x, style = torch.randn(2, 3, 4, 4), torch.randn(2, 12)

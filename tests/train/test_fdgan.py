@@ -199,6 +199,15 @@ def test_single_stage_from_init(all_run, tiny_root, tmp_path):
     assert not (out / "stage1").exists() and (out / "checkpoint.pt").is_file()
 
 
+def test_a_wrong_init_is_refused_before_anything_is_written(all_run, tiny_root, tmp_path, capsys):
+    out = tmp_path / "never"
+    # stage III from a stage I checkpoint: the stage before it is II
+    assert main(fdgan_args(tiny_root, out, "--stage", "3", "--iters", "1", "--init", str(all_run / "stage1"))) == 2
+    assert ("--init: fdgan stage 3 starts from a stage 2 checkpoint; "
+            f"{all_run / 'stage1' / 'checkpoint.pt'} holds stage 1") in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("stage", ["1", "all"])
 def test_init_without_a_single_later_stage_is_named_as_ignored(all_run, tiny_root, tmp_path, capsys, stage):
     out = tmp_path / "file"

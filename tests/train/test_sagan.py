@@ -345,6 +345,16 @@ def test_the_one_process_stages_are_refused_under_torchrun(full_run, tiny_root, 
     assert not out.exists()
 
 
+def test_a_wrong_adapt_run_is_named_before_anything_is_written(full_run, tiny_root, domain_b, tmp_path, capsys):
+    out = tmp_path / "never"
+    for adapt_run, words in ((tmp_path / "missing", f"--adapt-run: no checkpoint at {tmp_path / 'missing'}"),
+                             (full_run / "reid", f"--adapt-run {full_run / 'reid'}: not an SA-GAN adaptation stage "
+                                                 "(its checkpoint is the SA-GAN reid stage's)")):
+        assert main(sagan_args(tiny_root, domain_b, out, "--stage", "translate", "--adapt-run", str(adapt_run))) == 2
+        assert words in capsys.readouterr().err
+        assert not out.exists()
+
+
 def test_the_adaptation_method_refuses_torchrun_as_the_run_does():
     # the stage's loop method, built without SAGAN.run (e.g. by a script), gives the run's refusal and advice
     from reidfast.train.sagan import SAGAN, AdaptStage
@@ -702,6 +712,17 @@ def test_the_reid_stage_is_ide_its_last_fc_on_the_pool5_feature():
     from reidfast.train.sagan import SAGAN
     assert method.run.cfg["bottleneck"] == 0 and SAGAN.presets["cpu-quick"]["bottleneck"] == 512
     assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {}, True)["bottleneck"] == 512
+
+
+def test_stm_bound_zero_is_unbounded():
+    # --stm-bound 0 leaves the STMs' parameters unbounded, as its help says; a negative bound is refused
+    from reidfast.train.config import ConfigError, resolve_config
+    from reidfast.train.sagan import SAGAN
+    assert resolve_config(SAGAN.defaults, SAGAN.presets, {}, {"stm_bound": 0.0}, True)["stm_bound"] == 0.0
+    with pytest.raises(ConfigError, match=r"--stm-bound must be >= 0 \(0: unbounded\), got -0.1"):
+        resolve_config(SAGAN.defaults, SAGAN.presets, {}, {"stm_bound": -0.1}, True)
+    method = _adapt_method(stm_bound=0.0)
+    assert method.s1.bound is None and method.s2.bound is None
 
 
 def test_dataset_options_reach_the_reader_that_takes_them(tiny_root, domain_b, tmp_path, capsys):

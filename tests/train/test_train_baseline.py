@@ -73,6 +73,19 @@ def test_resume_of_a_moved_run_never_writes_into_the_folder_it_came_from(short_r
     assert {p.name: p.read_bytes() for p in short_run.iterdir() if p.is_file()} == before
 
 
+def test_a_run_with_a_relative_out_resumes_from_another_working_directory(tiny_root, tmp_path, monkeypatch):
+    # config.json keeps --out as given (runs/rel, relative to where the run started): found again through the path
+    # of the checkpoint, which still lies in it, not taken for a moved run
+    (tmp_path / "start").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    assert main(tiny_args(tiny_root, "runs/rel", "--iters", "2", "--ckpt-every", "1")) == 0
+    run = tmp_path / "start" / "runs" / "rel"
+    monkeypatch.chdir(tmp_path)
+    assert main(["baseline", "--resume", str(run), "--iters", "3"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["iterations"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["start"]  # nothing written relative to the new directory
+
+
 def test_resume_with_a_different_network_width_names_the_option(short_run, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(short_run, run)
@@ -273,3 +286,19 @@ def test_log_records_eval_and_checkpoints(short_run):
     records = read_log(short_run)
     assert [r["it"] for r in records if "eval/rank1" in r] == [4, 6]  # --eval-every 4, and the final evaluation
     assert [r["it"] for r in records if "checkpoint" in r] == [3, 6]
+
+
+def test_the_learning_rate_follows_the_warm_up_and_the_step_decay(tiny_root, tmp_path):
+    # the trainer's schedule, not only the schedule class: linear warm-up over 4 iterations, x0.1 from iteration 6
+    # (0.75 of 8), and the backbone's lr a fixed multiple of the head's
+    out = tmp_path / "lr"
+    assert main(tiny_args(tiny_root, out, "--iters", "8", "--ckpt-every", "0", "--lr", "0.1", "--warmup-iters", "4",
+                          "--lr-decay-at", "0.75", "--lr-gamma", "0.1", "--backbone-lr-mult", "0.5")) == 0
+    logged = {r["it"]: r["lr/sgd"] for r in read_log(out) if "lr/sgd" in r}
+    # logged after iteration it (1-based), once the scheduler has stepped: the lr of the next iteration, index it
+    want = {it: 0.1 * min(1.0, (it + 1) / 4) * 0.1 ** (it >= 6) for it in range(1, 9)}
+    assert logged.keys() == want.keys()
+    for it in want:
+        assert logged[it] == pytest.approx(want[it], rel=1e-12), it
+    backbone, head = load_checkpoint(out / "checkpoint.pt")["optimizers"]["sgd"]["param_groups"]
+    assert head["lr"] == pytest.approx(want[8]) and backbone["lr"] == pytest.approx(0.5 * want[8])

@@ -121,6 +121,41 @@ def test_a_dataset_option_the_reader_does_not_take_is_named(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, name", [
+    (["--out", "R", "dgnet", "--teacher", "T"], "dgnet"),  # the flags' values are not the method
+    (["--out=R", "fdgan"], "fdgan"),
+    (["--lr-gamma", "-1", "sagan"], "sagan"),  # a value that looks like a flag
+    (["--dataset-option", "a=1", "b=2", "--iters", "3", "sagan"], "sagan"),  # a flag of several values
+    (["--device", "cpu"], "baseline"),
+    ([], "baseline"),
+])
+def test_the_method_may_stand_anywhere_among_the_flags(argv, name):
+    from reidfast.train.__main__ import _method_name
+    assert _method_name(argv) == name
+
+
+def test_help_after_flags_is_the_named_methods(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--iters", "2", "fdgan", "--help"])
+    assert done.value.code == 0 and "--did-lr3" in capsys.readouterr().out  # one of FD-GAN's own flags
+
+
+def test_a_missing_pretrained_file_is_a_one_line_error(tiny_root, tmp_path, capsys):
+    missing = tmp_path / "resnet50.pth"
+    assert main(tiny_args(tiny_root, tmp_path / "r", "--backbone-width", "64", "--pretrained", str(missing))) == 2
+    err = capsys.readouterr().err
+    assert f"error: --pretrained {missing}: no such file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dataset", [[], ["--dataset", "synthetic"]])
+def test_a_dataset_option_for_the_built_in_synthetic_data_is_refused(tmp_path, capsys, dataset):
+    out = tmp_path / "r"
+    assert main(["baseline", *dataset, "--dataset-option", "ids=50", "--out", str(out), "--device", "cpu"]) == 2
+    assert ("error: --dataset-option ids=50: the built-in synthetic data takes no reader options"
+            in capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_another_datasets_folder_without_dataset_says_to_name_it(tmp_path, capsys):
     duke = tmp_path / "DukeMTMC-reID"  # Duke's layout, Duke's naming: read as Market-1501 when not named
     for split, names in (("bounding_box_train", ["0001_c2_f0046182.jpg", "0005_c8_f0000001.jpg"]),
