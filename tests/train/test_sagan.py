@@ -650,11 +650,25 @@ def test_nothing_left_to_adapt_is_an_error():
 
 
 def test_sample_grid_rows_and_the_training_modes():
+    from reidfast.data import normalize
     method = _adapt_method()
-    grid = method.sample_images(_batch())
+    batch = _batch()
+    grid = method.sample_images(batch)
     assert grid.shape == (6 * 8, 3, 32, 16)  # source, spatial, 3 fully adapted, target; padded to 8 columns
     assert torch.equal(grid[3:8], torch.zeros(5, 3, 32, 16))
-    assert all(m.training for m in method.networks.values())
+    assert all(m.training for m in method.networks.values())  # put back as they were
+    rows = grid.view(6, 8, 3, 32, 16)[:, :3]
+    torch.testing.assert_close(rows[0], normalize(batch["image"]))  # the source images
+    torch.testing.assert_close(rows[5], normalize(batch["target_image"]))  # the target examples
+    codes = torch.randn(3, 3, method.code_dim, generator=torch.Generator().manual_seed(method.run.cfg["seed"]))
+    for m in method.networks.values():
+        m.eval()
+    spatial, adapted = method.adapt(normalize(batch["image"]), batch["mask"], codes)
+    torch.testing.assert_close(rows[1], spatial[:, 0])  # the spatial step under the first code
+    torch.testing.assert_close(rows[2:5], adapted.transpose(0, 1))  # fully adapted, a row per code
+    assert not torch.allclose(rows[2], rows[3])  # the codes give different adaptations
+    for m in method.networks.values():
+        m.train()
     state = method.run.generator.get_state()
     method.sample_images(_batch())
     assert torch.equal(state, method.run.generator.get_state())  # samples draw no training randomness
