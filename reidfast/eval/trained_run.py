@@ -31,6 +31,8 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
         raise ValueError(f"--verifier-topk: must be >= 0 (0: off), got {verifier_topk}")
     if verifier_topk and rerank is not None:
         raise ValueError("--rerank and --verifier-topk: choose one way to re-score the distances")
+    if verifier_topk and not hasattr(method, "verifier_distances"):
+        raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
     if verifier_topk and metric not in (None, "euclidean"):  # verifier_distances' candidates are Euclidean
         raise ValueError(f"--metric {metric}: --verifier-topk re-scores the nearest by Euclidean distance; omit "
                          "--metric or give euclidean")
@@ -41,8 +43,6 @@ def evaluate_run(method, cfg: dict, dataset, device: torch.device, ap_mode: str 
     gf = extract_features(method.embed, dataset.gallery, **common)
     distmat = label = None
     if verifier_topk:
-        if not hasattr(method, "verifier_distances"):
-            raise ValueError(f"--verifier-topk: {method.name} has no verifier (fdgan has)")
         distmat = method.verifier_distances(qf, gf, topk=verifier_topk)
         label = f"euclidean, top {verifier_topk} re-scored by the verifier"
     elif rerank is not None:

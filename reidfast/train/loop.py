@@ -315,7 +315,11 @@ class Method:
 
     def batch_sampler(self, dataset: ReidDataset, seed: int) -> Sampler:
         """Global batches of train indices, deterministic for (seed, epoch); a plain shuffle by default."""
-        return ShuffledBatchSampler(len(dataset.train), self.run.cfg["batch_size"], drop_last=True, seed=seed)
+        size = self.run.cfg["batch_size"]
+        if len(dataset.train) < size:
+            raise ConfigError(f"--batch-size {size}: the training set has {len(dataset.train)} images, fewer than "
+                              f"one batch")
+        return ShuffledBatchSampler(len(dataset.train), size, drop_last=True, seed=seed)
 
     def configure(self, total_iters: int) -> None:
         """Called once the run length is known (iteration-based schedules are built here)."""

@@ -72,6 +72,13 @@ def test_checkpoint_eval_with_another_data_root_keeps_the_runs_dataset(trained_r
     assert evaluated["metric"] == "cosine"  # the baseline's own test protocol, from features
 
 
+def test_verifier_topk_without_a_verifier_is_refused_before_the_features(trained_run, capsys, monkeypatch):
+    from reidfast.eval import trained_run as module
+    monkeypatch.setattr(module, "extract_features", lambda *a, **k: pytest.fail("features extracted before the check"))
+    assert eval_main(["--checkpoint", str(trained_run), "--verifier-topk", "10"]) == 2
+    assert "--verifier-topk: baseline has no verifier (fdgan has)" in capsys.readouterr().err
+
+
 def test_checkpoint_eval_refuses_a_data_root_that_does_not_exist(trained_run, tmp_path, capsys):
     # a mistyped path is an error, not a place to generate a new synthetic dataset (of other ids and size) to score
     missing = tmp_path / "typo"

@@ -78,6 +78,8 @@ def test_batch_of_one_and_zero_width_are_clear_errors(tiny_root, tmp_path, capsy
                  str(tmp_path / "d"), "--device", "cpu", "--height", "64", "--width", "32", "--backbone-width", "4",
                  "--pretrained", "none", "--teacher", str(tmp_path / "none")]) == 2
     assert "--gan-width must be > 0, got 0.0" in capsys.readouterr().err
+    assert main(tiny_args(tiny_root, tmp_path / "big", "--batch-size", "100000", "--iters", "1")) == 2
+    assert "--batch-size 100000: the training set has" in capsys.readouterr().err
 
 
 def test_out_of_memory_is_one_error_line(tiny_root, tmp_path, monkeypatch, capsys):
