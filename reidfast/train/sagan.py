@@ -488,9 +488,8 @@ def translate(cfg: dict, out: Path, log=print) -> dict:
     (atomically: built in a temporary sibling folder, then renamed). Returns translation.json's dict."""
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(cfg["device"] if cfg["device"] != "auto" else auto)
-    adapt_run = cfg.get("adapt_run")
-    adapt_dir = Path(adapt_run) if adapt_run else Path(cfg["run_folder"]) / "adapt"
-    method, acfg = _adapt_method(adapt_dir, device, "--adapt-run" if adapt_run else "--checkpoint")
+    adapt_dir = Path(cfg["adapt_run"]) if cfg.get("adapt_run") else Path(cfg["run_folder"]) / "adapt"
+    method, acfg = _adapt_method(adapt_dir, device, "--adapt-run")  # (RUN/adapt without it: what it defaults to)
     method.faithful = bool(cfg["faithful"])
     source = read_domain(acfg["source"], acfg["source_root"], acfg)
     size = (acfg["height"], acfg["width"])
