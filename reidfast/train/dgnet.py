@@ -200,7 +200,8 @@ class DGNet(Method):
                             "code and cycle reconstructions; otherwise a frozen Es encodes the live swaps and the "
                             "gradient reaches G (0.5, the published use_encoder_again; 1: always the first, 0: never)")
         g.add_argument("--erasing", type=float, default=S,
-                       help="random erasing probability on the inputs of the real-image identity losses (a, b, p, q)")
+                       help="random erasing probability on the inputs of the real-image identity losses (a, b, p, q) "
+                            "(0.5)")
         g.add_argument("--pad", type=int, default=S,
                        help="edge padding (the border pixels repeated) before the random crop, pixels (10)")
         for name, text in (("recon-x-w", "image reconstruction (5)"), ("recon-f-w", "appearance code recon (1)"),

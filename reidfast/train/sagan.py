@@ -801,8 +801,9 @@ class SAGAN(Method):
         for name, text in (("adv-w", "pixel-level adversarial (1)"), ("spatial-adv-w", "spatial adversarial (1)"),
                            ("cyc-w", "cycle loss L_cyc (10)"), ("pcl-w", "lambda_pcl inside L_cyc (1)"),
                            ("mask-w", "mask identity loss (5)"), ("con-w", "contrastive loss (2)"),
-                           ("margin", "contrastive margin m (2)"), ("gp-w", "WGAN gradient penalty (10)")):
+                           ("gp-w", "WGAN gradient penalty (10)")):
             g.add_argument(f"--{name}", type=float, default=S, help=f"weight: {text}")
+        g.add_argument("--margin", type=float, default=S, help="the contrastive loss's margin m (2)")
 
     @classmethod
     def load_dataset(cls, cfg: dict) -> ReidDataset:
