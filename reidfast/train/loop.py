@@ -541,6 +541,9 @@ def load_run_dataset(cfg: dict) -> ReidDataset:
                               f"data takes no reader options (its image size follows --height and --width, its "
                               f"identities --synthetic-ids); a synthetic dataset written with python -m "
                               f"reidfast.data.synthetic is read with --data-root")
+        if cfg["height"] < 32 or cfg["width"] < 16:  # the generator's own limit, named by the run's options
+            raise ConfigError(f"--height {cfg['height']} --width {cfg['width']}: the built-in synthetic data is "
+                              f"generated at the run's image size, at least 32x16")
         options = {"height": cfg["height"], "width": cfg["width"]}
         if cfg["synthetic_ids"]:
             options["ids"] = cfg["synthetic_ids"]

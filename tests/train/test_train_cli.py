@@ -149,6 +149,12 @@ def test_a_missing_pretrained_file_is_a_one_line_error(tiny_root, tmp_path, caps
     assert f"error: --pretrained {missing}: no such file" in err and "Traceback" not in err
 
 
+def test_an_image_size_too_small_for_the_synthetic_data_names_the_options(tmp_path, capsys):
+    assert main(["baseline", "--height", "8", "--width", "4", "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    assert ("error: --height 8 --width 4: the built-in synthetic data is generated at the run's image size, at least "
+            "32x16") in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("dataset", [[], ["--dataset", "synthetic"]])
 def test_a_dataset_option_for_the_built_in_synthetic_data_is_refused(tmp_path, capsys, dataset):
     out = tmp_path / "r"
