@@ -42,8 +42,7 @@ struct BlockShape {
 
 // What a launch computes over its rows:
 //   kWhole  : the row's sums, then its elements (one kernel; a block walks whole rows)
-//   kPartial: the sums over one slice of the row, to partial[(row * slices + slice) * 2 + {0, 1}] (blockIdx.y: the
-//             slice)
+//   kPartial: the sums over one slice of the row (blockIdx.y: the slice), to the partial sums (store_slice_sums)
 //   kApply  : the row's sums from its slices' partials (added in slice order: deterministic), then the slice's
 //             elements
 enum class Pass { kWhole, kPartial, kApply };
@@ -83,7 +82,16 @@ struct RowIndex {
   }
 };
 
-// A row's two sums from its slices' partials (Pass::kApply).
+// The slices' partial sums: two per row and slice, at partial[(row * slices + slice) * 2 + {0, 1}].
+// This block's slice of a row stores its two sums (Pass::kPartial)...
+template <typename acc_t>
+__device__ __forceinline__ void store_slice_sums(acc_t* __restrict__ partial, int64_t row, acc_t a, acc_t b) {
+  acc_t* p = partial + (row * gridDim.y + blockIdx.y) * 2;
+  p[0] = a;
+  p[1] = b;
+}
+
+// ...and a row's two sums are added from them, in slice order (Pass::kApply).
 template <typename acc_t>
 __device__ __forceinline__ void combine_slices(const acc_t* __restrict__ partial, int64_t row, acc_t& a, acc_t& b) {
   const acc_t* p = partial + row * gridDim.y * 2;
@@ -149,10 +157,7 @@ __global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock
     reduce_pair<kChannelsLast, kRowThreads>(s1, s2, ix.lane_row, ix.lane_i);
     if (!ix.valid) return;
     if (kPass == Pass::kPartial) {
-      if (ix.lane_i == 0) {
-        partial[(ix.row * gridDim.y + blockIdx.y) * 2] = s1;
-        partial[(ix.row * gridDim.y + blockIdx.y) * 2 + 1] = s2;
-      }
+      if (ix.lane_i == 0) store_slice_sums(partial, ix.row, s1, s2);
       return;
     }
   }
@@ -220,10 +225,7 @@ __global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock
     reduce_pair<kChannelsLast, kRowThreads>(sum_g, sum_gx, ix.lane_row, ix.lane_i);
     if (!ix.valid) return;
     if (kPass == Pass::kPartial) {
-      if (ix.lane_i == 0) {
-        partial[(ix.row * gridDim.y + blockIdx.y) * 2] = sum_g;
-        partial[(ix.row * gridDim.y + blockIdx.y) * 2 + 1] = sum_gx;
-      }
+      if (ix.lane_i == 0) store_slice_sums(partial, ix.row, sum_g, sum_gx);
       return;
     }
   }
