@@ -624,11 +624,13 @@ using GradXYBlock = void (*)(TileBlock<T, Off>&, const scalar_t*, const scalar_t
 template <typename scalar_t, typename T, typename Off>
 GradXYBlock<scalar_t, T, Off> grad_xy_block_planar_for_this_cpu() {
 #ifdef REIDFAST_HOMOGRAPHY_AVX2
-  if (have_avx2())
-    return gathers_pay_off() ? grad_xy_block_planar_avx2<scalar_t, T, Off, true>
-                             : grad_xy_block_planar_avx2<scalar_t, T, Off, false>;
-#endif
+  return for_this_cpu<GradXYBlock<scalar_t, T, Off>>(grad_xy_block_planar<scalar_t, T, Off>,
+                                                     gathers_pay_off()
+                                                         ? grad_xy_block_planar_avx2<scalar_t, T, Off, true>
+                                                         : grad_xy_block_planar_avx2<scalar_t, T, Off, false>);
+#else
   return grad_xy_block_planar<scalar_t, T, Off>;
+#endif
 }
 
 // Backward over one task: sample n, channels [c0, c1), output rows [r0, r1). Adds this task's grad_H part to

@@ -123,6 +123,20 @@ __device__ void reduce_pair(acc_t& a, acc_t& b, int lane_row, int lane_i) {
   b = buf_b[0][lane_row];
 }
 
+// After each thread's share of its row's two sums: the block's totals in every thread of the row. False where the
+// thread is done: its row is a padding channel, or the block only stores its slice's sums (Pass::kPartial).
+template <bool kChannelsLast, int kRowThreads, Pass kPass, typename acc_t>
+__device__ __forceinline__ bool block_sums(const RowIndex<kChannelsLast>& ix, acc_t* __restrict__ partial, acc_t& a,
+                                           acc_t& b) {
+  reduce_pair<kChannelsLast, kRowThreads>(a, b, ix.lane_row, ix.lane_i);
+  if (!ix.valid) return false;
+  if (kPass == Pass::kPartial) {
+    if (ix.lane_i == 0) store_slice_sums(partial, ix.row, a, b);
+    return false;
+  }
+  return true;
+}
+
 // Sums are shifted by the row's first element (every slice shifts by the same one, so partials add up).
 template <typename scalar_t, bool kChannelsLast, bool kCache, int kRowThreads, Pass kPass>
 __global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock)
@@ -154,12 +168,7 @@ __global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock
         s2 += d * d;
       }
     }
-    reduce_pair<kChannelsLast, kRowThreads>(s1, s2, ix.lane_row, ix.lane_i);
-    if (!ix.valid) return;
-    if (kPass == Pass::kPartial) {
-      if (ix.lane_i == 0) store_slice_sums(partial, ix.row, s1, s2);
-      return;
-    }
+    if (!block_sums<kChannelsLast, kRowThreads, kPass>(ix, partial, s1, s2)) return;
   }
   const acc_t m1 = s1 / HW;
   const acc_t var = max(s2 / HW - m1 * m1, acc_t(0));
@@ -222,12 +231,7 @@ __global__ void __launch_bounds__(BlockShape<kChannelsLast, kRowThreads>::kBlock
         sum_gx += g * xh;
       }
     }
-    reduce_pair<kChannelsLast, kRowThreads>(sum_g, sum_gx, ix.lane_row, ix.lane_i);
-    if (!ix.valid) return;
-    if (kPass == Pass::kPartial) {
-      if (ix.lane_i == 0) store_slice_sums(partial, ix.row, sum_g, sum_gx);
-      return;
-    }
+    if (!block_sums<kChannelsLast, kRowThreads, kPass>(ix, partial, sum_g, sum_gx)) return;
   }
   if (ix.lane_i == 0 && blockIdx.y == 0) {
     gb[ix.row] = sum_g;
